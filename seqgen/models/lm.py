@@ -109,7 +109,8 @@ class LanguageModel(nnx.Module):
             raise UserError(f"model.dropout={dropout} is out of range; allowed: 0 <= dropout < 1")
         if one_hot_input and tie_weights:
             raise UserError(
-                "model.tie_weights=true needs an embedding; it cannot be used with one_hot_input=true"
+                "model.tie_weights=true needs an embedding; "
+                "it cannot be combined with one_hot_input=true"
             )
         if tie_weights and embed_size != hidden_size:
             raise UserError(
