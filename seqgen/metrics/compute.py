@@ -1,0 +1,190 @@
+"""`compute_metrics`: every metric that applies to one set of generations, as a flat dict.
+
+Also `human_metrics` (the same metrics on held-out text, the "Human" row of Holtzman et al.
+2020's Table 1), `length_metrics`, and `decode_output_inputs`, which turns a decoder's
+`DecodeOutput` (duck-typed, `[B, N, T]` arrays) into the arguments of `compute_metrics`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from seqgen.errors import UserError
+from seqgen.metrics._packed import SequencesLike, pack
+from seqgen.metrics.abc import ABC_SUBSET, abc_metrics
+from seqgen.metrics.diversity import SELF_BLEU_SAMPLES, ZIPF_TOP_TYPES, diversity_metrics
+from seqgen.metrics.oracle import oracle_metrics
+from seqgen.metrics.perplexity import generation_perplexity
+from seqgen.metrics.repetition import repetition_metrics
+
+ArrayLike = Sequence[float] | np.ndarray
+
+
+def length_metrics(
+    lengths: Sequence[int] | np.ndarray, ended: Sequence[bool] | np.ndarray | None = None
+) -> dict[str, float]:
+    """`length/mean`, `length/std` (population std, ddof = 0) of the generated continuation
+    lengths in tokens (EOS not counted), and `length/eos_rate` = share of sequences that
+    emitted EOS before max_len (only when `ended` is given)."""
+    lens = np.asarray(lengths, np.float64)
+    out = {
+        "length/mean": float(lens.mean()) if lens.size else math.nan,
+        "length/std": float(lens.std()) if lens.size else math.nan,
+    }
+    if ended is not None:
+        ended_arr = np.asarray(ended, bool).reshape(-1)
+        out["length/eos_rate"] = float(ended_arr.mean()) if ended_arr.size else math.nan
+    return out
+
+
+def compute_metrics(
+    sequences: SequencesLike,
+    *,
+    lengths: Sequence[int] | np.ndarray | None = None,
+    ended: Sequence[bool] | np.ndarray | None = None,
+    tempered_logprobs: Sequence[np.ndarray] | np.ndarray | None = None,
+    eos_tempered_logprob: ArrayLike | None = None,
+    model_logprobs: Sequence[np.ndarray] | np.ndarray | None = None,
+    eos_logprob: ArrayLike | None = None,
+    ref_logprobs: Sequence[np.ndarray] | np.ndarray | None = None,
+    ref_eos_logprob: ArrayLike | None = None,
+    oracle: Any = None,
+    best_sequences: SequencesLike | None = None,
+    best_ended: Sequence[bool] | np.ndarray | None = None,
+    abc_texts: Sequence[str] | None = None,
+    abc_subset: int = ABC_SUBSET,
+    seed: int = 0,
+    self_bleu_samples: int = SELF_BLEU_SAMPLES,
+    zipf_top: int = ZIPF_TOP_TYPES,
+) -> dict[str, float]:
+    """All metrics that apply to one set of N generated continuations.
+
+    Inputs (continuations only: the ids AFTER the prompt, no BOS / EOS / PAD):
+    - `sequences`: list of N 1-D int arrays, or padded `[N, T]` with `lengths[N]`;
+    - `ended` bool[N]: the sequence emitted EOS (before max_len). Needed for `length/eos_rate`,
+      the oracle metrics and for counting EOS in the perplexities;
+    - `tempered_logprobs` (-> `gen/ppl`), `model_logprobs` (-> `gen/ppl_model`),
+      `ref_logprobs` (-> `gen/ref_ppl`): per-token log-probs aligned with `sequences` (same
+      layout: list of 1-D arrays, or `[N, T]` read up to `lengths`); each with the EOS
+      log-prob of ended sequences in `eos_tempered_logprob`, `eos_logprob`,
+      `ref_eos_logprob` (float[N], entries of non-ended sequences ignored);
+    - `oracle` (-> `oracle/*`), with `best_sequences` / `best_ended`, the top beam per prompt
+      (-> `search/mode_found`);
+    - `abc_texts`: decoded ABC tunes (-> `abc/*`, on a seeded subset of `abc_subset`);
+    - `seed`: Self-BLEU's hypothesis subset and the ABC subset.
+    Always computed: `diversity/*`, `zipf`, `repetition/*`, `length/mean`, `length/std`.
+    Returns {key: float}; NaN where a metric is undefined (e.g. Self-BLEU of one sequence).
+    """
+    packed = pack(sequences, lengths)
+    n = packed.num_sequences
+    if ended is not None and np.asarray(ended).reshape(-1).shape != (n,):
+        raise UserError(f"ended must have one flag per sequence ({n} sequences)")
+    out: dict[str, float] = {}
+    ppl_inputs = {
+        "gen/ppl": (tempered_logprobs, eos_tempered_logprob),
+        "gen/ppl_model": (model_logprobs, eos_logprob),
+        "gen/ref_ppl": (ref_logprobs, ref_eos_logprob),
+    }
+    for key, (logprobs, eos) in ppl_inputs.items():
+        if logprobs is not None:
+            out[key] = generation_perplexity(
+                logprobs, lengths=packed.lengths, ended=ended, eos_logprob=eos
+            )
+    out.update(
+        diversity_metrics(packed, seed=seed, self_bleu_samples=self_bleu_samples, zipf_top=zipf_top)
+    )
+    out.update(repetition_metrics(packed))
+    out.update(length_metrics(packed.lengths, ended))
+    if oracle is not None:
+        if ended is None:
+            raise UserError("oracle metrics need `ended` (whether each sequence emitted EOS)")
+        out.update(
+            oracle_metrics(
+                oracle,
+                packed.padded(0),
+                ended,
+                lengths=packed.lengths,
+                best_sequences=best_sequences,
+                best_ended=best_ended,
+            )
+        )
+    if abc_texts is not None:
+        out.update(abc_metrics(abc_texts, subset=abc_subset, seed=seed))
+    return out
+
+
+def human_metrics(
+    sequences: SequencesLike,
+    *,
+    lengths: Sequence[int] | np.ndarray | None = None,
+    ended: Sequence[bool] | np.ndarray | None = None,
+    logprobs: Sequence[np.ndarray] | np.ndarray | None = None,
+    eos_logprob: ArrayLike | None = None,
+    oracle: Any = None,
+    abc_texts: Sequence[str] | None = None,
+    **kwargs: Any,
+) -> dict[str, float]:
+    """The same metrics on held-out (human) sequences: the reference row.
+
+    Held-out sequences are complete, so `ended` defaults to all True. Without `logprobs`
+    there is no `gen/ppl`; with the model's teacher-forced `logprobs` (+ `eos_logprob`) of the
+    held-out text, `gen/ppl` and `gen/ppl_model` are both the model's perplexity on it
+    (t = 1), as in Holtzman et al. 2020's Human row. `search/mode_found` does not apply.
+    """
+    packed = pack(sequences, lengths)
+    if ended is None:
+        ended = np.ones(packed.num_sequences, bool)
+    return compute_metrics(
+        packed.padded(0),
+        lengths=packed.lengths,
+        ended=ended,
+        tempered_logprobs=logprobs,
+        eos_tempered_logprob=eos_logprob,
+        model_logprobs=logprobs,
+        eos_logprob=eos_logprob,
+        oracle=oracle,
+        abc_texts=abc_texts,
+        **kwargs,
+    )
+
+
+def decode_output_inputs(out: Any, *, best_only: bool = False) -> dict[str, Any]:
+    """`compute_metrics` keyword arguments from a decoder's `DecodeOutput` (duck-typed).
+
+    Reads `tokens [B, N, T]` (prompt, continuation, PAD), `lengths [B, N]` (incl. prompt,
+    excl. EOS), `prompt_lengths [B]`, `ended [B, N]`, and when present `logprobs`,
+    `tempered_logprobs` `[B, N, T]` (0 on prompt/pad), `eos_logprob [B, N]` and
+    `eos_tempered_logprob [B, N]`. Continuations are cut out of every row (order: prompt-major,
+    B * N sequences); `best_sequences` / `best_ended` are column 0 (beams are best first).
+    With `best_only`, only column 0 is used as the generations as well.
+    """
+    columns = slice(0, 1) if best_only else slice(None)
+    tokens = np.asarray(out.tokens)
+    lengths = np.asarray(out.lengths)
+    prompt_lengths = np.asarray(out.prompt_lengths)
+    ended = np.asarray(out.ended, bool)
+    b, n = tokens[:, columns].shape[:2]
+    starts = np.repeat(prompt_lengths, n)
+    ends = lengths[:, columns].reshape(-1)
+
+    def cut(arr) -> list[np.ndarray]:
+        rows = np.asarray(arr)[:, columns].reshape(b * n, -1)
+        return [rows[i, starts[i] : ends[i]] for i in range(b * n)]
+
+    kwargs: dict[str, Any] = {
+        "sequences": cut(tokens),
+        "ended": ended[:, columns].reshape(-1),
+        "best_sequences": [tokens[i, 0, prompt_lengths[i] : lengths[i, 0]] for i in range(b)],
+        "best_ended": ended[:, 0],
+    }
+    for attr, key in (("tempered_logprobs", "tempered_logprobs"), ("logprobs", "model_logprobs")):
+        if getattr(out, attr, None) is not None:
+            kwargs[key] = cut(getattr(out, attr))
+    for attr in ("eos_logprob", "eos_tempered_logprob"):
+        if getattr(out, attr, None) is not None:
+            kwargs[attr] = np.asarray(getattr(out, attr))[:, columns].reshape(-1)
+    return kwargs
