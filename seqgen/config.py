@@ -1,0 +1,319 @@
+"""Typed config schemas, registered in Hydra's ConfigStore, and their validation.
+
+OmegaConf checks keys and types when Hydra merges `conf/` and the command-line overrides into
+these dataclasses; `validate_config` checks ranges and choices. Both kinds of mistake reach the
+user as one line (`seqgen.errors.UserError`), never a traceback.
+
+Static vs traced: sizes (`decode.max_len`, `decoder.beam_size`, `decode.num_samples`,
+`decoder.top_k`, `decoder.no_repeat_ngram_size`, `decoder.num_groups`) change array shapes and
+recompile; continuous knobs (`temperature`, `top_p`, `typical_p`, `min_p`, `epsilon`, `eta`,
+penalties, `alpha`, `diversity_penalty`) are traced and sweeping them reuses one compile.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from seqgen.errors import UserError
+
+DECODER_NAMES = ("greedy", "sample", "beam", "stochastic_beam", "diverse_beam")
+CELLS = ("lstm", "gru", "rnn", "oracle")
+
+
+@dataclass
+class DataConfig:
+    name: str = "folk"  # folk | text | synthetic
+    # folk: music21's bundled ABC collections (public-domain ones by default)
+    collections: list[str] = field(
+        default_factory=lambda: ["oneills1850", "ryansMammoth", "airdsAirs", "miscFolk"]
+    )
+    # text: a local UTF-8 file, or a named preset that is downloaded once and checksummed
+    path: str | None = None
+    preset: str | None = None
+    level: str = "char"  # char | word | abc
+    window: int = 256  # text: window length in tokens
+    max_len: int = 256  # training sequences longer than this are cut
+    valid_fraction: float = 0.05
+    test_fraction: float = 0.05
+    max_sequences: int | None = None  # cap the corpus (tiny runs, tests)
+    # synthetic: a random deterministic probabilistic finite-state automaton (DPFSA)
+    num_states: int = 8
+    alphabet_size: int = 6
+    num_train: int = 2000
+    stop_prob: float = 0.15
+    cache_dir: str | None = None  # download cache for presets
+    unknown: str = "error"  # what an unknown symbol in a user's prompt does: error | unk
+
+
+@dataclass
+class ModelConfig:
+    cell: str = "lstm"  # lstm | gru | rnn | oracle (the DPFSA's exact distribution)
+    embed_size: int = 64
+    hidden_size: int = 256
+    num_layers: int = 2
+    dropout: float = 0.1
+    tie_weights: bool = False
+    one_hot_input: bool = False
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 600
+    batch_size: int = 32
+    seq_len: int = 256
+    lr: float = 3e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    clip_norm: float = 1.0
+    eval_every: int = 200
+    eval_batches: int = 16
+    checkpoint_every: int = 200
+    log_every: int = 20
+    data_parallel: bool = True
+    progress: bool = True
+
+
+@dataclass
+class DecoderConfig:
+    name: str = "sample"
+    temperature: float = 1.0
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0
+    typical_p: float = 1.0
+    min_p: float = 0.0
+    epsilon: float = 0.0
+    eta: float = 0.0
+    repetition_penalty: float = 1.0
+    penalize_prompt: bool = True
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    no_repeat_ngram_size: int = 0
+    beam_size: int = 4
+    length_penalty: str = "none"  # none | average | gnmt
+    alpha: float = 0.6
+    num_groups: int = 1
+    diversity_penalty: float = 0.0
+    label: str | None = None  # a display name for tables and plots (default: derived)
+
+
+@dataclass
+class DecodeConfig:
+    num_samples: int = 100  # sequences per prompt for sampling; beams give their best
+    max_len: int = 256  # prompt + continuation, in tokens
+    prompts: Any = "none"  # none | heldout | a list of strings
+    num_prompts: int = 1  # held-out prompts (prompts=heldout)
+    prompt_len: int = 16  # tokens of each held-out prefix
+    batch_size: int = 256  # rows decoded per compiled call
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "none"  # none | wandb
+    project: str = "seqgen"
+    entity: str | None = None
+    group: str | None = None
+    run_name: str | None = None
+    mode: str = "offline"  # online | offline | disabled
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class MetricsConfig:
+    self_bleu_max: int = 1000  # hypotheses scored by Self-BLEU
+    abc_subset: int = 200  # tunes parsed by music21 for abc/* metrics
+    reference_checkpoint: str | None = None  # a cached model dir giving gen/ref_ppl
+
+
+@dataclass
+class OutputConfig:
+    num_listen: int = 5  # tunes per decoder written as .abc and .mid
+    plots: bool = True
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decoder: DecoderConfig | None = None  # one decoder; None evaluates `compare`
+    compare: list[DecoderConfig] = field(default_factory=list)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    seed: int = 0
+    cache_dir: str | None = None  # trained-model cache; default $SEQGEN_CACHE or ~/.cache/seqgen
+    distributed: bool = False  # jax.distributed.initialize() for multi-host TPU pods / GPU clusters
+    experiment_name: str = "default"
+
+
+GROUP_SCHEMAS: dict[str, type] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "decoder": DecoderConfig,
+    "decode": DecodeConfig,
+    "logger": LoggerConfig,
+    "metrics": MetricsConfig,
+    "output": OutputConfig,
+}
+
+
+def register_configs() -> None:
+    """Register the schema so `conf/config.yaml` can list `config_schema` first."""
+    ConfigStore.instance().store(name="config_schema", node=Config)
+
+
+# ---------------------------------------------------------------------------------------------
+# Range and choice validation (types and keys are checked by OmegaConf while merging).
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "data.name": ("folk", "text", "synthetic"),
+    "data.level": ("char", "word", "abc"),
+    "data.unknown": ("error", "unk"),
+    "model.cell": CELLS,
+    "decoder.name": DECODER_NAMES,
+    "decoder.length_penalty": ("none", "average", "gnmt"),
+    "logger.name": ("none", "wandb"),
+    "logger.mode": ("online", "offline", "disabled"),
+}
+
+# key -> (low, high, low_open, high_open); None = unbounded
+_RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
+    "data.window": (2, None, False, False),
+    "data.max_len": (2, None, False, False),
+    "data.valid_fraction": (0, 1, True, True),
+    "data.test_fraction": (0, 1, True, True),
+    "data.max_sequences": (3, None, False, False),
+    "data.num_states": (1, None, False, False),
+    "data.alphabet_size": (1, None, False, False),
+    "data.num_train": (3, None, False, False),
+    "data.stop_prob": (0, 1, True, False),
+    "model.embed_size": (1, None, False, False),
+    "model.hidden_size": (1, None, False, False),
+    "model.num_layers": (1, None, False, False),
+    "model.dropout": (0, 1, False, True),
+    "train.steps": (0, None, False, False),
+    "train.batch_size": (1, None, False, False),
+    "train.seq_len": (2, None, False, False),
+    "train.lr": (0, None, True, False),
+    "train.weight_decay": (0, None, False, False),
+    "train.warmup_steps": (0, None, False, False),
+    "train.clip_norm": (0, None, True, False),
+    "train.eval_every": (1, None, False, False),
+    "train.eval_batches": (1, None, False, False),
+    "train.checkpoint_every": (1, None, False, False),
+    "train.log_every": (1, None, False, False),
+    "decoder.temperature": (0, None, False, False),
+    "decoder.top_k": (0, None, False, False),
+    "decoder.top_p": (0, 1, True, False),
+    "decoder.typical_p": (0, 1, True, False),
+    "decoder.min_p": (0, 1, False, False),
+    "decoder.epsilon": (0, 1, False, True),
+    "decoder.eta": (0, 1, False, True),
+    "decoder.repetition_penalty": (0, None, True, False),
+    "decoder.no_repeat_ngram_size": (0, None, False, False),
+    "decoder.beam_size": (1, None, False, False),
+    "decoder.alpha": (0, None, False, False),
+    "decoder.num_groups": (1, None, False, False),
+    "decoder.diversity_penalty": (0, None, False, False),
+    "decode.num_samples": (1, None, False, False),
+    "decode.max_len": (1, None, False, False),
+    "decode.num_prompts": (1, None, False, False),
+    "decode.prompt_len": (1, None, False, False),
+    "decode.batch_size": (1, None, False, False),
+    "metrics.self_bleu_max": (2, None, False, False),
+    "metrics.abc_subset": (0, None, False, False),
+    "output.num_listen": (0, None, False, False),
+}
+
+
+def _describe_range(lo, hi, lo_open, hi_open) -> str:
+    if hi is None:
+        return f"{'>' if lo_open else '>='} {lo}"
+    left = "(" if lo_open else "["
+    right = ")" if hi_open else "]"
+    return f"in {left}{lo}, {hi}{right}"
+
+
+def _check_value(key: str, value: Any, rule_key: str | None = None) -> None:
+    """Check one leaf; `rule_key` names the rule when it differs from the key shown to the user."""
+    rule_key = rule_key or key
+    choices = _CHOICES.get(rule_key)
+    if choices is not None and value not in choices:
+        raise UserError(f"{key}={value!r} is not allowed; choose one of: {', '.join(choices)}")
+    rng = _RANGES.get(rule_key)
+    if rng is None or value is None or isinstance(value, bool):
+        return
+    lo, hi, lo_open, hi_open = rng
+    ok = not (isinstance(value, float) and math.isnan(value))
+    if ok and lo is not None:
+        ok = value > lo if lo_open else value >= lo
+    if ok and hi is not None:
+        ok = value < hi if hi_open else value <= hi
+    if not ok:
+        raise UserError(f"{key}={value} is out of range; allowed: {_describe_range(*rng)}")
+
+
+def _walk(prefix: str, node: Any):
+    if is_dataclass(node):
+        for f in fields(node):
+            yield from _walk(f"{prefix}.{f.name}" if prefix else f.name, getattr(node, f.name))
+    elif isinstance(node, DictConfig):
+        for k in node.keys():
+            if not prefix and k == "hydra":
+                continue
+            yield from _walk(f"{prefix}.{k}" if prefix else str(k), node[k])
+    else:
+        yield prefix, node
+
+
+def validate_config(cfg: Any) -> None:
+    """Check every choice and range in a composed config; raise `UserError` with one line."""
+    for key, value in _walk("", cfg):
+        if isinstance(value, ListConfig | list):
+            continue
+        _check_value(key, value)
+    for i, dec in enumerate(cfg.compare):
+        for key, value in _walk("", dec):
+            _check_value(f"compare[{i}].{key}", value, rule_key=f"decoder.{key}")
+    data, model = cfg.data, cfg.model
+    if data.valid_fraction + data.test_fraction >= 1:
+        raise UserError(
+            "data.valid_fraction + data.test_fraction must be < 1 "
+            f"(got {data.valid_fraction} + {data.test_fraction})"
+        )
+    if data.name == "text" and not (data.path or data.preset):
+        raise UserError(
+            "data=text needs data.path=/path/to/file.txt or data.preset=tinyshakespeare"
+        )
+    if model.cell == "oracle" and data.name != "synthetic":
+        raise UserError(
+            "model=oracle decodes the DPFSA's true distribution and needs data=synthetic"
+        )
+    if model.tie_weights and model.embed_size != model.hidden_size and not model.one_hot_input:
+        raise UserError(
+            "model.tie_weights=true needs model.embed_size == model.hidden_size "
+            f"(got {model.embed_size} and {model.hidden_size})"
+        )
+    if cfg.decode.prompts not in ("none", "heldout", None) and not isinstance(
+        cfg.decode.prompts, ListConfig | list
+    ):
+        raise UserError(
+            f"decode.prompts={cfg.decode.prompts!r} is not allowed; use none, heldout, or a list "
+            "of strings such as decode.prompts='[\"M:6/8 K:D\"]'"
+        )
+
+
+def to_dict(node: Any) -> dict:
+    """A plain, resolved dict of a config node (for hashing, JSON and W&B)."""
+    if isinstance(node, DictConfig | ListConfig):
+        return OmegaConf.to_container(node, resolve=True)  # type: ignore[return-value]
+    if is_dataclass(node):
+        return OmegaConf.to_container(OmegaConf.structured(node), resolve=True)  # type: ignore
+    return dict(node)

@@ -1,0 +1,315 @@
+"""The one pipeline: data -> model (trained, or loaded from the cache) -> decode -> metrics ->
+outputs and trackers. `run_experiment(cfg)` is what `python -m seqgen.run` calls; tests and
+notebooks call it directly with a composed config.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from seqgen.config import to_dict
+from seqgen.errors import UserError
+from seqgen.tokens import BOS_ID
+
+log = logging.getLogger("seqgen")
+
+# Train-config fields that change what is trained (the others only change how it is shown).
+_TRAIN_DISPLAY_ONLY = ("progress", "log_every")
+
+
+@dataclass
+class LoadedModel:
+    """A model as the decoders and scorers see it: a pure step function and its parameters."""
+
+    step_fn: Callable[..., Any]
+    params: Any
+    init_carry: Callable[[int], Any]  # batch size -> carry pytree
+    vocab_size: int
+    metrics: dict[str, float] = field(default_factory=dict)  # ppl/valid, ppl/test, bits/*
+    info: dict[str, Any] = field(default_factory=dict)  # cache key, params, train summary
+
+
+def default_cache_dir(cfg: Any) -> Path:
+    import os
+
+    root = cfg.get("cache_dir") if isinstance(cfg, DictConfig) else getattr(cfg, "cache_dir", None)
+    root = root or os.environ.get("SEQGEN_CACHE") or Path.home() / ".cache" / "seqgen"
+    return Path(root).expanduser()
+
+
+# ---------------------------------------------------------------------------------------------
+# Model: the DPFSA oracle, or an NNX language model trained once per (data, model, train, seed).
+
+
+def build_model(model_cfg: Any, vocab_size: int, seed: int):
+    from flax import nnx
+
+    from seqgen.models import LanguageModel
+
+    return LanguageModel(
+        vocab_size,
+        cell=model_cfg.cell,
+        embed_size=model_cfg.embed_size,
+        hidden_size=model_cfg.hidden_size,
+        num_layers=model_cfg.num_layers,
+        dropout=model_cfg.dropout,
+        tie_weights=model_cfg.tie_weights,
+        one_hot_input=model_cfg.one_hot_input,
+        rngs=nnx.Rngs(seed),
+    )
+
+
+def model_cache_key(cfg: Any, corpus: Any) -> str:
+    from seqgen.checkpoint import ModelCache
+    from seqgen.data.corpus import fingerprint
+
+    train_cfg = {k: v for k, v in to_dict(cfg.train).items() if k not in _TRAIN_DISPLAY_ONLY}
+    return ModelCache.key(fingerprint(corpus), to_dict(cfg.model), train_cfg, int(cfg.seed))
+
+
+def get_model(cfg: Any, corpus: Any, tracker: Any = None) -> LoadedModel:
+    """The oracle (`model=oracle`), or the cached model, training it first if needed.
+
+    Jobs that ask for the same model take a file lock on its cache entry, so only one trains
+    and the others load what it saved.
+    """
+    if cfg.model.cell == "oracle":
+        return _oracle_model(corpus)
+
+    from seqgen.checkpoint import ModelCache
+    from seqgen.data.batching import batch_iterator, eval_batches
+    from seqgen.models import count_params, make_init_carry_fn, make_step_fn
+    from seqgen.train import evaluate, train
+
+    cache = ModelCache(default_cache_dir(cfg) / "models")
+    key = model_cache_key(cfg, corpus)
+    vocab_size = len(corpus.vocab)
+    template = build_model(cfg.model, vocab_size, int(cfg.seed))
+    with cache.lock(key):
+        if cache.exists(key):
+            model, meta = cache.load_model(key, template)
+            log.info("model: loaded from cache %s", cache.path(key))
+            cached = True
+        else:
+            log.info(
+                "model: training %s (%s params) -> cache %s",
+                cfg.model.cell,
+                f"{count_params(template):,}",
+                cache.path(key),
+            )
+            seq_len = int(cfg.train.seq_len)
+            train_it = batch_iterator(
+                corpus.train, int(cfg.train.batch_size), seq_len, seed=int(cfg.seed)
+            )
+            valid = eval_batches(corpus.valid, int(cfg.train.batch_size), seq_len)
+            valid = valid[: int(cfg.train.eval_batches)]
+            result = train(
+                template,
+                train_it,
+                valid,
+                cfg.train,
+                ckpt_dir=cache.path(key) / "train_ckpt",
+                tracker=tracker,
+                seed=int(cfg.seed),
+            )
+            model = result.model
+            metrics = {}
+            for split, seqs in (("valid", corpus.valid), ("test", corpus.test)):
+                ev = evaluate(model, eval_batches(seqs, int(cfg.train.batch_size), seq_len))
+                metrics[f"ppl/{split}"] = float(ev["ppl"])
+                metrics[f"bits/{split}"] = float(ev["bits"])
+            meta = {
+                "metrics": metrics,
+                "train": result.summary,
+                "params": count_params(model),
+                "model": to_dict(cfg.model),
+                "train_cfg": to_dict(cfg.train),
+                "data": corpus.name,
+            }
+            cache.save_model(key, model, corpus.vocab.to_json(), meta)
+            cached = False
+    step_fn, params = make_step_fn(model)
+    info = {
+        "cache_key": key,
+        "cache_dir": str(cache.path(key)),
+        "cached": cached,
+        "params": meta.get("params"),
+        "train": meta.get("train", {}),
+    }
+    return LoadedModel(
+        step_fn=step_fn,
+        params=params,
+        init_carry=make_init_carry_fn(model),
+        vocab_size=vocab_size,
+        metrics=dict(meta.get("metrics", {})),
+        info=info,
+    )
+
+
+def _oracle_model(corpus: Any) -> LoadedModel:
+    """The DPFSA's exact distribution as a step function; its held-out perplexity is exact."""
+    from seqgen.metrics import perplexity_from_nll
+
+    oracle = corpus.oracle
+    metrics = {}
+    for split, seqs in (("valid", corpus.valid), ("test", corpus.test)):
+        nll = -sum(oracle.logprob(list(map(int, s))) for s in seqs)
+        n_tokens = sum(len(s) + 1 for s in seqs)  # + EOS
+        pb = perplexity_from_nll(nll, n_tokens)
+        metrics[f"ppl/{split}"] = pb["ppl"]
+        metrics[f"bits/{split}"] = pb["bits"]
+    return LoadedModel(
+        step_fn=oracle.step_fn,
+        params=oracle.params(),
+        init_carry=oracle.init_carry,
+        vocab_size=len(corpus.vocab),
+        metrics=metrics,
+        info={"oracle": True, "params": 0},
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring: per-token log-probs of given sequences under any step function (human row, ref model).
+
+
+def score_sequences(
+    model: LoadedModel, prompts: list[np.ndarray], conts: list[np.ndarray], ended: list[bool]
+) -> tuple[list[np.ndarray], list[float]]:
+    """Log-probs of each continuation token (after its prompt), and of EOS where it ended."""
+    import jax.numpy as jnp
+
+    n = len(conts)
+    if n == 0:
+        return [], []
+    full = [np.concatenate([p, c]).astype(np.int32) for p, c in zip(prompts, conts)]
+    t = max(len(f) for f in full) + 1
+    inputs = np.zeros((n, t), np.int32)
+    targets = np.zeros((n, t), np.int32)
+    for i, f in enumerate(full):
+        inputs[i, 0] = BOS_ID
+        inputs[i, 1 : len(f) + 1] = f
+        targets[i, : len(f)] = f
+        targets[i, len(f)] = 2  # EOS
+    lp = np.asarray(
+        _score_jit(
+            model.step_fn,
+            model.params,
+            model.init_carry(n),
+            jnp.asarray(inputs),
+            jnp.asarray(targets),
+        )
+    )
+    cont_lps, eos_lps = [], []
+    for i, (p, c) in enumerate(zip(prompts, conts)):
+        cont_lps.append(lp[i, len(p) : len(p) + len(c)])
+        eos_lps.append(float(lp[i, len(p) + len(c)]) if ended[i] else 0.0)
+    return cont_lps, eos_lps
+
+
+@jax.jit(static_argnums=0)
+def _score_jit(step_fn, params, carry, inputs, targets):  # [N, T] -> [N, T]
+    def body(carry, xs):
+        tok, tgt = xs
+        carry, logits = step_fn(params, carry, tok)
+        logp = jax.nn.log_softmax(logits.astype(np.float32), axis=-1)
+        return carry, jax.numpy.take_along_axis(logp, tgt[:, None], axis=-1)[:, 0]
+
+    _, lp = jax.lax.scan(body, carry, (inputs.T, targets.T))
+    return lp.T
+
+
+# ---------------------------------------------------------------------------------------------
+# The run.
+
+
+def run_experiment(cfg: Any, out_dir: str | Path | None = None) -> dict[str, Any]:
+    """Run one configured experiment end to end and return its results.
+
+    Returns `{"metrics": {...model metrics...}, "results": [one dict per decoder + human],
+    "out_dir": str}`. Files written into `out_dir`: `config.yaml`, `metrics.json`,
+    `results.jsonl`, `samples.jsonl`, `samples/`, `plots/`.
+    """
+    from seqgen.data.corpus import load_corpus
+    from seqgen.evaluate import evaluate_decoders
+    from seqgen.outputs import print_results_table, write_outputs
+    from seqgen.parallel import maybe_initialize_distributed
+    from seqgen.tracking import make_tracker
+
+    if not isinstance(cfg, DictConfig):
+        cfg = OmegaConf.structured(cfg)
+    out_dir = Path(out_dir or Path.cwd())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    maybe_initialize_distributed(cfg)
+    resolved = to_dict(cfg)
+    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    tracker = make_tracker(
+        cfg.logger,
+        config=resolved,
+        out_dir=out_dir,
+        default_group=str(cfg.experiment_name),
+        default_name=_run_name(out_dir),
+    )
+    t0 = time.time()
+    try:
+        corpus = load_corpus(cfg.data, int(cfg.seed))
+        log.info(
+            "data: %s, vocab %d, %d/%d/%d train/valid/test sequences",
+            corpus.name,
+            len(corpus.vocab),
+            len(corpus.train),
+            len(corpus.valid),
+            len(corpus.test),
+        )
+        model = get_model(cfg, corpus, tracker)
+        model_metrics = dict(model.metrics)
+        log.info(
+            "model: ppl/valid %.3f, ppl/test %.3f",
+            model_metrics.get("ppl/valid", float("nan")),
+            model_metrics.get("ppl/test", float("nan")),
+        )
+        (out_dir / "metrics.json").write_text(
+            json.dumps({**model_metrics, "model": model.info}, indent=2, default=str)
+        )
+        results, samples = evaluate_decoders(cfg, corpus, model)
+        outputs = write_outputs(cfg, corpus, model_metrics, results, samples, out_dir, tracker)
+        tracker.log_summary(model_metrics)
+        wall = time.time() - t0
+        (out_dir / "metrics.json").write_text(
+            json.dumps(
+                {**model_metrics, "model": model.info, "wall_s": wall, "outputs": outputs},
+                indent=2,
+                default=str,
+            )
+        )
+        print_results_table(results, model_metrics)
+        log.info("done in %.1f s -> %s", wall, out_dir)
+    except BaseException:
+        tracker.finish(exit_code=1)
+        raise
+    tracker.finish(exit_code=0)
+    return {"metrics": model_metrics, "results": results, "out_dir": str(out_dir)}
+
+
+def _run_name(out_dir: Path) -> str | None:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = HydraConfig.get().overrides.task
+        return ",".join(str(o) for o in overrides) or "default"
+    except Exception:
+        return out_dir.name
+
+
+def require(condition: bool, message: str) -> None:
+    if not condition:
+        raise UserError(message)

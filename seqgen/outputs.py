@@ -1,0 +1,163 @@
+"""What a run leaves behind: JSONL results and samples, readable samples (ABC and MIDI for folk
+tunes, so a user can listen), PNG plots, the console table, and the tracker's copy of each.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("seqgen")
+
+TABLE_COLUMNS = (
+    "gen/ppl",
+    "diversity/self_bleu4",
+    "diversity/distinct_2",
+    "repetition/seq_rep_4",
+    "repetition/rep_pct",
+    "zipf",
+    "length/mean",
+)
+PLOT_METRICS = TABLE_COLUMNS + ("diversity/distinct_4", "length/eos_rate")
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[:80] or "decoder"
+
+
+def _clean(v: Any) -> Any:
+    """JSON-safe floats: NaN and inf become null."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_clean(x) for x in v]
+    return v
+
+
+def write_outputs(
+    cfg: Any,
+    corpus: Any,
+    model_metrics: dict[str, float],
+    results: list[dict[str, Any]],
+    samples: list[dict[str, Any]],
+    out_dir: Path,
+    tracker: Any,
+) -> dict[str, Any]:
+    with open(out_dir / "results.jsonl", "w") as f:
+        for r in results:
+            f.write(json.dumps(_clean(r)) + "\n")
+    with open(out_dir / "samples.jsonl", "w") as f:
+        for s in samples:
+            f.write(json.dumps(_clean(s)) + "\n")
+    sample_dir = out_dir / "samples"
+    sample_dir.mkdir(exist_ok=True)
+    by_decoder: dict[str, list[dict[str, Any]]] = {}
+    for s in samples:
+        by_decoder.setdefault(s["decoder"], []).append(s)
+    listen = []
+    for label, rows in by_decoder.items():
+        sep = "\n\n" if corpus.name == "folk" else "\n" + "-" * 60 + "\n"
+        (sample_dir / f"{slug(label)}.txt").write_text(sep.join(r["text"] for r in rows) + "\n")
+        if corpus.name == "folk" and int(cfg.output.num_listen) > 0:
+            listen += write_tunes(sample_dir / slug(label), rows[: int(cfg.output.num_listen)])
+    plots = []
+    if cfg.output.plots:
+        plots = plot_decoders(results, out_dir / "plots")
+    for r in results:
+        label = r["decoder"].get("label") or r["decoder"]["name"]
+        tracker.log_summary({f"{label}/{k}": v for k, v in r["metrics"].items()})
+    columns = ["decoder", "prompt_index", "sample_index", "score", "logprob", "text"]
+    tracker.log_table("samples", columns, [[s[c] for c in columns] for s in samples[:2000]])
+    for p in plots:
+        tracker.log_image(f"plots/{Path(p).stem}", p)
+    return {"plots": [str(p) for p in plots], "listen": [str(p) for p in listen]}
+
+
+def write_tunes(folder: Path, rows: list[dict[str, Any]]) -> list[Path]:
+    """The first tunes of a decoder as `.abc` files and, where music21 can parse them, `.mid`."""
+    from music21 import converter
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for i, r in enumerate(rows):
+        abc = f"X:{i + 1}\nT:{r['decoder']} #{i + 1}\n{r['text'].strip()}\n"
+        path = folder / f"tune_{i + 1:02d}.abc"
+        path.write_text(abc)
+        written.append(path)
+        try:
+            score = converter.parse(abc, format="abc")
+            midi = score.write("midi", fp=str(folder / f"tune_{i + 1:02d}.mid"))
+            written.append(Path(midi))
+        except Exception as exc:  # a generated tune need not be valid ABC
+            log.debug("tune %s is not playable: %s", path, exc)
+    return written
+
+
+def plot_decoders(results: list[dict[str, Any]], folder: Path) -> list[Path]:
+    """One panel per metric: a bar per decoder, the human row as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    gen = [r for r in results if r["decoder"]["name"] != "human"]
+    human = next((r for r in results if r["decoder"]["name"] == "human"), None)
+    metrics = [m for m in PLOT_METRICS if any(_finite(r["metrics"].get(m)) for r in results)]
+    if not metrics or not gen:
+        return []
+    ncols = 3
+    nrows = math.ceil(len(metrics) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False)
+    labels = [r["decoder"].get("label") or r["decoder"]["name"] for r in gen]
+    for ax, m in zip(axes.flat, metrics):
+        vals = [r["metrics"].get(m) for r in gen]
+        vals = [v if _finite(v) else 0.0 for v in vals]
+        ax.bar(range(len(vals)), vals, color="tab:blue")
+        if human is not None and _finite(human["metrics"].get(m)):
+            ax.axhline(human["metrics"][m], color="tab:red", linestyle="--", label="human")
+            ax.legend(fontsize=7)
+        ax.set_title(m, fontsize=10)
+        ax.set_xticks(range(len(vals)))
+        ax.set_xticklabels(labels, rotation=35, ha="right", fontsize=7)
+        if m == "gen/ppl" and max(vals, default=0) > 50 * max(min(vals, default=1), 1e-9):
+            ax.set_yscale("log")
+    for ax in list(axes.flat)[len(metrics) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    path = folder / "decoders.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, int | float) and math.isfinite(v)
+
+
+def print_results_table(results: list[dict[str, Any]], model_metrics: dict[str, float]) -> None:
+    """The console table: one row per decoder plus the human row."""
+    from rich.console import Console
+    from rich.table import Table
+
+    title = "seqgen: decoders vs human"
+    if "ppl/valid" in model_metrics:
+        title += f"  (model ppl/valid {model_metrics['ppl/valid']:.3f})"
+    table = Table(title=title)
+    table.add_column("decoder", style="bold")
+    for c in TABLE_COLUMNS:
+        table.add_column(c, justify="right")
+    for r in results:
+        label = r["decoder"].get("label") or r["decoder"]["name"]
+        cells = []
+        for c in TABLE_COLUMNS:
+            v = r["metrics"].get(c)
+            cells.append(f"{v:.3f}" if _finite(v) else "-")
+        table.add_row(label, *cells, style="italic" if label == "human" else None)
+    Console(width=160).print(table)

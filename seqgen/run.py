@@ -1,0 +1,182 @@
+"""Command-line entry point: `python -m seqgen.run [overrides]` (a thin `@hydra.main`).
+
+The work is `seqgen.experiment.run_experiment(cfg)`. This file only turns mistakes into one
+line: before Hydra starts, the overrides are composed once (each value of a sweep too) and
+validated, so a typo in a key, a wrong type or an out-of-range knob prints
+`error: <what was wrong and what is allowed>` and exits with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from seqgen.config import register_configs, validate_config
+from seqgen.errors import UserError
+
+log = logging.getLogger("seqgen")
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+register_configs()
+
+
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> Any:
+    from seqgen.experiment import run_experiment
+    from seqgen.sweep import record_failure
+
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        validate_config(cfg)
+        return run_experiment(cfg, out_dir=out_dir)
+    except UserError as exc:
+        _fail(str(exc))
+        if multirun:  # keep the other jobs of the sweep going; the summary lists this one
+            record_failure(out_dir, cfg, exc)
+            return None
+        sys.exit(2)
+    except Exception as exc:
+        if multirun:
+            log.exception("job failed")
+            record_failure(out_dir, cfg, exc)
+            return None
+        raise
+
+
+# ---------------------------------------------------------------------------------------------
+# Override pre-check: one clear line instead of Hydra's multi-line composition errors.
+
+_FLAGS_WITH_VALUE = {"-cn", "--config-name", "-cp", "--config-path", "-cd", "--config-dir"}
+_FLAGS_SKIP_CHECK = {"--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--version"}
+
+
+def _explain(exc: BaseException, overrides: list[str] = ()) -> str:
+    """Condense an OmegaConf/Hydra composition error into one line."""
+    import re
+    from dataclasses import fields
+
+    from omegaconf.errors import OmegaConfBaseException
+
+    from seqgen.config import DECODER_NAMES, GROUP_SCHEMAS, Config
+
+    chain: list[BaseException] = []
+    e: BaseException | None = exc
+    while e is not None and e not in chain:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    for err in reversed(chain):
+        full_key = str(getattr(err, "full_key", "") or "")
+        if not (isinstance(err, OmegaConfBaseException) and full_key):
+            continue
+        msg = str(err).splitlines()[0]
+        if "not in '" in msg:
+            parent, _, _ = full_key.rpartition(".")
+            schema = GROUP_SCHEMAS.get(parent) if parent else Config
+            allowed = ", ".join(f.name for f in fields(schema)) if schema else ""
+            where = f" in {parent}" if parent else ""
+            return f"unknown key '{full_key}'; allowed keys{where}: {allowed}"
+        return f"{full_key}: {msg}"
+    text = " ".join(str(exc).split())
+    if "Unexpected type for root: NoneType" in text and any(
+        o.lstrip("+").startswith("decoder.") for o in overrides
+    ):
+        return (
+            f"decoder.* knobs need a decoder: add decoder=NAME (one of: {', '.join(DECODER_NAMES)})"
+        )
+    text = re.sub(r"\s*Config search path:.*$", "", text)
+    text = text.replace(" Available options in", "; available options in")
+    return text
+
+
+def _check_overrides(argv: list[str]) -> None:
+    """Compose the config for each override value and validate it; exit 2 on a mistake."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    overrides: list[str] = []
+    config_name = "config"
+    it = iter(argv)
+    for arg in it:
+        if arg in _FLAGS_SKIP_CHECK:
+            return
+        if arg in _FLAGS_WITH_VALUE:
+            value = next(it, "")
+            if arg in ("-cn", "--config-name"):
+                config_name = value
+            else:
+                return  # another config dir: leave it to Hydra
+            continue
+        if arg.startswith("-"):
+            continue
+        overrides.append(arg)
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception as exc:  # a syntax error in an override
+        _fail(_explain(exc))
+        sys.exit(2)
+    base = [o.input_line if not o.is_sweep_override() else None for o in parsed]
+    sweeps: list[tuple[int, list[str]]] = []
+    for i, o in enumerate(parsed):
+        if o.is_sweep_override():
+            try:
+                values = list(o.sweep_string_iterator())
+            except Exception:  # a range/interval sweep: leave it to the sweeper
+                values = []
+            key = o.get_key_element()
+            choices = [f"{key}={v}" for v in values]
+            base[i] = choices[0] if choices else None
+            sweeps.append((i, choices))
+    variants = [[b for b in base if b is not None]]
+    for i, choices in sweeps:
+        for choice in choices[1:]:
+            variant = list(base)
+            variant[i] = choice
+            variants.append([b for b in variant if b is not None])
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        for variant in variants:
+            try:
+                cfg = compose(config_name=config_name, overrides=variant, return_hydra_config=True)
+                validate_config(cfg)
+                params = cfg.hydra.sweeper.get("params") or {}
+                for key, spec in params.items():  # sweeps set by an experiment file
+                    for value in str(spec).split(","):
+                        one = compose(
+                            config_name=config_name, overrides=[*variant, f"{key}={value.strip()}"]
+                        )
+                        validate_config(one)
+            except UserError as exc:
+                _fail(str(exc))
+                sys.exit(2)
+            except Exception as exc:
+                _fail(_explain(exc, variant))
+                sys.exit(2)
+    GlobalHydra.instance().clear()
+
+
+def cli() -> None:
+    _check_overrides(sys.argv[1:])
+    main()
+    from seqgen.sweep import FAILED_JOBS
+
+    if FAILED_JOBS:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,152 @@
+"""Experiment trackers: a small protocol with a Weights & Biases and a no-op implementation.
+
+Only process 0 logs (`jax.process_index() == 0`); a run is always finished, also when it fails
+(`finish(exit_code=1)`), so offline files are complete and online runs are not left "running".
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from pathlib import Path
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+
+class Tracker(Protocol):
+    def log(self, metrics: dict[str, float], step: int | None = None) -> None: ...
+
+    def log_summary(self, metrics: dict[str, Any]) -> None: ...
+
+    def log_table(self, key: str, columns: list[str], rows: list[list[Any]]) -> None: ...
+
+    def log_image(self, key: str, path: str | os.PathLike) -> None: ...
+
+    def finish(self, exit_code: int = 0) -> None: ...
+
+
+class NoOpTracker:
+    """Logs nothing (`logger=none`, or any process other than 0)."""
+
+    def log(self, metrics: dict[str, float], step: int | None = None) -> None:
+        pass
+
+    def log_summary(self, metrics: dict[str, Any]) -> None:
+        pass
+
+    def log_table(self, key: str, columns: list[str], rows: list[list[Any]]) -> None:
+        pass
+
+    def log_image(self, key: str, path: str | os.PathLike) -> None:
+        pass
+
+    def finish(self, exit_code: int = 0) -> None:
+        pass
+
+
+def git_commit() -> str | None:
+    """The commit of the seqgen checkout, if it is one (recorded in every run's config)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+class WandbTracker:
+    """Weights & Biases. `mode` is online | offline | disabled; offline never touches the network.
+
+    W&B's files go under `out_dir` (its `wandb/` folder) unless WANDB_DIR is set, and its cache
+    and data folders default there too, so nothing lands in the user's home by surprise.
+    """
+
+    def __init__(
+        self,
+        *,
+        config: dict[str, Any],
+        project: str,
+        out_dir: str | os.PathLike,
+        mode: str = "offline",
+        entity: str | None = None,
+        group: str | None = None,
+        name: str | None = None,
+        tags: list[str] | None = None,
+        job_type: str | None = None,
+    ) -> None:
+        import wandb
+
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        os.environ.setdefault("WANDB_DIR", str(out_dir))
+        os.environ.setdefault("WANDB_CACHE_DIR", str(out_dir / "wandb" / ".cache"))
+        os.environ.setdefault("WANDB_DATA_DIR", str(out_dir / "wandb" / ".data"))
+        os.environ.setdefault("WANDB_SILENT", "true")
+        self._wandb = wandb
+        config = dict(config)
+        config.setdefault("git_commit", git_commit())
+        self.run = wandb.init(
+            project=project,
+            entity=entity,
+            group=group,
+            name=name,
+            tags=list(tags or []),
+            job_type=job_type,
+            mode=mode,
+            config=config,
+            dir=os.environ["WANDB_DIR"],
+            reinit="finish_previous",
+            settings=wandb.Settings(init_timeout=60, console="off"),
+        )
+
+    def log(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.run.log(dict(metrics), step=step)
+
+    def log_summary(self, metrics: dict[str, Any]) -> None:
+        for k, v in metrics.items():
+            self.run.summary[k] = v
+
+    def log_table(self, key: str, columns: list[str], rows: list[list[Any]]) -> None:
+        self.run.log({key: self._wandb.Table(columns=columns, data=rows)})
+
+    def log_image(self, key: str, path: str | os.PathLike) -> None:
+        self.run.log({key: self._wandb.Image(str(path))})
+
+    def finish(self, exit_code: int = 0) -> None:
+        self.run.finish(exit_code=exit_code)
+
+
+def make_tracker(
+    logger_cfg: Any,
+    *,
+    config: dict[str, Any],
+    out_dir: str | os.PathLike,
+    default_group: str | None = None,
+    default_name: str | None = None,
+    job_type: str | None = None,
+) -> Tracker:
+    """The tracker a `logger` config asks for; a no-op on every process but 0."""
+    import jax
+
+    if logger_cfg.name == "none" or jax.process_index() != 0:
+        return NoOpTracker()
+    if logger_cfg.mode == "disabled":
+        return NoOpTracker()
+    return WandbTracker(
+        config=config,
+        project=logger_cfg.project,
+        out_dir=out_dir,
+        mode=logger_cfg.mode,
+        entity=logger_cfg.entity,
+        group=logger_cfg.group or default_group,
+        name=logger_cfg.run_name or default_name,
+        tags=list(logger_cfg.tags),
+        job_type=job_type,
+    )
