@@ -40,11 +40,25 @@ import re
 from collections.abc import Sequence
 
 _MODES = {
-    "maj": "maj", "major": "maj", "ion": "maj", "ionian": "maj",
-    "m": "min", "min": "min", "minor": "min", "aeo": "min", "aeolian": "min",
-    "dor": "dor", "dorian": "dor", "mix": "mix", "mixolydian": "mix",
-    "lyd": "lyd", "lydian": "lyd", "phr": "phr", "phrygian": "phr",
-    "loc": "loc", "locrian": "loc",
+    "maj": "maj",
+    "major": "maj",
+    "ion": "maj",
+    "ionian": "maj",
+    "m": "min",
+    "min": "min",
+    "minor": "min",
+    "aeo": "min",
+    "aeolian": "min",
+    "dor": "dor",
+    "dorian": "dor",
+    "mix": "mix",
+    "mixolydian": "mix",
+    "lyd": "lyd",
+    "lydian": "lyd",
+    "phr": "phr",
+    "phrygian": "phr",
+    "loc": "loc",
+    "locrian": "loc",
 }
 _MODE_ALT = "|".join(sorted(_MODES, key=len, reverse=True))
 _KEY_RE = re.compile(

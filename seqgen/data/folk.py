@@ -96,7 +96,7 @@ def _finish(block: list[str], tunes: list[str], skipped: Counter) -> None:
         if inline_voice:
             voice = inline_voice.group(1)
             first_voice = first_voice if first_voice is not None else voice
-            line = line[inline_voice.end():]
+            line = line[inline_voice.end() :]
         if not line or _ONLY_INLINE_RE.match(line):
             continue
         if voice is not None and voice != first_voice:
@@ -165,6 +165,10 @@ def load_tunes(
             f"no ABC tunes found in folk collections {collections}; "
             f"allowed collections: {', '.join(KNOWN_COLLECTIONS)}"
         )
-    stats = {"collections": collections, "num_files": len(files), "num_tunes": len(tunes),
-             "skipped": dict(skipped)}
+    stats = {
+        "collections": collections,
+        "num_files": len(files),
+        "num_tunes": len(tunes),
+        "skipped": dict(skipped),
+    }
     return tunes, stats

@@ -101,9 +101,7 @@ class Vocab:
 
     def __eq__(self, other: object) -> bool:
         return (
-            isinstance(other, Vocab)
-            and self.level == other.level
-            and self.symbols == other.symbols
+            isinstance(other, Vocab) and self.level == other.level and self.symbols == other.symbols
         )
 
     def __repr__(self) -> str:
@@ -157,8 +155,12 @@ class Vocab:
         return detokenize(self.decode_symbols(ids), self.level)
 
     def to_json(self) -> dict:
-        return {"format": "seqgen-vocab", "version": 1, "level": self.level,
-                "symbols": self.symbols}
+        return {
+            "format": "seqgen-vocab",
+            "version": 1,
+            "level": self.level,
+            "symbols": self.symbols,
+        }
 
     @classmethod
     def from_json(cls, obj: dict) -> Vocab:
