@@ -1,0 +1,447 @@
+"""Training loop: optax AdamW, global-norm clipping, warmup + cosine; jit steps; NaN guard.
+
+The model is split once with `nnx.split(model, nnx.Param, ...)`; the train and eval steps are
+pure jitted functions of `(params, opt_state, rest, batch, ...)` that `nnx.merge` inside the
+trace only, so the hot loop does no NNX graph traversal. Dropout keys are
+`fold_in(key(seed), step)`: a resumed run draws the same masks as an uninterrupted one.
+
+Interruption safety (big_vision style): with `ckpt_dir`, the latest checkpoint (params,
+optimizer state, step, data position) is written every `checkpoint_every` steps and on Ctrl-C,
+and `train` resumes from it. The batch iterator must be deterministic for a given seed (as
+`seqgen.data.batching.batch_iterator` is): on resume it is fast-forwarded by the number of
+batches already consumed, unless it has a `skip(n)` method, which is then called instead.
+
+A non-finite loss, gradient norm or parameter stops training with `NonFiniteLossError`; the
+update of that step is not applied and no checkpoint is written after it, so the last good one
+is kept.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from seqgen.checkpoint import TrainCheckpointer
+from seqgen.errors import UserError
+from seqgen.parallel import make_mesh, replicate, shard_batch
+
+LN2 = math.log(2.0)
+
+
+class NonFiniteLossError(UserError):
+    """Training produced a NaN/Inf loss, gradient or parameter at a given step."""
+
+
+class TrainResult(NamedTuple):
+    model: nnx.Module
+    summary: dict[str, Any]
+
+
+class TrainHParams(NamedTuple):
+    """The optimizer-relevant part of the train config (hashable: caches the compiled step)."""
+
+    steps: int
+    lr: float
+    weight_decay: float
+    warmup_steps: int
+    clip_norm: float
+    end_lr_ratio: float
+
+
+# --------------------------------------------------------------------------------------------
+# Optimizer
+
+
+def hparams_from_cfg(cfg: Any) -> TrainHParams:
+    hp = TrainHParams(
+        steps=int(getattr(cfg, "steps", 1000)),
+        lr=float(getattr(cfg, "lr", 1e-3)),
+        weight_decay=float(getattr(cfg, "weight_decay", 0.0)),
+        warmup_steps=int(getattr(cfg, "warmup_steps", 0)),
+        clip_norm=float(getattr(cfg, "clip_norm", 1.0) or 0.0),
+        end_lr_ratio=float(getattr(cfg, "end_lr_ratio", 0.0)),
+    )
+    if hp.steps < 0:
+        raise UserError(f"train.steps={hp.steps} must be >= 0")
+    if not hp.lr > 0:
+        raise UserError(f"train.lr={hp.lr} must be > 0")
+    if not 0 <= hp.warmup_steps <= max(hp.steps, 0):
+        raise UserError(
+            f"train.warmup_steps={hp.warmup_steps} must be between 0 and train.steps={hp.steps}"
+        )
+    return hp
+
+
+def lr_schedule(hp: TrainHParams) -> optax.Schedule:
+    """Linear warmup 0 -> lr over `warmup_steps`, then cosine lr -> end_lr_ratio*lr at `steps`."""
+    decay = optax.cosine_decay_schedule(
+        hp.lr, max(hp.steps - hp.warmup_steps, 1), alpha=hp.end_lr_ratio
+    )
+    if hp.warmup_steps == 0:
+        return decay
+    warm = optax.linear_schedule(0.0, hp.lr, hp.warmup_steps)
+    return optax.join_schedules([warm, decay], [hp.warmup_steps])
+
+
+@functools.lru_cache(maxsize=16)
+def make_optimizer(hp: TrainHParams) -> optax.GradientTransformation:
+    """Clip by global norm (if clip_norm > 0), then AdamW; no weight decay on biases."""
+
+    def decay_mask(params):
+        return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+    adamw = optax.adamw(lr_schedule(hp), weight_decay=hp.weight_decay, mask=decay_mask)
+    if hp.clip_norm > 0:
+        return optax.chain(optax.clip_by_global_norm(hp.clip_norm), adamw)
+    return adamw
+
+
+# --------------------------------------------------------------------------------------------
+# Pure steps
+
+
+def masked_cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> jax.Array:
+    """Per-token cross-entropy [B, T] times mask (no reduction)."""
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+    return ce * mask
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def _train_step(graphdef, hp, params, opt_state, rest, batch, key, step, bad_step):
+    """One AdamW update on the masked-mean token cross-entropy; skipped if not finite.
+
+    `step` is the number of updates done before this one; `bad_step` is -1 until the first
+    non-finite step (1-based), after which every update is skipped.
+    """
+    tx = make_optimizer(hp)
+    inputs, targets, mask = batch
+
+    def loss_fn(p):
+        model = nnx.merge(graphdef, p, rest)
+        logits = model(inputs, rngs=jax.random.fold_in(key, step))
+        return jnp.sum(masked_cross_entropy(logits, targets, mask)) / jnp.maximum(
+            jnp.sum(mask), 1.0
+        )
+
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, new_opt_state = tx.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    grad_norm = optax.tree.norm(grads)
+    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite(new_params)
+    ok = ok & (bad_step < 0)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+    bad_step = jnp.where((bad_step < 0) & ~ok, step + 1, bad_step)
+    metrics = {"loss": loss, "grad_norm": grad_norm}
+    return keep(new_params, params), keep(new_opt_state, opt_state), bad_step, metrics
+
+
+def _eval_step(graphdef, params, rest, batch):
+    """(sum of masked cross-entropy, number of real tokens) for one batch."""
+    inputs, targets, mask = batch
+    logits = nnx.merge(graphdef, params, rest)(inputs)
+    return jnp.sum(masked_cross_entropy(logits, targets, mask)), jnp.sum(mask)
+
+
+@functools.cache
+def _jitted():
+    # Donation saves a copy of params + optimizer state per step; CPU does not implement it.
+    donate = (2, 3) if jax.default_backend() != "cpu" else ()
+    train = jax.jit(_train_step, static_argnums=(0, 1), donate_argnums=donate)
+    evaluate = jax.jit(_eval_step, static_argnums=(0,))
+    return train, evaluate
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def _eval_sums(graphdef, params, rest, batches: Iterable, mesh=None) -> tuple[float, float]:
+    _, eval_step = _jitted()
+    total, count = jnp.float32(0.0), jnp.float32(0.0)
+    for batch in batches:
+        batch = _as_arrays(batch)
+        if mesh is not None:
+            batch = shard_batch(batch, mesh)
+        s, n = eval_step(graphdef, params, rest, batch)
+        total, count = total + s, count + n
+    return float(total), float(count)
+
+
+def _metrics_from_sums(total: float, count: float) -> dict[str, float]:
+    if count <= 0:
+        raise UserError("evaluation got no tokens (every mask entry is 0); check the valid split")
+    loss = total / count
+    return {"loss": loss, "ppl": math.exp(min(loss, 700.0)), "bits": loss / LN2}
+
+
+def evaluate(model: nnx.Module, batches: Iterable) -> dict[str, float]:
+    """Token-weighted loss (nats/token), perplexity and bits/token over `batches` (eval mode)."""
+    was_training = _is_training(model)
+    model.eval()
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    try:
+        return _metrics_from_sums(*_eval_sums(graphdef, params, rest, batches))
+    finally:
+        if was_training:
+            model.train()
+
+
+def _is_training(model: nnx.Module) -> bool:
+    return any(isinstance(m, nnx.Dropout) and not m.deterministic for _, m in nnx.iter_graph(model))
+
+
+def _as_arrays(batch: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    inputs, targets, mask = batch
+    return (
+        np.asarray(inputs, np.int32),
+        np.asarray(targets, np.int32),
+        np.asarray(mask, np.float32),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The loop
+
+
+class _Progress:
+    """A rich progress bar with loss and tokens/s; a no-op when disabled or not on a TTY."""
+
+    def __init__(self, enabled: bool, total: int, start: int):
+        self.bar = None
+        if enabled and sys.stdout.isatty():
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+
+            self.bar = Progress(
+                TextColumn("[bold]train"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]}"),
+                TextColumn("{task.fields[tps]} tok/s"),
+                TimeRemainingColumn(),
+            )
+            self.bar.start()
+            self.task = self.bar.add_task("train", total=total, completed=start, loss="-", tps="-")
+
+    def update(self, step: int, loss: float | None = None, tps: float | None = None) -> None:
+        if self.bar is None:
+            return
+        fields = {}
+        if loss is not None:
+            fields["loss"] = f"{loss:.4f}"
+        if tps is not None:
+            fields["tps"] = f"{tps:,.0f}"
+        self.bar.update(self.task, completed=step, **fields)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _fast_forward(batches: Iterator, n: int) -> None:
+    if n <= 0:
+        return
+    if hasattr(batches, "skip"):
+        batches.skip(n)
+        return
+    for _ in range(n):
+        next(batches)
+
+
+def train(
+    model: nnx.Module,
+    train_batches: Iterator,
+    valid_batches: list,
+    cfg: Any,
+    *,
+    ckpt_dir: str | None = None,
+    tracker: Any = None,
+    seed: int = 0,
+    progress: bool | None = None,
+    resume: bool = True,
+    restore_best: bool = True,
+) -> TrainResult:
+    """Train `model` in place on `train_batches` (an iterator of `Batch(inputs, targets, mask)`).
+
+    `cfg` is read with getattr: steps, lr, weight_decay, warmup_steps, clip_norm, eval_every,
+    eval_batches (first N valid batches per evaluation), checkpoint_every, log_every,
+    data_parallel, progress, and optionally patience (evaluations without improvement before
+    stopping; 0 = off) and end_lr_ratio. With `restore_best` and validation data the returned
+    model holds the best-by-valid-loss parameters, else the last ones.
+
+    Summary keys: train/loss (last logged), valid/loss, valid/ppl, valid/bits (best),
+    best_step, steps, tokens_per_s, wall_time_s, stopped_early.
+    """
+    t_start = time.perf_counter()
+    hp = hparams_from_cfg(cfg)
+    eval_every = max(int(getattr(cfg, "eval_every", 0) or hp.steps or 1), 1)
+    eval_batches = int(getattr(cfg, "eval_batches", 0) or 0)
+    ckpt_every = max(int(getattr(cfg, "checkpoint_every", 0) or hp.steps or 1), 1)
+    log_every = max(int(getattr(cfg, "log_every", 0) or 1), 1)
+    patience = int(getattr(cfg, "patience", 0) or 0)
+    if progress is None:
+        progress = bool(getattr(cfg, "progress", True))
+    valid = list(valid_batches)[:eval_batches] if eval_batches > 0 else list(valid_batches)
+
+    mesh = make_mesh() if getattr(cfg, "data_parallel", False) else None
+    if mesh is not None and mesh.size == 1:
+        mesh = None
+
+    model.eval()
+    graphdef_eval = nnx.graphdef(model)
+    model.train()
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    tx = make_optimizer(hp)
+    opt_state = tx.init(params)
+    train_step, _ = _jitted()
+    base_key = jax.random.key(seed)
+
+    step, best_loss, best_step, data_position = 0, math.inf, -1, 0
+    history: dict[str, Any] = {}
+    ckpt = TrainCheckpointer(ckpt_dir) if ckpt_dir is not None else None
+    if ckpt is not None and resume and ckpt.latest_step("latest") is not None:
+        params, opt_state, meta = ckpt.restore("latest", params, opt_state)
+        step, data_position = int(meta["step"]), int(meta["data_position"])
+        best_loss, best_step = float(meta["best_valid_loss"]), int(meta["best_step"])
+        history = dict(meta.get("history", {}))
+        _fast_forward(train_batches, data_position)
+
+    if mesh is not None:
+        params, opt_state, rest = replicate((params, opt_state, rest), mesh)
+
+    def meta_now() -> dict[str, Any]:
+        return {
+            "step": step,
+            "data_position": data_position,
+            "seed": seed,
+            "best_valid_loss": best_loss if math.isfinite(best_loss) else 1e308,
+            "best_step": best_step,
+            "history": history,
+        }
+
+    def save(which: str) -> None:
+        if ckpt is not None:
+            ckpt.save(which, step, params, opt_state, meta_now())
+
+    bad_step = jnp.int32(-1)
+
+    def check_finite() -> None:
+        bad = int(bad_step)
+        if bad >= 0:
+            kept = ckpt.latest_step("latest") if ckpt is not None else None
+            where = f"; last good checkpoint: step {kept} in {ckpt.directory}" if kept else ""
+            raise NonFiniteLossError(
+                f"training diverged: non-finite loss, gradient or parameters at step {bad} "
+                f"(train.lr={hp.lr}); lower train.lr or set train.clip_norm{where}"
+            )
+
+    bar = _Progress(progress, hp.steps, step)
+    last_loss = math.nan
+    tokens_since, t_since, total_tokens, t_train = 0.0, time.perf_counter(), 0.0, 0.0
+    stopped_early, bad_evals = False, 0
+    pending: list = []
+    try:
+        while step < hp.steps:
+            batch = _as_arrays(next(train_batches))
+            ntok = float(batch[2].sum())
+            if mesh is not None:
+                batch = shard_batch(batch, mesh)
+            params, opt_state, bad_step, m = train_step(
+                graphdef, hp, params, opt_state, rest, batch, base_key, jnp.int32(step), bad_step
+            )
+            step += 1
+            data_position = step  # one batch per step
+            tokens_since += ntok
+            total_tokens += ntok
+            pending.append(m["loss"])
+            if step % log_every == 0 or step == hp.steps:
+                check_finite()
+                last_loss = float(m["loss"])
+                now = time.perf_counter()
+                tps = tokens_since / max(now - t_since, 1e-9)
+                t_train += now - t_since
+                tokens_since, t_since = 0.0, now
+                lr = float(lr_schedule(hp)(step - 1))
+                if tracker is not None:
+                    tracker.log(
+                        {
+                            "train/loss": float(np.mean(jax.device_get(pending))),
+                            "train/grad_norm": float(m["grad_norm"]),
+                            "train/lr": lr,
+                            "train/tokens_per_s": tps,
+                        },
+                        step=step,
+                    )
+                pending = []
+                bar.update(step, last_loss, tps)
+            if valid and (step % eval_every == 0 or step == hp.steps):
+                check_finite()
+                res = _metrics_from_sums(*_eval_sums(graphdef_eval, params, rest, valid, mesh))
+                history[str(step)] = res["loss"]
+                if tracker is not None:
+                    tracker.log({f"valid/{k}": v for k, v in res.items()}, step=step)
+                if res["loss"] < best_loss:
+                    best_loss, best_step, bad_evals = res["loss"], step, 0
+                    save("best")
+                else:
+                    bad_evals += 1
+                if patience and bad_evals >= patience:
+                    stopped_early = True
+            if step % ckpt_every == 0 or step == hp.steps or stopped_early:
+                check_finite()
+                save("latest")
+            if stopped_early:
+                break
+        check_finite()
+    except KeyboardInterrupt:
+        # Keep what was computed: the state after `step` completed updates is good if finite.
+        if int(bad_step) < 0:
+            save("latest")
+        raise
+    finally:
+        bar.close()
+        t_train += time.perf_counter() - t_since
+
+    if restore_best and ckpt is not None and best_step >= 0 and best_step != step:
+        params, _, _ = ckpt.restore("best", params)
+    nnx.update(model, jax.device_get(params))
+    model.eval()
+    if ckpt is not None:
+        ckpt.close()
+
+    summary: dict[str, Any] = {
+        "train/loss": last_loss,
+        "steps": step,
+        "tokens_per_s": total_tokens / max(t_train, 1e-9),
+        "wall_time_s": time.perf_counter() - t_start,
+        "stopped_early": stopped_early,
+        "best_step": best_step,
+    }
+    if math.isfinite(best_loss):
+        summary.update(
+            {
+                "valid/loss": best_loss,
+                "valid/ppl": math.exp(min(best_loss, 700.0)),
+                "valid/bits": best_loss / LN2,
+            }
+        )
+    return TrainResult(model, summary)

@@ -1,0 +1,174 @@
+"""Training loop: learning, evaluation, resume after interruption, NaN guard, tracker."""
+
+import math
+import os
+from dataclasses import dataclass, replace
+from typing import NamedTuple
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from seqgen.checkpoint import TrainCheckpointer
+from seqgen.errors import UserError
+from seqgen.models import LanguageModel
+from seqgen.train import NonFiniteLossError, evaluate, train
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+V, B, T = 10, 4, 8
+
+
+class Batch(NamedTuple):  # same layout as seqgen.data.batching.Batch
+    inputs: np.ndarray
+    targets: np.ndarray
+    mask: np.ndarray
+
+
+@dataclass(frozen=True)
+class Cfg:
+    steps: int = 8
+    batch_size: int = B
+    lr: float = 1e-2
+    weight_decay: float = 0.01
+    warmup_steps: int = 2
+    clip_norm: float = 1.0
+    eval_every: int = 4
+    eval_batches: int = 2
+    checkpoint_every: int = 4
+    log_every: int = 2
+    data_parallel: bool = False
+    progress: bool = False
+
+
+def make_batch(rng: np.random.Generator) -> Batch:
+    """Counting sequences mod 6 (ids 4..9) with a random start and a random padded tail."""
+    start = rng.integers(0, 6, size=(B, 1))
+    seq = 4 + (start + np.arange(T + 1)) % 6  # [B, T+1]
+    mask = np.ones((B, T), np.float32)
+    lengths = rng.integers(T // 2, T + 1, size=B)
+    mask[np.arange(T)[None, :] >= lengths[:, None]] = 0.0
+    inputs = np.where(mask > 0, seq[:, :-1], 0).astype(np.int32)
+    targets = np.where(mask > 0, seq[:, 1:], 0).astype(np.int32)
+    return Batch(inputs, targets, mask)
+
+
+def batches(seed=0, fail_at=None, nan_at=None):
+    """Infinite deterministic batch stream; raises at batch `fail_at`; NaN mask at `nan_at`."""
+    rng = np.random.default_rng(seed)
+    i = 0
+    while True:
+        if i == fail_at:
+            raise RuntimeError("simulated preemption")
+        b = make_batch(rng)
+        if i == nan_at:
+            b = b._replace(mask=np.full_like(b.mask, np.nan))
+        yield b
+        i += 1
+
+
+VALID = [make_batch(np.random.default_rng(100 + i)) for i in range(3)]
+
+
+def new_model(dropout=0.1):
+    return LanguageModel(
+        V, cell="lstm", embed_size=8, hidden_size=16, num_layers=2, dropout=dropout,
+        rngs=nnx.Rngs(0),
+    )  # fmt: skip
+
+
+def params_of(model):
+    return jax.tree.leaves(nnx.state(model, nnx.Param))
+
+
+class ListTracker:
+    def __init__(self):
+        self.records = []
+
+    def log(self, metrics, step):
+        self.records.append((step, dict(metrics)))
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    """8 steps in one go (shared by several tests)."""
+    tracker = ListTracker()
+    d = tmp_path_factory.mktemp("full")
+    before = evaluate(new_model(), VALID)
+    result = train(new_model(), batches(), VALID, Cfg(), ckpt_dir=str(d), tracker=tracker, seed=3)
+    return before, result, tracker, d
+
+
+def test_training_lowers_valid_loss_and_reports_summary(full_run):
+    before, (model, summary), tracker, _ = full_run
+    assert summary["steps"] == 8
+    assert summary["valid/loss"] < before["loss"]
+    assert summary["valid/bits"] == pytest.approx(summary["valid/loss"] / math.log(2))
+    assert summary["valid/ppl"] == pytest.approx(math.exp(summary["valid/loss"]))
+    assert math.isfinite(summary["train/loss"]) and summary["tokens_per_s"] > 0
+    assert summary["stopped_early"] is False
+    # the returned model is the best one (in eval mode), and evaluate agrees with the summary
+    assert evaluate(model, VALID[:2])["loss"] == pytest.approx(summary["valid/loss"], rel=1e-6)
+    steps = [s for s, m in tracker.records if "train/loss" in m]
+    assert steps == [2, 4, 6, 8]
+    assert [s for s, m in tracker.records if "valid/loss" in m] == [4, 8]
+
+
+def test_evaluate_is_token_weighted():
+    model = new_model()
+    per_batch = [evaluate(model, [b]) for b in VALID]
+    counts = [b.mask.sum() for b in VALID]
+    expected = sum(r["loss"] * n for r, n in zip(per_batch, counts)) / sum(counts)
+    got = evaluate(model, VALID)
+    assert got["loss"] == pytest.approx(expected, rel=1e-5)
+    assert got["bits"] == pytest.approx(got["loss"] / math.log(2))
+
+
+def test_resume_after_interruption_gives_the_same_parameters(full_run, tmp_path):
+    _, (full_model, full_summary), _, _ = full_run
+    cfg = Cfg()
+    with pytest.raises(RuntimeError, match="preemption"):
+        train(new_model(), batches(fail_at=4), VALID, cfg, ckpt_dir=str(tmp_path), seed=3)
+    assert TrainCheckpointer(tmp_path).latest_step() == 4
+    model, summary = train(new_model(), batches(), VALID, cfg, ckpt_dir=str(tmp_path), seed=3)
+    assert summary["steps"] == 8
+    for a, b in zip(params_of(model), params_of(full_model)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    assert summary["valid/loss"] == pytest.approx(full_summary["valid/loss"], rel=1e-6)
+
+
+def test_best_and_latest_checkpoints_are_restorable(full_run):
+    _, (model, summary), _, d = full_run
+    ckpt = TrainCheckpointer(d)
+    assert ckpt.latest_step("latest") == 8
+    assert ckpt.latest_step("best") == summary["best_step"]
+    like = nnx.state(model, nnx.Param)
+    for which in ("latest", "best"):
+        _, _, meta = ckpt.restore(which, like)
+        assert meta["step"] == ckpt.latest_step(which)
+    best, _, _ = ckpt.restore("best", like)
+    for a, b in zip(jax.tree.leaves(best), params_of(model)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_nan_batch_stops_with_clear_error_and_keeps_last_good_checkpoint(tmp_path):
+    cfg = replace(Cfg(), checkpoint_every=2, log_every=1, eval_every=100)
+    with pytest.raises(NonFiniteLossError, match="at step 4") as err:
+        train(new_model(), batches(nan_at=3), VALID, cfg, ckpt_dir=str(tmp_path), seed=3)
+    assert isinstance(err.value, UserError) and "\n" not in str(err.value)
+    ckpt = TrainCheckpointer(tmp_path)
+    assert ckpt.latest_step() == 2
+    params, _, _ = ckpt.restore("latest", nnx.state(new_model(), nnx.Param))
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+
+
+def test_absurd_learning_rate_is_caught(tmp_path):
+    cfg = replace(Cfg(), lr=1e38, warmup_steps=0, clip_norm=0.0, eval_every=100)
+    with pytest.raises(NonFiniteLossError, match="train.lr"):
+        train(new_model(), batches(), VALID, cfg, ckpt_dir=str(tmp_path), seed=3)
+
+
+def test_bad_warmup_is_user_error():
+    with pytest.raises(UserError, match="warmup_steps"):
+        train(new_model(), batches(), VALID, replace(Cfg(), warmup_steps=100))
