@@ -125,6 +125,12 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def canonical_json(obj: Any) -> str:
     """Deterministic JSON (sorted keys, no whitespace) of `obj` after `_plain`."""
     return json.dumps(_plain(obj), sort_keys=True, separators=(",", ":"), allow_nan=False)
@@ -159,23 +165,26 @@ class ModelCache:
         return filelock.FileLock(str(self.root / f"{key}.lock"), timeout=timeout)
 
     def save_model(self, key: str, model: nnx.Module, vocab_json: str, meta: Mapping) -> Path:
-        """Write the model's parameters, `vocab.json` and `meta.json` atomically under `key`."""
+        """Write the model's parameters, `vocab.json`, then `meta.json` (last, atomically).
+
+        Other files in the key's directory (e.g. a `train_ckpt/` that `train` resumes from)
+        are left alone. Call it while holding `lock(key)`.
+        """
         final = self.path(key)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=self.root))
+        final.mkdir(parents=True, exist_ok=True)
+        (final / "meta.json").unlink(missing_ok=True)  # incomplete until rewritten
+        tmp = Path(tempfile.mkdtemp(prefix=".model.", dir=final))
         try:
-            params = nnx.state(model, nnx.Param)
             ckptr = ocp.StandardCheckpointer()
-            ckptr.save(tmp / "model", params)
+            ckptr.save(tmp / "model", nnx.state(model, nnx.Param))
             ckptr.wait_until_finished()
             ckptr.close()
-            (tmp / "vocab.json").write_text(vocab_json)
-            (tmp / "meta.json").write_text(json.dumps(_plain(meta), indent=2, sort_keys=True))
-            if final.exists():  # an incomplete earlier attempt (no meta.json)
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        except BaseException:
+            shutil.rmtree(final / "model", ignore_errors=True)
+            os.replace(tmp / "model", final / "model")
+        finally:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        _atomic_write(final / "vocab.json", vocab_json)
+        _atomic_write(final / "meta.json", json.dumps(_plain(meta), indent=2, sort_keys=True))
         return final
 
     def load_model(self, key: str, model_template: nnx.Module) -> tuple[nnx.Module, dict]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -273,7 +274,7 @@ def train(
     valid_batches: list,
     cfg: Any,
     *,
-    ckpt_dir: str | None = None,
+    ckpt_dir: str | os.PathLike | None = None,
     tracker: Any = None,
     seed: int = 0,
     progress: bool | None = None,
