@@ -77,7 +77,7 @@ def main() -> None:
     timed("repetition/seq_rep_4", lambda: seq_rep_n(seqs, 4), r)
     timed("repetition/rep_pct", lambda: repetition_percent(seqs), r)
     timed("repetition/rep_16,32,128", lambda: rep_l(seqs), r)
-    kw = dict(ended=ended, tempered_logprobs=lps, eos_tempered_logprob=eos)
+    kw = dict(ended=ended, tempered_logprobs=lps, eos_tempered_logprobs=eos)
     timed("compute_metrics (all token metrics)", lambda: compute_metrics(seqs, **kw), r)
     tunes = [TUNE] * args.abc
     timed(f"abc/* ({args.abc} tunes, music21)", lambda: abc_metrics(tunes, subset=args.abc), r)

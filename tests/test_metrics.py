@@ -352,11 +352,11 @@ def test_compute_metrics_keys_follow_inputs_and_layouts_agree():
         seqs,
         ended=ended,
         tempered_logprobs=lps,
-        eos_tempered_logprob=eos,
+        eos_tempered_logprobs=eos,
         model_logprobs=lps,
-        eos_logprob=eos,
+        eos_model_logprobs=eos,
         ref_logprobs=lps,
-        ref_eos_logprob=eos,
+        ref_eos_logprobs=eos,
         oracle=FakeOracle(),
         best_sequences=[[5, 6]],
         best_ended=[True],
@@ -387,10 +387,20 @@ def test_compute_metrics_keys_follow_inputs_and_layouts_agree():
         lengths=[5, 9, 7],
         ended=ended,
         tempered_logprobs=padded_lp,
-        eos_tempered_logprob=eos,
+        eos_tempered_logprobs=eos,
     )
     for key in TOKEN_KEYS | {"gen/ppl", "length/eos_rate"}:
         assert out_padded[key] == pytest.approx(out[key], rel=1e-12, nan_ok=True), key
+
+
+def test_compute_metrics_best_ended_defaults_to_ended_and_max_len_is_checked():
+    seqs = [[5, 6], [5, 6], [5]]
+    out = compute_metrics(
+        seqs, ended=[True, False, True], oracle=FakeOracle(), best_sequences=seqs, max_len=[2, 3, 1]
+    )
+    assert out["search/mode_found"] == pytest.approx(1 / 3)  # only the first is the mode
+    with pytest.raises(ValueError):
+        compute_metrics(seqs, max_len=1)
 
 
 def test_human_metrics_has_no_gen_ppl_without_logprobs():
@@ -398,7 +408,7 @@ def test_human_metrics_has_no_gen_ppl_without_logprobs():
     out = human_metrics(seqs)
     assert "gen/ppl" not in out and out["length/eos_rate"] == 1.0
     lps = [np.log([0.5, 0.5, 0.5]), np.log([0.5, 0.5, 0.5, 0.5])]
-    out = human_metrics(seqs, logprobs=lps, eos_logprob=np.log([0.5, 0.5]))
+    out = human_metrics(seqs, logprobs=lps, eos_logprobs=np.log([0.5, 0.5]))
     assert out["gen/ppl"] == pytest.approx(2.0) and out["gen/ppl_model"] == pytest.approx(2.0)
 
 
@@ -415,6 +425,7 @@ def test_decode_output_inputs_cuts_prompts_and_padding():
         logprobs=np.where(tokens > 0, -1.0, 0.0),
         tempered_logprobs=None,
         eos_logprob=np.full((2, 2), -2.0),
+        eos_tempered_logprob=None,
     )
     kw = decode_output_inputs(out)
     assert [s.tolist() for s in kw["sequences"]] == [[5, 6], [7], [5, 5, 5, 5, 5], [6]]
@@ -424,5 +435,8 @@ def test_decode_output_inputs_cuts_prompts_and_padding():
     metrics = compute_metrics(**kw)
     # 9 tokens at -1 plus 3 EOS at -2: ppl = exp(15 / 12)
     assert metrics["gen/ppl_model"] == pytest.approx(math.exp(15 / 12))
+    assert kw["eos_model_logprobs"].tolist() == [-2.0] * 4 and "eos_tempered_logprobs" not in kw
+    as_dict = decode_output_inputs(vars(out))  # a dict with the same keys works too
+    assert [s.tolist() for s in as_dict["sequences"]] == [[5, 6], [7], [5, 5, 5, 5, 5], [6]]
     best = decode_output_inputs(out, best_only=True)
     assert [s.tolist() for s in best["sequences"]] == [[5, 6], [5, 5, 5, 5, 5]]

@@ -47,19 +47,20 @@ def compute_metrics(
     lengths: Sequence[int] | np.ndarray | None = None,
     ended: Sequence[bool] | np.ndarray | None = None,
     tempered_logprobs: Sequence[np.ndarray] | np.ndarray | None = None,
-    eos_tempered_logprob: ArrayLike | None = None,
+    eos_tempered_logprobs: ArrayLike | None = None,
     model_logprobs: Sequence[np.ndarray] | np.ndarray | None = None,
-    eos_logprob: ArrayLike | None = None,
+    eos_model_logprobs: ArrayLike | None = None,
     ref_logprobs: Sequence[np.ndarray] | np.ndarray | None = None,
-    ref_eos_logprob: ArrayLike | None = None,
+    ref_eos_logprobs: ArrayLike | None = None,
     oracle: Any = None,
     best_sequences: SequencesLike | None = None,
     best_ended: Sequence[bool] | np.ndarray | None = None,
     abc_texts: Sequence[str] | None = None,
     abc_subset: int = ABC_SUBSET,
     seed: int = 0,
-    self_bleu_samples: int = SELF_BLEU_SAMPLES,
+    self_bleu_max: int = SELF_BLEU_SAMPLES,
     zipf_top: int = ZIPF_TOP_TYPES,
+    max_len: int | Sequence[int] | np.ndarray | None = None,
 ) -> dict[str, float]:
     """All metrics that apply to one set of N generated continuations.
 
@@ -70,12 +71,15 @@ def compute_metrics(
     - `tempered_logprobs` (-> `gen/ppl`), `model_logprobs` (-> `gen/ppl_model`),
       `ref_logprobs` (-> `gen/ref_ppl`): per-token log-probs aligned with `sequences` (same
       layout: list of 1-D arrays, or `[N, T]` read up to `lengths`); each with the EOS
-      log-prob of ended sequences in `eos_tempered_logprob`, `eos_logprob`,
-      `ref_eos_logprob` (float[N], entries of non-ended sequences ignored);
+      log-prob of ended sequences in `eos_tempered_logprobs`, `eos_model_logprobs`,
+      `ref_eos_logprobs` (float[N], entries of non-ended sequences ignored);
     - `oracle` (-> `oracle/*`), with `best_sequences` / `best_ended`, the top beam per prompt
-      (-> `search/mode_found`);
+      (-> `search/mode_found`; `best_ended` defaults to `ended` when `best_sequences` has
+      one entry per sequence, i.e. the generations are themselves the best beams);
     - `abc_texts`: decoded ABC tunes (-> `abc/*`, on a seeded subset of `abc_subset`);
-    - `seed`: Self-BLEU's hypothesis subset and the ABC subset.
+    - `seed`: Self-BLEU's hypothesis subset (at most `self_bleu_max`) and the ABC subset;
+    - `max_len` (int or one per sequence): the continuation budget, only checked
+      (a continuation longer than its budget is an error).
     Always computed: `diversity/*`, `zipf`, `repetition/*`, `length/mean`, `length/std`.
     Returns {key: float}; NaN where a metric is undefined (e.g. Self-BLEU of one sequence).
     """
@@ -83,11 +87,17 @@ def compute_metrics(
     n = packed.num_sequences
     if ended is not None and np.asarray(ended).reshape(-1).shape != (n,):
         raise UserError(f"ended must have one flag per sequence ({n} sequences)")
+    if max_len is not None and (packed.lengths > np.asarray(max_len)).any():
+        raise ValueError("a continuation is longer than its max_len budget")
+    if best_sequences is not None and best_ended is None:
+        if ended is None or len(best_sequences) != n:
+            raise UserError("search/mode_found needs best_ended (one flag per best sequence)")
+        best_ended = ended
     out: dict[str, float] = {}
     ppl_inputs = {
-        "gen/ppl": (tempered_logprobs, eos_tempered_logprob),
-        "gen/ppl_model": (model_logprobs, eos_logprob),
-        "gen/ref_ppl": (ref_logprobs, ref_eos_logprob),
+        "gen/ppl": (tempered_logprobs, eos_tempered_logprobs),
+        "gen/ppl_model": (model_logprobs, eos_model_logprobs),
+        "gen/ref_ppl": (ref_logprobs, ref_eos_logprobs),
     }
     for key, (logprobs, eos) in ppl_inputs.items():
         if logprobs is not None:
@@ -95,7 +105,7 @@ def compute_metrics(
                 logprobs, lengths=packed.lengths, ended=ended, eos_logprob=eos
             )
     out.update(
-        diversity_metrics(packed, seed=seed, self_bleu_samples=self_bleu_samples, zipf_top=zipf_top)
+        diversity_metrics(packed, seed=seed, self_bleu_samples=self_bleu_max, zipf_top=zipf_top)
     )
     out.update(repetition_metrics(packed))
     out.update(length_metrics(packed.lengths, ended))
@@ -123,7 +133,7 @@ def human_metrics(
     lengths: Sequence[int] | np.ndarray | None = None,
     ended: Sequence[bool] | np.ndarray | None = None,
     logprobs: Sequence[np.ndarray] | np.ndarray | None = None,
-    eos_logprob: ArrayLike | None = None,
+    eos_logprobs: ArrayLike | None = None,
     oracle: Any = None,
     abc_texts: Sequence[str] | None = None,
     **kwargs: Any,
@@ -131,7 +141,7 @@ def human_metrics(
     """The same metrics on held-out (human) sequences: the reference row.
 
     Held-out sequences are complete, so `ended` defaults to all True. Without `logprobs`
-    there is no `gen/ppl`; with the model's teacher-forced `logprobs` (+ `eos_logprob`) of the
+    there is no `gen/ppl`; with the model's teacher-forced `logprobs` (+ `eos_logprobs`) of the
     held-out text, `gen/ppl` and `gen/ppl_model` are both the model's perplexity on it
     (t = 1), as in Holtzman et al. 2020's Human row. `search/mode_found` does not apply.
     """
@@ -143,9 +153,9 @@ def human_metrics(
         lengths=packed.lengths,
         ended=ended,
         tempered_logprobs=logprobs,
-        eos_tempered_logprob=eos_logprob,
+        eos_tempered_logprobs=eos_logprobs,
         model_logprobs=logprobs,
-        eos_logprob=eos_logprob,
+        eos_model_logprobs=eos_logprobs,
         oracle=oracle,
         abc_texts=abc_texts,
         **kwargs,
@@ -153,26 +163,30 @@ def human_metrics(
 
 
 def decode_output_inputs(out: Any, *, best_only: bool = False) -> dict[str, Any]:
-    """`compute_metrics` keyword arguments from a decoder's `DecodeOutput` (duck-typed).
+    """`compute_metrics` keyword arguments from a decoder's `DecodeOutput` (an object with
+    attributes, or a dict with the same keys).
 
     Reads `tokens [B, N, T]` (prompt, continuation, PAD), `lengths [B, N]` (incl. prompt,
     excl. EOS), `prompt_lengths [B]`, `ended [B, N]`, and when present `logprobs`,
     `tempered_logprobs` `[B, N, T]` (0 on prompt/pad), `eos_logprob [B, N]` and
-    `eos_tempered_logprob [B, N]`. Continuations are cut out of every row (order: prompt-major,
-    B * N sequences); `best_sequences` / `best_ended` are column 0 (beams are best first).
-    With `best_only`, only column 0 is used as the generations as well.
+    `eos_tempered_logprob [B, N]`. Continuations are cut out of every row
+    (order: prompt-major, B * N sequences); `best_sequences` / `best_ended` are column 0
+    (beams are best first). With `best_only`, only column 0 is used as the generations too.
     """
+
+    def get(name: str):
+        value = out.get(name) if isinstance(out, dict) else getattr(out, name, None)
+        return None if value is None else np.asarray(value)
+
     columns = slice(0, 1) if best_only else slice(None)
-    tokens = np.asarray(out.tokens)
-    lengths = np.asarray(out.lengths)
-    prompt_lengths = np.asarray(out.prompt_lengths)
-    ended = np.asarray(out.ended, bool)
+    tokens, lengths, prompt_lengths = get("tokens"), get("lengths"), get("prompt_lengths")
+    ended = get("ended").astype(bool)
     b, n = tokens[:, columns].shape[:2]
     starts = np.repeat(prompt_lengths, n)
     ends = lengths[:, columns].reshape(-1)
 
-    def cut(arr) -> list[np.ndarray]:
-        rows = np.asarray(arr)[:, columns].reshape(b * n, -1)
+    def cut(arr: np.ndarray) -> list[np.ndarray]:
+        rows = arr[:, columns].reshape(b * n, -1)
         return [rows[i, starts[i] : ends[i]] for i in range(b * n)]
 
     kwargs: dict[str, Any] = {
@@ -182,9 +196,12 @@ def decode_output_inputs(out: Any, *, best_only: bool = False) -> dict[str, Any]
         "best_ended": ended[:, 0],
     }
     for attr, key in (("tempered_logprobs", "tempered_logprobs"), ("logprobs", "model_logprobs")):
-        if getattr(out, attr, None) is not None:
-            kwargs[key] = cut(getattr(out, attr))
-    for attr in ("eos_logprob", "eos_tempered_logprob"):
-        if getattr(out, attr, None) is not None:
-            kwargs[attr] = np.asarray(getattr(out, attr))[:, columns].reshape(-1)
+        if get(attr) is not None:
+            kwargs[key] = cut(get(attr))
+    for attr, key in (
+        ("eos_logprob", "eos_model_logprobs"),
+        ("eos_tempered_logprob", "eos_tempered_logprobs"),
+    ):
+        if get(attr) is not None:
+            kwargs[key] = get(attr)[:, columns].reshape(-1)
     return kwargs
