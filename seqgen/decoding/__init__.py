@@ -1,0 +1,134 @@
+"""Decoders for any step function `step_fn(params, carry, tokens[B]) -> (carry, logits[B, V])`.
+
+`decode(...)` validates the config (UserError before any compile) and dispatches on `cfg.name`
+through `DECODERS`. Each decoder is one `jax.jit` program around a `lax.scan` over `max_len`
+positions (BOS, then the forced prompt, then the continuation). See `common.py` for which knobs
+are static and which are traced, `processors.py` for the processor order.
+
+    greedy            argmax after the penalties
+    sample            ancestral sampling through the logits processors (Holtzman et al. 2020, ...)
+    beam              beam search, finished pool, exact stopping, length normalization
+    stochastic_beam   Gumbel-top-k stochastic beam search (Kool et al. 2019)
+    diverse_beam      diverse beam search with Hamming diversity (Vijayakumar et al. 2018)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from seqgen.decoding import processors
+from seqgen.decoding.beam import beam, diverse_beam
+from seqgen.decoding.common import (
+    DECODER_NAMES,
+    DEFAULTS,
+    DecodeOutput,
+    StepFn,
+    get,
+    validate_config,
+)
+from seqgen.decoding.processors import (
+    PROCESSOR_ORDER,
+    ProcessorFlags,
+    epsilon,
+    eta,
+    min_p,
+    no_repeat_ngram,
+    presence_frequency_penalty,
+    process_logits,
+    repetition_penalty,
+    temperature,
+    top_k,
+    top_p,
+    typical_p,
+)
+from seqgen.decoding.sampling import greedy, sample
+from seqgen.decoding.stochastic_beam import stochastic_beam
+from seqgen.errors import UserError
+
+Decoder = Callable[..., DecodeOutput]
+
+DECODERS: dict[str, Decoder] = {
+    "greedy": greedy,
+    "sample": sample,
+    "beam": beam,
+    "stochastic_beam": stochastic_beam,
+    "diverse_beam": diverse_beam,
+}
+
+
+def decode(
+    step_fn: StepFn,
+    params: Any,
+    init_carry: Any,
+    prompts: Any = None,
+    prompt_lengths: Any = None,
+    *,
+    cfg: Any,
+    max_len: int,
+    num_samples: int = 1,
+    key: Any = None,
+    vocab_size: int,
+    prompt_ids: Any = None,
+) -> DecodeOutput:
+    """Decode with the decoder named `cfg.name` (see DECODERS).
+
+    step_fn:        pure `(params, carry, tokens[B]) -> (carry, logits[B, V])`; pass the SAME
+                    function object each call, or the program is compiled again.
+    init_carry:     pytree, every leaf with leading axis B (number of prompts).
+    prompts:        int[B, P], left-aligned, PAD-padded, without BOS; None = start from BOS.
+    prompt_lengths: int[B] (0 = BOS only); None = all P.
+    cfg:            any object with the decoder fields of CONTRACTS.md (missing = default).
+    max_len:        total prompt + continuation budget (BOS not counted).
+    num_samples:    rows per prompt for `sample` (N); beam methods return beam_size rows.
+    key:            a PRNG key or an int seed (None = 0).
+    prompt_ids:     int[B] global prompt indices for the per-row keys (None = 0..B-1); pass
+                    them when decoding in chunks so that the result equals one big batch.
+    """
+    name = get(cfg, "name")
+    if name not in DECODERS:
+        raise UserError(f"decoder.name={name!r} is unknown; allowed: {', '.join(DECODERS)}")
+    return DECODERS[name](
+        step_fn,
+        params,
+        init_carry,
+        prompts,
+        prompt_lengths,
+        max_len=max_len,
+        vocab_size=vocab_size,
+        key=key,
+        cfg=cfg,
+        num_samples=num_samples,
+        prompt_ids=prompt_ids,
+    )
+
+
+__all__ = [
+    "DECODERS",
+    "DECODER_NAMES",
+    "DEFAULTS",
+    "PROCESSOR_ORDER",
+    "DecodeOutput",
+    "ProcessorFlags",
+    "StepFn",
+    "UserError",
+    "beam",
+    "decode",
+    "diverse_beam",
+    "epsilon",
+    "eta",
+    "greedy",
+    "min_p",
+    "no_repeat_ngram",
+    "presence_frequency_penalty",
+    "process_logits",
+    "processors",
+    "repetition_penalty",
+    "sample",
+    "stochastic_beam",
+    "temperature",
+    "top_k",
+    "top_p",
+    "typical_p",
+    "validate_config",
+]

@@ -1,0 +1,364 @@
+"""Beam search and diverse beam search, with a finished pool, an exact stopping rule and n-best
+output, as one `lax.scan` over `max_len` positions.
+
+Beams are flattened into the batch (row = b * K + k) and the carry, any pytree, is reordered
+with one gather per step (the t5x / Flax `decode.py` pattern). The loop state holds only fixed
+buffers of size O(B * K) (+ the carry); the token history is rebuilt at the end from per-step
+back-pointers (token, parent slot, log-prob: [T, B, K] each), so no [B, K, T] array is copied
+per step and no [T, V] logits are kept.
+
+Per step, for each beam group (one group for plain beam search), with live scores s_k (sums
+of model log-probs) and candidates s_k + log p(v | y_k):
+1. take the 2K best candidates (by score, or by the diversity-augmented score);
+2. an EOS candidate whose rank among them is < K enters the finished pool (Hugging Face's rule:
+   it makes K = 1 exactly greedy); the pool keeps the K best by the length-normalized score;
+3. the K best non-EOS candidates become the live beams -- there are at least K among 2K because
+   each beam has one EOS child, so K beams ending at once never empty the beam.
+Stopping rule (exact: no hypothesis that could still enter the n-best list is dropped): a group
+is done when the best live score bound <= the worst (K-th) finished score. Log-probs are <= 0, so
+a live sum s can only decrease; a live hypothesis must still emit at least EOS and can reach at
+most L_max = max_len - prompt_length generated tokens, and the normalizers ((5+L)/6)^alpha
+(alpha >= 0) and L grow with L, so its final normalized score is at most s / lp(L_max) (s for
+`none`). Under `lax.scan`, "stop" means the remaining steps are no-ops for that row (frozen by a
+done flag); when every row is done the step is skipped with `lax.cond`.
+Output: the K best hypotheses, best first: finished ones (`ended`) by normalized score, then
+hypotheses cut at max_len, then empty slots (score -inf, length 0).
+Beam methods score with the model's unmodified log-probs: temperature and the sampling
+processors do not apply (tempered/processed log-probs equal the model's).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from seqgen.decoding.common import (
+    DecodeOutput,
+    StepFn,
+    gather_rows,
+    get,
+    length_norm,
+    prepare,
+    repeat_rows,
+    traced_knobs,
+    validate_config,
+)
+from seqgen.tokens import BOS_ID, EOS_ID, PAD_ID
+
+
+def _take(x: jax.Array, idx: jax.Array) -> jax.Array:
+    return jnp.take_along_axis(x, idx, axis=1)
+
+
+def backtrack(
+    toks: jax.Array,  # [T, B, K] token chosen by each slot at each step
+    parents: jax.Array,  # [T, B, K] slot (at step t-1) each slot came from
+    lps: jax.Array,  # [T, B, K] log-prob of that token
+    slot: jax.Array,  # [B, H] slot at step length-1 where each hypothesis ends
+    length: jax.Array,  # [B, H] number of tokens (excl. EOS)
+) -> tuple[jax.Array, jax.Array]:
+    """Follow back-pointers from each hypothesis' last slot: tokens and log-probs [B, H, T]."""
+
+    def back(cur: jax.Array, y: tuple) -> tuple[jax.Array, tuple]:
+        t, tok_t, par_t, lp_t = y
+        active = t < length  # [B, H]
+        tok = jnp.where(active, _take(tok_t, cur), PAD_ID)
+        lp = jnp.where(active, _take(lp_t, cur), 0.0)
+        return jnp.where(active, _take(par_t, cur), cur), (tok, lp)
+
+    t_max = toks.shape[0]
+    _, (tok, lp) = jax.lax.scan(back, slot, (jnp.arange(t_max), toks, parents, lps), reverse=True)
+    return jnp.moveaxis(tok, 0, -1), jnp.moveaxis(lp, 0, -1)  # [B, H, T]
+
+
+@partial(
+    jax.jit,
+    static_argnames=(
+        "step_fn",
+        "max_len",
+        "vocab_size",
+        "beam_size",
+        "num_groups",
+        "length_penalty",
+    ),
+)
+def _beam_program(
+    params: Any,
+    init_carry: Any,
+    prompts: jax.Array,  # [B, T]
+    prompt_lengths: jax.Array,  # [B]
+    knobs: dict[str, jax.Array],
+    *,
+    step_fn: StepFn,
+    max_len: int,
+    vocab_size: int,
+    beam_size: int,
+    num_groups: int,
+    length_penalty: str,
+) -> DecodeOutput:
+    b, k, g_num, t_max, v = prompt_lengths.shape[0], beam_size, num_groups, max_len, vocab_size
+    kg = k // g_num  # beams per group
+    alpha, lam = knobs["alpha"], knobs["diversity_penalty"]
+    plen = prompt_lengths
+    lmax = t_max - plen  # [B] most generated tokens (incl. EOS) a hypothesis can have
+    first_of_group = (jnp.arange(k) % kg) == 0  # each group starts from the root
+    ninf = jnp.full((b, k), -jnp.inf, jnp.float32)
+    zi = jnp.zeros((b, k), jnp.int32)
+    state = {
+        "carry": repeat_rows(init_carry, k),  # leaves [B * K, ...]
+        "last": jnp.full((b, k), BOS_ID, jnp.int32),  # [B, K] next input token
+        "live": jnp.where(first_of_group[None, :], 0.0, ninf),  # [B, K] log-prob sums
+        "fin_score": ninf,  # [B, K] normalized score of finished hypotheses (-inf = empty)
+        "fin_raw": ninf,  # [B, K] their log-prob sums incl. EOS
+        "fin_len": zi,  # [B, K] their length excl. EOS (= the step EOS was emitted)
+        "fin_slot": zi,  # [B, K] live slot (entering that step) they extend
+        "fin_eos": jnp.zeros((b, k), jnp.float32),  # [B, K] their EOS log-prob
+        "done": jnp.zeros((b, g_num), bool),  # [B, G]
+    }
+
+    def live_step(state: dict, xs: tuple) -> tuple[dict, dict]:
+        t, ptok = xs  # scalar, [B] prompt token at position t
+        carry, logits = step_fn(params, state["carry"], state["last"].reshape(-1))
+        logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1).reshape(b, k, v)
+        forced = t < plen  # [B]
+        forced_lp = jnp.where(jnp.arange(v)[None, :] == ptok[:, None], 0.0, -jnp.inf)  # [B, V]
+        cand_lp = jnp.where(forced[:, None, None], forced_lp[:, None, :], logp)  # [B, K, V]
+        cand_all = state["live"][..., None] + cand_lp  # [B, K, V]
+        gen_len = (t - plen + 1)[:, None]  # [B, 1] generated tokens incl. this one
+        counts = jnp.zeros((b, v), jnp.float32)  # tokens chosen by earlier groups this step
+        new = {n: [] for n in ("live", "last", "parent", "lp", "fs", "fr", "fl", "fslot", "fe")}
+        done = []
+        for g in range(g_num):
+            sl = slice(g * kg, (g + 1) * kg)
+            cand = cand_all[:, sl].reshape(b, kg * v)  # [B, Kg * V]
+            sel = cand
+            if g_num > 1:  # Hamming diversity: penalize tokens earlier groups chose at step t
+                pen = jnp.where(forced[:, None], 0.0, lam * counts)  # [B, V]
+                sel = (cand_all[:, sl] - pen[:, None, :]).reshape(b, kg * v)
+            top, idx = jax.lax.top_k(sel, 2 * kg)  # [B, 2Kg]
+            raw = _take(cand, idx)
+            beam, tok = idx // v, (idx % v).astype(jnp.int32)
+            is_eos = (tok == EOS_ID) & ~forced[:, None]
+            enters = is_eos & (jnp.arange(2 * kg) < kg) & jnp.isfinite(raw)
+            score = jnp.where(enters, length_norm(raw, gen_len, length_penalty, alpha), -jnp.inf)
+            eos_lp = _take(logp[:, sl, EOS_ID], beam)  # [B, 2Kg]
+            pool = jnp.concatenate([state["fin_score"][:, sl], score], axis=1)  # [B, 3Kg]
+            fs, pidx = jax.lax.top_k(pool, kg)
+
+            def merge(old: jax.Array, fresh: jax.Array, pidx: jax.Array = pidx) -> jax.Array:
+                return _take(jnp.concatenate([old, fresh], axis=1), pidx)
+
+            fr = merge(state["fin_raw"][:, sl], raw)
+            fl = merge(state["fin_len"][:, sl], jnp.full((b, 2 * kg), t, jnp.int32))
+            fslot = merge(state["fin_slot"][:, sl], beam + g * kg)
+            fe = merge(state["fin_eos"][:, sl], eos_lp)
+            ltop, lidx = jax.lax.top_k(jnp.where(is_eos, -jnp.inf, top), kg)  # [B, Kg]
+            live = jnp.where(jnp.isfinite(ltop), _take(raw, lidx), -jnp.inf)
+            parent = _take(beam, lidx) + g * kg  # [B, Kg] global slot
+            ntok = _take(tok, lidx)
+            lp = _take(logp.reshape(b, k * v), parent * v + ntok)
+            lp = jnp.where(forced[:, None], 0.0, lp)
+            if g_num > 1:
+                chosen = jax.nn.one_hot(ntok, v) * jnp.isfinite(live)[..., None]
+                counts = counts + jnp.sum(chosen, axis=1)
+            bound = length_norm(jnp.max(live, axis=1), lmax, length_penalty, alpha)  # [B]
+            was_done = state["done"][:, g]
+            done.append(was_done | (bound <= jnp.min(fs, axis=1)))
+            frozen = was_done[:, None]
+            keep = lambda old, fresh, frozen=frozen: jnp.where(frozen, old, fresh)  # noqa: E731
+            new["live"].append(keep(state["live"][:, sl], live))
+            new["last"].append(keep(state["last"][:, sl], ntok))
+            new["parent"].append(keep(jnp.arange(g * kg, (g + 1) * kg)[None, :], parent))
+            new["lp"].append(keep(0.0, lp))
+            new["fs"].append(keep(state["fin_score"][:, sl], fs))
+            new["fr"].append(keep(state["fin_raw"][:, sl], fr))
+            new["fl"].append(keep(state["fin_len"][:, sl], fl))
+            new["fslot"].append(keep(state["fin_slot"][:, sl], fslot))
+            new["fe"].append(keep(state["fin_eos"][:, sl], fe))
+        cat = {n: jnp.concatenate(x, axis=1) for n, x in new.items()}  # each [B, K]
+        rows = (jnp.arange(b)[:, None] * k + cat["parent"]).reshape(-1)  # [B * K]
+        state = {
+            "carry": gather_rows(carry, rows),
+            "last": cat["last"],
+            "live": cat["live"],
+            "fin_score": cat["fs"],
+            "fin_raw": cat["fr"],
+            "fin_len": cat["fl"],
+            "fin_slot": cat["fslot"],
+            "fin_eos": cat["fe"],
+            "done": jnp.stack(done, axis=1),
+        }
+        ys = {"tok": cat["last"], "parent": cat["parent"], "lp": cat["lp"]}
+        return state, ys
+
+    def skip_step(state: dict, xs: tuple) -> tuple[dict, dict]:
+        ys = {
+            "tok": jnp.full((b, k), PAD_ID, jnp.int32),
+            "parent": jnp.broadcast_to(jnp.arange(k, dtype=jnp.int32), (b, k)),
+            "lp": jnp.zeros((b, k), jnp.float32),
+        }
+        return state, ys
+
+    def body(state: dict, xs: tuple) -> tuple[dict, dict]:
+        return jax.lax.cond(jnp.all(state["done"]), skip_step, live_step, state, xs)
+
+    state, ys = jax.lax.scan(body, state, (jnp.arange(t_max), prompts.T))
+
+    # n-best: finished (tier 0), then live hypotheses cut at max_len (tier 1), then empty (2).
+    group_done = jnp.repeat(state["done"], kg, axis=1)  # [B, K]
+    live_ok = jnp.isfinite(state["live"]) & ~group_done
+    live_score = length_norm(state["live"], lmax[:, None], length_penalty, alpha)
+    fin_ok = jnp.isfinite(state["fin_score"])
+    score = jnp.concatenate(
+        [state["fin_score"], jnp.where(live_ok, live_score, -jnp.inf)], axis=1
+    )  # [B, 2K]
+    tier = jnp.concatenate([jnp.where(fin_ok, 0, 2), jnp.where(live_ok, 1, 2)], axis=1)
+    order = jnp.lexsort((-score, tier), axis=-1)[:, :k]  # [B, K] best first
+    tier = _take(tier, order)
+    ended = tier == 0
+    length = _take(
+        jnp.concatenate([state["fin_len"], jnp.full((b, k), t_max, jnp.int32)], axis=1), order
+    )
+    length = jnp.where(tier < 2, length, 0)
+    slot = _take(
+        jnp.concatenate([state["fin_slot"], jnp.broadcast_to(jnp.arange(k), (b, k))], axis=1),
+        order,
+    )
+    eos_lp = jnp.where(
+        ended, _take(jnp.concatenate([state["fin_eos"], jnp.zeros((b, k))], axis=1), order), 0.0
+    )
+    tokens, lps = backtrack(ys["tok"], ys["parent"], ys["lp"], slot, length)  # [B, K, T]
+    at_eos = ended[..., None] & (jnp.arange(t_max) == length[..., None])
+    tokens = jnp.where(at_eos, EOS_ID, tokens).astype(jnp.int32)
+    return DecodeOutput(
+        tokens=tokens,
+        lengths=length.astype(jnp.int32),
+        prompt_lengths=prompt_lengths,
+        ended=ended,
+        logprobs=lps,
+        tempered_logprobs=lps,
+        processed_logprobs=lps,
+        eos_logprob=eos_lp,
+        eos_tempered_logprob=eos_lp,
+        eos_processed_logprob=eos_lp,
+        scores=_take(score, order),
+    )
+
+
+def _run_beam(
+    name: str,
+    step_fn: StepFn,
+    params: Any,
+    init_carry: Any,
+    prompts: Any,
+    prompt_lengths: Any,
+    *,
+    max_len: int,
+    vocab_size: int,
+    cfg: Any,
+    num_groups: int,
+) -> DecodeOutput:
+    validate_config(cfg, name, vocab_size)
+    prep = prepare(
+        init_carry,
+        prompts,
+        prompt_lengths,
+        max_len=max_len,
+        num_samples=1,
+        vocab_size=vocab_size,
+        key=None,
+        prompt_ids=None,
+    )
+    return _beam_program(
+        params,
+        init_carry,
+        prep.prompts,
+        prep.prompt_lengths,
+        traced_knobs(cfg),
+        step_fn=step_fn,
+        max_len=max_len,
+        vocab_size=vocab_size,
+        beam_size=int(get(cfg, "beam_size")),
+        num_groups=num_groups,
+        length_penalty=str(get(cfg, "length_penalty")),
+    )
+
+
+def beam(
+    step_fn: StepFn,
+    params: Any,
+    init_carry: Any,
+    prompts: Any = None,
+    prompt_lengths: Any = None,
+    *,
+    max_len: int,
+    vocab_size: int,
+    key: Any = None,
+    cfg: Any = None,
+    num_samples: int = 1,
+    prompt_ids: Any = None,
+) -> DecodeOutput:
+    """Beam search with a finished pool and an exact stopping rule (see the module docstring).
+
+    Score of a finished hypothesis with log-prob sum S (EOS included) and L generated tokens
+    (EOS included): `length_penalty` none: S; average: S / L; gnmt: S / ((5 + L) / 6)^alpha
+    (Wu et al. 2016, eq. 14). Returns the K = `beam_size` best, best first; K = 1 is greedy.
+    Deterministic: `key`, `num_samples` and `prompt_ids` are ignored.
+    """
+    del key, num_samples, prompt_ids
+    return _run_beam(
+        "beam",
+        step_fn,
+        params,
+        init_carry,
+        prompts,
+        prompt_lengths,
+        max_len=max_len,
+        vocab_size=vocab_size,
+        cfg=cfg,
+        num_groups=1,
+    )
+
+
+def diverse_beam(
+    step_fn: StepFn,
+    params: Any,
+    init_carry: Any,
+    prompts: Any = None,
+    prompt_lengths: Any = None,
+    *,
+    max_len: int,
+    vocab_size: int,
+    key: Any = None,
+    cfg: Any = None,
+    num_samples: int = 1,
+    prompt_ids: Any = None,
+) -> DecodeOutput:
+    """Diverse beam search (Vijayakumar et al. 2018, "Diverse beam search", Alg. 1) with
+    G = `num_groups` groups of K / G beams and Hamming diversity with strength
+    lambda = `diversity_penalty`.
+
+    At each step the groups are expanded in order g = 1..G; group g selects its beams by
+    log p(y_[t]) - lambda * sum_{h < g} #{beams of group h whose token at step t is y_t}, i.e.
+    the paper's Hamming diversity term for the current time step only. As in the paper, the
+    penalty steers selection but is not added to the stored sequence log-probs, which are what
+    the finished pools rank by (Hugging Face instead accumulates the penalty into the scores).
+    Each group is a beam search of its own (finished pool, stopping rule, as `beam`); the output
+    is the K best of all groups, best first. G = 1 is `beam`.
+    """
+    del key, num_samples, prompt_ids
+    return _run_beam(
+        "diverse_beam",
+        step_fn,
+        params,
+        init_carry,
+        prompts,
+        prompt_lengths,
+        max_len=max_len,
+        vocab_size=vocab_size,
+        cfg=cfg,
+        num_groups=int(get(cfg, "num_groups")),
+    )

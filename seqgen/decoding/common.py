@@ -1,0 +1,323 @@
+"""Shared pieces of every decoder: the output dataclass, the knobs, validation, row keys.
+
+The decoders see only a step function `step_fn(params, carry, tokens[B]) -> (carry, logits[B, V])`
+and an initial carry pytree whose leaves have leading axis B (= number of prompts). Nothing here
+imports a model or a corpus.
+
+Static vs traced (a decision, written down once):
+- static (a new value compiles a new program): `max_len`, `num_samples`, `beam_size`, `top_k`,
+  `no_repeat_ngram_size`, `num_groups`, `length_penalty` (the formula), `vocab_size`, the
+  `step_fn` object itself, and *which* processors are switched on (a processor at its neutral
+  value -- `top_p=1`, `min_p=0`, ... -- is left out of the program, which saves a sort per step);
+- traced (sweeping them reuses the compiled program): `temperature`, `top_p`, `typical_p`,
+  `min_p`, `epsilon`, `eta`, `repetition_penalty`, `presence_penalty`, `frequency_penalty`,
+  `penalize_prompt`, `alpha`, `diversity_penalty`, and the PRNG key, prompts and params.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from seqgen.errors import UserError
+from seqgen.tokens import EOS_ID, PAD_ID
+
+StepFn = Callable[[Any, Any, jax.Array], tuple[Any, jax.Array]]
+
+NEG_INF = -jnp.inf
+DECODER_NAMES = ("greedy", "sample", "beam", "stochastic_beam", "diverse_beam")
+LENGTH_PENALTIES = ("none", "average", "gnmt")
+
+# Defaults of the decoder fields (CONTRACTS.md); `cfg` may omit any of them.
+DEFAULTS: dict[str, Any] = {
+    "name": "sample",
+    "temperature": 1.0,
+    "top_k": 0,
+    "top_p": 1.0,
+    "typical_p": 1.0,
+    "min_p": 0.0,
+    "epsilon": 0.0,
+    "eta": 0.0,
+    "repetition_penalty": 1.0,
+    "penalize_prompt": True,
+    "presence_penalty": 0.0,
+    "frequency_penalty": 0.0,
+    "no_repeat_ngram_size": 0,
+    "beam_size": 4,
+    "length_penalty": "none",
+    "alpha": 0.6,
+    "num_groups": 1,
+    "diversity_penalty": 0.0,
+}
+
+# The continuous knobs passed into the compiled program as traced float32 scalars.
+TRACED_KNOBS = (
+    "temperature",
+    "top_p",
+    "typical_p",
+    "min_p",
+    "epsilon",
+    "eta",
+    "repetition_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "penalize_prompt",
+    "alpha",
+    "diversity_penalty",
+)
+
+
+@struct.dataclass
+class DecodeOutput:
+    """What every decoder returns (N = num_samples for sampling, 1 for greedy, beam_size for beams).
+
+    tokens:            int32[B, N, max_len]  prompt, then continuation, then EOS (at position
+                       `lengths` when `ended`), then PAD.
+    lengths:           int32[B, N]  total length incl. prompt, excl. EOS.
+    prompt_lengths:    int32[B]
+    ended:             bool[B, N]   the sequence emitted EOS (else it was cut at max_len).
+    logprobs:          f32[B, N, max_len]  model's unmodified log-prob of each generated token;
+                       0 on prompt, EOS and PAD positions.
+    tempered_logprobs: f32[B, N, max_len]  log softmax(logits / t) of the unmodified logits
+                       (t = 1 when t = 0, and for beam / diverse beam), same layout.
+    processed_logprobs:f32[B, N, max_len]  log-prob under the processed distribution actually
+                       sampled from (0 for greedy / temperature 0: a point mass), same layout.
+    eos_logprob, eos_tempered_logprob, eos_processed_logprob: f32[B, N]  the same three
+                       quantities for the EOS token (0 when not `ended`).
+    scores:            f32[B, N]  the ranking score: sampling/greedy: the sequence log-prob
+                       sum(logprobs) + eos_logprob; beam / diverse beam: the length-normalized
+                       log-prob; stochastic beam: the perturbed log-prob G (= gumbel_scores).
+                       Beam methods sort best first; an empty slot has score -inf, length 0.
+    gumbel_scores, kappa, inclusion_probs: stochastic beam only (None otherwise):
+                       f32[B, N] perturbed log-probs G_phi(y), f32[B] the threshold kappa
+                       (the (K+1)-th largest perturbed log-prob; -inf when fewer than K+1
+                       sequences exist), f32[B, N] q(y) = 1 - exp(-exp(phi_y - kappa)).
+    """
+
+    tokens: jax.Array  # [B, N, T]
+    lengths: jax.Array  # [B, N]
+    prompt_lengths: jax.Array  # [B]
+    ended: jax.Array  # [B, N]
+    logprobs: jax.Array  # [B, N, T]
+    tempered_logprobs: jax.Array  # [B, N, T]
+    processed_logprobs: jax.Array  # [B, N, T]
+    eos_logprob: jax.Array  # [B, N]
+    eos_tempered_logprob: jax.Array  # [B, N]
+    eos_processed_logprob: jax.Array  # [B, N]
+    scores: jax.Array  # [B, N]
+    gumbel_scores: jax.Array | None = None  # [B, N]
+    kappa: jax.Array | None = None  # [B]
+    inclusion_probs: jax.Array | None = None  # [B, N]
+
+
+def get(cfg: Any, name: str) -> Any:
+    """A decoder field of `cfg` (dataclass, DictConfig, SimpleNamespace, dict or None)."""
+    if cfg is None:
+        return DEFAULTS[name]
+    if isinstance(cfg, dict):
+        value = cfg.get(name, DEFAULTS[name])
+    else:
+        value = getattr(cfg, name, DEFAULTS[name])
+    return DEFAULTS[name] if value is None else value
+
+
+def traced_knobs(cfg: Any) -> dict[str, jax.Array]:
+    """The continuous knobs as float32 arrays: jit traces them, so new values reuse the program."""
+    return {k: jnp.asarray(float(get(cfg, k)), jnp.float32) for k in TRACED_KNOBS}
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Host-side, validated inputs shared by the decoders."""
+
+    prompts: jax.Array  # [B, max_len] int32, PAD after each prompt
+    prompt_lengths: jax.Array  # [B] int32
+    prompt_ids: jax.Array  # [B] int32, index used to derive each row's PRNG key
+    key: jax.Array
+    batch: int
+
+
+def _fail(msg: str) -> None:
+    raise UserError(msg)
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int | np.integer) and not isinstance(x, bool)
+
+
+def _check_range(cfg: Any, name: str, lo: float, hi: float, lo_open: bool, hi_open: bool) -> None:
+    value = get(cfg, name)
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        _fail(f"decoder.{name}={value!r} is not a number")
+    ok_lo = v > lo if lo_open else v >= lo
+    ok_hi = v < hi if hi_open else v <= hi
+    if not (ok_lo and ok_hi):  # NaN fails both
+        lb = "(" if lo_open else "["
+        rb = ")" if hi_open else "]"
+        _fail(f"decoder.{name}={value!r} is out of range; allowed: {lb}{lo}, {hi}{rb}")
+
+
+def _check_int(cfg: Any, name: str, lo: int, hi: int | None = None) -> int:
+    value = get(cfg, name)
+    if not _is_int(value) or value < lo or (hi is not None and value > hi):
+        allowed = f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]"
+        _fail(f"decoder.{name}={value!r} is out of range; allowed: {allowed}")
+    return int(value)
+
+
+def validate_config(cfg: Any, name: str, vocab_size: int) -> None:
+    """Raise one UserError naming the first bad knob and its allowed range (before any compile)."""
+    if name not in DECODER_NAMES:
+        _fail(f"decoder.name={name!r} is unknown; allowed: {', '.join(DECODER_NAMES)}")
+    _check_range(cfg, "temperature", 0.0, np.inf, False, True)
+    if name == "stochastic_beam" and float(get(cfg, "temperature")) == 0.0:
+        _fail("decoder.temperature=0 is not allowed for stochastic_beam; allowed: (0, inf)")
+    _check_int(cfg, "top_k", 0, vocab_size)
+    _check_range(cfg, "top_p", 0.0, 1.0, True, False)
+    _check_range(cfg, "typical_p", 0.0, 1.0, True, False)
+    _check_range(cfg, "min_p", 0.0, 1.0, False, False)
+    _check_range(cfg, "epsilon", 0.0, 1.0, False, True)
+    _check_range(cfg, "eta", 0.0, 1.0, False, True)
+    _check_range(cfg, "repetition_penalty", 0.0, np.inf, True, True)
+    _check_range(cfg, "presence_penalty", -np.inf, np.inf, True, True)
+    _check_range(cfg, "frequency_penalty", -np.inf, np.inf, True, True)
+    if not isinstance(get(cfg, "penalize_prompt"), bool | np.bool_):
+        _fail(f"decoder.penalize_prompt={get(cfg, 'penalize_prompt')!r}; allowed: true or false")
+    _check_int(cfg, "no_repeat_ngram_size", 0)
+    beam_size = _check_int(cfg, "beam_size", 1)
+    if get(cfg, "length_penalty") not in LENGTH_PENALTIES:
+        _fail(
+            f"decoder.length_penalty={get(cfg, 'length_penalty')!r} is unknown; "
+            f"allowed: {', '.join(LENGTH_PENALTIES)}"
+        )
+    _check_range(cfg, "alpha", 0.0, np.inf, False, True)
+    num_groups = _check_int(cfg, "num_groups", 1)
+    if name == "diverse_beam" and beam_size % num_groups != 0:
+        _fail(
+            f"decoder.num_groups={num_groups} must divide decoder.beam_size={beam_size}; "
+            "allowed: a divisor of beam_size"
+        )
+    _check_range(cfg, "diversity_penalty", 0.0, np.inf, False, True)
+
+
+def prepare(
+    init_carry: Any,
+    prompts: Any,
+    prompt_lengths: Any,
+    *,
+    max_len: int,
+    num_samples: int,
+    vocab_size: int,
+    key: Any,
+    prompt_ids: Any,
+) -> Prepared:
+    """Validate sizes, prompts and key on the host and pad prompts to [B, max_len]."""
+    if not _is_int(max_len) or max_len < 1:
+        _fail(f"max_len={max_len!r} is out of range; allowed: an integer >= 1")
+    if not _is_int(num_samples) or num_samples < 1:
+        _fail(f"num_samples={num_samples!r} is out of range; allowed: an integer >= 1")
+    if not _is_int(vocab_size) or vocab_size <= EOS_ID:
+        _fail(f"vocab_size={vocab_size!r} is out of range; allowed: an integer > {EOS_ID}")
+    leaves = jax.tree.leaves(init_carry)
+    if not leaves:
+        _fail("init_carry has no arrays; allowed: a pytree whose leaves have leading axis B")
+    batch = int(np.shape(leaves[0])[0])
+    if any(np.ndim(x) < 1 or np.shape(x)[0] != batch for x in leaves):
+        _fail("init_carry leaves disagree on the leading (batch) axis; allowed: one B for all")
+    if prompts is None:
+        p = np.zeros((batch, 0), np.int32)
+        lengths = np.zeros((batch,), np.int32)
+    else:
+        p = np.asarray(prompts)
+        if p.ndim != 2 or p.shape[0] != batch or not np.issubdtype(p.dtype, np.integer):
+            _fail(
+                f"prompts has shape {p.shape} and dtype {p.dtype}; allowed: int[{batch}, P] "
+                "(one row per init_carry row)"
+            )
+        if prompt_lengths is None:
+            lengths = np.full((batch,), p.shape[1], np.int32)
+        else:
+            lengths = np.asarray(prompt_lengths)
+            if lengths.shape != (batch,) or not np.issubdtype(lengths.dtype, np.integer):
+                _fail(f"prompt_lengths has shape {lengths.shape}; allowed: int[{batch}]")
+        if lengths.size and (lengths.min() < 0 or lengths.max() > p.shape[1]):
+            _fail(f"prompt_lengths must lie in [0, {p.shape[1]}] (the prompts' width)")
+    if lengths.size and lengths.max() > max_len:
+        _fail(
+            f"a prompt has length {int(lengths.max())} > max_len={max_len}; allowed: "
+            "prompt length <= max_len (max_len counts prompt + continuation)"
+        )
+    width = min(p.shape[1], max_len)
+    p = p[:, :width].astype(np.int64)
+    live = np.arange(width)[None, :] < lengths[:, None]
+    if live.any() and (p[live].min() < 0 or p[live].max() >= vocab_size):
+        _fail(f"a prompt token is outside the vocabulary; allowed: ids in [0, {vocab_size})")
+    if live.any() and (p[live] == EOS_ID).any():
+        _fail(f"a prompt contains EOS (id {EOS_ID}); allowed: prompts without EOS")
+    padded = np.full((batch, max_len), PAD_ID, np.int32)
+    padded[:, :width] = np.where(live, p, PAD_ID)
+    if prompt_ids is None:
+        ids = np.arange(batch, dtype=np.int32)
+    else:
+        ids = np.asarray(prompt_ids)
+        if ids.shape != (batch,) or not np.issubdtype(ids.dtype, np.integer) or (ids < 0).any():
+            _fail(f"prompt_ids has shape {ids.shape}; allowed: non-negative int[{batch}]")
+    if key is None:
+        key = jax.random.key(0)
+    elif _is_int(key):
+        key = jax.random.key(int(key))
+    return Prepared(
+        prompts=jnp.asarray(padded),
+        prompt_lengths=jnp.asarray(lengths, jnp.int32),
+        prompt_ids=jnp.asarray(ids, jnp.int32),
+        key=key,
+        batch=batch,
+    )
+
+
+def row_keys(key: jax.Array, prompt_ids: jax.Array, num_samples: int) -> jax.Array:
+    """One key per (prompt, sample) row: fold_in(fold_in(key, prompt_id), sample_index).
+
+    A row's key depends only on its own indices, so its output does not change with the batch
+    size or its neighbours; chunked decoding passes the global `prompt_ids`.
+    """
+    per_prompt = jax.vmap(lambda i: jax.random.fold_in(key, i))(prompt_ids)  # [B]
+    per_row = jax.vmap(
+        lambda k: jax.vmap(lambda n: jax.random.fold_in(k, n))(jnp.arange(num_samples))
+    )(per_prompt)  # [B, N]
+    return per_row.reshape(-1)  # [B * N]
+
+
+def repeat_rows(tree: Any, n: int) -> Any:
+    """Repeat every leaf n times along axis 0: row b becomes rows b*n .. b*n+n-1."""
+    if n == 1:
+        return tree
+    return jax.tree.map(lambda x: jnp.repeat(jnp.asarray(x), n, axis=0), tree)
+
+
+def gather_rows(tree: Any, index: jax.Array) -> Any:
+    """Reorder the rows of every leaf of a pytree (beam reordering for any carry)."""
+    return jax.tree.map(lambda x: jnp.take(x, index, axis=0), tree)
+
+
+def length_norm(raw: jax.Array, gen_len: jax.Array, mode: str, alpha: jax.Array) -> jax.Array:
+    """Length-normalized score of a log-prob sum `raw` over `gen_len` generated tokens (incl. EOS).
+
+    none:    raw
+    average: raw / L
+    gnmt:    raw / ((5 + L) / 6) ** alpha   (Wu et al. 2016, "Google's NMT system", eq. 14)
+    """
+    gen = jnp.maximum(gen_len, 1).astype(jnp.float32)
+    if mode == "none":
+        return raw
+    if mode == "average":
+        return raw / gen
+    return raw / ((5.0 + gen) / 6.0) ** alpha

@@ -1,0 +1,281 @@
+"""Greedy decoding and ancestral sampling through the logits processors.
+
+One `jax.jit` program per static configuration: a `lax.scan` over the `max_len` positions that
+feeds BOS, forces the prompt tokens, then generates; rows are the (prompt, sample) pairs
+flattened into the batch (row = b * N + n). A row that emitted EOS is frozen: it emits PAD and
+its scores stop changing; when every row has ended the remaining steps are skipped (`lax.cond`).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from seqgen.decoding import processors as proc
+from seqgen.decoding.common import (
+    DecodeOutput,
+    StepFn,
+    get,
+    prepare,
+    repeat_rows,
+    row_keys,
+    traced_knobs,
+    validate_config,
+)
+from seqgen.tokens import BOS_ID, EOS_ID, PAD_ID
+
+
+def _pick(x: jax.Array, tok: jax.Array) -> jax.Array:
+    return jnp.take_along_axis(x, tok[:, None], axis=-1)[:, 0]
+
+
+@partial(
+    jax.jit,
+    static_argnames=("step_fn", "max_len", "num_samples", "vocab_size", "flags", "greedy"),
+)
+def _sample_program(
+    params: Any,
+    init_carry: Any,
+    prompts: jax.Array,  # [B, T]
+    prompt_lengths: jax.Array,  # [B]
+    prompt_ids: jax.Array,  # [B]
+    key: jax.Array,
+    knobs: dict[str, jax.Array],
+    *,
+    step_fn: StepFn,
+    max_len: int,
+    num_samples: int,
+    vocab_size: int,
+    flags: proc.ProcessorFlags,
+    greedy: bool,
+) -> DecodeOutput:
+    b, n, t_max, v = prompt_lengths.shape[0], num_samples, max_len, vocab_size
+    r = b * n
+    plen = jnp.repeat(prompt_lengths, n)  # [R]
+    keys = row_keys(key, prompt_ids, n)  # [R]
+    temp = knobs["temperature"]
+    state = {
+        "carry": repeat_rows(init_carry, n),
+        "last": jnp.full((r,), BOS_ID, jnp.int32),  # [R] the next input token
+        "ended": jnp.zeros((r,), bool),  # [R]
+        "counts": jnp.zeros((r, v), jnp.int32) if flags.penalties else None,  # [R, V]
+        "history": (
+            jnp.zeros((r, t_max), jnp.int32) if flags.no_repeat_ngram_size > 0 else None
+        ),  # [R, T]
+    }
+
+    def live_step(state: dict, xs: tuple) -> tuple[dict, dict]:
+        t, forced_tok = xs  # scalar, [R]
+        carry, logits = step_fn(params, state["carry"], state["last"])
+        logits = logits.astype(jnp.float32)  # [R, V]
+        logp = jax.nn.log_softmax(logits, axis=-1)
+        pen = proc.penalize(logits, knobs, flags, state["counts"], state["history"], t)
+        if greedy:
+            tempered = logp
+            tok = jnp.argmax(pen, axis=-1)
+            plp = jnp.zeros((r,), jnp.float32)
+        else:
+            tempered = jax.nn.log_softmax(proc.temperature(logits, temp), axis=-1)
+            processed = proc.truncate(pen, knobs, flags)  # [R, V]
+            noise = jax.vmap(lambda k: jax.random.gumbel(jax.random.fold_in(k, t), (v,)))(keys)
+            sampled = jnp.argmax(processed + noise, axis=-1)  # Gumbel-max
+            tok = jnp.where(temp > 0, sampled, jnp.argmax(processed, axis=-1))
+            plp = jnp.where(temp > 0, _pick(jax.nn.log_softmax(processed, axis=-1), tok), 0.0)
+        forced = t < plen  # [R]
+        tok = jnp.where(forced, forced_tok, tok).astype(jnp.int32)
+        ended = state["ended"]
+        is_eos = (tok == EOS_ID) & ~forced & ~ended
+        alive = ~ended & ~is_eos  # counts towards the length
+        gen = ~forced & ~ended  # a generated token (EOS included)
+        out_tok = jnp.where(ended, PAD_ID, tok)
+        new = {
+            "carry": carry,
+            "last": out_tok,
+            "ended": ended | is_eos,
+            "counts": state["counts"],
+            "history": state["history"],
+        }
+        if flags.penalties:
+            count_it = alive & (~forced | (knobs["penalize_prompt"] > 0.5))
+            new["counts"] = state["counts"] + (
+                jax.nn.one_hot(tok, v, dtype=jnp.int32) * count_it[:, None]
+            )
+        if flags.no_repeat_ngram_size > 0:
+            new["history"] = jax.lax.dynamic_update_slice_in_dim(
+                state["history"], out_tok[:, None], t, axis=1
+            )
+        ys = {
+            "tok": out_tok,
+            "lp": jnp.where(gen, _pick(logp, tok), 0.0),
+            "tlp": jnp.where(gen, _pick(tempered, tok), 0.0),
+            "plp": jnp.where(gen, plp, 0.0),
+            "alive": alive,
+            "eos": is_eos,
+        }
+        return new, ys
+
+    def skip_step(state: dict, xs: tuple) -> tuple[dict, dict]:
+        zeros = jnp.zeros((r,), jnp.float32)
+        false = jnp.zeros((r,), bool)
+        ys = {
+            "tok": jnp.full((r,), PAD_ID, jnp.int32),
+            "lp": zeros,
+            "tlp": zeros,
+            "plp": zeros,
+            "alive": false,
+            "eos": false,
+        }
+        return state, ys
+
+    def body(state: dict, xs: tuple) -> tuple[dict, dict]:
+        return jax.lax.cond(jnp.all(state["ended"]), skip_step, live_step, state, xs)
+
+    xs = (jnp.arange(t_max), jnp.repeat(prompts, n, axis=0).T)  # [T], [T, R]
+    state, ys = jax.lax.scan(body, state, xs)
+    ys = jax.tree.map(lambda x: x.T.reshape(b, n, t_max), ys)  # [B, N, T] each
+    eos = ys["eos"]
+
+    def split_eos(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return jnp.where(eos, 0.0, x), jnp.sum(jnp.where(eos, x, 0.0), axis=-1)
+
+    lp, eos_lp = split_eos(ys["lp"])
+    tlp, eos_tlp = split_eos(ys["tlp"])
+    plp, eos_plp = split_eos(ys["plp"])
+    return DecodeOutput(
+        tokens=ys["tok"],
+        lengths=jnp.sum(ys["alive"], axis=-1).astype(jnp.int32),
+        prompt_lengths=prompt_lengths,
+        ended=state["ended"].reshape(b, n),
+        logprobs=lp,
+        tempered_logprobs=tlp,
+        processed_logprobs=plp,
+        eos_logprob=eos_lp,
+        eos_tempered_logprob=eos_tlp,
+        eos_processed_logprob=eos_plp,
+        scores=jnp.sum(lp, axis=-1) + eos_lp,
+    )
+
+
+def _run(
+    name: str,
+    step_fn: StepFn,
+    params: Any,
+    init_carry: Any,
+    prompts: Any,
+    prompt_lengths: Any,
+    *,
+    max_len: int,
+    vocab_size: int,
+    key: Any,
+    cfg: Any,
+    num_samples: int,
+    prompt_ids: Any,
+) -> DecodeOutput:
+    validate_config(cfg, name, vocab_size)
+    prep = prepare(
+        init_carry,
+        prompts,
+        prompt_lengths,
+        max_len=max_len,
+        num_samples=num_samples,
+        vocab_size=vocab_size,
+        key=key,
+        prompt_ids=prompt_ids,
+    )
+    flags = proc.flags_from_cfg(lambda k: get(cfg, k))
+    if name == "greedy":  # truncation cannot change the argmax
+        flags = proc.ProcessorFlags(flags.penalties, flags.no_repeat_ngram_size)
+    return _sample_program(
+        params,
+        init_carry,
+        prep.prompts,
+        prep.prompt_lengths,
+        prep.prompt_ids,
+        prep.key,
+        traced_knobs(cfg),
+        step_fn=step_fn,
+        max_len=max_len,
+        num_samples=num_samples,
+        vocab_size=vocab_size,
+        flags=flags,
+        greedy=name == "greedy",
+    )
+
+
+def greedy(
+    step_fn: StepFn,
+    params: Any,
+    init_carry: Any,
+    prompts: Any = None,
+    prompt_lengths: Any = None,
+    *,
+    max_len: int,
+    vocab_size: int,
+    key: Any = None,
+    cfg: Any = None,
+    num_samples: int = 1,
+    prompt_ids: Any = None,
+) -> DecodeOutput:
+    """Greedy decoding: y_t = argmax_v x_v after the penalty processors (repetition, presence,
+    frequency, no-repeat n-gram) -- truncation and temperature cannot change the argmax.
+
+    Deterministic, so N = 1 whatever `num_samples` is (ties: the lowest token id).
+    processed_logprobs are 0 (a point mass); tempered_logprobs use t = 1.
+    """
+    del num_samples
+    return _run(
+        "greedy",
+        step_fn,
+        params,
+        init_carry,
+        prompts,
+        prompt_lengths,
+        max_len=max_len,
+        vocab_size=vocab_size,
+        key=key,
+        cfg=cfg,
+        num_samples=1,
+        prompt_ids=prompt_ids,
+    )
+
+
+def sample(
+    step_fn: StepFn,
+    params: Any,
+    init_carry: Any,
+    prompts: Any = None,
+    prompt_lengths: Any = None,
+    *,
+    max_len: int,
+    vocab_size: int,
+    key: Any = None,
+    cfg: Any = None,
+    num_samples: int = 1,
+    prompt_ids: Any = None,
+) -> DecodeOutput:
+    """Ancestral sampling: y_t ~ softmax(process(x_t)), `num_samples` rows per prompt.
+
+    `process` applies the processors of `seqgen.decoding.processors` in PROCESSOR_ORDER
+    (penalties, no-repeat n-gram, temperature, top-k, top-p, typical-p, min-p, epsilon, eta).
+    Sampling is Gumbel-max, argmax_v(x'_v + g_v) with g_v ~ Gumbel(0, 1), which draws exactly
+    from softmax(x') (Gumbel 1954; Maddison et al. 2014). temperature = 0 is greedy.
+    Row (b, n) uses the key fold_in(fold_in(key, prompt_ids[b]), n) and, at step t, fold_in of
+    that with t, so a row's output does not depend on the batch around it.
+    """
+    return _run(
+        "sample",
+        step_fn,
+        params,
+        init_carry,
+        prompts,
+        prompt_lengths,
+        max_len=max_len,
+        vocab_size=vocab_size,
+        key=key,
+        cfg=cfg,
+        num_samples=num_samples,
+        prompt_ids=prompt_ids,
+    )

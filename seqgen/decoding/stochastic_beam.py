@@ -1,0 +1,219 @@
+"""Stochastic beam search (Kool, van Hoof & Welling 2019, "Stochastic beams and where to find
+them: the Gumbel-top-k trick for sampling sequences without replacement", ICML, Alg. 2).
+
+Every sequence y gets a perturbed log-prob G_phi(y) = phi(y) + Gumbel(0, 1), with
+phi(y) = log p_t(y) under the temperature-t model; the K sequences with the largest G_phi are an
+exact sample of K distinct sequences WITHOUT replacement. Stochastic beam search finds them
+top-down: the root gets G ~ Gumbel(0) (phi(root) = 0), and the children of a node with perturbed
+value G_parent get G~_c = phi_c + Gumbel(0, 1), conditioned on max_c G_c = G_parent by
+G_c = -log(exp(-G_parent) - exp(-Z) + exp(-G~_c)), Z = max_c G~_c (their eq. 23, computed in
+the numerically stable form of their appendix); each step keeps the K children with the largest
+G. A sequence that emitted EOS has one child (itself + PAD, log-prob 0), so it keeps its G.
+
+Estimators (Kool et al. 2019 sec. 4.2; Vieira 2017 "priority sampling"): with the threshold
+kappa = the (K+1)-th largest G over all complete sequences, the inclusion probability of a
+sampled y is q(y) = P(G_phi(y) > kappa) = 1 - exp(-exp(phi(y) - kappa)), and
+sum_{y in S} p(y) / q(y) * f(y) is an unbiased estimator of E_p[f]. kappa is the largest
+discarded perturbed value, i.e. the running max over steps of the (K+1)-th best candidate
+(each discarded node's G is the max over its subtree). Sequences cut at max_len count as
+complete (`ended` False). kappa = -inf (q = 1) when fewer than K+1 sequences exist.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from seqgen.decoding import processors as proc
+from seqgen.decoding.beam import backtrack
+from seqgen.decoding.common import (
+    DecodeOutput,
+    StepFn,
+    gather_rows,
+    get,
+    prepare,
+    repeat_rows,
+    row_keys,
+    traced_knobs,
+    validate_config,
+)
+from seqgen.tokens import BOS_ID, EOS_ID, PAD_ID
+
+
+def _take(x: jax.Array, idx: jax.Array) -> jax.Array:
+    return jnp.take_along_axis(x, idx, axis=1)
+
+
+def gumbel_with_max(g: jax.Array, target: jax.Array, z: jax.Array) -> jax.Array:
+    """Shift Gumbels g (max z) so that their max becomes `target` (Kool et al. 2019, eq. 23 and
+    appendix B.3): -log(exp(-target) - exp(-z) + exp(-g)), stably; -inf stays -inf."""
+    u = target - g + jnp.log1p(-jnp.exp(g - z))
+    out = target - jax.nn.relu(u) - jnp.log1p(jnp.exp(-jnp.abs(u)))
+    return jnp.where(jnp.isfinite(g), out, -jnp.inf)
+
+
+@partial(jax.jit, static_argnames=("step_fn", "max_len", "vocab_size", "beam_size"))
+def _stochastic_beam_program(
+    params: Any,
+    init_carry: Any,
+    prompts: jax.Array,  # [B, T]
+    prompt_lengths: jax.Array,  # [B]
+    prompt_ids: jax.Array,  # [B]
+    key: jax.Array,
+    knobs: dict[str, jax.Array],
+    *,
+    step_fn: StepFn,
+    max_len: int,
+    vocab_size: int,
+    beam_size: int,
+) -> DecodeOutput:
+    b, k, t_max, v = prompt_lengths.shape[0], beam_size, max_len, vocab_size
+    plen = prompt_lengths
+    keys = row_keys(key, prompt_ids, 1)  # [B]
+    temp = knobs["temperature"]
+    root_g = jax.vmap(lambda kk: jax.random.gumbel(jax.random.fold_in(kk, t_max)))(keys)  # [B]
+    first = jnp.broadcast_to(jnp.arange(k)[None, :] == 0, (b, k))
+    state = {
+        "carry": repeat_rows(init_carry, k),
+        "last": jnp.full((b, k), BOS_ID, jnp.int32),  # [B, K]
+        "phi": jnp.where(first, 0.0, -jnp.inf),  # [B, K] tempered log-prob sums
+        "g": jnp.where(first, root_g[:, None], -jnp.inf),  # [B, K] perturbed log-probs
+        "ended": jnp.zeros((b, k), bool),  # [B, K]
+        "kappa": jnp.full((b,), -jnp.inf, jnp.float32),  # [B]
+    }
+
+    def live_step(state: dict, xs: tuple) -> tuple[dict, dict]:
+        t, ptok = xs
+        carry, logits = step_fn(params, state["carry"], state["last"].reshape(-1))
+        logits = logits.astype(jnp.float32).reshape(b, k, v)
+        logp = jax.nn.log_softmax(logits, axis=-1)
+        tlp = jax.nn.log_softmax(proc.temperature(logits, temp), axis=-1)  # [B, K, V]
+        forced = t < plen  # [B]
+        single = forced[:, None] | state["ended"]  # [B, K] nodes with exactly one child
+        only = jnp.where(forced[:, None], ptok[:, None], PAD_ID)  # [B, K] that child
+        single_lp = jnp.where(jnp.arange(v) == only[..., None], 0.0, -jnp.inf)
+        phi_c = state["phi"][..., None] + jnp.where(single[..., None], single_lp, tlp)
+        noise = jax.vmap(lambda kk: jax.random.gumbel(jax.random.fold_in(kk, t), (k, v)))(keys)
+        perturbed = phi_c + noise  # [B, K, V]
+        z = jnp.max(perturbed, axis=-1, keepdims=True)
+        g_c = gumbel_with_max(perturbed, state["g"][..., None], z).reshape(b, k * v)
+        top, idx = jax.lax.top_k(g_c, k + 1)  # [B, K + 1]
+        kappa = jnp.maximum(state["kappa"], top[:, k])
+        g_new, idx = top[:, :k], idx[:, :k]
+        parent, tok = idx // v, (idx % v).astype(jnp.int32)
+        phi = _take(phi_c.reshape(b, k * v), idx)
+        par_single = _take(single, parent)
+        ended = _take(state["ended"], parent) | ((tok == EOS_ID) & ~forced[:, None])
+        lp = jnp.where(par_single, 0.0, _take(logp.reshape(b, k * v), idx))
+        tl = jnp.where(par_single, 0.0, _take(tlp.reshape(b, k * v), idx))
+        rows = (jnp.arange(b)[:, None] * k + parent).reshape(-1)
+        new = {
+            "carry": gather_rows(carry, rows),
+            "last": tok,
+            "phi": phi,
+            "g": g_new,
+            "ended": ended,
+            "kappa": kappa,
+        }
+        return new, {"tok": tok, "parent": parent, "lp": lp, "tlp": tl}
+
+    def skip_step(state: dict, xs: tuple) -> tuple[dict, dict]:
+        zeros = jnp.zeros((b, k), jnp.float32)
+        ys = {
+            "tok": jnp.full((b, k), PAD_ID, jnp.int32),
+            "parent": jnp.broadcast_to(jnp.arange(k, dtype=jnp.int32), (b, k)),
+            "lp": zeros,
+            "tlp": zeros,
+        }
+        return state, ys
+
+    def body(state: dict, xs: tuple) -> tuple[dict, dict]:
+        finished = state["ended"] | ~jnp.isfinite(state["g"])
+        return jax.lax.cond(jnp.all(finished), skip_step, live_step, state, xs)
+
+    state, ys = jax.lax.scan(body, state, (jnp.arange(t_max), prompts.T))
+    slot = jnp.broadcast_to(jnp.arange(k), (b, k))
+    full = jnp.full((b, k), t_max)
+    tokens, lp = backtrack(ys["tok"], ys["parent"], ys["lp"], slot, full)  # [B, K, T]
+    _, tlp = backtrack(ys["tok"], ys["parent"], ys["tlp"], slot, full)
+    valid = jnp.isfinite(state["g"])  # [B, K]
+    ended = state["ended"] & valid
+    pos = jnp.arange(t_max)
+    gen = pos[None, None, :] >= plen[:, None, None]
+    at_eos = (tokens == EOS_ID) & gen & ended[..., None]  # [B, K, T]
+    length = jnp.where(ended, jnp.argmax(at_eos, axis=-1), jnp.where(valid, t_max, 0))
+    tokens = jnp.where(valid[..., None], tokens, PAD_ID).astype(jnp.int32)
+    eos_lp = jnp.sum(jnp.where(at_eos, lp, 0.0), axis=-1)
+    eos_tlp = jnp.sum(jnp.where(at_eos, tlp, 0.0), axis=-1)
+    lp = jnp.where(at_eos | ~valid[..., None], 0.0, lp)
+    tlp = jnp.where(at_eos | ~valid[..., None], 0.0, tlp)
+    kappa = state["kappa"]
+    q = -jnp.expm1(-jnp.exp(state["phi"] - kappa[:, None]))
+    q = jnp.where(valid, jnp.where(jnp.isfinite(kappa)[:, None], q, 1.0), 0.0)
+    return DecodeOutput(
+        tokens=tokens,
+        lengths=length.astype(jnp.int32),
+        prompt_lengths=prompt_lengths,
+        ended=ended,
+        logprobs=lp,
+        tempered_logprobs=tlp,
+        processed_logprobs=tlp,
+        eos_logprob=eos_lp,
+        eos_tempered_logprob=eos_tlp,
+        eos_processed_logprob=eos_tlp,
+        scores=state["g"],
+        gumbel_scores=state["g"],
+        kappa=kappa,
+        inclusion_probs=q,
+    )
+
+
+def stochastic_beam(
+    step_fn: StepFn,
+    params: Any,
+    init_carry: Any,
+    prompts: Any = None,
+    prompt_lengths: Any = None,
+    *,
+    max_len: int,
+    vocab_size: int,
+    key: Any = None,
+    cfg: Any = None,
+    num_samples: int = 1,
+    prompt_ids: Any = None,
+) -> DecodeOutput:
+    """K = `beam_size` distinct sequences per prompt, sampled without replacement from the
+    temperature-t model by stochastic beam search (see the module docstring), sorted by their
+    perturbed log-prob G (= `scores` = `gumbel_scores`), with `kappa` and `inclusion_probs`.
+
+    Prompt b uses the key fold_in(fold_in(key, prompt_ids[b]), 0). `num_samples` is ignored
+    (the K beams are the samples); the sampling processors other than temperature do not apply.
+    """
+    del num_samples
+    validate_config(cfg, "stochastic_beam", vocab_size)
+    prep = prepare(
+        init_carry,
+        prompts,
+        prompt_lengths,
+        max_len=max_len,
+        num_samples=1,
+        vocab_size=vocab_size,
+        key=key,
+        prompt_ids=prompt_ids,
+    )
+    return _stochastic_beam_program(
+        params,
+        init_carry,
+        prep.prompts,
+        prep.prompt_lengths,
+        prep.prompt_ids,
+        prep.key,
+        traced_knobs(cfg),
+        step_fn=step_fn,
+        max_len=max_len,
+        vocab_size=vocab_size,
+        beam_size=int(get(cfg, "beam_size")),
+    )
