@@ -25,6 +25,7 @@ class Packed(NamedTuple):
     lengths: np.ndarray  # int64 [N]
     seq_index: np.ndarray  # int64 [M], which sequence each token belongs to
     position: np.ndarray  # int64 [M], position of each token inside its sequence
+    cache: dict  # n-gram ids computed so far (`ngram_ids`), shared by the metrics of one call
 
     @property
     def num_sequences(self) -> int:
@@ -62,7 +63,7 @@ def pack(sequences: SequencesLike, lengths: Sequence[int] | np.ndarray | None = 
     offsets = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
     seq_index = np.repeat(np.arange(lens.shape[0], dtype=np.int64), lens)
     position = np.arange(flat.shape[0], dtype=np.int64) - offsets[seq_index]
-    return Packed(flat, offsets, lens, seq_index, position)
+    return Packed(flat, offsets, lens, seq_index, position, {})
 
 
 def ngram_ids(packed: Packed, max_n: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -72,8 +73,12 @@ def ngram_ids(packed: Packed, max_n: int) -> list[tuple[np.ndarray, np.ndarray]]
     n-gram fits inside its sequence and `ids_n[j]` identifies the n-gram starting there (equal
     ids <=> equal n-grams; ids are dense in [0, number of distinct n-grams)). Built
     recursively, id(w_1..w_n) = rank of the pair (id(w_1..w_{n-1}), w_n), so there are no
-    hash collisions and no int64 overflow for any vocabulary size.
+    hash collisions and no int64 overflow for any vocabulary size. Cached on `packed`, so
+    the metrics of one `compute_metrics` call count n-grams once.
     """
+    cached = packed.cache.get("ngrams", [])
+    if len(cached) >= max_n:
+        return cached[:max_n]
     flat, m = packed.flat, packed.flat.shape[0]
     base = int(flat.max(initial=0)) + 1
     out = []
@@ -88,4 +93,5 @@ def ngram_ids(packed: Packed, max_n: int) -> list[tuple[np.ndarray, np.ndarray]]
         prev_full = np.full(m, -1, np.int64)
         prev_full[starts] = ids
         out.append((ids, starts))
+    packed.cache["ngrams"] = out
     return out

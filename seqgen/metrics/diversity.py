@@ -36,7 +36,8 @@ def distinct_n(sequences: SequencesLike | Packed, n: int, *, lengths=None) -> fl
     if total == 0:
         return math.nan
     ids, _ = ngram_ids(packed, n)[n - 1]
-    return float(np.unique(ids).size) / total
+    num_distinct = int(ids.max()) + 1 if ids.size else 0  # ids are dense: 0..distinct-1
+    return num_distinct / total
 
 
 def ngram_entropy(sequences: SequencesLike | Packed, n: int = 4, *, lengths=None) -> float:
