@@ -309,10 +309,19 @@ def test_abc_parse_valid_and_invalid():
     assert parse_abc(NO_NOTES) is None
 
 
+# two sections with a pickup: "A" before each, the bar before ":|" short by the pickup
+SECTIONS = "M:2/4\nL:1/8\nK:G\nA|:dB AG|FA dA|GB AF|G3:|\n|:A|de fg|af ge|dB AF|G3:|\n"
+# the same with one full bar (the second) short by an eighth: wrong
+SECTIONS_WRONG = "M:2/4\nL:1/8\nK:G\nA|:dB AG|FA d|GB AF|G3:|\n|:A|de fg|af ge|dB AF|G3:|\n"
+
+
 def test_abc_bar_check_correct_and_wrong():
     assert bars_ok(parse_abc(GOOD_TUNE)) is True
     assert bars_ok(parse_abc(WRONG_BARS)) is False
     assert bars_ok(parse_abc(NO_METER)) is None
+    # bars next to a section boundary (":|", "|:") are not full bars and are not checked
+    assert bars_ok(parse_abc(SECTIONS)) is True
+    assert bars_ok(parse_abc(SECTIONS_WRONG)) is False
 
 
 def test_abc_metrics_rates():

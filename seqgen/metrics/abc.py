@@ -48,23 +48,40 @@ def parse_abc(text: str):
         return None
 
 
+def _is_section_barline(barline) -> bool:
+    # anything but a plain single barline ends a section: repeats, double, final, heavy...
+    return barline is not None and (
+        "Repeat" in type(barline).__name__ or barline.type not in ("regular", "normal")
+    )
+
+
 def bars_ok(score) -> bool | None:
     """True when every full bar of every part lasts what the meter says; None if no meter.
 
     The meter is the `M:` header (and any inline `[M:..]` change) as music21 reads it; a tune
-    without a meter (no `M:` or `M:none`) cannot be checked and gives None. Each part's first
-    and last bar are ignored (pickup / anacrusis and the incomplete closing bar that
-    complements it); every other bar must satisfy duration == barDuration exactly (music21
-    quarter lengths, exact fractions for tuplets). Bars before a repeat or inside first/second
-    endings are NOT exempt: folk tunes that shorten them count as wrong. A tune with at most
-    two bars has no bar to check and is OK.
+    without a meter (no `M:` or `M:none`) cannot be checked and gives None. Not full bars,
+    hence ignored: the first and last bar of each part, and the bars on either side of a
+    section boundary -- a barline other than a plain `|` (repeat `:|` / `|:`, double `||`,
+    final `|]`): folk tunes close each section with a short bar that complements the next
+    section's pickup (anacrusis). Every other bar must satisfy duration == barDuration
+    exactly (music21 quarter lengths, exact fractions for tuplets). A tune with no bar left
+    to check is OK.
     """
     parts = list(score.parts) if score.parts else [score]
     if not any(p.recurse().getElementsByClass("TimeSignature") for p in parts):
         return None
     for part in parts:
         measures = list(part.getElementsByClass("Measure"))
-        for m in measures[1:-1]:
+        # boundary[k]: a section boundary between bar k and bar k + 1
+        boundary = [
+            _is_section_barline(m.rightBarline)
+            or (k + 1 < len(measures) and _is_section_barline(measures[k + 1].leftBarline))
+            for k, m in enumerate(measures)
+        ]
+        for k in range(1, len(measures) - 1):
+            if boundary[k] or boundary[k - 1]:
+                continue
+            m = measures[k]
             if m.duration.quarterLength != m.barDuration.quarterLength:
                 return False
     return True
