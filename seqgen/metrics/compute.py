@@ -89,7 +89,7 @@ def compute_metrics(
         raise UserError(f"ended must have one flag per sequence ({n} sequences)")
     if max_len is not None and (packed.lengths > np.asarray(max_len)).any():
         raise ValueError("a continuation is longer than its max_len budget")
-    if best_sequences is not None and best_ended is None:
+    if oracle is not None and best_sequences is not None and best_ended is None:
         if ended is None or len(best_sequences) != n:
             raise UserError("search/mode_found needs best_ended (one flag per best sequence)")
         best_ended = ended
