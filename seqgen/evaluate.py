@@ -173,6 +173,7 @@ def decode_all(
             "tempered_logprobs",
             "processed_logprobs",
             "eos_logprob",
+            "eos_tempered_logprob",
             "scores",
         )
         if hasattr(outs[0], f)

@@ -9,7 +9,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,11 @@ def model_cache_key(cfg: Any, corpus: Any) -> str:
     return ModelCache.key(fingerprint(corpus), to_dict(cfg.model), train_cfg, int(cfg.seed))
 
 
+# Models loaded in this process, by cache key: the jobs of a multirun share one step function,
+# so the decoders' compiled programs are reused across jobs.
+_LOADED: dict[str, LoadedModel] = {}
+
+
 def get_model(cfg: Any, corpus: Any, tracker: Any = None) -> LoadedModel:
     """The oracle (`model=oracle`), or the cached model, training it first if needed.
 
@@ -93,6 +98,9 @@ def get_model(cfg: Any, corpus: Any, tracker: Any = None) -> LoadedModel:
 
     cache = ModelCache(default_cache_dir(cfg) / "models")
     key = model_cache_key(cfg, corpus)
+    if key in _LOADED:  # a later job of a sweep in this process: same step_fn, no recompile
+        hit = _LOADED[key]
+        return replace(hit, info={**hit.info, "cached": True})
     vocab_size = len(corpus.vocab)
     template = build_model(cfg.model, vocab_size, int(cfg.seed))
     with cache.lock(key):
@@ -136,7 +144,7 @@ def get_model(cfg: Any, corpus: Any, tracker: Any = None) -> LoadedModel:
                 "train_cfg": to_dict(cfg.train),
                 "data": corpus.name,
             }
-            cache.save_model(key, model, corpus.vocab.to_json(), meta)
+            cache.save_model(key, model, json.dumps(corpus.vocab.to_json()), meta)
             cached = False
     step_fn, params = make_step_fn(model)
     info = {
@@ -146,7 +154,7 @@ def get_model(cfg: Any, corpus: Any, tracker: Any = None) -> LoadedModel:
         "params": meta.get("params"),
         "train": meta.get("train", {}),
     }
-    return LoadedModel(
+    loaded = LoadedModel(
         step_fn=step_fn,
         params=params,
         init_carry=make_init_carry_fn(model),
@@ -154,6 +162,8 @@ def get_model(cfg: Any, corpus: Any, tracker: Any = None) -> LoadedModel:
         metrics=dict(meta.get("metrics", {})),
         info=info,
     )
+    _LOADED[key] = loaded
+    return loaded
 
 
 def _oracle_model(corpus: Any) -> LoadedModel:

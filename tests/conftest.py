@@ -1,0 +1,68 @@
+"""Test-wide settings: CPU, no W&B network, a private model cache, tiny composed configs."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ["WANDB_MODE"] = "disabled"
+os.environ.setdefault("WANDB_SILENT", "true")
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF_DIR = ROOT / "conf"
+
+# A run small enough for a test: a 6-symbol DPFSA, a 16-unit LSTM, 20 training steps.
+TINY = [
+    "data=synthetic",
+    "data.num_train=300",
+    "data.max_len=24",
+    "model.hidden_size=16",
+    "model.embed_size=8",
+    "model.num_layers=1",
+    "train=tiny",
+    "decode.num_samples=8",
+    "decode.max_len=16",
+    "decode.batch_size=64",
+    "metrics.abc_subset=0",
+    "output.plots=false",
+]
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("seqgen_cache")
+    os.environ["SEQGEN_CACHE"] = str(path)
+    return path
+
+
+def compose(overrides: list[str]):
+    """Compose `conf/config.yaml` with overrides, as `python -m seqgen.run` would."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from seqgen.config import register_configs
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=list(overrides))
+
+
+def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 300):
+    """`python -m seqgen.run ARGS` in a subprocess; returns the CompletedProcess."""
+    import subprocess
+
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "seqgen.run", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

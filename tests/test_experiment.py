@@ -1,0 +1,80 @@
+"""The pipeline end to end, in-process, on the DPFSA with a tiny model."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from conftest import TINY, compose
+
+from seqgen.errors import UserError
+from seqgen.experiment import run_experiment
+
+COMPARE = "compare=[{name:greedy},{name:sample},{name:beam,beam_size:3}]"
+
+
+@pytest.fixture(scope="module")
+def first_run(cache_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run1")
+    cfg = compose([*TINY, COMPARE])
+    return run_experiment(cfg, out_dir=out), out
+
+
+def test_run_writes_every_output(first_run):
+    res, out = first_run
+    for name in ("config.yaml", "metrics.json", "results.jsonl", "samples.jsonl"):
+        assert (out / name).exists(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("ppl/valid", "ppl/test", "bits/valid", "bits/test"):
+        assert metrics[key] > 0
+    # bits per token and perplexity are two views of one number
+    assert metrics["bits/valid"] == pytest.approx(
+        __import__("math").log2(metrics["ppl/valid"]), rel=1e-6
+    )
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["decoder"]["name"] for r in rows] == ["greedy", "sample", "beam", "human"]
+    for r in rows:
+        assert "diversity/distinct_2" in r["metrics"] and "length/mean" in r["metrics"]
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    keys = {"decoder", "prompt_index", "sample_index", "token_ids", "text", "score", "logprob"}
+    assert all(keys <= set(s) for s in samples)
+    # greedy and beam give one sequence per prompt, sampling num_samples
+    by = {}
+    for s in samples:
+        by.setdefault(s["decoder"], []).append(s)
+    assert len(by["greedy"]) == 1 and len(by["sample"]) == 8
+    # generated ids never contain the specials (PAD 0, BOS 1, EOS 2)
+    assert all(t > 2 for s in samples for t in s["token_ids"])
+
+
+def test_greedy_gen_ppl_is_below_pure_sampling(first_run):
+    res, _ = first_run
+    m = {r["decoder"]["name"]: r["metrics"] for r in res["results"]}
+    assert m["greedy"]["gen/ppl"] < m["sample"]["gen/ppl"]
+
+
+def test_second_run_loads_the_cached_model(first_run, tmp_path):
+    res, _ = first_run
+    cfg = compose([*TINY, "decoder=greedy"])
+    t0 = time.time()
+    res2 = run_experiment(cfg, out_dir=tmp_path)
+    assert time.time() - t0 < 60
+    meta = json.loads((tmp_path / "metrics.json").read_text())
+    assert meta["model"]["cached"] is True
+    assert res2["metrics"]["ppl/valid"] == pytest.approx(res["metrics"]["ppl/valid"], rel=1e-9)
+
+
+def test_oracle_beam_finds_the_exact_mode(cache_dir, tmp_path):
+    # the DPFSA's true distribution decoded by a wide beam: its best beam is the Dijkstra mode
+    cfg = compose([*TINY, "model=oracle", "decoder=beam", "decoder.beam_size=32"])
+    res = run_experiment(cfg, out_dir=tmp_path)
+    beam = res["results"][0]["metrics"]
+    assert beam["search/mode_found"] == 1.0
+    assert beam["oracle/nll"] >= 0
+
+
+def test_unknown_prompt_symbol_is_a_user_error(cache_dir, tmp_path):
+    cfg = compose([*TINY, "decoder=greedy", "decode.prompts=[zzz]", "data.unknown=error"])
+    with pytest.raises(UserError, match="z"):
+        run_experiment(cfg, out_dir=tmp_path)

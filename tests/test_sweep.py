@@ -1,0 +1,72 @@
+"""Multiruns in subprocesses: summary and plots, a failing job, joblib, offline W&B."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import pytest
+from conftest import TINY, run_cli
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    return {"SEQGEN_CACHE": str(tmp_path_factory.mktemp("sweep_cache"))}
+
+
+def _sweep_dir(root: Path) -> Path:
+    dirs = [p for p in (root / "multirun").rglob("multirun.yaml")]
+    assert dirs, f"no sweep dir under {root}"
+    return dirs[0].parent
+
+
+def test_multirun_summary_plots_and_a_failed_job(tmp_path, env):
+    # top_k=1000 is above the 10-symbol vocabulary: that job fails, the others must survive
+    args = ["-m", *TINY, "output.plots=true", "decoder=sample", "decoder.top_k=0,2,1000"]
+    proc = run_cli(args, cwd=tmp_path, env=env)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    sweep = _sweep_dir(tmp_path)
+    rows = list(csv.DictReader(open(sweep / "summary.csv")))
+    jobs_ok = {r["job"] for r in rows}
+    assert len(jobs_ok) == 2
+    assert {r["decoder.top_k"] for r in rows if r["decoder"] != "human"} == {"0", "2"}
+    md = (sweep / "summary.md").read_text()
+    assert "Failed jobs (1)" in md and "top_k" in md
+    assert (sweep / "plots" / "gen_ppl.png").stat().st_size > 1000
+
+
+def test_joblib_multirun_runs_jobs_in_parallel_processes(tmp_path, env):
+    args = ["-m", *TINY, "hydra/launcher=parallel", "decoder=sample", "decoder.temperature=0.5,1.0"]
+    proc = run_cli(args, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = list(csv.DictReader(open(_sweep_dir(tmp_path) / "summary.csv")))
+    assert {r["decoder.temperature"] for r in rows if r["decoder"] != "human"} == {"0.5", "1.0"}
+
+
+def test_offline_wandb_writes_its_files(tmp_path, env):
+    env = {**env, "WANDB_MODE": "", "WANDB_API_KEY": ""}
+    env = {k: v for k, v in env.items()}
+    args = [
+        *TINY,
+        "decoder=greedy",
+        "logger=wandb",
+        "logger.mode=offline",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
+    full_env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}
+    full_env.update({k: v for k, v in env.items() if v})
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "seqgen.run", *args],
+        cwd=tmp_path,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert runs and list(runs[0].glob("*.wandb"))
