@@ -2,8 +2,8 @@
 
 The model is split once with `nnx.split(model, nnx.Param, ...)`; the train and eval steps are
 pure jitted functions of `(params, opt_state, rest, batch, ...)` that `nnx.merge` inside the
-trace only, so the hot loop does no NNX graph traversal. Dropout keys are
-`fold_in(key(seed), step)`: a resumed run draws the same masks as an uninterrupted one.
+trace only, so the hot loop does no NNX graph traversal. The dropout key of step s is the
+threefry key with raw data (seed, s): a resumed run draws the same masks as an uninterrupted one.
 
 Interruption safety (big_vision style): with `ckpt_dir`, the latest checkpoint (params,
 optimizer state, step, data position) is written every `checkpoint_every` steps and on Ctrl-C,
@@ -94,6 +94,15 @@ def lr_schedule(hp: TrainHParams) -> optax.Schedule:
     return optax.join_schedules([warm, decay], [hp.warmup_steps])
 
 
+def lr_at(hp: TrainHParams, count: int) -> float:
+    """`lr_schedule(hp)(count)` in plain Python (for logging without device ops)."""
+    if count < hp.warmup_steps:
+        return hp.lr * count / hp.warmup_steps
+    decay_steps = max(hp.steps - hp.warmup_steps, 1)
+    t = min(count - hp.warmup_steps, decay_steps) / decay_steps
+    return hp.lr * (hp.end_lr_ratio + (1 - hp.end_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
 @functools.lru_cache(maxsize=16)
 def make_optimizer(hp: TrainHParams) -> optax.GradientTransformation:
     """Clip by global norm (if clip_norm > 0), then AdamW; no weight decay on biases."""
@@ -122,18 +131,20 @@ def _all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
-def _train_step(graphdef, hp, params, opt_state, rest, batch, key, step, bad_step):
+def _train_step(graphdef, hp, params, opt_state, rest, batch, key_data, step, bad_step):
     """One AdamW update on the masked-mean token cross-entropy; skipped if not finite.
 
-    `step` is the number of updates done before this one; `bad_step` is -1 until the first
-    non-finite step (1-based), after which every update is skipped.
+    `key_data` uint32[2] = (seed, step) is the raw threefry key of this step's dropout masks
+    (built on the host: no RNG op to compile for it). `step` is the number of updates done
+    before this one; `bad_step` is -1 until the first non-finite step (1-based), after which
+    every update is skipped.
     """
     tx = make_optimizer(hp)
     inputs, targets, mask = batch
 
     def loss_fn(p):
         model = nnx.merge(graphdef, p, rest)
-        logits = model(inputs, rngs=jax.random.fold_in(key, step))
+        logits = model(inputs, rngs=jax.random.wrap_key_data(key_data, impl="threefry2x32"))
         return jnp.sum(masked_cross_entropy(logits, targets, mask)) / jnp.maximum(
             jnp.sum(mask), 1.0
         )
@@ -314,7 +325,6 @@ def train(
     tx = make_optimizer(hp)
     opt_state = tx.init(params)
     train_step, _ = _jitted()
-    base_key = jax.random.key(seed)
 
     step, best_loss, best_step, data_position = 0, math.inf, -1, 0
     history: dict[str, Any] = {}
@@ -343,7 +353,7 @@ def train(
         if ckpt is not None:
             ckpt.save(which, step, params, opt_state, meta_now())
 
-    bad_step = jnp.int32(-1)
+    bad_step = np.int32(-1)
 
     def check_finite() -> None:
         bad = int(bad_step)
@@ -367,8 +377,9 @@ def train(
             if mesh is not None:
                 batch = shard_batch(batch, mesh)
             params, opt_state, bad_step, m = train_step(
-                graphdef, hp, params, opt_state, rest, batch, base_key, jnp.int32(step), bad_step
-            )
+                graphdef, hp, params, opt_state, rest, batch,
+                np.array([seed % 2**32, step], np.uint32), np.int32(step), bad_step,
+            )  # fmt: skip
             step += 1
             data_position = step  # one batch per step
             tokens_since += ntok
@@ -381,7 +392,7 @@ def train(
                 tps = tokens_since / max(now - t_since, 1e-9)
                 t_train += now - t_since
                 tokens_since, t_since = 0.0, now
-                lr = float(lr_schedule(hp)(step - 1))
+                lr = lr_at(hp, step - 1)
                 if tracker is not None:
                     tracker.log(
                         {

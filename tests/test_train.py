@@ -13,7 +13,14 @@ from flax import nnx
 from seqgen.checkpoint import TrainCheckpointer
 from seqgen.errors import UserError
 from seqgen.models import LanguageModel
-from seqgen.train import NonFiniteLossError, evaluate, train
+from seqgen.train import (
+    NonFiniteLossError,
+    TrainHParams,
+    evaluate,
+    lr_at,
+    lr_schedule,
+    train,
+)
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 
@@ -172,3 +179,16 @@ def test_absurd_learning_rate_is_caught(tmp_path):
 def test_bad_warmup_is_user_error():
     with pytest.raises(UserError, match="warmup_steps"):
         train(new_model(), batches(), VALID, replace(Cfg(), warmup_steps=100))
+
+
+@pytest.mark.parametrize("warmup", [0, 3])
+def test_schedule_warmup_then_cosine(warmup):
+    hp = TrainHParams(steps=10, lr=0.5, weight_decay=0.0, warmup_steps=warmup, clip_norm=1.0,
+                      end_lr_ratio=0.1)  # fmt: skip
+    sched = lr_schedule(hp)
+    values = [float(sched(i)) for i in range(12)]
+    assert values == pytest.approx([lr_at(hp, i) for i in range(12)], rel=1e-5, abs=1e-7)
+    assert max(values) == pytest.approx(0.5) and values[-1] == pytest.approx(0.05)
+    if warmup:
+        assert values[0] == 0.0 and values[:4] == sorted(values[:4])
+    assert values[warmup:] == sorted(values[warmup:], reverse=True)

@@ -157,10 +157,19 @@ class LanguageModel(nnx.Module):
             proj = proj + dense_i.bias[...]
         return proj
 
-    def _drop(self, i: int, x: Array, key: Array | None) -> Array:
-        if key is None:
+    def _keep_masks(self, key: Array | None, shape: tuple[int, ...]) -> Array | None:
+        """Scaled keep masks [L, *shape] for all dropout sites from ONE draw (a threefry draw
+        is slow to compile on CPU, one per site adds seconds); None when not needed."""
+        drop = self.dropouts[0]
+        if key is None or drop.deterministic or drop.rate == 0.0:
+            return None
+        keep = jax.random.bernoulli(key, 1.0 - drop.rate, (self.num_layers, *shape))
+        return keep.astype(jnp.float32) / (1.0 - drop.rate)
+
+    def _drop(self, i: int, x: Array, keep: Array | None) -> Array:
+        if keep is None:  # eval mode: identity; train mode without a key: the module's stream
             return self.dropouts[i](x)
-        return self.dropouts[i](x, rngs=jax.random.fold_in(key, i))
+        return x * keep[i]
 
     def _head(self, h: Array) -> Array:
         if self.tie_weights:
@@ -185,13 +194,14 @@ class LanguageModel(nnx.Module):
         `rngs`: optional dropout key (used only in train mode); without it the dropout layers
         draw from the stream given at construction.
         """
-        batch, _ = tokens.shape
+        batch, length = tokens.shape
         recur = _RECURRENCES[self.cell_type]
         carry0 = self.init_carry(batch)
+        keep = self._keep_masks(rngs, (batch, length, self.hidden_size))
         x = self._embed(tokens)  # [B, T, E] or None (one-hot)
         for layer in range(self.num_layers):
             if layer > 0:
-                x = self._drop(layer - 1, x, rngs)
+                x = self._drop(layer - 1, x, keep)
             proj = self._input_proj(layer, x, tokens)  # [B, T, G*H]
             cell = self.cells[layer]
 
@@ -200,7 +210,7 @@ class LanguageModel(nnx.Module):
 
             _, hs = jax.lax.scan(body, carry0[layer], jnp.swapaxes(proj, 0, 1))  # [T, B, H]
             x = jnp.swapaxes(hs, 0, 1)  # [B, T, H]
-        x = self._drop(self.num_layers - 1, x, rngs)
+        x = self._drop(self.num_layers - 1, x, keep)
         return self._head(x)
 
     def step(
@@ -208,14 +218,15 @@ class LanguageModel(nnx.Module):
     ) -> tuple[Carry, Array]:
         """One time step: tokens [B] -> (new carry, logits [B, V])."""
         recur = _RECURRENCES[self.cell_type]
+        keep = self._keep_masks(rngs, (tokens.shape[0], self.hidden_size))
         x = self._embed(tokens)  # [B, E] or None
         new_carry = []
         for layer in range(self.num_layers):
             if layer > 0:
-                x = self._drop(layer - 1, x, rngs)
+                x = self._drop(layer - 1, x, keep)
             c, x = recur(self.cells[layer], carry[layer], self._input_proj(layer, x, tokens))
             new_carry.append(c)
-        x = self._drop(self.num_layers - 1, x, rngs)
+        x = self._drop(self.num_layers - 1, x, keep)
         return tuple(new_carry), self._head(x)
 
 
