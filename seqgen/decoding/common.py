@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import jax
+import jax.extend.random
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
@@ -294,6 +295,32 @@ def row_keys(key: jax.Array, prompt_ids: jax.Array, num_samples: int) -> jax.Arr
         lambda k: jax.vmap(lambda n: jax.random.fold_in(k, n))(jnp.arange(num_samples))
     )(per_prompt)  # [B, N]
     return per_row.reshape(-1)  # [B * N]
+
+
+def key_words(keys: jax.Array) -> jax.Array:
+    """The two uint32 words of threefry keys [R] (typed or raw) -> [R, 2]."""
+    if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
+        keys = jax.random.key_data(keys)
+    if keys.shape[-1] != 2:  # a non-threefry key: draw two words from it
+        keys = jax.vmap(lambda k: jax.random.bits(k, (2,), jnp.uint32))(keys)
+    return keys.astype(jnp.uint32)
+
+
+def gumbel_noise(words: jax.Array, t: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """Gumbel(0, 1) noise [R, *shape] for step t: Threefry-2x32 (Salmon et al. 2011) keyed by
+    each row's key words, on the counters t * size + i, mapped through -log(-log(u)).
+
+    One Threefry call per step (fold_in(key, t) followed by jax.random.gumbel would be two,
+    and XLA's CPU compile time grows with each call site); rows stay independent of each
+    other and of the batch size.
+    """
+    size = int(np.prod(shape))
+    counter = (t * size + jnp.arange(size)).astype(jnp.uint32)  # [size]
+    bits = jax.vmap(lambda w: jax.extend.random.threefry_2x32((w[0], w[1]), counter))(words)
+    mantissa = (bits >> jnp.uint32(9)) | jnp.uint32(0x3F800000)
+    u = jax.lax.bitcast_convert_type(mantissa, jnp.float32) - 1.0  # [0, 1)
+    u = jnp.maximum(u, jnp.finfo(jnp.float32).tiny)
+    return -jnp.log(-jnp.log(u)).reshape(words.shape[0], *shape)
 
 
 def repeat_rows(tree: Any, n: int) -> Any:

@@ -19,6 +19,8 @@ from seqgen.decoding.common import (
     DecodeOutput,
     StepFn,
     get,
+    gumbel_noise,
+    key_words,
     prepare,
     repeat_rows,
     row_keys,
@@ -55,7 +57,7 @@ def _sample_program(
     b, n, t_max, v = prompt_lengths.shape[0], num_samples, max_len, vocab_size
     r = b * n
     plen = jnp.repeat(prompt_lengths, n)  # [R]
-    keys = row_keys(key, prompt_ids, n)  # [R]
+    words = key_words(row_keys(key, prompt_ids, n))  # [R, 2]
     temp = knobs["temperature"]
     state = {
         "carry": repeat_rows(init_carry, n),
@@ -80,7 +82,7 @@ def _sample_program(
         else:
             tempered = jax.nn.log_softmax(proc.temperature(logits, temp), axis=-1)
             processed = proc.truncate(pen, knobs, flags)  # [R, V]
-            noise = jax.vmap(lambda k: jax.random.gumbel(jax.random.fold_in(k, t), (v,)))(keys)
+            noise = gumbel_noise(words, t, (v,))  # [R, V]
             sampled = jnp.argmax(processed + noise, axis=-1)  # Gumbel-max
             tok = jnp.where(temp > 0, sampled, jnp.argmax(processed, axis=-1))
             plp = jnp.where(temp > 0, _pick(jax.nn.log_softmax(processed, axis=-1), tok), 0.0)
@@ -262,8 +264,9 @@ def sample(
     (penalties, no-repeat n-gram, temperature, top-k, top-p, typical-p, min-p, epsilon, eta).
     Sampling is Gumbel-max, argmax_v(x'_v + g_v) with g_v ~ Gumbel(0, 1), which draws exactly
     from softmax(x') (Gumbel 1954; Maddison et al. 2014). temperature = 0 is greedy.
-    Row (b, n) uses the key fold_in(fold_in(key, prompt_ids[b]), n) and, at step t, fold_in of
-    that with t, so a row's output does not depend on the batch around it.
+    Row (b, n) uses the key fold_in(fold_in(key, prompt_ids[b]), n) and, at step t, the
+    Threefry counters (t, v) under that key (`common.gumbel_noise`), so a row's output does not
+    depend on the batch around it.
     """
     return _run(
         "sample",

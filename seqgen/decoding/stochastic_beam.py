@@ -34,6 +34,8 @@ from seqgen.decoding.common import (
     StepFn,
     gather_rows,
     get,
+    gumbel_noise,
+    key_words,
     prepare,
     repeat_rows,
     row_keys,
@@ -72,9 +74,10 @@ def _stochastic_beam_program(
 ) -> DecodeOutput:
     b, k, t_max, v = prompt_lengths.shape[0], beam_size, max_len, vocab_size
     plen = prompt_lengths
-    keys = row_keys(key, prompt_ids, 1)  # [B]
+    words = key_words(row_keys(key, prompt_ids, 1))  # [B, 2]
     temp = knobs["temperature"]
-    root_g = jax.vmap(lambda kk: jax.random.gumbel(jax.random.fold_in(kk, t_max)))(keys)  # [B]
+    # the counter block after the last step's, so the root's noise is independent of the steps'
+    root_g = gumbel_noise(words, jnp.int32(t_max), (k, v))[:, 0, 0]  # [B]
     first = jnp.broadcast_to(jnp.arange(k)[None, :] == 0, (b, k))
     state = {
         "carry": repeat_rows(init_carry, k),
@@ -96,7 +99,7 @@ def _stochastic_beam_program(
         only = jnp.where(forced[:, None], ptok[:, None], PAD_ID)  # [B, K] that child
         single_lp = jnp.where(jnp.arange(v) == only[..., None], 0.0, -jnp.inf)
         phi_c = state["phi"][..., None] + jnp.where(single[..., None], single_lp, tlp)
-        noise = jax.vmap(lambda kk: jax.random.gumbel(jax.random.fold_in(kk, t), (k, v)))(keys)
+        noise = gumbel_noise(words, t, (k, v))  # [B, K, V]
         perturbed = phi_c + noise  # [B, K, V]
         z = jnp.max(perturbed, axis=-1, keepdims=True)
         g_c = gumbel_with_max(perturbed, state["g"][..., None], z).reshape(b, k * v)

@@ -1,0 +1,585 @@
+"""Decoders: identities, brute-force optima, distributions, invariances, compile counts, errors.
+
+Tiny step functions only (a Markov transition table, a 16-unit LSTM, a position-aware table,
+the DPFSA oracle), so every test runs on 2 CPU cores in seconds.
+"""
+
+from __future__ import annotations
+
+import itertools
+from types import SimpleNamespace as NS
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from seqgen.decoding import (
+    DECODERS,
+    beam,
+    decode,
+    diverse_beam,
+    greedy,
+    sample,
+    stochastic_beam,
+)
+from seqgen.errors import UserError
+from seqgen.tokens import EOS_ID, NUM_SPECIAL, PAD_ID
+
+# ----- tiny step functions (module level: the same object each call, so compiles are reused) ---
+
+
+def markov_step(params, carry, tokens):
+    """Next-token logits depend only on the previous token: params [V, V]."""
+    return carry, params[tokens]
+
+
+def lstm_step(params, carry, tokens):
+    """A one-layer LSTM language model step, the same math as an nn.LSTM cell."""
+    c, h = carry
+    x = params["emb"][tokens]
+    z = jnp.concatenate([x, h], axis=-1) @ params["w"] + params["b"]
+    i, f, g, o = jnp.split(z, 4, axis=-1)
+    c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+    h = jax.nn.sigmoid(o) * jnp.tanh(c)
+    return (c, h), h @ params["out"] + params["out_b"]
+
+
+def position_step(params, carry, tokens):
+    """Markov table for positions < params['stop_at']; EOS is certain at position stop_at."""
+    logits = params["table"][tokens]
+    eos_only = jnp.full_like(logits, -1e9).at[:, EOS_ID].set(0.0)
+    logits = jnp.where((carry >= params["stop_at"])[:, None], eos_only, logits)
+    return carry + 1, logits
+
+
+def markov_table(v: int, seed: int, scale: float = 1.5) -> np.ndarray:
+    """Random logits with PAD, BOS, UNK impossible (as in a trained model)."""
+    rng = np.random.default_rng(seed)
+    t = rng.normal(size=(v, v)) * scale
+    t[:, [0, 1, 3]] = -1e9
+    return t.astype(np.float32)
+
+
+def log_softmax64(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    m = x.max(-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
+
+
+def lstm_params(v: int = 9, hidden: int = 16, seed: int = 0, eos_bias: float = 0.0) -> dict:
+    rng = np.random.default_rng(seed)
+    out_b = rng.normal(size=v) * 0.5
+    out_b[[0, 1, 3]] = -1e9
+    out_b[EOS_ID] += eos_bias
+    return {
+        "emb": jnp.asarray(rng.normal(size=(v, 8)), jnp.float32),
+        "w": jnp.asarray(rng.normal(size=(8 + hidden, 4 * hidden)) * 0.5, jnp.float32),
+        "b": jnp.zeros(4 * hidden, jnp.float32),
+        "out": jnp.asarray(rng.normal(size=(hidden, v)) * 1.5, jnp.float32),
+        "out_b": jnp.asarray(out_b, jnp.float32),
+    }
+
+
+def lstm_carry(batch: int, hidden: int = 16):
+    return (jnp.zeros((batch, hidden)), jnp.zeros((batch, hidden)))
+
+
+PROMPTS = np.array([[4, 5, 6], [7, 0, 0], [0, 0, 0]], np.int32)
+PROMPT_LENGTHS = np.array([3, 1, 0], np.int32)
+
+
+def seq_logprob(table_lp: np.ndarray, seq: list[int], ended: bool) -> float:
+    """log p(seq [+ EOS]) under a Markov table of log-probs, starting from BOS."""
+    prev, total = 1, 0.0
+    for tok in seq:
+        total += table_lp[prev, tok]
+        prev = tok
+    return total + (table_lp[prev, EOS_ID] if ended else 0.0)
+
+
+# ----- greedy == beam(K=1) == sample(temperature=0) -----
+
+
+@pytest.mark.parametrize("model", ["lstm", "markov"])
+def test_greedy_equals_beam1_equals_sample_t0(model):
+    if model == "lstm":
+        step, params, carry = lstm_step, lstm_params(eos_bias=1.0), lstm_carry(3)
+    else:
+        step, params, carry = markov_step, jnp.asarray(markov_table(9, 1)), jnp.zeros(3)
+    kw = dict(max_len=12, vocab_size=9)
+    g = greedy(step, params, carry, PROMPTS, PROMPT_LENGTHS, **kw)
+    b = beam(step, params, carry, PROMPTS, PROMPT_LENGTHS, cfg=NS(beam_size=1), **kw)
+    s = sample(step, params, carry, PROMPTS, PROMPT_LENGTHS, cfg=NS(temperature=0.0), key=3, **kw)
+    for out in (b, s):
+        np.testing.assert_array_equal(out.tokens, g.tokens)
+        np.testing.assert_array_equal(out.lengths, g.lengths)
+        np.testing.assert_array_equal(out.ended, g.ended)
+        np.testing.assert_allclose(out.scores, g.scores, rtol=1e-6)
+        np.testing.assert_allclose(out.logprobs, g.logprobs, rtol=1e-6)
+    # the prompt is reproduced, then the continuation, then EOS, then PAD
+    for i, n in enumerate(PROMPT_LENGTHS):
+        np.testing.assert_array_equal(g.tokens[i, 0, :n], PROMPTS[i, :n])
+        assert np.all(g.logprobs[i, 0, :n] == 0)
+        length = g.lengths[i, 0]
+        if g.ended[i, 0]:
+            assert g.tokens[i, 0, length] == EOS_ID
+            assert np.all(g.tokens[i, 0, length + 1 :] == PAD_ID)
+    # greedy really is the argmax: replay the Markov chain
+    if model == "markov":
+        table = markov_table(9, 1)
+        assert g.ended.any()
+        for i in range(3):
+            prev = 1 if PROMPT_LENGTHS[i] == 0 else PROMPTS[i, PROMPT_LENGTHS[i] - 1]
+            for t in range(PROMPT_LENGTHS[i], g.lengths[i, 0]):
+                assert g.tokens[i, 0, t] == np.argmax(table[prev])
+                prev = g.tokens[i, 0, t]
+
+
+# ----- exactness: brute force and the DPFSA mode -----
+
+
+@pytest.mark.parametrize("length_penalty", ["none", "average", "gnmt"])
+def test_beam_n_best_equals_brute_force(length_penalty):
+    v, max_len, alpha = 6, 4, 0.8  # symbols 4, 5: 15 ended + 16 cut sequences
+    table = markov_table(v, 7)
+    lp = log_softmax64(table)
+    cands = []
+    for n in range(max_len):  # an ended sequence has at most max_len - 1 tokens
+        for seq in itertools.product([4, 5], repeat=n):
+            s = seq_logprob(lp, list(seq), True)
+            gen = n + 1
+            norm = {"none": 1.0, "average": gen, "gnmt": ((5 + gen) / 6) ** alpha}
+            cands.append((s / norm[length_penalty], list(seq)))
+    cands.sort(key=lambda c: -c[0])
+    cfg = NS(beam_size=32, length_penalty=length_penalty, alpha=alpha)
+    out = beam(
+        markov_step, jnp.asarray(table), jnp.zeros(1), max_len=max_len, vocab_size=v, cfg=cfg
+    )
+    # sequences through the impossible (logit -1e9) PAD/BOS/UNK come after all the real ones
+    real = out.ended[0] & (out.scores[0] > -1e6)
+    assert real.sum() == len(cands) and real[: len(cands)].all()
+    for k, (score, seq) in enumerate(cands):
+        assert out.ended[0, k]
+        assert out.tokens[0, k, : out.lengths[0, k]].tolist() == seq
+        np.testing.assert_allclose(out.scores[0, k], score, rtol=1e-5)
+    np.testing.assert_allclose(
+        out.logprobs[0].sum(-1) + out.eos_logprob[0],
+        [
+            seq_logprob(lp, out.tokens[0, k, : out.lengths[0, k]].tolist(), bool(out.ended[0, k]))
+            for k in range(32)
+        ],
+        rtol=1e-5,
+    )
+
+
+def test_beam_finds_dpfsa_mode():
+    from seqgen.data.synthetic import DPFSA
+
+    for seed in range(3):
+        d = DPFSA.random(6, 4, seed, stop_prob=0.15)
+        mode, mode_lp = d.mode()
+        assert len(mode) < 15
+        out = beam(
+            d.step_fn,
+            d.params(),
+            d.init_carry(1),
+            max_len=16,
+            vocab_size=d.vocab_size,
+            cfg=NS(beam_size=64),
+        )
+        assert out.ended[0, :8].all()
+        assert out.tokens[0, 0, : out.lengths[0, 0]].tolist() == mode
+        np.testing.assert_allclose(out.scores[0, 0], mode_lp, rtol=1e-5)
+        # every n-best entry is scored with its exact log-probability, best first
+        for k in range(8):
+            seq = out.tokens[0, k, : out.lengths[0, k]].tolist()
+            np.testing.assert_allclose(out.scores[0, k], d.logprob(seq), rtol=1e-4)
+        assert np.all(np.diff(out.scores[0, :8]) <= 0)
+
+
+def test_beam_stops_exactly_and_freezes():
+    """With K=2, a row whose pool is full and cannot be beaten stops: its output equals that of
+    a longer max_len run (the remaining steps were no-ops)."""
+    table = jnp.asarray(markov_table(7, 11))
+    outs = [
+        beam(markov_step, table, jnp.zeros(1), max_len=m, vocab_size=7, cfg=NS(beam_size=2))
+        for m in (20, 40)
+    ]
+    assert outs[0].ended.all()
+    np.testing.assert_array_equal(outs[0].tokens, outs[1].tokens[..., :20])
+    np.testing.assert_allclose(outs[0].scores, outs[1].scores)
+
+
+def test_diverse_beam_one_group_is_beam_and_groups_diverge():
+    table = jnp.asarray(markov_table(9, 2))
+    kw = dict(max_len=8, vocab_size=9)
+    b = beam(markov_step, table, jnp.zeros(3), PROMPTS, PROMPT_LENGTHS, cfg=NS(beam_size=4), **kw)
+    d1 = diverse_beam(
+        markov_step,
+        table,
+        jnp.zeros(3),
+        PROMPTS,
+        PROMPT_LENGTHS,
+        cfg=NS(beam_size=4, num_groups=1, diversity_penalty=5.0),
+        **kw,
+    )
+    np.testing.assert_array_equal(b.tokens, d1.tokens)
+    np.testing.assert_allclose(b.scores, d1.scores)
+    # a huge penalty: the 4 groups (1 beam each) choose 4 different first tokens
+    d4 = diverse_beam(
+        markov_step,
+        table,
+        jnp.zeros(1),
+        cfg=NS(beam_size=4, num_groups=4, diversity_penalty=1e4),
+        **kw,
+    )
+    firsts = d4.tokens[0, :, 0]
+    assert len(set(firsts.tolist())) == 4
+    assert np.all(np.diff(d4.scores[0]) <= 0)
+
+
+# ----- sampling distribution and truncation sets -----
+
+
+def test_sample_matches_model_distribution():
+    v, n = 7, 6000
+    table = markov_table(v, 5, scale=0.8)
+    for temp in (1.0, 0.6):
+        out = sample(
+            markov_step,
+            jnp.asarray(table),
+            jnp.zeros(1),
+            max_len=2,
+            vocab_size=v,
+            key=11,
+            num_samples=n,
+            cfg=NS(temperature=temp),
+        )
+        lp = log_softmax64(table / temp)
+        outcomes = [((), True)] + [((a,), True) for a in (4, 5, 6)]
+        outcomes += [((a, b), False) for a in (4, 5, 6) for b in (4, 5, 6)]
+        probs = np.array([np.exp(seq_logprob(lp, list(s), e)) for s, e in outcomes])
+        assert abs(probs.sum() - 1) < 1e-9
+        counts = {o: 0 for o in outcomes}
+        for i in range(n):
+            seq = tuple(out.tokens[0, i, : out.lengths[0, i]].tolist())
+            counts[(seq, bool(out.ended[0, i]))] += 1
+        observed = np.array([counts[o] for o in outcomes])
+        assert observed.sum() == n
+        p_value = stats.chisquare(observed, probs * n).pvalue
+        assert p_value > 1e-3, (temp, observed, probs * n)
+        # tempered log-probs are those of log softmax(logits / t); scores are the model's
+        i = int(np.argmax(out.lengths[0]))
+        seq = out.tokens[0, i, : out.lengths[0, i]].tolist()
+        ended = bool(out.ended[0, i])
+        tl = out.tempered_logprobs[0, i].sum() + out.eos_tempered_logprob[0, i]
+        np.testing.assert_allclose(tl, seq_logprob(lp, seq, ended), rtol=1e-5)
+        model = seq_logprob(log_softmax64(table), seq, ended)
+        np.testing.assert_allclose(out.scores[0, i], model, rtol=1e-5)
+        np.testing.assert_allclose(out.processed_logprobs, out.tempered_logprobs, atol=1e-6)
+
+
+# p over tokens [EOS, 4, 5, 6, 7, 8, 9] with a tie (0.2, 0.2)
+P_FIXED = {2: 0.05, 4: 0.3, 5: 0.2, 6: 0.2, 7: 0.15, 8: 0.07, 9: 0.03}
+
+
+def fixed_logits() -> np.ndarray:
+    x = np.full(10, -1e9, np.float32)
+    for tok, p in P_FIXED.items():
+        x[tok] = np.log(p)
+    return x
+
+
+def typical_set(p: dict, mass: float) -> set:
+    """Meister et al. 2023 by hand: sort by |-log p - H|, smallest prefix with mass >= tau."""
+    h = -sum(q * np.log(q) for q in p.values())
+    order = sorted(p, key=lambda t: abs(-np.log(p[t]) - h))
+    kept, total = [], 0.0
+    for t in order:
+        if total >= mass:
+            break
+        kept.append(t)
+        total += p[t]
+    bound = max(abs(-np.log(p[t]) - h) for t in kept)
+    return {t for t in p if abs(-np.log(p[t]) - h) <= bound + 1e-12}
+
+
+def eta_set(p: dict, eta: float) -> set:
+    h = -sum(q * np.log(q) for q in p.values())
+    thr = min(eta, np.sqrt(eta) * np.exp(-h))
+    assert all(abs(q - thr) > 1e-3 for q in p.values())
+    return {t for t in p if p[t] > thr} | {max(p, key=p.get)}
+
+
+TRUNCATION_CASES = [
+    ({"top_k": 1}, {4}),
+    ({"top_k": 2}, {4, 5, 6}),  # tie at the k-th value kept
+    ({"top_k": 4}, {4, 5, 6, 7}),
+    ({"top_p": 0.25}, {4}),
+    ({"top_p": 0.45}, {4, 5, 6}),  # {4, 5} reaches 0.5 >= 0.45; 6 ties with 5
+    ({"top_p": 0.75}, {4, 5, 6, 7}),
+    ({"typical_p": 0.3}, typical_set(P_FIXED, 0.3)),
+    ({"typical_p": 0.9}, typical_set(P_FIXED, 0.9)),
+    ({"min_p": 0.6}, {4, 5, 6}),  # p >= 0.18
+    ({"min_p": 0.2}, {4, 5, 6, 7, 8}),  # p >= 0.06
+    ({"epsilon": 0.06}, {4, 5, 6, 7, 8}),
+    ({"epsilon": 0.5}, {4}),  # nothing above: the argmax is kept
+    ({"eta": 0.1}, eta_set(P_FIXED, 0.1)),
+    ({"eta": 0.01}, eta_set(P_FIXED, 0.01)),
+    # top-p on the renormalized top-4 (0.35, 0.24, 0.24, 0.18): {4, 5, 6} reaches 0.82 >= 0.8;
+    # on the unrenormalized p it would also keep 7
+    ({"top_k": 4, "top_p": 0.8}, {4, 5, 6}),
+]
+
+
+@pytest.mark.parametrize(("knobs", "allowed"), TRUNCATION_CASES)
+def test_truncation_sets(knobs, allowed):
+    from seqgen.decoding import processors as proc
+
+    # hand check of the reference: H = 1.7307; deviations 5, 6: 0.121, 7: 0.166, 4: 0.527
+    assert typical_set(P_FIXED, 0.3) == {5, 6}
+    assert typical_set(P_FIXED, 0.9) == {4, 5, 6, 7, 8}
+    x = fixed_logits()
+    flags = proc.flags_from_cfg(lambda k: knobs.get(k, proc_defaults()[k]))
+    knob_arrays = {k: jnp.float32(v) for k, v in {**proc_defaults(), **knobs}.items()}
+    out = np.asarray(proc.truncate(jnp.asarray(x)[None], knob_arrays, flags))[0]
+    kept = {int(t) for t in np.flatnonzero(np.isfinite(out))}
+    assert kept == allowed
+    np.testing.assert_array_equal(out[sorted(kept)], x[sorted(kept)])
+    # sampling never leaves the set and (2000 draws) visits all of it
+    params = jnp.asarray(np.tile(x, (10, 1)))
+    res = sample(
+        markov_step,
+        params,
+        jnp.zeros(1),
+        max_len=1,
+        vocab_size=10,
+        key=0,
+        num_samples=2000,
+        cfg=NS(**knobs),
+    )
+    emitted = set(res.tokens[0, :, 0].tolist()) - {PAD_ID}
+    emitted |= {EOS_ID} if res.ended.any() else set()
+    assert emitted == allowed
+
+
+def proc_defaults() -> dict:
+    from seqgen.decoding.common import DEFAULTS, TRACED_KNOBS
+
+    return {k: DEFAULTS[k] for k in (*TRACED_KNOBS, "top_k", "no_repeat_ngram_size")}
+
+
+# ----- stochastic beam: distinct samples without replacement, unbiased estimator -----
+
+
+def test_stochastic_beam_is_sampling_without_replacement():
+    v, k, rows = 6, 3, 4000
+    table = markov_table(v, 3, scale=1.0)
+    params = {"table": jnp.asarray(table), "stop_at": jnp.int32(2)}
+    out = stochastic_beam(
+        position_step,
+        params,
+        jnp.zeros(rows, jnp.int32),
+        max_len=3,
+        vocab_size=v,
+        key=5,
+        cfg=NS(beam_size=k),
+    )
+    lp = log_softmax64(table)
+    seqs = [()] + [(a,) for a in (4, 5)] + [(a, b) for a in (4, 5) for b in (4, 5)]
+    # EOS is certain at position 2, so a 2-token sequence has no EOS factor
+    p = {s: np.exp(seq_logprob(lp, list(s), len(s) < 2)) for s in seqs}
+    assert abs(sum(p.values()) - 1) < 1e-9
+    incl = dict.fromkeys(seqs, 0.0)  # exact inclusion probabilities of successive sampling
+    for perm in itertools.permutations(seqs, k):
+        pr, left = 1.0, 1.0
+        for s in perm:
+            pr *= p[s] / left
+            left -= p[s]
+        for s in perm:
+            incl[s] += pr
+    assert out.ended.all() and np.all(np.isfinite(out.kappa))
+    freq = dict.fromkeys(seqs, 0)
+    estimates = np.zeros(rows)
+    for r in range(rows):
+        got = [tuple(out.tokens[r, j, : out.lengths[r, j]].tolist()) for j in range(k)]
+        assert len(set(got)) == k
+        for j, s in enumerate(got):
+            freq[s] += 1
+            model_lp = out.logprobs[r, j].sum() + out.eos_logprob[r, j]
+            np.testing.assert_allclose(model_lp, np.log(p[s]), rtol=1e-4)
+            estimates[r] += p[s] / out.inclusion_probs[r, j]
+        assert np.all(np.diff(out.scores[r]) <= 0)
+    for s in seqs:
+        q = incl[s]
+        assert abs(freq[s] / rows - q) < 4 * np.sqrt(q * (1 - q) / rows) + 1e-9, (s, freq[s], q)
+    # sum_{y in S} p(y) / q(y) is an unbiased estimator of sum_y p(y) = 1
+    sem = estimates.std() / np.sqrt(rows)
+    assert abs(estimates.mean() - 1.0) < 4 * sem + 1e-6, (estimates.mean(), sem)
+
+
+# ----- keys, batch invariance, reproducibility -----
+
+
+@pytest.mark.parametrize("name", ["sample", "stochastic_beam"])
+def test_row_is_batch_invariant_and_reproducible(name):
+    params = lstm_params(eos_bias=-1.0)
+    cfg = NS(name=name, top_p=0.95, beam_size=3)
+    kw = dict(cfg=cfg, max_len=10, vocab_size=9, num_samples=2, key=jax.random.key(42))
+    big = decode(lstm_step, params, lstm_carry(3), PROMPTS, PROMPT_LENGTHS, **kw)
+    again = decode(lstm_step, params, lstm_carry(3), PROMPTS, PROMPT_LENGTHS, **kw)
+    for a, b in zip(jax.tree.leaves(big), jax.tree.leaves(again)):
+        np.testing.assert_array_equal(a, b)  # bit for bit
+    alone = decode(
+        lstm_step, params, lstm_carry(1), PROMPTS[1:2], PROMPT_LENGTHS[1:2], prompt_ids=[1], **kw
+    )
+    np.testing.assert_array_equal(alone.tokens[0], big.tokens[1])
+    np.testing.assert_allclose(alone.logprobs[0], big.logprobs[1], rtol=1e-5, atol=1e-6)
+    # the samples of one prompt differ from each other
+    assert not np.array_equal(big.tokens[0, 0], big.tokens[0, 1])
+
+
+# ----- penalties -----
+
+
+def test_no_repeat_ngram_and_penalties():
+    from seqgen.decoding import processors as proc
+
+    table = np.full((8, 8), -1e9, np.float32)
+    table[:, 4:] = np.log([0.7, 0.1, 0.1, 0.1])  # loves token 4
+    table[:, EOS_ID] = np.log(1e-6)
+    out = sample(
+        markov_step,
+        jnp.asarray(table),
+        jnp.zeros(1),
+        max_len=12,
+        vocab_size=8,
+        key=1,
+        num_samples=50,
+        cfg=NS(no_repeat_ngram_size=2),
+    )
+    for i in range(50):
+        seq = out.tokens[0, i, : out.lengths[0, i]].tolist()
+        grams = list(zip(seq, seq[1:]))
+        assert len(grams) == len(set(grams))
+        assert len(seq) >= 5  # it never stops early: EOS has probability 1e-6
+    # hand-computed penalties
+    x = jnp.asarray([[2.0, -1.0, 0.5, 3.0]])
+    counts = jnp.asarray([[1, 2, 0, 0]])
+    np.testing.assert_allclose(
+        proc.repetition_penalty(x, counts, jnp.float32(2.0)), [[1.0, -2.0, 0.5, 3.0]]
+    )
+    np.testing.assert_allclose(
+        proc.presence_frequency_penalty(x, counts, jnp.float32(0.5), jnp.float32(0.25)),
+        [[1.25, -2.0, 0.5, 3.0]],
+    )
+    hist = jnp.asarray([[5, 6, 5, 7, 5, 0, 0]])  # at t=5 the last token is 5: ban 6 and 7
+    banned = proc.no_repeat_ngram(jnp.zeros((1, 8)), hist, jnp.int32(5), 2)
+    assert set(np.flatnonzero(~np.isfinite(banned[0])).tolist()) == {6, 7}
+    banned3 = proc.no_repeat_ngram(jnp.zeros((1, 8)), hist, jnp.int32(5), 3)  # (7, 5) -> none
+    assert np.isfinite(banned3).all()
+    # the repetition penalty with a huge theta makes greedy avoid every token it has produced
+    g = greedy(
+        markov_step,
+        jnp.asarray(table),
+        jnp.zeros(1),
+        max_len=4,
+        vocab_size=8,
+        cfg=NS(repetition_penalty=1e6),
+    )
+    assert sorted(g.tokens[0, 0].tolist()) == [4, 5, 6, 7]
+
+
+# ----- compile count: traced knobs do not recompile -----
+
+TRACES = {"n": 0}
+
+
+def counting_step(params, carry, tokens):
+    TRACES["n"] += 1  # runs only while tracing
+    return markov_step(params, carry, tokens)
+
+
+def test_traced_knobs_do_not_recompile():
+    table = jnp.asarray(markov_table(9, 4))
+    kw = dict(max_len=6, vocab_size=9, num_samples=4, key=0)
+    sample(counting_step, table, jnp.zeros(2), cfg=NS(temperature=0.7, top_p=0.9), **kw)
+    after_first = TRACES["n"]
+    assert after_first > 0
+    sample(counting_step, table, jnp.zeros(2), cfg=NS(temperature=1.3, top_p=0.8), **kw)
+    sample(counting_step, table, jnp.zeros(2), cfg=NS(temperature=0.0, top_p=0.5), **kw)
+    assert TRACES["n"] == after_first
+    bcfg = dict(beam_size=2, length_penalty="gnmt")
+    beam(counting_step, table, jnp.zeros(2), cfg=NS(alpha=0.6, **bcfg), max_len=6, vocab_size=9)
+    after_beam = TRACES["n"]
+    beam(counting_step, table, jnp.zeros(2), cfg=NS(alpha=1.0, **bcfg), max_len=6, vocab_size=9)
+    assert TRACES["n"] == after_beam
+
+
+# ----- validation -----
+
+
+@pytest.mark.parametrize(
+    ("cfg", "kwargs", "needle"),
+    [
+        ({"name": "beam", "beam_size": 0}, {}, "beam_size"),
+        ({"name": "sample", "top_p": 0.0}, {}, "top_p"),
+        ({"name": "sample", "top_p": 1.5}, {}, "top_p"),
+        ({"name": "sample", "top_k": -1}, {}, "top_k"),
+        ({"name": "sample", "top_k": 11}, {}, "top_k"),
+        ({"name": "sample", "temperature": -0.1}, {}, "temperature"),
+        ({"name": "sample", "typical_p": 0.0}, {}, "typical_p"),
+        ({"name": "sample", "min_p": 1.5}, {}, "min_p"),
+        ({"name": "sample", "epsilon": 1.0}, {}, "epsilon"),
+        ({"name": "sample", "eta": -0.1}, {}, "eta"),
+        ({"name": "sample", "repetition_penalty": 0.0}, {}, "repetition_penalty"),
+        ({"name": "sample", "no_repeat_ngram_size": -1}, {}, "no_repeat_ngram_size"),
+        ({"name": "beam", "length_penalty": "log"}, {}, "length_penalty"),
+        ({"name": "beam", "alpha": -1.0}, {}, "alpha"),
+        ({"name": "diverse_beam", "beam_size": 4, "num_groups": 3}, {}, "num_groups"),
+        ({"name": "diverse_beam", "diversity_penalty": -1.0}, {}, "diversity_penalty"),
+        ({"name": "stochastic_beam", "temperature": 0.0}, {}, "temperature"),
+        ({"name": "nucleus"}, {}, "decoder.name"),
+        ({"name": "sample"}, {"max_len": 0}, "max_len"),
+        ({"name": "sample"}, {"max_len": 2}, "max_len"),  # prompt of length 3 > max_len
+        ({"name": "sample"}, {"num_samples": 0}, "num_samples"),
+    ],
+)
+def test_validation_errors_name_the_knob(cfg, kwargs, needle):
+    table = jnp.asarray(markov_table(10, 0))
+    call = dict(cfg=NS(**cfg), max_len=8, vocab_size=10, num_samples=1, key=0)
+    call.update(kwargs)
+    with pytest.raises(UserError, match=needle):
+        decode(markov_step, table, jnp.zeros(3), PROMPTS, PROMPT_LENGTHS, **call)
+
+
+def test_decoders_dict_and_bad_prompts():
+    assert set(DECODERS) == {"greedy", "sample", "beam", "stochastic_beam", "diverse_beam"}
+    table = jnp.asarray(markov_table(10, 0))
+    bad = PROMPTS.copy()
+    bad[0, 0] = 10
+    with pytest.raises(UserError, match="vocabulary"):
+        decode(
+            markov_step,
+            table,
+            jnp.zeros(3),
+            bad,
+            PROMPT_LENGTHS,
+            cfg=None,
+            max_len=8,
+            vocab_size=10,
+        )
+    with pytest.raises(UserError, match="prompts"):
+        decode(
+            markov_step,
+            table,
+            jnp.zeros(2),
+            PROMPTS,
+            PROMPT_LENGTHS,
+            cfg=None,
+            max_len=8,
+            vocab_size=10,
+        )
+    assert NUM_SPECIAL == 4
