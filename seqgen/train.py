@@ -435,7 +435,9 @@ def train(
 
     if restore_best and ckpt is not None and best_step >= 0 and best_step != step:
         params, _, _ = ckpt.restore("best", params)
-    nnx.update(model, jax.device_get(params))
+    if mesh is not None:  # hand back single-device arrays (decoding does not use the mesh)
+        params = jax.device_put(params, jax.local_devices()[0])
+    nnx.update(model, params)
     model.eval()
     if ckpt is not None:
         ckpt.close()

@@ -9,6 +9,7 @@ from flax import nnx
 from seqgen.errors import UserError
 from seqgen.models import LanguageModel, count_params, make_init_carry_fn, make_step_fn
 from seqgen.models.lm import _RECURRENCES
+from seqgen.tokens import BOS_ID, EOS_ID, PAD_ID
 
 V, B, T = 11, 3, 7
 
@@ -112,3 +113,15 @@ def test_make_step_fn_is_pure_and_jittable():
         carry = new_carry
         outs.append(logits)
     np.testing.assert_allclose(np.stack(outs, 1), model(tokens), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_pad_and_bos_are_never_predicted(tie):
+    model = _model("gru", embed_size=16, tie_weights=tie)
+    tokens = _tokens()
+    probs = jax.nn.softmax(model(tokens), axis=-1)
+    assert np.all(probs[..., PAD_ID] == 0) and np.all(probs[..., BOS_ID] == 0)
+    assert np.all(probs[..., EOS_ID] > 0)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
+    _, logits = model.step(model.init_carry(B), tokens[:, 0])
+    assert np.all(np.isfinite(jax.nn.log_softmax(logits)))

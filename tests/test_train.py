@@ -61,13 +61,16 @@ def make_batch(rng: np.random.Generator) -> Batch:
     return Batch(inputs, targets, mask)
 
 
-def batches(seed=0, fail_at=None, nan_at=None):
-    """Infinite deterministic batch stream; raises at batch `fail_at`; NaN mask at `nan_at`."""
+def batches(seed=0, fail_at=None, nan_at=None, interrupt_at=None):
+    """Infinite deterministic batch stream; raises at batch `fail_at` (RuntimeError) or
+    `interrupt_at` (KeyboardInterrupt); NaN mask at batch `nan_at`."""
     rng = np.random.default_rng(seed)
     i = 0
     while True:
         if i == fail_at:
             raise RuntimeError("simulated preemption")
+        if i == interrupt_at:
+            raise KeyboardInterrupt
         b = make_batch(rng)
         if i == nan_at:
             b = b._replace(mask=np.full_like(b.mask, np.nan))
@@ -143,6 +146,18 @@ def test_resume_after_interruption_gives_the_same_parameters(full_run, tmp_path)
     for a, b in zip(params_of(model), params_of(full_model)):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
     assert summary["valid/loss"] == pytest.approx(full_summary["valid/loss"], rel=1e-6)
+
+
+def test_ctrl_c_saves_and_resume_continues(full_run, tmp_path):
+    _, (full_model, _), _, _ = full_run
+    cfg = replace(Cfg(), checkpoint_every=100)  # only the Ctrl-C handler writes "latest"
+    with pytest.raises(KeyboardInterrupt):
+        train(new_model(), batches(interrupt_at=3), VALID, cfg, ckpt_dir=str(tmp_path), seed=3)
+    assert TrainCheckpointer(tmp_path).latest_step() == 3
+    model, summary = train(new_model(), batches(), VALID, cfg, ckpt_dir=str(tmp_path), seed=3)
+    assert summary["steps"] == 8
+    for a, b in zip(params_of(model), params_of(full_model)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
 
 
 def test_best_and_latest_checkpoints_are_restorable(full_run):

@@ -27,11 +27,16 @@ import jax.numpy as jnp
 from flax import nnx
 
 from seqgen.errors import UserError
+from seqgen.tokens import BOS_ID, PAD_ID
 
 Array = jax.Array
 Carry = Any  # tuple over layers of a cell carry: LSTM (c, h), GRU / RNN h; leaves [B, H]
 
 CELLS = ("rnn", "lstm", "gru")
+# PAD and BOS are never a target, so the head gives them this logit (large negative, never
+# -inf: no NaN in log-softmax arithmetic); the model's distribution is over the other ids.
+NEVER_PREDICTED = (PAD_ID, BOS_ID)
+MASKED_LOGIT = -1e9
 
 
 def _rnn_recur(cell: nnx.SimpleCell, carry: Array, x_proj: Array) -> tuple[Array, Array]:
@@ -78,6 +83,9 @@ _RECURRENCES: dict[str, Callable[..., Any]] = {
 
 class LanguageModel(nnx.Module):
     """Stacked recurrent LM: [embedding | one-hot] -> num_layers cells -> dense head.
+
+    The logits of PAD and BOS are fixed to -1e9: they are never targets, so the model never
+    predicts them (decoders need no special case for them).
 
     Dropout (rate `dropout`) is applied to the input of every layer above the first and to the
     input of the head, only in train mode (`model.train()`); the model is built in eval mode.
@@ -173,8 +181,12 @@ class LanguageModel(nnx.Module):
 
     def _head(self, h: Array) -> Array:
         if self.tie_weights:
-            return h @ self.embed.embedding[...].T + self.head_bias[...]
-        return self.head(h)
+            logits = h @ self.embed.embedding[...].T + self.head_bias[...]
+        else:
+            logits = self.head(h)
+        ids = jnp.arange(self.vocab_size)
+        never = (ids == NEVER_PREDICTED[0]) | (ids == NEVER_PREDICTED[1])
+        return jnp.where(never, MASKED_LOGIT, logits)
 
     def _embed(self, tokens: Array) -> Array | None:
         return None if self.one_hot_input else self.embed(tokens)
