@@ -1,0 +1,385 @@
+"""Decoding benchmark: tokens/s and compile time of the scan decoders, beside three references.
+
+    python scripts/bench_decode.py [--quick] [--max-len 128] [--batches 1,64,1024] [--out FILE]
+
+Model: `seqgen.models.LanguageModel` (LSTM, hidden 512, embedding 128, vocabulary 100, random
+weights) through `make_step_fn`. EOS is masked out of the logits for every decoder and every
+reference, so each row decodes exactly max_len tokens and the work is the same everywhere.
+For each decoder (greedy, sample with top_p=0.9, beam K=4 and K=16) and batch size it prints
+- compile s: first call minus a warm call; decode s: best warm call; tok/s: rows x max_len / s
+  (rows = batch for greedy/sample, batch x K for beam: every live hypothesis is a row);
+- (a) loop: the same model and decoding rule as a per-token `jax.jit` step in a Python loop
+  that checks for EOS on the host after every token (the usual hand-written decoder);
+- (b) torch: a `torch.nn.LSTM` + Linear Python-loop decoder of the same sizes (greedy and
+  top-p sampling; when torch is installed: `pip install .[bench]`);
+- (c) limit: the bare matrix products of one decode step (embedding projection, recurrent
+  projection, output head) for the same rows, in a scan of max_len steps and timed alone; the
+  decoder's fraction of it is limit_s / decode_s;
+- peak memory: RSS growth during the warm call (CPU), or device peak bytes (GPU).
+A second table compares beam search with K beams at batch B to sampling at batch B x K.
+Timings are for this machine only; they are printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from functools import partial
+from types import SimpleNamespace as NS
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from seqgen.decoding import decode, processors
+from seqgen.tokens import BOS_ID, EOS_ID
+
+VOCAB, EMBED, HIDDEN = 100, 128, 512
+
+
+# ----- model and the EOS-free step function shared by every decoder -----
+
+
+def build(hidden: int, seed: int = 0) -> tuple[Callable, Any, Callable]:
+    from flax import nnx
+
+    from seqgen.models import LanguageModel, make_init_carry_fn, make_step_fn
+
+    model = LanguageModel(
+        VOCAB, cell="lstm", embed_size=EMBED, hidden_size=hidden, rngs=nnx.Rngs(seed)
+    )
+    step_fn, params = make_step_fn(model)
+
+    def bench_step(params: Any, carry: Any, tokens: jax.Array) -> tuple[Any, jax.Array]:
+        carry, logits = step_fn(params, carry, tokens)
+        return carry, logits.at[:, EOS_ID].set(-1e9)  # no row stops early
+
+    return bench_step, params, make_init_carry_fn(model)
+
+
+# ----- measurement helpers -----
+
+
+class PeakMemory:
+    """Peak RSS growth (CPU, sampled every 2 ms) or device peak bytes (GPU) inside a block."""
+
+    def __enter__(self) -> PeakMemory:
+        self.dev = jax.devices()[0]
+        self.gpu = self.dev.platform != "cpu"
+        self.peak = 0
+        if self.gpu:
+            return self
+        import psutil
+
+        self.proc = psutil.Process()
+        self.base = self.proc.memory_info().rss
+        self.stop = threading.Event()
+
+        def watch() -> None:
+            while not self.stop.is_set():
+                self.peak = max(self.peak, self.proc.memory_info().rss - self.base)
+                time.sleep(0.002)
+
+        self.thread = threading.Thread(target=watch, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.gpu:
+            stats = self.dev.memory_stats() or {}
+            self.peak = int(stats.get("peak_bytes_in_use", 0))
+        else:
+            self.stop.set()
+            self.thread.join()
+            self.peak = max(self.peak, self.proc.memory_info().rss - self.base)
+
+
+def timed(fn: Callable[[], Any], repeats: int) -> tuple[float, float, int]:
+    """(first call s, best warm call s, peak memory bytes of a warm call)."""
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    first = time.perf_counter() - t0
+    best, peak = np.inf, 0
+    for _ in range(repeats):
+        with PeakMemory() as mem:
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn())
+            best = min(best, time.perf_counter() - t0)
+        peak = max(peak, mem.peak)
+    return first, best, peak
+
+
+# ----- (a) the per-token jitted Python loop -----
+
+
+@partial(jax.jit, static_argnames=("step_fn", "rule"))
+def _loop_token(params, carry, tok, key, t, top_p, *, step_fn, rule):
+    carry, logits = step_fn(params, carry, tok)
+    if rule == "greedy":
+        return carry, jnp.argmax(logits, -1).astype(jnp.int32)
+    logits = processors.top_p(logits, top_p)
+    return carry, jax.random.categorical(jax.random.fold_in(key, t), logits).astype(jnp.int32)
+
+
+@partial(jax.jit, static_argnames=("step_fn", "k"))
+def _loop_beam_token(params, carry, tok, scores, *, step_fn, k):
+    carry, logits = step_fn(params, carry, tok)  # rows B * K
+    b = scores.shape[0]
+    cand = scores[..., None] + jax.nn.log_softmax(logits, -1).reshape(b, k, -1)
+    scores, idx = jax.lax.top_k(cand.reshape(b, -1), k)
+    parent = (jnp.arange(b)[:, None] * k + idx // VOCAB).reshape(-1)
+    carry = jax.tree.map(lambda x: x[parent], carry)
+    return carry, (idx % VOCAB).reshape(-1).astype(jnp.int32), scores
+
+
+def loop_decode(step_fn, params, init_carry, rows, max_len, rule, k=1):
+    carry = init_carry(rows)
+    tok = jnp.full((rows,), BOS_ID, jnp.int32)
+    key = jax.random.key(0)
+    scores = jnp.where(jnp.arange(k) == 0, 0.0, -jnp.inf)[None].repeat(rows // k, 0)
+    out = []
+    for t in range(max_len):
+        if rule == "beam":
+            carry, tok, scores = _loop_beam_token(params, carry, tok, scores, step_fn=step_fn, k=k)
+        else:
+            carry, tok = _loop_token(
+                params, carry, tok, key, t, jnp.float32(0.9), step_fn=step_fn, rule=rule
+            )
+        out.append(tok)
+        if bool(jnp.all(tok == EOS_ID)):  # the host check every hand-written loop makes
+            break
+    return jnp.stack(out, 1)
+
+
+# ----- (b) PyTorch nn.LSTM Python-loop decoder -----
+
+
+def torch_decoder(hidden: int):
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(os.cpu_count() or 1)
+    torch.manual_seed(0)
+    emb = torch.nn.Embedding(VOCAB, EMBED)
+    lstm = torch.nn.LSTM(EMBED, hidden, batch_first=True)
+    head = torch.nn.Linear(hidden, VOCAB)
+
+    def run(rows: int, max_len: int, rule: str) -> Any:
+        with torch.inference_mode():
+            h = torch.zeros(1, rows, hidden)
+            c = torch.zeros(1, rows, hidden)
+            tok = torch.full((rows,), BOS_ID, dtype=torch.long)
+            out = []
+            for _ in range(max_len):
+                y, (h, c) = lstm(emb(tok)[:, None], (h, c))
+                logits = head(y[:, 0])
+                logits[:, EOS_ID] = -1e9
+                if rule == "greedy":
+                    tok = logits.argmax(-1)
+                else:  # top-p 0.9, sorted once
+                    probs = torch.softmax(logits, -1)
+                    sp, si = probs.sort(-1, descending=True)
+                    drop = (sp.cumsum(-1) - sp) >= 0.9
+                    sp = sp.masked_fill(drop, 0.0)
+                    tok = si.gather(1, torch.multinomial(sp, 1))[:, 0]
+                out.append(tok)
+                if bool((tok == EOS_ID).all()):
+                    break
+            return torch.stack(out, 1)
+
+    return run
+
+
+# ----- (c) the bare matrix products of a decode step -----
+
+
+@partial(jax.jit, static_argnames=("max_len",))
+def _matmuls(w_i, w_h, w_o, x, h, *, max_len):
+    def body(carry, _):
+        x, h = carry
+        gates = x @ w_i + h @ w_h  # [R, 4H]
+        h = gates[:, : h.shape[1]]
+        logits = h @ w_o  # [R, V]
+        return (x + logits[:, :1], h), None
+
+    return jax.lax.scan(body, (x, h), None, length=max_len)[0]
+
+
+def matmul_limit(rows: int, hidden: int, max_len: int, repeats: int) -> float:
+    rng = np.random.default_rng(0)
+    args = [
+        jnp.asarray(rng.normal(size=s) * 0.01, jnp.float32)
+        for s in [(EMBED, 4 * hidden), (hidden, 4 * hidden), (hidden, VOCAB)]
+    ]
+    x = jnp.ones((rows, EMBED), jnp.float32)
+    h = jnp.ones((rows, hidden), jnp.float32)
+    return timed(lambda: _matmuls(*args, x, h, max_len=max_len), repeats)[1]
+
+
+# ----- the benchmark -----
+
+
+def machine() -> str:
+    dev = jax.devices()[0]
+    if dev.platform != "cpu":
+        return f"{dev.device_kind} ({dev.platform})"
+    model = platform.processor() or "cpu"
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+            if line.startswith("Model name"):
+                model = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return f"{os.cpu_count()}-core CPU, {model}"
+
+
+DECODERS = {
+    "greedy": (NS(name="greedy"), 1, "greedy"),
+    "sample top_p=0.9": (NS(name="sample", top_p=0.9), 1, "sample"),
+    "beam K=4": (NS(name="beam", beam_size=4), 4, "beam"),
+    "beam K=16": (NS(name="beam", beam_size=16), 16, "beam"),
+}
+
+
+def fmt(x: float, digits: int = 0) -> str:
+    if x is None or not np.isfinite(x):
+        return "-"
+    return f"{x:,.{digits}f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="hidden 128, max_len 16, batches 1,8")
+    ap.add_argument("--max-len", type=int, default=None)
+    ap.add_argument("--batches", type=str, default=None, help="comma-separated, e.g. 1,64,1024")
+    ap.add_argument("--max-rows", type=int, default=4096, help="skip cells with more rows")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--out", type=str, default=None, help="also write the tables (markdown)")
+    args = ap.parse_args()
+    hidden = 128 if args.quick else HIDDEN
+    max_len = args.max_len or (16 if args.quick else 128)
+    batches = [int(b) for b in (args.batches or ("1,8" if args.quick else "1,64,1024")).split(",")]
+
+    step_fn, params, init_carry = build(hidden)
+    torch_run = torch_decoder(hidden)
+    head = (
+        f"machine: {machine()}; jax {jax.__version__}; LSTM hidden {hidden}, embedding {EMBED}, "
+        f"vocabulary {VOCAB}; max_len {max_len}; EOS masked (every row decodes max_len tokens)"
+    )
+    print(head, flush=True)
+    cols = [
+        "decoder",
+        "batch",
+        "rows",
+        "compile s",
+        "decode s",
+        "tok/s",
+        "(a) loop tok/s",
+        "x loop",
+        "(b) torch tok/s",
+        "x torch",
+        "(c) limit tok/s",
+        "% of limit",
+        "peak MB",
+    ]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    print(lines[0], flush=True)
+    decode_s: dict[tuple[str, int], float] = {}
+    limits: dict[int, float] = {}
+    for batch in batches:
+        for name, (cfg, k, rule) in DECODERS.items():
+            rows = batch * k
+            if rows > args.max_rows:
+                print(f"| {name} | {batch} | {rows} | skipped (--max-rows {args.max_rows}) |")
+                continue
+            carry = init_carry(batch)
+            first, warm, peak = timed(
+                lambda cfg=cfg, carry=carry: (
+                    decode(
+                        step_fn,
+                        params,
+                        carry,
+                        cfg=cfg,
+                        max_len=max_len,
+                        num_samples=1,
+                        key=0,
+                        vocab_size=VOCAB,
+                    ).tokens
+                ),
+                args.repeats,
+            )
+            decode_s[(name, batch)] = warm
+            tok_s = rows * max_len / warm
+            loop_s = timed(
+                lambda rows=rows, rule=rule, k=k: loop_decode(
+                    step_fn, params, init_carry, rows, max_len, rule, k
+                ),
+                1,
+            )[1]
+            torch_s = np.nan
+            if torch_run is not None and rule != "beam":
+                torch_s = timed(lambda rows=rows, rule=rule: torch_run(rows, max_len, rule), 1)[1]
+            if rows not in limits:
+                limits[rows] = matmul_limit(rows, hidden, max_len, args.repeats)
+            cells = [
+                name,
+                str(batch),
+                str(rows),
+                fmt(first - warm, 2),
+                fmt(warm, 3),
+                fmt(tok_s),
+                fmt(rows * max_len / loop_s),
+                fmt(loop_s / warm, 1),
+                fmt(rows * max_len / torch_s),
+                fmt(torch_s / warm, 1),
+                fmt(rows * max_len / limits[rows]),
+                fmt(100 * limits[rows] / warm, 0),
+                fmt(peak / 2**20, 1),
+            ]
+            line = "| " + " | ".join(cells) + " |"
+            lines.append(line)
+            print(line, flush=True)
+
+    # beam with K beams at batch B versus sampling at batch B x K
+    over = ["", "| beam | batch | beam s | sample s at batch x K | ratio |", "|---" * 5 + "|"]
+    sample_cfg = DECODERS["sample top_p=0.9"][0]
+    for (name, batch), warm in decode_s.items():
+        k = DECODERS[name][1]
+        if DECODERS[name][2] != "beam":
+            continue
+        ref = decode_s.get(("sample top_p=0.9", batch * k))
+        if ref is None:
+            if batch * k > args.max_rows:
+                continue
+            carry = init_carry(batch * k)
+            ref = timed(
+                lambda carry=carry: (
+                    decode(
+                        step_fn,
+                        params,
+                        carry,
+                        cfg=sample_cfg,
+                        max_len=max_len,
+                        key=0,
+                        vocab_size=VOCAB,
+                    ).tokens
+                ),
+                args.repeats,
+            )[1]
+        over.append(f"| {name} | {batch} | {warm:.3f} | {ref:.3f} | {warm / ref:.2f} |")
+    for line in over:
+        print(line, flush=True)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(head + "\n\n" + "\n".join(lines + over) + "\n")
+
+
+if __name__ == "__main__":
+    main()
