@@ -327,6 +327,7 @@ def train(
     train_step, _ = _jitted()
 
     step, best_loss, best_step, data_position = 0, math.inf, -1, 0
+    stopped_early, bad_evals = False, 0
     history: dict[str, Any] = {}
     ckpt = TrainCheckpointer(ckpt_dir) if ckpt_dir is not None else None
     if ckpt is not None and resume and ckpt.latest_step("latest") is not None:
@@ -334,6 +335,7 @@ def train(
         step, data_position = int(meta["step"]), int(meta["data_position"])
         best_loss, best_step = float(meta["best_valid_loss"]), int(meta["best_step"])
         history = dict(meta.get("history", {}))
+        stopped_early = bool(meta.get("stopped_early", False))
         _fast_forward(train_batches, data_position)
 
     if mesh is not None:
@@ -347,6 +349,7 @@ def train(
             "best_valid_loss": best_loss if math.isfinite(best_loss) else 1e308,
             "best_step": best_step,
             "history": history,
+            "stopped_early": stopped_early,
         }
 
     def save(which: str) -> None:
@@ -368,10 +371,9 @@ def train(
     bar = _Progress(progress, hp.steps, step)
     last_loss = math.nan
     tokens_since, t_since, total_tokens, t_train = 0.0, time.perf_counter(), 0.0, 0.0
-    stopped_early, bad_evals = False, 0
     pending: list = []
     try:
-        while step < hp.steps:
+        while step < hp.steps and not stopped_early:
             batch = _as_arrays(next(train_batches))
             ntok = float(batch[2].sum())
             if mesh is not None:
@@ -387,7 +389,7 @@ def train(
             pending.append(m["loss"])
             if step % log_every == 0 or step == hp.steps:
                 check_finite()
-                last_loss = float(m["loss"])
+                last_loss = float(np.mean(jax.device_get(pending)))
                 now = time.perf_counter()
                 tps = tokens_since / max(now - t_since, 1e-9)
                 t_train += now - t_since
@@ -396,7 +398,7 @@ def train(
                 if tracker is not None:
                     tracker.log(
                         {
-                            "train/loss": float(np.mean(jax.device_get(pending))),
+                            "train/loss": last_loss,
                             "train/grad_norm": float(m["grad_norm"]),
                             "train/lr": lr,
                             "train/tokens_per_s": tps,
@@ -421,9 +423,9 @@ def train(
             if step % ckpt_every == 0 or step == hp.steps or stopped_early:
                 check_finite()
                 save("latest")
-            if stopped_early:
-                break
         check_finite()
+        if restore_best and ckpt is not None and best_step >= 0 and best_step != step:
+            params, _, _ = ckpt.restore("best", params)
     except KeyboardInterrupt:
         # Keep what was computed: the state after `step` completed updates is good if finite.
         if int(bad_step) < 0:
@@ -432,15 +434,13 @@ def train(
     finally:
         bar.close()
         t_train += time.perf_counter() - t_since
+        if ckpt is not None:
+            ckpt.close()
 
-    if restore_best and ckpt is not None and best_step >= 0 and best_step != step:
-        params, _, _ = ckpt.restore("best", params)
     if mesh is not None:  # hand back single-device arrays (decoding does not use the mesh)
         params = jax.device_put(params, jax.local_devices()[0])
     nnx.update(model, params)
     model.eval()
-    if ckpt is not None:
-        ckpt.close()
 
     summary: dict[str, Any] = {
         "train/loss": last_loss,

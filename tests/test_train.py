@@ -47,6 +47,7 @@ class Cfg:
     log_every: int = 2
     data_parallel: bool = False
     progress: bool = False
+    patience: int = 0
 
 
 def make_batch(rng: np.random.Generator) -> Batch:
@@ -207,3 +208,11 @@ def test_schedule_warmup_then_cosine(warmup):
     if warmup:
         assert values[0] == 0.0 and values[:4] == sorted(values[:4])
     assert values[warmup:] == sorted(values[warmup:], reverse=True)
+
+
+def test_patience_stops_early_when_valid_loss_stalls():
+    # lr so small that no parameter moves: the second evaluation does not improve on the first
+    cfg = replace(Cfg(), lr=1e-30, eval_every=1, patience=1, warmup_steps=0)
+    _, summary = train(new_model(), batches(), VALID, cfg, seed=3)
+    assert summary["stopped_early"] is True and summary["steps"] == 2
+    assert summary["best_step"] == 1
