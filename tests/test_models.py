@@ -125,3 +125,10 @@ def test_pad_and_bos_are_never_predicted(tie):
     np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
     _, logits = model.step(model.init_carry(B), tokens[:, 0])
     assert np.all(np.isfinite(jax.nn.log_softmax(logits)))
+
+
+def test_step_params_are_exactly_the_parameters():
+    model = _model("rnn", dropout=0.3)
+    _, params = make_step_fn(model)
+    assert sum(x.size for x in jax.tree.leaves(params)) == count_params(model)
+    assert all(jnp.issubdtype(x.dtype, jnp.floating) for x in jax.tree.leaves(params))

@@ -243,18 +243,20 @@ class LanguageModel(nnx.Module):
 
 
 def make_step_fn(model: LanguageModel) -> tuple[Callable[..., tuple[Carry, Array]], nnx.State]:
-    """Split `model` once into (graphdef, state); return a pure `step_fn(params, carry, tokens)`.
+    """Split `model` once; return a pure `step_fn(params, carry, tokens)` and its `params`.
 
-    `params` is the full `nnx.State` of the model. The model is put in eval mode first (no
-    dropout while decoding). `step_fn` is jittable and preserves the carry's shapes.
+    `params` is the `nnx.Param` state of the model (the only arrays a decoder needs to pass
+    around); the remaining state (dropout RNG streams, unused in eval mode) is closed over.
+    The model is put in eval mode first (no dropout while decoding). `step_fn` is jittable
+    and preserves the carry's shapes.
     """
     model.eval()
-    graphdef, state = nnx.split(model)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
     def step_fn(params: nnx.State, carry: Carry, tokens: Array) -> tuple[Carry, Array]:
-        return nnx.merge(graphdef, params).step(carry, tokens)
+        return nnx.merge(graphdef, params, rest).step(carry, tokens)
 
-    return step_fn, state
+    return step_fn, params
 
 
 def make_init_carry_fn(model: LanguageModel) -> Callable[[int], Carry]:
