@@ -266,7 +266,7 @@ def run_experiment(cfg: Any, out_dir: str | Path | None = None) -> dict[str, Any
         cfg.logger,
         config=resolved,
         out_dir=out_dir,
-        default_group=str(cfg.experiment_name),
+        default_group=_group(cfg),
         default_name=_run_name(out_dir),
     )
     t0 = time.time()
@@ -308,6 +308,20 @@ def run_experiment(cfg: Any, out_dir: str | Path | None = None) -> dict[str, Any
         raise
     tracker.finish(exit_code=0)
     return {"metrics": model_metrics, "results": results, "out_dir": str(out_dir)}
+
+
+def _group(cfg: Any) -> str:
+    """W&B group: the experiment, and for a multirun also its sweep folder."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+        if hc.mode == RunMode.MULTIRUN:
+            return f"{cfg.experiment_name}/{Path(hc.sweep.dir).name}"
+    except Exception:  # not under Hydra (tests, notebooks)
+        pass
+    return str(cfg.experiment_name)
 
 
 def _run_name(out_dir: Path) -> str | None:

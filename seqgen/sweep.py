@@ -213,7 +213,7 @@ class SweepSummary(Callback):
             logger_cfg,
             config={"sweep_dir": str(sweep_dir), "swept": summary["swept"]},
             out_dir=sweep_dir,
-            default_group=str(config.get("experiment_name", "sweep")),
+            default_group=f"{config.get('experiment_name', 'sweep')}/{sweep_dir.name}",
             default_name=f"summary-{sweep_dir.name}",
             job_type="sweep_summary",
         )
