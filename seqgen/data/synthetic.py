@@ -78,8 +78,9 @@ class DPFSA:
         Each state allows a random subset of the symbols (each kept with probability
         `density`, at least one), with Dirichlet(`concentration`) weights on them and
         random next states; its stop probability is `stop_prob` times a factor drawn
-        uniformly in [0.5, 1.5] (clipped below 1), so expected lengths are about 1/stop_prob.
-        """
+        uniformly in [0.5, 1.5] (clipped below 1), so expected lengths are about 1/stop_prob,
+        except the start state, which stops 10 times less (otherwise the empty string would
+        often be the mode)."""
         if num_states < 1 or alphabet_size < 1:
             raise ValueError("num_states and alphabet_size must be >= 1")
         if not 0.0 < stop_prob < 1.0:
@@ -92,6 +93,7 @@ class DPFSA:
         weights = np.maximum(weights, 1e-3 * allowed)  # no allowed symbol is ~impossible
         weights /= weights.sum(1, keepdims=True)
         stop = np.clip(stop_prob * rng.uniform(0.5, 1.5, size=q), 1e-6, 0.95)
+        stop[0] *= 0.1  # the start state rarely stops: the empty string is rarely the mode
         probs = weights * (1.0 - stop)[:, None]
         next_state = rng.integers(0, q, size=(q, a))
         return cls(next_state, probs, stop)
