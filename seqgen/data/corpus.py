@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -80,14 +79,7 @@ def split_indices(
 
     A positive fraction gets at least one item when n >= 3; train is never empty.
     """
-    for key, frac in (("valid_fraction", valid_fraction), ("test_fraction", test_fraction)):
-        if not 0.0 <= frac < 1.0:
-            raise UserError(f"data.{key}={frac} is not allowed; allowed: 0 <= fraction < 1")
-    if valid_fraction + test_fraction >= 1.0:
-        raise UserError(
-            f"data.valid_fraction + data.test_fraction = {valid_fraction + test_fraction} "
-            "leaves no training data; allowed: a sum below 1"
-        )
+    _check_fractions(valid_fraction, test_fraction)
     sizes = []
     for frac in (valid_fraction, test_fraction):
         k = int(round(n * frac))
@@ -105,6 +97,17 @@ def split_indices(
     return train, valid, test
 
 
+def _check_fractions(valid_fraction: float, test_fraction: float) -> None:
+    for key, frac in (("valid_fraction", valid_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 <= frac < 1.0:
+            raise UserError(f"data.{key}={frac} is not allowed; allowed: 0 <= fraction < 1")
+    if valid_fraction + test_fraction >= 1.0:
+        raise UserError(
+            f"data.valid_fraction + data.test_fraction = {valid_fraction + test_fraction} "
+            "leaves no training data; allowed: a sum below 1"
+        )
+
+
 def _finish(
     name: str,
     vocab: Vocab,
@@ -113,10 +116,11 @@ def _finish(
     seed: int,
     meta: dict,
     oracle: DPFSA | None = None,
+    splits: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> Corpus:
     if not seqs:
         raise UserError(f"data={name} produced no sequences; check data.path / collections")
-    tr, va, te = split_indices(
+    tr, va, te = splits or split_indices(
         len(seqs), float(_get(cfg, "valid_fraction")), float(_get(cfg, "test_fraction")), seed
     )
     meta = dict(
@@ -214,11 +218,22 @@ def load_synthetic(cfg: Any, seed: int) -> Corpus:
     num_train = int(_get(cfg, "num_train"))
     if num_train < 1:
         raise UserError(f"data.num_train={num_train} is not allowed; allowed: >= 1")
-    held_out = float(_get(cfg, "valid_fraction")) + float(_get(cfg, "test_fraction"))
-    total = int(math.ceil(num_train / max(1.0 - held_out, 1e-9)))
+    # Samples are i.i.d., so the split is by position: exactly num_train training strings
+    # and held-out sets in the ratio of the fractions (max_sequences caps the total).
+    vf, tf = float(_get(cfg, "valid_fraction")), float(_get(cfg, "test_fraction"))
+    _check_fractions(vf, tf)
+    n_valid = int(round(num_train * vf / (1.0 - vf - tf)))
+    n_test = int(round(num_train * tf / (1.0 - vf - tf)))
     cap = _max_sequences(cfg)
-    total = min(total, cap) if cap else total
+    if cap and num_train + n_valid + n_test > cap:
+        n_valid, n_test = int(round(cap * vf)), int(round(cap * tf))
+        num_train = cap - n_valid - n_test
+        if num_train < 1:
+            raise UserError(f"data.max_sequences={cap} leaves no training strings; allowed: more")
+    total = num_train + n_valid + n_test
     seqs = dpfsa.sample(total, seed=seed + 1_000_003)
+    idx = np.arange(total)
+    splits = (idx[:num_train], idx[num_train : num_train + n_valid], idx[num_train + n_valid :])
     names = dpfsa.symbol_names()
     vocab = Vocab(names, "char" if dpfsa.alphabet_size <= 26 else "word")
     meta = {
@@ -231,7 +246,7 @@ def load_synthetic(cfg: Any, seed: int) -> Corpus:
         "oracle_entropy_rate": dpfsa.entropy_rate(),
         "oracle_expected_length": dpfsa.expected_length(),
     }
-    return _finish("synthetic", vocab, seqs, cfg, seed, meta, oracle=dpfsa)
+    return _finish("synthetic", vocab, seqs, cfg, seed, meta, oracle=dpfsa, splits=splits)
 
 
 LOADERS: dict[str, Callable[[Any, int], Corpus]] = {
