@@ -92,6 +92,11 @@ def test_folk_corpus(level):
     assert fingerprint(c) != fingerprint(load_corpus(dict(cfg, max_sequences=39), seed=0))
 
 
+def test_folk_collections_as_a_string():
+    c = load_corpus({"name": "folk", "collections": "miscFolk", "max_sequences": 5}, seed=0)
+    assert c.meta["source"]["collections"] == ["miscFolk"]
+
+
 def test_folk_default_is_char_level_of_the_public_collections():
     c = load_corpus(SimpleNamespace(name="folk", max_sequences=5), seed=0)
     assert c.vocab.level == "char"

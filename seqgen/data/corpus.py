@@ -171,7 +171,10 @@ def _encode_all(texts: Sequence[str], level: str) -> tuple[Vocab, list[np.ndarra
 def load_folk(cfg: Any, seed: int) -> Corpus:
     """ABC tunes of music21's corpus, one tune per sequence, char or abc tokens."""
     level = _check_level("folk", str(_get(cfg, "level")), FOLK_LEVELS)
-    collections = [str(c) for c in _get(cfg, "collections")]
+    collections = _get(cfg, "collections")
+    if isinstance(collections, str):  # "oneills1850" or "oneills1850,miscFolk"
+        collections = [c.strip() for c in collections.split(",") if c.strip()]
+    collections = [str(c) for c in collections]
     tunes, stats = folk.load_tunes(collections, max_tunes=_max_sequences(cfg))
     vocab, seqs = _encode_all(tunes, level)
     return _finish("folk", vocab, seqs, cfg, seed, {"source": stats})
