@@ -104,6 +104,9 @@ class Vocab:
             isinstance(other, Vocab) and self.level == other.level and self.symbols == other.symbols
         )
 
+    def __hash__(self) -> int:
+        return hash((self.level, tuple(self.symbols)))
+
     def __repr__(self) -> str:
         return f"Vocab(level={self.level!r}, size={len(self)})"
 
