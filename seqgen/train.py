@@ -131,15 +131,18 @@ def _all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
-def _train_step(graphdef, hp, params, opt_state, rest, batch, key_data, step, bad_step):
+def _train_step(graphdef, unit_hp, params, opt_state, rest, batch, key_data, step, bad_step, lr):
     """One AdamW update on the masked-mean token cross-entropy; skipped if not finite.
 
     `key_data` uint32[2] = (seed, step) is the raw threefry key of this step's dropout masks
     (built on the host: no RNG op to compile for it). `step` is the number of updates done
     before this one; `bad_step` is -1 until the first non-finite step (1-based), after which
     every update is skipped.
+
+    The learning rate is traced: `unit_hp` has lr=1 and the updates are scaled by `lr`
+    (AdamW's update, weight decay included, is linear in lr), so an lr sweep compiles once.
     """
-    tx = make_optimizer(hp)
+    tx = make_optimizer(unit_hp)
     inputs, targets, mask = batch
 
     def loss_fn(p):
@@ -151,6 +154,7 @@ def _train_step(graphdef, hp, params, opt_state, rest, batch, key_data, step, ba
 
     loss, grads = jax.value_and_grad(loss_fn)(params)
     updates, new_opt_state = tx.update(grads, opt_state, params)
+    updates = jax.tree.map(lambda u: lr * u, updates)
     new_params = optax.apply_updates(params, updates)
     grad_norm = optax.tree.norm(grads)
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite(new_params)
@@ -322,8 +326,8 @@ def train(
     graphdef_eval = nnx.graphdef(model)
     model.train()
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    tx = make_optimizer(hp)
-    opt_state = tx.init(params)
+    unit_hp, lr_arg = hp._replace(lr=1.0), np.float32(hp.lr)
+    opt_state = make_optimizer(unit_hp).init(params)
     train_step, _ = _jitted()
 
     step, best_loss, best_step, data_position = 0, math.inf, -1, 0
@@ -338,8 +342,16 @@ def train(
         stopped_early = bool(meta.get("stopped_early", False))
         _fast_forward(train_batches, data_position)
 
+    # Commit the state to its devices: jit caches on committed-ness, and restored arrays are
+    # committed, so fresh and resumed runs (and every step) share one compiled train step.
+    bad_step = np.int32(-1)
     if mesh is not None:
-        params, opt_state, rest = replicate((params, opt_state, rest), mesh)
+        params, opt_state, rest, bad_step = replicate((params, opt_state, rest, bad_step), mesh)
+    else:
+        device = jax.local_devices()[0]
+        params, opt_state, rest, bad_step = jax.device_put(
+            (params, opt_state, rest, bad_step), device
+        )
 
     def meta_now() -> dict[str, Any]:
         return {
@@ -355,8 +367,6 @@ def train(
     def save(which: str) -> None:
         if ckpt is not None:
             ckpt.save(which, step, params, opt_state, meta_now())
-
-    bad_step = np.int32(-1)
 
     def check_finite() -> None:
         bad = int(bad_step)
@@ -379,8 +389,8 @@ def train(
             if mesh is not None:
                 batch = shard_batch(batch, mesh)
             params, opt_state, bad_step, m = train_step(
-                graphdef, hp, params, opt_state, rest, batch,
-                np.array([seed % 2**32, step], np.uint32), np.int32(step), bad_step,
+                graphdef, unit_hp, params, opt_state, rest, batch,
+                np.array([seed % 2**32, step], np.uint32), np.int32(step), bad_step, lr_arg,
             )  # fmt: skip
             step += 1
             data_position = step  # one batch per step
