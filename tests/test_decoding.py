@@ -593,3 +593,21 @@ def test_decoders_dict_and_bad_prompts():
             vocab_size=10,
         )
     assert NUM_SPECIAL == 4
+
+
+def test_pairwise_and_sorted_truncation_agree(monkeypatch):
+    """top-p / typical-p without a sort (V <= 256) keep exactly the sorted-prefix sets."""
+    from seqgen.decoding import processors as proc
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(-4, 4, size=(64, 40)).astype(np.float32)  # many ties
+    x[:, :3] = -np.inf
+    x = jnp.asarray(x)
+    for mass in (0.1, 0.5, 0.77, 0.95):
+        m = jnp.float32(mass)
+        pair = (proc.top_p(x, m), proc.typical_p(x, m))
+        with monkeypatch.context() as mp:
+            mp.setattr(proc, "PAIRWISE_MAX_VOCAB", 0)
+            srt = (proc.top_p(x, m), proc.typical_p(x, m))
+        for a, b in zip(pair, srt):
+            np.testing.assert_array_equal(np.isfinite(a), np.isfinite(b))

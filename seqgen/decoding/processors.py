@@ -155,17 +155,36 @@ def _prefix_threshold(sorted_probs: jax.Array, mass: jax.Array) -> jax.Array:
     return before < mass
 
 
+# Up to this vocabulary size the nucleus and typical sets are found without a sort, from
+# pairwise comparisons (O(V^2) work per row, vectorised); above it, with one sort per row.
+PAIRWISE_MAX_VOCAB = 256
+
+
+def _mass_before(probs: jax.Array, ahead: jax.Array) -> jax.Array:
+    """For each token v: the total probability of the tokens u that come strictly before v,
+    ahead[..., v, u] = True when u comes before v.  # [R, V]"""
+    return jnp.sum(jnp.where(ahead, probs[..., None, :], 0.0), axis=-1)
+
+
 def top_p(logits: jax.Array, p: jax.Array, sorted_logits: jax.Array | None = None) -> jax.Array:
     """Nucleus / top-p (Holtzman et al. 2020, "The curious case of neural text degeneration",
     sec. 3.1, eq. 2): keep the smallest set V^(p) with sum_{v in V^(p)} P(v) >= p.
 
     With P sorted in decreasing order, rank i is in the set iff sum_{j<i} P_j < p; then every token
-    with P_v >= the smallest kept probability is kept (ties at the boundary kept).
+    with P_v >= the smallest kept probability is kept (ties at the boundary kept). Equivalently,
+    v is kept iff sum_{u : P_u > P_v} P_u < p, which is how it is computed (no sort) for
+    V <= PAIRWISE_MAX_VOCAB.
     `sorted_logits` ([R, S], S <= V, decreasing) may carry the already-sorted top of `logits`
     (after top-k), so no second full-vocabulary sort is needed; it must contain every token
     that can be kept.
     """
     logz = jax.nn.logsumexp(logits, axis=-1, keepdims=True)
+    if logits.shape[-1] <= PAIRWISE_MAX_VOCAB:
+        # v is kept iff the mass of the strictly more probable tokens is < p: the same set
+        # (ties included) as the sorted prefix below, without a sort
+        probs = jnp.exp(logits - logz)  # [R, V]
+        before = _mass_before(probs, logits[..., None, :] > logits[..., :, None])
+        return jnp.where(before < p, logits, NEG_INF)
     if sorted_logits is None:
         sorted_logits = -jnp.sort(-logits, axis=-1)
     sorted_probs = jnp.exp(sorted_logits - logz)  # [R, S]
@@ -183,6 +202,9 @@ def typical_p(logits: jax.Array, mass: jax.Array) -> jax.Array:
     """
     logp = jax.nn.log_softmax(logits, axis=-1)
     dev = jnp.where(jnp.isfinite(logp), jnp.abs(-logp - _entropy(logp)), jnp.inf)  # [R, V]
+    if logits.shape[-1] <= PAIRWISE_MAX_VOCAB:
+        before = _mass_before(jnp.exp(logp), dev[..., None, :] < dev[..., :, None])
+        return jnp.where((before < mass) & jnp.isfinite(dev), logits, NEG_INF)
     sorted_dev, sorted_probs = jax.lax.sort((dev, jnp.exp(logp)), dimension=-1, num_keys=1)
     keep_sorted = _prefix_threshold(sorted_probs, mass) & jnp.isfinite(sorted_dev)
     thr = jnp.max(jnp.where(keep_sorted, sorted_dev, -jnp.inf), axis=-1, keepdims=True)

@@ -34,6 +34,11 @@ def _pick(x: jax.Array, tok: jax.Array) -> jax.Array:
     return jnp.take_along_axis(x, tok[:, None], axis=-1)[:, 0]
 
 
+def _pick_logprob(logits: jax.Array, tok: jax.Array) -> jax.Array:
+    """log softmax(logits)[tok] without materialising the [R, V] log-softmax."""
+    return _pick(logits, tok) - jax.nn.logsumexp(logits, axis=-1)
+
+
 @partial(
     jax.jit,
     static_argnames=("step_fn", "max_len", "num_samples", "vocab_size", "flags", "greedy"),
@@ -73,21 +78,20 @@ def _sample_program(
         t, forced_tok = xs  # scalar, [R]
         carry, logits = step_fn(params, state["carry"], state["last"])
         logits = logits.astype(jnp.float32)  # [R, V]
-        logp = jax.nn.log_softmax(logits, axis=-1)
         pen = proc.penalize(logits, knobs, flags, state["counts"], state["history"], t)
         if greedy:
-            tempered = logp
             tok = jnp.argmax(pen, axis=-1)
             plp = jnp.zeros((r,), jnp.float32)
         else:
-            tempered = jax.nn.log_softmax(proc.temperature(logits, temp), axis=-1)
             processed = proc.truncate(pen, knobs, flags)  # [R, V]
             noise = gumbel_noise(words, t, (v,))  # [R, V]
             sampled = jnp.argmax(processed + noise, axis=-1)  # Gumbel-max
             tok = jnp.where(temp > 0, sampled, jnp.argmax(processed, axis=-1))
-            plp = jnp.where(temp > 0, _pick(jax.nn.log_softmax(processed, axis=-1), tok), 0.0)
+            plp = jnp.where(temp > 0, _pick_logprob(processed, tok), 0.0)
         forced = t < plen  # [R]
         tok = jnp.where(forced, forced_tok, tok).astype(jnp.int32)
+        lp = _pick_logprob(logits, tok)
+        tlp = lp if greedy else _pick_logprob(proc.temperature(logits, temp), tok)
         ended = state["ended"]
         is_eos = (tok == EOS_ID) & ~forced & ~ended
         alive = ~ended & ~is_eos  # counts towards the length
@@ -111,8 +115,8 @@ def _sample_program(
             )
         ys = {
             "tok": out_tok,
-            "lp": jnp.where(gen, _pick(logp, tok), 0.0),
-            "tlp": jnp.where(gen, _pick(tempered, tok), 0.0),
+            "lp": jnp.where(gen, lp, 0.0),
+            "tlp": jnp.where(gen, tlp, 0.0),
             "plp": jnp.where(gen, plp, 0.0),
             "alive": alive,
             "eos": is_eos,
