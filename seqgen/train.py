@@ -382,6 +382,7 @@ def train(
     last_loss = math.nan
     tokens_since, t_since, total_tokens, t_train = 0.0, time.perf_counter(), 0.0, 0.0
     pending: list = []
+    first_step = True
     try:
         while step < hp.steps and not stopped_early:
             batch = _as_arrays(next(train_batches))
@@ -394,9 +395,13 @@ def train(
             )  # fmt: skip
             step += 1
             data_position = step  # one batch per step
-            tokens_since += ntok
-            total_tokens += ntok
             pending.append(m["loss"])
+            if first_step:  # throughput excludes the compile in the first step
+                jax.block_until_ready(m["loss"])
+                first_step, t_since = False, time.perf_counter()
+            else:
+                tokens_since += ntok
+                total_tokens += ntok
             if step % log_every == 0 or step == hp.steps:
                 check_finite()
                 last_loss = float(np.mean(jax.device_get(pending)))
