@@ -219,8 +219,18 @@ def _extract(out: dict[str, Any], prompts: list[np.ndarray], keep: int) -> dict[
     return res
 
 
+def _reference_scores(reference: Any, prompts, conts, ended) -> dict[str, Any]:
+    """`gen/ref_ppl` inputs: the continuations scored under the reference model."""
+    if reference is None:
+        return {}
+    from seqgen.experiment import score_sequences
+
+    lps, eos = score_sequences(reference, list(prompts), list(conts), list(ended))
+    return {"ref_logprobs": lps, "ref_eos_logprobs": eos}
+
+
 def evaluate_decoders(
-    cfg: Any, corpus: Any, model: Any
+    cfg: Any, corpus: Any, model: Any, reference: Any = None
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Results (one per decoder, then `human`) and samples (one per generated sequence)."""
     from seqgen.metrics import compute_metrics
@@ -259,6 +269,7 @@ def evaluate_decoders(
             abc_texts=texts if is_abc else None,
             max_len=[int(cfg.decode.max_len) - len(p) for p in gen["prompt"]],
             best_sequences=_best_if_unprompted(cfg, dec, gen),
+            **_reference_scores(reference, gen["prompt"], gen["tokens"], gen["ended"]),
             **common,
         )
         metrics["score/mean"] = float(np.mean(gen["score"]))
@@ -277,7 +288,7 @@ def evaluate_decoders(
                     "logprob": float(np.sum(gen["logprobs"][j]) + gen["eos_logprob"][j]),
                 }
             )
-    results.append(human_row(cfg, corpus, model, pr, common, is_abc))
+    results.append(human_row(cfg, corpus, model, pr, common, is_abc, reference))
     return results, samples
 
 
@@ -292,7 +303,13 @@ def _best_if_unprompted(cfg: Any, dec: Any, gen: dict[str, list]) -> list | None
 
 
 def human_row(
-    cfg: Any, corpus: Any, model: Any, pr: Prompts, common: dict, is_abc: bool
+    cfg: Any,
+    corpus: Any,
+    model: Any,
+    pr: Prompts,
+    common: dict,
+    is_abc: bool,
+    reference: Any = None,
 ) -> dict[str, Any]:
     from seqgen.experiment import score_sequences
     from seqgen.metrics import compute_metrics
@@ -310,6 +327,7 @@ def human_row(
         eos_model_logprobs=eos,
         abc_texts=texts if is_abc else None,
         max_len=[int(cfg.decode.max_len) - len(p) for p in pr.human_prompts],
+        **_reference_scores(reference, pr.human_prompts, pr.human, pr.human_ended),
         **common,
     )
     return {"decoder": {"name": "human", "label": "human"}, "metrics": metrics}

@@ -166,6 +166,45 @@ def get_model(cfg: Any, corpus: Any, tracker: Any = None) -> LoadedModel:
     return loaded
 
 
+def load_reference(cfg: Any, corpus: Any) -> LoadedModel | None:
+    """The reference model of `metrics.reference_checkpoint` (a model cache folder), if given.
+
+    Generations are scored under it for `gen/ref_ppl`; its vocabulary must be the corpus's.
+    """
+    from omegaconf import OmegaConf as OC
+
+    from seqgen.checkpoint import ModelCache
+    from seqgen.models import make_init_carry_fn, make_step_fn
+
+    ref = cfg.metrics.get("reference_checkpoint")
+    if not ref:
+        return None
+    path = Path(str(ref)).expanduser()
+    if not (path / "meta.json").exists():
+        raise UserError(
+            f"metrics.reference_checkpoint={ref} is not a cached model folder (no meta.json); "
+            "give a folder printed as 'model: ... cache <dir>' by an earlier run"
+        )
+    meta = json.loads((path / "meta.json").read_text())
+    vocab = json.loads((path / "vocab.json").read_text())
+    if vocab != json.loads(json.dumps(corpus.vocab.to_json())):
+        raise UserError(
+            f"metrics.reference_checkpoint={ref} was trained with another vocabulary; "
+            "gen/ref_ppl needs a model of the same data and tokenization"
+        )
+    template = build_model(OC.create(meta["model"]), len(corpus.vocab), 0)
+    model, _ = ModelCache(path.parent).load_model(path.name, template)
+    step_fn, params = make_step_fn(model)
+    return LoadedModel(
+        step_fn=step_fn,
+        params=params,
+        init_carry=make_init_carry_fn(model),
+        vocab_size=len(corpus.vocab),
+        metrics=dict(meta.get("metrics", {})),
+        info={"reference": str(path)},
+    )
+
+
 def _oracle_model(corpus: Any) -> LoadedModel:
     """The DPFSA's exact distribution as a step function; its held-out perplexity is exact."""
     from seqgen.metrics import perplexity_from_nll
@@ -290,7 +329,8 @@ def run_experiment(cfg: Any, out_dir: str | Path | None = None) -> dict[str, Any
         (out_dir / "metrics.json").write_text(
             json.dumps({**model_metrics, "model": model.info}, indent=2, default=str)
         )
-        results, samples = evaluate_decoders(cfg, corpus, model)
+        reference = load_reference(cfg, corpus)
+        results, samples = evaluate_decoders(cfg, corpus, model, reference)
         outputs = write_outputs(cfg, corpus, model_metrics, results, samples, out_dir, tracker)
         tracker.log_summary(model_metrics)
         wall = time.time() - t0

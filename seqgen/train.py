@@ -34,6 +34,7 @@ from flax import nnx
 
 from seqgen.checkpoint import TrainCheckpointer
 from seqgen.errors import UserError
+from seqgen.metrics.perplexity import perplexity_from_nll
 from seqgen.parallel import make_mesh, replicate, shard_batch
 
 LN2 = math.log(2.0)
@@ -200,8 +201,8 @@ def _eval_sums(graphdef, params, rest, batches: Iterable, mesh=None) -> tuple[fl
 def _metrics_from_sums(total: float, count: float) -> dict[str, float]:
     if count <= 0:
         raise UserError("evaluation got no tokens (every mask entry is 0); check the valid split")
-    loss = total / count
-    return {"loss": loss, "ppl": math.exp(min(loss, 700.0)), "bits": loss / LN2}
+    # the same reduction as every other perplexity in seqgen (ppl/valid, ppl/test, gen/ppl)
+    return {"loss": total / count, **perplexity_from_nll(total, count)}
 
 
 def evaluate(model: nnx.Module, batches: Iterable) -> dict[str, float]:

@@ -78,3 +78,27 @@ def test_unknown_prompt_symbol_is_a_user_error(cache_dir, tmp_path):
     cfg = compose([*TINY, "decoder=greedy", "decode.prompts=[zzz]", "data.unknown=error"])
     with pytest.raises(UserError, match="z"):
         run_experiment(cfg, out_dir=tmp_path)
+
+
+def test_reference_model_rescoring_equals_the_decoders_own_logprobs(first_run, tmp_path):
+    # With the run's own model as the reference, teacher-forced rescoring of the generations
+    # (gen/ref_ppl) must reproduce the log-probs the decoder recorded (gen/ppl_model).
+    res, out = first_run
+    cache = json.loads((out / "metrics.json").read_text())["model"]["cache_dir"]
+    cfg = compose([*TINY, "decoder=sample", f"metrics.reference_checkpoint={cache}"])
+    res2 = run_experiment(cfg, out_dir=tmp_path)
+    for row in res2["results"]:
+        m = row["metrics"]
+        assert m["gen/ref_ppl"] == pytest.approx(m["gen/ppl_model"], rel=1e-4)
+
+
+def test_reference_must_be_a_cached_model(cache_dir, tmp_path):
+    cfg = compose([*TINY, "decoder=greedy", f"metrics.reference_checkpoint={tmp_path}"])
+    with pytest.raises(UserError, match="reference_checkpoint"):
+        run_experiment(cfg, out_dir=tmp_path)
+
+
+def test_wandb_disabled_writes_nothing(first_run, tmp_path):
+    cfg = compose([*TINY, "decoder=greedy", "logger=wandb", "logger.mode=disabled"])
+    run_experiment(cfg, out_dir=tmp_path)
+    assert not (tmp_path / "wandb").exists()
