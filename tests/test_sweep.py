@@ -44,9 +44,19 @@ def test_joblib_multirun_runs_jobs_in_parallel_processes(tmp_path, env):
     assert {r["decoder.temperature"] for r in rows if r["decoder"] != "human"} == {"0.5", "1.0"}
 
 
+def test_submitit_local_multirun(tmp_path, env):
+    # the same launcher family as SLURM (hydra/launcher=slurm), run on this machine
+    args = ["-m", *TINY, "hydra/launcher=local", "decoder=greedy", "seed=0"]
+    proc = run_cli(args, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = list(csv.DictReader(open(_sweep_dir(tmp_path) / "summary.csv")))
+    assert [r["decoder"] for r in rows] == ["greedy", "human"]
+
+
 def test_offline_wandb_writes_its_files(tmp_path, env):
-    env = {**env, "WANDB_MODE": "", "WANDB_API_KEY": ""}
-    env = {k: v for k, v in env.items()}
+    import subprocess
+    import sys
+
     args = [
         *TINY,
         "decoder=greedy",
@@ -54,11 +64,9 @@ def test_offline_wandb_writes_its_files(tmp_path, env):
         "logger.mode=offline",
         f"hydra.run.dir={tmp_path / 'run'}",
     ]
-    full_env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}
-    full_env.update({k: v for k, v in env.items() if v})
-    import subprocess
-    import sys
-
+    # no WANDB_MODE and no API key: the config alone must keep W&B offline
+    full_env = {k: v for k, v in os.environ.items() if k not in ("WANDB_MODE", "WANDB_API_KEY")}
+    full_env.update({**env, "PYTHONUNBUFFERED": "1"})
     proc = subprocess.run(
         [sys.executable, "-m", "seqgen.run", *args],
         cwd=tmp_path,
