@@ -595,19 +595,30 @@ def test_decoders_dict_and_bad_prompts():
     assert NUM_SPECIAL == 4
 
 
-def test_pairwise_and_sorted_truncation_agree(monkeypatch):
-    """top-p / typical-p without a sort (V <= 256) keep exactly the sorted-prefix sets."""
+def test_top_p_and_typical_match_the_sorted_prefix_definition():
+    """`keep_by_mass` (bisection, no sort) keeps exactly the sorted-prefix sets, ties included."""
     from seqgen.decoding import processors as proc
 
     rng = np.random.default_rng(0)
     x = rng.integers(-4, 4, size=(64, 40)).astype(np.float32)  # many ties
     x[:, :3] = -np.inf
-    x = jnp.asarray(x)
+    lp = log_softmax64(np.where(np.isfinite(x), x, -1e30))
+    p = np.exp(lp)
+    h = -(p * lp).sum(-1, keepdims=True)
+    dev = np.where(np.isfinite(x), np.abs(-lp - h), np.inf)
+
+    def prefix_set(order_key: np.ndarray, mass: float) -> np.ndarray:  # larger key = first
+        keep = np.zeros_like(order_key, bool)
+        for r in range(len(order_key)):
+            order = np.argsort(-order_key[r], kind="stable")
+            before = np.concatenate([[0.0], np.cumsum(p[r, order])[:-1]])
+            bound = order_key[r, order][before < mass].min()
+            keep[r] = order_key[r] >= bound
+        return keep
+
     for mass in (0.1, 0.5, 0.77, 0.95):
         m = jnp.float32(mass)
-        pair = (proc.top_p(x, m), proc.typical_p(x, m))
-        with monkeypatch.context() as mp:
-            mp.setattr(proc, "PAIRWISE_MAX_VOCAB", 0)
-            srt = (proc.top_p(x, m), proc.typical_p(x, m))
-        for a, b in zip(pair, srt):
-            np.testing.assert_array_equal(np.isfinite(a), np.isfinite(b))
+        got_p = np.isfinite(np.asarray(proc.top_p(jnp.asarray(x), m)))
+        np.testing.assert_array_equal(got_p, prefix_set(x, mass) & np.isfinite(x))
+        got_t = np.isfinite(np.asarray(proc.typical_p(jnp.asarray(x), m)))
+        np.testing.assert_array_equal(got_t, prefix_set(-dev, mass) & np.isfinite(x))

@@ -143,54 +143,45 @@ def top_k(logits: jax.Array, k: int) -> jax.Array:
     return jnp.where(logits >= kth, logits, NEG_INF)
 
 
-def _prefix_threshold(sorted_probs: jax.Array, mass: jax.Array) -> jax.Array:
-    """Index mask of the smallest prefix of `sorted_probs` whose total is >= mass.
+def _ordered_bits(x: jax.Array) -> jax.Array:
+    """float32 -> uint32 with the same order (flip negatives, set the sign bit of positives)."""
+    u = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
+    return jnp.where(u >> 31 == 1, ~u, u | jnp.uint32(0x80000000))
 
-    Rank i is kept iff the mass strictly before it is < mass.  # [R, S]
+
+def keep_by_mass(key: jax.Array, probs: jax.Array, mass: jax.Array) -> jax.Array:
+    """Keep {v : key_v >= kappa}, kappa the LARGEST threshold whose kept mass
+    sum_{u : key_u >= kappa} P_u is >= mass. This is the smallest "best first" prefix with
+    mass >= `mass`, ties at its boundary kept (top-p: key = logit; typical: key = -deviation).
+
+    Exact without a sort: bisection over the 2^32 order-preserving bit patterns of the keys
+    (32 rounds of a compare and a masked sum over [R, V]).  # [R, V] bool
     """
-    before = jnp.concatenate(
-        [jnp.zeros_like(sorted_probs[..., :1]), jnp.cumsum(sorted_probs, axis=-1)[..., :-1]],
-        axis=-1,
-    )
-    return before < mass
+    bits = _ordered_bits(key)  # [R, V]
+    lo = jnp.min(bits, axis=-1, keepdims=True)  # kept mass is everything: >= mass
+    hi = jnp.max(bits, axis=-1, keepdims=True)
+
+    def body(_: int, bounds: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        lo, hi = bounds
+        mid = lo + (hi - lo + 1) // 2
+        ok = jnp.sum(jnp.where(bits >= mid, probs, 0.0), axis=-1, keepdims=True) >= mass
+        return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid - 1)
+
+    lo, _ = jax.lax.fori_loop(0, 32, body, (lo, hi))
+    return bits >= lo
 
 
-# Up to this vocabulary size the nucleus and typical sets are found without a sort, from
-# pairwise comparisons (O(V^2) work per row, vectorised); above it, with one sort per row.
-PAIRWISE_MAX_VOCAB = 256
-
-
-def _mass_before(probs: jax.Array, ahead: jax.Array) -> jax.Array:
-    """For each token v: the total probability of the tokens u that come strictly before v,
-    ahead[..., v, u] = True when u comes before v.  # [R, V]"""
-    return jnp.sum(jnp.where(ahead, probs[..., None, :], 0.0), axis=-1)
-
-
-def top_p(logits: jax.Array, p: jax.Array, sorted_logits: jax.Array | None = None) -> jax.Array:
+def top_p(logits: jax.Array, p: jax.Array) -> jax.Array:
     """Nucleus / top-p (Holtzman et al. 2020, "The curious case of neural text degeneration",
     sec. 3.1, eq. 2): keep the smallest set V^(p) with sum_{v in V^(p)} P(v) >= p.
 
-    With P sorted in decreasing order, rank i is in the set iff sum_{j<i} P_j < p; then every token
-    with P_v >= the smallest kept probability is kept (ties at the boundary kept). Equivalently,
-    v is kept iff sum_{u : P_u > P_v} P_u < p, which is how it is computed (no sort) for
-    V <= PAIRWISE_MAX_VOCAB.
-    `sorted_logits` ([R, S], S <= V, decreasing) may carry the already-sorted top of `logits`
-    (after top-k), so no second full-vocabulary sort is needed; it must contain every token
-    that can be kept.
+    With P sorted in decreasing order, rank i is in the set iff sum_{j<i} P_j < p; every token
+    with P_v >= the smallest kept probability is kept too (ties at the boundary kept).
+    Equivalently V^(p) = {v : x_v >= kappa} with kappa the largest threshold whose kept mass is
+    >= p, which `keep_by_mass` finds without a sort (on CPU a per-row sort costs ~9x more).
     """
-    logz = jax.nn.logsumexp(logits, axis=-1, keepdims=True)
-    if logits.shape[-1] <= PAIRWISE_MAX_VOCAB:
-        # v is kept iff the mass of the strictly more probable tokens is < p: the same set
-        # (ties included) as the sorted prefix below, without a sort
-        probs = jnp.exp(logits - logz)  # [R, V]
-        before = _mass_before(probs, logits[..., None, :] > logits[..., :, None])
-        return jnp.where(before < p, logits, NEG_INF)
-    if sorted_logits is None:
-        sorted_logits = -jnp.sort(-logits, axis=-1)
-    sorted_probs = jnp.exp(sorted_logits - logz)  # [R, S]
-    keep_sorted = _prefix_threshold(sorted_probs, p)
-    thr = jnp.min(jnp.where(keep_sorted, sorted_logits, jnp.inf), axis=-1, keepdims=True)
-    return jnp.where(logits >= thr, logits, NEG_INF)
+    probs = jax.nn.softmax(logits, axis=-1)
+    return jnp.where(keep_by_mass(logits, probs, p), logits, NEG_INF)
 
 
 def typical_p(logits: jax.Array, mass: jax.Array) -> jax.Array:
@@ -199,16 +190,12 @@ def typical_p(logits: jax.Array, mass: jax.Array) -> jax.Array:
     With H = -sum_v P(v) log P(v), sort tokens by |-log P(v) - H| (increasing) and keep the
     smallest prefix whose probability mass is >= `mass` (tau); every token whose deviation is <=
     the largest kept deviation is kept (ties kept). Tokens with P = 0 are never kept.
+    Computed without a sort by `keep_by_mass` on the key -deviation.
     """
     logp = jax.nn.log_softmax(logits, axis=-1)
     dev = jnp.where(jnp.isfinite(logp), jnp.abs(-logp - _entropy(logp)), jnp.inf)  # [R, V]
-    if logits.shape[-1] <= PAIRWISE_MAX_VOCAB:
-        before = _mass_before(jnp.exp(logp), dev[..., None, :] < dev[..., :, None])
-        return jnp.where((before < mass) & jnp.isfinite(dev), logits, NEG_INF)
-    sorted_dev, sorted_probs = jax.lax.sort((dev, jnp.exp(logp)), dimension=-1, num_keys=1)
-    keep_sorted = _prefix_threshold(sorted_probs, mass) & jnp.isfinite(sorted_dev)
-    thr = jnp.max(jnp.where(keep_sorted, sorted_dev, -jnp.inf), axis=-1, keepdims=True)
-    return jnp.where(dev <= thr, logits, NEG_INF)
+    keep = keep_by_mass(-dev, jnp.exp(logp), mass) & jnp.isfinite(dev)
+    return jnp.where(keep, logits, NEG_INF)
 
 
 def min_p(logits: jax.Array, p_base: jax.Array) -> jax.Array:
@@ -259,12 +246,10 @@ def penalize(
 def truncate(logits: jax.Array, knobs: dict[str, jax.Array], flags: ProcessorFlags) -> jax.Array:
     """Temperature then the truncations, in PROCESSOR_ORDER."""
     logits = temperature(logits, knobs["temperature"])
-    sorted_top = None
-    if 0 < flags.top_k < logits.shape[-1]:
-        sorted_top = jax.lax.top_k(logits, flags.top_k)[0]  # one partial sort  # [R, k]
-        logits = jnp.where(logits >= sorted_top[..., -1:], logits, NEG_INF)
+    if flags.top_k:
+        logits = top_k(logits, flags.top_k)
     if flags.top_p:
-        logits = top_p(logits, knobs["top_p"], sorted_top)
+        logits = top_p(logits, knobs["top_p"])
     if flags.typical_p:
         logits = typical_p(logits, knobs["typical_p"])
     if flags.min_p:
