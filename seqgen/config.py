@@ -54,7 +54,7 @@ class DataConfig:
 class ModelConfig:
     cell: str = "lstm"  # lstm | gru | rnn | oracle (the DPFSA's exact distribution)
     embed_size: int = 64
-    hidden_size: int = 256
+    hidden_size: int = 128
     num_layers: int = 2
     dropout: float = 0.1
     tie_weights: bool = False
@@ -63,17 +63,17 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = 600
+    steps: int = 250
     batch_size: int = 32
     seq_len: int = 256
-    lr: float = 3e-3
+    lr: float = 1e-2
     weight_decay: float = 0.01
-    warmup_steps: int = 50
+    warmup_steps: int = 20
     clip_norm: float = 1.0
-    eval_every: int = 200
+    eval_every: int = 125
     eval_batches: int = 16
-    checkpoint_every: int = 200
-    log_every: int = 20
+    checkpoint_every: int = 125
+    log_every: int = 10
     data_parallel: bool = True
     progress: bool = True
 
@@ -103,10 +103,10 @@ class DecoderConfig:
 
 @dataclass
 class DecodeConfig:
-    num_samples: int = 100  # sequences per prompt for sampling; beams give their best
+    num_samples: int = 1  # sequences per prompt for sampling; beams give their best
     max_len: int = 256  # prompt + continuation, in tokens
-    prompts: Any = "none"  # none | heldout | a list of strings
-    num_prompts: int = 1  # held-out prompts (prompts=heldout)
+    prompts: Any = "heldout"  # none | heldout | a list of strings
+    num_prompts: int = 100  # held-out prompts (prompts=heldout)
     prompt_len: int = 16  # tokens of each held-out prefix
     batch_size: int = 256  # rows decoded per compiled call
 

@@ -299,6 +299,7 @@ def run_experiment(cfg: Any, out_dir: str | Path | None = None) -> dict[str, Any
     out_dir = Path(out_dir or Path.cwd())
     out_dir.mkdir(parents=True, exist_ok=True)
     maybe_initialize_distributed(cfg)
+    enable_compilation_cache(default_cache_dir(cfg) / "jax_compile")
     resolved = to_dict(cfg)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     tracker = make_tracker(
@@ -348,6 +349,16 @@ def run_experiment(cfg: Any, out_dir: str | Path | None = None) -> dict[str, Any
         raise
     tracker.finish(exit_code=0)
     return {"metrics": model_metrics, "results": results, "out_dir": str(out_dir)}
+
+
+def enable_compilation_cache(path: Path) -> None:
+    """JAX's persistent compilation cache: a warm run reuses the decoders' compiled programs."""
+    try:
+        jax.config.update("jax_compilation_cache_dir", str(path))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    except Exception as exc:  # an older JAX without these options: compile as usual
+        log.debug("no persistent compilation cache: %s", exc)
 
 
 def _group(cfg: Any) -> str:

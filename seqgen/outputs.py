@@ -81,7 +81,7 @@ def write_outputs(
 
 def write_tunes(folder: Path, rows: list[dict[str, Any]]) -> list[Path]:
     """The first tunes of a decoder as `.abc` files and, where music21 can parse them, `.mid`."""
-    from music21 import converter
+    from seqgen.metrics.abc import parse_abc
 
     folder.mkdir(parents=True, exist_ok=True)
     written = []
@@ -90,11 +90,13 @@ def write_tunes(folder: Path, rows: list[dict[str, Any]]) -> list[Path]:
         path = folder / f"tune_{i + 1:02d}.abc"
         path.write_text(abc)
         written.append(path)
+        score = parse_abc(abc)
+        if score is None:  # a generated tune need not be valid ABC
+            continue
         try:
-            score = converter.parse(abc, format="abc")
             midi = score.write("midi", fp=str(folder / f"tune_{i + 1:02d}.mid"))
             written.append(Path(midi))
-        except Exception as exc:  # a generated tune need not be valid ABC
+        except Exception as exc:
             log.debug("tune %s is not playable: %s", path, exc)
     return written
 

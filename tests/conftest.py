@@ -24,6 +24,7 @@ TINY = [
     "model.embed_size=8",
     "model.num_layers=1",
     "train=tiny",
+    "decode.prompts=none",
     "decode.num_samples=8",
     "decode.max_len=16",
     "decode.batch_size=64",

@@ -7,6 +7,8 @@ tune), so the metrics run on a seeded random subset (default 200 tunes).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import warnings
 from collections.abc import Sequence
@@ -35,7 +37,8 @@ def parse_abc(text: str):
     from music21 import converter, stream  # slow import, only when ABC metrics are asked for
 
     try:
-        with warnings.catch_warnings():
+        # music21 writes its ABC warnings straight to stderr, one line per odd note
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
             score = converter.parse(_with_x_header(text), format="abc")
             if isinstance(score, stream.Opus):
