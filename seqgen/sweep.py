@@ -19,23 +19,15 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from seqgen.outputs import TABLE_COLUMNS
+
 log = logging.getLogger(__name__)
 
 # Failed jobs of the multirun in this process (seqgen.run exits 1 when any failed).
 FAILED_JOBS: list[dict[str, Any]] = []
 
-SUMMARY_METRICS = (
-    "gen/ppl",
-    "diversity/self_bleu4",
-    "diversity/distinct_2",
-    "repetition/seq_rep_4",
-    "repetition/rep_pct",
-    "zipf",
-    "length/mean",
-    "score/mean",
-    "oracle/nll",
-    "search/mode_found",
-)
+# the console table's columns, then what sweeps over search and oracle settings plot
+SUMMARY_METRICS = (*TABLE_COLUMNS, "score/mean", "oracle/nll", "search/mode_found")
 
 
 def record_failure(out_dir: Path, cfg: Any, exc: BaseException) -> None:
