@@ -19,6 +19,7 @@ is kept.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 import sys
@@ -235,10 +236,14 @@ def _as_arrays(batch: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 class _Progress:
-    """A rich progress bar with loss and tokens/s; a no-op when disabled or not on a TTY."""
+    """A rich progress bar with loss and tokens/s on a TTY; elsewhere (a log file, a cluster
+    job) a log line at every tenth of the run; nothing when disabled."""
 
     def __init__(self, enabled: bool, total: int, start: int):
         self.bar = None
+        self.total = total
+        self.lines = enabled and not sys.stdout.isatty()
+        self.next_line = start + max(1, total // 10)
         if enabled and sys.stdout.isatty():
             from rich.progress import (
                 BarColumn,
@@ -260,6 +265,12 @@ class _Progress:
             self.task = self.bar.add_task("train", total=total, completed=start, loss="-", tps="-")
 
     def update(self, step: int, loss: float | None = None, tps: float | None = None) -> None:
+        if self.lines and loss is not None and (step >= self.next_line or step == self.total):
+            self.next_line = step + max(1, self.total // 10)
+            rate = f", {tps:,.0f} tok/s" if tps is not None else ""
+            logging.getLogger("seqgen").info(
+                "train step %d/%d: loss %.4f%s", step, self.total, loss, rate
+            )
         if self.bar is None:
             return
         fields = {}
@@ -427,6 +438,10 @@ def train(
                 check_finite()
                 res = _metrics_from_sums(*_eval_sums(graphdef_eval, params, rest, valid, mesh))
                 history[str(step)] = res["loss"]
+                if progress:
+                    logging.getLogger("seqgen").info(
+                        "valid step %d: loss %.4f, ppl %.3f", step, res["loss"], res["ppl"]
+                    )
                 if tracker is not None:
                     tracker.log({f"valid/{k}": v for k, v in res.items()}, step=step)
                 if res["loss"] < best_loss:
