@@ -253,7 +253,7 @@ def evaluate_decoders(
         t0 = time.time()
         out = decode_all(cfg, dec, model, pr.prompts, jax.random.fold_in(key, i))
         t_dec = time.time() - t0
-        keep = 1 if dec.name in NBEST_DECODERS else out["tokens"].shape[1]
+        keep = _kept_per_prompt(cfg, dec, out["tokens"].shape[1])
         gen = _extract(out, pr.prompts, keep)
         texts = [
             corpus.vocab.decode(np.concatenate([p, t]))
@@ -290,6 +290,21 @@ def evaluate_decoders(
             )
     results.append(human_row(cfg, corpus, model, pr, common, is_abc, reference))
     return results, samples
+
+
+def _kept_per_prompt(cfg: Any, dec: Any, n: int) -> int:
+    """How many of a prompt's N outputs count as its generations in the metrics.
+
+    n-best decoders (greedy, beam, diverse beam): the best one. Stochastic beam: its K samples
+    without replacement when there is no prompt (one prompt, K distinct sequences), else the
+    top one by perturbed log-prob, so that every decoder and the human row have one
+    continuation per prompt. Sampling: all `decode.num_samples`.
+    """
+    if dec.name in NBEST_DECODERS:
+        return 1
+    if dec.name == "stochastic_beam" and cfg.decode.prompts not in (None, "none"):
+        return 1
+    return n
 
 
 def _best_if_unprompted(cfg: Any, dec: Any, gen: dict[str, list]) -> list | None:
