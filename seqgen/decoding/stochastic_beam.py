@@ -103,7 +103,10 @@ def _stochastic_beam_program(
         perturbed = phi_c + noise  # [B, K, V]
         z = jnp.max(perturbed, axis=-1, keepdims=True)
         g_c = gumbel_with_max(perturbed, state["g"][..., None], z).reshape(b, k * v)
-        top, idx = jax.lax.top_k(g_c, k + 1)  # [B, K + 1]
+        # the barrier keeps XLA:CPU's TopK custom call: without it the two slices of `top`
+        # below are folded into the sort that top_k is decomposed into, which then no longer
+        # matches the TopK pattern and stays a full stable sort of [B, K * V] every step (~50x)
+        top, idx = jax.lax.optimization_barrier(jax.lax.top_k(g_c, k + 1))  # [B, K + 1]
         kappa = jnp.maximum(state["kappa"], top[:, k])
         g_new, idx = top[:, :k], idx[:, :k]
         parent, tok = idx // v, (idx % v).astype(jnp.int32)
