@@ -139,7 +139,9 @@ def top_k(logits: jax.Array, k: int) -> jax.Array:
     """
     if k <= 0 or k >= logits.shape[-1]:
         return logits
-    kth = jax.lax.top_k(logits, k)[0][..., -1:]  # [R, 1]
+    # The barrier keeps XLA:CPU from folding the slice into the sort, which would stop it
+    # from turning sort+slice back into its partial-sort TopK call (a full sort per step).
+    kth = jax.lax.optimization_barrier(jax.lax.top_k(logits, k)[0])[..., -1:]  # [R, 1]
     return jnp.where(logits >= kth, logits, NEG_INF)
 
 
