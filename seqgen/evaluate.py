@@ -98,7 +98,9 @@ def make_prompts(cfg: Any, corpus: Any) -> Prompts:
     else:
         prompts = []
         for text in list(mode):
-            ids = corpus.vocab.encode(str(text), unknown=cfg.data.unknown)
+            # a literal "\n" typed on the command line is a line break (ABC headers need them)
+            text = str(text).replace("\\n", "\n")
+            ids = corpus.vocab.encode(text, unknown=cfg.data.unknown)
             if len(ids) > max_len:
                 raise UserError(
                     f"prompt {str(text)[:30]!r} is {len(ids)} tokens, longer than "
