@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 
+import numpy as np
 import pytest
 from conftest import TINY, compose
 
@@ -102,3 +103,37 @@ def test_wandb_disabled_writes_nothing(first_run, tmp_path):
     cfg = compose([*TINY, "decoder=greedy", "logger=wandb", "logger.mode=disabled"])
     run_experiment(cfg, out_dir=tmp_path)
     assert not (tmp_path / "wandb").exists()
+
+
+def test_heldout_prompts_are_continued_and_the_human_row_matches(first_run, tmp_path):
+    cfg = compose(
+        [
+            *TINY,
+            "decoder=sample",
+            "decode.prompts=heldout",
+            "decode.num_prompts=5",
+            "decode.prompt_len=2",
+            "decode.num_samples=2",
+        ]
+    )
+    res = run_experiment(cfg, out_dir=tmp_path)
+    samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert sorted({s["prompt_index"] for s in samples}) == [0, 1, 2, 3, 4]
+    assert len(samples) == 10
+    # each text starts with its prompt: the first two symbols of a held-out sequence
+    by_prompt = {}
+    for s in samples:
+        by_prompt.setdefault(s["prompt_index"], set()).add(s["text"][:2])
+    assert all(len(heads) == 1 for heads in by_prompt.values())
+    assert res["results"][-1]["decoder"]["name"] == "human"
+    # the human row: as many held-out continuations as generations (5 prompts x 2 samples),
+    # the first five continuing exactly the five prompts, each within the length budget
+    from seqgen.data.corpus import load_corpus
+    from seqgen.evaluate import make_prompts
+
+    corpus = load_corpus(cfg.data, int(cfg.seed))
+    pr = make_prompts(cfg, corpus)
+    assert len(pr.human) == 10 and len(pr.prompts) == 5
+    for p, hp in zip(pr.prompts, pr.human_prompts[:5]):
+        assert np.array_equal(p, hp)
+    assert all(len(p) + len(h) <= cfg.decode.max_len for p, h in zip(pr.human_prompts, pr.human))
