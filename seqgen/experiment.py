@@ -40,11 +40,11 @@ class LoadedModel:
 
 
 def default_cache_dir(cfg: Any) -> Path:
-    import os
+    """`cache_dir` from the config, else `$SEQGEN_CACHE`, else `~/.cache/seqgen`."""
+    from seqgen.checkpoint import default_cache_root
 
     root = cfg.get("cache_dir") if isinstance(cfg, DictConfig) else getattr(cfg, "cache_dir", None)
-    root = root or os.environ.get("SEQGEN_CACHE") or Path.home() / ".cache" / "seqgen"
-    return Path(root).expanduser()
+    return Path(root).expanduser() if root else default_cache_root()
 
 
 # ---------------------------------------------------------------------------------------------
