@@ -84,3 +84,14 @@ def test_cli_bad_override_is_one_line(tmp_path: Path, args, needle):
     assert len(err_lines) == 1, proc.stderr
     assert err_lines[0].startswith("error: ") and needle in err_lines[0]
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_decoder_schema_defaults_equal_the_decoders_own():
+    # conf validation (seqgen.config) and the decoders (seqgen.decoding, which must not import
+    # the Hydra schema) each state the defaults; a drift would make `decoder=NAME` and a direct
+    # `decode(cfg={...})` call disagree
+    from seqgen.config import DecoderConfig, to_dict
+    from seqgen.decoding import DEFAULTS
+
+    schema = to_dict(DecoderConfig())
+    assert {k: schema[k] for k in DEFAULTS} == DEFAULTS
