@@ -22,7 +22,50 @@ TABLE_COLUMNS = (
     "zipf",
     "length/mean",
 )
-PLOT_METRICS = TABLE_COLUMNS + ("diversity/distinct_4", "length/eos_rate")
+PLOT_METRICS = TABLE_COLUMNS + (
+    "diversity/distinct_4",
+    "length/eos_rate",
+    "abc/parse_rate",
+    "abc/bar_ok_rate",
+)
+
+# Each metric's y-axis label: what it counts, in which unit (README "Metrics" has the papers).
+METRIC_UNITS = {
+    "gen/ppl": "perplexity (per token)",
+    "diversity/self_bleu4": "Self-BLEU-4 (0-1)",
+    "diversity/distinct_1": "distinct unigrams / all (0-1)",
+    "diversity/distinct_2": "distinct bigrams / all (0-1)",
+    "diversity/distinct_3": "distinct 3-grams / all (0-1)",
+    "diversity/distinct_4": "distinct 4-grams / all (0-1)",
+    "diversity/ent_4": "4-gram entropy (nats)",
+    "diversity/unique_seq": "unique sequences / all (0-1)",
+    "repetition/seq_rep_4": "repeated 4-grams / all (0-1)",
+    "repetition/rep_pct": "% of generations ending in a loop",
+    "zipf": "Zipf coefficient (-slope, log-log)",
+    "length/mean": "continuation length (tokens)",
+    "length/std": "continuation length std (tokens)",
+    "length/eos_rate": "share ending with EOS (0-1)",
+    "abc/parse_rate": "share of tunes music21 parses (0-1)",
+    "abc/bar_ok_rate": "share of parsed tunes with bars in time (0-1)",
+    "oracle/nll": "NLL under the true DPFSA (nats per token)",
+    "search/mode_found": "share of best sequences that are the exact mode (0-1)",
+    "time/decode_s": "decode wall time (s)",
+}
+# score/mean is the score a decoder ranked by: its unit depends on the length penalty, so
+# scores with different penalties never share an axis.
+SCORE_UNITS = {
+    "none": "mean log-prob (nats per sequence)",
+    "average": "mean log-prob / length (nats per token)",
+    "gnmt": "mean log-prob / ((5+L)/6)^alpha (GNMT-normalized nats)",
+    "gumbel": "mean perturbed log-prob G (nats per sequence)",
+}
+
+
+def score_kind(decoder: dict[str, Any]) -> str:
+    """Which `SCORE_UNITS` entry a decoder's `score/mean` is in."""
+    if decoder.get("name") == "stochastic_beam":
+        return "gumbel"
+    return str(decoder.get("length_penalty") or "none")
 
 
 def slug(text: str) -> str:
@@ -76,7 +119,16 @@ def write_outputs(
     tracker.log_table("samples", columns, [[s[c] for c in columns] for s in samples[:2000]])
     for p in plots:
         tracker.log_image(f"plots/{Path(p).stem}", p)
-    return {"plots": [str(p) for p in plots], "listen": [str(p) for p in listen]}
+    from seqgen.report import write_report
+
+    report = write_report(out_dir, vocab=corpus.vocab)
+    tracker.log_html("report", report)
+    log.info("report: %s", report)
+    return {
+        "plots": [str(p) for p in plots],
+        "listen": [str(p) for p in listen],
+        "report": str(report),
+    }
 
 
 def write_tunes(folder: Path, rows: list[dict[str, Any]]) -> list[Path]:
@@ -126,6 +178,7 @@ def plot_decoders(results: list[dict[str, Any]], folder: Path) -> list[Path]:
             ax.axhline(human["metrics"][m], color="tab:red", linestyle="--", label="human")
             ax.legend(fontsize=7)
         ax.set_title(m, fontsize=10)
+        ax.set_ylabel(METRIC_UNITS.get(m, m), fontsize=8)
         ax.set_xticks(range(len(vals)))
         ax.set_xticklabels(labels, rotation=35, ha="right", fontsize=7)
         if m == "gen/ppl" and max(vals, default=0) > 50 * max(min(vals, default=1), 1e-9):

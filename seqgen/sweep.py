@@ -3,7 +3,8 @@
 Every job writes `results.jsonl` (or `failed.json`) into its own folder; `SweepSummary` reads them
 all, so a failed job loses nothing of the others, and writes `summary.csv`, `summary.md` and
 `plots/<metric>.png` (each metric against the swept knob, one line per value of a second swept
-knob, the human row dashed). With `logger=wandb` the summary is logged as its own run.
+knob, the human row dashed; `score/mean` in one panel per length penalty, whose units differ)
+and `report.html` (seqgen.report). With `logger=wandb` the summary is logged as its own run.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from seqgen.outputs import TABLE_COLUMNS
+from seqgen.outputs import METRIC_UNITS, SCORE_UNITS, TABLE_COLUMNS, score_kind
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,7 @@ def collect(sweep_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
                     **knobs,
                     "decoder": dec.get("label") or dec["name"],
                     **rec["metrics"],
+                    "score/kind": score_kind(dec),
                 }
             )
     swept = []
@@ -124,7 +126,10 @@ def write_summary(sweep_dir: Path, *, plots: bool = True) -> dict[str, Any]:
         lines += [f"- `{fj['job']}`: {fj['error']}" for fj in failed]
     (sweep_dir / "summary.md").write_text("\n".join(lines) + "\n")
     plot_paths = _plot(sweep_dir, rows, swept, metric_keys) if plots and swept else []
-    return {"rows": rows, "failed": failed, "swept": swept, "plots": plot_paths}
+    from seqgen.report import write_sweep_report
+
+    report = write_sweep_report(sweep_dir, columns, rows, failed, _fmt)
+    return {"rows": rows, "failed": failed, "swept": swept, "plots": plot_paths, "report": report}
 
 
 def _plot(sweep_dir: Path, rows: list[dict], swept: list[str], metrics: list[str]) -> list[Path]:
@@ -141,31 +146,43 @@ def _plot(sweep_dir: Path, rows: list[dict], swept: list[str], metrics: list[str
     out.mkdir(exist_ok=True)
     paths = []
     numeric_x = all(isinstance(r.get(x_key), int | float) for r in gen)
+    several_decoders = len({r["decoder"] for r in gen}) > 1
     for metric in metrics:
-        fig, ax = plt.subplots(figsize=(5.5, 3.8))
-        groups: dict[Any, list[dict]] = {}
-        for r in gen:
-            if metric in r and r[metric] is not None:
-                groups.setdefault(r.get(hue_key) if hue_key else None, []).append(r)
-        if not groups:
+        # score/mean: one panel per score unit (none / average / gnmt length penalty, Gumbel)
+        kinds = (
+            sorted({r.get("score/kind", "none") for r in gen}) if metric == "score/mean" else [None]
+        )
+        fig, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 3.8), squeeze=False)
+        drawn = False
+        for ax, kind in zip(axes.flat, kinds):
+            groups: dict[Any, list[dict]] = {}
+            for r in gen:
+                if r.get(metric) is None or (kind and r.get("score/kind", "none") != kind):
+                    continue
+                hue = r.get(hue_key) if hue_key else None
+                groups.setdefault((hue, r["decoder"] if several_decoders else None), []).append(r)
+            for (hue, dec), rs in groups.items():
+                rs = sorted(rs, key=lambda r: r.get(x_key) if numeric_x else str(r.get(x_key)))
+                xs = [r.get(x_key) if numeric_x else str(r.get(x_key)) for r in rs]
+                parts = [f"{hue_key.split('.')[-1]}={hue}"] if hue_key else []
+                label = ", ".join(parts + ([dec] if dec else [])) or None
+                ax.plot(xs, [r[metric] for r in rs], marker="o", label=label)
+                drawn = True
+            hv = [r[metric] for r in human if r.get(metric) is not None] if kind is None else []
+            if hv:
+                ax.axhline(sum(hv) / len(hv), color="gray", linestyle="--", label="human")
+            if numeric_x and x_key.endswith("beam_size"):
+                ax.set_xscale("log", base=2)
+            ax.set_xlabel(x_key)
+            ax.set_ylabel(SCORE_UNITS.get(kind, kind) if kind else METRIC_UNITS.get(metric, metric))
+            title = f"{metric} vs {x_key.split('.')[-1]}"
+            ax.set_title(title + (f" ({kind})" if kind and len(kinds) > 1 else ""))
+            ax.grid(alpha=0.3)
+            if groups and (len(groups) > 1 or hv or hue_key):
+                ax.legend(fontsize=8)
+        if not drawn:
             plt.close(fig)
             continue
-        for hue, rs in groups.items():
-            rs = sorted(rs, key=lambda r: r.get(x_key) if numeric_x else str(r.get(x_key)))
-            xs = [r.get(x_key) if numeric_x else str(r.get(x_key)) for r in rs]
-            label = f"{hue_key.split('.')[-1]}={hue}" if hue_key else None
-            ax.plot(xs, [r[metric] for r in rs], marker="o", label=label)
-        hv = [r[metric] for r in human if r.get(metric) is not None]
-        if hv:
-            ax.axhline(sum(hv) / len(hv), color="gray", linestyle="--", label="human")
-        if numeric_x and x_key.endswith("beam_size"):
-            ax.set_xscale("log", base=2)
-        ax.set_xlabel(x_key)
-        ax.set_ylabel(metric)
-        ax.set_title(f"{metric} vs {x_key.split('.')[-1]}")
-        ax.grid(alpha=0.3)
-        if hue_key or hv:
-            ax.legend(fontsize=8)
         fig.tight_layout()
         path = out / f"{metric.replace('/', '_')}.png"
         fig.savefig(path, dpi=120)
@@ -215,6 +232,7 @@ class SweepSummary(Callback):
             tracker.log_table("summary", cols, [[r.get(c) for c in cols] for r in rows])
             for p in summary["plots"]:
                 tracker.log_image(f"plots/{Path(p).stem}", p)
+            tracker.log_html("report", summary["report"])
             tracker.finish(0)
         except Exception:
             tracker.finish(1)

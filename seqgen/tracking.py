@@ -24,6 +24,8 @@ class Tracker(Protocol):
 
     def log_image(self, key: str, path: str | os.PathLike) -> None: ...
 
+    def log_html(self, key: str, path: str | os.PathLike) -> None: ...
+
     def finish(self, exit_code: int = 0) -> None: ...
 
 
@@ -40,6 +42,9 @@ class NoOpTracker:
         pass
 
     def log_image(self, key: str, path: str | os.PathLike) -> None:
+        pass
+
+    def log_html(self, key: str, path: str | os.PathLike) -> None:
         pass
 
     def finish(self, exit_code: int = 0) -> None:
@@ -118,6 +123,10 @@ class WandbTracker:
 
     def log_image(self, key: str, path: str | os.PathLike) -> None:
         self.run.log({key: self._wandb.Image(str(path))})
+
+    def log_html(self, key: str, path: str | os.PathLike) -> None:
+        """A self-contained HTML page (the run's report), as W&B renders it: unchanged."""
+        self.run.log({key: self._wandb.Html(Path(path).read_text(), inject=False)})
 
     def finish(self, exit_code: int = 0) -> None:
         self.run.finish(exit_code=exit_code)
