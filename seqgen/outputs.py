@@ -56,7 +56,7 @@ METRIC_UNITS = {
 SCORE_UNITS = {
     "none": "mean log-prob (nats per sequence)",
     "average": "mean log-prob / length (nats per token)",
-    "gnmt": "mean log-prob / ((5+L)/6)^alpha (GNMT-normalized nats)",
+    "gnmt": "mean log-prob / ((5+L)/6)^alpha (nats)",
     "gumbel": "mean perturbed log-prob G (nats per sequence)",
 }
 

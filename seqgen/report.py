@@ -21,6 +21,7 @@ import base64
 import html
 import json
 import math
+import struct
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -66,8 +67,11 @@ def _label(rec: dict[str, Any]) -> str:
 
 
 def _img(path: Path) -> str:
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f'<img alt="{_esc(path.stem)}" src="data:image/png;base64,{data}">'
+    raw = path.read_bytes()
+    width, height = struct.unpack(">II", raw[16:24])  # the PNG's IHDR chunk
+    wide = ' class="wide"' if width > 2 * height else ""  # side-by-side panels: a row of its own
+    data = base64.b64encode(raw).decode("ascii")
+    return f'<img{wide} alt="{_esc(path.stem)}" src="data:image/png;base64,{data}">'
 
 
 def split_prompt(row: dict[str, Any], vocab: Any = None) -> tuple[str, str]:
@@ -126,7 +130,8 @@ def _plots(folder: Path) -> str:
     pngs = sorted(folder.glob("*.png")) if folder.exists() else []
     if not pngs:
         return ""
-    return '<h2>Plots</h2><div class="plots">' + "".join(_img(p) for p in pngs) + "</div>"
+    cls = "plots" if len(pngs) == 1 else "plots two"
+    return f'<h2>Plots</h2><div class="{cls}">' + "".join(_img(p) for p in pngs) + "</div>"
 
 
 def _config_brief(cfg: dict[str, Any], metrics: dict[str, Any], labels: list[str]) -> str:
@@ -417,7 +422,10 @@ td { text-align: right; }
 th:first-child, td:first-child { text-align: left; }
 tbody tr:nth-child(even) { background: #fbfcfd; }
 tr.human td { font-style: italic; background: #f3f0ff; }
-.plots img { max-width: 100%; border: 1px solid var(--line); border-radius: 6px; margin: 6px 0; }
+.plots { display: flex; flex-wrap: wrap; gap: 12px; align-items: flex-start; }
+.plots img { max-width: 100%; border: 1px solid var(--line); border-radius: 6px; }
+.plots.two img { max-width: calc(50% - 6px); }
+.plots.two img.wide { max-width: 100%; }
 .tune, .sample { border: 1px solid var(--line); border-radius: 6px; padding: 10px 14px;
                  margin: 10px 0; }
 .tune-head { font-size: 13px; color: var(--muted); margin-bottom: 4px; }

@@ -146,12 +146,17 @@ def _plot(sweep_dir: Path, rows: list[dict], swept: list[str], metrics: list[str
     out.mkdir(exist_ok=True)
     paths = []
     numeric_x = all(isinstance(r.get(x_key), int | float) for r in gen)
-    several_decoders = len({r["decoder"] for r in gen}) > 1
+    # a compare set (several decoders in one job): one line per decoder
+    per_job: dict[str, set[str]] = {}
+    for r in gen:
+        per_job.setdefault(r["job"], set()).add(r["decoder"])
+    several_decoders = any(len(decs) > 1 for decs in per_job.values())
     for metric in metrics:
         # score/mean: one panel per score unit (none / average / gnmt length penalty, Gumbel)
-        kinds = (
-            sorted({r.get("score/kind", "none") for r in gen}) if metric == "score/mean" else [None]
-        )
+        kinds: list[str | None] = [None]
+        if metric == "score/mean":
+            seen = {r.get("score/kind", "none") for r in gen}
+            kinds = [k for k in SCORE_UNITS if k in seen] + sorted(seen - set(SCORE_UNITS))
         fig, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 3.8), squeeze=False)
         drawn = False
         for ax, kind in zip(axes.flat, kinds):

@@ -78,3 +78,6 @@ def test_offline_wandb_writes_its_files(tmp_path, env):
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert runs and list(runs[0].glob("*.wandb"))
+    # the run's report page, logged as wandb.Html, is the page the run wrote
+    (logged,) = runs[0].glob("files/media/html/report_*.html")
+    assert logged.read_text() == (tmp_path / "run" / "report.html").read_text()
