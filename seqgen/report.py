@@ -139,7 +139,10 @@ def _config_brief(cfg: dict[str, Any], metrics: dict[str, Any], labels: list[str
     train, dec = cfg.get("train", {}), cfg.get("decode", {})
     source = data.get("preset") or data.get("path") or ", ".join(data.get("collections") or [])
     info = metrics.get("model", {})
-    if model.get("cell"):
+    level = f"({data['level']}-level)" if data.get("level") else ""
+    if model.get("cell") == "oracle":
+        arch = "oracle: the DPFSA's exact distribution"
+    elif model.get("cell"):
         arch = (
             f"{model.get('cell', '').upper()} {model.get('num_layers')} x "
             f"{model.get('hidden_size')}, embedding {model.get('embed_size')}"
@@ -154,7 +157,7 @@ def _config_brief(cfg: dict[str, Any], metrics: dict[str, Any], labels: list[str
         prompts = f"{dec.get('num_prompts')} held-out openings of {dec.get('prompt_len')} tokens"
     items = [
         ("experiment", f"{cfg.get('experiment_name', '')}, seed {cfg.get('seed')}"),
-        ("data", f"{data.get('name')} ({data.get('level')}-level) {source}".strip()),
+        ("data", " ".join(x for x in (data.get("name"), level, source) if x)),
         ("model", f"{arch}; {trained}"),
         (
             "train",
