@@ -241,6 +241,8 @@ def evaluate_decoders(
     if not decoders:
         raise UserError("nothing to decode: give decoder=NAME or a non-empty `compare` list")
     pr = make_prompts(cfg, corpus)
+    if corpus.oracle is not None:
+        _warn_impossible_prompts(corpus.oracle, pr.prompts)
     key = jax.random.key(int(cfg.seed))
     is_abc = corpus.name == "folk"
     results, samples = [], []
@@ -270,7 +272,8 @@ def evaluate_decoders(
             eos_model_logprobs=gen["eos_logprob"],
             abc_texts=texts if is_abc else None,
             max_len=[int(cfg.decode.max_len) - len(p) for p in gen["prompt"]],
-            best_sequences=_best_if_unprompted(cfg, dec, gen),
+            prompts=gen["prompt"],
+            best_sequences=gen["tokens"] if dec.name in NBEST_DECODERS else None,
             **_reference_scores(reference, gen["prompt"], gen["tokens"], gen["ended"]),
             **common,
         )
@@ -309,14 +312,17 @@ def _kept_per_prompt(cfg: Any, dec: Any, n: int) -> int:
     return n
 
 
-def _best_if_unprompted(cfg: Any, dec: Any, gen: dict[str, list]) -> list | None:
-    """Beam decoders without prompts: their best sequence, to compare with the exact mode."""
-    if dec.name not in ("beam", "diverse_beam", "greedy") or cfg.decode.prompts not in (
-        None,
-        "none",
-    ):
-        return None
-    return gen["tokens"]
+def _warn_impossible_prompts(oracle: Any, prompts: list[np.ndarray]) -> None:
+    from seqgen.metrics.oracle import IMPOSSIBLE, prompt_states
+
+    bad = int((prompt_states(oracle, prompts, len(prompts)) == IMPOSSIBLE).sum())
+    if bad:
+        log.warning(
+            "%d of %d prompts have probability 0 under the DPFSA: their continuations are left "
+            "out of oracle/* and search/mode_found (see oracle/impossible_prompt_rate)",
+            bad,
+            len(prompts),
+        )
 
 
 def human_row(
@@ -344,6 +350,7 @@ def human_row(
         eos_model_logprobs=eos,
         abc_texts=texts if is_abc else None,
         max_len=[int(cfg.decode.max_len) - len(p) for p in pr.human_prompts],
+        prompts=pr.human_prompts,
         **_reference_scores(reference, pr.human_prompts, pr.human, pr.human_ended),
         **common,
     )
