@@ -122,8 +122,8 @@ def check_decoders(cfg: Any, vocab_size: int) -> list[str]:
     decoders = run_decoders(cfg)
     if not decoders:
         raise UserError("nothing to decode: give decoder=NAME or a non-empty `compare` list")
-    labels: dict[str, str] = {}
-    files: dict[str, str] = {}
+    labels: dict[str, str] = {"human": "the human row"}
+    files: dict[str, str] = {"human": "the human row"}
     for where, dec in decoders:
         try:
             validate_decoder(dec, dec.name, vocab_size)
@@ -142,7 +142,7 @@ def check_decoders(cfg: Any, vocab_size: int) -> list[str]:
             )
         labels[label] = where
         files[slug(label)] = where
-    return list(labels)
+    return list(labels)[1:]
 
 
 def check_splits(corpus: Any) -> None:

@@ -40,6 +40,7 @@ def _no_model_cached(cache: Path) -> bool:
         ("[{name:stochastic_beam,temperature:0}]", r"compare\[0\]\.temperature=0"),
         ("[{name:greedy},{name:sample,label:x},{name:beam,label:x}]", r"compare\[2\].*label 'x'"),
         ("[{name:sample,label:'a/b'},{name:sample,label:'a b'}]", r"same file samples/a_b\.txt"),
+        ("[{name:sample,label:human}]", r"compare\[0\] and the human row have the same label"),
     ],
 )
 def test_a_bad_decoder_ends_the_run_before_training(no_training, tmp_path, compare, needle):
