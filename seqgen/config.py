@@ -13,6 +13,7 @@ penalties, `alpha`, `diversity_penalty`) are traced and sweeping them reuses one
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
@@ -109,6 +110,9 @@ class DecodeConfig:
     num_prompts: int = 100  # held-out prompts (prompts=heldout)
     prompt_len: int = 16  # tokens of each held-out prefix
     batch_size: int = 256  # rows decoded per compiled call
+    # the most token positions one decoder's outputs may hold (rows x decode.max_len); a larger
+    # decode is refused before any work: 1e8 positions are ~1.6 GB of ids and log-probs
+    max_tokens: int = 100_000_000
 
 
 @dataclass
@@ -227,9 +231,11 @@ _RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "decode.num_prompts": (1, None, False, False),
     "decode.prompt_len": (1, None, False, False),
     "decode.batch_size": (1, None, False, False),
+    "decode.max_tokens": (1, None, False, False),
     "metrics.self_bleu_max": (2, None, False, False),
     "metrics.abc_subset": (0, None, False, False),
     "output.num_listen": (0, None, False, False),
+    "seed": (0, 2**32 - 1, False, False),  # numpy's and JAX's seeds are unsigned 32-bit
 }
 
 
@@ -273,8 +279,40 @@ def _walk(prefix: str, node: Any):
         yield prefix, node
 
 
+def unknown_key_message(full_key: str) -> str:
+    """One line for a key the schema does not have, with the likely intended key if close."""
+    import difflib
+
+    parent, _, name = full_key.rpartition(".")
+    schema = GROUP_SCHEMAS.get(re.sub(r"^compare\[\d+\]$", "decoder", parent)) if parent else Config
+    allowed = [f.name for f in fields(schema)] if schema else []
+    close = difflib.get_close_matches(name, allowed, n=1)
+    hint = f" (did you mean '{parent + '.' if parent else ''}{close[0]}'?)" if close else ""
+    where = f" in {parent}" if parent else ""
+    return f"unknown key '{full_key}'{hint}; allowed keys{where}: {', '.join(allowed)}"
+
+
+def _check_known_keys(cfg: Any) -> None:
+    """`+key=value` adds a key past the schema's struct check; refuse keys it does not have."""
+    if not isinstance(cfg, DictConfig):
+        return
+    nodes = [("", cfg, Config)]
+    nodes += [(g, cfg.get(g), schema) for g, schema in GROUP_SCHEMAS.items()]
+    nodes += [
+        (f"compare[{i}]", dec, DecoderConfig) for i, dec in enumerate(cfg.get("compare") or [])
+    ]
+    for prefix, node, schema in nodes:
+        if not isinstance(node, DictConfig):
+            continue
+        known = {f.name for f in fields(schema)} | ({"hydra"} if not prefix else set())
+        for k in node.keys():
+            if k not in known:
+                raise UserError(unknown_key_message(f"{prefix}.{k}" if prefix else str(k)))
+
+
 def validate_config(cfg: Any) -> None:
     """Check every choice and range in a composed config; raise `UserError` with one line."""
+    _check_known_keys(cfg)
     for key, value in _walk("", cfg):
         if isinstance(value, ListConfig | list):
             continue
@@ -301,11 +339,11 @@ def validate_config(cfg: Any) -> None:
             "model.tie_weights=true needs model.embed_size == model.hidden_size "
             f"(got {model.embed_size} and {model.hidden_size})"
         )
-    if cfg.decode.prompts not in ("none", "heldout", None) and not isinstance(
-        cfg.decode.prompts, ListConfig | list
-    ):
+    prompts = cfg.decode.prompts
+    is_list = isinstance(prompts, ListConfig | list)
+    if (prompts not in ("none", "heldout", None) and not is_list) or (is_list and not prompts):
         raise UserError(
-            f"decode.prompts={cfg.decode.prompts!r} is not allowed; use none, heldout, or a list "
+            f"decode.prompts={prompts!r} is not allowed; use none, heldout, or a non-empty list "
             "of strings such as decode.prompts='[\"M:6/8 K:D\"]'"
         )
 

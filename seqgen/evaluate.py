@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,7 +144,9 @@ def decode_all(
     max_len = int(cfg.decode.max_len)
     n_out = _n_outputs(dec, int(cfg.decode.num_samples))
     per_call = max(1, int(cfg.decode.batch_size) // max(1, n_out))
+    n_chunks = -(-len(prompts) // per_call)
     outs = []
+    t0 = time.time()
     for start in range(0, len(prompts), per_call):
         chunk = prompts[start : start + per_call]
         p_len = np.array([len(p) for p in chunk], np.int32)
@@ -165,6 +168,16 @@ def decode_all(
             prompt_ids=np.arange(start, start + len(chunk), dtype=np.int32),
         )
         outs.append(jax.tree.map(np.asarray, out))
+        if n_chunks > 1:  # progress of a long decode, one line per compiled call
+            log.info(
+                "decoding %s: chunk %d/%d (%d of %d prompts) after %.1f s",
+                decoder_label(dec),
+                len(outs),
+                n_chunks,
+                min(start + per_call, len(prompts)),
+                len(prompts),
+                time.time() - t0,
+            )
     return {
         f: np.concatenate([getattr(o, f) for o in outs], axis=0)
         for f in (
@@ -232,9 +245,17 @@ def _reference_scores(reference: Any, prompts, conts, ended) -> dict[str, Any]:
 
 
 def evaluate_decoders(
-    cfg: Any, corpus: Any, model: Any, reference: Any = None
+    cfg: Any,
+    corpus: Any,
+    model: Any,
+    reference: Any = None,
+    on_result: Callable[[dict[str, Any], list[dict[str, Any]]], None] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Results (one per decoder, then `human`) and samples (one per generated sequence)."""
+    """Results (one per decoder, then `human`) and samples (one per generated sequence).
+
+    `on_result(result, samples)` is called as soon as each decoder (then the human row, with no
+    samples) is done, so a caller can write it before the next decoder starts.
+    """
     from seqgen.metrics import compute_metrics
 
     decoders = [cfg.decoder] if cfg.get("decoder") is not None else list(cfg.compare)
@@ -281,6 +302,7 @@ def evaluate_decoders(
         metrics["time/decode_s"] = t_dec
         log.info("decoded %-28s %5d sequences in %.1f s", label, len(gen["tokens"]), t_dec)
         results.append({"decoder": {**to_dict(dec), "label": label}, "metrics": metrics})
+        first = len(samples)
         for j in range(len(gen["tokens"])):
             samples.append(
                 {
@@ -293,7 +315,11 @@ def evaluate_decoders(
                     "logprob": float(np.sum(gen["logprobs"][j]) + gen["eos_logprob"][j]),
                 }
             )
+        if on_result is not None:
+            on_result(results[-1], samples[first:])
     results.append(human_row(cfg, corpus, model, pr, common, is_abc, reference))
+    if on_result is not None:
+        on_result(results[-1], [])
     return results, samples
 
 

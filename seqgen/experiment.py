@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from seqgen.config import to_dict
 from seqgen.errors import UserError
+from seqgen.preflight import check_divergence
 from seqgen.tokens import BOS_ID
 
 log = logging.getLogger("seqgen")
@@ -136,6 +137,7 @@ def get_model(cfg: Any, corpus: Any, tracker: Any = None) -> LoadedModel:
                 ev = evaluate(model, eval_batches(seqs, int(cfg.train.batch_size), seq_len))
                 metrics[f"ppl/{split}"] = float(ev["ppl"])
                 metrics[f"bits/{split}"] = float(ev["bits"])
+            check_divergence(metrics, vocab_size)  # a diverged model is never cached
             meta = {
                 "metrics": metrics,
                 "train": result.summary,
@@ -290,14 +292,17 @@ def run_experiment(cfg: Any, out_dir: str | Path | None = None) -> dict[str, Any
     """
     from seqgen.data.corpus import load_corpus
     from seqgen.evaluate import evaluate_decoders
-    from seqgen.outputs import print_results_table, write_outputs
+    from seqgen.outputs import print_results_table, reset_outputs, write_decoder, write_outputs
     from seqgen.parallel import maybe_initialize_distributed
+    from seqgen.preflight import check_environment, check_run
     from seqgen.tracking import make_tracker
 
     if not isinstance(cfg, DictConfig):
         cfg = OmegaConf.structured(cfg)
     out_dir = Path(out_dir or Path.cwd())
+    check_environment(cfg, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    reset_outputs(out_dir)
     maybe_initialize_distributed(cfg)
     enable_compilation_cache(default_cache_dir(cfg) / "jax_compile")
     resolved = to_dict(cfg)
@@ -320,6 +325,7 @@ def run_experiment(cfg: Any, out_dir: str | Path | None = None) -> dict[str, Any
             len(corpus.valid),
             len(corpus.test),
         )
+        check_run(cfg, corpus)  # every decoder and data-dependent knob, before any training
         model = get_model(cfg, corpus, tracker)
         model_metrics = dict(model.metrics)
         log.info(
@@ -331,8 +337,23 @@ def run_experiment(cfg: Any, out_dir: str | Path | None = None) -> dict[str, Any
             json.dumps({**model_metrics, "model": model.info}, indent=2, default=str)
         )
         reference = load_reference(cfg, corpus)
-        results, samples = evaluate_decoders(cfg, corpus, model, reference)
-        outputs = write_outputs(cfg, corpus, model_metrics, results, samples, out_dir, tracker)
+        finished: list[str] = []
+        listen: list[str] = []
+
+        def on_result(result: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+            listen.extend(map(str, write_decoder(cfg, corpus, result, rows, out_dir)))
+            finished.append(result["decoder"]["label"])
+
+        try:
+            results, samples = evaluate_decoders(cfg, corpus, model, reference, on_result)
+        except BaseException:
+            log.warning(
+                "decoders finished before the failure: %s (their results and samples are in %s)",
+                ", ".join(finished) or "none",
+                out_dir,
+            )
+            raise
+        outputs = {**write_outputs(cfg, results, samples, out_dir, tracker), "listen": listen}
         tracker.log_summary(model_metrics)
         wall = time.time() - t0
         (out_dir / "metrics.json").write_text(

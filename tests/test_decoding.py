@@ -538,7 +538,6 @@ def test_traced_knobs_do_not_recompile():
         ({"name": "sample", "top_p": 0.0}, {}, "top_p"),
         ({"name": "sample", "top_p": 1.5}, {}, "top_p"),
         ({"name": "sample", "top_k": -1}, {}, "top_k"),
-        ({"name": "sample", "top_k": 11}, {}, "top_k"),
         ({"name": "sample", "temperature": -0.1}, {}, "temperature"),
         ({"name": "sample", "typical_p": 0.0}, {}, "typical_p"),
         ({"name": "sample", "min_p": 1.5}, {}, "min_p"),
@@ -563,6 +562,21 @@ def test_validation_errors_name_the_knob(cfg, kwargs, needle):
     call.update(kwargs)
     with pytest.raises(UserError, match=needle):
         decode(markov_step, table, jnp.zeros(3), PROMPTS, PROMPT_LENGTHS, **call)
+
+
+def test_top_k_at_or_above_the_vocabulary_is_no_truncation():
+    # Hugging Face's rule: top_k >= V keeps every token; the output equals top_k=0 bit for bit
+    table = jnp.asarray(markov_table(10, 0))
+    call = dict(max_len=8, vocab_size=10, num_samples=4, key=3)
+    off = decode(markov_step, table, jnp.zeros(3), PROMPTS, PROMPT_LENGTHS, cfg=NS(top_k=0), **call)
+    for k in (10, 11, 640):
+        out = decode(
+            markov_step, table, jnp.zeros(3), PROMPTS, PROMPT_LENGTHS, cfg=NS(top_k=k), **call
+        )
+        np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(off.tokens))
+        np.testing.assert_array_equal(
+            np.asarray(out.processed_logprobs), np.asarray(off.processed_logprobs)
+        )
 
 
 def test_decoders_dict_and_bad_prompts():

@@ -181,7 +181,7 @@ def validate_config(cfg: Any, name: str, vocab_size: int) -> None:
     _check_range(cfg, "temperature", 0.0, np.inf, False, True)
     if name == "stochastic_beam" and float(get(cfg, "temperature")) == 0.0:
         _fail("decoder.temperature=0 is not allowed for stochastic_beam; allowed: (0, inf)")
-    _check_int(cfg, "top_k", 0, vocab_size)
+    _check_int(cfg, "top_k", 0)  # top_k >= vocab_size keeps every token, as in Hugging Face
     _check_range(cfg, "top_p", 0.0, 1.0, True, False)
     _check_range(cfg, "typical_p", 0.0, 1.0, True, False)
     _check_range(cfg, "min_p", 0.0, 1.0, False, False)

@@ -192,6 +192,8 @@ def _run(
         prompt_ids=prompt_ids,
     )
     flags = proc.flags_from_cfg(lambda k: get(cfg, k))
+    if flags.top_k >= vocab_size:  # no truncation: the program of top_k=0, not a new compile
+        flags = flags._replace(top_k=0)
     if name == "greedy":  # truncation cannot change the argmax
         flags = proc.ProcessorFlags(flags.penalties, flags.no_repeat_ngram_size)
     return _sample_program(
