@@ -388,6 +388,69 @@ def test_diverse_beam_one_group_is_beam_and_groups_diverge():
     assert np.all(np.diff(d4.scores[0]) <= 0)
 
 
+# ----- min_length: no EOS before it, for every decoder -----
+
+
+def test_min_length_for_every_decoder():
+    """EOS is the most probable token from every state, so without min_length every decoder
+    would stop at once; with min_length = 3 none ends before 3 continuation tokens, greedy
+    ends at exactly 3, and the sampled distributions are renormalized over the other tokens
+    while EOS is forbidden (the model's own log-probs are reported unchanged)."""
+    v, m = 9, 3
+    table = markov_table(v, 6)
+    table[:, EOS_ID] = table.max(axis=1) + 1.0
+    lp = log_softmax64(table)
+    params, kw = jnp.asarray(table), dict(max_len=10, vocab_size=v, key=2)
+    cfgs = {
+        "greedy": NS(min_length=m),
+        "sample": NS(min_length=m),
+        "beam": NS(min_length=m, beam_size=3),
+        "stochastic_beam": NS(min_length=m, beam_size=3),
+        "diverse_beam": NS(min_length=m, beam_size=4, num_groups=2, diversity_penalty=0.5),
+    }
+    for name, cfg in cfgs.items():
+        out = DECODERS[name](
+            markov_step,
+            params,
+            jnp.zeros(3),
+            PROMPTS,
+            PROMPT_LENGTHS,
+            cfg=cfg,
+            num_samples=20,
+            **kw,
+        )
+        out = to_numpy(out)
+        gen = out.lengths - PROMPT_LENGTHS[:, None]  # continuation tokens, EOS excluded
+        real = np.isfinite(out.scores)
+        assert out.ended.any(), name
+        assert np.all(gen[out.ended] >= m), name
+        if name in ("greedy", "sample"):
+            assert np.all(out.ended) and np.any(gen == m), name
+        if name == "greedy":
+            np.testing.assert_array_equal(gen, m)
+        for i, j in zip(*np.nonzero(real)):  # model log-probs: unchanged by the EOS mask
+            plen = PROMPT_LENGTHS[i]
+            seq = out.tokens[i, j, plen : out.lengths[i, j]].tolist()
+            prompt = PROMPTS[i, :plen].tolist()
+            want = brute_force_logprob(lp, prompt, seq, out.ended[i, j])
+            np.testing.assert_allclose(
+                out.logprobs[i, j].sum() + out.eos_logprob[i, j], want, rtol=1e-5
+            )
+            if name in ("sample", "stochastic_beam"):  # sampled from the renormalized steps
+                prev, total = (prompt[-1] if prompt else 1), 0.0
+                for n, tok in enumerate(seq):
+                    total += lp[prev, tok] - (np.log1p(-np.exp(lp[prev, EOS_ID])) if n < m else 0)
+                    prev = tok
+                total += lp[prev, EOS_ID] if out.ended[i, j] else 0.0
+                got = out.processed_logprobs[i, j].sum() + out.eos_processed_logprob[i, j]
+                np.testing.assert_allclose(got, total, rtol=1e-5)
+    # without min_length the best beam is the empty continuation (EOS is the argmax everywhere)
+    out = beam(
+        markov_step, params, jnp.zeros(3), PROMPTS, PROMPT_LENGTHS, cfg=NS(beam_size=3), **kw
+    )
+    assert np.all(out.lengths[:, 0] == PROMPT_LENGTHS) and out.ended[:, 0].all()
+
+
 # ----- sampling distribution and truncation sets -----
 
 
@@ -480,6 +543,15 @@ TRUNCATION_CASES = [
     # top-p on the renormalized top-4 (0.35, 0.24, 0.24, 0.18): {4, 5, 6} reaches 0.82 >= 0.8;
     # on the unrenormalized p it would also keep 7
     ({"top_k": 4, "top_p": 0.8}, {4, 5, 6}),
+    # min_tokens_to_keep (Hugging Face): at least m tokens, the most probable ones (ties at the
+    # m-th kept), except typical-p, which keeps the m least deviating ones
+    ({"top_k": 1, "min_tokens_to_keep": 3}, {4, 5, 6}),
+    ({"top_p": 0.25, "min_tokens_to_keep": 2}, {4, 5, 6}),  # 6 ties with the 2nd
+    ({"typical_p": 0.3, "min_tokens_to_keep": 3}, {5, 6, 7}),  # not the argmax 4
+    ({"typical_p": 0.3, "min_tokens_to_keep": 4}, {4, 5, 6, 7}),
+    ({"min_p": 0.9, "min_tokens_to_keep": 3}, {4, 5, 6}),
+    ({"epsilon": 0.5, "min_tokens_to_keep": 4}, {4, 5, 6, 7}),
+    ({"eta": 0.9, "min_tokens_to_keep": 4}, {4, 5, 6, 7}),  # eta alone: p > 0.168, {4, 5, 6}
 ]
 
 
@@ -487,8 +559,10 @@ TRUNCATION_CASES = [
 def test_truncation_sets(knobs, allowed):
     from seqgen.decoding import processors as proc
 
-    # hand check of the reference: H = 1.7307; deviations 5, 6: 0.121, 7: 0.166, 4: 0.527
+    # hand check of the reference: H = 1.7307; deviations 5, 6: 0.121, 7: 0.166, 4: 0.527, so
+    # typical-p drops the most probable token 4
     assert typical_set(P_FIXED, 0.3) == {5, 6}
+    assert eta_set(P_FIXED, 0.9) == {4, 5, 6}
     assert typical_set(P_FIXED, 0.9) == {4, 5, 6, 7, 8}
     x = fixed_logits()
     flags = proc.flags_from_cfg(lambda k: knobs.get(k, proc_defaults()[k]))
@@ -517,7 +591,8 @@ def test_truncation_sets(knobs, allowed):
 def proc_defaults() -> dict:
     from seqgen.decoding.common import DEFAULTS, TRACED_KNOBS
 
-    return {k: DEFAULTS[k] for k in (*TRACED_KNOBS, "top_k", "no_repeat_ngram_size")}
+    static = ("top_k", "no_repeat_ngram_size", "min_tokens_to_keep")
+    return {k: DEFAULTS[k] for k in (*TRACED_KNOBS, *static)}
 
 
 # ----- stochastic beam: distinct samples without replacement, unbiased estimator -----
@@ -660,13 +735,22 @@ def test_traced_knobs_do_not_recompile():
     sample(counting_step, table, jnp.zeros(2), cfg=NS(temperature=0.7, top_p=0.9), **kw)
     after_first = TRACES["n"]
     assert after_first > 0
-    sample(counting_step, table, jnp.zeros(2), cfg=NS(temperature=1.3, top_p=0.8), **kw)
+    sample(
+        counting_step, table, jnp.zeros(2), cfg=NS(temperature=1.3, top_p=0.8, min_length=2), **kw
+    )
     sample(counting_step, table, jnp.zeros(2), cfg=NS(temperature=0.0, top_p=0.5), **kw)
     assert TRACES["n"] == after_first
     bcfg = dict(beam_size=2, length_penalty="gnmt")
     beam(counting_step, table, jnp.zeros(2), cfg=NS(alpha=0.6, **bcfg), max_len=6, vocab_size=9)
     after_beam = TRACES["n"]
-    beam(counting_step, table, jnp.zeros(2), cfg=NS(alpha=1.0, **bcfg), max_len=6, vocab_size=9)
+    beam(
+        counting_step,
+        table,
+        jnp.zeros(2),
+        cfg=NS(alpha=1.0, min_length=3, **bcfg),
+        max_len=6,
+        vocab_size=9,
+    )
     assert TRACES["n"] == after_beam
 
 
@@ -689,6 +773,10 @@ def test_traced_knobs_do_not_recompile():
         ({"name": "sample", "repetition_penalty": 0.0}, {}, "repetition_penalty"),
         ({"name": "sample", "no_repeat_ngram_size": -1}, {}, "no_repeat_ngram_size"),
         ({"name": "beam", "length_penalty": "log"}, {}, "length_penalty"),
+        ({"name": "beam", "min_length": -1}, {}, "min_length"),
+        ({"name": "greedy", "min_length": 1.5}, {}, "min_length"),
+        ({"name": "sample", "min_tokens_to_keep": 0}, {}, "min_tokens_to_keep"),
+        ({"name": "sample", "min_tokens_to_keep": 11}, {}, "min_tokens_to_keep"),
         ({"name": "beam", "alpha": -1.0}, {}, "alpha"),
         ({"name": "diverse_beam", "beam_size": 4, "num_groups": 3}, {}, "num_groups"),
         ({"name": "diverse_beam", "diversity_penalty": -1.0}, {}, "diversity_penalty"),
