@@ -264,6 +264,54 @@ def test_beam_n_best_equals_brute_force(length_penalty):
     assert cut_above_fin > 0  # some cut hypothesis outranks a finished one
 
 
+def reference_beam(table_lp, prompt, max_len, k, length_penalty, alpha, min_length):
+    """Beam search in plain Python, float64, WITHOUT early stopping: t5x's rule (every EOS among
+    the 2K best candidates enters the pool of the K best finished), K best non-EOS stay live,
+    then finished and cut hypotheses by one normalized score. Returns the K best scores."""
+    norm = LENGTH_PENALTY_FN[length_penalty]
+    budget, v = max_len - len(prompt), table_lp.shape[0]
+    live, fin = [(0.0, prompt[-1] if prompt else 1)], []
+    for n in range(budget):  # n continuation tokens so far
+        cands = [
+            (s + table_lp[last, tok], tok)
+            for s, last in live
+            for tok in range(v)
+            if tok != EOS_ID or n >= min_length
+        ]
+        top = sorted(cands, key=lambda c: -c[0])[: 2 * k]
+        fin = sorted(fin + [c[0] / norm(n + 1, alpha) for c in top if c[1] == EOS_ID])[::-1][:k]
+        live = [c for c in top if c[1] != EOS_ID][:k]
+    return sorted(fin + [s / norm(budget, alpha) for s, _ in live])[::-1][:k]
+
+
+@pytest.mark.parametrize("length_penalty", ["none", "average", "gnmt", "power"])
+def test_beam_stopping_rule_is_exact(length_penalty):
+    """K = 3 (fewer beams than hypotheses): the early-stopped beam returns the scores of a plain
+    beam search that runs every step, for every normalizer, prompt length and min_length."""
+    v, max_len, alpha = 7, 9, 0.8
+    table = markov_table(v, 14, scale=2.0)  # EOS ranked >= K matters in 6 of 24 cases
+    lp = log_softmax64(table)
+    prompts, plens = np.array([[4, 5, 6], [6, 0, 0], [0, 0, 0]], np.int32), PROMPT_LENGTHS
+    for min_length in (0, 2):
+        cfg = NS(beam_size=3, length_penalty=length_penalty, alpha=alpha, min_length=min_length)
+        out = to_numpy(
+            beam(
+                markov_step,
+                jnp.asarray(table),
+                jnp.zeros(3),
+                prompts,
+                plens,
+                max_len=max_len,
+                vocab_size=v,
+                cfg=cfg,
+            )
+        )
+        for i, plen in enumerate(plens):
+            prompt = prompts[i, :plen].tolist()
+            want = reference_beam(lp, prompt, max_len, 3, length_penalty, alpha, min_length)
+            np.testing.assert_allclose(out.scores[i], want, rtol=1e-5)
+
+
 def brute_force_logprob(table_lp, prompt, seq, ended) -> float:
     prev, total = (prompt[-1] if prompt else 1), 0.0
     for tok in seq:

@@ -217,16 +217,24 @@ def _beam_program(
 
     state, ys = jax.lax.scan(body, state, (jnp.arange(t_max), prompts.T))
 
-    # n-best: finished and cut hypotheses by one normalized score (a done group's live beams
-    # cannot beat its pool and are left out), then empty slots. top_k puts the lower index
-    # first among equal scores: finished (the first K) before cut.
+    # n-best: each group's Kg best of its finished and cut hypotheses by one normalized score
+    # (a done group's live beams cannot beat its pool and are left out, so the stopping rule
+    # is exact per group), then all groups' picks best first; empty slots last. top_k puts the
+    # lower index first among equal scores: finished (the first K) before cut.
     group_done = jnp.repeat(state["done"], kg, axis=1)  # [B, K]
     live_ok = jnp.isfinite(state["live"]) & ~group_done
     live_score = length_norm(state["live"], lmax[:, None], length_penalty, alpha)
-    score = jnp.concatenate(
-        [state["fin_score"], jnp.where(live_ok, live_score, -jnp.inf)], axis=1
-    )  # [B, 2K]
-    best, order = jax.lax.top_k(score, k)  # [B, K] best first
+    live_score = jnp.where(live_ok, live_score, -jnp.inf)
+    picks, picked = [], []
+    for g in range(g_num):
+        sl = slice(g * kg, (g + 1) * kg)
+        top, idx = jax.lax.top_k(
+            jnp.concatenate([state["fin_score"][:, sl], live_score[:, sl]], axis=1), kg
+        )  # [B, Kg], index into [fin of g, live of g]
+        picks.append(top)
+        picked.append(jnp.where(idx < kg, g * kg + idx, k + g * kg + idx - kg))
+    best, pos = jax.lax.top_k(jnp.concatenate(picks, axis=1), k)  # [B, K] best first
+    order = _take(jnp.concatenate(picked, axis=1), pos)  # [B, K] index into `score`
     real = jnp.isfinite(best)
     ended = real & (order < k)
     length = _take(
@@ -320,7 +328,8 @@ def beam(
     K = 1 follows greedy's path (its live beam is the best non-EOS child) but, by t5x's rule,
     also keeps an EOS ending that ranked second: with `length_penalty=none` it returns greedy's
     sequence or an EOS-ended prefix of it that scores higher (with a normalizer it may also go
-    on past greedy's EOS). EOS is forbidden before `min_length` continuation tokens. Deterministic: `key`, `num_samples` and `prompt_ids` are ignored.
+    on past greedy's EOS). EOS is forbidden before `min_length` continuation tokens.
+    Deterministic: `key`, `num_samples` and `prompt_ids` are ignored.
     """
     del key, num_samples, prompt_ids
     return _run_beam(
@@ -360,8 +369,8 @@ def diverse_beam(
     the paper's Hamming diversity term for the current time step only. As in the paper, the
     penalty steers selection but is not added to the stored sequence log-probs, which are what
     the finished pools rank by (Hugging Face instead accumulates the penalty into the scores).
-    Each group is a beam search of its own (finished pool, stopping rule, as `beam`); the output
-    is the K best of all groups, best first. G = 1 is `beam`.
+    Each group is a beam search of its own (finished pool, stopping rule, finalization, as
+    `beam`); the output is every group's K / G best, all sorted best first. G = 1 is `beam`.
     """
     del key, num_samples, prompt_ids
     return _run_beam(
