@@ -5,9 +5,10 @@ these dataclasses; `validate_config` checks ranges and choices. Both kinds of mi
 user as one line (`seqgen.errors.UserError`), never a traceback.
 
 Static vs traced: sizes (`decode.max_len`, `decoder.beam_size`, `decode.num_samples`,
-`decoder.top_k`, `decoder.no_repeat_ngram_size`, `decoder.num_groups`) change array shapes and
-recompile; continuous knobs (`temperature`, `top_p`, `typical_p`, `min_p`, `epsilon`, `eta`,
-penalties, `alpha`, `diversity_penalty`) are traced and sweeping them reuses one compile.
+`decoder.top_k`, `decoder.min_tokens_to_keep`, `decoder.no_repeat_ngram_size`,
+`decoder.num_groups`) change array shapes and recompile; continuous knobs (`temperature`,
+`top_p`, `typical_p`, `min_p`, `epsilon`, `eta`, penalties, `alpha`, `diversity_penalty`) and
+`decoder.min_length` are traced and sweeping them reuses one compile.
 """
 
 from __future__ import annotations
@@ -89,13 +90,15 @@ class DecoderConfig:
     min_p: float = 0.0
     epsilon: float = 0.0
     eta: float = 0.0
+    min_tokens_to_keep: int = 1  # every truncation keeps at least this many tokens (static)
+    min_length: int = 0  # EOS forbidden before this many continuation tokens (traced)
     repetition_penalty: float = 1.0
     penalize_prompt: bool = True
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     no_repeat_ngram_size: int = 0
     beam_size: int = 4
-    length_penalty: str = "none"  # none | average | gnmt
+    length_penalty: str = "none"  # none | average | gnmt | power
     alpha: float = 0.6
     num_groups: int = 1
     diversity_penalty: float = 0.0
@@ -182,7 +185,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "data.unknown": ("error", "unk"),
     "model.cell": CELLS,
     "decoder.name": DECODER_NAMES,
-    "decoder.length_penalty": ("none", "average", "gnmt"),
+    "decoder.length_penalty": ("none", "average", "gnmt", "power"),
     "logger.name": ("none", "wandb"),
     "logger.mode": ("online", "offline", "disabled"),
 }
@@ -220,6 +223,8 @@ _RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "decoder.min_p": (0, 1, False, False),
     "decoder.epsilon": (0, 1, False, True),
     "decoder.eta": (0, 1, False, True),
+    "decoder.min_tokens_to_keep": (1, None, False, False),
+    "decoder.min_length": (0, None, False, False),
     "decoder.repetition_penalty": (0, None, True, False),
     "decoder.no_repeat_ngram_size": (0, None, False, False),
     "decoder.beam_size": (1, None, False, False),

@@ -43,7 +43,7 @@ def decoder_label(dec: Any) -> str:
     defaults = to_dict(DecoderConfig())
     name = d["name"]
     relevant = {
-        "greedy": (),
+        "greedy": ("min_length",),
         "sample": (
             "temperature",
             "top_k",
@@ -56,10 +56,18 @@ def decoder_label(dec: Any) -> str:
             "presence_penalty",
             "frequency_penalty",
             "no_repeat_ngram_size",
+            "min_tokens_to_keep",
+            "min_length",
         ),
-        "beam": ("beam_size", "length_penalty", "alpha", "no_repeat_ngram_size"),
-        "stochastic_beam": ("beam_size", "temperature"),
-        "diverse_beam": ("beam_size", "num_groups", "diversity_penalty", "length_penalty"),
+        "beam": ("beam_size", "length_penalty", "alpha", "no_repeat_ngram_size", "min_length"),
+        "stochastic_beam": ("beam_size", "temperature", "min_length"),
+        "diverse_beam": (
+            "beam_size",
+            "num_groups",
+            "diversity_penalty",
+            "length_penalty",
+            "min_length",
+        ),
     }[name]
     knobs = [f"{k}={d[k]}" for k in relevant if d.get(k) != defaults.get(k)]
     if name in ("beam", "stochastic_beam", "diverse_beam") and "beam_size" not in str(knobs):
