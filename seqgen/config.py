@@ -155,6 +155,7 @@ class Config:
     output: OutputConfig = field(default_factory=OutputConfig)
     seed: int = 0
     cache_dir: str | None = None  # trained-model cache; default $SEQGEN_CACHE or ~/.cache/seqgen
+    cache_on_damage: str = "retrain"  # a damaged cache entry: retrain | error
     distributed: bool = False  # jax.distributed.initialize() for multi-host TPU pods / GPU clusters
     experiment_name: str = "default"
 
@@ -188,6 +189,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "decoder.length_penalty": ("none", "average", "gnmt", "power"),
     "logger.name": ("none", "wandb"),
     "logger.mode": ("online", "offline", "disabled"),
+    "cache_on_damage": ("retrain", "error"),
 }
 
 # key -> (low, high, low_open, high_open); None = unbounded

@@ -19,7 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from seqgen.config import register_configs, validate_config
-from seqgen.errors import UserError
+from seqgen.errors import TrainingInterrupted, UserError
 
 log = logging.getLogger("seqgen")
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -41,6 +41,12 @@ def main(cfg: DictConfig) -> Any:
     try:
         validate_config(cfg)
         return run_experiment(cfg, out_dir=out_dir)
+    except TrainingInterrupted as exc:  # SIGINT / SIGTERM: checkpoint saved; stop the sweep too
+        print(exc, file=sys.stderr, flush=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside training
+        print("interrupted", file=sys.stderr, flush=True)
+        sys.exit(130)
     except UserError as exc:
         _fail(str(exc))
         if multirun:  # keep the other jobs of the sweep going; the summary lists this one
