@@ -1,25 +1,33 @@
 """Checkpoints (orbax) for interruption-safe training, and the content-addressed model cache.
 
 `TrainCheckpointer(dir)` keeps two orbax `CheckpointManager`s, each with one checkpoint:
-`dir/latest` (written every `checkpoint_every` steps and on Ctrl-C) and `dir/best` (written when
-the validation loss improves). Each checkpoint holds the items `params` and `opt_state`
-(StandardSave array trees) and `meta` (JSON: step, data position, seed, best validation loss).
-No pickle anywhere.
+`dir/latest` (written every `checkpoint_every` steps and on SIGINT/SIGTERM) and `dir/best`
+(written when the validation loss improves). Each checkpoint holds the items `params` and
+`opt_state` (StandardSave array trees) and `meta` (JSON: step, data position, seed, best
+validation loss). No pickle anywhere.
 
 `ModelCache(root)` stores trained models under `root/<sha256 key>/` with `model/` (orbax),
 `vocab.json` and `meta.json`; `meta.json` is written last, so its presence means "complete".
-A `filelock.FileLock` per key makes concurrent jobs train a given model only once.
+The key hashes the data fingerprint, model and train configs, seed, seqgen's version and
+`MODEL_FORMAT`; `meta.json` records the last two and the sha256 of every file of `model/` and
+of `vocab.json`. `load_model` verifies all of it (and the vocabulary against the corpus's)
+before it reads an array: a damaged entry raises `DamagedCacheEntry`, never a half-loaded model.
+A `filelock.FileLock` per key makes concurrent jobs train a given model only once; the holder's
+PID is written beside the lock so a waiting job can say whom it waits for.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import shutil
+import socket
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +35,16 @@ import filelock
 import jax
 import orbax.checkpoint as ocp
 from flax import nnx
+
+from seqgen.data.text import sha256_file
+from seqgen.errors import UserError
+
+log = logging.getLogger("seqgen")
+
+# The on-disk and training semantics of a cached model. Bump it with any change to seqgen/models,
+# seqgen/train.py or the data pipeline that changes what a given config trains to: it is part of
+# every cache key, so old entries are then retrained instead of loaded.
+MODEL_FORMAT = 2
 
 # --------------------------------------------------------------------------------------------
 # Training checkpoints
@@ -93,6 +111,12 @@ class TrainCheckpointer:
         for mgr in self._managers.values():
             mgr.close()
 
+    def clear(self) -> None:
+        """Delete every checkpoint (e.g. an unreadable one) and start empty."""
+        self.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
+        self.__init__(self.directory)
+
 
 # --------------------------------------------------------------------------------------------
 # Content-addressed model cache
@@ -136,8 +160,20 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(_plain(obj), sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
+class DamagedCacheEntry(UserError):
+    """A cache entry that cannot be trusted: unreadable, incomplete, altered or of another
+    format. With `cache_on_damage=retrain` (the default) it is retrained, else reported."""
+
+
+def _entry_hashes(entry: Path) -> dict[str, str]:
+    """sha256 of `vocab.json` and of every file under `model/`, by path within the entry."""
+    files = [entry / "vocab.json", *sorted((entry / "model").rglob("*"))]
+    return {p.relative_to(entry).as_posix(): sha256_file(p) for p in files if p.is_file()}
+
+
 class ModelCache:
-    """Trained models keyed by sha256(data fingerprint, model config, train config, seed)."""
+    """Trained models keyed by sha256(data fingerprint, model config, train config, seed,
+    seqgen version, model format)."""
 
     def __init__(self, root: str | os.PathLike | None = None):
         self.root = (Path(root) if root is not None else default_cache_root()).absolute()
@@ -151,6 +187,7 @@ class ModelCache:
             "model": model_cfg,
             "train": train_cfg,
             "seed": int(seed),
+            **_code_version(),
         }
         return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
 
@@ -160,15 +197,33 @@ class ModelCache:
     def exists(self, key: str) -> bool:
         return (self.path(key) / "meta.json").is_file()
 
-    def lock(self, key: str, timeout: float = -1) -> filelock.FileLock:
-        """Inter-process lock for `key` (use as a context manager); -1 waits forever."""
-        return filelock.FileLock(str(self.root / f"{key}.lock"), timeout=timeout)
+    @contextlib.contextmanager
+    def lock(self, key: str) -> Iterator[None]:
+        """Hold the inter-process lock of `key`; log whom we wait for when another job has it."""
+        lock = filelock.FileLock(str(self.root / f"{key}.lock"))
+        owner = self.root / f"{key}.lock.owner"
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            try:
+                holder = owner.read_text().strip() or "unknown"
+            except OSError:
+                holder = "unknown"
+            log.info("waiting for the cache lock (held by PID %s): %s", holder, self.path(key))
+            lock.acquire()
+        try:
+            _atomic_write(owner, f"{os.getpid()} on {socket.gethostname()}")
+            yield
+        finally:
+            owner.unlink(missing_ok=True)
+            lock.release()
 
     def save_model(self, key: str, model: nnx.Module, vocab_json: str, meta: Mapping) -> Path:
         """Write the model's parameters, `vocab.json`, then `meta.json` (last, atomically).
 
-        Other files in the key's directory (e.g. a `train_ckpt/` that `train` resumes from)
-        are left alone. Call it while holding `lock(key)`.
+        `meta.json` gets `seqgen_version`, `model_format` and `sha256` (of each file of
+        `model/` and of `vocab.json`) besides `meta`. Other files in the key's directory (e.g.
+        a `train_ckpt/` that `train` resumes from) are left alone. Call it holding `lock(key)`.
         """
         final = self.path(key)
         final.mkdir(parents=True, exist_ok=True)
@@ -184,40 +239,118 @@ class ModelCache:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         _atomic_write(final / "vocab.json", vocab_json)
-        _atomic_write(final / "meta.json", json.dumps(_plain(meta), indent=2, sort_keys=True))
+        full = {**_plain(meta), **_code_version(), "sha256": _entry_hashes(final)}
+        _atomic_write(final / "meta.json", json.dumps(full, indent=2, sort_keys=True))
         return final
 
-    def load_model(self, key: str, model_template: nnx.Module) -> tuple[nnx.Module, dict]:
-        """Load the parameters of `key` into `model_template` (updated in place); + meta."""
+    def check(self, key: str, vocab_json: str | None = None) -> dict:
+        """The verified `meta.json` of `key`; `DamagedCacheEntry` naming what is wrong.
+
+        Checks that meta.json is a JSON object of this `MODEL_FORMAT`, that every file it
+        lists has its recorded sha256 and `model/` holds no other file, and (when given) that
+        `vocab.json` equals `vocab_json` as JSON.
+        """
+        path = self.path(key)
+
+        def damaged(reason: str) -> DamagedCacheEntry:
+            return DamagedCacheEntry(f"model cache entry {path} is damaged: {reason}")
+
+        try:
+            meta = json.loads((path / "meta.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise damaged(f"meta.json is unreadable ({type(exc).__name__})") from None
+        if not isinstance(meta, dict) or not isinstance(meta.get("sha256"), dict):
+            raise damaged("meta.json holds no checksums (written by an older seqgen?)")
+        if meta.get("model_format") != MODEL_FORMAT:
+            raise damaged(
+                f"model format {meta.get('model_format')!r}, this seqgen reads {MODEL_FORMAT}"
+            )
+        expected, actual = meta["sha256"], _entry_hashes(path)
+        for name in sorted(set(expected) | set(actual)):
+            if name not in actual:
+                raise damaged(f"{name} is missing")
+            if name not in expected:
+                raise damaged(f"{name} is not in meta.json's checksums")
+            if actual[name] != expected[name]:
+                raise damaged(f"{name} does not match its sha256 in meta.json")
+        if vocab_json is not None:
+            try:
+                same = json.loads((path / "vocab.json").read_text()) == json.loads(vocab_json)
+            except (OSError, ValueError):
+                same = False
+            if not same:
+                raise damaged("vocab.json differs from the corpus's vocabulary")
+        return meta
+
+    def load_model(
+        self, key: str, model_template: nnx.Module, vocab_json: str | None = None
+    ) -> tuple[nnx.Module, dict]:
+        """Load the verified parameters of `key` into `model_template` (in place); + meta.
+
+        `FileNotFoundError` if there is no complete entry; `DamagedCacheEntry` if `check`
+        fails or the arrays do not restore into the template (the template is then unchanged).
+        """
         path = self.path(key)
         if not self.exists(key):
             raise FileNotFoundError(f"no complete cached model {key} under {self.root}")
+        meta = self.check(key, vocab_json)
         target = _abstract(nnx.state(model_template, nnx.Param))
         ckptr = ocp.StandardCheckpointer()
-        params = ckptr.restore(path / "model", target)
-        ckptr.close()
+        try:
+            params = ckptr.restore(path / "model", target)
+        except Exception as exc:  # shapes or tree of another model: not this config's entry
+            msg = f"model cache entry {path} is damaged: its arrays do not restore ({exc})"
+            raise DamagedCacheEntry(" ".join(msg.split())[:300]) from None
+        finally:
+            ckptr.close()
         nnx.update(model_template, params)
-        return model_template, json.loads((path / "meta.json").read_text())
+        return model_template, meta
 
     def load_vocab_json(self, key: str) -> str:
         return (self.path(key) / "vocab.json").read_text()
+
+    def discard(self, key: str) -> None:
+        """Delete the entry of `key` (its training checkpoints too). Call it holding the lock."""
+        shutil.rmtree(self.path(key), ignore_errors=True)
 
     def get_or_train(
         self,
         key: str,
         model_template: nnx.Module,
         train_fn: Callable[[], tuple[nnx.Module, str, Mapping]],
+        *,
+        vocab_json: str | None = None,
+        retrain_damaged: bool = True,
     ) -> tuple[nnx.Module, dict, bool]:
         """Load `key`, or train it under the lock: `train_fn() -> (model, vocab_json, meta)`.
 
         Concurrent callers with the same key wait on the lock; only the first trains, the
-        others load its result. Returns (model, meta, trained_here).
+        others load its result. A damaged entry (see `check`; `vocab_json` is the corpus's
+        vocabulary) is discarded and retrained with one warning line, or, unless
+        `retrain_damaged`, raises `DamagedCacheEntry`. Returns (model, meta, trained_here).
         """
         if self.exists(key):
-            return (*self.load_model(key, model_template), False)
+            # a damaged or vanishing entry is dealt with under the lock, below
+            with contextlib.suppress(DamagedCacheEntry, FileNotFoundError):
+                return (*self.load_model(key, model_template, vocab_json), False)
         with self.lock(key):
             if self.exists(key):
-                return (*self.load_model(key, model_template), False)
-            model, vocab_json, meta = train_fn()
-            self.save_model(key, model, vocab_json, meta)
-            return model, json.loads((self.path(key) / "meta.json").read_text()), True
+                try:
+                    return (*self.load_model(key, model_template, vocab_json), False)
+                except DamagedCacheEntry as exc:
+                    if not retrain_damaged:
+                        raise DamagedCacheEntry(
+                            f"{exc}; delete it, or rerun with cache_on_damage=retrain"
+                        ) from None
+                    log.warning("%s; retraining it", exc)
+                    self.discard(key)
+            model, vocab, meta = train_fn()
+            self.save_model(key, model, vocab, meta)
+            return model, self.check(key), True
+
+
+def _code_version() -> dict[str, Any]:
+    """seqgen's version and `MODEL_FORMAT`: part of every cache key and of `meta.json`."""
+    import seqgen
+
+    return {"seqgen_version": seqgen.__version__, "model_format": MODEL_FORMAT}

@@ -5,14 +5,16 @@ these dataclasses; `validate_config` checks ranges and choices. Both kinds of mi
 user as one line (`seqgen.errors.UserError`), never a traceback.
 
 Static vs traced: sizes (`decode.max_len`, `decoder.beam_size`, `decode.num_samples`,
-`decoder.top_k`, `decoder.no_repeat_ngram_size`, `decoder.num_groups`) change array shapes and
-recompile; continuous knobs (`temperature`, `top_p`, `typical_p`, `min_p`, `epsilon`, `eta`,
-penalties, `alpha`, `diversity_penalty`) are traced and sweeping them reuses one compile.
+`decoder.top_k`, `decoder.min_tokens_to_keep`, `decoder.no_repeat_ngram_size`,
+`decoder.num_groups`) change array shapes and recompile; continuous knobs (`temperature`,
+`top_p`, `typical_p`, `min_p`, `epsilon`, `eta`, penalties, `alpha`, `diversity_penalty`) and
+`decoder.min_length` are traced and sweeping them reuses one compile.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
@@ -88,13 +90,15 @@ class DecoderConfig:
     min_p: float = 0.0
     epsilon: float = 0.0
     eta: float = 0.0
+    min_tokens_to_keep: int = 1  # every truncation keeps at least this many tokens (static)
+    min_length: int = 0  # EOS forbidden before this many continuation tokens (traced)
     repetition_penalty: float = 1.0
     penalize_prompt: bool = True
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     no_repeat_ngram_size: int = 0
     beam_size: int = 4
-    length_penalty: str = "none"  # none | average | gnmt
+    length_penalty: str = "none"  # none | average | gnmt | power
     alpha: float = 0.6
     num_groups: int = 1
     diversity_penalty: float = 0.0
@@ -109,6 +113,9 @@ class DecodeConfig:
     num_prompts: int = 100  # held-out prompts (prompts=heldout)
     prompt_len: int = 16  # tokens of each held-out prefix
     batch_size: int = 256  # rows decoded per compiled call
+    # the most token positions one decoder's outputs may hold (rows x decode.max_len); a larger
+    # decode is refused before any work: 1e8 positions are ~1.6 GB of ids and log-probs
+    max_tokens: int = 100_000_000
 
 
 @dataclass
@@ -148,6 +155,7 @@ class Config:
     output: OutputConfig = field(default_factory=OutputConfig)
     seed: int = 0
     cache_dir: str | None = None  # trained-model cache; default $SEQGEN_CACHE or ~/.cache/seqgen
+    cache_on_damage: str = "retrain"  # a damaged cache entry: retrain | error
     distributed: bool = False  # jax.distributed.initialize() for multi-host TPU pods / GPU clusters
     experiment_name: str = "default"
 
@@ -178,9 +186,10 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "data.unknown": ("error", "unk"),
     "model.cell": CELLS,
     "decoder.name": DECODER_NAMES,
-    "decoder.length_penalty": ("none", "average", "gnmt"),
+    "decoder.length_penalty": ("none", "average", "gnmt", "power"),
     "logger.name": ("none", "wandb"),
     "logger.mode": ("online", "offline", "disabled"),
+    "cache_on_damage": ("retrain", "error"),
 }
 
 # key -> (low, high, low_open, high_open); None = unbounded
@@ -216,6 +225,8 @@ _RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "decoder.min_p": (0, 1, False, False),
     "decoder.epsilon": (0, 1, False, True),
     "decoder.eta": (0, 1, False, True),
+    "decoder.min_tokens_to_keep": (1, None, False, False),
+    "decoder.min_length": (0, None, False, False),
     "decoder.repetition_penalty": (0, None, True, False),
     "decoder.no_repeat_ngram_size": (0, None, False, False),
     "decoder.beam_size": (1, None, False, False),
@@ -227,9 +238,11 @@ _RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "decode.num_prompts": (1, None, False, False),
     "decode.prompt_len": (1, None, False, False),
     "decode.batch_size": (1, None, False, False),
+    "decode.max_tokens": (1, None, False, False),
     "metrics.self_bleu_max": (2, None, False, False),
     "metrics.abc_subset": (0, None, False, False),
     "output.num_listen": (0, None, False, False),
+    "seed": (0, 2**32 - 1, False, False),  # numpy's and JAX's seeds are unsigned 32-bit
 }
 
 
@@ -273,8 +286,40 @@ def _walk(prefix: str, node: Any):
         yield prefix, node
 
 
+def unknown_key_message(full_key: str) -> str:
+    """One line for a key the schema does not have, with the likely intended key if close."""
+    import difflib
+
+    parent, _, name = full_key.rpartition(".")
+    schema = GROUP_SCHEMAS.get(re.sub(r"^compare\[\d+\]$", "decoder", parent)) if parent else Config
+    allowed = [f.name for f in fields(schema)] if schema else []
+    close = difflib.get_close_matches(name, allowed, n=1)
+    hint = f" (did you mean '{parent + '.' if parent else ''}{close[0]}'?)" if close else ""
+    where = f" in {parent}" if parent else ""
+    return f"unknown key '{full_key}'{hint}; allowed keys{where}: {', '.join(allowed)}"
+
+
+def _check_known_keys(cfg: Any) -> None:
+    """`+key=value` adds a key past the schema's struct check; refuse keys it does not have."""
+    if not isinstance(cfg, DictConfig):
+        return
+    nodes = [("", cfg, Config)]
+    nodes += [(g, cfg.get(g), schema) for g, schema in GROUP_SCHEMAS.items()]
+    nodes += [
+        (f"compare[{i}]", dec, DecoderConfig) for i, dec in enumerate(cfg.get("compare") or [])
+    ]
+    for prefix, node, schema in nodes:
+        if not isinstance(node, DictConfig):
+            continue
+        known = {f.name for f in fields(schema)} | ({"hydra"} if not prefix else set())
+        for k in node.keys():
+            if k not in known:
+                raise UserError(unknown_key_message(f"{prefix}.{k}" if prefix else str(k)))
+
+
 def validate_config(cfg: Any) -> None:
     """Check every choice and range in a composed config; raise `UserError` with one line."""
+    _check_known_keys(cfg)
     for key, value in _walk("", cfg):
         if isinstance(value, ListConfig | list):
             continue
@@ -301,11 +346,11 @@ def validate_config(cfg: Any) -> None:
             "model.tie_weights=true needs model.embed_size == model.hidden_size "
             f"(got {model.embed_size} and {model.hidden_size})"
         )
-    if cfg.decode.prompts not in ("none", "heldout", None) and not isinstance(
-        cfg.decode.prompts, ListConfig | list
-    ):
+    prompts = cfg.decode.prompts
+    is_list = isinstance(prompts, ListConfig | list)
+    if (prompts not in ("none", "heldout", None) and not is_list) or (is_list and not prompts):
         raise UserError(
-            f"decode.prompts={cfg.decode.prompts!r} is not allowed; use none, heldout, or a list "
+            f"decode.prompts={prompts!r} is not allowed; use none, heldout, or a non-empty list "
             "of strings such as decode.prompts='[\"M:6/8 K:D\"]'"
         )
 

@@ -7,3 +7,17 @@ class UserError(ValueError):
     The message is a single line naming what was wrong and what is allowed. `seqgen.run`
     prints it as `error: <message>` and exits with status 2 without a traceback.
     """
+
+
+class TrainingInterrupted(BaseException):
+    """SIGINT or SIGTERM stopped training between two steps (after saving a checkpoint).
+
+    A `BaseException`, like `KeyboardInterrupt`, so that no `except Exception` (a multirun's
+    per-job handler) swallows it and the process stops. `seqgen.run` prints the message as one
+    line and exits with `exit_code`, 128 + the signal's number: 130 for SIGINT, 143 for SIGTERM.
+    """
+
+    def __init__(self, message: str, step: int, signum: int):
+        super().__init__(message)
+        self.step = step
+        self.exit_code = 128 + int(signum)

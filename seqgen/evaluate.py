@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +43,7 @@ def decoder_label(dec: Any) -> str:
     defaults = to_dict(DecoderConfig())
     name = d["name"]
     relevant = {
-        "greedy": (),
+        "greedy": ("min_length",),
         "sample": (
             "temperature",
             "top_k",
@@ -55,10 +56,18 @@ def decoder_label(dec: Any) -> str:
             "presence_penalty",
             "frequency_penalty",
             "no_repeat_ngram_size",
+            "min_tokens_to_keep",
+            "min_length",
         ),
-        "beam": ("beam_size", "length_penalty", "alpha", "no_repeat_ngram_size"),
-        "stochastic_beam": ("beam_size", "temperature"),
-        "diverse_beam": ("beam_size", "num_groups", "diversity_penalty", "length_penalty"),
+        "beam": ("beam_size", "length_penalty", "alpha", "no_repeat_ngram_size", "min_length"),
+        "stochastic_beam": ("beam_size", "temperature", "min_length"),
+        "diverse_beam": (
+            "beam_size",
+            "num_groups",
+            "diversity_penalty",
+            "length_penalty",
+            "min_length",
+        ),
     }[name]
     knobs = [f"{k}={d[k]}" for k in relevant if d.get(k) != defaults.get(k)]
     if name in ("beam", "stochastic_beam", "diverse_beam") and "beam_size" not in str(knobs):
@@ -143,7 +152,9 @@ def decode_all(
     max_len = int(cfg.decode.max_len)
     n_out = _n_outputs(dec, int(cfg.decode.num_samples))
     per_call = max(1, int(cfg.decode.batch_size) // max(1, n_out))
+    n_chunks = -(-len(prompts) // per_call)
     outs = []
+    t0 = time.time()
     for start in range(0, len(prompts), per_call):
         chunk = prompts[start : start + per_call]
         p_len = np.array([len(p) for p in chunk], np.int32)
@@ -165,6 +176,16 @@ def decode_all(
             prompt_ids=np.arange(start, start + len(chunk), dtype=np.int32),
         )
         outs.append(jax.tree.map(np.asarray, out))
+        if n_chunks > 1:  # progress of a long decode, one line per compiled call
+            log.info(
+                "decoding %s: chunk %d/%d (%d of %d prompts) after %.1f s",
+                decoder_label(dec),
+                len(outs),
+                n_chunks,
+                min(start + per_call, len(prompts)),
+                len(prompts),
+                time.time() - t0,
+            )
     return {
         f: np.concatenate([getattr(o, f) for o in outs], axis=0)
         for f in (
@@ -232,15 +253,25 @@ def _reference_scores(reference: Any, prompts, conts, ended) -> dict[str, Any]:
 
 
 def evaluate_decoders(
-    cfg: Any, corpus: Any, model: Any, reference: Any = None
+    cfg: Any,
+    corpus: Any,
+    model: Any,
+    reference: Any = None,
+    on_result: Callable[[dict[str, Any], list[dict[str, Any]]], None] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Results (one per decoder, then `human`) and samples (one per generated sequence)."""
+    """Results (one per decoder, then `human`) and samples (one per generated sequence).
+
+    `on_result(result, samples)` is called as soon as each decoder (then the human row, with no
+    samples) is done, so a caller can write it before the next decoder starts.
+    """
     from seqgen.metrics import compute_metrics
 
     decoders = [cfg.decoder] if cfg.get("decoder") is not None else list(cfg.compare)
     if not decoders:
         raise UserError("nothing to decode: give decoder=NAME or a non-empty `compare` list")
     pr = make_prompts(cfg, corpus)
+    if corpus.oracle is not None:
+        _warn_impossible_prompts(corpus.oracle, pr.prompts)
     key = jax.random.key(int(cfg.seed))
     is_abc = corpus.name == "folk"
     results, samples = [], []
@@ -270,7 +301,8 @@ def evaluate_decoders(
             eos_model_logprobs=gen["eos_logprob"],
             abc_texts=texts if is_abc else None,
             max_len=[int(cfg.decode.max_len) - len(p) for p in gen["prompt"]],
-            best_sequences=_best_if_unprompted(cfg, dec, gen),
+            prompts=gen["prompt"],
+            best_sequences=gen["tokens"] if dec.name in NBEST_DECODERS else None,
             **_reference_scores(reference, gen["prompt"], gen["tokens"], gen["ended"]),
             **common,
         )
@@ -278,6 +310,7 @@ def evaluate_decoders(
         metrics["time/decode_s"] = t_dec
         log.info("decoded %-28s %5d sequences in %.1f s", label, len(gen["tokens"]), t_dec)
         results.append({"decoder": {**to_dict(dec), "label": label}, "metrics": metrics})
+        first = len(samples)
         for j in range(len(gen["tokens"])):
             samples.append(
                 {
@@ -290,7 +323,11 @@ def evaluate_decoders(
                     "logprob": float(np.sum(gen["logprobs"][j]) + gen["eos_logprob"][j]),
                 }
             )
+        if on_result is not None:
+            on_result(results[-1], samples[first:])
     results.append(human_row(cfg, corpus, model, pr, common, is_abc, reference))
+    if on_result is not None:
+        on_result(results[-1], [])
     return results, samples
 
 
@@ -309,14 +346,17 @@ def _kept_per_prompt(cfg: Any, dec: Any, n: int) -> int:
     return n
 
 
-def _best_if_unprompted(cfg: Any, dec: Any, gen: dict[str, list]) -> list | None:
-    """Beam decoders without prompts: their best sequence, to compare with the exact mode."""
-    if dec.name not in ("beam", "diverse_beam", "greedy") or cfg.decode.prompts not in (
-        None,
-        "none",
-    ):
-        return None
-    return gen["tokens"]
+def _warn_impossible_prompts(oracle: Any, prompts: list[np.ndarray]) -> None:
+    from seqgen.metrics.oracle import IMPOSSIBLE, prompt_states
+
+    bad = int((prompt_states(oracle, prompts, len(prompts)) == IMPOSSIBLE).sum())
+    if bad:
+        log.warning(
+            "%d of %d prompts have probability 0 under the DPFSA: their continuations are left "
+            "out of oracle/* and search/mode_found (see oracle/impossible_prompt_rate)",
+            bad,
+            len(prompts),
+        )
 
 
 def human_row(
@@ -344,6 +384,7 @@ def human_row(
         eos_model_logprobs=eos,
         abc_texts=texts if is_abc else None,
         max_len=[int(cfg.decode.max_len) - len(p) for p in pr.human_prompts],
+        prompts=pr.human_prompts,
         **_reference_scores(reference, pr.human_prompts, pr.human, pr.human_ended),
         **common,
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -19,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from seqgen.config import to_dict
 from seqgen.errors import UserError
+from seqgen.preflight import check_divergence
 from seqgen.tokens import BOS_ID
 
 log = logging.getLogger("seqgen")
@@ -86,7 +88,9 @@ def get_model(cfg: Any, corpus: Any, tracker: Any = None) -> LoadedModel:
     """The oracle (`model=oracle`), or the cached model, training it first if needed.
 
     Jobs that ask for the same model take a file lock on its cache entry, so only one trains
-    and the others load what it saved.
+    and the others load what it saved. A loaded entry is verified first (checksums, format,
+    vocabulary; a damaged one is retrained or, with `cache_on_damage=error`, reported) and
+    its held-out metrics are recomputed, not read back.
     """
     if cfg.model.cell == "oracle":
         return _oracle_model(corpus)
@@ -94,63 +98,65 @@ def get_model(cfg: Any, corpus: Any, tracker: Any = None) -> LoadedModel:
     from seqgen.checkpoint import ModelCache
     from seqgen.data.batching import batch_iterator, eval_batches
     from seqgen.models import count_params, make_init_carry_fn, make_step_fn
-    from seqgen.train import evaluate, train
+    from seqgen.train import train
 
     cache = ModelCache(default_cache_dir(cfg) / "models")
     key = model_cache_key(cfg, corpus)
     if key in _LOADED:  # a later job of a sweep in this process: same step_fn, no recompile
         hit = _LOADED[key]
         return replace(hit, info={**hit.info, "cached": True})
-    vocab_size = len(corpus.vocab)
-    template = build_model(cfg.model, vocab_size, int(cfg.seed))
-    with cache.lock(key):
-        if cache.exists(key):
-            model, meta = cache.load_model(key, template)
-            log.info("model: loaded from cache %s", cache.path(key))
-            cached = True
-        else:
-            log.info(
-                "model: training %s (%s params) -> cache %s",
-                cfg.model.cell,
-                f"{count_params(template):,}",
-                cache.path(key),
-            )
-            seq_len = int(cfg.train.seq_len)
-            train_it = batch_iterator(
-                corpus.train, int(cfg.train.batch_size), seq_len, seed=int(cfg.seed)
-            )
-            valid = eval_batches(corpus.valid, int(cfg.train.batch_size), seq_len)
-            valid = valid[: int(cfg.train.eval_batches)]
-            result = train(
-                template,
-                train_it,
-                valid,
-                cfg.train,
-                ckpt_dir=cache.path(key) / "train_ckpt",
-                tracker=tracker,
-                seed=int(cfg.seed),
-            )
-            model = result.model
-            metrics = {}
-            for split, seqs in (("valid", corpus.valid), ("test", corpus.test)):
-                ev = evaluate(model, eval_batches(seqs, int(cfg.train.batch_size), seq_len))
-                metrics[f"ppl/{split}"] = float(ev["ppl"])
-                metrics[f"bits/{split}"] = float(ev["bits"])
-            meta = {
-                "metrics": metrics,
-                "train": result.summary,
-                "params": count_params(model),
-                "model": to_dict(cfg.model),
-                "train_cfg": to_dict(cfg.train),
-                "data": corpus.name,
-            }
-            cache.save_model(key, model, json.dumps(corpus.vocab.to_json()), meta)
-            cached = False
+    vocab_json = json.dumps(corpus.vocab.to_json())
+    seed, seq_len = int(cfg.seed), int(cfg.train.seq_len)
+
+    def train_fn():
+        model = build_model(cfg.model, len(corpus.vocab), seed)
+        log.info(
+            "model: training %s (%s params) -> cache %s",
+            cfg.model.cell,
+            f"{count_params(model):,}",
+            cache.path(key),
+        )
+        train_it = batch_iterator(corpus.train, int(cfg.train.batch_size), seq_len, seed=seed)
+        valid = eval_batches(corpus.valid, int(cfg.train.batch_size), seq_len)
+        valid = valid[: int(cfg.train.eval_batches)]
+        result = train(
+            model,
+            train_it,
+            valid,
+            cfg.train,
+            ckpt_dir=cache.path(key) / "train_ckpt",
+            tracker=tracker,
+            seed=seed,
+        )
+        metrics = heldout_metrics(result.model, corpus, cfg.train)
+        check_divergence(metrics, len(corpus.vocab))  # a diverged model is never cached
+        meta = {
+            "metrics": metrics,
+            "train": result.summary,
+            "params": count_params(result.model),
+            "model": to_dict(cfg.model),
+            "train_cfg": to_dict(cfg.train),
+            "data": corpus.name,
+        }
+        return result.model, vocab_json, meta
+
+    model, meta, trained = cache.get_or_train(
+        key,
+        build_model(cfg.model, len(corpus.vocab), seed),
+        train_fn,
+        vocab_json=vocab_json,
+        retrain_damaged=cfg.cache_on_damage == "retrain",
+    )
+    metrics = dict(meta["metrics"])
+    if not trained:
+        log.info("model: loaded from cache %s", cache.path(key))
+        metrics = heldout_metrics(model, corpus, cfg.train)
+        _compare_metrics(metrics, meta.get("metrics"), cache.path(key))
     step_fn, params = make_step_fn(model)
     info = {
         "cache_key": key,
         "cache_dir": str(cache.path(key)),
-        "cached": cached,
+        "cached": not trained,
         "params": meta.get("params"),
         "train": meta.get("train", {}),
     }
@@ -158,49 +164,84 @@ def get_model(cfg: Any, corpus: Any, tracker: Any = None) -> LoadedModel:
         step_fn=step_fn,
         params=params,
         init_carry=make_init_carry_fn(model),
-        vocab_size=vocab_size,
-        metrics=dict(meta.get("metrics", {})),
+        vocab_size=len(corpus.vocab),
+        metrics=metrics,
         info=info,
     )
     _LOADED[key] = loaded
     return loaded
 
 
+def heldout_metrics(model: Any, corpus: Any, train_cfg: Any) -> dict[str, float]:
+    """`ppl/` and `bits/` of the valid and test splits: every sequence, its EOS included."""
+    from seqgen.data.batching import eval_batches
+    from seqgen.train import evaluate
+
+    batch_size, seq_len = int(train_cfg.batch_size), int(train_cfg.seq_len)
+    metrics = {}
+    for split, seqs in (("valid", corpus.valid), ("test", corpus.test)):
+        ev = evaluate(model, eval_batches(seqs, batch_size, seq_len))
+        metrics[f"ppl/{split}"] = float(ev["ppl"])
+        metrics[f"bits/{split}"] = float(ev["bits"])
+    return metrics
+
+
+def _compare_metrics(now: dict[str, float], recorded: Any, where: Path) -> None:
+    """Warn when a verified entry's recomputed metrics differ from those recorded at training:
+    the model or evaluation code changed without a bump of `checkpoint.MODEL_FORMAT`."""
+    recorded = recorded if isinstance(recorded, dict) else {}
+    for name, value in now.items():
+        old = recorded.get(name)
+        if not (isinstance(old, int | float) and math.isclose(value, old, rel_tol=1e-4)):
+            log.warning(
+                "model: %s recomputed %.6g, recorded at training %s (%s); reporting the "
+                "recomputed value (did the model code change without a MODEL_FORMAT bump?)",
+                name,
+                value,
+                old,
+                where,
+            )
+
+
 def load_reference(cfg: Any, corpus: Any) -> LoadedModel | None:
     """The reference model of `metrics.reference_checkpoint` (a model cache folder), if given.
 
     Generations are scored under it for `gen/ref_ppl`; its vocabulary must be the corpus's.
+    The folder is verified like any cache entry; a damaged one is an error.
     """
     from omegaconf import OmegaConf as OC
 
-    from seqgen.checkpoint import ModelCache
+    from seqgen.checkpoint import DamagedCacheEntry, ModelCache
     from seqgen.models import make_init_carry_fn, make_step_fn
 
     ref = cfg.metrics.get("reference_checkpoint")
     if not ref:
         return None
-    path = Path(str(ref)).expanduser()
+    path = Path(str(ref)).expanduser().absolute()
     if not (path / "meta.json").exists():
         raise UserError(
             f"metrics.reference_checkpoint={ref} is not a cached model folder (no meta.json); "
             "give a folder printed as 'model: ... cache <dir>' by an earlier run"
         )
-    meta = json.loads((path / "meta.json").read_text())
-    vocab = json.loads((path / "vocab.json").read_text())
-    if vocab != json.loads(json.dumps(corpus.vocab.to_json())):
-        raise UserError(
-            f"metrics.reference_checkpoint={ref} was trained with another vocabulary; "
-            "gen/ref_ppl needs a model of the same data and tokenization"
-        )
-    template = build_model(OC.create(meta["model"]), len(corpus.vocab), 0)
-    model, _ = ModelCache(path.parent).load_model(path.name, template)
+    cache = ModelCache(path.parent)
+    try:
+        meta = cache.check(path.name)
+        vocab = json.loads(cache.load_vocab_json(path.name))  # checked: as it was written
+        if vocab != json.loads(json.dumps(corpus.vocab.to_json())):
+            raise UserError(
+                f"metrics.reference_checkpoint={ref} was trained with another vocabulary; "
+                "gen/ref_ppl needs a model of the same data and tokenization"
+            )
+        template = build_model(OC.create(meta["model"]), len(corpus.vocab), 0)
+        model, _ = cache.load_model(path.name, template)
+    except DamagedCacheEntry as exc:
+        raise UserError(f"metrics.reference_checkpoint: {exc}") from None
     step_fn, params = make_step_fn(model)
     return LoadedModel(
         step_fn=step_fn,
         params=params,
         init_carry=make_init_carry_fn(model),
         vocab_size=len(corpus.vocab),
-        metrics=dict(meta.get("metrics", {})),
         info={"reference": str(path)},
     )
 
@@ -290,14 +331,17 @@ def run_experiment(cfg: Any, out_dir: str | Path | None = None) -> dict[str, Any
     """
     from seqgen.data.corpus import load_corpus
     from seqgen.evaluate import evaluate_decoders
-    from seqgen.outputs import print_results_table, write_outputs
+    from seqgen.outputs import print_results_table, reset_outputs, write_decoder, write_outputs
     from seqgen.parallel import maybe_initialize_distributed
+    from seqgen.preflight import check_environment, check_run
     from seqgen.tracking import make_tracker
 
     if not isinstance(cfg, DictConfig):
         cfg = OmegaConf.structured(cfg)
     out_dir = Path(out_dir or Path.cwd())
+    check_environment(cfg, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    reset_outputs(out_dir)
     maybe_initialize_distributed(cfg)
     enable_compilation_cache(default_cache_dir(cfg) / "jax_compile")
     resolved = to_dict(cfg)
@@ -320,6 +364,7 @@ def run_experiment(cfg: Any, out_dir: str | Path | None = None) -> dict[str, Any
             len(corpus.valid),
             len(corpus.test),
         )
+        check_run(cfg, corpus)  # every decoder and data-dependent knob, before any training
         model = get_model(cfg, corpus, tracker)
         model_metrics = dict(model.metrics)
         log.info(
@@ -331,8 +376,26 @@ def run_experiment(cfg: Any, out_dir: str | Path | None = None) -> dict[str, Any
             json.dumps({**model_metrics, "model": model.info}, indent=2, default=str)
         )
         reference = load_reference(cfg, corpus)
-        results, samples = evaluate_decoders(cfg, corpus, model, reference)
-        outputs = write_outputs(cfg, corpus, model_metrics, results, samples, out_dir, tracker)
+        finished: list[str] = []
+        listen: list[str] = []
+
+        def on_result(result: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+            listen.extend(map(str, write_decoder(cfg, corpus, result, rows, out_dir)))
+            finished.append(result["decoder"]["label"])
+
+        try:
+            results, samples = evaluate_decoders(cfg, corpus, model, reference, on_result)
+        except BaseException:
+            log.warning(
+                "decoders finished before the failure: %s (their results and samples are in %s)",
+                ", ".join(finished) or "none",
+                out_dir,
+            )
+            raise
+        outputs = {
+            **write_outputs(cfg, results, samples, out_dir, tracker, corpus.vocab),
+            "listen": listen,
+        }
         tracker.log_summary(model_metrics)
         wall = time.time() - t0
         (out_dir / "metrics.json").write_text(

@@ -69,7 +69,9 @@ def score_kind(decoder: dict[str, Any]) -> str:
 
 
 def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[:80] or "decoder"
+    """A file name from a label: letters, digits, `._-`; never `.`, `..` or a hidden name, so a
+    label cannot place files outside `samples/`."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")[:80] or "decoder"
 
 
 def _clean(v: Any) -> Any:
@@ -83,32 +85,45 @@ def _clean(v: Any) -> Any:
     return v
 
 
-def write_outputs(
-    cfg: Any,
-    corpus: Any,
-    model_metrics: dict[str, float],
-    results: list[dict[str, Any]],
-    samples: list[dict[str, Any]],
-    out_dir: Path,
-    tracker: Any,
-) -> dict[str, Any]:
-    with open(out_dir / "results.jsonl", "w") as f:
-        for r in results:
-            f.write(json.dumps(_clean(r)) + "\n")
-    with open(out_dir / "samples.jsonl", "w") as f:
+def reset_outputs(out_dir: Path) -> None:
+    """Start a run's result files empty (a rerun into the same folder does not append)."""
+    for name in ("results.jsonl", "samples.jsonl"):
+        (out_dir / name).unlink(missing_ok=True)
+
+
+def write_decoder(
+    cfg: Any, corpus: Any, result: dict[str, Any], samples: list[dict[str, Any]], out_dir: Path
+) -> list[Path]:
+    """Append one decoder's (or the human row's) result and samples as soon as they exist:
+    `results.jsonl`, `samples.jsonl`, `samples/<label>.txt` and, for folk tunes, the first
+    `output.num_listen` tunes as `.abc`/`.mid`. Returns the tune files."""
+    with open(out_dir / "results.jsonl", "a") as f:
+        f.write(json.dumps(_clean(result)) + "\n")
+    if not samples:
+        return []
+    with open(out_dir / "samples.jsonl", "a") as f:
         for s in samples:
             f.write(json.dumps(_clean(s)) + "\n")
     sample_dir = out_dir / "samples"
     sample_dir.mkdir(exist_ok=True)
-    by_decoder: dict[str, list[dict[str, Any]]] = {}
-    for s in samples:
-        by_decoder.setdefault(s["decoder"], []).append(s)
-    listen = []
-    for label, rows in by_decoder.items():
-        sep = "\n\n" if corpus.name == "folk" else "\n" + "-" * 60 + "\n"
-        (sample_dir / f"{slug(label)}.txt").write_text(sep.join(r["text"] for r in rows) + "\n")
-        if corpus.name == "folk" and int(cfg.output.num_listen) > 0:
-            listen += write_tunes(sample_dir / slug(label), rows[: int(cfg.output.num_listen)])
+    name = slug(result["decoder"].get("label") or result["decoder"]["name"])
+    sep = "\n\n" if corpus.name == "folk" else "\n" + "-" * 60 + "\n"
+    (sample_dir / f"{name}.txt").write_text(sep.join(r["text"] for r in samples) + "\n")
+    if corpus.name == "folk" and int(cfg.output.num_listen) > 0:
+        return write_tunes(sample_dir / name, samples[: int(cfg.output.num_listen)])
+    return []
+
+
+def write_outputs(
+    cfg: Any,
+    results: list[dict[str, Any]],
+    samples: list[dict[str, Any]],
+    out_dir: Path,
+    tracker: Any,
+    vocab: Any = None,
+) -> dict[str, Any]:
+    """What needs every decoder: the plots, the report page (`vocab` marks the prompts in it),
+    and the tracker's copy of results, samples and the page."""
     plots = []
     if cfg.output.plots:
         plots = plot_decoders(results, out_dir / "plots")
@@ -121,14 +136,10 @@ def write_outputs(
         tracker.log_image(f"plots/{Path(p).stem}", p)
     from seqgen.report import write_report
 
-    report = write_report(out_dir, vocab=corpus.vocab)
+    report = write_report(out_dir, vocab=vocab)
     tracker.log_html("report", report)
     log.info("report: %s", report)
-    return {
-        "plots": [str(p) for p in plots],
-        "listen": [str(p) for p in listen],
-        "report": str(report),
-    }
+    return {"plots": [str(p) for p in plots], "report": str(report)}
 
 
 def write_tunes(folder: Path, rows: list[dict[str, Any]]) -> list[Path]:

@@ -16,10 +16,10 @@ from typing import Any
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from seqgen.config import register_configs, validate_config
-from seqgen.errors import UserError
+from seqgen.errors import TrainingInterrupted, UserError
 
 log = logging.getLogger("seqgen")
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -41,6 +41,12 @@ def main(cfg: DictConfig) -> Any:
     try:
         validate_config(cfg)
         return run_experiment(cfg, out_dir=out_dir)
+    except TrainingInterrupted as exc:  # SIGINT / SIGTERM: checkpoint saved; stop the sweep too
+        print(exc, file=sys.stderr, flush=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside training
+        print("interrupted", file=sys.stderr, flush=True)
+        sys.exit(130)
     except UserError as exc:
         _fail(str(exc))
         if multirun:  # keep the other jobs of the sweep going; the summary lists this one
@@ -65,11 +71,10 @@ _FLAGS_SKIP_CHECK = {"--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-
 def _explain(exc: BaseException, overrides: list[str] = ()) -> str:
     """Condense an OmegaConf/Hydra composition error into one line."""
     import re
-    from dataclasses import fields
 
     from omegaconf.errors import OmegaConfBaseException
 
-    from seqgen.config import DECODER_NAMES, GROUP_SCHEMAS, Config
+    from seqgen.config import DECODER_NAMES, unknown_key_message
 
     chain: list[BaseException] = []
     e: BaseException | None = exc
@@ -82,11 +87,7 @@ def _explain(exc: BaseException, overrides: list[str] = ()) -> str:
             continue
         msg = str(err).splitlines()[0]
         if "not in '" in msg:
-            parent, _, _ = full_key.rpartition(".")
-            schema = GROUP_SCHEMAS.get(parent) if parent else Config
-            allowed = ", ".join(f.name for f in fields(schema)) if schema else ""
-            where = f" in {parent}" if parent else ""
-            return f"unknown key '{full_key}'; allowed keys{where}: {allowed}"
+            return unknown_key_message(full_key)
         return f"{full_key}: {msg}"
     text = " ".join(str(exc).split())
     if "Unexpected type for root: NoneType" in text and any(
@@ -106,6 +107,9 @@ def _check_overrides(argv: list[str]) -> None:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    from seqgen.preflight import check_environment
+
+    multirun = any(a in ("-m", "--multirun") for a in argv)
     overrides: list[str] = []
     config_name = "config"
     it = iter(argv)
@@ -153,6 +157,9 @@ def _check_overrides(argv: list[str]) -> None:
             try:
                 cfg = compose(config_name=config_name, overrides=variant, return_hydra_config=True)
                 validate_config(cfg)
+                # folders, coordinator, credentials: before Hydra creates the run dir
+                out_key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+                check_environment(cfg, OmegaConf.select(cfg, out_key), out_key)
                 params = cfg.hydra.sweeper.get("params") or {}
                 for key, spec in params.items():  # sweeps set by an experiment file
                     for value in str(spec).split(","):

@@ -6,10 +6,15 @@ trace only, so the hot loop does no NNX graph traversal. The dropout key of step
 threefry key with raw data (seed, s): a resumed run draws the same masks as an uninterrupted one.
 
 Interruption safety (big_vision style): with `ckpt_dir`, the latest checkpoint (params,
-optimizer state, step, data position) is written every `checkpoint_every` steps and on Ctrl-C,
-and `train` resumes from it. The batch iterator must be deterministic for a given seed (as
-`seqgen.data.batching.batch_iterator` is): on resume it is fast-forwarded by the number of
-batches already consumed, unless it has a `skip(n)` method, which is then called instead.
+optimizer state, step, data position) is written every `checkpoint_every` steps, and `train`
+resumes from it (logging `resumed from step N`). SIGINT (Ctrl-C) and SIGTERM (what SLURM and
+other schedulers send before they kill) only set a flag while training; after the step in
+flight the loop saves the latest checkpoint and raises `TrainingInterrupted`, which
+`seqgen.run` turns into one line and exit status 130 / 143. A second signal stops at once
+(`KeyboardInterrupt`, still saving the last completed step). The batch iterator must be
+deterministic for a given seed (as `seqgen.data.batching.batch_iterator` is): on resume it is
+fast-forwarded by the number of batches already consumed, unless it has a `skip(n)` method,
+which is then called instead.
 
 A non-finite loss, gradient norm or parameter stops training with `NonFiniteLossError`; the
 update of that step is not applied and no checkpoint is written after it, so the last good one
@@ -22,7 +27,9 @@ import functools
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
@@ -34,11 +41,12 @@ import optax
 from flax import nnx
 
 from seqgen.checkpoint import TrainCheckpointer
-from seqgen.errors import UserError
+from seqgen.errors import TrainingInterrupted, UserError
 from seqgen.metrics.perplexity import perplexity_from_nll
 from seqgen.parallel import make_mesh, replicate, shard_batch
 
 LN2 = math.log(2.0)
+log = logging.getLogger("seqgen")
 
 
 class NonFiniteLossError(UserError):
@@ -285,6 +293,31 @@ class _Progress:
             self.bar.stop()
 
 
+class _StopSignals:
+    """While active (main thread only), SIGINT and SIGTERM record their number in `signum`
+    instead of interrupting; a second one raises `KeyboardInterrupt`. The previous handlers
+    come back on exit."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
 def _fast_forward(batches: Iterator, n: int) -> None:
     if n <= 0:
         return
@@ -293,6 +326,33 @@ def _fast_forward(batches: Iterator, n: int) -> None:
         return
     for _ in range(n):
         next(batches)
+
+
+def _resume_state(ckpt: TrainCheckpointer, params: Any, opt_state: Any) -> dict | None:
+    """The state in the latest checkpoint; None if there is none, or if it is unreadable (then
+    the checkpoints are cleared with a warning and training starts from step 0)."""
+    if ckpt.latest_step("latest") is None:
+        return None
+    try:
+        params, opt_state, meta = ckpt.restore("latest", params, opt_state)
+        return {
+            "params": params,
+            "opt_state": opt_state,
+            "step": int(meta["step"]),
+            "data_position": int(meta["data_position"]),
+            "best_loss": float(meta["best_valid_loss"]),
+            "best_step": int(meta["best_step"]),
+            "history": dict(meta.get("history", {})),
+            "stopped_early": bool(meta.get("stopped_early", False)),
+        }
+    except Exception as exc:  # damaged, or written for another model
+        log.warning(
+            "training checkpoint %s is unreadable (%s); training from step 0",
+            ckpt.directory,
+            type(exc).__name__,
+        )
+        ckpt.clear()
+        return None
 
 
 def train(
@@ -346,12 +406,13 @@ def train(
     stopped_early, bad_evals = False, 0
     history: dict[str, Any] = {}
     ckpt = TrainCheckpointer(ckpt_dir) if ckpt_dir is not None else None
-    if ckpt is not None and resume and ckpt.latest_step("latest") is not None:
-        params, opt_state, meta = ckpt.restore("latest", params, opt_state)
-        step, data_position = int(meta["step"]), int(meta["data_position"])
-        best_loss, best_step = float(meta["best_valid_loss"]), int(meta["best_step"])
-        history = dict(meta.get("history", {}))
-        stopped_early = bool(meta.get("stopped_early", False))
+    resumed = _resume_state(ckpt, params, opt_state) if ckpt is not None and resume else None
+    if resumed is not None:
+        params, opt_state = resumed.pop("params"), resumed.pop("opt_state")
+        step, data_position = resumed["step"], resumed["data_position"]
+        best_loss, best_step = resumed["best_loss"], resumed["best_step"]
+        history, stopped_early = resumed["history"], resumed["stopped_early"]
+        log.info("resumed from step %d (%s)", step, ckpt.directory)
         _fast_forward(train_batches, data_position)
 
     # Commit the state to its devices: jit caches on committed-ness, and restored arrays are
@@ -376,9 +437,26 @@ def train(
             "stopped_early": stopped_early,
         }
 
+    saved_step = step
+
     def save(which: str) -> None:
+        nonlocal saved_step
         if ckpt is not None:
             ckpt.save(which, step, params, opt_state, meta_now())
+            saved_step = step if which == "latest" else saved_step
+
+    def stop_if_signalled() -> None:
+        if stop.signum is None:
+            return
+        check_finite()  # a diverged state is not saved; that error wins
+        if saved_step != step:
+            save("latest")
+        kept = "checkpoint saved" if ckpt is not None else "no checkpoint (no ckpt_dir)"
+        raise TrainingInterrupted(
+            f"interrupted at step {step}; {kept}; rerun the same command to resume",
+            step,
+            stop.signum,
+        )
 
     def check_finite() -> None:
         bad = int(bad_step)
@@ -395,7 +473,9 @@ def train(
     tokens_since, t_since, total_tokens, t_train = 0.0, time.perf_counter(), 0.0, 0.0
     pending: list = []
     first_step = True
+    stop = _StopSignals()
     try:
+        stop.install()
         while step < hp.steps and not stopped_early:
             batch = _as_arrays(next(train_batches))
             ntok = float(batch[2].sum())
@@ -454,15 +534,17 @@ def train(
             if step % ckpt_every == 0 or step == hp.steps or stopped_early:
                 check_finite()
                 save("latest")
+            stop_if_signalled()
         check_finite()
         if restore_best and ckpt is not None and best_step >= 0 and best_step != step:
             params, _, _ = ckpt.restore("best", params)
     except KeyboardInterrupt:
         # Keep what was computed: the state after `step` completed updates is good if finite.
-        if int(bad_step) < 0:
+        if int(bad_step) < 0 and saved_step != step:
             save("latest")
         raise
     finally:
+        stop.restore()
         bar.close()
         t_train += time.perf_counter() - t_since
         if ckpt is not None:

@@ -1,6 +1,10 @@
-"""Model cache: content keys, save/load round trip, one trainer under concurrent requests."""
+"""Model cache: content keys, save/load round trip, one trainer under concurrent requests,
+damaged entries retrained (never loaded), the lock holder named; the pipeline's use of it."""
 
 import json
+import logging
+import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -11,9 +15,14 @@ from dataclasses import dataclass
 import jax
 import numpy as np
 import pytest
+from conftest import TINY, compose
 from flax import nnx
 
-from seqgen.checkpoint import ModelCache, default_cache_root
+import seqgen
+import seqgen.checkpoint
+from seqgen import experiment
+from seqgen.checkpoint import DamagedCacheEntry, ModelCache, default_cache_root
+from seqgen.errors import UserError
 from seqgen.models import LanguageModel
 
 V = 10
@@ -107,25 +116,210 @@ def test_concurrent_requests_train_once(tmp_path):
 
 
 def test_lock_excludes_other_processes(tmp_path):
-    """The lock is a file lock: a second process waits until the first releases it."""
+    """The lock is a file lock: another process cannot take it until it is released."""
     cache = ModelCache(tmp_path)
     key = "k" * 64
     script = textwrap.dedent(
         f"""
-        import time, filelock
-        t0 = time.time()
-        with filelock.FileLock({str(tmp_path / f"{key}.lock")!r}):
-            print(time.time() - t0)
+        import filelock
+        lock = filelock.FileLock({str(tmp_path / f"{key}.lock")!r})
+        try:
+            lock.acquire(timeout=0)
+            print("free")
+        except filelock.Timeout:
+            print("held")
         """
     )
+
+    def probe():
+        return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+
     with cache.lock(key):
-        proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-        time.sleep(1.0)
-        assert proc.poll() is None  # still waiting
-    out, _ = proc.communicate(timeout=30)
-    assert float(out) > 0.5
+        assert probe().stdout.strip() == "held"
+    assert probe().stdout.strip() == "free"
 
 
 def test_load_missing_key_raises(tmp_path):
     with pytest.raises(FileNotFoundError):
         ModelCache(tmp_path).load_model("0" * 64, new_model())
+
+
+def test_key_changes_with_code_version_and_model_format(monkeypatch, tmp_path):
+    k = ModelCache.key("abc", MODEL_CFG, TRAIN_CFG, 0)
+    monkeypatch.setattr(seqgen.checkpoint, "MODEL_FORMAT", seqgen.checkpoint.MODEL_FORMAT + 1)
+    k_format = ModelCache.key("abc", MODEL_CFG, TRAIN_CFG, 0)
+    monkeypatch.setattr(seqgen, "__version__", seqgen.__version__ + ".post1")
+    k_both = ModelCache.key("abc", MODEL_CFG, TRAIN_CFG, 0)
+    assert len({k, k_format, k_both}) == 3
+    cache = ModelCache(tmp_path)
+    cache.save_model(k_both, new_model(), "{}", {})
+    meta = json.loads((cache.path(k_both) / "meta.json").read_text())
+    assert meta["seqgen_version"] == seqgen.__version__
+    assert meta["model_format"] == seqgen.checkpoint.MODEL_FORMAT
+
+
+# --------------------------------------------------------------------------------------------
+# Damaged entries: each is detected before any array is used, and retrained or reported.
+
+VOCAB = '{"symbols": ["a", "b"]}'
+
+
+def _largest_model_file(entry):
+    return max((p for p in (entry / "model").rglob("*") if p.is_file()), key=os.path.getsize)
+
+
+def _flip_bytes(entry):  # 400 bytes inverted in the middle of the array data, size unchanged
+    path = _largest_model_file(entry)
+    data = bytearray(path.read_bytes())
+    mid = max(len(data) // 2 - 200, 0)
+    data[mid : mid + 400] = bytes(b ^ 0xFF for b in data[mid : mid + 400])
+    path.write_bytes(bytes(data))
+
+
+def _truncate(entry):
+    path = _largest_model_file(entry)
+    path.write_bytes(path.read_bytes()[: os.path.getsize(path) // 2])
+
+
+DAMAGE = {
+    "flipped_bytes": (_flip_bytes, "does not match its sha256"),
+    "truncated": (_truncate, "does not match its sha256"),
+    "deleted_model_dir": (lambda e: shutil.rmtree(e / "model"), "is missing"),
+    "garbage_meta": (lambda e: (e / "meta.json").write_text("{not json"), "unreadable"),
+    "meta_not_an_object": (lambda e: (e / "meta.json").write_text("[1, 2]"), "no checksums"),
+    "other_vocab": (lambda e: (e / "vocab.json").write_text('{"symbols": ["a"]}'), "vocab"),
+}
+
+
+def _damaged_entry(tmp_path, damage):
+    cache = ModelCache(tmp_path)
+    key = cache.key("abc", MODEL_CFG, TRAIN_CFG, 0)
+    cache.save_model(key, new_model(seed=1), VOCAB, {"metrics": {"ppl/valid": 3.5}})
+    DAMAGE[damage][0](cache.path(key))
+    return cache, key
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_damaged_entry_is_retrained_with_one_warning(tmp_path, caplog, damage):
+    cache, key = _damaged_entry(tmp_path, damage)
+    retrained = new_model(seed=7)
+    calls = []
+
+    def train_fn():
+        calls.append(1)
+        return retrained, VOCAB, {"metrics": {"ppl/valid": 9.0}}
+
+    with caplog.at_level(logging.WARNING, logger="seqgen"):
+        model, meta, trained = cache.get_or_train(
+            key, new_model(seed=2), train_fn, vocab_json=VOCAB
+        )
+    assert trained and calls == [1]
+    assert meta["metrics"] == {"ppl/valid": 9.0}  # the new model's, not the damaged entry's
+    for a, b in zip(leaves(model), leaves(retrained)):
+        np.testing.assert_array_equal(a, b)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and DAMAGE[damage][1] in warnings[0] and "\n" not in warnings[0]
+    # the new entry is whole: a later load verifies and gives the retrained parameters
+    loaded, _ = cache.load_model(key, new_model(seed=3), VOCAB)
+    for a, b in zip(leaves(loaded), leaves(retrained)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_damaged_entry_is_one_line_error_when_asked(tmp_path, damage):
+    cache, key = _damaged_entry(tmp_path, damage)
+    template = new_model(seed=2)
+    before = leaves(template)
+
+    def train_fn():
+        raise AssertionError("must not train")
+
+    with pytest.raises(DamagedCacheEntry) as err:
+        cache.get_or_train(key, template, train_fn, vocab_json=VOCAB, retrain_damaged=False)
+    msg = str(err.value)
+    assert isinstance(err.value, UserError) and "\n" not in msg
+    assert DAMAGE[damage][1] in msg and "cache_on_damage=retrain" in msg
+    for a, b in zip(leaves(template), before):  # nothing was loaded into the template
+        np.testing.assert_array_equal(a, b)
+
+
+def test_waiting_for_the_lock_names_its_holder(tmp_path):
+    cache = ModelCache(tmp_path)
+    key = "k" * 64
+    seen = threading.Event()
+
+    class Handler(logging.Handler):
+        def emit(self, record):
+            if f"waiting for the cache lock (held by PID {os.getpid()}" in record.getMessage():
+                seen.set()
+
+    handler = Handler()
+    logger = logging.getLogger("seqgen")
+    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    got = threading.Event()
+
+    def waiter():
+        with cache.lock(key):
+            got.set()
+
+    try:
+        with cache.lock(key):
+            t = threading.Thread(target=waiter)
+            t.start()
+            assert seen.wait(timeout=60)
+            assert not got.is_set()  # it logged, and it waits
+        t.join(timeout=60)
+        assert got.is_set()
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+
+
+# --------------------------------------------------------------------------------------------
+# The pipeline (experiment.get_model) goes through the verified cache.
+
+
+@pytest.fixture
+def pipeline(tmp_path, monkeypatch):
+    """A tiny config with its own cache, its corpus, and the model trained into that cache."""
+    from seqgen.data.corpus import load_corpus
+
+    monkeypatch.setattr(experiment, "_LOADED", {})  # no in-process reuse across calls
+    cfg = compose([*TINY, "decoder=greedy", f"cache_dir={tmp_path}"])
+    corpus = load_corpus(cfg.data, int(cfg.seed))
+    first = experiment.get_model(cfg, corpus)
+    experiment._LOADED.clear()
+    return cfg, corpus, first
+
+
+def test_pipeline_recomputes_the_metrics_of_a_loaded_model(pipeline, caplog):
+    cfg, corpus, first = pipeline
+    meta_path = experiment.Path(first.info["cache_dir"]) / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["metrics"]["ppl/valid"] = 1.0  # meta.json is not what the numbers come from
+    meta_path.write_text(json.dumps(meta))
+    with caplog.at_level(logging.INFO, logger="seqgen"):
+        again = experiment.get_model(cfg, corpus)
+    assert again.info["cached"] is True and first.info["cached"] is False
+    assert again.metrics["ppl/valid"] == pytest.approx(first.metrics["ppl/valid"], rel=1e-6)
+    assert again.metrics["ppl/valid"] != 1.0
+    assert any("ppl/valid recomputed" in r.getMessage() for r in caplog.records)
+
+
+def test_pipeline_retrains_a_damaged_entry_or_stops_with_one_line(pipeline, caplog):
+    cfg, corpus, first = pipeline
+    entry = experiment.Path(first.info["cache_dir"])
+    _flip_bytes(entry)
+    with pytest.raises(UserError, match="damaged: model/.*cache_on_damage=retrain"):
+        experiment.get_model(compose([*TINY, "decoder=greedy", f"cache_dir={entry.parent.parent}",
+                                      "cache_on_damage=error"]), corpus)  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="seqgen"):
+        again = experiment.get_model(cfg, corpus)
+    assert again.info["cached"] is False  # retrained, not loaded
+    assert any("damaged" in r.getMessage() for r in caplog.records)
+    # the same config trains to the same model: the retrained numbers are the first ones
+    assert again.metrics["ppl/valid"] == pytest.approx(first.metrics["ppl/valid"], rel=1e-6)
+    for a, b in zip(jax.tree.leaves(again.params), jax.tree.leaves(first.params)):
+        np.testing.assert_array_equal(a, b)

@@ -69,10 +69,32 @@ def test_decoder_knob_ranges_are_checked():
 
 
 @pytest.mark.parametrize(
+    "overrides, needle",
+    [
+        (
+            ["+model.hidden_siz=3"],
+            r"unknown key 'model\.hidden_siz' \(did you mean 'model\.hidden_size'",
+        ),
+        (["decoder=sample", "+decoder.top_kk=5"], r"unknown key 'decoder\.top_kk' \(did you mean"),
+        (["+compare.0.top_kk=5"], r"unknown key 'compare\[0\]\.top_kk'"),
+        (["+bogus=1"], r"unknown key 'bogus'; allowed keys: data, model"),
+        (["seed=-1"], r"seed=-1 is out of range"),
+        (["data=synthetic", "seed=-1"], r"^seed=-1 is out of range"),
+        (["decode.prompts=[]"], r"decode\.prompts=\[\] is not allowed"),
+    ],
+)
+def test_added_keys_seeds_and_empty_prompts_are_user_errors(overrides, needle):
+    cfg = compose(overrides)
+    with pytest.raises(UserError, match=needle):
+        validate_config(cfg)
+
+
+@pytest.mark.parametrize(
     "args, needle",
     [
         (["model.hidden_size=0"], "model.hidden_size=0 is out of range"),
         (["model.hidden_siz=3"], "unknown key 'model.hidden_siz'"),
+        (["+model.hidden_siz=3"], "(did you mean 'model.hidden_size'?)"),
         (["model=transformer"], "model/transformer"),
         (["-m", "decoder=beam", "decoder.beam_size=2,0"], "decoder.beam_size=0"),
     ],
@@ -95,3 +117,13 @@ def test_decoder_schema_defaults_equal_the_decoders_own():
 
     schema = to_dict(DecoderConfig())
     assert {k: schema[k] for k in DEFAULTS} == DEFAULTS
+
+
+def test_cli_run_dir_that_is_a_file_is_one_line(tmp_path: Path):
+    # checked before Hydra creates the run dir (which would be a traceback)
+    (tmp_path / "taken").write_text("x")
+    proc = run_cli(["decoder=greedy", f"hydra.run.dir={tmp_path / 'taken'}"], cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    err_lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(err_lines) == 1 and "hydra.run.dir=" in err_lines[0], proc.stderr
+    assert "is an existing file" in err_lines[0] and "Traceback" not in proc.stderr

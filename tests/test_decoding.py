@@ -104,25 +104,46 @@ def seq_logprob(table_lp: np.ndarray, seq: list[int], ended: bool) -> float:
     return total + (table_lp[prev, EOS_ID] if ended else 0.0)
 
 
-# ----- greedy == beam(K=1) == sample(temperature=0) -----
+# ----- greedy == sample(temperature=0); beam K=1 walks greedy's path with a finished pool -----
+
+
+def greedy_path_endings(table_lp: np.ndarray, out, i: int, max_len: int) -> list:
+    """Every hypothesis beam K=1 (t5x's rule) can return for row i, from greedy's output: each
+    prefix of greedy's continuation followed by EOS where EOS was among the top-2 children,
+    and greedy's own result (EOS-ended, or cut at max_len). [(score, tokens, ended)]"""
+    plen = int(PROMPT_LENGTHS[i])
+    prev = 1 if plen == 0 else int(PROMPTS[i, plen - 1])
+    cont = out.tokens[i, 0, plen : out.lengths[i, 0]].tolist()
+    cands, total = [], 0.0
+    for j, tok in enumerate(cont):
+        if EOS_ID in np.argsort(-table_lp[prev])[:2]:
+            cands.append((total + table_lp[prev, EOS_ID], cont[:j], True))
+        total += table_lp[prev, tok]
+        prev = tok
+    ended = bool(out.ended[i, 0])
+    cands.append((total + (table_lp[prev, EOS_ID] if ended else 0.0), cont, ended))
+    assert ended or plen + len(cont) == max_len
+    return cands
 
 
 @pytest.mark.parametrize("model", ["lstm", "markov"])
-def test_greedy_equals_beam1_equals_sample_t0(model):
+def test_greedy_equals_sample_t0_and_beam1_extends_greedy(model):
     if model == "lstm":
         step, params, carry = lstm_step, lstm_params(eos_bias=1.0), lstm_carry(3)
     else:
-        step, params, carry = markov_step, jnp.asarray(markov_table(9, 1)), jnp.zeros(3)
+        table = markov_table(9, 1)
+        step, params, carry = markov_step, jnp.asarray(table), jnp.zeros(3)
     kw = dict(max_len=12, vocab_size=9)
-    g = greedy(step, params, carry, PROMPTS, PROMPT_LENGTHS, **kw)
-    b = beam(step, params, carry, PROMPTS, PROMPT_LENGTHS, cfg=NS(beam_size=1), **kw)
-    s = sample(step, params, carry, PROMPTS, PROMPT_LENGTHS, cfg=NS(temperature=0.0), key=3, **kw)
-    for out in (b, s):
-        np.testing.assert_array_equal(out.tokens, g.tokens)
-        np.testing.assert_array_equal(out.lengths, g.lengths)
-        np.testing.assert_array_equal(out.ended, g.ended)
-        np.testing.assert_allclose(out.scores, g.scores, rtol=1e-6)
-        np.testing.assert_allclose(out.logprobs, g.logprobs, rtol=1e-6)
+    g = to_numpy(greedy(step, params, carry, PROMPTS, PROMPT_LENGTHS, **kw))
+    b = to_numpy(beam(step, params, carry, PROMPTS, PROMPT_LENGTHS, cfg=NS(beam_size=1), **kw))
+    # t = 0 is greedy also with typical-p, which at t = 1 may drop the argmax: its t -> 0 limit
+    cfg = NS(temperature=0.0, typical_p=0.3) if model == "lstm" else NS(temperature=0.0)
+    s = sample(step, params, carry, PROMPTS, PROMPT_LENGTHS, cfg=cfg, key=3, **kw)
+    np.testing.assert_array_equal(s.tokens, g.tokens)
+    np.testing.assert_array_equal(s.lengths, g.lengths)
+    np.testing.assert_array_equal(s.ended, g.ended)
+    np.testing.assert_allclose(s.scores, g.scores, rtol=1e-6)
+    np.testing.assert_allclose(s.logprobs, g.logprobs, rtol=1e-6)
     # the prompt is reproduced, then the continuation, then EOS, then PAD
     for i, n in enumerate(PROMPT_LENGTHS):
         np.testing.assert_array_equal(g.tokens[i, 0, :n], PROMPTS[i, :n])
@@ -131,53 +152,222 @@ def test_greedy_equals_beam1_equals_sample_t0(model):
         if g.ended[i, 0]:
             assert g.tokens[i, 0, length] == EOS_ID
             assert np.all(g.tokens[i, 0, length + 1 :] == PAD_ID)
-    # greedy really is the argmax: replay the Markov chain
+    # beam K=1 (no normalization): greedy's sequence or an EOS-ended prefix of it, never worse
+    for i in range(3):
+        n = b.lengths[i, 0]
+        np.testing.assert_array_equal(b.tokens[i, 0, :n], g.tokens[i, 0, :n])
+        assert n <= g.lengths[i, 0] and (b.ended[i, 0] or n == g.lengths[i, 0])
+        assert b.scores[i, 0] >= g.scores[i, 0] - 1e-5
     if model == "markov":
-        table = markov_table(9, 1)
+        lp = log_softmax64(table)
         assert g.ended.any()
-        for i in range(3):
+        for i in range(3):  # greedy really is the argmax: replay the Markov chain
             prev = 1 if PROMPT_LENGTHS[i] == 0 else PROMPTS[i, PROMPT_LENGTHS[i] - 1]
             for t in range(PROMPT_LENGTHS[i], g.lengths[i, 0]):
                 assert g.tokens[i, 0, t] == np.argmax(table[prev])
                 prev = g.tokens[i, 0, t]
+        differs = 0
+        for i in range(3):  # and beam K=1 returns the best of greedy's path endings
+            score, seq, ended = max(greedy_path_endings(lp, g, i, 12), key=lambda c: c[0])
+            plen = PROMPT_LENGTHS[i]
+            assert b.tokens[i, 0, plen : b.lengths[i, 0]].tolist() == seq
+            assert bool(b.ended[i, 0]) == ended
+            np.testing.assert_allclose(b.scores[i, 0], score, rtol=1e-5)
+            differs += b.lengths[i, 0] != g.lengths[i, 0]
+        assert 0 < differs < 3  # both cases occur: the test can tell the two EOS rules apart
 
 
 # ----- exactness: brute force and the DPFSA mode -----
 
+LENGTH_PENALTY_FN = {
+    "none": lambda n, a: 1.0,
+    "average": lambda n, a: n,
+    "gnmt": lambda n, a: ((5 + n) / 6) ** a,
+    "power": lambda n, a: n**a,
+}
 
-@pytest.mark.parametrize("length_penalty", ["none", "average", "gnmt"])
+
+def brute_force(table_lp, prompt, max_len, length_penalty, alpha, min_length, symbols=(4, 5)):
+    """Every continuation of `prompt` over `symbols`: EOS-ended with >= min_length tokens, or
+    cut at max_len; scored by the normalized model log-prob, best first. [(score, seq, ended)]"""
+    budget = max_len - len(prompt)
+    start = prompt[-1] if prompt else 1
+    norm = LENGTH_PENALTY_FN[length_penalty]
+    cands = []
+    for n in range(budget + 1):
+        for seq in itertools.product(symbols, repeat=n):
+            prev, total = start, 0.0
+            for tok in seq:
+                total += table_lp[prev, tok]
+                prev = tok
+            if n == budget:  # cut at max_len: L = its generated tokens, no EOS
+                cands.append((total / norm(n, alpha), list(seq), False))
+            if n < budget and n >= min_length:
+                cands.append(
+                    ((total + table_lp[prev, EOS_ID]) / norm(n + 1, alpha), list(seq), True)
+                )
+    return sorted(cands, key=lambda c: -c[0])
+
+
+@pytest.mark.parametrize("length_penalty", ["none", "average", "gnmt", "power"])
 def test_beam_n_best_equals_brute_force(length_penalty):
-    v, max_len, alpha = 6, 4, 0.8  # symbols 4, 5: 15 ended + 16 cut sequences
+    """With K large enough for every hypothesis, beam's n-best is the brute-force ranking of all
+    continuations, finished and cut alike, under the same normalized score; prompts of 2, 1, 0
+    tokens give budgets of 2, 3, 4; min_length (traced: one compile) restricts EOS endings."""
+    v, max_len, alpha = 6, 4, 0.8  # symbols 4, 5: up to 15 ended + 16 cut sequences
     table = markov_table(v, 7)
     lp = log_softmax64(table)
-    cands = []
-    for n in range(max_len):  # an ended sequence has at most max_len - 1 tokens
-        for seq in itertools.product([4, 5], repeat=n):
-            s = seq_logprob(lp, list(seq), True)
-            gen = n + 1
-            norm = {"none": 1.0, "average": gen, "gnmt": ((5 + gen) / 6) ** alpha}
-            cands.append((s / norm[length_penalty], list(seq)))
-    cands.sort(key=lambda c: -c[0])
-    cfg = NS(beam_size=32, length_penalty=length_penalty, alpha=alpha)
-    out = beam(
-        markov_step, jnp.asarray(table), jnp.zeros(1), max_len=max_len, vocab_size=v, cfg=cfg
+    prompts = np.array([[4, 5], [5, 0], [0, 0]], np.int32)
+    plens = np.array([2, 1, 0], np.int32)
+    cut_above_fin = 0
+    for min_length in (0, 2):
+        cfg = NS(beam_size=32, length_penalty=length_penalty, alpha=alpha, min_length=min_length)
+        out = beam(
+            markov_step,
+            jnp.asarray(table),
+            jnp.zeros(3),
+            prompts,
+            plens,
+            max_len=max_len,
+            vocab_size=v,
+            cfg=cfg,
+        )
+        out = to_numpy(out)
+        for i, plen in enumerate(plens):
+            cands = brute_force(
+                lp, prompts[i, :plen].tolist(), max_len, length_penalty, alpha, min_length
+            )
+            # sequences through the impossible (logit -1e9) PAD/BOS/UNK come after the real ones
+            real = out.scores[i] > -1e6
+            assert real.sum() == len(cands) and real[: len(cands)].all()
+            # the same scores in the same order; every returned hypothesis is a distinct
+            # candidate with its own score (a Markov chain ties permuted transitions: 4544, 4454)
+            np.testing.assert_allclose(
+                out.scores[i, : len(cands)], [c[0] for c in cands], rtol=1e-5
+            )
+            score_of = {(tuple(seq), ended): score for score, seq, ended in cands}
+            got = set()
+            for k in range(len(cands)):
+                assert out.tokens[i, k, :plen].tolist() == prompts[i, :plen].tolist()
+                hyp = (tuple(out.tokens[i, k, plen : out.lengths[i, k]]), bool(out.ended[i, k]))
+                np.testing.assert_allclose(out.scores[i, k], score_of[hyp], rtol=1e-5)
+                got.add(hyp)
+            assert len(got) == len(cands)
+            fin = [k for k, c in enumerate(cands) if c[2]]
+            cut_above_fin += any(not c[2] for c in cands[: fin[-1]]) if fin else 0
+            # the reported log-probs are the model's, EOS included when it was emitted
+            for k in range(len(cands)):
+                seq = out.tokens[i, k, plen : out.lengths[i, k]].tolist()
+                want = brute_force_logprob(lp, prompts[i, :plen].tolist(), seq, out.ended[i, k])
+                got = out.logprobs[i, k].sum() + out.eos_logprob[i, k]
+                np.testing.assert_allclose(got, want, rtol=1e-5)
+    assert cut_above_fin > 0  # some cut hypothesis outranks a finished one
+
+
+def reference_beam(table_lp, prompt, max_len, k, length_penalty, alpha, min_length):
+    """Beam search in plain Python, float64, WITHOUT early stopping: t5x's rule (every EOS among
+    the 2K best candidates enters the pool of the K best finished), K best non-EOS stay live,
+    then finished and cut hypotheses by one normalized score. Returns the K best scores."""
+    norm = LENGTH_PENALTY_FN[length_penalty]
+    budget, v = max_len - len(prompt), table_lp.shape[0]
+    live, fin = [(0.0, prompt[-1] if prompt else 1)], []
+    for n in range(budget):  # n continuation tokens so far
+        cands = [
+            (s + table_lp[last, tok], tok)
+            for s, last in live
+            for tok in range(v)
+            if tok != EOS_ID or n >= min_length
+        ]
+        top = sorted(cands, key=lambda c: -c[0])[: 2 * k]
+        fin = sorted(fin + [c[0] / norm(n + 1, alpha) for c in top if c[1] == EOS_ID])[::-1][:k]
+        live = [c for c in top if c[1] != EOS_ID][:k]
+    return sorted(fin + [s / norm(budget, alpha) for s, _ in live])[::-1][:k]
+
+
+@pytest.mark.parametrize("length_penalty", ["none", "average", "gnmt", "power"])
+def test_beam_stopping_rule_is_exact(length_penalty):
+    """K = 3 (fewer beams than hypotheses): the early-stopped beam returns the scores of a plain
+    beam search that runs every step, for every normalizer, prompt length and min_length."""
+    v, max_len, alpha = 7, 9, 0.8
+    table = markov_table(v, 14, scale=2.0)  # EOS ranked >= K matters in 6 of 24 cases
+    lp = log_softmax64(table)
+    prompts, plens = np.array([[4, 5, 6], [6, 0, 0], [0, 0, 0]], np.int32), PROMPT_LENGTHS
+    for min_length in (0, 2):
+        cfg = NS(beam_size=3, length_penalty=length_penalty, alpha=alpha, min_length=min_length)
+        out = to_numpy(
+            beam(
+                markov_step,
+                jnp.asarray(table),
+                jnp.zeros(3),
+                prompts,
+                plens,
+                max_len=max_len,
+                vocab_size=v,
+                cfg=cfg,
+            )
+        )
+        for i, plen in enumerate(plens):
+            prompt = prompts[i, :plen].tolist()
+            want = reference_beam(lp, prompt, max_len, 3, length_penalty, alpha, min_length)
+            np.testing.assert_allclose(out.scores[i], want, rtol=1e-5)
+
+
+def brute_force_logprob(table_lp, prompt, seq, ended) -> float:
+    prev, total = (prompt[-1] if prompt else 1), 0.0
+    for tok in seq:
+        total += table_lp[prev, tok]
+        prev = tok
+    return total + (table_lp[prev, EOS_ID] if ended else 0.0)
+
+
+def test_beam_cut_hypothesis_outranks_finished_under_average():
+    """Finalization by score (Hugging Face): a hypothesis cut at max_len with a better average
+    log-prob comes before a finished one; ranking finished ones first would return
+    44444+EOS (-0.557) above 444444 (-0.105)."""
+    p = {EOS_ID: 0.06, 4: 0.9, 5: 0.04}
+    row = np.full(6, -1e9)
+    for tok, q in p.items():
+        row[tok] = np.log(q)
+    table = np.tile(row, (6, 1)).astype(np.float32)
+    table[5] = np.log([1e-9, 1e-9, 0.5, 1e-9, 0.25, 0.25])  # irrelevant to the top 2
+    cfg = NS(beam_size=2, length_penalty="average")
+    out = to_numpy(
+        beam(markov_step, jnp.asarray(table), jnp.zeros(1), max_len=6, vocab_size=6, cfg=cfg)
     )
-    out = to_numpy(out)
-    # sequences through the impossible (logit -1e9) PAD/BOS/UNK come after all the real ones
-    real = out.ended[0] & (out.scores[0] > -1e6)
-    assert real.sum() == len(cands) and real[: len(cands)].all()
-    for k, (score, seq) in enumerate(cands):
-        assert out.ended[0, k]
-        assert out.tokens[0, k, : out.lengths[0, k]].tolist() == seq
-        np.testing.assert_allclose(out.scores[0, k], score, rtol=1e-5)
-    np.testing.assert_allclose(
-        out.logprobs[0].sum(-1) + out.eos_logprob[0],
-        [
-            seq_logprob(lp, out.tokens[0, k, : out.lengths[0, k]].tolist(), bool(out.ended[0, k]))
-            for k in range(32)
-        ],
-        rtol=1e-5,
+    lp4, lpe = np.log(0.9), np.log(0.06)
+    np.testing.assert_array_equal(out.ended[0], [False, True])
+    np.testing.assert_array_equal(out.lengths[0], [6, 5])
+    assert out.tokens[0, 0].tolist() == [4] * 6
+    assert out.tokens[0, 1].tolist() == [4] * 5 + [EOS_ID]
+    np.testing.assert_allclose(out.scores[0], [lp4, (5 * lp4 + lpe) / 6], rtol=1e-5)
+    assert out.scores[0, 1] < -0.5 < -0.2 < out.scores[0, 0]
+
+
+def test_beam_admits_every_eos_candidate_among_2k():
+    """t5x's and praxis's beam-search case: the same "logits" [-inf, -inf, -1.0 (EOS), -inf,
+    -0.9, -0.1] at every step, K = 2, no normalization, max_len 3.
+
+    The decoders log-softmax what the step function returns, and those constants do not sum to
+    one in probability (e^-1 + e^-0.9 + e^-0.1 = 1.679), so each log-prob is the constant minus
+    logsumexp = 0.5184: EOS -1.518, token 4 -1.418, token 5 -0.618. At step 0 the 2K = 4
+    candidates are 5, 4, EOS (rank 2 = K, which the ranked-below-K rule of Hugging Face and
+    fairseq discards) and an impossible one. Admitting it, [EOS] (-1.518) beats every other
+    hypothesis; the runner-up is 5 5 5 cut at max_len (-1.855), then 5 EOS (-2.136).
+    The ranked-below-K rule returned 5 5 5 (-1.855) and 5 5 4 (-2.655)."""
+    row = np.array([-np.inf, -np.inf, -1.0, -np.inf, -0.9, -0.1], np.float32)
+    table = jnp.asarray(np.tile(row, (6, 1)))
+    out = to_numpy(
+        beam(markov_step, table, jnp.zeros(1), max_len=3, vocab_size=6, cfg=NS(beam_size=2))
     )
+    lse = np.log(np.exp(-1.0) + np.exp(-0.9) + np.exp(-0.1))
+    np.testing.assert_allclose(lse, 0.5184, atol=1e-4)
+    eos, five = -1.0 - lse, -0.1 - lse
+    np.testing.assert_allclose(out.scores[0], [eos, 3 * five], rtol=1e-6)
+    np.testing.assert_allclose(out.scores[0], [-1.5184, -1.8552], atol=1e-4)
+    np.testing.assert_array_equal(out.ended[0], [True, False])
+    np.testing.assert_array_equal(out.lengths[0], [0, 3])
+    assert out.tokens[0].tolist() == [[EOS_ID, PAD_ID, PAD_ID], [5, 5, 5]]
+    np.testing.assert_allclose(out.eos_logprob[0], [eos, 0.0], rtol=1e-6)
 
 
 def test_beam_finds_dpfsa_mode():
@@ -244,6 +434,69 @@ def test_diverse_beam_one_group_is_beam_and_groups_diverge():
     firsts = d4.tokens[0, :, 0]
     assert len(set(firsts.tolist())) == 4
     assert np.all(np.diff(d4.scores[0]) <= 0)
+
+
+# ----- min_length: no EOS before it, for every decoder -----
+
+
+def test_min_length_for_every_decoder():
+    """EOS is the most probable token from every state, so without min_length every decoder
+    would stop at once; with min_length = 3 none ends before 3 continuation tokens, greedy
+    ends at exactly 3, and the sampled distributions are renormalized over the other tokens
+    while EOS is forbidden (the model's own log-probs are reported unchanged)."""
+    v, m = 9, 3
+    table = markov_table(v, 6)
+    table[:, EOS_ID] = table.max(axis=1) + 1.0
+    lp = log_softmax64(table)
+    params, kw = jnp.asarray(table), dict(max_len=10, vocab_size=v, key=2)
+    cfgs = {
+        "greedy": NS(min_length=m),
+        "sample": NS(min_length=m),
+        "beam": NS(min_length=m, beam_size=3),
+        "stochastic_beam": NS(min_length=m, beam_size=3),
+        "diverse_beam": NS(min_length=m, beam_size=4, num_groups=2, diversity_penalty=0.5),
+    }
+    for name, cfg in cfgs.items():
+        out = DECODERS[name](
+            markov_step,
+            params,
+            jnp.zeros(3),
+            PROMPTS,
+            PROMPT_LENGTHS,
+            cfg=cfg,
+            num_samples=20,
+            **kw,
+        )
+        out = to_numpy(out)
+        gen = out.lengths - PROMPT_LENGTHS[:, None]  # continuation tokens, EOS excluded
+        real = np.isfinite(out.scores)
+        assert out.ended.any(), name
+        assert np.all(gen[out.ended] >= m), name
+        if name in ("greedy", "sample"):
+            assert np.all(out.ended) and np.any(gen == m), name
+        if name == "greedy":
+            np.testing.assert_array_equal(gen, m)
+        for i, j in zip(*np.nonzero(real)):  # model log-probs: unchanged by the EOS mask
+            plen = PROMPT_LENGTHS[i]
+            seq = out.tokens[i, j, plen : out.lengths[i, j]].tolist()
+            prompt = PROMPTS[i, :plen].tolist()
+            want = brute_force_logprob(lp, prompt, seq, out.ended[i, j])
+            np.testing.assert_allclose(
+                out.logprobs[i, j].sum() + out.eos_logprob[i, j], want, rtol=1e-5
+            )
+            if name in ("sample", "stochastic_beam"):  # sampled from the renormalized steps
+                prev, total = (prompt[-1] if prompt else 1), 0.0
+                for n, tok in enumerate(seq):
+                    total += lp[prev, tok] - (np.log1p(-np.exp(lp[prev, EOS_ID])) if n < m else 0)
+                    prev = tok
+                total += lp[prev, EOS_ID] if out.ended[i, j] else 0.0
+                got = out.processed_logprobs[i, j].sum() + out.eos_processed_logprob[i, j]
+                np.testing.assert_allclose(got, total, rtol=1e-5)
+    # without min_length the best beam is the empty continuation (EOS is the argmax everywhere)
+    out = beam(
+        markov_step, params, jnp.zeros(3), PROMPTS, PROMPT_LENGTHS, cfg=NS(beam_size=3), **kw
+    )
+    assert np.all(out.lengths[:, 0] == PROMPT_LENGTHS) and out.ended[:, 0].all()
 
 
 # ----- sampling distribution and truncation sets -----
@@ -338,6 +591,15 @@ TRUNCATION_CASES = [
     # top-p on the renormalized top-4 (0.35, 0.24, 0.24, 0.18): {4, 5, 6} reaches 0.82 >= 0.8;
     # on the unrenormalized p it would also keep 7
     ({"top_k": 4, "top_p": 0.8}, {4, 5, 6}),
+    # min_tokens_to_keep (Hugging Face): at least m tokens, the most probable ones (ties at the
+    # m-th kept), except typical-p, which keeps the m least deviating ones
+    ({"top_k": 1, "min_tokens_to_keep": 3}, {4, 5, 6}),
+    ({"top_p": 0.25, "min_tokens_to_keep": 2}, {4, 5, 6}),  # 6 ties with the 2nd
+    ({"typical_p": 0.3, "min_tokens_to_keep": 3}, {5, 6, 7}),  # not the argmax 4
+    ({"typical_p": 0.3, "min_tokens_to_keep": 4}, {4, 5, 6, 7}),
+    ({"min_p": 0.9, "min_tokens_to_keep": 3}, {4, 5, 6}),
+    ({"epsilon": 0.5, "min_tokens_to_keep": 4}, {4, 5, 6, 7}),
+    ({"eta": 0.9, "min_tokens_to_keep": 4}, {4, 5, 6, 7}),  # eta alone: p > 0.168, {4, 5, 6}
 ]
 
 
@@ -345,8 +607,10 @@ TRUNCATION_CASES = [
 def test_truncation_sets(knobs, allowed):
     from seqgen.decoding import processors as proc
 
-    # hand check of the reference: H = 1.7307; deviations 5, 6: 0.121, 7: 0.166, 4: 0.527
+    # hand check of the reference: H = 1.7307; deviations 5, 6: 0.121, 7: 0.166, 4: 0.527, so
+    # typical-p drops the most probable token 4
     assert typical_set(P_FIXED, 0.3) == {5, 6}
+    assert eta_set(P_FIXED, 0.9) == {4, 5, 6}
     assert typical_set(P_FIXED, 0.9) == {4, 5, 6, 7, 8}
     x = fixed_logits()
     flags = proc.flags_from_cfg(lambda k: knobs.get(k, proc_defaults()[k]))
@@ -375,7 +639,8 @@ def test_truncation_sets(knobs, allowed):
 def proc_defaults() -> dict:
     from seqgen.decoding.common import DEFAULTS, TRACED_KNOBS
 
-    return {k: DEFAULTS[k] for k in (*TRACED_KNOBS, "top_k", "no_repeat_ngram_size")}
+    static = ("top_k", "no_repeat_ngram_size", "min_tokens_to_keep")
+    return {k: DEFAULTS[k] for k in (*TRACED_KNOBS, *static)}
 
 
 # ----- stochastic beam: distinct samples without replacement, unbiased estimator -----
@@ -518,13 +783,22 @@ def test_traced_knobs_do_not_recompile():
     sample(counting_step, table, jnp.zeros(2), cfg=NS(temperature=0.7, top_p=0.9), **kw)
     after_first = TRACES["n"]
     assert after_first > 0
-    sample(counting_step, table, jnp.zeros(2), cfg=NS(temperature=1.3, top_p=0.8), **kw)
+    sample(
+        counting_step, table, jnp.zeros(2), cfg=NS(temperature=1.3, top_p=0.8, min_length=2), **kw
+    )
     sample(counting_step, table, jnp.zeros(2), cfg=NS(temperature=0.0, top_p=0.5), **kw)
     assert TRACES["n"] == after_first
     bcfg = dict(beam_size=2, length_penalty="gnmt")
     beam(counting_step, table, jnp.zeros(2), cfg=NS(alpha=0.6, **bcfg), max_len=6, vocab_size=9)
     after_beam = TRACES["n"]
-    beam(counting_step, table, jnp.zeros(2), cfg=NS(alpha=1.0, **bcfg), max_len=6, vocab_size=9)
+    beam(
+        counting_step,
+        table,
+        jnp.zeros(2),
+        cfg=NS(alpha=1.0, min_length=3, **bcfg),
+        max_len=6,
+        vocab_size=9,
+    )
     assert TRACES["n"] == after_beam
 
 
@@ -538,7 +812,6 @@ def test_traced_knobs_do_not_recompile():
         ({"name": "sample", "top_p": 0.0}, {}, "top_p"),
         ({"name": "sample", "top_p": 1.5}, {}, "top_p"),
         ({"name": "sample", "top_k": -1}, {}, "top_k"),
-        ({"name": "sample", "top_k": 11}, {}, "top_k"),
         ({"name": "sample", "temperature": -0.1}, {}, "temperature"),
         ({"name": "sample", "typical_p": 0.0}, {}, "typical_p"),
         ({"name": "sample", "min_p": 1.5}, {}, "min_p"),
@@ -547,6 +820,10 @@ def test_traced_knobs_do_not_recompile():
         ({"name": "sample", "repetition_penalty": 0.0}, {}, "repetition_penalty"),
         ({"name": "sample", "no_repeat_ngram_size": -1}, {}, "no_repeat_ngram_size"),
         ({"name": "beam", "length_penalty": "log"}, {}, "length_penalty"),
+        ({"name": "beam", "min_length": -1}, {}, "min_length"),
+        ({"name": "greedy", "min_length": 1.5}, {}, "min_length"),
+        ({"name": "sample", "min_tokens_to_keep": 0}, {}, "min_tokens_to_keep"),
+        ({"name": "sample", "min_tokens_to_keep": 11}, {}, "min_tokens_to_keep"),
         ({"name": "beam", "alpha": -1.0}, {}, "alpha"),
         ({"name": "diverse_beam", "beam_size": 4, "num_groups": 3}, {}, "num_groups"),
         ({"name": "diverse_beam", "diversity_penalty": -1.0}, {}, "diversity_penalty"),
@@ -563,6 +840,21 @@ def test_validation_errors_name_the_knob(cfg, kwargs, needle):
     call.update(kwargs)
     with pytest.raises(UserError, match=needle):
         decode(markov_step, table, jnp.zeros(3), PROMPTS, PROMPT_LENGTHS, **call)
+
+
+def test_top_k_at_or_above_the_vocabulary_is_no_truncation():
+    # Hugging Face's rule: top_k >= V keeps every token; the output equals top_k=0 bit for bit
+    table = jnp.asarray(markov_table(10, 0))
+    call = dict(max_len=8, vocab_size=10, num_samples=4, key=3)
+    off = decode(markov_step, table, jnp.zeros(3), PROMPTS, PROMPT_LENGTHS, cfg=NS(top_k=0), **call)
+    for k in (10, 11, 640):
+        out = decode(
+            markov_step, table, jnp.zeros(3), PROMPTS, PROMPT_LENGTHS, cfg=NS(top_k=k), **call
+        )
+        np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(off.tokens))
+        np.testing.assert_array_equal(
+            np.asarray(out.processed_logprobs), np.asarray(off.processed_logprobs)
+        )
 
 
 def test_decoders_dict_and_bad_prompts():

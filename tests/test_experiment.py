@@ -10,6 +10,7 @@ import pytest
 from conftest import TINY, compose
 
 from seqgen.errors import UserError
+from seqgen.evaluate import NBEST_DECODERS
 from seqgen.experiment import run_experiment
 
 COMPARE = "compare=[{name:greedy},{name:sample},{name:beam,beam_size:3}]"
@@ -66,13 +67,26 @@ def test_second_run_loads_the_cached_model(first_run, tmp_path):
     assert res2["metrics"]["ppl/valid"] == pytest.approx(res["metrics"]["ppl/valid"], rel=1e-9)
 
 
-def test_oracle_beam_finds_the_exact_mode(cache_dir, tmp_path):
-    # the DPFSA's true distribution decoded by a wide beam: its best beam is the Dijkstra mode
-    cfg = compose([*TINY, "model=oracle", "decoder=beam", "decoder.beam_size=32"])
+ORACLE_COMPARE = "compare=[{name:greedy},{name:sample},{name:beam,beam_size:32}]"
+HELDOUT = ["decode.prompts=heldout", "decode.num_prompts=6", "decode.prompt_len=2"]
+
+
+@pytest.mark.parametrize("prompts", [[], HELDOUT], ids=["unprompted", "heldout_prompts"])
+def test_oracle_model_scores_equal_the_oracle_metrics(cache_dir, tmp_path, prompts):
+    # Decoding the DPFSA's own distribution: the decoder's log-probs (gen/ppl_model) and the
+    # oracle's exact conditional scoring (oracle/ppl) are one number for every row, human
+    # included; a wide beam finds the exact (conditional) mode from Dijkstra.
+    cfg = compose([*TINY, "model=oracle", ORACLE_COMPARE, *prompts])
     res = run_experiment(cfg, out_dir=tmp_path)
-    beam = res["results"][0]["metrics"]
-    assert beam["search/mode_found"] == 1.0
-    assert beam["oracle/nll"] >= 0
+    rows = {r["decoder"]["name"]: r["metrics"] for r in res["results"]}
+    assert list(rows) == ["greedy", "sample", "beam", "human"]
+    for name, m in rows.items():
+        assert m["gen/ppl_model"] == pytest.approx(m["oracle/ppl"], rel=1e-6), name
+        assert m["oracle/impossible_prompt_rate"] == 0.0
+        assert ("search/mode_found" in m) == (name in NBEST_DECODERS)
+    assert rows["beam"]["search/mode_found"] == 1.0
+    # the best beam's score is the mode's log-prob, prompt by prompt
+    assert rows["beam"]["score/mean"] == pytest.approx(rows["beam"]["oracle/mode_logprob"])
 
 
 def test_unknown_prompt_symbol_is_a_user_error(cache_dir, tmp_path):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
 
+from seqgen.data.synthetic import DPFSA
 from seqgen.errors import UserError
 from seqgen.metrics import (
     abc_metrics,
@@ -33,6 +34,7 @@ from seqgen.metrics import (
     zipf_coefficient,
 )
 from seqgen.metrics._packed import ngram_ids, pack
+from seqgen.tokens import NUM_SPECIAL, UNK_ID
 
 LN = math.log
 
@@ -257,18 +259,26 @@ def test_length_metrics_hand_computed():
 
 
 class FakeOracle:
-    """Every symbol has p = 1/2 and EOS has p = 1/4 (not a real distribution; enough to
-    check the reductions). Mode: 5 6 with log-prob -1.2."""
+    """Every symbol has p = 1/2 and EOS has p = 1/4 in the one state 0 (not a real
+    distribution; enough to check the reductions); a prompt containing UNK (3) is impossible.
+    Mode: 5 6 with log-prob -1.2."""
 
-    def logprob_batch(self, tokens, lengths, ended):
+    def state_after(self, prefix):
+        return None if UNK_ID in prefix else 0
+
+    def logprob_batch(self, tokens, lengths, ended, start):
         tokens, lengths, ended = np.asarray(tokens), np.asarray(lengths), np.asarray(ended)
         assert tokens.ndim == 2 and tokens.shape[0] == lengths.shape[0] == ended.shape[0]
+        assert (np.asarray(start) == 0).all()
         return lengths * LN(0.5) + ended * LN(0.25)
 
-    def entropy_rate(self):
+    def entropy(self, start):
         return 0.9
 
-    def mode(self):
+    def expected_length(self, start):
+        return 1.0
+
+    def mode(self, start):
         return [5, 6], -1.2
 
 
@@ -286,12 +296,40 @@ def test_oracle_metrics_hand_computed():
     assert out["oracle/ppl"] == pytest.approx(2**1.25)
     assert out["oracle/entropy"] == 0.9
     assert out["oracle/mode_logprob"] == -1.2
+    assert "oracle/impossible_prompt_rate" not in out  # no prompts given
     # [5 6] ended = mode; [5 6] not ended is only a prefix; [5] and [5 6 7] differ
     assert out["search/mode_found"] == pytest.approx(1 / 4)
     # an oracle whose mode lists its EOS: the EOS is ignored
     eos_mode = FakeOracle()
-    eos_mode.mode = lambda: ([5, 6, 2], -1.2)
+    eos_mode.mode = lambda start: ([5, 6, 2], -1.2)
     assert mode_found_rate(eos_mode, [[5, 6], [5]], [True, True]) == 0.5
+
+
+def test_oracle_metrics_condition_on_each_prompt():
+    # symbols a = 4, b = 5. State 0: a -> 1 (.5), b -> 0 (.3), stop .2;
+    # state 1: a -> 1 (.1), b -> 0 (.3), stop .6. Prompt [a] leads to 1, [] to 0, [UNK] nowhere.
+    d = DPFSA(np.array([[1, 0], [1, 0]]), np.array([[0.5, 0.3], [0.1, 0.3]]), np.array([0.2, 0.6]))
+    a = NUM_SPECIAL
+    prompts = [[a], [], [UNK_ID]]
+    seqs, ended = [[a], [a], [a]], [True, True, True]
+    out = compute_metrics(seqs, ended=ended, oracle=d, prompts=prompts, best_sequences=seqs)
+    # given [a]: ln .1 + ln .6; given []: ln .5 + ln .6; the impossible prompt is left out
+    assert out["oracle/nll"] == pytest.approx(-LN(0.1 * 0.6 * 0.5 * 0.6) / 4, rel=1e-12)
+    assert out["oracle/impossible_prompt_rate"] == pytest.approx(1 / 3)
+    # modes: from 1 the empty string (.6 > a: .06, b: .3 * .2); from 0 [a] (.5 * .6 = .3)
+    assert d.mode(1) == ([], pytest.approx(LN(0.6))) and d.mode(0) == ([a], pytest.approx(LN(0.3)))
+    assert out["oracle/mode_logprob"] == pytest.approx((LN(0.6) + LN(0.3)) / 2, rel=1e-12)
+    assert out["search/mode_found"] == 0.5  # [a] after [a] is not the mode; after [] it is
+    # entropy pooled over the prompts' states; expected lengths by hand: 35/12 and 25/12
+    assert d.expected_length(0) == pytest.approx(35 / 12)
+    assert d.expected_length(1) == pytest.approx(25 / 12)
+    assert out["oracle/entropy"] == pytest.approx((d.entropy(0) + d.entropy(1)) / 5, rel=1e-12)
+    # unconditional scoring would count every row from the start state
+    assert mode_found_rate(d, seqs, ended) == 1.0
+    with pytest.raises(UserError, match="best_prompts"):
+        compute_metrics(
+            seqs, ended=ended, oracle=d, prompts=prompts, best_sequences=seqs[:1], best_ended=[True]
+        )
 
 
 # ---------------------------------------------------------------- ABC
@@ -440,6 +478,8 @@ def test_decode_output_inputs_cuts_prompts_and_padding():
     assert [s.tolist() for s in kw["sequences"]] == [[5, 6], [7], [5, 5, 5, 5, 5], [6]]
     assert kw["ended"].tolist() == [True, True, False, True]
     assert [s.tolist() for s in kw["best_sequences"]] == [[5, 6], [5, 5, 5, 5, 5]]
+    assert [p.tolist() for p in kw["prompts"]] == [[9], [9], [], []]
+    assert [p.tolist() for p in kw["best_prompts"]] == [[9], []]
     assert "tempered_logprobs" not in kw and len(kw["model_logprobs"]) == 4
     metrics = compute_metrics(**kw)
     # 9 tokens at -1 plus 3 EOS at -2: ppl = exp(15 / 12)

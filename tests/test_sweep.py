@@ -22,17 +22,18 @@ def _sweep_dir(root: Path) -> Path:
 
 
 def test_multirun_summary_plots_and_a_failed_job(tmp_path, env):
-    # top_k=1000 is above the 10-symbol vocabulary: that job fails, the others must survive
-    args = ["-m", *TINY, "output.plots=true", "decoder=sample", "decoder.top_k=0,2,1000"]
+    # 8 samples x 16 tokens are 128 positions, more than decode.max_tokens=100: that job fails
+    # (only the loaded corpus gives the prompt count), the others must survive
+    args = ["-m", *TINY, "output.plots=true", "decoder=sample", "decode.max_tokens=500,200,100"]
     proc = run_cli(args, cwd=tmp_path, env=env)
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     sweep = _sweep_dir(tmp_path)
     rows = list(csv.DictReader(open(sweep / "summary.csv")))
     jobs_ok = {r["job"] for r in rows}
     assert len(jobs_ok) == 2
-    assert {r["decoder.top_k"] for r in rows if r["decoder"] != "human"} == {"0", "2"}
+    assert {r["decode.max_tokens"] for r in rows if r["decoder"] != "human"} == {"500", "200"}
     md = (sweep / "summary.md").read_text()
-    assert "Failed jobs (1)" in md and "top_k" in md
+    assert "Failed jobs (1)" in md and "max_tokens" in md
     assert (sweep / "plots" / "gen_ppl.png").stat().st_size > 1000
 
 

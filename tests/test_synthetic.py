@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 
 from seqgen.data.synthetic import DPFSA, NEG_INF
-from seqgen.tokens import BOS_ID, EOS_ID, NUM_SPECIAL
+from seqgen.tokens import BOS_ID, EOS_ID, NUM_SPECIAL, UNK_ID
 
 
-def all_strings(d: DPFSA, max_len: int, min_logprob: float = -math.inf):
-    """(ids, logprob) of every possible string with at most max_len symbols (DFS), skipping
-    the continuations of prefixes less probable than exp(min_logprob)."""
+def all_strings(d: DPFSA, max_len: int, min_logprob: float = -math.inf, start: int | None = None):
+    """(ids, logprob) of every possible string with at most max_len symbols (DFS) read from
+    state `start` (default: the start state), skipping the continuations of prefixes less
+    probable than exp(min_logprob)."""
     out = []
 
     def walk(state, prefix, lp):
@@ -25,7 +26,7 @@ def all_strings(d: DPFSA, max_len: int, min_logprob: float = -math.inf):
             walk(int(d.next_state[state, a]), prefix, lp + math.log(d.probs[state, a]))
             prefix.pop()
 
-    walk(d.start, [], 0.0)
+    walk(d.start if start is None else start, [], 0.0)
     return out
 
 
@@ -186,3 +187,71 @@ def test_logprob_batch_matches_logprob():
         stop = d.log_probs[_state_after(d, s), EOS_ID]
         want = d.logprob(s) - (0.0 if ended[i] else stop)
         assert got[i] == pytest.approx(want, abs=1e-9)
+
+
+# ----- conditioning on a prompt: the state it leads to
+
+
+def _prompts_to_every_state(d: DPFSA, max_len: int = 6) -> dict[int, list[int]]:
+    """A shortest possible prompt leading to each reachable state (brute force)."""
+    found: dict[int, list[int]] = {}
+    for ids, _ in sorted(all_strings(d, max_len), key=lambda x: len(x[0])):
+        found.setdefault(int(_state_after(d, ids)), ids)
+    return found
+
+
+def test_state_after_follows_the_path_and_rejects_impossible_prefixes(tiny):
+    for ids, _ in all_strings(tiny, 4):
+        assert tiny.state_after(ids) == _state_after(tiny, ids)
+    q, a = np.argwhere(tiny.probs == 0)[0]
+    path = _prompts_to_every_state(tiny)[int(q)]
+    assert tiny.state_after(path + [NUM_SPECIAL + int(a)]) is None
+    assert tiny.state_after([EOS_ID]) is None and tiny.state_after([UNK_ID]) is None
+    assert tiny.state_after([]) == tiny.start
+
+
+def test_conditional_logprob_is_joint_minus_prompt():
+    # log p(x | prompt) = log p(prompt x EOS) - log p_prefix(prompt), read from the prompt's state
+    d = DPFSA.random(6, 4, seed=7, stop_prob=0.2)
+    seqs = [s for s in d.sample(60, seed=4) if len(s) >= 3][:10]
+    cuts = [1 + i % (len(s) - 1) for i, s in enumerate(seqs)]
+    prompts = [s[:c] for s, c in zip(seqs, cuts)]
+    conts = [s[c:] for s, c in zip(seqs, cuts)]
+    t = max(len(c) for c in conts)
+    tokens = np.zeros((len(seqs), t), np.int32)
+    for i, c in enumerate(conts):
+        tokens[i, : len(c)] = c
+    states = np.array([d.state_after(p) for p in prompts])
+    ended = np.arange(len(seqs)) % 3 != 0
+    got = d.logprob_batch(tokens, [len(c) for c in conts], ended, start=states)
+    for i, (s, p) in enumerate(zip(seqs, prompts)):
+        prompt_lp = d.logprob_batch(np.asarray([p]), [len(p)], [False])[0]
+        full = d.logprob(s) if ended[i] else d.logprob_batch(np.asarray([s]), [len(s)], [False])[0]
+        assert got[i] == pytest.approx(full - prompt_lp, abs=1e-9)
+    assert not np.allclose(got, d.logprob_batch(tokens, [len(c) for c in conts], ended))
+
+
+def test_conditional_mode_matches_brute_force_from_the_prompts_state():
+    checked = differs = 0
+    for seed in range(8):
+        d = DPFSA.random(5, 3, seed=seed, stop_prob=0.1)
+        for q, prompt in _prompts_to_every_state(d).items():
+            ids, lp = d.mode(d.state_after(prompt))
+            # every continuation from q (a most probable path never repeats a state)
+            best_ids, best_lp = max(all_strings(d, d.num_states, start=q), key=lambda x: x[1])
+            assert ids == best_ids and lp == pytest.approx(best_lp, abs=1e-12)
+            prompt_lp = d.logprob_batch(np.asarray([prompt or [0]]), [len(prompt)], [False])[0]
+            assert d.logprob(prompt + ids) - prompt_lp == pytest.approx(lp, abs=1e-12)
+            checked += 1
+            differs += ids != d.mode()[0]
+    assert checked > 20 and differs > 5  # conditioning changes the mode
+
+
+def test_entropy_and_length_from_a_state_satisfy_their_recursions():
+    # H(q) = H(next token | q) + sum_a p(a|q) H(next(q, a)); likewise E|x|_q = 1 + sum_a ...
+    d = DPFSA.random(6, 4, seed=3, stop_prob=0.2)
+    h = np.array([d.entropy(q) for q in range(d.num_states)])
+    length = np.array([d.expected_length(q) for q in range(d.num_states)])
+    np.testing.assert_allclose(h, d.state_entropy() + (d.probs * h[d.next_state]).sum(1))
+    np.testing.assert_allclose(length, 1 + (d.probs * length[d.next_state]).sum(1))
+    assert h[d.start] == d.entropy() and len(set(np.round(h, 6))) > 1

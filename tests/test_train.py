@@ -1,7 +1,12 @@
 """Training loop: learning, evaluation, resume after interruption, NaN guard, tracker."""
 
+import json
+import logging
 import math
 import os
+import signal
+import subprocess
+import sys
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
@@ -13,7 +18,7 @@ import pytest
 from flax import nnx
 
 from seqgen.checkpoint import TrainCheckpointer
-from seqgen.errors import UserError
+from seqgen.errors import TrainingInterrupted, UserError
 from seqgen.models import LanguageModel
 from seqgen.train import (
     NonFiniteLossError,
@@ -67,9 +72,10 @@ def make_batch(rng: np.random.Generator) -> Batch:
     return Batch(inputs, targets, mask)
 
 
-def batches(seed=0, fail_at=None, nan_at=None, interrupt_at=None):
+def batches(seed=0, fail_at=None, nan_at=None, interrupt_at=None, signal_at=None):
     """Infinite deterministic batch stream; raises at batch `fail_at` (RuntimeError) or
-    `interrupt_at` (KeyboardInterrupt); NaN mask at batch `nan_at`."""
+    `interrupt_at` (KeyboardInterrupt); NaN mask at batch `nan_at`; `signal_at=(i, sig)` sends
+    the process `sig` while batch i is drawn."""
     rng = np.random.default_rng(seed)
     i = 0
     while True:
@@ -77,6 +83,8 @@ def batches(seed=0, fail_at=None, nan_at=None, interrupt_at=None):
             raise RuntimeError("simulated preemption")
         if i == interrupt_at:
             raise KeyboardInterrupt
+        if signal_at is not None and i == signal_at[0]:
+            os.kill(os.getpid(), signal_at[1])
         b = make_batch(rng)
         if i == nan_at:
             b = b._replace(mask=np.full_like(b.mask, np.nan))
@@ -250,3 +258,100 @@ def test_update_equals_plain_optax_adamw():
         params, opt_state = step(params, opt_state, next(stream), jnp.array([3, i], jnp.uint32))
     for a, b in zip(jax.tree.leaves(params), params_of(model)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_saves_a_checkpoint_and_resume_continues(full_run, tmp_path, caplog, sig, code):
+    """SIGTERM (schedulers) and SIGINT (Ctrl-C) finish the step in flight, save it, and stop."""
+    _, (full_model, _), _, _ = full_run
+    cfg = replace(Cfg(), checkpoint_every=100)  # only the signal writes "latest" before step 8
+    handler_before = signal.getsignal(sig)
+    with pytest.raises(TrainingInterrupted) as err:
+        train(new_model(), batches(signal_at=(2, sig)), VALID, cfg, ckpt_dir=tmp_path, seed=3)
+    assert err.value.exit_code == code and err.value.step == 3
+    assert str(err.value) == (
+        "interrupted at step 3; checkpoint saved; rerun the same command to resume"
+    )
+    assert signal.getsignal(sig) is handler_before  # the handlers are put back
+    assert TrainCheckpointer(tmp_path).latest_step() == 3
+    with caplog.at_level(logging.INFO, logger="seqgen"):
+        model, summary = train(new_model(), batches(), VALID, cfg, ckpt_dir=tmp_path, seed=3)
+    assert any(r.getMessage().startswith("resumed from step 3") for r in caplog.records)
+    assert summary["steps"] == 8
+    for a, b in zip(params_of(model), params_of(full_model)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+
+
+def test_unreadable_training_checkpoint_restarts_from_step_zero(full_run, tmp_path, caplog):
+    _, (full_model, _), _, _ = full_run
+    cfg = Cfg()
+    with pytest.raises(RuntimeError, match="preemption"):
+        train(new_model(), batches(fail_at=4), VALID, cfg, ckpt_dir=str(tmp_path), seed=3)
+    for f in (tmp_path / "latest").rglob("*"):
+        if f.is_file() and f.stat().st_size > 64:
+            f.write_bytes(b"\0" * 64)
+    with caplog.at_level(logging.WARNING, logger="seqgen"):
+        model, summary = train(new_model(), batches(), VALID, cfg, ckpt_dir=str(tmp_path), seed=3)
+    assert any("unreadable" in r.getMessage() for r in caplog.records)
+    assert summary["steps"] == 8
+    for a, b in zip(params_of(model), params_of(full_model)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+
+
+# The command line: `python -m seqgen.run` sent SIGTERM (deterministically, while batch 5 is
+# drawn) prints one line, exits 143 and leaves a checkpoint that the same command resumes.
+_SIGTERM_AT_BATCH = """
+import os, runpy, signal
+import seqgen.data.batching as batching
+
+real = batching.batch_iterator
+
+def batch_iterator(*args, **kwargs):
+    for i, batch in enumerate(real(*args, **kwargs)):
+        if i == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+        yield batch
+
+batching.batch_iterator = batch_iterator
+runpy.run_module("seqgen.run", run_name="__main__", alter_sys=True)  # python -m seqgen.run
+"""
+
+
+def test_sigterm_from_the_command_line_exits_143_and_the_rerun_resumes(
+    tmp_path, monkeypatch, caplog
+):
+    from conftest import ROOT, TINY, compose
+
+    from seqgen import experiment
+    from seqgen.data.corpus import load_corpus
+
+    args = [*TINY, "decoder=greedy", "train.checkpoint_every=20", f"cache_dir={tmp_path}/a"]
+    proc = subprocess.run(
+        [sys.executable, "-c", _SIGTERM_AT_BATCH, *args, f"hydra.run.dir={tmp_path}/run"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 143, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "interrupted at step 6; checkpoint saved; rerun the same command to resume"
+    )
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+    # the rerun (in-process: the same pipeline) resumes; it ends where an uninterrupted run does
+    monkeypatch.setattr(experiment, "_LOADED", {})
+    cfg = compose(args)
+    corpus = load_corpus(cfg.data, int(cfg.seed))
+    entry = tmp_path / "a" / "models" / experiment.model_cache_key(cfg, corpus)
+    assert TrainCheckpointer(entry / "train_ckpt").latest_step() == 6
+    with caplog.at_level(logging.INFO, logger="seqgen"):
+        resumed = experiment.get_model(cfg, corpus)
+    assert any(r.getMessage().startswith("resumed from step 6") for r in caplog.records)
+    experiment._LOADED.clear()
+    whole = experiment.get_model(compose([*args[:-1], f"cache_dir={tmp_path}/b"]), corpus)
+    assert json.loads((entry / "meta.json").read_text())["train"]["steps"] == 20
+    for a, b in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(whole.params)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)

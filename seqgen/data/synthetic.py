@@ -15,6 +15,11 @@ decoding study needs is exact (cf. the formal-language analyses of Cotterell et 
   virtual final node reached by stopping (costs are >= 0 and the cost of a string is the
   sum of its transition costs plus the stop cost, so the shortest path is the mode).
 
+Conditioning on a prompt is exact too: a possible prefix leads to one state q
+(``state_after``), and p(x | prefix) is the distribution of the automaton started in q, so
+``logprob_batch``, ``entropy``, ``expected_length`` and ``mode`` take a ``start`` state
+(default: the start state 0).
+
 Symbols are token ids NUM_SPECIAL..NUM_SPECIAL+alphabet_size-1; stopping emits EOS_ID.
 """
 
@@ -61,6 +66,7 @@ class DPFSA:
             lp[:, NUM_SPECIAL:] = np.log(self.probs)
             lp[:, EOS_ID] = np.log(self.stop)
         self.log_probs = lp
+        self._modes: dict[int, tuple[list[int], float]] = {}  # mode() per start state
 
     @classmethod
     def random(
@@ -142,16 +148,34 @@ class DPFSA:
             state = self.next_state[state, tok - NUM_SPECIAL]
         return float(total + self.log_probs[state, EOS_ID])
 
+    def state_after(self, prefix: Sequence[int]) -> int | None:
+        """The state reached by reading `prefix` (token ids, no BOS) from the start state;
+        None if the prefix is impossible (a token that is not a symbol, or a symbol of
+        probability 0 on the way)."""
+        state = self.start
+        for tok in prefix:
+            a = int(tok) - NUM_SPECIAL
+            if not 0 <= a < self.alphabet_size or self.probs[state, a] == 0:
+                return None
+            state = int(self.next_state[state, a])
+        return state
+
     def logprob_batch(
-        self, tokens: np.ndarray, lengths: np.ndarray, ended: np.ndarray | None = None
+        self,
+        tokens: np.ndarray,
+        lengths: np.ndarray,
+        ended: np.ndarray | None = None,
+        start: np.ndarray | None = None,
     ) -> np.ndarray:
         """log-prob of the first lengths[i] tokens of each row [N, T], plus log stop where
-        ended[i] (default: all ended). float64 [N]; -inf for impossible rows."""
+        ended[i] (default: all ended), reading row i from state start[i] (default: the start
+        state), i.e. log p(row | a prefix leading to start[i]). float64 [N]; -inf for
+        impossible rows."""
         tokens = np.asarray(tokens)
         lengths = np.asarray(lengths)
         n, t = tokens.shape
         ended = np.ones(n, bool) if ended is None else np.asarray(ended, bool)
-        state = np.full(n, self.start)
+        state = self._start_states(start, n)
         total = np.zeros(n)
         dead = np.zeros(n, bool)
         for j in range(t):
@@ -175,11 +199,18 @@ class DPFSA:
         np.add.at(p, (rows, self.next_state.ravel()), self.probs.ravel())
         return p
 
-    def expected_visits(self) -> np.ndarray:
-        """n[q] = expected number of visits to q (tokens emitted from q, EOS included)."""
+    def _start_states(self, start: np.ndarray | int | None, n: int) -> np.ndarray:
+        state = np.broadcast_to(np.asarray(self.start if start is None else start), (n,))
+        if not ((state >= 0) & (state < self.num_states)).all():
+            raise ValueError(f"start states must be in [0, {self.num_states})")
+        return state.astype(np.int64)
+
+    def expected_visits(self, start: int | None = None) -> np.ndarray:
+        """n[q] = expected number of visits to q (tokens emitted from q, EOS included),
+        starting in `start` (default: the start state)."""
         p = self.transition_matrix()
         e0 = np.zeros(self.num_states)
-        e0[self.start] = 1.0
+        e0[self._start_states(start, 1)[0]] = 1.0
         return np.linalg.solve(np.eye(self.num_states) - p.T, e0)
 
     def state_entropy(self) -> np.ndarray:
@@ -187,30 +218,40 @@ class DPFSA:
         lp = np.where(np.isfinite(self.log_probs), self.log_probs, 0.0)
         return -(np.exp(self.log_probs) * lp).sum(1)
 
-    def entropy(self) -> float:
-        """Exact entropy of the distribution over strings, in nats."""
-        return float(self.expected_visits() @ self.state_entropy())
+    def entropy(self, start: int | None = None) -> float:
+        """Exact entropy of the distribution over strings from `start` (default: the start
+        state), in nats."""
+        return float(self.expected_visits(start) @ self.state_entropy())
 
-    def expected_length(self) -> float:
-        """Expected number of tokens per string, EOS included."""
-        return float(self.expected_visits().sum())
+    def expected_length(self, start: int | None = None) -> float:
+        """Expected number of tokens per string from `start`, EOS included."""
+        return float(self.expected_visits(start).sum())
 
     def entropy_rate(self) -> float:
         """Entropy per token (EOS included): entropy() / expected_length()."""
         return self.entropy() / self.expected_length()
 
-    def mode(self) -> tuple[list[int], float]:
-        """The most probable string (token ids, no EOS) and its log-probability.
+    def mode(self, start: int | None = None) -> tuple[list[int], float]:
+        """The most probable string from state `start` (default: the start state; from the
+        state a prompt leads to, the conditional mode given the prompt): token ids, no EOS,
+        and its log-probability. Memoised per state.
 
-        Dijkstra from the start state over costs -log p(a | q) >= 0, with stopping an edge
-        to a virtual final node of cost -log stop[q]; ties are broken by smaller state id.
+        Dijkstra from `start` over costs -log p(a | q) >= 0, with stopping an edge to a
+        virtual final node of cost -log stop[q]; ties are broken by smaller state id.
         """
+        source = int(self._start_states(start, 1)[0])
+        if source not in self._modes:
+            self._modes[source] = self._dijkstra(source)
+        ids, lp = self._modes[source]
+        return list(ids), lp
+
+    def _dijkstra(self, source: int) -> tuple[list[int], float]:
         q = self.num_states
         final = q
         dist = np.full(q + 1, np.inf)
         back: list[tuple[int, int] | None] = [None] * (q + 1)  # (previous node, token)
-        dist[self.start] = 0.0
-        heap = [(0.0, self.start)]
+        dist[source] = 0.0
+        heap = [(0.0, source)]
         done = np.zeros(q + 1, bool)
         while heap:
             d, u = heapq.heappop(heap)

@@ -141,6 +141,13 @@ def read_text_file(path: str) -> str:
         ) from None
     if not text.strip():
         raise UserError(f"data.path={path} is empty; pass a non-empty UTF-8 text file")
+    # NUL bytes and other control characters are valid UTF-8 but mark binary data, not text
+    controls = sum(1 for ch in text if ord(ch) < 32 and ch not in "\t\n\r\f\v")
+    if "\x00" in text or controls > 0.01 * len(text):
+        raise UserError(
+            f"data.path={path} is not text ({controls} of {len(text)} characters are NUL or "
+            "other control characters); pass a UTF-8 text file"
+        )
     return text
 
 

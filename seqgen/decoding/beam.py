@@ -10,19 +10,26 @@ per step and no [T, V] logits are kept.
 Per step, for each beam group (one group for plain beam search), with live scores s_k (sums
 of model log-probs) and candidates s_k + log p(v | y_k):
 1. take the 2K best candidates (by score, or by the diversity-augmented score);
-2. an EOS candidate whose rank among them is < K enters the finished pool (Hugging Face's rule:
-   it makes K = 1 exactly greedy); the pool keeps the K best by the length-normalized score;
+2. EVERY EOS candidate among them enters the finished pool, whatever its rank (t5x's rule,
+   `decoding.beam_search`); the pool keeps the K best by the length-normalized score. (Hugging
+   Face and fairseq admit only EOS candidates ranked < K, which discards a finished hypothesis
+   that beats the ones finally returned; that rule is what made K = 1 exactly greedy.)
 3. the K best non-EOS candidates become the live beams -- there are at least K among 2K because
    each beam has one EOS child, so K beams ending at once never empty the beam.
-Stopping rule (exact: no hypothesis that could still enter the n-best list is dropped): a group
-is done when the best live score bound <= the worst (K-th) finished score. Log-probs are <= 0, so
-a live sum s can only decrease; a live hypothesis must still emit at least EOS and can reach at
-most L_max = max_len - prompt_length generated tokens, and the normalizers ((5+L)/6)^alpha
-(alpha >= 0) and L grow with L, so its final normalized score is at most s / lp(L_max) (s for
-`none`). Under `lax.scan`, "stop" means the remaining steps are no-ops for that row (frozen by a
-done flag); when every row is done the step is skipped with `lax.cond`.
-Output: the K best hypotheses, best first: finished ones (`ended`) by normalized score, then
-hypotheses cut at max_len, then empty slots (score -inf, length 0).
+`min_length` removes the EOS candidates of hypotheses with fewer continuation tokens (the
+scores stay the model's log-probs: the search runs over the sequences of length >= min_length).
+Output (Hugging Face's finalization): finished hypotheses and the live ones cut at max_len
+compete by the same normalized score; the K best, best first (`ended` False for cut ones, whose
+L is their number of generated tokens); then empty slots (score -inf, length 0).
+Stopping rule (exact: the output equals that of running every step): a group is done when the
+bound on its best live hypothesis <= the worst (K-th) finished score. Log-probs are <= 0, so a
+live sum s can only decrease; every descendant of a live hypothesis, finished or cut, has at most
+L_max = max_len - prompt_length generated tokens, and every normalizer lp(L) (1, L, L^alpha,
+((5+L)/6)^alpha, alpha >= 0) is >= 1 and non-decreasing in L, so its final score is at most
+s / lp(L_max). Nothing a done group drops could enter its n-best (ties go to what is already
+in the pool, and to finished over cut hypotheses, in the pool and in the output alike). Under
+`lax.scan`, "stop" means the remaining steps are no-ops for that group (frozen by a done flag);
+when every group is done the step is skipped with `lax.cond`.
 Beam methods score with the model's unmodified log-probs: temperature and the sampling
 processors do not apply (tempered/processed log-probs equal the model's).
 """
@@ -35,6 +42,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from seqgen.decoding import processors as proc
 from seqgen.decoding.common import (
     DecodeOutput,
     StepFn,
@@ -125,7 +133,9 @@ def _beam_program(
         logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1).reshape(b, k, v)
         forced = t < plen  # [B]
         forced_lp = jnp.where(jnp.arange(v)[None, :] == ptok[:, None], 0.0, -jnp.inf)  # [B, V]
-        cand_lp = jnp.where(forced[:, None, None], forced_lp[:, None, :], logp)  # [B, K, V]
+        generated = jnp.repeat(t - plen, k)  # [B * K] continuation tokens before this one
+        open_lp = proc.min_length(logp.reshape(b * k, v), generated, knobs["min_length"])
+        cand_lp = jnp.where(forced[:, None, None], forced_lp[:, None, :], open_lp.reshape(b, k, v))
         cand_all = state["live"][..., None] + cand_lp  # [B, K, V]
         gen_len = (t - plen + 1)[:, None]  # [B, 1] generated tokens incl. this one
         counts = jnp.zeros((b, v), jnp.float32)  # tokens chosen by earlier groups this step
@@ -142,7 +152,7 @@ def _beam_program(
             raw = _take(cand, idx)
             beam, tok = idx // v, (idx % v).astype(jnp.int32)
             is_eos = (tok == EOS_ID) & ~forced[:, None]
-            enters = is_eos & (jnp.arange(2 * kg) < kg) & jnp.isfinite(raw)
+            enters = is_eos & jnp.isfinite(raw)  # every EOS candidate among the 2K (t5x)
             score = jnp.where(enters, length_norm(raw, gen_len, length_penalty, alpha), -jnp.inf)
             eos_lp = _take(logp[:, sl, EOS_ID], beam)  # [B, 2Kg]
             pool = jnp.concatenate([state["fin_score"][:, sl], score], axis=1)  # [B, 3Kg]
@@ -207,22 +217,30 @@ def _beam_program(
 
     state, ys = jax.lax.scan(body, state, (jnp.arange(t_max), prompts.T))
 
-    # n-best: finished (tier 0), then live hypotheses cut at max_len (tier 1), then empty (2).
+    # n-best: each group's Kg best of its finished and cut hypotheses by one normalized score
+    # (a done group's live beams cannot beat its pool and are left out, so the stopping rule
+    # is exact per group), then all groups' picks best first; empty slots last. top_k puts the
+    # lower index first among equal scores: finished (the first K) before cut.
     group_done = jnp.repeat(state["done"], kg, axis=1)  # [B, K]
     live_ok = jnp.isfinite(state["live"]) & ~group_done
     live_score = length_norm(state["live"], lmax[:, None], length_penalty, alpha)
-    fin_ok = jnp.isfinite(state["fin_score"])
-    score = jnp.concatenate(
-        [state["fin_score"], jnp.where(live_ok, live_score, -jnp.inf)], axis=1
-    )  # [B, 2K]
-    tier = jnp.concatenate([jnp.where(fin_ok, 0, 2), jnp.where(live_ok, 1, 2)], axis=1)
-    order = jnp.lexsort((-score, tier), axis=-1)[:, :k]  # [B, K] best first
-    tier = _take(tier, order)
-    ended = tier == 0
+    live_score = jnp.where(live_ok, live_score, -jnp.inf)
+    picks, picked = [], []
+    for g in range(g_num):
+        sl = slice(g * kg, (g + 1) * kg)
+        top, idx = jax.lax.top_k(
+            jnp.concatenate([state["fin_score"][:, sl], live_score[:, sl]], axis=1), kg
+        )  # [B, Kg], index into [fin of g, live of g]
+        picks.append(top)
+        picked.append(jnp.where(idx < kg, g * kg + idx, k + g * kg + idx - kg))
+    best, pos = jax.lax.top_k(jnp.concatenate(picks, axis=1), k)  # [B, K] best first
+    order = _take(jnp.concatenate(picked, axis=1), pos)  # [B, K] index into `score`
+    real = jnp.isfinite(best)
+    ended = real & (order < k)
     length = _take(
         jnp.concatenate([state["fin_len"], jnp.full((b, k), t_max, jnp.int32)], axis=1), order
     )
-    length = jnp.where(tier < 2, length, 0)
+    length = jnp.where(real, length, 0)
     slot = _take(
         jnp.concatenate([state["fin_slot"], jnp.broadcast_to(jnp.arange(k), (b, k))], axis=1),
         order,
@@ -244,7 +262,7 @@ def _beam_program(
         eos_logprob=eos_lp,
         eos_tempered_logprob=eos_lp,
         eos_processed_logprob=eos_lp,
-        scores=_take(score, order),
+        scores=best,
     )
 
 
@@ -303,9 +321,14 @@ def beam(
 ) -> DecodeOutput:
     """Beam search with a finished pool and an exact stopping rule (see the module docstring).
 
-    Score of a finished hypothesis with log-prob sum S (EOS included) and L generated tokens
-    (EOS included): `length_penalty` none: S; average: S / L; gnmt: S / ((5 + L) / 6)^alpha
-    (Wu et al. 2016, eq. 14). Returns the K = `beam_size` best, best first; K = 1 is greedy.
+    Score of a hypothesis with log-prob sum S (EOS included) and L generated tokens (EOS
+    included; a hypothesis cut at max_len has no EOS): `length_penalty` none: S; average: S / L;
+    gnmt: S / ((5 + L) / 6)^alpha (Wu et al. 2016, eq. 14); power: S / L^alpha (fairseq's
+    `--lenpen`). Returns the K = `beam_size` best, finished and cut alike, best first.
+    K = 1 follows greedy's path (its live beam is the best non-EOS child) but, by t5x's rule,
+    also keeps an EOS ending that ranked second: with `length_penalty=none` it returns greedy's
+    sequence or an EOS-ended prefix of it that scores higher (with a normalizer it may also go
+    on past greedy's EOS). EOS is forbidden before `min_length` continuation tokens.
     Deterministic: `key`, `num_samples` and `prompt_ids` are ignored.
     """
     del key, num_samples, prompt_ids
@@ -346,8 +369,8 @@ def diverse_beam(
     the paper's Hamming diversity term for the current time step only. As in the paper, the
     penalty steers selection but is not added to the stored sequence log-probs, which are what
     the finished pools rank by (Hugging Face instead accumulates the penalty into the scores).
-    Each group is a beam search of its own (finished pool, stopping rule, as `beam`); the output
-    is the K best of all groups, best first. G = 1 is `beam`.
+    Each group is a beam search of its own (finished pool, stopping rule, finalization, as
+    `beam`); the output is every group's K / G best, all sorted best first. G = 1 is `beam`.
     """
     del key, num_samples, prompt_ids
     return _run_beam(

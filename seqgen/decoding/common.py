@@ -6,12 +6,14 @@ imports a model or a corpus.
 
 Static vs traced (a decision, written down once):
 - static (a new value compiles a new program): `max_len`, `num_samples`, `beam_size`, `top_k`,
-  `no_repeat_ngram_size`, `num_groups`, `length_penalty` (the formula), `vocab_size`, the
+  `min_tokens_to_keep`, `no_repeat_ngram_size`, `num_groups`, `length_penalty` (the formula),
+  `vocab_size`, the
   `step_fn` object itself, and *which* processors are switched on (a processor at its neutral
   value -- `top_p=1`, `min_p=0`, ... -- is left out of the program, which saves a sort per step);
 - traced (sweeping them reuses the compiled program): `temperature`, `top_p`, `typical_p`,
   `min_p`, `epsilon`, `eta`, `repetition_penalty`, `presence_penalty`, `frequency_penalty`,
-  `penalize_prompt`, `alpha`, `diversity_penalty`, and the PRNG key, prompts and params.
+  `penalize_prompt`, `alpha`, `diversity_penalty`, `min_length` (a count, but it only enters a
+  comparison, so a sweep over it reuses the program), and the PRNG key, prompts and params.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ StepFn = Callable[[Any, Any, jax.Array], tuple[Any, jax.Array]]
 
 NEG_INF = -jnp.inf
 DECODER_NAMES = ("greedy", "sample", "beam", "stochastic_beam", "diverse_beam")
-LENGTH_PENALTIES = ("none", "average", "gnmt")
+LENGTH_PENALTIES = ("none", "average", "gnmt", "power")
 
 # Defaults of the decoder fields (CONTRACTS.md); `cfg` may omit any of them.
 DEFAULTS: dict[str, Any] = {
@@ -45,6 +47,8 @@ DEFAULTS: dict[str, Any] = {
     "min_p": 0.0,
     "epsilon": 0.0,
     "eta": 0.0,
+    "min_tokens_to_keep": 1,
+    "min_length": 0,
     "repetition_penalty": 1.0,
     "penalize_prompt": True,
     "presence_penalty": 0.0,
@@ -71,6 +75,7 @@ TRACED_KNOBS = (
     "penalize_prompt",
     "alpha",
     "diversity_penalty",
+    "min_length",
 )
 
 
@@ -181,12 +186,14 @@ def validate_config(cfg: Any, name: str, vocab_size: int) -> None:
     _check_range(cfg, "temperature", 0.0, np.inf, False, True)
     if name == "stochastic_beam" and float(get(cfg, "temperature")) == 0.0:
         _fail("decoder.temperature=0 is not allowed for stochastic_beam; allowed: (0, inf)")
-    _check_int(cfg, "top_k", 0, vocab_size)
+    _check_int(cfg, "top_k", 0)  # top_k >= vocab_size keeps every token, as in Hugging Face
     _check_range(cfg, "top_p", 0.0, 1.0, True, False)
     _check_range(cfg, "typical_p", 0.0, 1.0, True, False)
     _check_range(cfg, "min_p", 0.0, 1.0, False, False)
     _check_range(cfg, "epsilon", 0.0, 1.0, False, True)
     _check_range(cfg, "eta", 0.0, 1.0, False, True)
+    _check_int(cfg, "min_tokens_to_keep", 1, vocab_size)
+    _check_int(cfg, "min_length", 0)
     _check_range(cfg, "repetition_penalty", 0.0, np.inf, True, True)
     _check_range(cfg, "presence_penalty", -np.inf, np.inf, True, True)
     _check_range(cfg, "frequency_penalty", -np.inf, np.inf, True, True)
@@ -341,10 +348,16 @@ def length_norm(raw: jax.Array, gen_len: jax.Array, mode: str, alpha: jax.Array)
     none:    raw
     average: raw / L
     gnmt:    raw / ((5 + L) / 6) ** alpha   (Wu et al. 2016, "Google's NMT system", eq. 14)
+    power:   raw / L ** alpha               (fairseq's `--lenpen`: eos_scores / (step + 1) ** a)
+
+    A hypothesis cut at max_len has L = its generated tokens (no EOS). Every normalizer is >= 1
+    and non-decreasing in L for alpha >= 0, which the beam's exact stopping rule relies on.
     """
     gen = jnp.maximum(gen_len, 1).astype(jnp.float32)
     if mode == "none":
         return raw
     if mode == "average":
         return raw / gen
+    if mode == "power":
+        return raw / gen**alpha
     return raw / ((5.0 + gen) / 6.0) ** alpha

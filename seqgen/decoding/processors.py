@@ -2,13 +2,17 @@
 
 `process_logits` applies them in ONE fixed order, the order of `PROCESSOR_ORDER`:
 
-    repetition penalty -> presence/frequency penalties -> no-repeat n-gram -> temperature
-    -> top-k -> top-p -> typical-p -> min-p -> epsilon -> eta
+    min-length -> repetition penalty -> presence/frequency penalties -> no-repeat n-gram
+    -> temperature -> top-k -> top-p -> typical-p -> min-p -> epsilon -> eta
 
 Every truncation works on the distribution left by the processors before it (softmax of the
 current logits, i.e. renormalised over the surviving tokens), as in Hugging Face's warpers.
-Every truncation keeps the most probable token, so none of them can empty the distribution, and
-ties at a set's boundary are kept (the set is defined by a threshold, not by a sort order).
+None of them can empty the distribution: each keeps at least `min_tokens_to_keep` tokens
+(Hugging Face's knob, default 1) -- top-k, top-p, min-p, epsilon and eta the most probable ones,
+so they always keep the most probable token; typical-p the ones whose surprisal is closest to the
+entropy, so it can drop the most probable token (as in Hugging Face and in Meister et al.).
+Ties at a set's boundary are kept (a set is defined by a threshold, not by a sort order), so a
+set can exceed `top_k` or `min_tokens_to_keep` when tokens tie there.
 Only processors switched on in `ProcessorFlags` (static) are compiled in; their knob values are
 traced (see `seqgen.decoding.common`).
 """
@@ -20,9 +24,12 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from seqgen.tokens import EOS_ID
+
 NEG_INF = -jnp.inf
 
 PROCESSOR_ORDER = (
+    "min_length",
     "repetition_penalty",
     "presence_frequency_penalty",
     "no_repeat_ngram",
@@ -47,6 +54,7 @@ class ProcessorFlags(NamedTuple):
     min_p: bool = False
     epsilon: bool = False
     eta: bool = False
+    min_tokens_to_keep: int = 1  # every truncation keeps at least this many tokens
 
 
 def flags_from_cfg(get) -> ProcessorFlags:  # noqa: ANN001 - get(name) -> value
@@ -64,6 +72,7 @@ def flags_from_cfg(get) -> ProcessorFlags:  # noqa: ANN001 - get(name) -> value
         min_p=float(get("min_p")) > 0.0,
         epsilon=float(get("epsilon")) > 0.0,
         eta=float(get("eta")) > 0.0,
+        min_tokens_to_keep=int(get("min_tokens_to_keep")),
     )
 
 
@@ -73,8 +82,28 @@ def _entropy(logp: jax.Array) -> jax.Array:
     return -jnp.sum(jnp.where(p > 0, p * logp, 0.0), axis=-1, keepdims=True)
 
 
-def _keep_top1(keep: jax.Array, logits: jax.Array) -> jax.Array:
-    return keep | (logits >= jnp.max(logits, axis=-1, keepdims=True))
+def _kth_largest(x: jax.Array, k: int) -> jax.Array:
+    """The k-th largest value of each row (k static, 1 <= k <= V).  # [R, 1]"""
+    if k <= 1:
+        return jnp.max(x, axis=-1, keepdims=True)
+    # The barrier keeps XLA:CPU from folding the slice into the sort, which would stop it
+    # from turning sort+slice back into its partial-sort TopK call (a full sort per step).
+    return jax.lax.optimization_barrier(jax.lax.top_k(x, k)[0])[..., k - 1 :]
+
+
+def _keep_at_least(keep: jax.Array, key: jax.Array, m: int) -> jax.Array:
+    """`keep` plus the m tokens with the largest `key` (ties at the m-th value kept).  # [R, V]"""
+    return keep | (key >= _kth_largest(key, m))
+
+
+def min_length(logits: jax.Array, generated: jax.Array, min_len: jax.Array) -> jax.Array:
+    """Minimum length (fairseq `--min-len`, Hugging Face `MinLengthLogitsProcessor` counted in
+    new tokens): EOS is forbidden (logit -inf) while fewer than `min_len` continuation tokens
+    have been generated. logits: [R, V]; generated: [R] continuation tokens so far (EOS not
+    counted); min_len: traced scalar. The sampling distribution is renormalised over the rest.
+    """
+    forbid = (generated.astype(jnp.float32) < min_len)[:, None]  # [R, 1]
+    return jnp.where(forbid & (jnp.arange(logits.shape[-1]) == EOS_ID), NEG_INF, logits)
 
 
 def repetition_penalty(logits: jax.Array, counts: jax.Array, penalty: jax.Array) -> jax.Array:
@@ -127,22 +156,23 @@ def temperature(logits: jax.Array, t: jax.Array) -> jax.Array:
     """Temperature (Ackley et al. 1985; Holtzman et al. 2020 sec. 3.1): x / t.
 
     t = 0 means greedy; the sampler handles it by taking the argmax, so here t = 0 leaves the
-    logits unchanged (every truncation keeps the argmax, so the argmax is the same).
+    logits unchanged; the sampler then takes the argmax of the penalised logits, the t -> 0
+    limit of every truncation (as t -> 0 the tempered distribution is a point mass on the
+    argmax, which each truncation keeps, typical-p included).
     """
     return logits / jnp.where(t > 0, t, 1.0)
 
 
-def top_k(logits: jax.Array, k: int) -> jax.Array:
+def top_k(logits: jax.Array, k: int, min_keep: int = 1) -> jax.Array:
     """Top-k (Fan et al. 2018, "Hierarchical neural story generation"): keep the k most probable
     tokens, i.e. every v with x_v >= the k-th largest logit (ties at the boundary kept, so the set
-    may exceed k). k = 0 (off) or k >= V keeps everything. k is static.
+    may exceed k). k = 0 (off) or k >= V keeps everything. k is static; as in Hugging Face,
+    k' = max(k, min_keep) is used.
     """
+    k = max(k, min_keep) if k > 0 else 0
     if k <= 0 or k >= logits.shape[-1]:
         return logits
-    # The barrier keeps XLA:CPU from folding the slice into the sort, which would stop it
-    # from turning sort+slice back into its partial-sort TopK call (a full sort per step).
-    kth = jax.lax.optimization_barrier(jax.lax.top_k(logits, k)[0])[..., -1:]  # [R, 1]
-    return jnp.where(logits >= kth, logits, NEG_INF)
+    return jnp.where(logits >= _kth_largest(logits, k), logits, NEG_INF)
 
 
 def _ordered_bits(x: jax.Array) -> jax.Array:
@@ -173,7 +203,7 @@ def keep_by_mass(key: jax.Array, probs: jax.Array, mass: jax.Array) -> jax.Array
     return bits >= lo
 
 
-def top_p(logits: jax.Array, p: jax.Array) -> jax.Array:
+def top_p(logits: jax.Array, p: jax.Array, min_keep: int = 1) -> jax.Array:
     """Nucleus / top-p (Holtzman et al. 2020, "The curious case of neural text degeneration",
     sec. 3.1, eq. 2): keep the smallest set V^(p) with sum_{v in V^(p)} P(v) >= p.
 
@@ -181,49 +211,61 @@ def top_p(logits: jax.Array, p: jax.Array) -> jax.Array:
     with P_v >= the smallest kept probability is kept too (ties at the boundary kept).
     Equivalently V^(p) = {v : x_v >= kappa} with kappa the largest threshold whose kept mass is
     >= p, which `keep_by_mass` finds without a sort (on CPU a per-row sort costs ~9x more).
+    The `min_keep` most probable tokens are always kept.
     """
     probs = jax.nn.softmax(logits, axis=-1)
-    return jnp.where(keep_by_mass(logits, probs, p), logits, NEG_INF)
+    keep = keep_by_mass(logits, probs, p)
+    if min_keep > 1:
+        keep = _keep_at_least(keep, logits, min_keep)
+    return jnp.where(keep, logits, NEG_INF)
 
 
-def typical_p(logits: jax.Array, mass: jax.Array) -> jax.Array:
+def typical_p(logits: jax.Array, mass: jax.Array, min_keep: int = 1) -> jax.Array:
     """Locally typical sampling (Meister et al. 2023, "Locally typical sampling", TACL, eq. 7-9).
 
     With H = -sum_v P(v) log P(v), sort tokens by |-log P(v) - H| (increasing) and keep the
     smallest prefix whose probability mass is >= `mass` (tau); every token whose deviation is <=
     the largest kept deviation is kept (ties kept). Tokens with P = 0 are never kept.
     Computed without a sort by `keep_by_mass` on the key -deviation.
+    The set always holds the `min_keep` tokens of smallest deviation (Hugging Face's
+    `TypicalLogitsWarper`), NOT necessarily the most probable token: when the argmax is
+    atypical (its surprisal far below H), it is dropped.
     """
     logp = jax.nn.log_softmax(logits, axis=-1)
     dev = jnp.where(jnp.isfinite(logp), jnp.abs(-logp - _entropy(logp)), jnp.inf)  # [R, V]
-    keep = keep_by_mass(-dev, jnp.exp(logp), mass) & jnp.isfinite(dev)
+    keep = keep_by_mass(-dev, jnp.exp(logp), mass)
+    if min_keep > 1:
+        keep = _keep_at_least(keep, -dev, min_keep)
+    keep = keep & jnp.isfinite(dev)
     return jnp.where(keep, logits, NEG_INF)
 
 
-def min_p(logits: jax.Array, p_base: jax.Array) -> jax.Array:
+def min_p(logits: jax.Array, p_base: jax.Array, min_keep: int = 1) -> jax.Array:
     """Min-p (Nguyen et al. 2024, "Turning up the heat: min-p sampling"): keep v iff
-    P(v) >= p_base * max_u P(u), i.e. x_v >= max_u x_u + log p_base.
+    P(v) >= p_base * max_u P(u), i.e. x_v >= max_u x_u + log p_base; and the `min_keep` most
+    probable tokens.
     """
     probs = jax.nn.softmax(logits, axis=-1)
     keep = probs >= p_base * jnp.max(probs, axis=-1, keepdims=True)
-    return jnp.where(_keep_top1(keep, logits), logits, NEG_INF)
+    return jnp.where(_keep_at_least(keep, logits, min_keep), logits, NEG_INF)
 
 
-def epsilon(logits: jax.Array, eps: jax.Array) -> jax.Array:
+def epsilon(logits: jax.Array, eps: jax.Array, min_keep: int = 1) -> jax.Array:
     """Epsilon sampling (Hewitt et al. 2022, "Truncation sampling as language model desmoothing",
-    sec. 4): keep {v : P(v) > eps}; the most probable token is always kept.
+    sec. 4): keep {v : P(v) > eps}; the `min_keep` most probable tokens are always kept.
     """
     probs = jax.nn.softmax(logits, axis=-1)
-    return jnp.where(_keep_top1(probs > eps, logits), logits, NEG_INF)
+    return jnp.where(_keep_at_least(probs > eps, logits, min_keep), logits, NEG_INF)
 
 
-def eta(logits: jax.Array, eta_: jax.Array) -> jax.Array:
+def eta(logits: jax.Array, eta_: jax.Array, min_keep: int = 1) -> jax.Array:
     """Eta sampling (Hewitt et al. 2022, sec. 5): keep {v : P(v) > eta'} with the entropy-dependent
-    threshold eta' = min(eta, sqrt(eta) * exp(-H(P))); the most probable token is always kept.
+    threshold eta' = min(eta, sqrt(eta) * exp(-H(P))); the `min_keep` most probable tokens are
+    always kept.
     """
     logp = jax.nn.log_softmax(logits, axis=-1)
     thr = jnp.minimum(eta_, jnp.sqrt(eta_) * jnp.exp(-_entropy(logp)))
-    return jnp.where(_keep_top1(jnp.exp(logp) > thr, logits), logits, NEG_INF)
+    return jnp.where(_keep_at_least(jnp.exp(logp) > thr, logits, min_keep), logits, NEG_INF)
 
 
 def penalize(
@@ -233,8 +275,12 @@ def penalize(
     counts: jax.Array | None,
     history: jax.Array | None,
     t: jax.Array,
+    generated: jax.Array | None = None,
 ) -> jax.Array:
-    """The first three processors (penalties and n-gram blocking); greedy applies only these."""
+    """The processors before temperature (min-length when `generated` [R] is given, penalties,
+    n-gram blocking); greedy applies only these."""
+    if generated is not None:
+        logits = min_length(logits, generated, knobs["min_length"])
     if flags.penalties:
         logits = repetition_penalty(logits, counts, knobs["repetition_penalty"])
         logits = presence_frequency_penalty(
@@ -248,18 +294,19 @@ def penalize(
 def truncate(logits: jax.Array, knobs: dict[str, jax.Array], flags: ProcessorFlags) -> jax.Array:
     """Temperature then the truncations, in PROCESSOR_ORDER."""
     logits = temperature(logits, knobs["temperature"])
+    m = flags.min_tokens_to_keep
     if flags.top_k:
-        logits = top_k(logits, flags.top_k)
+        logits = top_k(logits, flags.top_k, m)
     if flags.top_p:
-        logits = top_p(logits, knobs["top_p"])
+        logits = top_p(logits, knobs["top_p"], m)
     if flags.typical_p:
-        logits = typical_p(logits, knobs["typical_p"])
+        logits = typical_p(logits, knobs["typical_p"], m)
     if flags.min_p:
-        logits = min_p(logits, knobs["min_p"])
+        logits = min_p(logits, knobs["min_p"], m)
     if flags.epsilon:
-        logits = epsilon(logits, knobs["epsilon"])
+        logits = epsilon(logits, knobs["epsilon"], m)
     if flags.eta:
-        logits = eta(logits, knobs["eta"])
+        logits = eta(logits, knobs["eta"], m)
     return logits
 
 
@@ -270,6 +317,7 @@ def process_logits(
     counts: jax.Array | None = None,
     history: jax.Array | None = None,
     t: jax.Array | int = 0,
+    generated: jax.Array | None = None,
 ) -> jax.Array:
     """All processors in PROCESSOR_ORDER. logits [R, V] -> processed logits [R, V]."""
-    return truncate(penalize(logits, knobs, flags, counts, history, t), knobs, flags)
+    return truncate(penalize(logits, knobs, flags, counts, history, t, generated), knobs, flags)

@@ -78,7 +78,8 @@ def _sample_program(
         t, forced_tok = xs  # scalar, [R]
         carry, logits = step_fn(params, state["carry"], state["last"])
         logits = logits.astype(jnp.float32)  # [R, V]
-        pen = proc.penalize(logits, knobs, flags, state["counts"], state["history"], t)
+        generated = t - plen  # [R] continuation tokens before this one (min_length)
+        pen = proc.penalize(logits, knobs, flags, state["counts"], state["history"], t, generated)
         if greedy:
             tok = jnp.argmax(pen, axis=-1)
             plp = jnp.zeros((r,), jnp.float32)
@@ -86,7 +87,9 @@ def _sample_program(
             processed = proc.truncate(pen, knobs, flags)  # [R, V]
             noise = gumbel_noise(words, t, (v,))  # [R, V]
             sampled = jnp.argmax(processed + noise, axis=-1)  # Gumbel-max
-            tok = jnp.where(temp > 0, sampled, jnp.argmax(processed, axis=-1))
+            # t = 0: greedy, the t -> 0 limit (typical-p may drop the argmax at t = 1, never
+            # in that limit, where the tempered distribution is a point mass on it)
+            tok = jnp.where(temp > 0, sampled, jnp.argmax(pen, axis=-1))
             plp = jnp.where(temp > 0, _pick_logprob(processed, tok), 0.0)
         forced = t < plen  # [R]
         tok = jnp.where(forced, forced_tok, tok).astype(jnp.int32)
@@ -192,6 +195,8 @@ def _run(
         prompt_ids=prompt_ids,
     )
     flags = proc.flags_from_cfg(lambda k: get(cfg, k))
+    if flags.top_k >= vocab_size:  # no truncation: the program of top_k=0, not a new compile
+        flags = flags._replace(top_k=0)
     if name == "greedy":  # truncation cannot change the argmax
         flags = proc.ProcessorFlags(flags.penalties, flags.no_repeat_ngram_size)
     return _sample_program(
@@ -225,8 +230,9 @@ def greedy(
     num_samples: int = 1,
     prompt_ids: Any = None,
 ) -> DecodeOutput:
-    """Greedy decoding: y_t = argmax_v x_v after the penalty processors (repetition, presence,
-    frequency, no-repeat n-gram) -- truncation and temperature cannot change the argmax.
+    """Greedy decoding: y_t = argmax_v x_v after min-length (EOS forbidden before
+    `min_length` continuation tokens) and the penalty processors (repetition, presence,
+    frequency, no-repeat n-gram); temperature and truncation do not apply.
 
     Deterministic, so N = 1 whatever `num_samples` is (ties: the lowest token id).
     processed_logprobs are 0 (a point mass); tempered_logprobs use t = 1.
@@ -265,9 +271,11 @@ def sample(
     """Ancestral sampling: y_t ~ softmax(process(x_t)), `num_samples` rows per prompt.
 
     `process` applies the processors of `seqgen.decoding.processors` in PROCESSOR_ORDER
-    (penalties, no-repeat n-gram, temperature, top-k, top-p, typical-p, min-p, epsilon, eta).
+    (min-length, penalties, no-repeat n-gram, temperature, top-k, top-p, typical-p, min-p,
+    epsilon, eta).
     Sampling is Gumbel-max, argmax_v(x'_v + g_v) with g_v ~ Gumbel(0, 1), which draws exactly
-    from softmax(x') (Gumbel 1954; Maddison et al. 2014). temperature = 0 is greedy.
+    from softmax(x') (Gumbel 1954; Maddison et al. 2014). temperature = 0 is greedy (the argmax
+    after min-length and the penalties, the t -> 0 limit of every truncation).
     Row (b, n) uses the key fold_in(fold_in(key, prompt_ids[b]), n) and, at step t, the
     Threefry counters (t, v) under that key (`common.gumbel_noise`), so a row's output does not
     depend on the batch around it.

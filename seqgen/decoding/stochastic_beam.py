@@ -2,7 +2,9 @@
 them: the Gumbel-top-k trick for sampling sequences without replacement", ICML, Alg. 2).
 
 Every sequence y gets a perturbed log-prob G_phi(y) = phi(y) + Gumbel(0, 1), with
-phi(y) = log p_t(y) under the temperature-t model; the K sequences with the largest G_phi are an
+phi(y) = log p_t(y) under the temperature-t model (EOS forbidden before `min_length`
+continuation tokens and each step renormalized, the distribution `sample` draws from;
+`processed_logprobs` are its per-token log-probs); the K sequences with the largest G_phi are an
 exact sample of K distinct sequences WITHOUT replacement. Stochastic beam search finds them
 top-down: the root gets G ~ Gumbel(0) (phi(root) = 0), and the children of a node with perturbed
 value G_parent get G~_c = phi_c + Gumbel(0, 1), conditioned on max_c G_c = G_parent by
@@ -94,11 +96,16 @@ def _stochastic_beam_program(
         logits = logits.astype(jnp.float32).reshape(b, k, v)
         logp = jax.nn.log_softmax(logits, axis=-1)
         tlp = jax.nn.log_softmax(proc.temperature(logits, temp), axis=-1)  # [B, K, V]
+        # the sampled distribution: EOS forbidden before min_length, renormalized per step (a
+        # normalized tree is what makes the top-down Gumbels exact)
+        generated = jnp.repeat(t - plen, k)  # [B * K]
+        opened = proc.min_length(logits.reshape(b * k, v), generated, knobs["min_length"])
+        plp = jax.nn.log_softmax(proc.temperature(opened.reshape(b, k, v), temp), axis=-1)
         forced = t < plen  # [B]
         single = forced[:, None] | state["ended"]  # [B, K] nodes with exactly one child
         only = jnp.where(forced[:, None], ptok[:, None], PAD_ID)  # [B, K] that child
         single_lp = jnp.where(jnp.arange(v) == only[..., None], 0.0, -jnp.inf)
-        phi_c = state["phi"][..., None] + jnp.where(single[..., None], single_lp, tlp)
+        phi_c = state["phi"][..., None] + jnp.where(single[..., None], single_lp, plp)
         noise = gumbel_noise(words, t, (k, v))  # [B, K, V]
         perturbed = phi_c + noise  # [B, K, V]
         z = jnp.max(perturbed, axis=-1, keepdims=True)
@@ -115,6 +122,7 @@ def _stochastic_beam_program(
         ended = _take(state["ended"], parent) | ((tok == EOS_ID) & ~forced[:, None])
         lp = jnp.where(par_single, 0.0, _take(logp.reshape(b, k * v), idx))
         tl = jnp.where(par_single, 0.0, _take(tlp.reshape(b, k * v), idx))
+        pl = jnp.where(par_single, 0.0, _take(plp.reshape(b, k * v), idx))
         rows = (jnp.arange(b)[:, None] * k + parent).reshape(-1)
         new = {
             "carry": gather_rows(carry, rows),
@@ -124,7 +132,7 @@ def _stochastic_beam_program(
             "ended": ended,
             "kappa": kappa,
         }
-        return new, {"tok": tok, "parent": parent, "lp": lp, "tlp": tl}
+        return new, {"tok": tok, "parent": parent, "lp": lp, "tlp": tl, "plp": pl}
 
     def skip_step(state: dict, xs: tuple) -> tuple[dict, dict]:
         zeros = jnp.zeros((b, k), jnp.float32)
@@ -133,6 +141,7 @@ def _stochastic_beam_program(
             "parent": jnp.broadcast_to(jnp.arange(k, dtype=jnp.int32), (b, k)),
             "lp": zeros,
             "tlp": zeros,
+            "plp": zeros,
         }
         return state, ys
 
@@ -145,6 +154,7 @@ def _stochastic_beam_program(
     full = jnp.full((b, k), t_max)
     tokens, lp = backtrack(ys["tok"], ys["parent"], ys["lp"], slot, full)  # [B, K, T]
     _, tlp = backtrack(ys["tok"], ys["parent"], ys["tlp"], slot, full)
+    _, plp = backtrack(ys["tok"], ys["parent"], ys["plp"], slot, full)
     valid = jnp.isfinite(state["g"])  # [B, K]
     ended = state["ended"] & valid
     pos = jnp.arange(t_max)
@@ -154,8 +164,10 @@ def _stochastic_beam_program(
     tokens = jnp.where(valid[..., None], tokens, PAD_ID).astype(jnp.int32)
     eos_lp = jnp.sum(jnp.where(at_eos, lp, 0.0), axis=-1)
     eos_tlp = jnp.sum(jnp.where(at_eos, tlp, 0.0), axis=-1)
+    eos_plp = jnp.sum(jnp.where(at_eos, plp, 0.0), axis=-1)
     lp = jnp.where(at_eos | ~valid[..., None], 0.0, lp)
     tlp = jnp.where(at_eos | ~valid[..., None], 0.0, tlp)
+    plp = jnp.where(at_eos | ~valid[..., None], 0.0, plp)
     kappa = state["kappa"]
     q = -jnp.expm1(-jnp.exp(state["phi"] - kappa[:, None]))
     q = jnp.where(valid, jnp.where(jnp.isfinite(kappa)[:, None], q, 1.0), 0.0)
@@ -166,10 +178,10 @@ def _stochastic_beam_program(
         ended=ended,
         logprobs=lp,
         tempered_logprobs=tlp,
-        processed_logprobs=tlp,
+        processed_logprobs=plp,
         eos_logprob=eos_lp,
         eos_tempered_logprob=eos_tlp,
-        eos_processed_logprob=eos_tlp,
+        eos_processed_logprob=eos_plp,
         scores=state["g"],
         gumbel_scores=state["g"],
         kappa=kappa,
@@ -196,7 +208,8 @@ def stochastic_beam(
     perturbed log-prob G (= `scores` = `gumbel_scores`), with `kappa` and `inclusion_probs`.
 
     Prompt b uses the key fold_in(fold_in(key, prompt_ids[b]), 0). `num_samples` is ignored
-    (the K beams are the samples); the sampling processors other than temperature do not apply.
+    (the K beams are the samples); the sampling processors other than temperature and
+    min-length do not apply.
     """
     del num_samples
     validate_config(cfg, "stochastic_beam", vocab_size)

@@ -53,8 +53,10 @@ def compute_metrics(
     ref_logprobs: Sequence[np.ndarray] | np.ndarray | None = None,
     ref_eos_logprobs: ArrayLike | None = None,
     oracle: Any = None,
+    prompts: SequencesLike | None = None,
     best_sequences: SequencesLike | None = None,
     best_ended: Sequence[bool] | np.ndarray | None = None,
+    best_prompts: SequencesLike | None = None,
     abc_texts: Sequence[str] | None = None,
     abc_subset: int = ABC_SUBSET,
     seed: int = 0,
@@ -73,9 +75,11 @@ def compute_metrics(
       layout: list of 1-D arrays, or `[N, T]` read up to `lengths`); each with the EOS
       log-prob of ended sequences in `eos_tempered_logprobs`, `eos_model_logprobs`,
       `ref_eos_logprobs` (float[N], entries of non-ended sequences ignored);
-    - `oracle` (-> `oracle/*`), with `best_sequences` / `best_ended`, the top beam per prompt
-      (-> `search/mode_found`; `best_ended` defaults to `ended` when `best_sequences` has
-      one entry per sequence, i.e. the generations are themselves the best beams);
+    - `oracle` (-> `oracle/*`), scoring each sequence given its prompt in `prompts` (one per
+      sequence, ids without BOS; None = unconditional); with `best_sequences` / `best_ended`
+      / `best_prompts`, the top beam per prompt and that prompt (-> `search/mode_found`;
+      `best_ended` and `best_prompts` default to `ended` and `prompts` when `best_sequences`
+      has one entry per sequence, i.e. the generations are themselves the best beams);
     - `abc_texts`: decoded ABC tunes (-> `abc/*`, on a seeded subset of `abc_subset`);
     - `seed`: Self-BLEU's hypothesis subset (at most `self_bleu_max`) and the ABC subset;
     - `max_len` (int or one per sequence): the continuation budget, only checked
@@ -93,6 +97,10 @@ def compute_metrics(
         if ended is None or len(best_sequences) != n:
             raise UserError("search/mode_found needs best_ended (one flag per best sequence)")
         best_ended = ended
+    if oracle is not None and best_sequences is not None and best_prompts is None:
+        if prompts is not None and len(best_sequences) != n:
+            raise UserError("search/mode_found needs best_prompts (one per best sequence)")
+        best_prompts = prompts
     out: dict[str, float] = {}
     ppl_inputs = {
         "gen/ppl": (tempered_logprobs, eos_tempered_logprobs),
@@ -118,8 +126,10 @@ def compute_metrics(
                 packed.padded(0),
                 ended,
                 lengths=packed.lengths,
+                prompts=prompts,
                 best_sequences=best_sequences,
                 best_ended=best_ended,
+                best_prompts=best_prompts,
             )
         )
     if abc_texts is not None:
@@ -170,8 +180,9 @@ def decode_output_inputs(out: Any, *, best_only: bool = False) -> dict[str, Any]
     excl. EOS), `prompt_lengths [B]`, `ended [B, N]`, and when present `logprobs`,
     `tempered_logprobs` `[B, N, T]` (0 on prompt/pad), `eos_logprob [B, N]` and
     `eos_tempered_logprob [B, N]`. Continuations are cut out of every row
-    (order: prompt-major, B * N sequences); `best_sequences` / `best_ended` are column 0
-    (beams are best first). With `best_only`, only column 0 is used as the generations too.
+    (order: prompt-major, B * N sequences), with their `prompts`; `best_sequences` /
+    `best_ended` / `best_prompts` are column 0 (beams are best first). With `best_only`, only
+    column 0 is used as the generations too.
     """
 
     def get(name: str):
@@ -192,8 +203,10 @@ def decode_output_inputs(out: Any, *, best_only: bool = False) -> dict[str, Any]
     kwargs: dict[str, Any] = {
         "sequences": cut(tokens),
         "ended": ended[:, columns].reshape(-1),
+        "prompts": [tokens[i // n, 0, : starts[i]] for i in range(b * n)],
         "best_sequences": [tokens[i, 0, prompt_lengths[i] : lengths[i, 0]] for i in range(b)],
         "best_ended": ended[:, 0],
+        "best_prompts": [tokens[i, 0, : prompt_lengths[i]] for i in range(b)],
     }
     for attr, key in (("tempered_logprobs", "tempered_logprobs"), ("logprobs", "model_logprobs")):
         if get(attr) is not None:
