@@ -32,7 +32,8 @@ from seqgen.tokens import EOS_ID, PAD_ID
 StepFn = Callable[[Any, Any, jax.Array], tuple[Any, jax.Array]]
 
 NEG_INF = -jnp.inf
-DECODER_NAMES = ("greedy", "sample", "beam", "stochastic_beam", "diverse_beam")
+DECODER_NAMES = ("greedy", "sample", "beam", "stochastic_beam", "diverse_beam", "exact", "mbr")
+UTILITIES = ("chrf", "bleu", "edit")
 LENGTH_PENALTIES = ("none", "average", "gnmt")
 
 # Defaults of the decoder fields (CONTRACTS.md); `cfg` may omit any of them.
@@ -55,6 +56,16 @@ DEFAULTS: dict[str, Any] = {
     "alpha": 0.6,
     "num_groups": 1,
     "diversity_penalty": 0.0,
+    "top_n_sigma": 0.0,
+    "mirostat_tau": 0.0,
+    "mirostat_lr": 0.1,
+    "max_expansions": 2000,
+    "expansions_per_step": 16,
+    "num_candidates": 16,
+    "num_references": 16,
+    "candidates": {},
+    "references": {},
+    "utility": "chrf",
 }
 
 # The continuous knobs passed into the compiled program as traced float32 scalars.
@@ -71,6 +82,9 @@ TRACED_KNOBS = (
     "penalize_prompt",
     "alpha",
     "diversity_penalty",
+    "top_n_sigma",
+    "mirostat_tau",
+    "mirostat_lr",
 )
 
 
@@ -99,6 +113,8 @@ class DecodeOutput:
                        f32[B, N] perturbed log-probs G_phi(y), f32[B] the threshold kappa
                        (the (K+1)-th largest perturbed log-prob; -inf when fewer than K+1
                        sequences exist), f32[B, N] q(y) = 1 - exp(-exp(phi_y - kappa)).
+    proven, expansions: exact only (None otherwise): bool[B] the row's result is the proven
+                       mode; int32[B] step-function calls the search spent.
     """
 
     tokens: jax.Array  # [B, N, T]
@@ -115,6 +131,8 @@ class DecodeOutput:
     gumbel_scores: jax.Array | None = None  # [B, N]
     kappa: jax.Array | None = None  # [B]
     inclusion_probs: jax.Array | None = None  # [B, N]
+    proven: jax.Array | None = None  # [B]
+    expansions: jax.Array | None = None  # [B]
 
 
 def get(cfg: Any, name: str) -> Any:
@@ -207,6 +225,19 @@ def validate_config(cfg: Any, name: str, vocab_size: int) -> None:
             "allowed: a divisor of beam_size"
         )
     _check_range(cfg, "diversity_penalty", 0.0, np.inf, False, True)
+    _check_range(cfg, "top_n_sigma", 0.0, np.inf, False, True)
+    _check_range(cfg, "mirostat_tau", 0.0, np.inf, False, True)
+    _check_range(cfg, "mirostat_lr", 0.0, np.inf, True, True)
+    _check_int(cfg, "max_expansions", 1)
+    _check_int(cfg, "expansions_per_step", 1)
+    _check_int(cfg, "num_candidates", 1)
+    _check_int(cfg, "num_references", 1)
+    if get(cfg, "utility") not in UTILITIES:
+        _fail(
+            f"decoder.utility={get(cfg, 'utility')!r} is unknown; allowed: {', '.join(UTILITIES)}"
+        )
+    if name == "exact" and get(cfg, "length_penalty") != "none":
+        _fail("decoder.length_penalty must be none for exact (it finds argmax log p(y | x))")
 
 
 def prepare(

@@ -3,7 +3,7 @@
 `process_logits` applies them in ONE fixed order, the order of `PROCESSOR_ORDER`:
 
     repetition penalty -> presence/frequency penalties -> no-repeat n-gram -> temperature
-    -> top-k -> top-p -> typical-p -> min-p -> epsilon -> eta
+    -> top-k -> top-p -> typical-p -> min-p -> epsilon -> eta -> top-n-sigma [-> Mirostat v2]
 
 Every truncation works on the distribution left by the processors before it (softmax of the
 current logits, i.e. renormalised over the surviving tokens), as in Hugging Face's warpers.
@@ -33,6 +33,8 @@ PROCESSOR_ORDER = (
     "min_p",
     "epsilon",
     "eta",
+    "top_n_sigma",
+    "mirostat",
 )
 
 
@@ -47,6 +49,8 @@ class ProcessorFlags(NamedTuple):
     min_p: bool = False
     epsilon: bool = False
     eta: bool = False
+    top_n_sigma: bool = False
+    mirostat: bool = False  # needs the [R] running surprise bound mu (sampling.py)
 
 
 def flags_from_cfg(get) -> ProcessorFlags:  # noqa: ANN001 - get(name) -> value
@@ -64,6 +68,8 @@ def flags_from_cfg(get) -> ProcessorFlags:  # noqa: ANN001 - get(name) -> value
         min_p=float(get("min_p")) > 0.0,
         epsilon=float(get("epsilon")) > 0.0,
         eta=float(get("eta")) > 0.0,
+        top_n_sigma=float(get("top_n_sigma")) > 0.0,
+        mirostat=float(get("mirostat_tau")) > 0.0,
     )
 
 
@@ -226,6 +232,44 @@ def eta(logits: jax.Array, eta_: jax.Array) -> jax.Array:
     return jnp.where(_keep_top1(jnp.exp(logp) > thr, logits), logits, NEG_INF)
 
 
+def top_n_sigma(logits: jax.Array, n: jax.Array) -> jax.Array:
+    """Top-n-sigma (Tang et al. 2024, "Top-nsigma: Not all logits are you need", eq. 4): keep
+    {v : x_v >= max_u x_u - n * sigma}, sigma the standard deviation (population, 1/|V|) of the
+    logits. sigma is taken over the tokens still allowed (finite logits), which is the whole
+    vocabulary, as in the paper, when no earlier processor removed any; the set is invariant to
+    temperature (max and sigma scale alike). The most probable token is always kept.
+    """
+    finite = jnp.isfinite(logits)
+    cnt = jnp.maximum(jnp.sum(finite, axis=-1, keepdims=True), 1)  # [R, 1]
+    x = jnp.where(finite, logits, 0.0)
+    mean = jnp.sum(x, axis=-1, keepdims=True) / cnt
+    var = jnp.sum(jnp.where(finite, (x - mean) ** 2, 0.0), axis=-1, keepdims=True) / cnt
+    thr = jnp.max(logits, axis=-1, keepdims=True) - n * jnp.sqrt(var)
+    return jnp.where(_keep_top1(logits >= thr, logits), logits, NEG_INF)
+
+
+LOG2 = 0.6931471805599453
+
+
+def mirostat_truncate(logits: jax.Array, mu: jax.Array) -> jax.Array:
+    """Mirostat v2 truncation (Basu et al. 2021, "Mirostat: a neural text decoding algorithm
+    that directly controls perplexity", ICLR, Alg. 2 / sec. 4): keep the tokens whose surprise
+    -log2 P(v) <= mu (bits) under the current distribution P = softmax(logits); the most
+    probable token is always kept. mu: [R] the running bound of each row.
+    """
+    surprise = -jax.nn.log_softmax(logits, axis=-1) / LOG2  # [R, V] bits
+    return jnp.where(_keep_top1(surprise <= mu[:, None], logits), logits, NEG_INF)
+
+
+def mirostat_update(mu: jax.Array, surprise: jax.Array, tau: jax.Array, lr: jax.Array) -> jax.Array:
+    """Mirostat's feedback rule (Basu et al. 2021, Alg. 1-2): with the observed surprise
+    s = -log2 P(x) of the sampled token x under the distribution before Mirostat's truncation
+    (the model's surprise, as the paper's code computes it; llama.cpp uses the truncated,
+    renormalised P instead), e = s - tau and mu <- mu - lr * e. mu starts at 2 * tau.
+    """
+    return mu - lr * (surprise - tau)
+
+
 def penalize(
     logits: jax.Array,
     knobs: dict[str, jax.Array],
@@ -260,6 +304,8 @@ def truncate(logits: jax.Array, knobs: dict[str, jax.Array], flags: ProcessorFla
         logits = epsilon(logits, knobs["epsilon"])
     if flags.eta:
         logits = eta(logits, knobs["eta"])
+    if flags.top_n_sigma:
+        logits = top_n_sigma(logits, knobs["top_n_sigma"])
     return logits
 
 
