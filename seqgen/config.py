@@ -300,6 +300,18 @@ def validate_config(cfg: Any) -> None:
     for i, dec in enumerate(cfg.compare):
         for key, value in _walk("", dec):
             _check_value(f"compare[{i}].{key}", value, rule_key=f"decoder.{key}")
+    for i, dec in enumerate([cfg.decoder] if cfg.get("decoder") is not None else cfg.compare):
+        where = "decoder" if cfg.get("decoder") is not None else f"compare[{i}]"
+        for sub in ("candidates", "references"):  # mbr's nested decoder knobs
+            for key, value in (dec.get(sub) or {}).items():
+                if key not in DecoderConfig.__dataclass_fields__ or key in (
+                    "candidates",
+                    "references",
+                ):
+                    raise UserError(
+                        f"{where}.{sub}.{key} is not a decoder knob; allowed: the decoder.* knobs"
+                    )
+                _check_value(f"{where}.{sub}.{key}", value, rule_key=f"decoder.{key}")
     data, model = cfg.data, cfg.model
     if data.valid_fraction + data.test_fraction >= 1:
         raise UserError(

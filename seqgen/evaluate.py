@@ -21,7 +21,7 @@ log = logging.getLogger("seqgen")
 
 # Decoders whose N outputs per prompt are an n-best list (only the best counts as "the"
 # generation) rather than N samples.
-NBEST_DECODERS = ("beam", "diverse_beam", "greedy")
+NBEST_DECODERS = ("beam", "diverse_beam", "greedy", "exact", "mbr")
 
 
 @dataclass
@@ -55,10 +55,15 @@ def decoder_label(dec: Any) -> str:
             "presence_penalty",
             "frequency_penalty",
             "no_repeat_ngram_size",
+            "top_n_sigma",
+            "mirostat_tau",
+            "mirostat_lr",
         ),
         "beam": ("beam_size", "length_penalty", "alpha", "no_repeat_ngram_size"),
         "stochastic_beam": ("beam_size", "temperature"),
         "diverse_beam": ("beam_size", "num_groups", "diversity_penalty", "length_penalty"),
+        "exact": ("max_expansions", "beam_size"),
+        "mbr": ("utility", "num_candidates", "num_references", "candidates", "references"),
     }[name]
     knobs = [f"{k}={d[k]}" for k in relevant if d.get(k) != defaults.get(k)]
     if name in ("beam", "stochastic_beam", "diverse_beam") and "beam_size" not in str(knobs):
@@ -125,8 +130,10 @@ def _samples_per_prompt(cfg: Any) -> int:
 def _n_outputs(dec: Any, num_samples: int) -> int:
     if dec.name in ("beam", "stochastic_beam", "diverse_beam"):
         return int(dec.beam_size)
-    if dec.name == "greedy":
+    if dec.name in ("greedy", "exact"):
         return 1
+    if dec.name == "mbr":
+        return int(dec.num_candidates)
     return num_samples
 
 
@@ -177,8 +184,10 @@ def decode_all(
             "eos_logprob",
             "eos_tempered_logprob",
             "scores",
+            "proven",
+            "expansions",
         )
-        if hasattr(outs[0], f)
+        if getattr(outs[0], f, None) is not None
     }
 
 
@@ -244,6 +253,7 @@ def evaluate_decoders(
     key = jax.random.key(int(cfg.seed))
     is_abc = corpus.name == "folk"
     results, samples = [], []
+    search: dict = {}  # best log-prob per prompt of the n-best decoders (search/beam_error)
     common = {
         "seed": int(cfg.seed),
         "oracle": corpus.oracle,
@@ -275,6 +285,7 @@ def evaluate_decoders(
             **common,
         )
         metrics["score/mean"] = float(np.mean(gen["score"]))
+        metrics.update(_search_metrics(dec, out, gen, search))
         metrics["time/decode_s"] = t_dec
         log.info("decoded %-28s %5d sequences in %.1f s", label, len(gen["tokens"]), t_dec)
         results.append({"decoder": {**to_dict(dec), "label": label}, "metrics": metrics})
@@ -290,8 +301,44 @@ def evaluate_decoders(
                     "logprob": float(np.sum(gen["logprobs"][j]) + gen["eos_logprob"][j]),
                 }
             )
+    _add_beam_error(results, search)
     results.append(human_row(cfg, corpus, model, pr, common, is_abc, reference))
     return results, samples
+
+
+def _search_metrics(dec: Any, out: dict, gen: dict, search: dict) -> dict[str, float]:
+    """exact: `search/exact_proven`, `search/expansions_mean`; mbr: `mbr/*`. Notes the beam
+    decoders' best log-probs per prompt (-inf when not ended) in `search` for
+    `search/beam_error`."""
+    from seqgen.metrics.search import exact_proven_rate
+    from seqgen.metrics.utility import mbr_summary
+
+    if dec.name in ("beam", "diverse_beam", "greedy", "exact"):
+        best = np.array([np.sum(lp) + e for lp, e in zip(gen["logprobs"], gen["eos_logprob"])])
+        best = np.where(np.asarray(gen["ended"], bool), best, -np.inf)
+        if dec.name != "exact":
+            search.setdefault("beams", []).append(best)  # in the order of their result rows
+    if dec.name == "exact":
+        search["exact"] = (best, out["proven"])
+        return {
+            "search/exact_proven": exact_proven_rate(out["proven"]),
+            "search/expansions_mean": float(np.mean(out["expansions"])),
+        }
+    if dec.name == "mbr":
+        return mbr_summary(out["scores"])
+    return {}
+
+
+def _add_beam_error(results: list[dict], search: dict) -> None:
+    """`search/beam_error` for each beam, diverse beam and greedy row decoded beside exact."""
+    from seqgen.metrics.search import beam_error_rate
+
+    if "exact" not in search:
+        return
+    mode, proven = search["exact"]
+    rows = [r for r in results if r["decoder"]["name"] in ("beam", "diverse_beam", "greedy")]
+    for i, res in enumerate(rows):
+        res["metrics"]["search/beam_error"] = beam_error_rate(search["beams"][i], mode, proven)
 
 
 def _kept_per_prompt(cfg: Any, dec: Any, n: int) -> int:
@@ -311,7 +358,7 @@ def _kept_per_prompt(cfg: Any, dec: Any, n: int) -> int:
 
 def _best_if_unprompted(cfg: Any, dec: Any, gen: dict[str, list]) -> list | None:
     """Beam decoders without prompts: their best sequence, to compare with the exact mode."""
-    if dec.name not in ("beam", "diverse_beam", "greedy") or cfg.decode.prompts not in (
+    if dec.name not in ("beam", "diverse_beam", "greedy", "exact") or cfg.decode.prompts not in (
         None,
         "none",
     ):
