@@ -320,9 +320,11 @@ def _search_metrics(dec: Any, out: dict, gen: dict, search: dict) -> dict[str, f
             search.setdefault("beams", []).append(best)  # in the order of their result rows
     if dec.name == "exact":
         search["exact"] = (best, out["proven"])
+        empty = [len(t) == 0 and e for t, e in zip(gen["tokens"], gen["ended"])]
         return {
             "search/exact_proven": exact_proven_rate(out["proven"]),
             "search/expansions_mean": float(np.mean(out["expansions"])),
+            "search/exact_empty": float(np.mean(empty)),  # the mode is EOS at once
         }
     if dec.name == "mbr":
         return mbr_summary(out["scores"])

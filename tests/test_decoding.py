@@ -566,7 +566,15 @@ def test_validation_errors_name_the_knob(cfg, kwargs, needle):
 
 
 def test_decoders_dict_and_bad_prompts():
-    assert set(DECODERS) == {"greedy", "sample", "beam", "stochastic_beam", "diverse_beam"}
+    assert set(DECODERS) == {
+        "greedy",
+        "sample",
+        "beam",
+        "stochastic_beam",
+        "diverse_beam",
+        "exact",
+        "mbr",
+    }
     table = jnp.asarray(markov_table(10, 0))
     bad = PROMPTS.copy()
     bad[0, 0] = 10

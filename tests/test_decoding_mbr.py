@@ -19,9 +19,18 @@ PROMPTS = np.array([[4, 5], [6, 0]], np.int32)
 PLEN = np.array([2, 1], np.int32)
 
 
-def run(cfg: dict, key: int = 7):
+def run(cfg: dict, key=7, num_samples: int = 1):
     out = decode(
-        markov_step, TABLE, jnp.zeros(2), PROMPTS, PLEN, cfg=cfg, max_len=T, vocab_size=V, key=key
+        markov_step,
+        TABLE,
+        jnp.zeros(2),
+        PROMPTS,
+        PLEN,
+        cfg=cfg,
+        max_len=T,
+        vocab_size=V,
+        key=key,
+        num_samples=num_samples,
     )
     return jax.tree.map(np.asarray, out)
 
@@ -34,20 +43,7 @@ def conts(out, b: int) -> list[list[int]]:
 def test_one_candidate_is_returned():
     out = run({"name": "mbr", "num_candidates": 1, "num_references": 4})
     key = jax.random.fold_in(jax.random.key(7), 0)
-    alone = jax.tree.map(
-        np.asarray,
-        decode(
-            markov_step,
-            TABLE,
-            jnp.zeros(2),
-            PROMPTS,
-            PLEN,
-            cfg={"name": "sample"},
-            max_len=T,
-            vocab_size=V,
-            key=key,
-        ),
-    )
+    alone = run({"name": "sample"}, key=key)
     np.testing.assert_array_equal(out.tokens, alone.tokens)
     np.testing.assert_array_equal(out.logprobs, alone.logprobs)
 
@@ -57,21 +53,7 @@ def test_mbr_equals_brute_force_double_loop(utility):
     cfg = {"name": "mbr", "num_candidates": 6, "num_references": 5, "utility": utility}
     out = run(cfg)
     ref_key = jax.random.fold_in(jax.random.key(7), 1)
-    refs = jax.tree.map(
-        np.asarray,
-        decode(
-            markov_step,
-            TABLE,
-            jnp.zeros(2),
-            PROMPTS,
-            PLEN,
-            cfg={"name": "sample"},
-            max_len=T,
-            vocab_size=V,
-            key=ref_key,
-            num_samples=5,
-        ),
-    )
+    refs = run({"name": "sample"}, key=ref_key, num_samples=5)
     u = UTILITY_FUNCTIONS[utility]
     for b in range(2):
         hyps, rs = conts(out, b), conts(refs, b)
