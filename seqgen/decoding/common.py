@@ -6,12 +6,14 @@ imports a model or a corpus.
 
 Static vs traced (a decision, written down once):
 - static (a new value compiles a new program): `max_len`, `num_samples`, `beam_size`, `top_k`,
-  `no_repeat_ngram_size`, `num_groups`, `length_penalty` (the formula), `vocab_size`, the
+  `no_repeat_ngram_size`, `num_groups`, `length_penalty` (the formula), `vocab_size`,
+  `max_expansions`, `expansions_per_step`, `num_candidates`, `num_references`, the
   `step_fn` object itself, and *which* processors are switched on (a processor at its neutral
   value -- `top_p=1`, `min_p=0`, ... -- is left out of the program, which saves a sort per step);
 - traced (sweeping them reuses the compiled program): `temperature`, `top_p`, `typical_p`,
   `min_p`, `epsilon`, `eta`, `repetition_penalty`, `presence_penalty`, `frequency_penalty`,
-  `penalize_prompt`, `alpha`, `diversity_penalty`, and the PRNG key, prompts and params.
+  `penalize_prompt`, `alpha`, `diversity_penalty`, `top_n_sigma`, `mirostat_tau`, `mirostat_lr`,
+  and the PRNG key, prompts and params.
 """
 
 from __future__ import annotations
