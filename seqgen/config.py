@@ -23,7 +23,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from seqgen.errors import UserError
 
-DECODER_NAMES = ("greedy", "sample", "beam", "stochastic_beam", "diverse_beam")
+DECODER_NAMES = ("greedy", "sample", "beam", "stochastic_beam", "diverse_beam", "exact", "mbr")
 CELLS = ("lstm", "gru", "rnn", "oracle")
 
 
@@ -102,6 +102,16 @@ class DecoderConfig:
     alpha: float = 0.6
     num_groups: int = 1
     diversity_penalty: float = 0.0
+    top_n_sigma: float = 0.0  # 0 = off (Tang et al. 2024)
+    mirostat_tau: float = 0.0  # target surprise in bits; 0 = off (Basu et al. 2021, v2)
+    mirostat_lr: float = 0.1
+    max_expansions: int = 2000  # exact: node budget per prompt
+    expansions_per_step: int = 16  # exact: frontier nodes expanded per batched step
+    num_candidates: int = 16  # mbr: hypotheses
+    num_references: int = 16  # mbr: pseudo-references
+    candidates: dict[str, Any] = field(default_factory=dict)  # mbr: decoder knobs ({} = ancestral)
+    references: dict[str, Any] = field(default_factory=dict)
+    utility: str = "chrf"  # mbr: chrf | bleu | edit
     label: str | None = None  # a display name for tables and plots (default: derived)
 
 
@@ -187,6 +197,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "model.cell": CELLS,
     "decoder.name": DECODER_NAMES,
     "decoder.length_penalty": ("none", "average", "gnmt", "power"),
+    "decoder.utility": ("chrf", "bleu", "edit"),
     "logger.name": ("none", "wandb"),
     "logger.mode": ("online", "offline", "disabled"),
     "cache_on_damage": ("retrain", "error"),
@@ -233,6 +244,13 @@ _RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "decoder.alpha": (0, None, False, False),
     "decoder.num_groups": (1, None, False, False),
     "decoder.diversity_penalty": (0, None, False, False),
+    "decoder.top_n_sigma": (0, None, False, False),
+    "decoder.mirostat_tau": (0, None, False, False),
+    "decoder.mirostat_lr": (0, None, True, False),
+    "decoder.max_expansions": (1, None, False, False),
+    "decoder.expansions_per_step": (1, None, False, False),
+    "decoder.num_candidates": (1, None, False, False),
+    "decoder.num_references": (1, None, False, False),
     "decode.num_samples": (1, None, False, False),
     "decode.max_len": (1, None, False, False),
     "decode.num_prompts": (1, None, False, False),
@@ -327,6 +345,18 @@ def validate_config(cfg: Any) -> None:
     for i, dec in enumerate(cfg.compare):
         for key, value in _walk("", dec):
             _check_value(f"compare[{i}].{key}", value, rule_key=f"decoder.{key}")
+    for i, dec in enumerate([cfg.decoder] if cfg.get("decoder") is not None else cfg.compare):
+        where = "decoder" if cfg.get("decoder") is not None else f"compare[{i}]"
+        for sub in ("candidates", "references"):  # mbr's nested decoder knobs
+            for key, value in (dec.get(sub) or {}).items():
+                if key not in DecoderConfig.__dataclass_fields__ or key in (
+                    "candidates",
+                    "references",
+                ):
+                    raise UserError(
+                        f"{where}.{sub}.{key} is not a decoder knob; allowed: the decoder.* knobs"
+                    )
+                _check_value(f"{where}.{sub}.{key}", value, rule_key=f"decoder.{key}")
     data, model = cfg.data, cfg.model
     if data.valid_fraction + data.test_fraction >= 1:
         raise UserError(

@@ -22,7 +22,7 @@ log = logging.getLogger("seqgen")
 
 # Decoders whose N outputs per prompt are an n-best list (only the best counts as "the"
 # generation) rather than N samples.
-NBEST_DECODERS = ("beam", "diverse_beam", "greedy")
+NBEST_DECODERS = ("beam", "diverse_beam", "greedy", "exact", "mbr")
 
 
 @dataclass
@@ -58,6 +58,9 @@ def decoder_label(dec: Any) -> str:
             "no_repeat_ngram_size",
             "min_tokens_to_keep",
             "min_length",
+            "top_n_sigma",
+            "mirostat_tau",
+            "mirostat_lr",
         ),
         "beam": ("beam_size", "length_penalty", "alpha", "no_repeat_ngram_size", "min_length"),
         "stochastic_beam": ("beam_size", "temperature", "min_length"),
@@ -68,6 +71,8 @@ def decoder_label(dec: Any) -> str:
             "length_penalty",
             "min_length",
         ),
+        "exact": ("max_expansions", "beam_size", "min_length"),
+        "mbr": ("utility", "num_candidates", "num_references", "candidates", "references"),
     }[name]
     knobs = [f"{k}={d[k]}" for k in relevant if d.get(k) != defaults.get(k)]
     if name in ("beam", "stochastic_beam", "diverse_beam") and "beam_size" not in str(knobs):
@@ -134,8 +139,10 @@ def _samples_per_prompt(cfg: Any) -> int:
 def _n_outputs(dec: Any, num_samples: int) -> int:
     if dec.name in ("beam", "stochastic_beam", "diverse_beam"):
         return int(dec.beam_size)
-    if dec.name == "greedy":
+    if dec.name in ("greedy", "exact"):
         return 1
+    if dec.name == "mbr":
+        return int(dec.num_candidates)
     return num_samples
 
 
@@ -198,8 +205,10 @@ def decode_all(
             "eos_logprob",
             "eos_tempered_logprob",
             "scores",
+            "proven",
+            "expansions",
         )
-        if hasattr(outs[0], f)
+        if getattr(outs[0], f, None) is not None
     }
 
 
@@ -275,6 +284,7 @@ def evaluate_decoders(
     key = jax.random.key(int(cfg.seed))
     is_abc = corpus.name == "folk"
     results, samples = [], []
+    search: dict = {}  # best log-prob per prompt of the n-best decoders (search/beam_error)
     common = {
         "seed": int(cfg.seed),
         "oracle": corpus.oracle,
@@ -307,6 +317,7 @@ def evaluate_decoders(
             **common,
         )
         metrics["score/mean"] = float(np.mean(gen["score"]))
+        metrics.update(_search_metrics(dec, out, gen, search))
         metrics["time/decode_s"] = t_dec
         log.info("decoded %-28s %5d sequences in %.1f s", label, len(gen["tokens"]), t_dec)
         results.append({"decoder": {**to_dict(dec), "label": label}, "metrics": metrics})
@@ -325,10 +336,48 @@ def evaluate_decoders(
             )
         if on_result is not None:
             on_result(results[-1], samples[first:])
+    _add_beam_error(results, search)  # needs every decoder; write_outputs rewrites results.jsonl
     results.append(human_row(cfg, corpus, model, pr, common, is_abc, reference))
     if on_result is not None:
         on_result(results[-1], [])
     return results, samples
+
+
+def _search_metrics(dec: Any, out: dict, gen: dict, search: dict) -> dict[str, float]:
+    """exact: `search/exact_proven`, `search/expansions_mean`; mbr: `mbr/*`. Notes the beam
+    decoders' best log-probs per prompt (-inf when not ended) in `search` for
+    `search/beam_error`."""
+    from seqgen.metrics.search import exact_proven_rate
+    from seqgen.metrics.utility import mbr_summary
+
+    if dec.name in ("beam", "diverse_beam", "greedy", "exact"):
+        best = np.array([np.sum(lp) + e for lp, e in zip(gen["logprobs"], gen["eos_logprob"])])
+        best = np.where(np.asarray(gen["ended"], bool), best, -np.inf)
+        if dec.name != "exact":
+            search.setdefault("beams", []).append(best)  # in the order of their result rows
+    if dec.name == "exact":
+        search["exact"] = (best, out["proven"])
+        empty = [len(t) == 0 and e for t, e in zip(gen["tokens"], gen["ended"])]
+        return {
+            "search/exact_proven": exact_proven_rate(out["proven"]),
+            "search/expansions_mean": float(np.mean(out["expansions"])),
+            "search/exact_empty": float(np.mean(empty)),  # the mode is EOS at once
+        }
+    if dec.name == "mbr":
+        return mbr_summary(out["scores"])
+    return {}
+
+
+def _add_beam_error(results: list[dict], search: dict) -> None:
+    """`search/beam_error` for each beam, diverse beam and greedy row decoded beside exact."""
+    from seqgen.metrics.search import beam_error_rate
+
+    if "exact" not in search:
+        return
+    mode, proven = search["exact"]
+    rows = [r for r in results if r["decoder"]["name"] in ("beam", "diverse_beam", "greedy")]
+    for i, res in enumerate(rows):
+        res["metrics"]["search/beam_error"] = beam_error_rate(search["beams"][i], mode, proven)
 
 
 def _kept_per_prompt(cfg: Any, dec: Any, n: int) -> int:

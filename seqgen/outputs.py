@@ -78,7 +78,12 @@ def write_outputs(
     out_dir: Path,
     tracker: Any,
 ) -> dict[str, Any]:
-    """What needs every decoder: the plots, and the tracker's copy of results and samples."""
+    """What needs every decoder: the plots, the tracker's copy of results and samples, and
+    `results.jsonl` rewritten whole, since some metrics (`search/beam_error`) compare decoders
+    and exist only once all have run (`write_decoder` appended each row as it finished)."""
+    (out_dir / "results.jsonl").write_text(
+        "".join(json.dumps(_clean(r)) + "\n" for r in results)
+    )
     plots = []
     if cfg.output.plots:
         plots = plot_decoders(results, out_dir / "plots")
