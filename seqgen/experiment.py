@@ -51,7 +51,8 @@ def default_cache_dir(cfg: Any) -> Path:
 # Model: the DPFSA oracle, or an NNX language model trained once per (data, model, train, seed).
 
 
-def build_model(model_cfg: Any, vocab_size: int, seed: int):
+def build_model(model_cfg: Any, vocab_size: int, seed: int, predict_eos: bool = True):
+    """The configured LM; `predict_eos=False` for a text stream without EOS (see LanguageModel)."""
     from flax import nnx
 
     from seqgen.models import LanguageModel
@@ -65,6 +66,7 @@ def build_model(model_cfg: Any, vocab_size: int, seed: int):
         dropout=model_cfg.dropout,
         tie_weights=model_cfg.tie_weights,
         one_hot_input=model_cfg.one_hot_input,
+        predict_eos=predict_eos,
         rngs=nnx.Rngs(seed),
     )
 
@@ -102,7 +104,7 @@ def get_model(cfg: Any, corpus: Any, tracker: Any = None) -> LoadedModel:
         hit = _LOADED[key]
         return replace(hit, info={**hit.info, "cached": True})
     vocab_size = len(corpus.vocab)
-    template = build_model(cfg.model, vocab_size, int(cfg.seed))
+    template = build_model(cfg.model, vocab_size, int(cfg.seed), corpus.has_eos)
     with cache.lock(key):
         if cache.exists(key):
             model, meta = cache.load_model(key, template)
@@ -116,10 +118,11 @@ def get_model(cfg: Any, corpus: Any, tracker: Any = None) -> LoadedModel:
                 cache.path(key),
             )
             seq_len = int(cfg.train.seq_len)
+            stream = corpus.stream  # text: windows of the stream, no EOS appended
             train_it = batch_iterator(
-                corpus.train, int(cfg.train.batch_size), seq_len, seed=int(cfg.seed)
+                corpus.train, int(cfg.train.batch_size), seq_len, int(cfg.seed), stream=stream
             )
-            valid = eval_batches(corpus.valid, int(cfg.train.batch_size), seq_len)
+            valid = eval_batches(corpus.valid, int(cfg.train.batch_size), seq_len, stream=stream)
             valid = valid[: int(cfg.train.eval_batches)]
             result = train(
                 template,
@@ -133,7 +136,8 @@ def get_model(cfg: Any, corpus: Any, tracker: Any = None) -> LoadedModel:
             model = result.model
             metrics = {}
             for split, seqs in (("valid", corpus.valid), ("test", corpus.test)):
-                ev = evaluate(model, eval_batches(seqs, int(cfg.train.batch_size), seq_len))
+                batches = eval_batches(seqs, int(cfg.train.batch_size), seq_len, stream=stream)
+                ev = evaluate(model, batches)
                 metrics[f"ppl/{split}"] = float(ev["ppl"])
                 metrics[f"bits/{split}"] = float(ev["bits"])
             meta = {
@@ -192,7 +196,7 @@ def load_reference(cfg: Any, corpus: Any) -> LoadedModel | None:
             f"metrics.reference_checkpoint={ref} was trained with another vocabulary; "
             "gen/ref_ppl needs a model of the same data and tokenization"
         )
-    template = build_model(OC.create(meta["model"]), len(corpus.vocab), 0)
+    template = build_model(OC.create(meta["model"]), len(corpus.vocab), 0, corpus.has_eos)
     model, _ = ModelCache(path.parent).load_model(path.name, template)
     step_fn, params = make_step_fn(model)
     return LoadedModel(
