@@ -23,6 +23,8 @@ TABLE_COLUMNS = (
     "length/mean",
 )
 PLOT_METRICS = TABLE_COLUMNS + ("diversity/distinct_4", "length/eos_rate")
+# In samples/<decoder>.txt, between the prompt and what the model wrote after it.
+MODEL_MARK = "<<model>>"
 
 
 def slug(text: str) -> str:
@@ -63,7 +65,8 @@ def write_outputs(
     listen = []
     for label, rows in by_decoder.items():
         sep = "\n\n" if corpus.name == "folk" else "\n" + "-" * 60 + "\n"
-        (sample_dir / f"{slug(label)}.txt").write_text(sep.join(r["text"] for r in rows) + "\n")
+        marked = (marked_text(r["prompt"], r["text"]) for r in rows)
+        (sample_dir / f"{slug(label)}.txt").write_text(sep.join(marked) + "\n")
         if corpus.name == "folk" and int(cfg.output.num_listen) > 0:
             listen += write_tunes(sample_dir / slug(label), rows[: int(cfg.output.num_listen)])
     plots = []
@@ -72,11 +75,22 @@ def write_outputs(
     for r in results:
         label = r["decoder"].get("label") or r["decoder"]["name"]
         tracker.log_summary({f"{label}/{k}": v for k, v in r["metrics"].items()})
-    columns = ["decoder", "prompt_index", "sample_index", "score", "logprob", "text"]
+    columns = ["decoder", "prompt_index", "sample_index", "score", "logprob", "prompt", "text"]
     tracker.log_table("samples", columns, [[s[c] for c in columns] for s in samples[:2000]])
     for p in plots:
         tracker.log_image(f"plots/{Path(p).stem}", p)
     return {"plots": [str(p) for p in plots], "listen": [str(p) for p in listen]}
+
+
+def marked_text(prompt: str, text: str) -> str:
+    """`text` (prompt + continuation) with `MODEL_MARK` where the prompt ends.
+
+    Every level's detokenizer writes the prompt's text as a prefix of the whole text (the
+    continuation follows after a space or a line break, or directly for characters).
+    """
+    if not text.startswith(prompt):
+        raise ValueError(f"sample text does not start with its prompt {prompt[:30]!r}")
+    return prompt + MODEL_MARK + text[len(prompt) :]
 
 
 def write_tunes(folder: Path, rows: list[dict[str, Any]]) -> list[Path]:
