@@ -37,8 +37,16 @@ class DataConfig:
     # text: a local UTF-8 file, or a named preset that is downloaded once and checksummed
     path: str | None = None
     preset: str | None = None
-    level: str = "char"  # char | word | abc
-    window: int = 256  # text: window length in tokens
+    # text, pre-split: a split without a file is carved out of the training file
+    train_path: str | None = None  # instead of path
+    valid_path: str | None = None
+    test_path: str | None = None
+    level: str = "char"  # char | word | whitespace (pre-tokenized text) | abc
+    line_eos: bool = False  # text: each newline is the end-of-sentence token EOS (PTB)
+    unk_token: str = "<unk>"  # whitespace level: the corpus's own unknown marker, read as UNK
+    min_count: int = 1  # rarer training symbols become UNK
+    max_vocab: int | None = None  # at most this many types (EOS and UNK included)
+    window: int = 2048  # text: block size (tokens, cut at line ends) of the seeded split
     max_len: int = 256  # training sequences longer than this are cut
     valid_fraction: float = 0.05
     test_fraction: float = 0.05
@@ -192,7 +200,7 @@ def register_configs() -> None:
 
 _CHOICES: dict[str, tuple[str, ...]] = {
     "data.name": ("folk", "text", "synthetic"),
-    "data.level": ("char", "word", "abc"),
+    "data.level": ("char", "word", "whitespace", "abc"),
     "data.unknown": ("error", "unk"),
     "model.cell": CELLS,
     "decoder.name": DECODER_NAMES,
@@ -210,6 +218,8 @@ _RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "data.valid_fraction": (0, 1, True, True),
     "data.test_fraction": (0, 1, True, True),
     "data.max_sequences": (3, None, False, False),
+    "data.min_count": (1, None, False, False),
+    "data.max_vocab": (2, None, False, False),
     "data.num_states": (1, None, False, False),
     "data.alphabet_size": (1, None, False, False),
     "data.num_train": (3, None, False, False),
@@ -363,9 +373,10 @@ def validate_config(cfg: Any) -> None:
             "data.valid_fraction + data.test_fraction must be < 1 "
             f"(got {data.valid_fraction} + {data.test_fraction})"
         )
-    if data.name == "text" and not (data.path or data.preset):
+    if data.name == "text" and not (data.path or data.preset or data.train_path):
         raise UserError(
-            "data=text needs data.path=/path/to/file.txt or data.preset=tinyshakespeare"
+            "data=text needs data.path=/path/to/file.txt, data.train_path=... or "
+            "data.preset=tinyshakespeare"
         )
     if model.cell == "oracle" and data.name != "synthetic":
         raise UserError(

@@ -81,6 +81,24 @@ def decoder_label(dec: Any) -> str:
 
 
 def make_prompts(cfg: Any, corpus: Any) -> Prompts:
+    """The prompts to decode and the human row (held-out continuations) that matches them.
+
+    `decode.prompts=heldout` takes openings of held-out (test, else valid) data, at most
+    `decode.num_prompts`, each a distinct prompt, in held-out order (`_openings`):
+
+    - sequences (DPFSA strings): the first `decode.prompt_len` tokens of a sequence longer
+      than that;
+    - folk tunes: the tune's whole header (M:, L:, K: lines) plus its first
+      `decode.prompt_len` tokens of music (characters at level char, ABC tokens at level
+      abc), from tunes with music left after it and a prompt shorter than `decode.max_len`;
+    - text streams: `decode.prompt_len` tokens from a line start, followed in the text by the
+      full budget of `decode.max_len` minus the prompt (or, with EOS in the stream, by the
+      end of its line); the spans of different prompts do not overlap.
+
+    When fewer than `decode.num_prompts` qualify, one warning says how many and why. The
+    human row continues the chosen openings first, then further held-out openings (as many
+    sequences as the generations), each cut at the generations' budget.
+    """
     dcfg = cfg.decode
     max_len = int(dcfg.max_len)
     held = [np.asarray(s, np.int32) for s in corpus.test] or [
@@ -92,7 +110,7 @@ def make_prompts(cfg: Any, corpus: Any) -> Prompts:
     n_samples = _samples_per_prompt(cfg)
     if mode in (None, "none"):
         prompts = [np.zeros((0,), np.int32)]
-        human_src = [(np.zeros((0,), np.int32), s) for s in held]
+        human_src = _openings(corpus, held, 0, max_len)
     elif mode == "heldout":
         plen = int(dcfg.prompt_len)
         if plen >= max_len:
@@ -100,15 +118,30 @@ def make_prompts(cfg: Any, corpus: Any) -> Prompts:
                 f"decode.prompt_len={plen} must be < decode.max_len={max_len} to leave room "
                 "for a continuation"
             )
-        long_enough = [s for s in held if len(s) > plen]
-        if not long_enough:
+        openings = _openings(corpus, held, plen, max_len)
+        distinct = _distinct(openings)
+        if not distinct:
             raise UserError(
-                f"no held-out sequence is longer than decode.prompt_len={plen}; lower it"
+                f"no held-out opening qualifies for decode.prompt_len={plen} and "
+                f"decode.max_len={max_len} ({_why(corpus, plen, max_len)}); lower "
+                "decode.prompt_len or raise decode.max_len"
             )
-        chosen = long_enough[: int(dcfg.num_prompts)]
-        prompts = [s[:plen] for s in chosen]
-        # the prompts' own continuations first, then other held-out sequences' continuations
-        human_src = [(s[:plen], s[plen:]) for s in long_enough]
+        want = int(dcfg.num_prompts)
+        if len(distinct) < want:
+            log.warning(
+                "decode.num_prompts=%d, but only %d distinct held-out openings qualify (%s): "
+                "decoding %d prompts",
+                want,
+                len(distinct),
+                _why(corpus, plen, max_len),
+                len(distinct),
+            )
+        chosen = distinct[:want]
+        prompts = [openings[i][0] for i in chosen]
+        # the prompts' own continuations first, then other held-out openings' continuations
+        taken = set(chosen)
+        human_src = [openings[i] for i in chosen]
+        human_src += [o for i, o in enumerate(openings) if i not in taken]
     else:
         prompts = []
         for text in list(mode):
@@ -121,15 +154,104 @@ def make_prompts(cfg: Any, corpus: Any) -> Prompts:
                     f"decode.max_len={max_len}"
                 )
             prompts.append(np.asarray(ids, np.int32))
-        human_src = [(np.zeros((0,), np.int32), s) for s in held]
-    n_human = len(prompts) * n_samples
-    human, human_prompts, human_ended = [], [], []
-    for p, c in human_src[:n_human]:
-        budget = max_len - len(p)
-        human_prompts.append(p)
-        human.append(c[:budget])
-        human_ended.append(len(c) < budget)
-    return Prompts(prompts, human, human_prompts, human_ended)
+        human_src = _openings(corpus, held, 0, max_len)
+    human_src = human_src[: len(prompts) * n_samples]
+    return Prompts(
+        prompts,
+        [c for _, c, _ in human_src],
+        [p for p, _, _ in human_src],
+        [e for _, _, e in human_src],
+    )
+
+
+def _why(corpus: Any, plen: int, max_len: int) -> str:
+    """Why an opening qualifies, in words, for the warning and the error."""
+    if corpus.stream:
+        follow = "the end of its line or " if corpus.has_eos else ""
+        return (
+            f"{plen} tokens from a line start followed by {follow}{max_len - plen} more "
+            "tokens, not overlapping another opening"
+        )
+    if corpus.name == "folk":
+        return (
+            f"a tune's header plus {plen} tokens of music, with music after it and the "
+            f"prompt shorter than decode.max_len={max_len}"
+        )
+    return f"a sequence longer than decode.prompt_len={plen} tokens"
+
+
+def _openings(
+    corpus: Any, held: list[np.ndarray], plen: int, max_len: int
+) -> list[tuple[np.ndarray, np.ndarray, bool]]:
+    """(prompt, human continuation, ended) for every qualifying held-out opening, in order.
+
+    The continuation is cut at the budget `max_len - len(prompt)`; `ended` says that EOS
+    follows it within the budget.
+    """
+    if corpus.stream:
+        out = _stream_openings(corpus, held, plen, max_len)
+    else:
+        out = []
+        for s in held:
+            head = _header_length(corpus, s) if plen > 0 else 0
+            p, c = s[: head + plen], s[head + plen :]
+            if plen > 0 and (len(c) == 0 or len(p) >= max_len):
+                continue
+            budget = max_len - len(p)
+            out.append((p, c[:budget], len(c) < budget))
+    return out
+
+
+def _distinct(openings: list[tuple[np.ndarray, np.ndarray, bool]]) -> list[int]:
+    """Indices of the first opening of each distinct prompt."""
+    first: dict[bytes, int] = {}
+    for i, (p, _, _) in enumerate(openings):
+        first.setdefault(p.tobytes(), i)
+    return list(first.values())
+
+
+def _header_length(corpus: Any, seq: np.ndarray) -> int:
+    """Folk tunes: tokens of the tune's header (M:, L:, K:); other sequences have none."""
+    if corpus.name != "folk":
+        return 0
+    from seqgen.data.folk import header_length
+
+    return header_length(corpus.vocab.decode_symbols(seq), corpus.vocab.level)
+
+
+def _stream_openings(
+    corpus: Any, held: list[np.ndarray], plen: int, max_len: int
+) -> list[tuple[np.ndarray, np.ndarray, bool]]:
+    """Openings of a text stream: line starts (a run's start, or after a newline / EOS) of
+    non-empty lines, each followed by the full budget of text, or with EOS in the stream by
+    the end of its line within the budget; scanned in order, spans never overlap."""
+    from seqgen.tokens import EOS_ID
+
+    newline = {EOS_ID}
+    if "\n" in corpus.vocab:
+        newline.add(corpus.vocab.id_of("\n"))
+    out = []
+    for s in held:
+        breaks = np.isin(s, list(newline))
+        starts = np.flatnonzero(np.concatenate([[True], breaks[:-1]]) & ~breaks)
+        eos_at = np.flatnonzero(s == EOS_ID)
+        free = 0  # the next opening starts at or after this position
+        for j in map(int, starts):
+            if j < free:
+                continue
+            c0 = j + plen
+            k = int(np.searchsorted(eos_at, j))
+            nxt = int(eos_at[k]) if k < len(eos_at) else len(s) + max_len  # the line's EOS
+            if nxt < j + max_len:
+                if nxt <= c0:  # the line ends inside the prompt
+                    continue
+                cont, ended, free = s[c0:nxt], True, nxt + 1
+            elif j + max_len <= len(s):
+                cont, ended, free = s[c0 : j + max_len], False, j + max_len
+            else:
+                continue
+            out.append((s[j:c0], cont, ended))
+    return out
 
 
 def _samples_per_prompt(cfg: Any) -> int:
@@ -329,6 +451,7 @@ def evaluate_decoders(
                     "prompt_index": gen["prompt_index"][j],
                     "sample_index": gen["sample_index"][j],
                     "token_ids": gen["tokens"][j].tolist(),
+                    "prompt": corpus.vocab.decode(gen["prompt"][j]),
                     "text": texts[j],
                     "score": gen["score"][j],
                     "logprob": float(np.sum(gen["logprobs"][j]) + gen["eos_logprob"][j]),

@@ -23,6 +23,8 @@ TABLE_COLUMNS = (
     "length/mean",
 )
 PLOT_METRICS = TABLE_COLUMNS + ("diversity/distinct_4", "length/eos_rate")
+# In samples/<decoder>.txt, between the prompt and what the model wrote after it.
+MODEL_MARK = "<<model>>"
 
 
 def slug(text: str) -> str:
@@ -65,7 +67,8 @@ def write_decoder(
     sample_dir.mkdir(exist_ok=True)
     name = slug(result["decoder"].get("label") or result["decoder"]["name"])
     sep = "\n\n" if corpus.name == "folk" else "\n" + "-" * 60 + "\n"
-    (sample_dir / f"{name}.txt").write_text(sep.join(r["text"] for r in samples) + "\n")
+    marked = (marked_text(r["prompt"], r["text"]) for r in samples)
+    (sample_dir / f"{name}.txt").write_text(sep.join(marked) + "\n")
     if corpus.name == "folk" and int(cfg.output.num_listen) > 0:
         return write_tunes(sample_dir / name, samples[: int(cfg.output.num_listen)])
     return []
@@ -81,20 +84,29 @@ def write_outputs(
     """What needs every decoder: the plots, the tracker's copy of results and samples, and
     `results.jsonl` rewritten whole, since some metrics (`search/beam_error`) compare decoders
     and exist only once all have run (`write_decoder` appended each row as it finished)."""
-    (out_dir / "results.jsonl").write_text(
-        "".join(json.dumps(_clean(r)) + "\n" for r in results)
-    )
+    (out_dir / "results.jsonl").write_text("".join(json.dumps(_clean(r)) + "\n" for r in results))
     plots = []
     if cfg.output.plots:
         plots = plot_decoders(results, out_dir / "plots")
     for r in results:
         label = r["decoder"].get("label") or r["decoder"]["name"]
         tracker.log_summary({f"{label}/{k}": v for k, v in r["metrics"].items()})
-    columns = ["decoder", "prompt_index", "sample_index", "score", "logprob", "text"]
+    columns = ["decoder", "prompt_index", "sample_index", "score", "logprob", "prompt", "text"]
     tracker.log_table("samples", columns, [[s[c] for c in columns] for s in samples[:2000]])
     for p in plots:
         tracker.log_image(f"plots/{Path(p).stem}", p)
     return {"plots": [str(p) for p in plots]}
+
+
+def marked_text(prompt: str, text: str) -> str:
+    """`text` (prompt + continuation) with `MODEL_MARK` where the prompt ends.
+
+    Every level's detokenizer writes the prompt's text as a prefix of the whole text (the
+    continuation follows after a space or a line break, or directly for characters).
+    """
+    if not text.startswith(prompt):  # no detokenizer does this; never fail a run over a mark
+        return text
+    return prompt + MODEL_MARK + text[len(prompt) :]
 
 
 def write_tunes(folder: Path, rows: list[dict[str, Any]]) -> list[Path]:
