@@ -23,7 +23,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from seqgen.errors import UserError
 
-DECODER_NAMES = ("greedy", "sample", "beam", "stochastic_beam", "diverse_beam")
+DECODER_NAMES = ("greedy", "sample", "beam", "stochastic_beam", "diverse_beam", "exact", "mbr")
 CELLS = ("lstm", "gru", "rnn", "oracle")
 
 
@@ -37,8 +37,16 @@ class DataConfig:
     # text: a local UTF-8 file, or a named preset that is downloaded once and checksummed
     path: str | None = None
     preset: str | None = None
-    level: str = "char"  # char | word | abc
-    window: int = 256  # text: window length in tokens
+    # text, pre-split: a split without a file is carved out of the training file
+    train_path: str | None = None  # instead of path
+    valid_path: str | None = None
+    test_path: str | None = None
+    level: str = "char"  # char | word | whitespace (pre-tokenized text) | abc
+    line_eos: bool = False  # text: each newline is the end-of-sentence token EOS (PTB)
+    unk_token: str = "<unk>"  # whitespace level: the corpus's own unknown marker, read as UNK
+    min_count: int = 1  # rarer training symbols become UNK
+    max_vocab: int | None = None  # at most this many types (EOS and UNK included)
+    window: int = 2048  # text: block size (tokens, cut at line ends) of the seeded split
     max_len: int = 256  # training sequences longer than this are cut
     valid_fraction: float = 0.05
     test_fraction: float = 0.05
@@ -102,6 +110,16 @@ class DecoderConfig:
     alpha: float = 0.6
     num_groups: int = 1
     diversity_penalty: float = 0.0
+    top_n_sigma: float = 0.0  # 0 = off (Tang et al. 2024)
+    mirostat_tau: float = 0.0  # target surprise in bits; 0 = off (Basu et al. 2021, v2)
+    mirostat_lr: float = 0.1
+    max_expansions: int = 2000  # exact: node budget per prompt
+    expansions_per_step: int = 16  # exact: frontier nodes expanded per batched step
+    num_candidates: int = 16  # mbr: hypotheses
+    num_references: int = 16  # mbr: pseudo-references
+    candidates: dict[str, Any] = field(default_factory=dict)  # mbr: decoder knobs ({} = ancestral)
+    references: dict[str, Any] = field(default_factory=dict)
+    utility: str = "chrf"  # mbr: chrf | bleu | edit
     label: str | None = None  # a display name for tables and plots (default: derived)
 
 
@@ -182,11 +200,12 @@ def register_configs() -> None:
 
 _CHOICES: dict[str, tuple[str, ...]] = {
     "data.name": ("folk", "text", "synthetic"),
-    "data.level": ("char", "word", "abc"),
+    "data.level": ("char", "word", "whitespace", "abc"),
     "data.unknown": ("error", "unk"),
     "model.cell": CELLS,
     "decoder.name": DECODER_NAMES,
     "decoder.length_penalty": ("none", "average", "gnmt", "power"),
+    "decoder.utility": ("chrf", "bleu", "edit"),
     "logger.name": ("none", "wandb"),
     "logger.mode": ("online", "offline", "disabled"),
     "cache_on_damage": ("retrain", "error"),
@@ -199,6 +218,8 @@ _RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "data.valid_fraction": (0, 1, True, True),
     "data.test_fraction": (0, 1, True, True),
     "data.max_sequences": (3, None, False, False),
+    "data.min_count": (1, None, False, False),
+    "data.max_vocab": (2, None, False, False),
     "data.num_states": (1, None, False, False),
     "data.alphabet_size": (1, None, False, False),
     "data.num_train": (3, None, False, False),
@@ -233,6 +254,13 @@ _RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "decoder.alpha": (0, None, False, False),
     "decoder.num_groups": (1, None, False, False),
     "decoder.diversity_penalty": (0, None, False, False),
+    "decoder.top_n_sigma": (0, None, False, False),
+    "decoder.mirostat_tau": (0, None, False, False),
+    "decoder.mirostat_lr": (0, None, True, False),
+    "decoder.max_expansions": (1, None, False, False),
+    "decoder.expansions_per_step": (1, None, False, False),
+    "decoder.num_candidates": (1, None, False, False),
+    "decoder.num_references": (1, None, False, False),
     "decode.num_samples": (1, None, False, False),
     "decode.max_len": (1, None, False, False),
     "decode.num_prompts": (1, None, False, False),
@@ -327,15 +355,28 @@ def validate_config(cfg: Any) -> None:
     for i, dec in enumerate(cfg.compare):
         for key, value in _walk("", dec):
             _check_value(f"compare[{i}].{key}", value, rule_key=f"decoder.{key}")
+    for i, dec in enumerate([cfg.decoder] if cfg.get("decoder") is not None else cfg.compare):
+        where = "decoder" if cfg.get("decoder") is not None else f"compare[{i}]"
+        for sub in ("candidates", "references"):  # mbr's nested decoder knobs
+            for key, value in (dec.get(sub) or {}).items():
+                if key not in DecoderConfig.__dataclass_fields__ or key in (
+                    "candidates",
+                    "references",
+                ):
+                    raise UserError(
+                        f"{where}.{sub}.{key} is not a decoder knob; allowed: the decoder.* knobs"
+                    )
+                _check_value(f"{where}.{sub}.{key}", value, rule_key=f"decoder.{key}")
     data, model = cfg.data, cfg.model
     if data.valid_fraction + data.test_fraction >= 1:
         raise UserError(
             "data.valid_fraction + data.test_fraction must be < 1 "
             f"(got {data.valid_fraction} + {data.test_fraction})"
         )
-    if data.name == "text" and not (data.path or data.preset):
+    if data.name == "text" and not (data.path or data.preset or data.train_path):
         raise UserError(
-            "data=text needs data.path=/path/to/file.txt or data.preset=tinyshakespeare"
+            "data=text needs data.path=/path/to/file.txt, data.train_path=... or "
+            "data.preset=tinyshakespeare"
         )
     if model.cell == "oracle" and data.name != "synthetic":
         raise UserError(

@@ -22,7 +22,7 @@ log = logging.getLogger("seqgen")
 
 # Decoders whose N outputs per prompt are an n-best list (only the best counts as "the"
 # generation) rather than N samples.
-NBEST_DECODERS = ("beam", "diverse_beam", "greedy")
+NBEST_DECODERS = ("beam", "diverse_beam", "greedy", "exact", "mbr")
 
 
 @dataclass
@@ -58,6 +58,9 @@ def decoder_label(dec: Any) -> str:
             "no_repeat_ngram_size",
             "min_tokens_to_keep",
             "min_length",
+            "top_n_sigma",
+            "mirostat_tau",
+            "mirostat_lr",
         ),
         "beam": ("beam_size", "length_penalty", "alpha", "no_repeat_ngram_size", "min_length"),
         "stochastic_beam": ("beam_size", "temperature", "min_length"),
@@ -68,6 +71,8 @@ def decoder_label(dec: Any) -> str:
             "length_penalty",
             "min_length",
         ),
+        "exact": ("max_expansions", "beam_size", "min_length"),
+        "mbr": ("utility", "num_candidates", "num_references", "candidates", "references"),
     }[name]
     knobs = [f"{k}={d[k]}" for k in relevant if d.get(k) != defaults.get(k)]
     if name in ("beam", "stochastic_beam", "diverse_beam") and "beam_size" not in str(knobs):
@@ -76,6 +81,24 @@ def decoder_label(dec: Any) -> str:
 
 
 def make_prompts(cfg: Any, corpus: Any) -> Prompts:
+    """The prompts to decode and the human row (held-out continuations) that matches them.
+
+    `decode.prompts=heldout` takes openings of held-out (test, else valid) data, at most
+    `decode.num_prompts`, each a distinct prompt, in held-out order (`_openings`):
+
+    - sequences (DPFSA strings): the first `decode.prompt_len` tokens of a sequence longer
+      than that;
+    - folk tunes: the tune's whole header (M:, L:, K: lines) plus its first
+      `decode.prompt_len` tokens of music (characters at level char, ABC tokens at level
+      abc), from tunes with music left after it and a prompt shorter than `decode.max_len`;
+    - text streams: `decode.prompt_len` tokens from a line start, followed in the text by the
+      full budget of `decode.max_len` minus the prompt (or, with EOS in the stream, by the
+      end of its line); the spans of different prompts do not overlap.
+
+    When fewer than `decode.num_prompts` qualify, one warning says how many and why. The
+    human row continues the chosen openings first, then further held-out openings (as many
+    sequences as the generations), each cut at the generations' budget.
+    """
     dcfg = cfg.decode
     max_len = int(dcfg.max_len)
     held = [np.asarray(s, np.int32) for s in corpus.test] or [
@@ -87,7 +110,7 @@ def make_prompts(cfg: Any, corpus: Any) -> Prompts:
     n_samples = _samples_per_prompt(cfg)
     if mode in (None, "none"):
         prompts = [np.zeros((0,), np.int32)]
-        human_src = [(np.zeros((0,), np.int32), s) for s in held]
+        human_src = _openings(corpus, held, 0, max_len)
     elif mode == "heldout":
         plen = int(dcfg.prompt_len)
         if plen >= max_len:
@@ -95,15 +118,30 @@ def make_prompts(cfg: Any, corpus: Any) -> Prompts:
                 f"decode.prompt_len={plen} must be < decode.max_len={max_len} to leave room "
                 "for a continuation"
             )
-        long_enough = [s for s in held if len(s) > plen]
-        if not long_enough:
+        openings = _openings(corpus, held, plen, max_len)
+        distinct = _distinct(openings)
+        if not distinct:
             raise UserError(
-                f"no held-out sequence is longer than decode.prompt_len={plen}; lower it"
+                f"no held-out opening qualifies for decode.prompt_len={plen} and "
+                f"decode.max_len={max_len} ({_why(corpus, plen, max_len)}); lower "
+                "decode.prompt_len or raise decode.max_len"
             )
-        chosen = long_enough[: int(dcfg.num_prompts)]
-        prompts = [s[:plen] for s in chosen]
-        # the prompts' own continuations first, then other held-out sequences' continuations
-        human_src = [(s[:plen], s[plen:]) for s in long_enough]
+        want = int(dcfg.num_prompts)
+        if len(distinct) < want:
+            log.warning(
+                "decode.num_prompts=%d, but only %d distinct held-out openings qualify (%s): "
+                "decoding %d prompts",
+                want,
+                len(distinct),
+                _why(corpus, plen, max_len),
+                len(distinct),
+            )
+        chosen = distinct[:want]
+        prompts = [openings[i][0] for i in chosen]
+        # the prompts' own continuations first, then other held-out openings' continuations
+        taken = set(chosen)
+        human_src = [openings[i] for i in chosen]
+        human_src += [o for i, o in enumerate(openings) if i not in taken]
     else:
         prompts = []
         for text in list(mode):
@@ -116,15 +154,104 @@ def make_prompts(cfg: Any, corpus: Any) -> Prompts:
                     f"decode.max_len={max_len}"
                 )
             prompts.append(np.asarray(ids, np.int32))
-        human_src = [(np.zeros((0,), np.int32), s) for s in held]
-    n_human = len(prompts) * n_samples
-    human, human_prompts, human_ended = [], [], []
-    for p, c in human_src[:n_human]:
-        budget = max_len - len(p)
-        human_prompts.append(p)
-        human.append(c[:budget])
-        human_ended.append(len(c) < budget)
-    return Prompts(prompts, human, human_prompts, human_ended)
+        human_src = _openings(corpus, held, 0, max_len)
+    human_src = human_src[: len(prompts) * n_samples]
+    return Prompts(
+        prompts,
+        [c for _, c, _ in human_src],
+        [p for p, _, _ in human_src],
+        [e for _, _, e in human_src],
+    )
+
+
+def _why(corpus: Any, plen: int, max_len: int) -> str:
+    """Why an opening qualifies, in words, for the warning and the error."""
+    if corpus.stream:
+        follow = "the end of its line or " if corpus.has_eos else ""
+        return (
+            f"{plen} tokens from a line start followed by {follow}{max_len - plen} more "
+            "tokens, not overlapping another opening"
+        )
+    if corpus.name == "folk":
+        return (
+            f"a tune's header plus {plen} tokens of music, with music after it and the "
+            f"prompt shorter than decode.max_len={max_len}"
+        )
+    return f"a sequence longer than decode.prompt_len={plen} tokens"
+
+
+def _openings(
+    corpus: Any, held: list[np.ndarray], plen: int, max_len: int
+) -> list[tuple[np.ndarray, np.ndarray, bool]]:
+    """(prompt, human continuation, ended) for every qualifying held-out opening, in order.
+
+    The continuation is cut at the budget `max_len - len(prompt)`; `ended` says that EOS
+    follows it within the budget.
+    """
+    if corpus.stream:
+        out = _stream_openings(corpus, held, plen, max_len)
+    else:
+        out = []
+        for s in held:
+            head = _header_length(corpus, s) if plen > 0 else 0
+            p, c = s[: head + plen], s[head + plen :]
+            if plen > 0 and (len(c) == 0 or len(p) >= max_len):
+                continue
+            budget = max_len - len(p)
+            out.append((p, c[:budget], len(c) < budget))
+    return out
+
+
+def _distinct(openings: list[tuple[np.ndarray, np.ndarray, bool]]) -> list[int]:
+    """Indices of the first opening of each distinct prompt."""
+    first: dict[bytes, int] = {}
+    for i, (p, _, _) in enumerate(openings):
+        first.setdefault(p.tobytes(), i)
+    return list(first.values())
+
+
+def _header_length(corpus: Any, seq: np.ndarray) -> int:
+    """Folk tunes: tokens of the tune's header (M:, L:, K:); other sequences have none."""
+    if corpus.name != "folk":
+        return 0
+    from seqgen.data.folk import header_length
+
+    return header_length(corpus.vocab.decode_symbols(seq), corpus.vocab.level)
+
+
+def _stream_openings(
+    corpus: Any, held: list[np.ndarray], plen: int, max_len: int
+) -> list[tuple[np.ndarray, np.ndarray, bool]]:
+    """Openings of a text stream: line starts (a run's start, or after a newline / EOS) of
+    non-empty lines, each followed by the full budget of text, or with EOS in the stream by
+    the end of its line within the budget; scanned in order, spans never overlap."""
+    from seqgen.tokens import EOS_ID
+
+    newline = {EOS_ID}
+    if "\n" in corpus.vocab:
+        newline.add(corpus.vocab.id_of("\n"))
+    out = []
+    for s in held:
+        breaks = np.isin(s, list(newline))
+        starts = np.flatnonzero(np.concatenate([[True], breaks[:-1]]) & ~breaks)
+        eos_at = np.flatnonzero(s == EOS_ID)
+        free = 0  # the next opening starts at or after this position
+        for j in map(int, starts):
+            if j < free:
+                continue
+            c0 = j + plen
+            k = int(np.searchsorted(eos_at, j))
+            nxt = int(eos_at[k]) if k < len(eos_at) else len(s) + max_len  # the line's EOS
+            if nxt < j + max_len:
+                if nxt <= c0:  # the line ends inside the prompt
+                    continue
+                cont, ended, free = s[c0:nxt], True, nxt + 1
+            elif j + max_len <= len(s):
+                cont, ended, free = s[c0 : j + max_len], False, j + max_len
+            else:
+                continue
+            out.append((s[j:c0], cont, ended))
+    return out
 
 
 def _samples_per_prompt(cfg: Any) -> int:
@@ -134,8 +261,10 @@ def _samples_per_prompt(cfg: Any) -> int:
 def _n_outputs(dec: Any, num_samples: int) -> int:
     if dec.name in ("beam", "stochastic_beam", "diverse_beam"):
         return int(dec.beam_size)
-    if dec.name == "greedy":
+    if dec.name in ("greedy", "exact"):
         return 1
+    if dec.name == "mbr":
+        return int(dec.num_candidates)
     return num_samples
 
 
@@ -198,8 +327,10 @@ def decode_all(
             "eos_logprob",
             "eos_tempered_logprob",
             "scores",
+            "proven",
+            "expansions",
         )
-        if hasattr(outs[0], f)
+        if getattr(outs[0], f, None) is not None
     }
 
 
@@ -275,6 +406,7 @@ def evaluate_decoders(
     key = jax.random.key(int(cfg.seed))
     is_abc = corpus.name == "folk"
     results, samples = [], []
+    search: dict = {}  # best log-prob per prompt of the n-best decoders (search/beam_error)
     common = {
         "seed": int(cfg.seed),
         "oracle": corpus.oracle,
@@ -307,6 +439,7 @@ def evaluate_decoders(
             **common,
         )
         metrics["score/mean"] = float(np.mean(gen["score"]))
+        metrics.update(_search_metrics(dec, out, gen, search))
         metrics["time/decode_s"] = t_dec
         log.info("decoded %-28s %5d sequences in %.1f s", label, len(gen["tokens"]), t_dec)
         results.append({"decoder": {**to_dict(dec), "label": label}, "metrics": metrics})
@@ -318,6 +451,7 @@ def evaluate_decoders(
                     "prompt_index": gen["prompt_index"][j],
                     "sample_index": gen["sample_index"][j],
                     "token_ids": gen["tokens"][j].tolist(),
+                    "prompt": corpus.vocab.decode(gen["prompt"][j]),
                     "text": texts[j],
                     "score": gen["score"][j],
                     "logprob": float(np.sum(gen["logprobs"][j]) + gen["eos_logprob"][j]),
@@ -325,10 +459,48 @@ def evaluate_decoders(
             )
         if on_result is not None:
             on_result(results[-1], samples[first:])
+    _add_beam_error(results, search)  # needs every decoder; write_outputs rewrites results.jsonl
     results.append(human_row(cfg, corpus, model, pr, common, is_abc, reference))
     if on_result is not None:
         on_result(results[-1], [])
     return results, samples
+
+
+def _search_metrics(dec: Any, out: dict, gen: dict, search: dict) -> dict[str, float]:
+    """exact: `search/exact_proven`, `search/expansions_mean`; mbr: `mbr/*`. Notes the beam
+    decoders' best log-probs per prompt (-inf when not ended) in `search` for
+    `search/beam_error`."""
+    from seqgen.metrics.search import exact_proven_rate
+    from seqgen.metrics.utility import mbr_summary
+
+    if dec.name in ("beam", "diverse_beam", "greedy", "exact"):
+        best = np.array([np.sum(lp) + e for lp, e in zip(gen["logprobs"], gen["eos_logprob"])])
+        best = np.where(np.asarray(gen["ended"], bool), best, -np.inf)
+        if dec.name != "exact":
+            search.setdefault("beams", []).append(best)  # in the order of their result rows
+    if dec.name == "exact":
+        search["exact"] = (best, out["proven"])
+        empty = [len(t) == 0 and e for t, e in zip(gen["tokens"], gen["ended"])]
+        return {
+            "search/exact_proven": exact_proven_rate(out["proven"]),
+            "search/expansions_mean": float(np.mean(out["expansions"])),
+            "search/exact_empty": float(np.mean(empty)),  # the mode is EOS at once
+        }
+    if dec.name == "mbr":
+        return mbr_summary(out["scores"])
+    return {}
+
+
+def _add_beam_error(results: list[dict], search: dict) -> None:
+    """`search/beam_error` for each beam, diverse beam and greedy row decoded beside exact."""
+    from seqgen.metrics.search import beam_error_rate
+
+    if "exact" not in search:
+        return
+    mode, proven = search["exact"]
+    rows = [r for r in results if r["decoder"]["name"] in ("beam", "diverse_beam", "greedy")]
+    for i, res in enumerate(rows):
+        res["metrics"]["search/beam_error"] = beam_error_rate(search["beams"][i], mode, proven)
 
 
 def _kept_per_prompt(cfg: Any, dec: Any, n: int) -> int:

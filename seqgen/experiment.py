@@ -53,7 +53,8 @@ def default_cache_dir(cfg: Any) -> Path:
 # Model: the DPFSA oracle, or an NNX language model trained once per (data, model, train, seed).
 
 
-def build_model(model_cfg: Any, vocab_size: int, seed: int):
+def build_model(model_cfg: Any, vocab_size: int, seed: int, predict_eos: bool = True):
+    """The configured LM; `predict_eos=False` for a text stream without EOS (see LanguageModel)."""
     from flax import nnx
 
     from seqgen.models import LanguageModel
@@ -67,6 +68,7 @@ def build_model(model_cfg: Any, vocab_size: int, seed: int):
         dropout=model_cfg.dropout,
         tie_weights=model_cfg.tie_weights,
         one_hot_input=model_cfg.one_hot_input,
+        predict_eos=predict_eos,
         rngs=nnx.Rngs(seed),
     )
 
@@ -109,15 +111,18 @@ def get_model(cfg: Any, corpus: Any, tracker: Any = None) -> LoadedModel:
     seed, seq_len = int(cfg.seed), int(cfg.train.seq_len)
 
     def train_fn():
-        model = build_model(cfg.model, len(corpus.vocab), seed)
+        model = build_model(cfg.model, len(corpus.vocab), seed, corpus.has_eos)
         log.info(
             "model: training %s (%s params) -> cache %s",
             cfg.model.cell,
             f"{count_params(model):,}",
             cache.path(key),
         )
-        train_it = batch_iterator(corpus.train, int(cfg.train.batch_size), seq_len, seed=seed)
-        valid = eval_batches(corpus.valid, int(cfg.train.batch_size), seq_len)
+        stream = corpus.stream  # text: windows of the stream, no EOS appended
+        train_it = batch_iterator(
+            corpus.train, int(cfg.train.batch_size), seq_len, seed, stream=stream
+        )
+        valid = eval_batches(corpus.valid, int(cfg.train.batch_size), seq_len, stream=stream)
         valid = valid[: int(cfg.train.eval_batches)]
         result = train(
             model,
@@ -142,7 +147,7 @@ def get_model(cfg: Any, corpus: Any, tracker: Any = None) -> LoadedModel:
 
     model, meta, trained = cache.get_or_train(
         key,
-        build_model(cfg.model, len(corpus.vocab), seed),
+        build_model(cfg.model, len(corpus.vocab), seed, corpus.has_eos),
         train_fn,
         vocab_json=vocab_json,
         retrain_damaged=cfg.cache_on_damage == "retrain",
@@ -173,14 +178,15 @@ def get_model(cfg: Any, corpus: Any, tracker: Any = None) -> LoadedModel:
 
 
 def heldout_metrics(model: Any, corpus: Any, train_cfg: Any) -> dict[str, float]:
-    """`ppl/` and `bits/` of the valid and test splits: every sequence, its EOS included."""
+    """`ppl/` and `bits/` of the valid and test splits: per target token, i.e. every sequence
+    with its EOS, or every stream token (text: EOS only where `data.line_eos` put it)."""
     from seqgen.data.batching import eval_batches
     from seqgen.train import evaluate
 
     batch_size, seq_len = int(train_cfg.batch_size), int(train_cfg.seq_len)
     metrics = {}
     for split, seqs in (("valid", corpus.valid), ("test", corpus.test)):
-        ev = evaluate(model, eval_batches(seqs, batch_size, seq_len))
+        ev = evaluate(model, eval_batches(seqs, batch_size, seq_len, stream=corpus.stream))
         metrics[f"ppl/{split}"] = float(ev["ppl"])
         metrics[f"bits/{split}"] = float(ev["bits"])
     return metrics
@@ -232,7 +238,7 @@ def load_reference(cfg: Any, corpus: Any) -> LoadedModel | None:
                 f"metrics.reference_checkpoint={ref} was trained with another vocabulary; "
                 "gen/ref_ppl needs a model of the same data and tokenization"
             )
-        template = build_model(OC.create(meta["model"]), len(corpus.vocab), 0)
+        template = build_model(OC.create(meta["model"]), len(corpus.vocab), 0, corpus.has_eos)
         model, _ = cache.load_model(path.name, template)
     except DamagedCacheEntry as exc:
         raise UserError(f"metrics.reference_checkpoint: {exc}") from None

@@ -68,6 +68,10 @@ def score_kind(decoder: dict[str, Any]) -> str:
     return str(decoder.get("length_penalty") or "none")
 
 
+# In samples/<decoder>.txt, between the prompt and what the model wrote after it.
+MODEL_MARK = "<<model>>"
+
+
 def slug(text: str) -> str:
     """A file name from a label: letters, digits, `._-`; never `.`, `..` or a hidden name, so a
     label cannot place files outside `samples/`."""
@@ -108,7 +112,8 @@ def write_decoder(
     sample_dir.mkdir(exist_ok=True)
     name = slug(result["decoder"].get("label") or result["decoder"]["name"])
     sep = "\n\n" if corpus.name == "folk" else "\n" + "-" * 60 + "\n"
-    (sample_dir / f"{name}.txt").write_text(sep.join(r["text"] for r in samples) + "\n")
+    marked = (marked_text(r["prompt"], r["text"]) for r in samples)
+    (sample_dir / f"{name}.txt").write_text(sep.join(marked) + "\n")
     if corpus.name == "folk" and int(cfg.output.num_listen) > 0:
         return write_tunes(sample_dir / name, samples[: int(cfg.output.num_listen)])
     return []
@@ -123,14 +128,17 @@ def write_outputs(
     vocab: Any = None,
 ) -> dict[str, Any]:
     """What needs every decoder: the plots, the report page (`vocab` marks the prompts in it),
-    and the tracker's copy of results, samples and the page."""
+    the tracker's copy of results, samples and the page, and `results.jsonl` rewritten whole,
+    since some metrics (`search/beam_error`) compare decoders and exist only once all have run
+    (`write_decoder` appended each row as it finished)."""
+    (out_dir / "results.jsonl").write_text("".join(json.dumps(_clean(r)) + "\n" for r in results))
     plots = []
     if cfg.output.plots:
         plots = plot_decoders(results, out_dir / "plots")
     for r in results:
         label = r["decoder"].get("label") or r["decoder"]["name"]
         tracker.log_summary({f"{label}/{k}": v for k, v in r["metrics"].items()})
-    columns = ["decoder", "prompt_index", "sample_index", "score", "logprob", "text"]
+    columns = ["decoder", "prompt_index", "sample_index", "score", "logprob", "prompt", "text"]
     tracker.log_table("samples", columns, [[s[c] for c in columns] for s in samples[:2000]])
     for p in plots:
         tracker.log_image(f"plots/{Path(p).stem}", p)
@@ -140,6 +148,17 @@ def write_outputs(
     tracker.log_html("report", report)
     log.info("report: %s", report)
     return {"plots": [str(p) for p in plots], "report": str(report)}
+
+
+def marked_text(prompt: str, text: str) -> str:
+    """`text` (prompt + continuation) with `MODEL_MARK` where the prompt ends.
+
+    Every level's detokenizer writes the prompt's text as a prefix of the whole text (the
+    continuation follows after a space or a line break, or directly for characters).
+    """
+    if not text.startswith(prompt):  # no detokenizer does this; never fail a run over a mark
+        return text
+    return prompt + MODEL_MARK + text[len(prompt) :]
 
 
 def write_tunes(folder: Path, rows: list[dict[str, Any]]) -> list[Path]:

@@ -6,6 +6,7 @@ from seqgen.data.batching import (
     batch_iterator,
     eval_batches,
     make_examples,
+    make_stream_examples,
     num_target_tokens,
 )
 from seqgen.tokens import BOS_ID, EOS_ID, PAD_ID
@@ -64,3 +65,31 @@ def test_batch_iterator_fills_batches_from_a_tiny_corpus():
         assert b.inputs.dtype == b.targets.dtype == np.int32
         assert (b.mask.sum(1) > 0).all()
         assert (b.inputs[:, 0] == BOS_ID).all()
+
+
+STREAMS = [np.arange(4, 4 + n, dtype=np.int32) for n in (1, 5, 11)]
+
+
+def test_stream_windows_tile_the_stream_without_eos():
+    max_len = 5
+    for s in STREAMS:
+        ex = make_stream_examples([s], max_len)
+        assert len(ex) == -(-len(s) // max_len)
+        # the targets, window after window, are the stream itself: no EOS, nothing twice
+        assert np.array_equal(np.concatenate([y for _, y in ex]), s)
+        for k, (x, y) in enumerate(ex):
+            assert len(x) == len(y) <= max_len and x[0] == BOS_ID  # a fresh carry
+            assert np.array_equal(x[1:], y[:-1])  # next-token targets
+            assert np.array_equal(y, s[k * max_len : (k + 1) * max_len])
+
+
+def test_stream_eval_batches_cover_every_stream_token_once():
+    batches = eval_batches(STREAMS, batch_size=2, max_len=4, stream=True)
+    mask = np.concatenate([b.mask for b in batches]).astype(bool)
+    targets = np.concatenate([b.targets for b in batches])
+    assert mask.sum() == num_target_tokens(STREAMS, stream=True) == sum(map(len, STREAMS))
+    assert np.array_equal(targets[mask], np.concatenate(STREAMS))  # in order, once each
+    assert EOS_ID not in targets[mask]
+    it = batch_iterator(STREAMS, batch_size=5, max_len=4, seed=0, stream=True)
+    epoch = next(it)  # 1 + 2 + 3 = 6 windows; a batch of 5 draws 5 distinct ones
+    assert EOS_ID not in epoch.targets and (epoch.inputs[:, 0] == BOS_ID).all()

@@ -105,17 +105,108 @@ def test_folk_default_is_char_level_of_the_public_collections():
     ]  # fmt: skip
 
 
-def test_text_corpus_windows(tmp_path):
+def test_text_corpus_is_a_stream_split_into_line_aligned_runs(tmp_path):
     body = "".join(f"line {i}: the quick brown fox\n" for i in range(50))
     f = tmp_path / "t.txt"
     f.write_text(body, encoding="utf-8")
     c = load_corpus({"name": "text", "path": str(f), "window": 64}, seed=0)
-    decoded = sorted(c.vocab.decode(s) for s in _all(c))
-    assert decoded == sorted(body[i : i + 64] for i in range(0, len(body), 64))
+    assert c.stream and not c.has_eos and not c.line_eos
+    runs = [c.vocab.decode(s) for s in _all(c)]
+    # every run is a contiguous piece of the text that starts at a line start, and the runs
+    # of the three splits together are the whole text, each token exactly once
+    assert all(r and (body.startswith(r) or f"\n{r}" in body) for r in runs)
+    assert sum(len(s) for s in _all(c)) == len(body) == sum(c.meta["num_tokens"].values())
+    assert sorted("".join(runs)) == sorted(body)
+    assert c.meta["num_types"] == len(set(body)) and len(c.test) >= 1
     w = load_corpus({"name": "text", "path": str(f), "window": 8, "level": "word"}, seed=0)
-    assert all(len(s) <= 8 for s in _all(w)) and "fox" in w.vocab
+    assert "fox" in w.vocab and w.vocab.level == "word"
     capped = load_corpus({"name": "text", "path": str(f), "window": 64, "max_sequences": 5}, 0)
-    assert len(_all(capped)) == 5
+    assert sum(len(s) for s in _all(capped)) < len(body)
+    # a stream is not the sequence corpus it used to be: the model cache keys differ
+    eos = load_corpus({"name": "text", "path": str(f), "window": 64, "line_eos": True}, 0)
+    assert eos.has_eos and fingerprint(eos) != fingerprint(c)
+
+
+def test_text_vocabulary_comes_from_the_training_split_only(tmp_path):
+    (tmp_path / "tr.txt").write_text("abab\nba\n")
+    (tmp_path / "te.txt").write_text("abz\nzq\n")
+    c = load_corpus(
+        {"name": "text", "train_path": str(tmp_path / "tr.txt"),
+         "test_path": str(tmp_path / "te.txt"), "window": 2, "valid_fraction": 0.4}, 0
+    )  # fmt: skip
+    assert c.vocab.symbols[NUM_SPECIAL:] == ["a", "b", "\n"]
+    assert c.vocab.decode(c.test[0]) == "ab<unk>\n<unk><unk>\n"
+    assert c.meta["oov_tokens"]["test"] == 3 and c.meta["oov_types"]["test"] == 2
+    assert c.meta["unk_tokens"]["test"] == 3 and c.meta["carved"] == ["valid"]
+    # the valid split was carved out of the training file; test is the test file
+    assert sum(len(s) for s in c.train + c.valid) == len("abab\nba\n")
+    assert len(c.valid) >= 1
+
+
+# Mikolov's PTB (ptb.{train,valid,test}.txt): one sentence per line, tokens separated by
+# spaces, lines starting with a space, rare words already replaced by "<unk>". Its standard
+# figures -- 10,000 types including the end-of-sentence token, 929,589 / 73,760 / 82,430
+# train / valid / test tokens with one end-of-sentence token per line -- are what these
+# conventions give: num_types counts <unk> as one type and EOS as one, num_tokens counts the
+# words plus one EOS per line, and "mr." stays one token. Here the same counting on a corpus
+# small enough to count by hand.
+PTB_LIKE = {
+    "train": " mr. smith said <unk> is n't here \n the cat sat on the mat \n",
+    "valid": " the dog sat \n mr. <unk> said \n",
+    "test": " a cat said",  # no final newline: its line still ends with EOS
+}
+
+
+def _ptb_like(tmp_path, **extra):
+    paths = {}
+    for split, body in PTB_LIKE.items():
+        (tmp_path / f"ptb.{split}.txt").write_text(body)
+        paths[f"{split}_path"] = str(tmp_path / f"ptb.{split}.txt")
+    return load_corpus(
+        {"name": "text", "level": "whitespace", "line_eos": True, **paths, **extra}, 0
+    )
+
+
+def test_pre_split_ptb_counting_conventions(tmp_path):
+    from seqgen.data.batching import eval_batches, num_target_tokens
+    from seqgen.tokens import EOS_ID, UNK_ID
+
+    c = _ptb_like(tmp_path)
+    assert c.stream and c.has_eos and c.meta["carved"] == []
+    # words + one EOS per line: 7 + 1 + 6 + 1, 3 + 1 + 3 + 1, 3 + 1
+    assert c.meta["num_tokens"] == {"train": 15, "valid": 8, "test": 4}
+    # 11 words, <unk> and EOS; the vocabulary adds PAD and BOS, never predicted
+    assert c.meta["num_types"] == 13 and len(c.vocab) == 13 + 2
+    assert "mr." in c.vocab and "<unk>" not in c.vocab and "\n" not in c.vocab
+    train = c.train[0]
+    assert (train == EOS_ID).sum() == 2 and train[-1] == EOS_ID
+    assert train[3] == UNK_ID  # the corpus's own <unk> is UNK
+    assert c.vocab.decode(train[:8]) == "mr. smith said <unk> is n't here"
+    # "dog" (valid) and "a" (test) are unseen: UNK, counted; PTB's own <unk> is not unseen
+    assert c.meta["oov_tokens"] == {"train": 0, "valid": 1, "test": 1}
+    assert c.meta["unk_tokens"] == {"train": 1, "valid": 2, "test": 1}
+    # evaluation perplexity is per stream token: exactly these counts are its denominators
+    for split in ("valid", "test"):
+        seqs = getattr(c, split)
+        n = c.meta["num_tokens"][split]
+        assert num_target_tokens(seqs, stream=True) == n
+        assert sum(b.mask.sum() for b in eval_batches(seqs, 2, 3, stream=True)) == n
+
+
+def test_vocabulary_size_limits_count_eos_and_unk(tmp_path):
+    capped = _ptb_like(tmp_path, max_vocab=10)  # 8 most frequent words + <unk> + EOS
+    assert capped.meta["num_types"] == 10 and len(capped.vocab) == 10 + 2
+    assert "the" in capped.vocab  # the most frequent word (twice) is kept
+    rare = _ptb_like(tmp_path, min_count=2)  # only "the" occurs twice
+    assert rare.vocab.symbols[NUM_SPECIAL:] == ["the"] and rare.meta["num_types"] == 3
+    marker = "UNK"
+    (tmp_path / "m.txt").write_text("a UNK b\nb <unk>\n")
+    own = load_corpus({"name": "text", "level": "whitespace", "unk_token": marker,
+                       "path": str(tmp_path / "m.txt"), "window": 100,
+                       "valid_fraction": 0, "test_fraction": 0}, 0)  # fmt: skip
+    assert "UNK" not in own.vocab and "<unk>" not in own.vocab  # both read as UNK
+    with pytest.raises(UserError, match="max_vocab"):
+        _ptb_like(tmp_path, max_vocab=2)
 
 
 def test_text_preset_via_local_copy(tmp_path, monkeypatch):
@@ -136,7 +227,9 @@ def test_text_preset_via_local_copy(tmp_path, monkeypatch):
         ({"name": "folk", "collections": ["nope"]}, "unknown folk collection"),
         ({"name": "folk", "collections": []}, "data.collections is empty"),
         ({"name": "folk", "level": "word"}, "data.level=word is not allowed for data=folk"),
-        ({"name": "text"}, "data.path=/path/to/file.txt or data.preset"),
+        ({"name": "text"}, "data.path=/path/to/file.txt, data.train_path=... or data.preset"),
+        ({"name": "text", "path": "a", "train_path": "b"}, "allowed: one of them"),
+        ({"name": "text", "path": "x", "level": "whitespace", "min_count": 0}, "min_count"),
         ({"name": "text", "path": "/nonexistent/x.txt"}, "does not exist"),
         ({"name": "text", "preset": "nope"}, "unknown text preset"),
         ({"name": "text", "path": "x", "level": "abc"}, "data.level=abc"),

@@ -8,7 +8,7 @@ import urllib.request
 import pytest
 
 from seqgen.data import text
-from seqgen.data.text import PRESETS, Preset, fetch_preset, read_text_file, windows
+from seqgen.data.text import PRESETS, Preset, fetch_preset, line_blocks, read_text_file
 from seqgen.errors import UserError
 
 CONTENT = b"First Citizen:\nBefore we proceed any further, hear me speak.\n"
@@ -124,9 +124,13 @@ def test_unreadable_files_are_user_errors(tmp_path):
         fetch_preset("nope")
 
 
-def test_windows_cover_the_text_in_order():
-    symbols = list("abcdefghij")
-    w = windows(symbols, 4)
-    assert w == [list("abcd"), list("efgh"), list("ij")]
+def test_line_blocks_tile_the_text_and_end_at_line_ends():
+    symbols = list("ab\ncdefghij\nk\nlm")
+    blocks = line_blocks(symbols, 4)
+    # "ab\n" is short of 4, so the block runs on; the long line "cdefghij" is cut at 4
+    assert ["".join(b) for b in blocks] == ["ab\ncdef", "ghij\n", "k\nlm"]
+    assert [s for b in blocks for s in b] == symbols
+    words = ["one", "two", "\n", "three", "\n", "four", "five", "six", "\n"]
+    assert line_blocks(words, 2) == [words[:3], words[3:5], words[5:7], words[7:]]
     with pytest.raises(UserError, match="data.window"):
-        windows(symbols, 0)
+        line_blocks(symbols, 0)

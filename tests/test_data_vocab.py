@@ -76,5 +76,23 @@ def test_json_save_load(tmp_path):
 
 
 def test_bad_level_is_user_error():
-    with pytest.raises(UserError, match="allowed: char, word, abc"):
+    with pytest.raises(UserError, match="allowed: char, word, whitespace, abc"):
         Vocab.build(["x"], "byte")
+
+
+def test_whitespace_level_keeps_pre_tokenized_tokens_whole():
+    line = " mr. <unk> said n't \n the u.s. \n"
+    assert tokenize(line, "whitespace") == [
+        "mr.",
+        "<unk>",
+        "said",
+        "n't",
+        "\n",
+        "the",
+        "u.s.",
+        "\n",
+    ]
+    assert tokenize(line, "word")[:4] == ["mr", ".", "<", "unk"]  # raw-text words split them
+    v = Vocab.build([line], "whitespace")
+    assert v.encode(line)[1] == UNK_ID  # the marker is the vocabulary's own UNK
+    assert tokenize(v.decode(v.encode(line)), "whitespace") == tokenize(line, "whitespace")

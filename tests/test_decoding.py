@@ -858,7 +858,15 @@ def test_top_k_at_or_above_the_vocabulary_is_no_truncation():
 
 
 def test_decoders_dict_and_bad_prompts():
-    assert set(DECODERS) == {"greedy", "sample", "beam", "stochastic_beam", "diverse_beam"}
+    assert set(DECODERS) == {
+        "greedy",
+        "sample",
+        "beam",
+        "stochastic_beam",
+        "diverse_beam",
+        "exact",
+        "mbr",
+    }
     table = jnp.asarray(markov_table(10, 0))
     bad = PROMPTS.copy()
     bad[0, 0] = 10

@@ -151,3 +151,42 @@ def test_heldout_prompts_are_continued_and_the_human_row_matches(first_run, tmp_
     for p, hp in zip(pr.prompts, pr.human_prompts[:5]):
         assert np.array_equal(p, hp)
     assert all(len(p) + len(h) <= cfg.decode.max_len for p, h in zip(pr.human_prompts, pr.human))
+
+
+def test_text_stream_model_never_emits_eos_and_marks_its_prompts(cache_dir, tmp_path):
+    # A text stream has no EOS, so a model trained on it must not end a sequence: every
+    # decoder runs to max_len. Three training steps leave EOS near its initial probability
+    # (about 1 in 10 here) unless the model pins it.
+    rng = np.random.default_rng(0)
+    lines = ["".join(rng.choice(list("abcd "), rng.integers(5, 25))) for _ in range(400)]
+    (tmp_path / "t.txt").write_text("".join(f"{i % 7}{line}\n" for i, line in enumerate(lines)))
+    out = tmp_path / "run"
+    tiny = [o for o in TINY if not o.startswith(("data", "decode"))]
+    cfg = compose(
+        [
+            *tiny,
+            "data=text",
+            f"data.path={tmp_path / 't.txt'}",
+            "data.window=200",
+            "data.test_fraction=0.2",
+            "train.steps=3",
+            "decode.prompts=heldout",
+            "decode.num_prompts=4",
+            "decode.prompt_len=4",
+            "decode.num_samples=4",
+            "decode.max_len=40",
+            "decode.batch_size=64",
+            "compare=[{name:sample},{name:beam,beam_size:3}]",
+        ]
+    )
+    res = run_experiment(cfg, out_dir=out)
+    for row in res["results"]:
+        assert row["metrics"]["length/eos_rate"] == 0.0, row["decoder"]["name"]
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 4 * (4 + 1)
+    for s in samples:
+        assert 2 not in s["token_ids"] and len(s["token_ids"]) + len(s["prompt"]) == 40
+        assert len(s["prompt"]) == 4 and s["text"].startswith(s["prompt"])
+    marked = (out / "samples" / "beam_beam_size_3.txt").read_text().split("\n" + "-" * 60 + "\n")
+    for s, m in zip([s for s in samples if s["decoder"] == "beam(beam_size=3)"], marked):
+        assert m.rstrip("\n") == (s["prompt"] + "<<model>>" + s["text"][4:]).rstrip("\n")

@@ -1,16 +1,36 @@
 """Corpora for training and evaluation: `load_corpus(data_cfg, seed)` dispatches on
 ``data_cfg.name`` ("folk", "text", "synthetic") and returns token-id splits plus a vocabulary.
 
+Two kinds of corpus. Folk tunes and DPFSA strings are *sequences*: each one is a training
+example ending in EOS. Text is a *stream* (`Corpus.stream`): each split is a list of
+contiguous token runs, trained and scored as windows with next-token targets and no EOS
+(`seqgen.data.batching`); with ``data.line_eos=true`` every newline is the end-of-sentence
+token EOS in the stream (the PTB convention: one EOS per line, the last line included).
+
+The vocabulary is built from the training split only; valid/test symbols it lacks map to
+UNK and are counted (`meta["oov_tokens"]`, `meta["oov_types"]`, logged). `data.min_count`
+and `data.max_vocab` send rare training symbols to UNK too; `data.max_vocab` counts types as
+`meta["num_types"]` does (the distinct token ids that occur in the training split, EOS and
+UNK included where they occur; PTB: 10,000). At the `whitespace` level the corpus's own
+unknown marker (`data.unk_token`, default ``<unk>``) is UNK.
+
+Splits: a text corpus may come pre-split (`data.train_path`, `data.valid_path`,
+`data.test_path`); a split without a file is carved out of the training file (or
+`data.path` / `data.preset`) as before: the file is cut into blocks of about `data.window`
+tokens that end at line ends, and a seeded permutation assigns blocks to the missing splits
+(consecutive blocks of one split join into one run). Sequence corpora split their
+sequences by a seeded permutation. The same seed and config give the same corpus, and
+`fingerprint` identifies it.
+
 The config may be a DictConfig, a dataclass, a SimpleNamespace or a dict; missing fields
-take the defaults below. The vocabulary is built from all splits (the data contain no UNK;
-prompts may, see `Vocab.encode(..., unknown=...)`). The split is a seeded permutation, so
-the same seed and config give the same corpus, and `fingerprint` identifies it.
+take the defaults below.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,13 +42,23 @@ from seqgen.data import folk, text
 from seqgen.data.synthetic import DPFSA
 from seqgen.data.vocab import Vocab, tokenize
 from seqgen.errors import UserError
+from seqgen.tokens import EOS_ID, SPECIAL_TOKENS, UNK_ID
+
+log = logging.getLogger("seqgen")
 
 DEFAULTS: dict[str, Any] = {
     "collections": list(folk.DEFAULT_COLLECTIONS),
     "path": None,
     "preset": None,
+    "train_path": None,
+    "valid_path": None,
+    "test_path": None,
     "level": "char",
-    "window": 256,
+    "line_eos": False,
+    "unk_token": "<unk>",
+    "min_count": 1,
+    "max_vocab": None,
+    "window": 2048,
     "valid_fraction": 0.05,
     "test_fraction": 0.05,
     "max_sequences": None,
@@ -39,14 +69,19 @@ DEFAULTS: dict[str, Any] = {
     "cache_dir": None,
 }
 FOLK_LEVELS = ("char", "abc")
-TEXT_LEVELS = ("char", "word")
+TEXT_LEVELS = ("char", "word", "whitespace")
+SPLITS = ("train", "valid", "test")
+_NEWLINE = "\n"
 
 
 @dataclass
 class Corpus:
     """Token-id splits (int32 arrays without BOS/EOS) and their vocabulary.
 
-    `oracle` is the true distribution when known (the synthetic `DPFSA`), else None.
+    `stream`: False for a sequence corpus (each array one EOS-terminated sequence), True for
+    a text stream (each array a contiguous run of the text; EOS occurs inside only where
+    `line_eos` made newlines EOS). `oracle` is the true distribution when known (the
+    synthetic `DPFSA`), else None.
     """
 
     name: str
@@ -56,6 +91,13 @@ class Corpus:
     test: list[np.ndarray]
     oracle: DPFSA | None = None
     meta: dict = field(default_factory=dict)
+    stream: bool = False
+    line_eos: bool = False
+
+    @property
+    def has_eos(self) -> bool:
+        """Whether EOS is a target: always for sequences, for streams only with line_eos."""
+        return not self.stream or self.line_eos
 
 
 def cfg_get(cfg: Any, key: str, default: Any = None) -> Any:
@@ -158,50 +200,199 @@ def _check_level(name: str, level: str, allowed: Sequence[str]) -> str:
     return level
 
 
-def _encode_all(texts: Sequence[str], level: str) -> tuple[Vocab, list[np.ndarray]]:
-    token_lists = [tokenize(t, level) for t in texts]
+def _vocab_limits(cfg: Any) -> tuple[int, int | None]:
+    """(data.min_count, data.max_vocab), checked before any file is read."""
+    min_count, max_vocab = int(_get(cfg, "min_count")), _get(cfg, "max_vocab")
+    if min_count < 1:
+        raise UserError(f"data.min_count={min_count} is not allowed; allowed: >= 1")
+    if max_vocab is not None and int(max_vocab) < 2:
+        raise UserError(f"data.max_vocab={max_vocab} is not allowed; allowed: null or >= 2")
+    return min_count, None if max_vocab is None else int(max_vocab)
+
+
+def _encode_splits(
+    splits: dict[str, list[list[str]]],
+    level: str,
+    limits: tuple[int, int | None],
+    *,
+    stream: bool = False,
+    eos_symbol: str | None = None,
+) -> tuple[Vocab, dict[str, list[np.ndarray]], dict]:
+    """The training split's vocabulary and every split encoded with it, plus the counts.
+
+    Sequences (`stream=False`) count one EOS target per sequence; in a stream `eos_symbol`
+    (line_eos: the newline) is encoded as EOS and is not a vocabulary symbol. The UNK marker
+    (`SPECIAL_TOKENS[UNK_ID]`) is UNK. Counts: `num_tokens` (targets per split),
+    `num_types`, `unk_tokens`, and `oov_tokens` / `oov_types` (symbols missing from the
+    training vocabulary, the corpus's own UNK marker not counted).
+    """
+    has_eos = not stream or eos_symbol is not None
+    unk_symbol = SPECIAL_TOKENS[UNK_ID]
     counts: Counter[str] = Counter()
-    for toks in token_lists:
+    for toks in splits["train"]:
         counts.update(toks)
-    vocab = Vocab.from_counts(counts, level)
-    seqs = [np.asarray(vocab.encode_symbols(toks), dtype=np.int32) for toks in token_lists]
-    return vocab, seqs
+    counts.pop(eos_symbol, None)
+    min_count, max_vocab = limits
+    frequent = [t for t, c in counts.items() if c >= min_count and t not in SPECIAL_TOKENS]
+    max_symbols = None
+    if max_vocab is not None:
+        # max_vocab counts types as num_types does: EOS and UNK included when they occur
+        has_unk = unk_symbol in counts or len(frequent) < len(counts)
+        if len(frequent) + has_eos + has_unk > max_vocab:
+            max_symbols = max_vocab - has_eos - 1
+            if max_symbols < 1:
+                raise UserError(
+                    f"data.max_vocab={max_vocab} leaves no room for a symbol beside EOS and "
+                    "UNK; allowed: a larger value or null"
+                )
+    vocab = Vocab.from_counts(counts, level, min_count, max_symbols)
+    encoded: dict[str, list[np.ndarray]] = {}
+    meta: dict = {"num_tokens": {}, "unk_tokens": {}, "oov_tokens": {}, "oov_types": {}}
+    for split, lists in splits.items():
+        oov: Counter[str] = Counter()
+        out = []
+        for toks in lists:
+            ids = [EOS_ID if t == eos_symbol else vocab.id_of(t) for t in toks]
+            oov.update(t for t, i in zip(toks, ids) if i == UNK_ID and t != unk_symbol)
+            out.append(np.asarray(ids, dtype=np.int32))
+        encoded[split] = out
+        meta["num_tokens"][split] = int(sum(len(x) + (not stream) for x in out))
+        meta["unk_tokens"][split] = int(sum(int((x == UNK_ID).sum()) for x in out))
+        meta["oov_tokens"][split] = int(sum(oov.values()))
+        meta["oov_types"][split] = len(oov)
+    train_ids = np.concatenate(encoded["train"] + [np.zeros(0, np.int32)])
+    meta["num_types"] = len(np.unique(train_ids)) + (not stream)  # sequences: + EOS
+    return vocab, encoded, meta
+
+
+def _log_unseen(name: str, meta: dict) -> None:
+    held = [s for s in ("valid", "test") if meta["oov_tokens"].get(s)]
+    if held:
+        log.info(
+            "data: %s: %s not in the training vocabulary, counted as <unk>",
+            name,
+            ", ".join(
+                f"{meta['oov_tokens'][s]} {s} tokens ({meta['oov_types'][s]} types)" for s in held
+            ),
+        )
 
 
 def load_folk(cfg: Any, seed: int) -> Corpus:
     """ABC tunes of music21's corpus, one tune per sequence, char or abc tokens."""
     level = _check_level("folk", str(_get(cfg, "level")), FOLK_LEVELS)
+    limits = _vocab_limits(cfg)
     collections = _get(cfg, "collections")
     if isinstance(collections, str):  # "oneills1850" or "oneills1850,miscFolk"
         collections = [c.strip() for c in collections.split(",") if c.strip()]
     collections = [str(c) for c in collections]
     tunes, stats = folk.load_tunes(collections, max_tunes=_max_sequences(cfg))
-    vocab, seqs = _encode_all(tunes, level)
-    return _finish("folk", vocab, seqs, cfg, seed, {"source": stats})
+    idx = split_indices(
+        len(tunes), float(_get(cfg, "valid_fraction")), float(_get(cfg, "test_fraction")), seed
+    )
+    syms = {s: [tokenize(tunes[i], level) for i in ix] for s, ix in zip(SPLITS, idx)}
+    vocab, enc, counts = _encode_splits(syms, level, limits)
+    _log_unseen("folk", counts)
+    seqs = enc["train"] + enc["valid"] + enc["test"]
+    bounds = np.cumsum([0] + [len(enc[s]) for s in SPLITS])
+    splits = tuple(np.arange(bounds[i], bounds[i + 1]) for i in range(3))
+    return _finish("folk", vocab, seqs, cfg, seed, {"source": stats, **counts}, splits=splits)
 
 
 def load_text(cfg: Any, seed: int) -> Corpus:
-    """A UTF-8 file (or preset) cut into windows of `window` tokens."""
+    """A text stream: pre-split files, or splits carved from one file (see the module doc)."""
     level = _check_level("text", str(_get(cfg, "level")), TEXT_LEVELS)
-    path, preset = _get(cfg, "path"), _get(cfg, "preset")
+    limits = _vocab_limits(cfg)
+    line_eos = bool(_get(cfg, "line_eos"))
+    window = int(_get(cfg, "window"))
+    path, preset, train_path = (_get(cfg, k) for k in ("path", "preset", "train_path"))
+    if train_path is not None and path is not None:
+        raise UserError(
+            f"data.train_path={train_path} and data.path={path} both name the training text; "
+            "allowed: one of them"
+        )
+    key = "data.train_path" if train_path is not None else "data.path"
+    path = train_path if train_path is not None else path
     body, source = text.resolve_text_source(
         None if path is None else str(path),
         None if preset is None else str(preset),
         _get(cfg, "cache_dir"),
+        key=key,
     )
-    symbols = tokenize(body, level)
-    if not symbols:
-        raise UserError(
-            f"data.path={source['path']} has no {level} tokens; pass a file with text in it"
-        )
-    chunks = text.windows(symbols, int(_get(cfg, "window")))
+    bodies = {"train": body}
+    for split in ("valid", "test"):
+        split_path = _get(cfg, f"{split}_path")
+        if split_path is not None:
+            bodies[split] = text.read_text_file(str(split_path), key=f"data.{split}_path")
+            source[f"{split}_path"] = str(split_path)
     cap = _max_sequences(cfg)
-    chunks = chunks[:cap] if cap else chunks
-    used = [s for c in chunks for s in c]
-    vocab = Vocab.from_counts(Counter(used), level)
-    seqs = [np.asarray(vocab.encode_symbols(c), dtype=np.int32) for c in chunks]
-    source["window"] = int(_get(cfg, "window"))
-    return _finish("text", vocab, seqs, cfg, seed, {"source": source})
+    blocks = {}
+    for split, b in bodies.items():
+        symbols = _stream_symbols(b, level, line_eos, str(_get(cfg, "unk_token")))
+        if not symbols:
+            where = source["path"] if split == "train" else source[f"{split}_path"]
+            raise UserError(
+                f"the {split} text {where} has no {level} tokens; pass a file with text in it"
+            )
+        blocks[split] = text.line_blocks(symbols, window)[:cap]
+    missing = [s for s in ("valid", "test") if s not in bodies]
+    runs: dict[str, list[list[str]]] = {s: [_join(blocks[s])] for s in bodies}
+    if missing:
+        fractions = [float(_get(cfg, f"{s}_fraction")) if s in missing else 0.0 for s in SPLITS[1:]]
+        idx = dict(zip(SPLITS, split_indices(len(blocks["train"]), *fractions, seed)))
+        runs["train"] = _consecutive_runs(blocks["train"], idx["train"])
+        for s in missing:
+            runs[s] = _consecutive_runs(blocks["train"], idx[s])
+    vocab, enc, counts = _encode_splits(
+        runs, level, limits, stream=True, eos_symbol=_NEWLINE if line_eos else None
+    )
+    _log_unseen("text", counts)
+    source["window"] = window
+    meta = dict(
+        {"source": source, **counts},
+        level=level,
+        line_eos=line_eos,
+        vocab_size=len(vocab),
+        carved=missing,
+    )
+    meta.update({f"num_{s}": len(enc[s]) for s in SPLITS})
+    log.info(
+        "data: text stream, %d types, %d/%d/%d train/valid/test tokens%s",
+        counts["num_types"],
+        *(counts["num_tokens"][s] for s in SPLITS),
+        " (one EOS per line)" if line_eos else "",
+    )
+    return Corpus(
+        "text", vocab, enc["train"], enc["valid"], enc["test"], None, meta, True, line_eos
+    )
+
+
+def _stream_symbols(body: str, level: str, line_eos: bool, unk_token: str) -> list[str]:
+    """Symbols of one text file; whitespace level: `unk_token` becomes the UNK marker;
+    line_eos: the last line ends with a newline too (one EOS per line)."""
+    symbols = tokenize(body, level)
+    if level == "whitespace":
+        unk = SPECIAL_TOKENS[UNK_ID]
+        symbols = [unk if s == unk_token else s for s in symbols]
+    if line_eos and symbols and symbols[-1] != _NEWLINE:
+        symbols.append(_NEWLINE)
+    return symbols
+
+
+def _join(blocks: list[list[str]]) -> list[str]:
+    return [s for b in blocks for s in b]
+
+
+def _consecutive_runs(blocks: list[list[str]], idx: np.ndarray) -> list[list[str]]:
+    """The blocks at sorted indices `idx`, consecutive ones joined into one run."""
+    runs: list[list[str]] = []
+    prev = None
+    for i in map(int, idx):
+        if prev is not None and i == prev + 1:
+            runs[-1].extend(blocks[i])
+        else:
+            runs.append(list(blocks[i]))
+        prev = i
+    return runs
 
 
 def load_synthetic(cfg: Any, seed: int) -> Corpus:
@@ -270,12 +461,10 @@ def load_corpus(data_cfg: Any, seed: int) -> Corpus:
 def fingerprint(corpus: Corpus) -> str:
     """sha256 of the vocabulary and the three splits (hex): a model cache key."""
     h = hashlib.sha256()
-    h.update(
-        json.dumps(
-            {"name": corpus.name, "level": corpus.vocab.level, "symbols": corpus.vocab.symbols},
-            ensure_ascii=False,
-        ).encode()
-    )
+    head = {"name": corpus.name, "level": corpus.vocab.level, "symbols": corpus.vocab.symbols}
+    if corpus.stream:  # windows without EOS; the model is built without an EOS output
+        head.update(stream=True, line_eos=corpus.line_eos)
+    h.update(json.dumps(head, ensure_ascii=False).encode())
     for split in (corpus.train, corpus.valid, corpus.test):
         lengths = np.asarray([len(s) for s in split], dtype=np.int64)
         h.update(b"|split|" + lengths.tobytes())

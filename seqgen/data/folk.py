@@ -6,6 +6,10 @@ each tune is reduced to what a folk-rnn-style model learns (Sturm et al. 2016): 
 ``L:`` and ``K:`` fields and the tune body. Titles, sources, notes and other metadata lines,
 ``%`` comments and lines holding only inline fields (``[P:A]``) are dropped.
 
+A tune's *header* is its text up to and including the first ``K:`` line (the ``M:`` and ``L:``
+lines before it); `header_length` finds it in a tokenized tune, so a held-out opening can be
+the whole header plus the first bars of music.
+
 Multi-voice tunes keep their first voice only (a single melody line is what the models
 generate). Tunes without a ``K:`` field or without body are skipped and counted.
 """
@@ -30,6 +34,7 @@ _FIELD_RE = re.compile(r"^([A-Za-z+]):(.*)$")
 _INLINE_VOICE_RE = re.compile(r"^\[V:\s*([^\]\s]*)[^\]]*\]\s*")
 _ONLY_INLINE_RE = re.compile(r"^(?:\[[A-Za-z]:[^\]]*\]\s*)+\\?$")
 _SPACES_RE = re.compile(r"[ \t]+")
+_HEADER_RE = re.compile(r"(?:[^\n]*\n)*?K:[^\n]*\n?")
 
 
 def corpus_dir() -> str:
@@ -108,6 +113,15 @@ def _finish(block: list[str], tunes: list[str], skipped: Counter) -> None:
         skipped["empty_body"] += 1
     else:
         tunes.append("\n".join(header + body))
+
+
+def header_length(symbols: Sequence[str], level: str) -> int:
+    """Number of leading tokens forming the tune's header: up to and including the first K:
+    field (level "abc": the ``K:...`` token; level "char": the K: line and its newline)."""
+    if level == "abc":
+        return next((i + 1 for i, s in enumerate(symbols) if s.startswith("K:")), 0)
+    m = _HEADER_RE.match("".join(symbols))  # char level: one symbol per character
+    return m.end() if m else 0
 
 
 def collection_files(collection: str, root: str | None = None) -> list[str]:

@@ -1,4 +1,5 @@
-"""Plain-text corpora: a local UTF-8 file or a named preset, cut into fixed-length windows.
+"""Plain-text corpora: local UTF-8 files or a named preset, and the line-aligned blocks a
+single file is split by (`line_blocks`).
 
 A preset (e.g. ``tinyshakespeare``, the char-rnn corpus of Karpathy 2015) is downloaded once
 into the cache directory and verified against its sha256; a local copy passed as
@@ -120,42 +121,40 @@ def fetch_preset(name: str, *, path: str | None = None, cache_dir: str | None = 
     return dest
 
 
-def read_text_file(path: str) -> str:
-    """Contents of a UTF-8 text file; UserError if missing, unreadable, not UTF-8 or empty."""
+def read_text_file(path: str, key: str = "data.path") -> str:
+    """Contents of a UTF-8 text file; UserError (naming the config `key`) if missing,
+    unreadable, not UTF-8 or empty."""
     path = os.path.expanduser(str(path))
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except FileNotFoundError:
-        raise UserError(
-            f"data.path={path} does not exist; pass an existing UTF-8 text file"
-        ) from None
+        raise UserError(f"{key}={path} does not exist; pass an existing UTF-8 text file") from None
     except UnicodeDecodeError as e:
         raise UserError(
-            f"data.path={path} is not UTF-8 text ({e.reason} at byte {e.start}); "
-            "pass a UTF-8 text file"
+            f"{key}={path} is not UTF-8 text ({e.reason} at byte {e.start}); pass a UTF-8 text file"
         ) from None
     except OSError as e:
         raise UserError(
-            f"data.path={path} cannot be read ({e.strerror}); pass a readable UTF-8 text file"
+            f"{key}={path} cannot be read ({e.strerror}); pass a readable UTF-8 text file"
         ) from None
     if not text.strip():
-        raise UserError(f"data.path={path} is empty; pass a non-empty UTF-8 text file")
+        raise UserError(f"{key}={path} is empty; pass a non-empty UTF-8 text file")
     # NUL bytes and other control characters are valid UTF-8 but mark binary data, not text
     controls = sum(1 for ch in text if ord(ch) < 32 and ch not in "\t\n\r\f\v")
     if "\x00" in text or controls > 0.01 * len(text):
         raise UserError(
-            f"data.path={path} is not text ({controls} of {len(text)} characters are NUL or "
+            f"{key}={path} is not text ({controls} of {len(text)} characters are NUL or "
             "other control characters); pass a UTF-8 text file"
         )
     return text
 
 
 def resolve_text_source(
-    path: str | None, preset: str | None, cache_dir: str | None
+    path: str | None, preset: str | None, cache_dir: str | None, key: str = "data.path"
 ) -> tuple[str, dict]:
     """(text, meta) for data=text from either `preset` (with optional local `path`) or
-    `path` alone."""
+    `path` alone (`key` names the config field of `path` in errors)."""
     if preset:
         local = fetch_preset(preset, path=path, cache_dir=cache_dir)
         return read_text_file(local), {
@@ -165,10 +164,10 @@ def resolve_text_source(
         }
     if not path:
         raise UserError(
-            "data=text needs data.path=/path/to/file.txt or data.preset=one of "
-            f"{', '.join(sorted(PRESETS))}"
+            "data=text needs data.path=/path/to/file.txt, data.train_path=... or data.preset=one "
+            f"of {', '.join(sorted(PRESETS))}"
         )
-    text = read_text_file(path)
+    text = read_text_file(path, key)
     return text, {
         "preset": None,
         "path": os.path.expanduser(str(path)),
@@ -176,9 +175,20 @@ def resolve_text_source(
     }
 
 
-def windows(symbols: list[str], window: int) -> list[list[str]]:
-    """Consecutive non-overlapping windows of `window` symbols; the last one may be shorter
-    (it is kept when non-empty)."""
+def line_blocks(symbols: list[str], window: int) -> list[list[str]]:
+    """Consecutive blocks that tile `symbols`, each ending at a line end ("\\n") once it holds
+    at least `window` symbols; a line longer than `window` is cut every `window` symbols (so
+    only a block after such a cut starts mid-line). The last block may be shorter."""
     if window < 1:
         raise UserError(f"data.window={window} is not allowed; allowed: an integer >= 1")
-    return [symbols[i : i + window] for i in range(0, len(symbols), window)]
+    blocks, cur, line = [], [], 0
+    for i, sym in enumerate(symbols):
+        cur.append(sym)
+        line = 0 if sym == "\n" else line + 1
+        too_long = line >= window and (i + 1 == len(symbols) or symbols[i + 1] != "\n")
+        if len(cur) >= window and (line == 0 or too_long):
+            blocks.append(cur)
+            cur, line = [], 0
+    if cur:
+        blocks.append(cur)
+    return blocks

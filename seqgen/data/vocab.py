@@ -1,4 +1,8 @@
-"""Vocabularies for the three tokenization levels: characters, words and ABC tokens.
+"""Vocabularies for the tokenization levels: characters, words, whitespace tokens, ABC tokens.
+
+`word` splits raw text (punctuation apart, "don't" one word); `whitespace` is for
+pre-tokenized corpora (PTB, WikiText): a token is any run of non-blank characters, so "mr."
+and "<unk>" stay one token. Both keep each newline as a "\n" token.
 
 Every vocabulary starts with the four reserved symbols of `seqgen.tokens` (PAD, BOS, EOS,
 UNK at ids 0..3). A vocabulary is saved as JSON (never pickle) so it can be read by anyone.
@@ -15,21 +19,24 @@ from collections.abc import Iterable, Sequence
 from seqgen.errors import UserError
 from seqgen.tokens import BOS_ID, EOS_ID, NUM_SPECIAL, PAD_ID, SPECIAL_TOKENS, UNK_ID
 
-LEVELS = ("char", "word", "abc")
+LEVELS = ("char", "word", "whitespace", "abc")
 UNKNOWN_POLICIES = ("unk", "error")
 
 # A word is a run of word characters (with inner apostrophes: "don't"); every other
 # non-space character is its own token; newlines are kept as tokens so that line structure
 # (verse, dialogue turns) survives a round trip.
 _WORD_RE = re.compile(r"\w+(?:'\w+)*|[^\w\s]|\n")
+_WHITESPACE_RE = re.compile(r"\S+|\n")
 
 
 def tokenize(text: str, level: str) -> list[str]:
-    """Split `text` into the symbols of `level` ("char", "word" or "abc")."""
+    """Split `text` into the symbols of `level` ("char", "word", "whitespace" or "abc")."""
     if level == "char":
         return list(text)
     if level == "word":
         return _WORD_RE.findall(text)
+    if level == "whitespace":
+        return _WHITESPACE_RE.findall(text)
     if level == "abc":
         from seqgen.data.abc_tokens import tokenize_abc
 
@@ -40,12 +47,12 @@ def tokenize(text: str, level: str) -> list[str]:
 def detokenize(symbols: Sequence[str], level: str) -> str:
     """Inverse of `tokenize` up to whitespace: `tokenize(detokenize(t)) == t`.
 
-    char: concatenation (exact inverse). word: tokens joined by one space, no space around
-    newlines. abc: see `seqgen.data.abc_tokens.join_abc`.
+    char: concatenation (exact inverse). word, whitespace: tokens joined by one space, no space
+    around newlines. abc: see `seqgen.data.abc_tokens.join_abc`.
     """
     if level == "char":
         return "".join(symbols)
-    if level == "word":
+    if level in ("word", "whitespace"):
         return " ".join(symbols).replace(" \n ", "\n").replace(" \n", "\n").replace("\n ", "\n")
     if level == "abc":
         from seqgen.data.abc_tokens import join_abc
@@ -88,10 +95,14 @@ class Vocab:
         return cls.from_counts(counts, level, min_count)
 
     @classmethod
-    def from_counts(cls, counts: Counter[str], level: str, min_count: int = 1) -> Vocab:
+    def from_counts(
+        cls, counts: Counter[str], level: str, min_count: int = 1, max_symbols: int | None = None
+    ) -> Vocab:
+        """The symbols counted at least `min_count` times, most frequent first (ties by the
+        symbol), at most `max_symbols` of them (the specials are not counted)."""
         kept = [s for s, c in counts.items() if c >= min_count and s not in SPECIAL_TOKENS]
         kept.sort(key=lambda s: (-counts[s], s))
-        return cls(kept, level)
+        return cls(kept if max_symbols is None else kept[:max_symbols], level)
 
     def __len__(self) -> int:
         return len(self.symbols)

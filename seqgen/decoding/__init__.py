@@ -10,6 +10,8 @@ are static and which are traced, `processors.py` for the processor order.
     beam              beam search, finished pool, exact stopping, length normalization
     stochastic_beam   Gumbel-top-k stochastic beam search (Kool et al. 2019)
     diverse_beam      diverse beam search with Hamming diversity (Vijayakumar et al. 2018)
+    exact             exact MAP search, best-first branch and bound (Stahlberg & Byrne 2019)
+    mbr               sampling-based minimum Bayes risk (Eikema & Aziz 2020; Freitag et al. 2022)
 """
 
 from __future__ import annotations
@@ -27,18 +29,23 @@ from seqgen.decoding.common import (
     get,
     validate_config,
 )
+from seqgen.decoding.exact import exact
+from seqgen.decoding.mbr import mbr
 from seqgen.decoding.processors import (
     PROCESSOR_ORDER,
     ProcessorFlags,
     epsilon,
     eta,
     min_p,
+    mirostat_truncate,
+    mirostat_update,
     no_repeat_ngram,
     presence_frequency_penalty,
     process_logits,
     repetition_penalty,
     temperature,
     top_k,
+    top_n_sigma,
     top_p,
     typical_p,
 )
@@ -54,6 +61,8 @@ DECODERS: dict[str, Decoder] = {
     "beam": beam,
     "stochastic_beam": stochastic_beam,
     "diverse_beam": diverse_beam,
+    "exact": exact,
+    "mbr": mbr,
 }
 
 
@@ -116,9 +125,13 @@ __all__ = [
     "decode",
     "diverse_beam",
     "epsilon",
+    "exact",
     "eta",
     "greedy",
+    "mbr",
     "min_p",
+    "mirostat_truncate",
+    "mirostat_update",
     "no_repeat_ngram",
     "presence_frequency_penalty",
     "process_logits",
@@ -128,6 +141,7 @@ __all__ = [
     "stochastic_beam",
     "temperature",
     "top_k",
+    "top_n_sigma",
     "top_p",
     "typical_p",
     "validate_config",

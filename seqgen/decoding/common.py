@@ -7,13 +7,14 @@ imports a model or a corpus.
 Static vs traced (a decision, written down once):
 - static (a new value compiles a new program): `max_len`, `num_samples`, `beam_size`, `top_k`,
   `min_tokens_to_keep`, `no_repeat_ngram_size`, `num_groups`, `length_penalty` (the formula),
-  `vocab_size`, the
+  `vocab_size`, `max_expansions`, `expansions_per_step`, `num_candidates`, `num_references`, the
   `step_fn` object itself, and *which* processors are switched on (a processor at its neutral
   value -- `top_p=1`, `min_p=0`, ... -- is left out of the program, which saves a sort per step);
 - traced (sweeping them reuses the compiled program): `temperature`, `top_p`, `typical_p`,
   `min_p`, `epsilon`, `eta`, `repetition_penalty`, `presence_penalty`, `frequency_penalty`,
-  `penalize_prompt`, `alpha`, `diversity_penalty`, `min_length` (a count, but it only enters a
-  comparison, so a sweep over it reuses the program), and the PRNG key, prompts and params.
+  `penalize_prompt`, `alpha`, `diversity_penalty`, `top_n_sigma`, `mirostat_tau`, `mirostat_lr`,
+  `min_length` (a count, but it only enters a comparison, so a sweep over it reuses the
+  program), and the PRNG key, prompts and params.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from seqgen.tokens import EOS_ID, PAD_ID
 StepFn = Callable[[Any, Any, jax.Array], tuple[Any, jax.Array]]
 
 NEG_INF = -jnp.inf
-DECODER_NAMES = ("greedy", "sample", "beam", "stochastic_beam", "diverse_beam")
+DECODER_NAMES = ("greedy", "sample", "beam", "stochastic_beam", "diverse_beam", "exact", "mbr")
+UTILITIES = ("chrf", "bleu", "edit")
 LENGTH_PENALTIES = ("none", "average", "gnmt", "power")
 
 # Defaults of the decoder fields (CONTRACTS.md); `cfg` may omit any of them.
@@ -59,6 +61,16 @@ DEFAULTS: dict[str, Any] = {
     "alpha": 0.6,
     "num_groups": 1,
     "diversity_penalty": 0.0,
+    "top_n_sigma": 0.0,
+    "mirostat_tau": 0.0,
+    "mirostat_lr": 0.1,
+    "max_expansions": 2000,
+    "expansions_per_step": 16,
+    "num_candidates": 16,
+    "num_references": 16,
+    "candidates": {},
+    "references": {},
+    "utility": "chrf",
 }
 
 # The continuous knobs passed into the compiled program as traced float32 scalars.
@@ -76,6 +88,9 @@ TRACED_KNOBS = (
     "alpha",
     "diversity_penalty",
     "min_length",
+    "top_n_sigma",
+    "mirostat_tau",
+    "mirostat_lr",
 )
 
 
@@ -104,6 +119,8 @@ class DecodeOutput:
                        f32[B, N] perturbed log-probs G_phi(y), f32[B] the threshold kappa
                        (the (K+1)-th largest perturbed log-prob; -inf when fewer than K+1
                        sequences exist), f32[B, N] q(y) = 1 - exp(-exp(phi_y - kappa)).
+    proven, expansions: exact only (None otherwise): bool[B] the row's result is the proven
+                       mode; int32[B] step-function calls the search spent.
     """
 
     tokens: jax.Array  # [B, N, T]
@@ -120,6 +137,8 @@ class DecodeOutput:
     gumbel_scores: jax.Array | None = None  # [B, N]
     kappa: jax.Array | None = None  # [B]
     inclusion_probs: jax.Array | None = None  # [B, N]
+    proven: jax.Array | None = None  # [B]
+    expansions: jax.Array | None = None  # [B]
 
 
 def get(cfg: Any, name: str) -> Any:
@@ -214,6 +233,19 @@ def validate_config(cfg: Any, name: str, vocab_size: int) -> None:
             "allowed: a divisor of beam_size"
         )
     _check_range(cfg, "diversity_penalty", 0.0, np.inf, False, True)
+    _check_range(cfg, "top_n_sigma", 0.0, np.inf, False, True)
+    _check_range(cfg, "mirostat_tau", 0.0, np.inf, False, True)
+    _check_range(cfg, "mirostat_lr", 0.0, np.inf, True, True)
+    _check_int(cfg, "max_expansions", 1)
+    _check_int(cfg, "expansions_per_step", 1)
+    _check_int(cfg, "num_candidates", 1)
+    _check_int(cfg, "num_references", 1)
+    if get(cfg, "utility") not in UTILITIES:
+        _fail(
+            f"decoder.utility={get(cfg, 'utility')!r} is unknown; allowed: {', '.join(UTILITIES)}"
+        )
+    if name == "exact" and get(cfg, "length_penalty") != "none":
+        _fail("decoder.length_penalty must be none for exact (it finds argmax log p(y | x))")
 
 
 def prepare(

@@ -3,7 +3,8 @@
 `process_logits` applies them in ONE fixed order, the order of `PROCESSOR_ORDER`:
 
     min-length -> repetition penalty -> presence/frequency penalties -> no-repeat n-gram
-    -> temperature -> top-k -> top-p -> typical-p -> min-p -> epsilon -> eta
+    -> temperature -> top-k -> top-p -> typical-p -> min-p -> epsilon -> eta -> top-n-sigma
+    [-> Mirostat v2]
 
 Every truncation works on the distribution left by the processors before it (softmax of the
 current logits, i.e. renormalised over the surviving tokens), as in Hugging Face's warpers.
@@ -40,6 +41,8 @@ PROCESSOR_ORDER = (
     "min_p",
     "epsilon",
     "eta",
+    "top_n_sigma",
+    "mirostat",
 )
 
 
@@ -55,6 +58,8 @@ class ProcessorFlags(NamedTuple):
     epsilon: bool = False
     eta: bool = False
     min_tokens_to_keep: int = 1  # every truncation keeps at least this many tokens
+    top_n_sigma: bool = False
+    mirostat: bool = False  # needs the [R] running surprise bound mu (sampling.py)
 
 
 def flags_from_cfg(get) -> ProcessorFlags:  # noqa: ANN001 - get(name) -> value
@@ -73,6 +78,8 @@ def flags_from_cfg(get) -> ProcessorFlags:  # noqa: ANN001 - get(name) -> value
         epsilon=float(get("epsilon")) > 0.0,
         eta=float(get("eta")) > 0.0,
         min_tokens_to_keep=int(get("min_tokens_to_keep")),
+        top_n_sigma=float(get("top_n_sigma")) > 0.0,
+        mirostat=float(get("mirostat_tau")) > 0.0,
     )
 
 
@@ -268,6 +275,44 @@ def eta(logits: jax.Array, eta_: jax.Array, min_keep: int = 1) -> jax.Array:
     return jnp.where(_keep_at_least(jnp.exp(logp) > thr, logits, min_keep), logits, NEG_INF)
 
 
+def top_n_sigma(logits: jax.Array, n: jax.Array, min_keep: int = 1) -> jax.Array:
+    """Top-n-sigma (Tang et al. 2024, "Top-nsigma: Not all logits are you need", eq. 4): keep
+    {v : x_v >= max_u x_u - n * sigma}, sigma the standard deviation (population, 1/|V|) of the
+    logits. sigma is taken over the tokens still allowed (finite logits), which is the whole
+    vocabulary, as in the paper, when no earlier processor removed any; the set is invariant to
+    temperature (max and sigma scale alike). The `min_keep` most probable tokens are always kept.
+    """
+    finite = jnp.isfinite(logits)
+    cnt = jnp.maximum(jnp.sum(finite, axis=-1, keepdims=True), 1)  # [R, 1]
+    x = jnp.where(finite, logits, 0.0)
+    mean = jnp.sum(x, axis=-1, keepdims=True) / cnt
+    var = jnp.sum(jnp.where(finite, (x - mean) ** 2, 0.0), axis=-1, keepdims=True) / cnt
+    thr = jnp.max(logits, axis=-1, keepdims=True) - n * jnp.sqrt(var)
+    return jnp.where(_keep_at_least(logits >= thr, logits, min_keep), logits, NEG_INF)
+
+
+LOG2 = 0.6931471805599453
+
+
+def mirostat_truncate(logits: jax.Array, mu: jax.Array) -> jax.Array:
+    """Mirostat v2 truncation (Basu et al. 2021, "Mirostat: a neural text decoding algorithm
+    that directly controls perplexity", ICLR, Alg. 2 / sec. 4): keep the tokens whose surprise
+    -log2 P(v) <= mu (bits) under the current distribution P = softmax(logits); the most
+    probable token is always kept. mu: [R] the running bound of each row.
+    """
+    surprise = -jax.nn.log_softmax(logits, axis=-1) / LOG2  # [R, V] bits
+    return jnp.where(_keep_at_least(surprise <= mu[:, None], logits, 1), logits, NEG_INF)
+
+
+def mirostat_update(mu: jax.Array, surprise: jax.Array, tau: jax.Array, lr: jax.Array) -> jax.Array:
+    """Mirostat's feedback rule (Basu et al. 2021, Alg. 1-2): with the observed surprise
+    s = -log2 P(x) of the sampled token x under the distribution before Mirostat's truncation
+    (the model's surprise, as the paper's code computes it; llama.cpp uses the truncated,
+    renormalised P instead), e = s - tau and mu <- mu - lr * e. mu starts at 2 * tau.
+    """
+    return mu - lr * (surprise - tau)
+
+
 def penalize(
     logits: jax.Array,
     knobs: dict[str, jax.Array],
@@ -307,6 +352,8 @@ def truncate(logits: jax.Array, knobs: dict[str, jax.Array], flags: ProcessorFla
         logits = epsilon(logits, knobs["epsilon"], m)
     if flags.eta:
         logits = eta(logits, knobs["eta"], m)
+    if flags.top_n_sigma:
+        logits = top_n_sigma(logits, knobs["top_n_sigma"], m)
     return logits
 
 

@@ -72,6 +72,8 @@ def _sample_program(
         "history": (
             jnp.zeros((r, t_max), jnp.int32) if flags.no_repeat_ngram_size > 0 else None
         ),  # [R, T]
+        # Mirostat v2's running surprise bound (bits), mu_0 = 2 tau (Basu et al. 2021)
+        "mu": jnp.full((r,), 2.0, jnp.float32) * knobs["mirostat_tau"] if flags.mirostat else None,
     }
 
     def live_step(state: dict, xs: tuple) -> tuple[dict, dict]:
@@ -85,6 +87,9 @@ def _sample_program(
             plp = jnp.zeros((r,), jnp.float32)
         else:
             processed = proc.truncate(pen, knobs, flags)  # [R, V]
+            if flags.mirostat:
+                before_miro = processed
+                processed = proc.mirostat_truncate(processed, state["mu"])
             noise = gumbel_noise(words, t, (v,))  # [R, V]
             sampled = jnp.argmax(processed + noise, axis=-1)  # Gumbel-max
             # t = 0: greedy, the t -> 0 limit (typical-p may drop the argmax at t = 1, never
@@ -106,7 +111,14 @@ def _sample_program(
             "ended": ended | is_eos,
             "counts": state["counts"],
             "history": state["history"],
+            "mu": state["mu"],
         }
+        if flags.mirostat and not greedy:
+            surprise = -_pick_logprob(before_miro, tok) / proc.LOG2
+            mu = proc.mirostat_update(
+                state["mu"], surprise, knobs["mirostat_tau"], knobs["mirostat_lr"]
+            )
+            new["mu"] = jnp.where(gen & (temp > 0), mu, state["mu"])
         if flags.penalties:
             count_it = alive & (~forced | (knobs["penalize_prompt"] > 0.5))
             new["counts"] = state["counts"] + (

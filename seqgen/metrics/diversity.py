@@ -128,8 +128,7 @@ def self_bleu(
     is_hyp[hyps] = True
     hyp_len = packed.lengths[hyps]
 
-    log_p = np.zeros((hyps.size, max_n))
-    no_unigram_match = np.zeros(hyps.size, bool)
+    matches = np.zeros((hyps.size, max_n))
     for n, (ids, starts) in enumerate(ngram_ids(packed, max_n), start=1):
         numer = np.zeros(n_seq)
         if ids.size:
@@ -152,12 +151,7 @@ def self_bleu(
             s_h, g_h, c_h = seq[sel], gram[sel], cnt[sel]
             ref_max = np.where(holder[g_h] == s_h, top2[g_h], top1[g_h])
             numer = np.bincount(s_h, weights=np.minimum(c_h, ref_max), minlength=n_seq)
-        numer = numer[hyps]
-        denom = np.maximum(1, hyp_len - n + 1).astype(np.float64)
-        p = np.where(numer == 0, epsilon, numer) / denom
-        log_p[:, n - 1] = np.log(p)
-        if n == 1:
-            no_unigram_match = numer == 0
+        matches[:, n - 1] = numer[hyps]
 
     # closest reference length among the other sequences (ties -> shorter)
     sorted_len = np.sort(packed.lengths)
@@ -168,15 +162,33 @@ def self_bleu(
     above = np.where(hi < n_seq, sorted_len[np.minimum(hi, n_seq - 1)], 10**12)
     closest = np.where(hyp_len - below <= above - hyp_len, below, above)
     closest = np.where(same_len_others > 0, hyp_len, closest)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        bp = np.where(
-            hyp_len > closest, 1.0, np.where(hyp_len == 0, 0.0, np.exp(1 - closest / hyp_len))
-        )
-    scores = bp * np.exp(log_p.sum(axis=1) / max_n)
-    scores = np.where(no_unigram_match, 0.0, scores)
+    scores = bleu_from_matches(matches, hyp_len, closest, epsilon)
     if return_scores:
         return hyps, scores
     return float(scores.mean())
+
+
+def bleu_from_matches(
+    matches: np.ndarray, hyp_len: np.ndarray, ref_len: np.ndarray, epsilon: float = 0.1
+) -> np.ndarray:
+    """Sentence BLEU from clipped n-gram matches (Papineni et al. 2002), as nltk's
+    `sentence_bleu` with `SmoothingFunction(epsilon).method1` and uniform weights:
+    matches [..., max_n] (clipped matches of n = 1..max_n), hyp_len [...], ref_len [...] the
+    (closest) reference length. p_n = matches_n / max(1, hyp_len - n + 1), a zero match count
+    replaced by epsilon; BLEU = BP * exp(mean_n ln p_n), BP = 1 if c > r, 0 if c = 0, else
+    exp(1 - r / c); 0 when no unigram matches.
+    """
+    max_n = matches.shape[-1]
+    hyp_len = np.asarray(hyp_len)
+    n = np.arange(1, max_n + 1)
+    denom = np.maximum(1, hyp_len[..., None] - n + 1).astype(np.float64)
+    log_p = np.log(np.where(matches == 0, epsilon, matches) / denom)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        bp = np.where(
+            hyp_len > ref_len, 1.0, np.where(hyp_len == 0, 0.0, np.exp(1 - ref_len / hyp_len))
+        )
+    scores = bp * np.exp(log_p.sum(axis=-1) / max_n)
+    return np.where(matches[..., 0] == 0, 0.0, scores)
 
 
 def diversity_metrics(

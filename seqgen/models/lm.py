@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from seqgen.errors import UserError
-from seqgen.tokens import BOS_ID, PAD_ID
+from seqgen.tokens import BOS_ID, EOS_ID, PAD_ID
 
 Array = jax.Array
 Carry = Any  # tuple over layers of a cell carry: LSTM (c, h), GRU / RNN h; leaves [B, H]
@@ -85,7 +85,10 @@ class LanguageModel(nnx.Module):
     """Stacked recurrent LM: [embedding | one-hot] -> num_layers cells -> dense head.
 
     The logits of PAD and BOS are fixed to -1e9: they are never targets, so the model never
-    predicts them (decoders need no special case for them).
+    predicts them (decoders need no special case for them). With `predict_eos=False` (a text
+    stream without end-of-sentence tokens, where EOS is never a target) EOS is fixed the same
+    way: training, perplexity and every decoder see a distribution over stream tokens only,
+    and no decoder can end a sequence before `max_len`.
 
     Dropout (rate `dropout`) is applied to the input of every layer above the first and to the
     input of the head, only in train mode (`model.train()`); the model is built in eval mode.
@@ -104,6 +107,7 @@ class LanguageModel(nnx.Module):
         dropout: float = 0.0,
         tie_weights: bool = False,
         one_hot_input: bool = False,
+        predict_eos: bool = True,
         rngs: nnx.Rngs,
     ):
         if cell not in CELLS:
@@ -133,6 +137,7 @@ class LanguageModel(nnx.Module):
         self.num_layers = num_layers
         self.tie_weights = tie_weights
         self.one_hot_input = one_hot_input
+        self.never_predicted = NEVER_PREDICTED + (() if predict_eos else (EOS_ID,))
 
         self.embed = None if one_hot_input else nnx.Embed(vocab_size, embed_size, rngs=rngs)
         in_size = vocab_size if one_hot_input else embed_size
@@ -184,8 +189,7 @@ class LanguageModel(nnx.Module):
             logits = h @ self.embed.embedding[...].T + self.head_bias[...]
         else:
             logits = self.head(h)
-        ids = jnp.arange(self.vocab_size)
-        never = (ids == NEVER_PREDICTED[0]) | (ids == NEVER_PREDICTED[1])
+        never = jnp.isin(jnp.arange(self.vocab_size), jnp.asarray(self.never_predicted))
         return jnp.where(never, MASKED_LOGIT, logits)
 
     def _embed(self, tokens: Array) -> Array | None:

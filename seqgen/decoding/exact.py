@@ -1,0 +1,308 @@
+"""Exact MAP decoding: best-first branch-and-bound search for argmax_y log p(y | x).
+
+Stahlberg & Byrne 2019 ("On NMT search errors and model errors: Cat got your tongue?",
+EMNLP) find the exact mode of an NMT model with depth-first search that prunes every prefix
+scoring below the best complete hypothesis found so far (initialised with the beam search
+result). It is exact because log-probabilities are <= 0: a prefix's log-prob bounds the
+log-prob of every extension. Here the same bound drives a batched best-first search:
+
+- y ranges over the EOS-terminated continuations of the prompt with prompt + continuation
+  <= max_len - 1 tokens (EOS at position <= max_len - 1, as in every other decoder's output);
+- the incumbent starts as the best finished hypothesis of beam search with `beam_size` and no
+  length penalty, and is replaced by a complete hypothesis only if it scores strictly higher;
+- each iteration takes the `expansions_per_step` best unexpanded prefixes of every row (top-k
+  over the bounds of the frontier) that still beat the incumbent, feeds them through the step
+  function in one batched call, stores their carries in a fixed pool of slots and scores their
+  EOS child at once (a complete hypothesis);
+- a row stops when no frontier prefix beats the incumbent (then its result is *proven* the
+  mode) or after `max_expansions` expansions (then it is the best found: >= beam's best).
+
+Fixed device buffers, per row b and slot s < S = 1 + max_expansions + expansions_per_step:
+the carry (every leaf [B * S, ...]), the log-prob sum of the prefix, its position (prompt +
+generated tokens), parent slot, last token and its log-prob, and the children's log-probs
+sorted descending ([B, S, V], EOS and tokens past the length limit removed) with a pointer to
+the next unexpanded child: the frontier of slot s is a sorted list, so the K best frontier
+prefixes are among the first K unexpanded children of each slot. The loop is a
+`lax.while_loop` (its trip count is data dependent; every shape is static) in one `jax.jit`.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from seqgen.decoding.beam import beam
+from seqgen.decoding.common import (
+    DecodeOutput,
+    StepFn,
+    get,
+    prepare,
+    validate_config,
+)
+from seqgen.tokens import BOS_ID, EOS_ID, PAD_ID
+
+
+def _rows(b: int, s: int, idx: jax.Array) -> jax.Array:
+    """Flat pool rows b * S + idx for idx [B, K]."""
+    return (jnp.arange(b)[:, None] * s + idx).reshape(-1)
+
+
+@partial(
+    jax.jit,
+    static_argnames=("step_fn", "max_len", "vocab_size", "max_expansions", "per_step"),
+)
+def _exact_program(
+    params: Any,
+    init_carry: Any,
+    prompts: jax.Array,  # [B, T]
+    prompt_lengths: jax.Array,  # [B]
+    init: dict[str, jax.Array],  # beam's best: score [B] (-inf if none), tokens/lps [B, T], ...
+    *,
+    step_fn: StepFn,
+    max_len: int,
+    vocab_size: int,
+    max_expansions: int,
+    per_step: int,
+) -> DecodeOutput:
+    b, t_max, v, k = prompt_lengths.shape[0], max_len, vocab_size, per_step
+    s_num = 1 + max_expansions + k
+    plen = prompt_lengths
+    ninf = -jnp.inf
+
+    # Prime: feed BOS and the prompt; the root's children are the first continuation tokens.
+    feed = jnp.concatenate([jnp.full((b, 1), BOS_ID, jnp.int32), prompts], axis=1)  # [B, T+1]
+
+    def prime(state: tuple, xs: tuple) -> tuple[tuple, None]:
+        carry, logp = state
+        t, tok = xs
+        new_carry, logits = step_fn(params, carry, tok)
+        active = t <= plen  # [B]
+        carry = jax.tree.map(
+            lambda n, o: jnp.where(active.reshape((-1,) + (1,) * (n.ndim - 1)), n, o),
+            new_carry,
+            carry,
+        )
+        lp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+        return (carry, jnp.where((t == plen)[:, None], lp, logp)), None
+
+    (root_carry, root_logp), _ = jax.lax.scan(
+        prime,
+        (init_carry, jnp.zeros((b, v), jnp.float32)),
+        (jnp.arange(t_max + 1), feed.T),
+    )
+
+    def children(logp: jax.Array, score: jax.Array, pos: jax.Array) -> tuple:
+        """Sorted non-EOS children of new slots and their EOS scores. logp [B, K, V]."""
+        extendable = (pos <= t_max - 2)[..., None]  # a non-EOS child must still fit its EOS
+        masked = jnp.where(extendable & (jnp.arange(v) != EOS_ID) & ~jnp.isnan(logp), logp, ninf)
+        slp, stok = jax.lax.top_k(masked, v)  # [B, K, V] descending
+        eos = jnp.where(pos <= t_max - 1, score + logp[..., EOS_ID], ninf)  # EOS must fit too
+        return slp, stok.astype(jnp.int32), eos
+
+    slp0, stok0, eos0 = children(root_logp[:, None], jnp.zeros((b, 1)), plen[:, None])
+    pool_carry = jax.tree.map(
+        lambda x: jnp.zeros((b * s_num,) + x.shape[1:], x.dtype).at[jnp.arange(b) * s_num].set(x),
+        root_carry,
+    )
+    zf = jnp.zeros((b, s_num), jnp.float32)
+    zi = jnp.zeros((b, s_num), jnp.int32)
+    root_better = eos0[:, 0] > init["score"]
+    state = {
+        "carry": pool_carry,
+        "score": jnp.full((b, s_num), ninf).at[:, 0].set(0.0),
+        "pos": zi.at[:, 0].set(plen),
+        "parent": zi,
+        "tok": zi,
+        "lp": zf,
+        "slp": jnp.full((b, s_num, v), ninf).at[:, 0].set(slp0[:, 0]),
+        "stok": jnp.zeros((b, s_num, v), jnp.int32).at[:, 0].set(stok0[:, 0]),
+        "ptr": zi,
+        "used": jnp.ones((b,), jnp.int32),
+        "best": jnp.where(root_better, eos0[:, 0], init["score"]),
+        "best_slot": jnp.where(root_better, 0, -1),
+        "best_eos": jnp.where(root_better, root_logp[:, EOS_ID], 0.0),
+        "expansions": jnp.zeros((b,), jnp.int32),
+        "done": jnp.zeros((b,), bool),
+        "iters": jnp.int32(0),
+    }
+    bi = jnp.arange(b)[:, None]
+
+    def frontier_max(st: dict) -> jax.Array:
+        head = jnp.take_along_axis(st["slp"], jnp.minimum(st["ptr"], v - 1)[..., None], -1)[..., 0]
+        head = jnp.where(st["ptr"] < v, st["score"] + head, ninf)  # [B, S]
+        return jnp.max(head, axis=1)
+
+    def is_done(st: dict) -> jax.Array:
+        return ~(frontier_max(st) > st["best"]) | (st["expansions"] >= max_expansions)
+
+    def body(st: dict) -> dict:
+        j = jnp.arange(k)
+        idx = st["ptr"][..., None] + j  # [B, S, K]
+        vals = jnp.take_along_axis(st["slp"], jnp.minimum(idx, v - 1), axis=-1)
+        cand = jnp.where(idx < v, st["score"][..., None] + vals, ninf).reshape(b, s_num * k)
+        top, flat = jax.lax.top_k(cand, k)  # [B, K] best first
+        allowance = jnp.minimum(k, max_expansions - st["expansions"])  # [B]
+        sel = (top > st["best"][:, None]) & (j[None, :] < allowance[:, None]) & ~st["done"][:, None]
+        parent = flat // k  # [B, K]
+        rank = st["ptr"][bi, parent] + flat % k
+        tok = st["stok"][bi, parent, jnp.minimum(rank, v - 1)]
+        lp = st["slp"][bi, parent, jnp.minimum(rank, v - 1)]
+        ptr = st["ptr"].at[bi, parent].add(sel.astype(jnp.int32))
+        carry_in = jax.tree.map(lambda x: x[_rows(b, s_num, parent)], st["carry"])
+        carry_out, logits = step_fn(params, carry_in, tok.reshape(-1))
+        logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1).reshape(b, k, v)
+        pos = st["pos"][bi, parent] + 1
+        slp, stok, eos_score = children(logp, top, pos)
+        n_sel = jnp.sum(sel, axis=1).astype(jnp.int32)  # sel is a prefix of the K picks
+        slot = jnp.where(sel, st["used"][:, None] + j, s_num)  # s_num: out of range, dropped
+        flat_slot = jnp.where(sel, _rows(b, s_num, slot).reshape(b, k), b * s_num).reshape(-1)
+        put = lambda old, new: old.at[bi, slot].set(new, mode="drop")  # noqa: E731
+        eos_score = jnp.where(sel, eos_score, ninf)
+        e_best, e_arg = jnp.max(eos_score, axis=1), jnp.argmax(eos_score, axis=1)
+        better = e_best > st["best"]
+        return {
+            "carry": jax.tree.map(
+                lambda old, new: old.at[flat_slot].set(new, mode="drop"), st["carry"], carry_out
+            ),
+            "score": put(st["score"], top),
+            "pos": put(st["pos"], pos),
+            "parent": put(st["parent"], parent),
+            "tok": put(st["tok"], tok),
+            "lp": put(st["lp"], lp),
+            "slp": put(st["slp"], slp),
+            "stok": put(st["stok"], stok),
+            "ptr": ptr,
+            "used": st["used"] + n_sel,
+            "best": jnp.where(better, e_best, st["best"]),
+            "best_slot": jnp.where(better, st["used"] + e_arg, st["best_slot"]),
+            "best_eos": jnp.where(better, logp[jnp.arange(b), e_arg, EOS_ID], st["best_eos"]),
+            "expansions": st["expansions"] + n_sel,
+            "done": st["done"],
+            "iters": st["iters"] + 1,
+        }
+
+    def step(st: dict) -> dict:
+        st = body(st)
+        return {**st, "done": st["done"] | is_done(st)}
+
+    state = {**state, "done": is_done(state)}
+    state = jax.lax.while_loop(
+        lambda st: ~jnp.all(st["done"]) & (st["iters"] <= max_expansions), step, state
+    )
+    proven = ~(frontier_max(state) > state["best"])
+
+    # Follow parent pointers from the best slot (or keep beam's best when search found none).
+    found = state["best_slot"] >= 0  # [B]
+    cur0 = jnp.maximum(state["best_slot"], 0)
+    length = jnp.where(found, state["pos"][jnp.arange(b), cur0], init["length"])
+
+    def back(cur: jax.Array, _: None) -> tuple[jax.Array, tuple]:
+        p = state["pos"][jnp.arange(b), cur]
+        live = p > plen  # a generated token (slot 0 is the root at position plen)
+        return jnp.where(live, state["parent"][jnp.arange(b), cur], cur), (
+            jnp.where(live, p - 1, t_max),
+            state["tok"][jnp.arange(b), cur],
+            state["lp"][jnp.arange(b), cur],
+        )
+
+    _, (at, toks, lps) = jax.lax.scan(back, cur0, None, length=t_max)  # [T, B] each
+    rows = jnp.broadcast_to(jnp.arange(b), at.shape)
+    prompt_part = jnp.where(jnp.arange(t_max) < plen[:, None], prompts, PAD_ID)
+    s_tokens = prompt_part.at[rows, at].set(toks, mode="drop")
+    s_lps = jnp.zeros((b, t_max), jnp.float32).at[rows, at].set(lps, mode="drop")
+    ended = jnp.where(found, True, init["ended"])
+    s_tokens = jnp.where(jnp.arange(t_max) == length[:, None], EOS_ID, s_tokens)
+    tokens = jnp.where(found[:, None], s_tokens, init["tokens"]).astype(jnp.int32)
+    lps_out = jnp.where(found[:, None], s_lps, init["logprobs"])
+    eos_lp = jnp.where(found, state["best_eos"], init["eos_logprob"])
+    score = jnp.where(found, state["best"], init["raw_score"])
+    one = lambda x: x[:, None]  # noqa: E731  [B] -> [B, 1]
+    return DecodeOutput(
+        tokens=tokens[:, None],
+        lengths=one(length.astype(jnp.int32)),
+        prompt_lengths=prompt_lengths,
+        ended=one(ended),
+        logprobs=lps_out[:, None],
+        tempered_logprobs=lps_out[:, None],
+        processed_logprobs=lps_out[:, None],
+        eos_logprob=one(eos_lp),
+        eos_tempered_logprob=one(eos_lp),
+        eos_processed_logprob=one(eos_lp),
+        scores=one(score),
+        proven=proven,
+        expansions=state["expansions"],
+    )
+
+
+def exact(
+    step_fn: StepFn,
+    params: Any,
+    init_carry: Any,
+    prompts: Any = None,
+    prompt_lengths: Any = None,
+    *,
+    max_len: int,
+    vocab_size: int,
+    key: Any = None,
+    cfg: Any = None,
+    num_samples: int = 1,
+    prompt_ids: Any = None,
+) -> DecodeOutput:
+    """Exact MAP search (Stahlberg & Byrne 2019; see the module docstring): for each prompt x,
+    y* = argmax_y log p(y | x) over EOS-terminated continuations within `max_len`, by
+    best-first branch and bound from beam search's best (`beam_size`, no length penalty).
+
+    Returns N = 1 row per prompt with scores = log p(y* | x) (EOS included), plus
+    `proven` bool[B] (no unexplored prefix can beat it: y* is the mode) and `expansions` int[B]
+    (step-function calls spent; at most `max_expansions`). An unproven row is the best
+    complete hypothesis found, never worse than beam's. Deterministic: `key`, `num_samples`
+    and `prompt_ids` are ignored. Static: `max_expansions`, `expansions_per_step`, `max_len`.
+    """
+    del key, num_samples, prompt_ids
+    validate_config(cfg, "exact", vocab_size)
+    prep = prepare(
+        init_carry,
+        prompts,
+        prompt_lengths,
+        max_len=max_len,
+        num_samples=1,
+        vocab_size=vocab_size,
+        key=None,
+        prompt_ids=None,
+    )
+    bcfg = {"name": "beam", "beam_size": int(get(cfg, "beam_size")), "length_penalty": "none"}
+    start = beam(
+        step_fn,
+        params,
+        init_carry,
+        prep.prompts,
+        prep.prompt_lengths,
+        max_len=max_len,
+        vocab_size=vocab_size,
+        cfg=bcfg,
+    )
+    raw = jnp.sum(start.logprobs[:, 0], axis=-1) + start.eos_logprob[:, 0]
+    init = {
+        "score": jnp.where(start.ended[:, 0], raw, -jnp.inf),
+        "raw_score": raw,
+        "tokens": start.tokens[:, 0],
+        "logprobs": start.logprobs[:, 0],
+        "eos_logprob": start.eos_logprob[:, 0],
+        "length": start.lengths[:, 0],
+        "ended": start.ended[:, 0],
+    }
+    return _exact_program(
+        params,
+        init_carry,
+        prep.prompts,
+        prep.prompt_lengths,
+        init,
+        step_fn=step_fn,
+        max_len=max_len,
+        vocab_size=vocab_size,
+        max_expansions=int(get(cfg, "max_expansions")),
+        per_step=int(get(cfg, "expansions_per_step")),
+    )
