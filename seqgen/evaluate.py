@@ -241,7 +241,6 @@ def evaluate_decoders(
     if not decoders:
         raise UserError("nothing to decode: give decoder=NAME or a non-empty `compare` list")
     pr = make_prompts(cfg, corpus)
-    key = jax.random.key(int(cfg.seed))
     is_abc = corpus.name == "folk"
     results, samples = [], []
     common = {
@@ -253,14 +252,9 @@ def evaluate_decoders(
     for i, dec in enumerate(decoders):
         label = decoder_label(dec)
         t0 = time.time()
-        out = decode_all(cfg, dec, model, pr.prompts, jax.random.fold_in(key, i))
+        out = decode_all(cfg, dec, model, pr.prompts, decoder_key(int(cfg.seed), i))
         t_dec = time.time() - t0
-        keep = _kept_per_prompt(cfg, dec, out["tokens"].shape[1])
-        gen = _extract(out, pr.prompts, keep)
-        texts = [
-            corpus.vocab.decode(np.concatenate([p, t]))
-            for p, t in zip(gen["prompt"], gen["tokens"])
-        ]
+        gen, texts = generations(cfg, dec, corpus, pr.prompts, out)
         metrics = compute_metrics(
             gen["tokens"],
             ended=gen["ended"],
@@ -278,20 +272,42 @@ def evaluate_decoders(
         metrics["time/decode_s"] = t_dec
         log.info("decoded %-28s %5d sequences in %.1f s", label, len(gen["tokens"]), t_dec)
         results.append({"decoder": {**to_dict(dec), "label": label}, "metrics": metrics})
-        for j in range(len(gen["tokens"])):
-            samples.append(
-                {
-                    "decoder": label,
-                    "prompt_index": gen["prompt_index"][j],
-                    "sample_index": gen["sample_index"][j],
-                    "token_ids": gen["tokens"][j].tolist(),
-                    "text": texts[j],
-                    "score": gen["score"][j],
-                    "logprob": float(np.sum(gen["logprobs"][j]) + gen["eos_logprob"][j]),
-                }
-            )
+        samples += sample_records(label, gen, texts)
     results.append(human_row(cfg, corpus, model, pr, common, is_abc, reference))
     return results, samples
+
+
+def decoder_key(seed: int, index: int) -> jax.Array:
+    """The PRNG key of the `index`-th decoder of a run (0 for a run with one `decoder=`)."""
+    return jax.random.fold_in(jax.random.key(int(seed)), index)
+
+
+def generations(
+    cfg: Any, dec: Any, corpus: Any, prompts: list[np.ndarray], out: dict[str, Any]
+) -> tuple[dict[str, list], list[str]]:
+    """A decode's generations as the metrics count them, and their texts (prompt included)."""
+    keep = _kept_per_prompt(cfg, dec, out["tokens"].shape[1])
+    gen = _extract(out, prompts, keep)
+    texts = [
+        corpus.vocab.decode(np.concatenate([p, t])) for p, t in zip(gen["prompt"], gen["tokens"])
+    ]
+    return gen, texts
+
+
+def sample_records(label: str, gen: dict[str, list], texts: list[str]) -> list[dict[str, Any]]:
+    """One `samples.jsonl` object per generated sequence."""
+    return [
+        {
+            "decoder": label,
+            "prompt_index": gen["prompt_index"][j],
+            "sample_index": gen["sample_index"][j],
+            "token_ids": gen["tokens"][j].tolist(),
+            "text": texts[j],
+            "score": gen["score"][j],
+            "logprob": float(np.sum(gen["logprobs"][j]) + gen["eos_logprob"][j]),
+        }
+        for j in range(len(gen["tokens"]))
+    ]
 
 
 def _kept_per_prompt(cfg: Any, dec: Any, n: int) -> int:

@@ -143,6 +143,8 @@ def get_model(cfg: Any, corpus: Any, tracker: Any = None) -> LoadedModel:
                 "model": to_dict(cfg.model),
                 "train_cfg": to_dict(cfg.train),
                 "data": corpus.name,
+                "data_cfg": to_dict(cfg.data),  # with `seed`: what seqgen-sample reloads
+                "seed": int(cfg.seed),
             }
             cache.save_model(key, model, json.dumps(corpus.vocab.to_json()), meta)
             cached = False
@@ -171,11 +173,6 @@ def load_reference(cfg: Any, corpus: Any) -> LoadedModel | None:
 
     Generations are scored under it for `gen/ref_ppl`; its vocabulary must be the corpus's.
     """
-    from omegaconf import OmegaConf as OC
-
-    from seqgen.checkpoint import ModelCache
-    from seqgen.models import make_init_carry_fn, make_step_fn
-
     ref = cfg.metrics.get("reference_checkpoint")
     if not ref:
         return None
@@ -185,23 +182,33 @@ def load_reference(cfg: Any, corpus: Any) -> LoadedModel | None:
             f"metrics.reference_checkpoint={ref} is not a cached model folder (no meta.json); "
             "give a folder printed as 'model: ... cache <dir>' by an earlier run"
         )
-    meta = json.loads((path / "meta.json").read_text())
     vocab = json.loads((path / "vocab.json").read_text())
     if vocab != json.loads(json.dumps(corpus.vocab.to_json())):
         raise UserError(
             f"metrics.reference_checkpoint={ref} was trained with another vocabulary; "
             "gen/ref_ppl needs a model of the same data and tokenization"
         )
-    template = build_model(OC.create(meta["model"]), len(corpus.vocab), 0)
+    return load_model_dir(path, info={"reference": str(path)})
+
+
+def load_model_dir(path: Path, info: dict[str, Any] | None = None) -> LoadedModel:
+    """The model saved in one model-cache folder (`meta.json`, `vocab.json`, checkpoint)."""
+    from seqgen.checkpoint import ModelCache
+    from seqgen.data.vocab import Vocab
+    from seqgen.models import make_init_carry_fn, make_step_fn
+
+    meta = json.loads((path / "meta.json").read_text())
+    vocab_size = len(Vocab.load(path / "vocab.json"))
+    template = build_model(OmegaConf.create(meta["model"]), vocab_size, 0)
     model, _ = ModelCache(path.parent).load_model(path.name, template)
     step_fn, params = make_step_fn(model)
     return LoadedModel(
         step_fn=step_fn,
         params=params,
         init_carry=make_init_carry_fn(model),
-        vocab_size=len(corpus.vocab),
+        vocab_size=vocab_size,
         metrics=dict(meta.get("metrics", {})),
-        info={"reference": str(path)},
+        info={"cache_dir": str(path), **(info or {})},
     )
 
 

@@ -52,20 +52,7 @@ def write_outputs(
     with open(out_dir / "results.jsonl", "w") as f:
         for r in results:
             f.write(json.dumps(_clean(r)) + "\n")
-    with open(out_dir / "samples.jsonl", "w") as f:
-        for s in samples:
-            f.write(json.dumps(_clean(s)) + "\n")
-    sample_dir = out_dir / "samples"
-    sample_dir.mkdir(exist_ok=True)
-    by_decoder: dict[str, list[dict[str, Any]]] = {}
-    for s in samples:
-        by_decoder.setdefault(s["decoder"], []).append(s)
-    listen = []
-    for label, rows in by_decoder.items():
-        sep = "\n\n" if corpus.name == "folk" else "\n" + "-" * 60 + "\n"
-        (sample_dir / f"{slug(label)}.txt").write_text(sep.join(r["text"] for r in rows) + "\n")
-        if corpus.name == "folk" and int(cfg.output.num_listen) > 0:
-            listen += write_tunes(sample_dir / slug(label), rows[: int(cfg.output.num_listen)])
+    listen = write_samples(corpus.name, samples, out_dir, int(cfg.output.num_listen))
     plots = []
     if cfg.output.plots:
         plots = plot_decoders(results, out_dir / "plots")
@@ -77,6 +64,34 @@ def write_outputs(
     for p in plots:
         tracker.log_image(f"plots/{Path(p).stem}", p)
     return {"plots": [str(p) for p in plots], "listen": [str(p) for p in listen]}
+
+
+def sample_separator(corpus_name: str) -> str:
+    """What stands between two generations in `samples/<decoder>.txt` (and seqgen-sample's
+    output): a blank line between folk tunes, a rule between texts."""
+    return "\n\n" if corpus_name == "folk" else "\n" + "-" * 60 + "\n"
+
+
+def write_samples(
+    corpus_name: str, samples: list[dict[str, Any]], out_dir: Path, num_listen: int
+) -> list[Path]:
+    """`samples.jsonl`, `samples/<decoder>.txt` and, for folk tunes, the first `num_listen` of
+    each decoder as `.abc` and `.mid`; returns the tune files."""
+    with open(out_dir / "samples.jsonl", "w") as f:
+        for s in samples:
+            f.write(json.dumps(_clean(s)) + "\n")
+    sample_dir = out_dir / "samples"
+    sample_dir.mkdir(exist_ok=True)
+    by_decoder: dict[str, list[dict[str, Any]]] = {}
+    for s in samples:
+        by_decoder.setdefault(s["decoder"], []).append(s)
+    listen = []
+    sep = sample_separator(corpus_name)
+    for label, rows in by_decoder.items():
+        (sample_dir / f"{slug(label)}.txt").write_text(sep.join(r["text"] for r in rows) + "\n")
+        if corpus_name == "folk" and num_listen > 0:
+            listen += write_tunes(sample_dir / slug(label), rows[:num_listen])
+    return listen
 
 
 def write_tunes(folder: Path, rows: list[dict[str, Any]]) -> list[Path]:
