@@ -296,7 +296,8 @@ def cli() -> None:
     import os
 
     os.environ.setdefault("WANDB_MODE", "disabled")
-    logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s", stream=sys.stderr)
+    logging.basicConfig(level=logging.WARNING, format="[%(name)s] %(message)s", stream=sys.stderr)
+    log.setLevel(logging.INFO)  # seqgen's own lines; JAX's and orbax's only when they warn
     argv = sys.argv[1:]
     try:
         if any(a in ("-h", "--help") for a in argv):
