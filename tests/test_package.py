@@ -23,7 +23,12 @@ def test_every_subpackage_and_config_is_shipped():
     on_disk = {
         ".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "seqgen").rglob("__init__.py")
     }
-    assert on_disk | {"seqgen.conf"} == set(SETUPTOOLS["packages"])
+    conf_dirs = {
+        ".".join(("seqgen", "conf", *p.parent.relative_to(CONF_DIR).parts))
+        for p in CONF_DIR.rglob("*.yaml")
+    }
+    conf_dirs |= {d.rsplit(".", 1)[0] for d in conf_dirs if d.count(".") > 2}  # hydra/
+    assert on_disk | conf_dirs == set(SETUPTOOLS["packages"])
     assert SETUPTOOLS["package-dir"] == {"seqgen.conf": "conf"}
     patterns = SETUPTOOLS["package-data"]["seqgen.conf"]
     configs = [p.relative_to(CONF_DIR).as_posix() for p in CONF_DIR.rglob("*.yaml")]
