@@ -403,7 +403,6 @@ def evaluate_decoders(
     pr = make_prompts(cfg, corpus)
     if corpus.oracle is not None:
         _warn_impossible_prompts(corpus.oracle, pr.prompts)
-    key = jax.random.key(int(cfg.seed))
     is_abc = corpus.name == "folk"
     results, samples = [], []
     search: dict = {}  # best log-prob per prompt of the n-best decoders (search/beam_error)
@@ -416,14 +415,9 @@ def evaluate_decoders(
     for i, dec in enumerate(decoders):
         label = decoder_label(dec)
         t0 = time.time()
-        out = decode_all(cfg, dec, model, pr.prompts, jax.random.fold_in(key, i))
+        out = decode_all(cfg, dec, model, pr.prompts, decoder_key(int(cfg.seed), i))
         t_dec = time.time() - t0
-        keep = _kept_per_prompt(cfg, dec, out["tokens"].shape[1])
-        gen = _extract(out, pr.prompts, keep)
-        texts = [
-            corpus.vocab.decode(np.concatenate([p, t]))
-            for p, t in zip(gen["prompt"], gen["tokens"])
-        ]
+        gen, texts = generations(cfg, dec, corpus, pr.prompts, out)
         metrics = compute_metrics(
             gen["tokens"],
             ended=gen["ended"],
@@ -444,19 +438,7 @@ def evaluate_decoders(
         log.info("decoded %-28s %5d sequences in %.1f s", label, len(gen["tokens"]), t_dec)
         results.append({"decoder": {**to_dict(dec), "label": label}, "metrics": metrics})
         first = len(samples)
-        for j in range(len(gen["tokens"])):
-            samples.append(
-                {
-                    "decoder": label,
-                    "prompt_index": gen["prompt_index"][j],
-                    "sample_index": gen["sample_index"][j],
-                    "token_ids": gen["tokens"][j].tolist(),
-                    "prompt": corpus.vocab.decode(gen["prompt"][j]),
-                    "text": texts[j],
-                    "score": gen["score"][j],
-                    "logprob": float(np.sum(gen["logprobs"][j]) + gen["eos_logprob"][j]),
-                }
-            )
+        samples += sample_records(label, gen, texts, corpus.vocab)
         if on_result is not None:
             on_result(results[-1], samples[first:])
     _add_beam_error(results, search)  # needs every decoder; write_outputs rewrites results.jsonl
@@ -501,6 +483,42 @@ def _add_beam_error(results: list[dict], search: dict) -> None:
     rows = [r for r in results if r["decoder"]["name"] in ("beam", "diverse_beam", "greedy")]
     for i, res in enumerate(rows):
         res["metrics"]["search/beam_error"] = beam_error_rate(search["beams"][i], mode, proven)
+
+
+def decoder_key(seed: int, index: int) -> jax.Array:
+    """The PRNG key of the `index`-th decoder of a run (0 for a run with one `decoder=`)."""
+    return jax.random.fold_in(jax.random.key(int(seed)), index)
+
+
+def generations(
+    cfg: Any, dec: Any, corpus: Any, prompts: list[np.ndarray], out: dict[str, Any]
+) -> tuple[dict[str, list], list[str]]:
+    """A decode's generations as the metrics count them, and their texts (prompt included)."""
+    keep = _kept_per_prompt(cfg, dec, out["tokens"].shape[1])
+    gen = _extract(out, prompts, keep)
+    texts = [
+        corpus.vocab.decode(np.concatenate([p, t])) for p, t in zip(gen["prompt"], gen["tokens"])
+    ]
+    return gen, texts
+
+
+def sample_records(
+    label: str, gen: dict[str, list], texts: list[str], vocab: Any
+) -> list[dict[str, Any]]:
+    """One `samples.jsonl` object per generated sequence (`prompt`: the prompt's text)."""
+    return [
+        {
+            "decoder": label,
+            "prompt_index": gen["prompt_index"][j],
+            "sample_index": gen["sample_index"][j],
+            "token_ids": gen["tokens"][j].tolist(),
+            "prompt": vocab.decode(gen["prompt"][j]),
+            "text": texts[j],
+            "score": gen["score"][j],
+            "logprob": float(np.sum(gen["logprobs"][j]) + gen["eos_logprob"][j]),
+        }
+        for j in range(len(gen["tokens"]))
+    ]
 
 
 def _kept_per_prompt(cfg: Any, dec: Any, n: int) -> int:

@@ -142,6 +142,9 @@ def get_model(cfg: Any, corpus: Any, tracker: Any = None) -> LoadedModel:
             "model": to_dict(cfg.model),
             "train_cfg": to_dict(cfg.train),
             "data": corpus.name,
+            "data_cfg": to_dict(cfg.data),  # with `seed`: what seqgen-sample reloads
+            "seed": seed,
+            "predict_eos": corpus.has_eos,  # text streams without EOS pin its logit
         }
         return result.model, vocab_json, meta
 
@@ -215,11 +218,6 @@ def load_reference(cfg: Any, corpus: Any) -> LoadedModel | None:
     Generations are scored under it for `gen/ref_ppl`; its vocabulary must be the corpus's.
     The folder is verified like any cache entry; a damaged one is an error.
     """
-    from omegaconf import OmegaConf as OC
-
-    from seqgen.checkpoint import DamagedCacheEntry, ModelCache
-    from seqgen.models import make_init_carry_fn, make_step_fn
-
     ref = cfg.metrics.get("reference_checkpoint")
     if not ref:
         return None
@@ -229,26 +227,43 @@ def load_reference(cfg: Any, corpus: Any) -> LoadedModel | None:
             f"metrics.reference_checkpoint={ref} is not a cached model folder (no meta.json); "
             "give a folder printed as 'model: ... cache <dir>' by an earlier run"
         )
+    return load_model_dir(
+        path, corpus, f"metrics.reference_checkpoint={ref}", {"reference": str(path)}
+    )
+
+
+def load_model_dir(
+    path: Path, corpus: Any, what: str, info: dict[str, Any] | None = None
+) -> LoadedModel:
+    """The model saved in one model-cache folder (`meta.json`, `vocab.json`, checkpoint),
+    verified like any cache entry (checksums, format) and against the corpus's vocabulary;
+    `what` names the folder in the one-line error a damaged or mismatched entry gives."""
+    from seqgen.checkpoint import DamagedCacheEntry, ModelCache
+    from seqgen.models import make_init_carry_fn, make_step_fn
+
     cache = ModelCache(path.parent)
     try:
         meta = cache.check(path.name)
         vocab = json.loads(cache.load_vocab_json(path.name))  # checked: as it was written
         if vocab != json.loads(json.dumps(corpus.vocab.to_json())):
             raise UserError(
-                f"metrics.reference_checkpoint={ref} was trained with another vocabulary; "
-                "gen/ref_ppl needs a model of the same data and tokenization"
+                f"{what} was trained with another vocabulary than these data give; "
+                "it needs the same data and tokenization (did the corpus files change?)"
             )
-        template = build_model(OC.create(meta["model"]), len(corpus.vocab), 0, corpus.has_eos)
+        template = build_model(
+            OmegaConf.create(meta["model"]), len(corpus.vocab), 0, corpus.has_eos
+        )
         model, _ = cache.load_model(path.name, template)
     except DamagedCacheEntry as exc:
-        raise UserError(f"metrics.reference_checkpoint: {exc}") from None
+        raise UserError(f"{what}: {exc}") from None
     step_fn, params = make_step_fn(model)
     return LoadedModel(
         step_fn=step_fn,
         params=params,
         init_carry=make_init_carry_fn(model),
         vocab_size=len(corpus.vocab),
-        info={"reference": str(path)},
+        metrics=dict(meta.get("metrics", {})),
+        info={"cache_dir": str(path), **(info or {})},
     )
 
 

@@ -103,20 +103,7 @@ def write_decoder(
     `output.num_listen` tunes as `.abc`/`.mid`. Returns the tune files."""
     with open(out_dir / "results.jsonl", "a") as f:
         f.write(json.dumps(_clean(result)) + "\n")
-    if not samples:
-        return []
-    with open(out_dir / "samples.jsonl", "a") as f:
-        for s in samples:
-            f.write(json.dumps(_clean(s)) + "\n")
-    sample_dir = out_dir / "samples"
-    sample_dir.mkdir(exist_ok=True)
-    name = slug(result["decoder"].get("label") or result["decoder"]["name"])
-    sep = "\n\n" if corpus.name == "folk" else "\n" + "-" * 60 + "\n"
-    marked = (marked_text(r["prompt"], r["text"]) for r in samples)
-    (sample_dir / f"{name}.txt").write_text(sep.join(marked) + "\n")
-    if corpus.name == "folk" and int(cfg.output.num_listen) > 0:
-        return write_tunes(sample_dir / name, samples[: int(cfg.output.num_listen)])
-    return []
+    return write_samples(corpus.name, samples, out_dir, int(cfg.output.num_listen))
 
 
 def write_outputs(
@@ -161,12 +148,51 @@ def marked_text(prompt: str, text: str) -> str:
     return prompt + MODEL_MARK + text[len(prompt) :]
 
 
+def sample_separator(corpus_name: str) -> str:
+    """What stands between two generations in `samples/<decoder>.txt` (and seqgen-sample's
+    output): a blank line between folk tunes, a rule between texts."""
+    return "\n\n" if corpus_name == "folk" else "\n" + "-" * 60 + "\n"
+
+
+def write_samples(
+    corpus_name: str, samples: list[dict[str, Any]], out_dir: Path, num_listen: int
+) -> list[Path]:
+    """Append `samples` to `samples.jsonl` and write `samples/<decoder>.txt` (`MODEL_MARK`
+    where each prompt ends) and, for folk tunes, the first `num_listen` of each decoder as
+    `.abc` and `.mid`; returns the tune files. `reset_outputs` starts a folder afresh."""
+    if not samples:
+        return []
+    with open(out_dir / "samples.jsonl", "a") as f:
+        for s in samples:
+            f.write(json.dumps(_clean(s)) + "\n")
+    sample_dir = out_dir / "samples"
+    sample_dir.mkdir(exist_ok=True)
+    by_decoder: dict[str, list[dict[str, Any]]] = {}
+    for s in samples:
+        by_decoder.setdefault(s["decoder"], []).append(s)
+    listen = []
+    sep = sample_separator(corpus_name)
+    for label, rows in by_decoder.items():
+        marked = (marked_text(r.get("prompt", ""), r["text"]) for r in rows)
+        (sample_dir / f"{slug(label)}.txt").write_text(sep.join(marked) + "\n")
+        if corpus_name == "folk" and num_listen > 0:
+            listen += write_tunes(sample_dir / slug(label), rows[:num_listen])
+    return listen
+
+
 def write_tunes(folder: Path, rows: list[dict[str, Any]]) -> list[Path]:
-    """The first tunes of a decoder as `.abc` files and, where music21 can parse them, `.mid`."""
+    """The first tunes of a decoder as `.abc` files and, for every one that parses, `.mid`.
+
+    The log says how many `.mid` were written, how many play their repeats once (music21 could
+    not expand them) and why any tune has none.
+    """
+    from collections import Counter
+
     from seqgen.metrics.abc import parse_abc
 
     folder.mkdir(parents=True, exist_ok=True)
     written = []
+    outcome: Counter[str] = Counter()
     for i, r in enumerate(rows):
         abc = f"X:{i + 1}\nT:{r['decoder']} #{i + 1}\n{r['text'].strip()}\n"
         path = folder / f"tune_{i + 1:02d}.abc"
@@ -174,13 +200,55 @@ def write_tunes(folder: Path, rows: list[dict[str, Any]]) -> list[Path]:
         written.append(path)
         score = parse_abc(abc)
         if score is None:  # a generated tune need not be valid ABC
+            outcome["not ABC that music21 parses"] += 1
             continue
-        try:
-            midi = score.write("midi", fp=str(folder / f"tune_{i + 1:02d}.mid"))
-            written.append(Path(midi))
-        except Exception as exc:
-            log.debug("tune %s is not playable: %s", path, exc)
+        midi, how = write_midi(score, path.with_suffix(".mid"))
+        if midi is not None:
+            written.append(midi)
+        outcome[how] += 1
+    n_midi = outcome["midi"] + outcome[_MIDI_UNEXPANDED]
+    why = ", ".join(f"{n} {k}" for k, n in sorted(outcome.items()) if k != "midi")
+    log.info("%s: %d tunes, %d .mid%s", folder.name, len(rows), n_midi, f" ({why})" if why else "")
     return written
+
+
+_MIDI_UNEXPANDED = "with repeats played once (music21 cannot expand them)"
+
+
+def write_midi(score: Any, path: Path) -> tuple[Path | None, str]:
+    """Write a parsed tune as MIDI: `(path, "midi")`, `(path, <repeats played once>)` or
+    `(None, <why not>)`.
+
+    Two music21 failures are avoided rather than given up on: its ABC reader can put one
+    TimeSignature (or key, tempo) object in two measures, which the MIDI writer refuses to
+    move twice, so later occurrences become copies; and repeats that `expandRepeats` calls
+    badly formed are played once, as written, from the flattened parts.
+    """
+    import copy
+
+    from music21 import stream
+
+    seen: set[int] = set()
+    for site in list(score.recurse(streamsOnly=True, includeSelf=True)):
+        for el in list(site.getElementsByClass(_CONDUCTOR_CLASSES)):
+            if id(el) in seen:
+                site.replace(el, copy.deepcopy(el))
+            seen.add(id(el))
+    try:
+        return Path(score.write("midi", fp=str(path))), "midi"
+    except Exception as exc:
+        first = f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
+    try:
+        flat = stream.Score()
+        for part in score.parts or [score]:
+            flat.insert(0, part.flatten())
+        return Path(flat.write("midi", fp=str(path))), _MIDI_UNEXPANDED
+    except Exception as exc:
+        log.debug("%s is not playable: %s; unexpanded: %s", path, first, exc)
+        return None, f"MIDI failed ({first})"
+
+
+_CONDUCTOR_CLASSES = ("TimeSignature", "KeySignature", "MetronomeMark")
 
 
 def plot_decoders(results: list[dict[str, Any]], folder: Path) -> list[Path]:

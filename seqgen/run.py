@@ -22,7 +22,15 @@ from seqgen.config import register_configs, validate_config
 from seqgen.errors import TrainingInterrupted, UserError
 
 log = logging.getLogger("seqgen")
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+# The Hydra configs: inside an installed wheel they are the package `seqgen.conf` (pyproject maps
+# the checkout's conf/ there); in a checkout, editable install or not, they are conf/ beside the
+# package, so a worktree always reads its own conf/ and never another install's.
+_PACKAGED_CONF = Path(__file__).resolve().parent / "conf"
+if _PACKAGED_CONF.is_dir():
+    CONF_DIR, CONFIG_PATH = _PACKAGED_CONF, "pkg://seqgen.conf"
+else:
+    CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+    CONFIG_PATH = str(CONF_DIR)
 
 register_configs()
 
@@ -31,7 +39,7 @@ def _fail(message: str) -> None:
     print(f"error: {message}", file=sys.stderr, flush=True)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
 def main(cfg: DictConfig) -> Any:
     from seqgen.experiment import run_experiment
     from seqgen.sweep import record_failure

@@ -52,18 +52,35 @@ class NoOpTracker:
 
 
 def git_commit() -> str | None:
-    """The commit of the seqgen checkout, if it is one (recorded in every run's config)."""
+    """The commit of the seqgen checkout this package was imported from, else None.
+
+    An installed wheel is no checkout; if it sits inside some other repository (a virtual
+    environment in a project folder), that repository's commit is not seqgen's, so the commit is
+    only taken when the repository's top level is the folder that holds the `seqgen` package.
+    """
+    package_root = Path(__file__).resolve().parent.parent
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
+            ["git", "rev-parse", "--show-toplevel", "HEAD"],
+            cwd=package_root,
             capture_output=True,
             text=True,
             timeout=5,
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    lines = out.stdout.split()
+    if out.returncode != 0 or len(lines) != 2 or Path(lines[0]).resolve() != package_root:
+        return None
+    return lines[1]
+
+
+def run_provenance() -> dict[str, str | None]:
+    """What every tracked run records about the code: seqgen's version, and the commit when
+    it runs from a checkout."""
+    from seqgen import __version__
+
+    return {"seqgen_version": __version__, "git_commit": git_commit()}
 
 
 class WandbTracker:
@@ -96,7 +113,8 @@ class WandbTracker:
         os.environ.setdefault("WANDB_SILENT", "true")
         self._wandb = wandb
         config = dict(config)
-        config.setdefault("git_commit", git_commit())
+        for k, v in run_provenance().items():
+            config.setdefault(k, v)
         self.run = wandb.init(
             project=project,
             entity=entity,

@@ -1,0 +1,315 @@
+"""`seqgen-sample`: generate from a model a run trained, with any decoder, without re-running the
+evaluation (what char-rnn's `sample.lua`, folk-rnn's sampler and nanoGPT's `sample.py` are for).
+
+    seqgen-sample run=outputs/default/<date> decoder=sample decoder.top_p=0.9 num_samples=3
+    seqgen-sample run=<run dir> prompt='M:6/8\\nK:D\\n|:' out=my_tunes
+    seqgen-sample model_dir=~/.cache/seqgen/models/<key> prompts=heldout num_prompts=4
+    seqgen-sample --list
+
+The model comes from a run dir (its `config.yaml`, and the cache entry in its `metrics.json`) or
+from a model-cache entry (`model_dir=`, whose `meta.json` names the data it was trained on). The
+decoding is the pipeline's own (`make_prompts`, `decode_all`, `generations`), with the key a run
+with one `decoder=` uses, so the same seed, decoder and prompts give the run's own tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from seqgen.errors import UserError
+
+log = logging.getLogger("seqgen")
+
+
+@dataclass
+class SampleOptions:
+    """The sampler's own keys (`key=value` on the command line); `decoder=`/`decoder.*` aside."""
+
+    run: str | None = None  # a run dir, as a run printed it ("done in ... -> DIR")
+    model_dir: str | None = None  # a model-cache entry (`seqgen-sample --list` shows them)
+    prompt: list[str] = field(default_factory=list)  # typed prompts; `\n` is a line break
+    prompts: str = "none"  # none (the empty start) | heldout (held-out openings); or prompt=
+    num_samples: int = 5  # sequences per prompt (sampling; beams give their best)
+    max_len: int | None = None  # prompt + continuation, in tokens (default: the run's)
+    num_prompts: int | None = None  # held-out openings (default: the run's)
+    prompt_len: int | None = None  # tokens of each held-out opening (default: the run's)
+    seed: int | None = None  # decoding seed (default: the run's, which reproduces its decode)
+    out: str | None = None  # write samples.jsonl, samples/<decoder>.txt, .abc and .mid here
+    cache_dir: str | None = None  # for --list (default: $SEQGEN_CACHE or ~/.cache/seqgen)
+
+
+_KEYS = tuple(f.name for f in fields(SampleOptions))
+_INT_KEYS = ("num_samples", "max_len", "num_prompts", "prompt_len", "seed")
+
+
+def parse_args(argv: list[str]) -> tuple[SampleOptions, str | None, list[str]]:
+    """`key=value` arguments -> (options, `decoder=` name or None, `decoder.KNOB=V` dotlist)."""
+    opts = SampleOptions()
+    name, knobs = None, []
+    for arg in argv:
+        key, eq, value = arg.partition("=")
+        if not eq:
+            raise UserError(f"{arg!r} is not key=value; see seqgen-sample --help")
+        if key == "decoder":
+            name = value
+        elif key.startswith("decoder."):
+            knobs.append(arg)
+        elif key == "prompt":
+            opts.prompt.append(value)
+        elif key in _INT_KEYS:
+            try:
+                setattr(opts, key, int(value))
+            except ValueError:
+                raise UserError(f"{key}={value!r} is not an integer") from None
+        elif key in _KEYS:
+            setattr(opts, key, value)
+        else:
+            allowed = ", ".join(k for k in _KEYS) + ", decoder, decoder.KNOB"
+            raise UserError(f"unknown key '{key}'; allowed keys: {allowed}")
+    return opts, name, knobs
+
+
+def _compose(overrides: list[str]) -> DictConfig:
+    """The primary config (conf/config.yaml) with overrides, as `seqgen` composes it."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from seqgen.run import CONF_DIR
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose(config_name="config", overrides=overrides)
+    except Exception as exc:
+        from seqgen.run import _explain
+
+        raise UserError(_explain(exc, overrides)) from None
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _source(opts: SampleOptions) -> tuple[DictConfig, Path | None]:
+    """The trained model's config and its cache entry (None for the DPFSA oracle)."""
+    from seqgen.config import Config
+
+    if bool(opts.run) == bool(opts.model_dir):
+        raise UserError("give run=<run dir> or model_dir=<model-cache entry> (one of them)")
+    if opts.run:
+        run = Path(opts.run).expanduser()
+        if not (run / "config.yaml").exists() or not (run / "metrics.json").exists():
+            raise UserError(
+                f"run={opts.run} is not a finished run dir (it needs config.yaml and "
+                "metrics.json, written once the model is ready)"
+            )
+        cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(run / "config.yaml"))
+        info = json.loads((run / "metrics.json").read_text()).get("model", {})
+        if info.get("oracle"):
+            return cfg, None
+        return cfg, Path(info["cache_dir"])
+    path = Path(opts.model_dir).expanduser()
+    if not (path / "meta.json").exists():
+        raise UserError(f"model_dir={opts.model_dir} is no model-cache entry (no meta.json)")
+    meta = json.loads((path / "meta.json").read_text())
+    if "data_cfg" not in meta:
+        raise UserError(
+            f"model_dir={opts.model_dir} was cached before entries recorded their data; "
+            "give the run dir that trained it (run=...)"
+        )
+    trained = {
+        "data": meta["data_cfg"],
+        "model": meta["model"],
+        "train": meta["train_cfg"],
+        "seed": int(meta["seed"]),
+    }
+    return OmegaConf.merge(_compose([]), trained), path
+
+
+def _decoder(cfg: DictConfig, name: str | None, knobs: list[str]) -> DictConfig:
+    """`decoder=NAME` from conf/decoder/, else the run's own decoder, else pure sampling;
+    then the `decoder.KNOB=V` overrides."""
+    from seqgen.config import DecoderConfig
+
+    if name is not None:
+        base = _compose([f"decoder={name}"]).decoder
+    elif cfg.get("decoder") is not None:
+        base = cfg.decoder
+    else:
+        base = _compose(["decoder=sample"]).decoder
+    try:
+        user = [OmegaConf.from_dotlist(knobs).decoder] if knobs else []
+        return OmegaConf.merge(OmegaConf.structured(DecoderConfig), base, *user)
+    except Exception as exc:
+        from seqgen.run import _explain
+
+        raise UserError(_explain(exc, knobs)) from None
+
+
+def sample(argv: list[str]) -> dict[str, Any]:
+    """Decode from a trained model as `seqgen-sample ARGS` does (without printing).
+
+    Returns `{"samples": [one samples.jsonl object per sequence], "corpus": name,
+    "decoder": {...}, "cfg": the config decoded with}`; with `out=DIR` also writes the files.
+    """
+    from seqgen.config import to_dict, validate_config
+    from seqgen.data.corpus import load_corpus
+    from seqgen.evaluate import (
+        decode_all,
+        decoder_key,
+        decoder_label,
+        generations,
+        make_prompts,
+        sample_records,
+    )
+    from seqgen.experiment import (
+        _oracle_model,
+        default_cache_dir,
+        enable_compilation_cache,
+        load_model_dir,
+    )
+
+    opts, name, knobs = parse_args(argv)
+    cfg, model_dir = _source(opts)
+    cfg.decoder = _decoder(cfg, name, knobs)
+    if opts.prompt:
+        cfg.decode.prompts = list(opts.prompt)
+    else:
+        cfg.decode.prompts = opts.prompts
+    cfg.decode.num_samples = opts.num_samples
+    for key in ("max_len", "num_prompts", "prompt_len"):
+        if getattr(opts, key) is not None:
+            cfg.decode[key] = getattr(opts, key)
+    decode_seed = int(cfg.seed) if opts.seed is None else opts.seed
+    validate_config(cfg)
+
+    enable_compilation_cache(default_cache_dir(cfg) / "jax_compile")
+    corpus = load_corpus(cfg.data, int(cfg.seed))  # the model's seed: its splits and vocabulary
+    if model_dir is None:
+        model = _oracle_model(corpus)
+    else:
+        if not (model_dir / "meta.json").exists():
+            raise UserError(f"the run's model {model_dir} is no longer in the cache")
+        model = load_model_dir(model_dir, corpus, f"the model {model_dir}")
+    dec = cfg.decoder
+    label = decoder_label(dec)
+    pr = make_prompts(cfg, corpus)
+    t0 = time.time()
+    out = decode_all(cfg, dec, model, pr.prompts, decoder_key(decode_seed, 0))
+    gen, texts = generations(cfg, dec, corpus, pr.prompts, out)
+    records = sample_records(label, gen, texts, corpus.vocab)
+    log.info("decoded %s: %d sequences in %.1f s", label, len(records), time.time() - t0)
+    if opts.out:
+        from seqgen.outputs import reset_outputs, write_samples
+
+        out_dir = Path(opts.out).expanduser()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        reset_outputs(out_dir)
+        write_samples(corpus.name, records, out_dir, num_listen=len(records))
+        log.info("wrote %d samples -> %s", len(records), out_dir)
+    return {"samples": records, "corpus": corpus.name, "decoder": to_dict(dec), "cfg": cfg}
+
+
+def list_models(cache_dir: str | None = None) -> list[dict[str, Any]]:
+    """The cached models, newest first: path, data, model, steps, ppl/valid, when."""
+    from seqgen.checkpoint import default_cache_root
+
+    root = (Path(cache_dir).expanduser() if cache_dir else default_cache_root()) / "models"
+    rows = []
+    for meta_path in root.glob("*/meta.json"):
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        m, data = meta.get("model", {}), meta.get("data_cfg") or {"name": meta.get("data")}
+        rows.append(
+            {
+                "model_dir": str(meta_path.parent),
+                "data": "/".join(str(data[k]) for k in ("name", "level") if data.get(k)),
+                "model": f"{m.get('cell')} {m.get('num_layers')}x{m.get('hidden_size')}",
+                "steps": meta.get("train", {}).get("steps"),
+                "ppl/valid": meta.get("metrics", {}).get("ppl/valid"),
+                "when": meta_path.stat().st_mtime,
+            }
+        )
+    return sorted(rows, key=lambda r: -r["when"])
+
+
+def _print_list(rows: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="seqgen: cached models (use model_dir=...)")
+    for c in ("when", "data", "model", "steps", "ppl/valid", "model_dir"):
+        table.add_column(c, justify="right" if c in ("steps", "ppl/valid") else "left")
+    for r in rows:
+        ppl = r["ppl/valid"]
+        table.add_row(
+            time.strftime("%Y-%m-%d %H:%M", time.localtime(r["when"])),
+            r["data"],
+            r["model"],
+            str(r["steps"] if r["steps"] is not None else "-"),
+            f"{ppl:.3f}" if isinstance(ppl, int | float) else "-",
+            r["model_dir"],
+        )
+    Console(width=200).print(table)
+
+
+HELP = (
+    __doc__.split("\n\n", 1)[0]
+    + """
+
+usage: seqgen-sample run=DIR | model_dir=DIR [decoder=NAME] [decoder.KNOB=V ...] [key=value ...]
+       seqgen-sample --list [cache_dir=DIR]
+
+keys:
+  run=DIR           a run dir (loads its model, data and decoder)
+  model_dir=DIR     a model-cache entry (seqgen-sample --list)
+  decoder=NAME      greedy | sample | beam | stochastic_beam | diverse_beam (default: the run's
+                    decoder, else sample); decoder.KNOB=V as for seqgen (decoder.top_p=0.9)
+  prompt=TEXT       a typed prompt ('\\n' is a line break); repeat for several
+  prompts=MODE      none (the empty start, default) | heldout (held-out openings)
+  num_samples=N     sequences per prompt (default 5)
+  max_len=N, num_prompts=N, prompt_len=N   as decode.* (default: the run's)
+  seed=N            decoding seed (default: the run's; reproduces the run's own decode)
+  out=DIR           also write samples.jsonl, samples/<decoder>.txt, .abc and .mid there
+
+The generations go to stdout (a blank line between tunes, a rule between texts); the log to
+stderr.
+"""
+)
+
+
+def cli() -> None:
+    import os
+
+    os.environ.setdefault("WANDB_MODE", "disabled")
+    logging.basicConfig(level=logging.WARNING, format="[%(name)s] %(message)s", stream=sys.stderr)
+    log.setLevel(logging.INFO)  # seqgen's own lines; JAX's and orbax's only when they warn
+    argv = sys.argv[1:]
+    try:
+        if any(a in ("-h", "--help") for a in argv):
+            print(HELP)
+            return
+        if "--list" in argv:
+            opts, _, _ = parse_args([a for a in argv if a != "--list"])
+            _print_list(list_models(opts.cache_dir))
+            return
+        result = sample(argv)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    from seqgen.outputs import sample_separator
+
+    print(sample_separator(result["corpus"]).join(s["text"] for s in result["samples"]))
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,58 @@
+"""MIDI for every tune that parses: the two music21 failures seen on generated tunes are avoided,
+and the log counts what was written."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+pytest.importorskip("music21")
+
+from seqgen.metrics.abc import parse_abc  # noqa: E402
+from seqgen.outputs import write_midi, write_tunes  # noqa: E402
+
+# An overlong first bar (7/8 in 6/8: music21 splits it and files its one TimeSignature object
+# in two measures, which its MIDI writer refuses), a repeated M: field, and a repeat.
+# Notes with the repeat played twice: 7 + 6 + 2 * (6 + 6) = 37.
+OVERLONG_BAR = "M:6/8\nL:1/8\nK:D\nfdB egcA|EFG AFD|\nM:6/8\n|:ABc def|edc BAG:|\n"
+# A `[|]:|` that music21's expandRepeats calls badly formed: played once, 4 bars of 6 notes.
+BAD_REPEATS = "M:6/8\nL:1/8\nK:D\nABc def|edc BAG:|\n|:ABc def|edc BAG[|]:|\n"
+
+
+def _midi_pitches(path):
+    from music21 import converter
+
+    return [n.pitch.midi for n in converter.parse(str(path)).recurse().notes]
+
+
+def test_shared_time_signature_gets_midi_with_repeats_expanded(tmp_path):
+    midi, how = write_midi(parse_abc(OVERLONG_BAR), tmp_path / "t.mid")
+    assert how == "midi" and midi is not None and midi.exists()
+    pitches = _midi_pitches(midi)
+    assert len(pitches) == 37
+    once = [n.pitch.midi for n in parse_abc(OVERLONG_BAR).recurse().notes]  # 25 as written
+    assert pitches == once[:13] + once[13:] * 2
+
+
+def test_badly_formed_repeats_are_played_once(tmp_path):
+    midi, how = write_midi(parse_abc(BAD_REPEATS), tmp_path / "t.mid")
+    assert midi is not None and "played once" in how
+    written = [n.pitch.midi for n in parse_abc(BAD_REPEATS).recurse().notes]
+    assert len(written) == 24
+    assert _midi_pitches(midi) == written
+
+
+def test_write_tunes_logs_how_many_mid_and_why(tmp_path, caplog):
+    rows = [
+        {"decoder": "d", "text": OVERLONG_BAR},
+        {"decoder": "d", "text": BAD_REPEATS},
+        {"decoder": "d", "text": "no tune here"},
+    ]
+    with caplog.at_level(logging.INFO, logger="seqgen"):
+        written = write_tunes(tmp_path / "d", rows)
+    names = sorted(p.name for p in written)
+    assert names == ["tune_01.abc", "tune_01.mid", "tune_02.abc", "tune_02.mid", "tune_03.abc"]
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("d: "))
+    assert line.startswith("d: 3 tunes, 2 .mid (")
+    assert "1 not ABC" in line and "1 with repeats played once" in line
