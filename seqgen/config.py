@@ -124,6 +124,15 @@ class DecoderConfig:
 
 
 @dataclass
+class ConstraintConfig:
+    # an automaton every decoded sequence follows (seqgen.decoding.constraint): none | regex
+    # (character vocabularies: the text fully matches `pattern`) | meter (data.level=abc: every
+    # full bar lasts what the tune's M: and L: say; seqgen.data.meter)
+    name: str = "none"
+    pattern: str | None = None  # regex: a Python regular expression (interegular's subset)
+
+
+@dataclass
 class DecodeConfig:
     num_samples: int = 1  # sequences per prompt for sampling; beams give their best
     max_len: int = 256  # prompt + continuation, in tokens
@@ -168,6 +177,7 @@ class Config:
     decoder: DecoderConfig | None = None  # one decoder; None evaluates `compare`
     compare: list[DecoderConfig] = field(default_factory=list)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
+    constraint: ConstraintConfig = field(default_factory=ConstraintConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
@@ -184,6 +194,7 @@ GROUP_SCHEMAS: dict[str, type] = {
     "train": TrainConfig,
     "decoder": DecoderConfig,
     "decode": DecodeConfig,
+    "constraint": ConstraintConfig,
     "logger": LoggerConfig,
     "metrics": MetricsConfig,
     "output": OutputConfig,
@@ -206,6 +217,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "decoder.name": DECODER_NAMES,
     "decoder.length_penalty": ("none", "average", "gnmt", "power"),
     "decoder.utility": ("chrf", "bleu", "edit"),
+    "constraint.name": ("none", "regex", "meter"),
     "logger.name": ("none", "wandb"),
     "logger.mode": ("online", "offline", "disabled"),
     "cache_on_damage": ("retrain", "error"),
@@ -345,6 +357,33 @@ def _check_known_keys(cfg: Any) -> None:
                 raise UserError(unknown_key_message(f"{prefix}.{k}" if prefix else str(k)))
 
 
+def _check_constraint(cfg: Any) -> None:
+    """constraint=regex needs a compilable pattern and data.level=char; meter data.level=abc;
+    exact search takes no constraint."""
+    con = cfg.get("constraint")
+    if con is None or con.name == "none":
+        return
+    level = cfg.data.get("level")
+    if con.name == "regex":
+        if not con.pattern:
+            raise UserError("constraint=regex needs constraint.pattern=REGEX; allowed: a regex")
+        if level != "char":
+            raise UserError(f"constraint=regex needs data.level=char (got {level}); allowed: char")
+        from seqgen.decoding.regex import compile_pattern
+
+        compile_pattern(str(con.pattern))
+    if con.name == "meter" and (cfg.data.name != "folk" or level != "abc"):
+        raise UserError(
+            f"constraint=meter needs data=folk with data.level=abc (got {cfg.data.name}, "
+            f"{level}); allowed: data=folk data.level=abc"
+        )
+    names = [cfg.decoder.name] if cfg.get("decoder") is not None else [d.name for d in cfg.compare]
+    if "exact" in names:
+        raise UserError(
+            "decoder=exact is not supported with a constraint; allowed: constraint=none"
+        )
+
+
 def validate_config(cfg: Any) -> None:
     """Check every choice and range in a composed config; raise `UserError` with one line."""
     _check_known_keys(cfg)
@@ -367,6 +406,7 @@ def validate_config(cfg: Any) -> None:
                         f"{where}.{sub}.{key} is not a decoder knob; allowed: the decoder.* knobs"
                     )
                 _check_value(f"{where}.{sub}.{key}", value, rule_key=f"decoder.{key}")
+    _check_constraint(cfg)
     data, model = cfg.data, cfg.model
     if data.valid_fraction + data.test_fraction >= 1:
         raise UserError(

@@ -268,13 +268,33 @@ def _n_outputs(dec: Any, num_samples: int) -> int:
     return num_samples
 
 
+def build_constraint(cfg: Any, corpus: Any, prompts: list[np.ndarray]) -> Any:
+    """The `constraint` config as an automaton over the corpus' vocabulary (None for none)."""
+    con = cfg.get("constraint")
+    name = "none" if con is None else con.name
+    if name == "regex":
+        from seqgen.decoding.regex import regex_constraint
+
+        return regex_constraint(str(con.pattern), corpus.vocab.symbols)
+    if name == "meter":
+        from seqgen.data.meter import meter_constraint
+
+        return meter_constraint(corpus.vocab.symbols, prompts)
+    return None
+
+
 def decode_all(
-    cfg: Any, dec: Any, model: Any, prompts: list[np.ndarray], key: jax.Array
+    cfg: Any,
+    dec: Any,
+    model: Any,
+    prompts: list[np.ndarray],
+    key: jax.Array,
+    constraint: Any = None,
 ) -> dict[str, Any]:
     """Decode every prompt with one decoder, in chunks of `decode.batch_size` rows.
 
     Each row's randomness is folded from its global prompt index and sample index, so chunking
-    does not change what a row generates.
+    does not change what a row generates. `constraint`: a `Constraint` or None.
     """
     from seqgen.decoding import decode
 
@@ -303,6 +323,7 @@ def decode_all(
             key=key,
             vocab_size=model.vocab_size,
             prompt_ids=np.arange(start, start + len(chunk), dtype=np.int32),
+            constraint=constraint,
         )
         outs.append(jax.tree.map(np.asarray, out))
         if n_chunks > 1:  # progress of a long decode, one line per compiled call
@@ -329,6 +350,7 @@ def decode_all(
             "scores",
             "proven",
             "expansions",
+            "constraint_logmass",
         )
         if getattr(outs[0], f, None) is not None
     }
@@ -349,6 +371,7 @@ def _extract(out: dict[str, Any], prompts: list[np.ndarray], keep: int) -> dict[
             "eos_logprob",
             "eos_tempered",
             "score",
+            "constraint_logmass",
         )
     }
     n = out["tokens"].shape[1]
@@ -370,6 +393,9 @@ def _extract(out: dict[str, Any], prompts: list[np.ndarray], keep: int) -> dict[
                 float(eos_t[b, k]) if eos_t is not None else res["eos_logprob"][-1]
             )
             res["score"].append(float(out["scores"][b, k]))
+            if "constraint_logmass" in out:  # the EOS position too (decoding.constraint)
+                stop = end + int(out["ended"][b, k])
+                res["constraint_logmass"].append(out["constraint_logmass"][b, k, pl:stop])
     return res
 
 
@@ -403,6 +429,7 @@ def evaluate_decoders(
     pr = make_prompts(cfg, corpus)
     if corpus.oracle is not None:
         _warn_impossible_prompts(corpus.oracle, pr.prompts)
+    constraint = build_constraint(cfg, corpus, pr.prompts)
     is_abc = corpus.name == "folk"
     results, samples = [], []
     search: dict = {}  # best log-prob per prompt of the n-best decoders (search/beam_error)
@@ -415,7 +442,8 @@ def evaluate_decoders(
     for i, dec in enumerate(decoders):
         label = decoder_label(dec)
         t0 = time.time()
-        out = decode_all(cfg, dec, model, pr.prompts, decoder_key(int(cfg.seed), i))
+        key = decoder_key(int(cfg.seed), i)
+        out = decode_all(cfg, dec, model, pr.prompts, key, constraint)
         t_dec = time.time() - t0
         gen, texts = generations(cfg, dec, corpus, pr.prompts, out)
         metrics = compute_metrics(
@@ -434,6 +462,10 @@ def evaluate_decoders(
         )
         metrics["score/mean"] = float(np.mean(gen["score"]))
         metrics.update(_search_metrics(dec, out, gen, search))
+        if constraint is not None:
+            from seqgen.metrics.constraint import constraint_metrics
+
+            metrics.update(constraint_metrics(gen["constraint_logmass"]))
         metrics["time/decode_s"] = t_dec
         log.info("decoded %-28s %5d sequences in %.1f s", label, len(gen["tokens"]), t_dec)
         results.append({"decoder": {**to_dict(dec), "label": label}, "metrics": metrics})

@@ -161,6 +161,7 @@ def sample(argv: list[str]) -> dict[str, Any]:
     from seqgen.config import to_dict, validate_config
     from seqgen.data.corpus import load_corpus
     from seqgen.evaluate import (
+        build_constraint,
         decode_all,
         decoder_key,
         decoder_label,
@@ -201,7 +202,8 @@ def sample(argv: list[str]) -> dict[str, Any]:
     label = decoder_label(dec)
     pr = make_prompts(cfg, corpus)
     t0 = time.time()
-    out = decode_all(cfg, dec, model, pr.prompts, decoder_key(decode_seed, 0))
+    constraint = build_constraint(cfg, corpus, pr.prompts)  # the run's constraint, if any
+    out = decode_all(cfg, dec, model, pr.prompts, decoder_key(decode_seed, 0), constraint)
     gen, texts = generations(cfg, dec, corpus, pr.prompts, out)
     records = sample_records(label, gen, texts, corpus.vocab)
     log.info("decoded %s: %d sequences in %.1f s", label, len(records), time.time() - t0)

@@ -39,6 +39,8 @@ def test_every_group_option_composes():
         for option in options:
             extra = ["data=synthetic"] if option == "oracle" else []
             extra += ["data.path=/tmp/x.txt"] if option == "text" else []
+            extra += ["constraint.pattern='a+'"] if option == "regex" else []
+            extra += ["data.level=abc"] if option == "meter" else []
             cfg = compose([f"{group}={option}", *extra])
             validate_config(cfg)
 

@@ -29,6 +29,7 @@ from seqgen.decoding.common import (
     get,
     validate_config,
 )
+from seqgen.decoding.constraint import Constraint, make_constraint
 from seqgen.decoding.exact import exact
 from seqgen.decoding.mbr import mbr
 from seqgen.decoding.processors import (
@@ -79,6 +80,7 @@ def decode(
     key: Any = None,
     vocab_size: int,
     prompt_ids: Any = None,
+    constraint: Constraint | None = None,
 ) -> DecodeOutput:
     """Decode with the decoder named `cfg.name` (see DECODERS).
 
@@ -93,6 +95,8 @@ def decode(
     key:            a PRNG key or an int seed (None = 0).
     prompt_ids:     int[B] global prompt indices for the per-row keys (None = 0..B-1); pass
                     them when decoding in chunks so that the result equals one big batch.
+    constraint:     a `Constraint` automaton (see `constraint.py`) every row must follow,
+                    prompt included; None = unconstrained. Not supported by `exact`.
     """
     name = get(cfg, "name")
     if name not in DECODERS:
@@ -109,11 +113,14 @@ def decode(
         cfg=cfg,
         num_samples=num_samples,
         prompt_ids=prompt_ids,
+        constraint=constraint,
     )
 
 
 __all__ = [
     "DECODERS",
+    "Constraint",
+    "make_constraint",
     "DECODER_NAMES",
     "DEFAULTS",
     "PROCESSOR_ORDER",

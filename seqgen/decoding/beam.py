@@ -42,6 +42,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from seqgen.decoding import constraint as con
 from seqgen.decoding import processors as proc
 from seqgen.decoding.common import (
     DecodeOutput,
@@ -99,6 +100,7 @@ def _beam_program(
     prompts: jax.Array,  # [B, T]
     prompt_lengths: jax.Array,  # [B]
     knobs: dict[str, jax.Array],
+    constraint: con.Constraint | None,
     *,
     step_fn: StepFn,
     max_len: int,
@@ -125,6 +127,10 @@ def _beam_program(
         "fin_slot": zi,  # [B, K] live slot (entering that step) they extend
         "fin_eos": jnp.zeros((b, k), jnp.float32),  # [B, K] their EOS log-prob
         "done": jnp.zeros((b, g_num), bool),  # [B, G]
+        # [B, K] automaton state of each live beam; [B, K] log allowed mass at each finished
+        # hypothesis' EOS step
+        "cstate": None if constraint is None else jnp.full((b, k), constraint.start, jnp.int32),
+        "fin_cm": None if constraint is None else jnp.zeros((b, k), jnp.float32),
     }
 
     def live_step(state: dict, xs: tuple) -> tuple[dict, dict]:
@@ -135,11 +141,17 @@ def _beam_program(
         forced_lp = jnp.where(jnp.arange(v)[None, :] == ptok[:, None], 0.0, -jnp.inf)  # [B, V]
         generated = jnp.repeat(t - plen, k)  # [B * K] continuation tokens before this one
         open_lp = proc.min_length(logp.reshape(b * k, v), generated, knobs["min_length"])
+        cm = jnp.zeros((b, k), jnp.float32)  # [B, K] log allowed mass of each live beam
+        if constraint is not None:
+            ok = con.allowed(constraint, state["cstate"].reshape(-1))  # [B * K, V]
+            open_lp = con.mask_logits(open_lp, ok)
+            cm = con.allowed_logmass(logits.astype(jnp.float32), ok).reshape(b, k)
         cand_lp = jnp.where(forced[:, None, None], forced_lp[:, None, :], open_lp.reshape(b, k, v))
         cand_all = state["live"][..., None] + cand_lp  # [B, K, V]
         gen_len = (t - plen + 1)[:, None]  # [B, 1] generated tokens incl. this one
         counts = jnp.zeros((b, v), jnp.float32)  # tokens chosen by earlier groups this step
-        new = {n: [] for n in ("live", "last", "parent", "lp", "fs", "fr", "fl", "fslot", "fe")}
+        names = ("live", "last", "parent", "lp", "fs", "fr", "fl", "fslot", "fe", "fcm")
+        new = {n: [] for n in names}
         done = []
         for g in range(g_num):
             sl = slice(g * kg, (g + 1) * kg)
@@ -165,6 +177,8 @@ def _beam_program(
             fl = merge(state["fin_len"][:, sl], jnp.full((b, 2 * kg), t, jnp.int32))
             fslot = merge(state["fin_slot"][:, sl], beam + g * kg)
             fe = merge(state["fin_eos"][:, sl], eos_lp)
+            old_cm = state["fin_cm"] if constraint is not None else jnp.zeros((b, k))
+            fcm = merge(old_cm[:, sl], _take(cm[:, sl], beam))
             ltop, lidx = jax.lax.top_k(jnp.where(is_eos, -jnp.inf, top), kg)  # [B, Kg]
             live = jnp.where(jnp.isfinite(ltop), _take(raw, lidx), -jnp.inf)
             parent = _take(beam, lidx) + g * kg  # [B, Kg] global slot
@@ -188,8 +202,17 @@ def _beam_program(
             new["fl"].append(keep(state["fin_len"][:, sl], fl))
             new["fslot"].append(keep(state["fin_slot"][:, sl], fslot))
             new["fe"].append(keep(state["fin_eos"][:, sl], fe))
+            new["fcm"].append(keep(old_cm[:, sl], fcm))
         cat = {n: jnp.concatenate(x, axis=1) for n, x in new.items()}  # each [B, K]
         rows = (jnp.arange(b)[:, None] * k + cat["parent"]).reshape(-1)  # [B * K]
+        ys = {"tok": cat["last"], "parent": cat["parent"], "lp": cat["lp"]}
+        cstate = fin_cm = None
+        if constraint is not None:
+            frozen = jnp.repeat(state["done"], kg, axis=1)  # [B, K] slots of done groups
+            nxt = con.advance(constraint, _take(state["cstate"], cat["parent"]), cat["last"])
+            cstate = jnp.where(frozen, state["cstate"], nxt)
+            fin_cm = cat["fcm"]
+            ys["cm"] = jnp.where(forced[:, None] | frozen, 0.0, _take(cm, cat["parent"]))
         state = {
             "carry": gather_rows(carry, rows),
             "last": cat["last"],
@@ -200,8 +223,9 @@ def _beam_program(
             "fin_slot": cat["fslot"],
             "fin_eos": cat["fe"],
             "done": jnp.stack(done, axis=1),
+            "cstate": cstate,
+            "fin_cm": fin_cm,
         }
-        ys = {"tok": cat["last"], "parent": cat["parent"], "lp": cat["lp"]}
         return state, ys
 
     def skip_step(state: dict, xs: tuple) -> tuple[dict, dict]:
@@ -210,6 +234,8 @@ def _beam_program(
             "parent": jnp.broadcast_to(jnp.arange(k, dtype=jnp.int32), (b, k)),
             "lp": jnp.zeros((b, k), jnp.float32),
         }
+        if constraint is not None:
+            ys["cm"] = jnp.zeros((b, k), jnp.float32)
         return state, ys
 
     def body(state: dict, xs: tuple) -> tuple[dict, dict]:
@@ -251,6 +277,11 @@ def _beam_program(
     tokens, lps = backtrack(ys["tok"], ys["parent"], ys["lp"], slot, length)  # [B, K, T]
     at_eos = ended[..., None] & (jnp.arange(t_max) == length[..., None])
     tokens = jnp.where(at_eos, EOS_ID, tokens).astype(jnp.int32)
+    cmass = None
+    if constraint is not None:
+        _, cmass = backtrack(ys["tok"], ys["parent"], ys["cm"], slot, length)
+        fin_cm = jnp.concatenate([state["fin_cm"], jnp.zeros((b, k))], axis=1)
+        cmass = jnp.where(at_eos, _take(fin_cm, order)[..., None], cmass)
     return DecodeOutput(
         tokens=tokens,
         lengths=length.astype(jnp.int32),
@@ -263,6 +294,7 @@ def _beam_program(
         eos_tempered_logprob=eos_lp,
         eos_processed_logprob=eos_lp,
         scores=best,
+        constraint_logmass=cmass,
     )
 
 
@@ -278,6 +310,7 @@ def _run_beam(
     vocab_size: int,
     cfg: Any,
     num_groups: int,
+    constraint: con.Constraint | None,
 ) -> DecodeOutput:
     validate_config(cfg, name, vocab_size)
     prep = prepare(
@@ -289,6 +322,7 @@ def _run_beam(
         vocab_size=vocab_size,
         key=None,
         prompt_ids=None,
+        constraint=constraint,
     )
     return _beam_program(
         params,
@@ -296,6 +330,7 @@ def _run_beam(
         prep.prompts,
         prep.prompt_lengths,
         traced_knobs(cfg),
+        constraint,
         step_fn=step_fn,
         max_len=max_len,
         vocab_size=vocab_size,
@@ -318,6 +353,7 @@ def beam(
     cfg: Any = None,
     num_samples: int = 1,
     prompt_ids: Any = None,
+    constraint: con.Constraint | None = None,
 ) -> DecodeOutput:
     """Beam search with a finished pool and an exact stopping rule (see the module docstring).
 
@@ -343,6 +379,7 @@ def beam(
         vocab_size=vocab_size,
         cfg=cfg,
         num_groups=1,
+        constraint=constraint,
     )
 
 
@@ -359,6 +396,7 @@ def diverse_beam(
     cfg: Any = None,
     num_samples: int = 1,
     prompt_ids: Any = None,
+    constraint: con.Constraint | None = None,
 ) -> DecodeOutput:
     """Diverse beam search (Vijayakumar et al. 2018, "Diverse beam search", Alg. 1) with
     G = `num_groups` groups of K / G beams and Hamming diversity with strength
@@ -384,4 +422,5 @@ def diverse_beam(
         vocab_size=vocab_size,
         cfg=cfg,
         num_groups=int(get(cfg, "num_groups")),
+        constraint=constraint,
     )

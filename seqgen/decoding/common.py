@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from seqgen.decoding.constraint import check_prompts, check_vocab
 from seqgen.errors import UserError
 from seqgen.tokens import EOS_ID, PAD_ID
 
@@ -121,6 +122,10 @@ class DecodeOutput:
                        sequences exist), f32[B, N] q(y) = 1 - exp(-exp(phi_y - kappa)).
     proven, expansions: exact only (None otherwise): bool[B] the row's result is the proven
                        mode; int32[B] step-function calls the search spent.
+    constraint_logmass: with a constraint only (None otherwise): f32[B, N, T] log m_t, the
+                       log of the model's (t = 1, unmodified) probability of the tokens the
+                       automaton allowed at position t, at every generated position (the EOS
+                       position included); 0 on prompt and PAD positions (`decoding.constraint`).
     """
 
     tokens: jax.Array  # [B, N, T]
@@ -139,6 +144,7 @@ class DecodeOutput:
     inclusion_probs: jax.Array | None = None  # [B, N]
     proven: jax.Array | None = None  # [B]
     expansions: jax.Array | None = None  # [B]
+    constraint_logmass: jax.Array | None = None  # [B, N, T]
 
 
 def get(cfg: Any, name: str) -> Any:
@@ -258,8 +264,11 @@ def prepare(
     vocab_size: int,
     key: Any,
     prompt_ids: Any,
+    constraint: Any = None,
 ) -> Prepared:
-    """Validate sizes, prompts and key on the host and pad prompts to [B, max_len]."""
+    """Validate sizes, prompts and key on the host and pad prompts to [B, max_len]; with a
+    `constraint`, check its vocabulary size and run every prompt through it (UserError on a
+    reject)."""
     if not _is_int(max_len) or max_len < 1:
         _fail(f"max_len={max_len!r} is out of range; allowed: an integer >= 1")
     if not _is_int(num_samples) or num_samples < 1:
@@ -304,6 +313,9 @@ def prepare(
         _fail(f"a prompt contains EOS (id {EOS_ID}); allowed: prompts without EOS")
     padded = np.full((batch, max_len), PAD_ID, np.int32)
     padded[:, :width] = np.where(live, p, PAD_ID)
+    if constraint is not None:
+        check_vocab(constraint, vocab_size)
+        check_prompts(constraint, padded, lengths)
     if prompt_ids is None:
         ids = np.arange(batch, dtype=np.int32)
     else:

@@ -42,6 +42,7 @@ from seqgen.decoding.common import (
     prepare,
     validate_config,
 )
+from seqgen.errors import UserError
 from seqgen.tokens import BOS_ID, EOS_ID, PAD_ID
 
 
@@ -250,6 +251,7 @@ def exact(
     cfg: Any = None,
     num_samples: int = 1,
     prompt_ids: Any = None,
+    constraint: Any = None,
 ) -> DecodeOutput:
     """Exact MAP search (Stahlberg & Byrne 2019; see the module docstring): for each prompt x,
     y* = argmax_y log p(y | x) over EOS-terminated continuations within `max_len`, by
@@ -263,6 +265,11 @@ def exact(
     """
     del key, num_samples, prompt_ids
     validate_config(cfg, "exact", vocab_size)
+    if constraint is not None:
+        raise UserError(
+            "decoder=exact is not supported with a constraint; allowed: constraint=none, or "
+            "greedy, sample, beam, stochastic_beam, diverse_beam, mbr"
+        )
     prep = prepare(
         init_carry,
         prompts,

@@ -61,6 +61,7 @@ def mbr(
     cfg: Any = None,
     num_samples: int = 1,
     prompt_ids: Any = None,
+    constraint: Any = None,
 ) -> DecodeOutput:
     """MBR decoding (see the module docstring). `num_candidates` hypotheses come from the
     decoder config `candidates`, `num_references` pseudo-references from `references` (each a
@@ -70,7 +71,8 @@ def mbr(
     Returns the candidates of each prompt sorted by expected utility, best first (the MBR
     choice is row 0), with scores = their expected utility (1/M) sum_j u(h, r_j) on [0, 1];
     every other field is the candidate's own (tokens, log-probs under the model). Ties keep
-    the candidates' draw order. `num_samples` is ignored.
+    the candidates' draw order. `num_samples` is ignored. A `constraint` applies to the
+    candidates and the references alike (both are drawn with it).
     """
     from seqgen.decoding import decode
     from seqgen.metrics.utility import UTILITY_FUNCTIONS
@@ -89,6 +91,7 @@ def mbr(
         vocab_size=vocab_size,
         key=key,
         prompt_ids=prompt_ids,
+        constraint=constraint,
     )
     draws = {}
     for i, (f, n_field) in enumerate(
@@ -106,6 +109,7 @@ def mbr(
             key=jax.random.fold_in(prep.key, i),
             vocab_size=vocab_size,
             prompt_ids=prep.prompt_ids,
+            constraint=constraint,
         )
         draws[f] = jax.tree.map(np.asarray, out)
     cand, ref = draws["candidates"], draws["references"]

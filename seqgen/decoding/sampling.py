@@ -14,6 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from seqgen.decoding import constraint as con
 from seqgen.decoding import processors as proc
 from seqgen.decoding.common import (
     DecodeOutput,
@@ -51,6 +52,7 @@ def _sample_program(
     prompt_ids: jax.Array,  # [B]
     key: jax.Array,
     knobs: dict[str, jax.Array],
+    constraint: con.Constraint | None,
     *,
     step_fn: StepFn,
     max_len: int,
@@ -74,6 +76,8 @@ def _sample_program(
         ),  # [R, T]
         # Mirostat v2's running surprise bound (bits), mu_0 = 2 tau (Basu et al. 2021)
         "mu": jnp.full((r,), 2.0, jnp.float32) * knobs["mirostat_tau"] if flags.mirostat else None,
+        # [R] the automaton's state after the tokens so far
+        "cstate": None if constraint is None else jnp.full((r,), constraint.start, jnp.int32),
     }
 
     def live_step(state: dict, xs: tuple) -> tuple[dict, dict]:
@@ -81,7 +85,11 @@ def _sample_program(
         carry, logits = step_fn(params, state["carry"], state["last"])
         logits = logits.astype(jnp.float32)  # [R, V]
         generated = t - plen  # [R] continuation tokens before this one (min_length)
-        pen = proc.penalize(logits, knobs, flags, state["counts"], state["history"], t, generated)
+        masked = logits
+        if constraint is not None:  # forbidden tokens go before every processor
+            ok = con.allowed(constraint, state["cstate"])
+            masked = con.mask_logits(logits, ok)
+        pen = proc.penalize(masked, knobs, flags, state["counts"], state["history"], t, generated)
         if greedy:
             tok = jnp.argmax(pen, axis=-1)
             plp = jnp.zeros((r,), jnp.float32)
@@ -112,7 +120,11 @@ def _sample_program(
             "counts": state["counts"],
             "history": state["history"],
             "mu": state["mu"],
+            "cstate": state["cstate"],
         }
+        if constraint is not None:
+            nxt = con.advance(constraint, state["cstate"], tok)
+            new["cstate"] = jnp.where(ended, state["cstate"], nxt)
         if flags.mirostat and not greedy:
             surprise = -_pick_logprob(before_miro, tok) / proc.LOG2
             mu = proc.mirostat_update(
@@ -136,6 +148,8 @@ def _sample_program(
             "alive": alive,
             "eos": is_eos,
         }
+        if constraint is not None:
+            ys["cmass"] = jnp.where(gen, con.allowed_logmass(logits, ok), 0.0)
         return new, ys
 
     def skip_step(state: dict, xs: tuple) -> tuple[dict, dict]:
@@ -149,6 +163,8 @@ def _sample_program(
             "alive": false,
             "eos": false,
         }
+        if constraint is not None:
+            ys["cmass"] = zeros
         return state, ys
 
     def body(state: dict, xs: tuple) -> tuple[dict, dict]:
@@ -177,6 +193,7 @@ def _sample_program(
         eos_tempered_logprob=eos_tlp,
         eos_processed_logprob=eos_plp,
         scores=jnp.sum(lp, axis=-1) + eos_lp,
+        constraint_logmass=ys.get("cmass"),
     )
 
 
@@ -194,6 +211,7 @@ def _run(
     cfg: Any,
     num_samples: int,
     prompt_ids: Any,
+    constraint: con.Constraint | None,
 ) -> DecodeOutput:
     validate_config(cfg, name, vocab_size)
     prep = prepare(
@@ -205,6 +223,7 @@ def _run(
         vocab_size=vocab_size,
         key=key,
         prompt_ids=prompt_ids,
+        constraint=constraint,
     )
     flags = proc.flags_from_cfg(lambda k: get(cfg, k))
     if flags.top_k >= vocab_size:  # no truncation: the program of top_k=0, not a new compile
@@ -219,6 +238,7 @@ def _run(
         prep.prompt_ids,
         prep.key,
         traced_knobs(cfg),
+        constraint,
         step_fn=step_fn,
         max_len=max_len,
         num_samples=num_samples,
@@ -241,6 +261,7 @@ def greedy(
     cfg: Any = None,
     num_samples: int = 1,
     prompt_ids: Any = None,
+    constraint: con.Constraint | None = None,
 ) -> DecodeOutput:
     """Greedy decoding: y_t = argmax_v x_v after min-length (EOS forbidden before
     `min_length` continuation tokens) and the penalty processors (repetition, presence,
@@ -263,6 +284,7 @@ def greedy(
         cfg=cfg,
         num_samples=1,
         prompt_ids=prompt_ids,
+        constraint=constraint,
     )
 
 
@@ -279,6 +301,7 @@ def sample(
     cfg: Any = None,
     num_samples: int = 1,
     prompt_ids: Any = None,
+    constraint: con.Constraint | None = None,
 ) -> DecodeOutput:
     """Ancestral sampling: y_t ~ softmax(process(x_t)), `num_samples` rows per prompt.
 
@@ -305,4 +328,5 @@ def sample(
         cfg=cfg,
         num_samples=num_samples,
         prompt_ids=prompt_ids,
+        constraint=constraint,
     )

@@ -29,6 +29,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from seqgen.decoding import constraint as con
 from seqgen.decoding import processors as proc
 from seqgen.decoding.beam import backtrack
 from seqgen.decoding.common import (
@@ -68,6 +69,7 @@ def _stochastic_beam_program(
     prompt_ids: jax.Array,  # [B]
     key: jax.Array,
     knobs: dict[str, jax.Array],
+    constraint: con.Constraint | None,
     *,
     step_fn: StepFn,
     max_len: int,
@@ -88,6 +90,7 @@ def _stochastic_beam_program(
         "g": jnp.where(first, root_g[:, None], -jnp.inf),  # [B, K] perturbed log-probs
         "ended": jnp.zeros((b, k), bool),  # [B, K]
         "kappa": jnp.full((b,), -jnp.inf, jnp.float32),  # [B]
+        "cstate": None if constraint is None else jnp.full((b, k), constraint.start, jnp.int32),
     }
 
     def live_step(state: dict, xs: tuple) -> tuple[dict, dict]:
@@ -100,6 +103,10 @@ def _stochastic_beam_program(
         # normalized tree is what makes the top-down Gumbels exact)
         generated = jnp.repeat(t - plen, k)  # [B * K]
         opened = proc.min_length(logits.reshape(b * k, v), generated, knobs["min_length"])
+        if constraint is not None:  # the automaton's mask, renormalized with the rest
+            ok = con.allowed(constraint, state["cstate"].reshape(-1))  # [B * K, V]
+            opened = con.mask_logits(opened, ok)
+            cm = con.allowed_logmass(logits.reshape(b * k, v), ok).reshape(b, k)
         plp = jax.nn.log_softmax(proc.temperature(opened.reshape(b, k, v), temp), axis=-1)
         forced = t < plen  # [B]
         single = forced[:, None] | state["ended"]  # [B, K] nodes with exactly one child
@@ -131,8 +138,13 @@ def _stochastic_beam_program(
             "g": g_new,
             "ended": ended,
             "kappa": kappa,
+            "cstate": None,
         }
-        return new, {"tok": tok, "parent": parent, "lp": lp, "tlp": tl, "plp": pl}
+        ys = {"tok": tok, "parent": parent, "lp": lp, "tlp": tl, "plp": pl}
+        if constraint is not None:
+            new["cstate"] = con.advance(constraint, _take(state["cstate"], parent), tok)
+            ys["cm"] = jnp.where(par_single, 0.0, _take(cm, parent))
+        return new, ys
 
     def skip_step(state: dict, xs: tuple) -> tuple[dict, dict]:
         zeros = jnp.zeros((b, k), jnp.float32)
@@ -143,6 +155,8 @@ def _stochastic_beam_program(
             "tlp": zeros,
             "plp": zeros,
         }
+        if constraint is not None:
+            ys["cm"] = zeros
         return state, ys
 
     def body(state: dict, xs: tuple) -> tuple[dict, dict]:
@@ -155,6 +169,10 @@ def _stochastic_beam_program(
     tokens, lp = backtrack(ys["tok"], ys["parent"], ys["lp"], slot, full)  # [B, K, T]
     _, tlp = backtrack(ys["tok"], ys["parent"], ys["tlp"], slot, full)
     _, plp = backtrack(ys["tok"], ys["parent"], ys["plp"], slot, full)
+    cmass = None
+    if constraint is not None:
+        _, cmass = backtrack(ys["tok"], ys["parent"], ys["cm"], slot, full)
+        cmass = jnp.where(jnp.isfinite(state["g"])[..., None], cmass, 0.0)
     valid = jnp.isfinite(state["g"])  # [B, K]
     ended = state["ended"] & valid
     pos = jnp.arange(t_max)
@@ -186,6 +204,7 @@ def _stochastic_beam_program(
         gumbel_scores=state["g"],
         kappa=kappa,
         inclusion_probs=q,
+        constraint_logmass=cmass,
     )
 
 
@@ -202,6 +221,7 @@ def stochastic_beam(
     cfg: Any = None,
     num_samples: int = 1,
     prompt_ids: Any = None,
+    constraint: con.Constraint | None = None,
 ) -> DecodeOutput:
     """K = `beam_size` distinct sequences per prompt, sampled without replacement from the
     temperature-t model by stochastic beam search (see the module docstring), sorted by their
@@ -222,6 +242,7 @@ def stochastic_beam(
         vocab_size=vocab_size,
         key=key,
         prompt_ids=prompt_ids,
+        constraint=constraint,
     )
     return _stochastic_beam_program(
         params,
@@ -231,6 +252,7 @@ def stochastic_beam(
         prep.prompt_ids,
         prep.key,
         traced_knobs(cfg),
+        constraint,
         step_fn=step_fn,
         max_len=max_len,
         vocab_size=vocab_size,
