@@ -283,6 +283,35 @@ def build_constraint(cfg: Any, corpus: Any, prompts: list[np.ndarray]) -> Any:
     return None
 
 
+def accepted_prompts(constraint: Any, pr: Prompts) -> tuple[Prompts, float]:
+    """The prompts (and human rows) whose prompt the constraint accepts as a prefix, and the
+    share of prompts left out (a held-out opening may break the constraint, e.g. a short bar)."""
+    from seqgen.decoding.constraint import prefix_state
+
+    def ok(p: np.ndarray) -> bool:
+        return prefix_state(constraint, p) >= 0
+
+    keep = [p for p in pr.prompts if ok(p)]
+    if not keep:
+        raise UserError(
+            "the constraint rejects every prompt; allowed: prompts it accepts as a prefix "
+            "(a smaller decode.prompt_len, or prompts that follow it)"
+        )
+    human = [i for i, p in enumerate(pr.human_prompts) if ok(p)]
+    left_out = 1.0 - len(keep) / len(pr.prompts)
+    if left_out > 0:
+        log.warning("the constraint rejects %.1f%% of the prompts: left out", 100 * left_out)
+    return (
+        Prompts(
+            prompts=keep,
+            human=[pr.human[i] for i in human],
+            human_prompts=[pr.human_prompts[i] for i in human],
+            human_ended=[pr.human_ended[i] for i in human],
+        ),
+        left_out,
+    )
+
+
 def decode_all(
     cfg: Any,
     dec: Any,
@@ -430,6 +459,8 @@ def evaluate_decoders(
     if corpus.oracle is not None:
         _warn_impossible_prompts(corpus.oracle, pr.prompts)
     constraint = build_constraint(cfg, corpus, pr.prompts)
+    if constraint is not None:
+        pr, left_out = accepted_prompts(constraint, pr)
     is_abc = corpus.name == "folk"
     results, samples = [], []
     search: dict = {}  # best log-prob per prompt of the n-best decoders (search/beam_error)
@@ -466,6 +497,7 @@ def evaluate_decoders(
             from seqgen.metrics.constraint import constraint_metrics
 
             metrics.update(constraint_metrics(gen["constraint_logmass"]))
+            metrics["constraint/prompts_left_out"] = left_out
         metrics["time/decode_s"] = t_dec
         log.info("decoded %-28s %5d sequences in %.1f s", label, len(gen["tokens"]), t_dec)
         results.append({"decoder": {**to_dict(dec), "label": label}, "metrics": metrics})

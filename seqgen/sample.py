@@ -161,6 +161,7 @@ def sample(argv: list[str]) -> dict[str, Any]:
     from seqgen.config import to_dict, validate_config
     from seqgen.data.corpus import load_corpus
     from seqgen.evaluate import (
+        accepted_prompts,
         build_constraint,
         decode_all,
         decoder_key,
@@ -203,6 +204,8 @@ def sample(argv: list[str]) -> dict[str, Any]:
     pr = make_prompts(cfg, corpus)
     t0 = time.time()
     constraint = build_constraint(cfg, corpus, pr.prompts)  # the run's constraint, if any
+    if constraint is not None:
+        pr, _ = accepted_prompts(constraint, pr)
     out = decode_all(cfg, dec, model, pr.prompts, decoder_key(decode_seed, 0), constraint)
     gen, texts = generations(cfg, dec, corpus, pr.prompts, out)
     records = sample_records(label, gen, texts, corpus.vocab)

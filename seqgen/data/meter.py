@@ -2,13 +2,14 @@
 whose tunes have every full bar exactly as long as their `M:` and `L:` say.
 
 It reads the header (`M:` and `L:` in either order, each once, then `K:`: the body starts after
-`K:`), then tracks the position in the bar on a grid of `TICKS` ticks per `L:` unit. A bar
-lasts M / L units (`M:C` = 4/4, `M:C|` = 2/2, `M:2+3/8` = 5/8). Body states are
-(combo, free, mode, pos): pos in [0, bar ticks]; free = the current bar is exempt from the
-full-bar rule (the first bar -- a pickup -- and the bar after a section barline); mode is
-plain, "after a note of duration d" (d in `BROKEN_UNITS`, so a broken rhythm may follow),
-"pending broken" (the next note is halved after `>`, x 3/2 after `<`), or "in a triplet with
-k notes left". The rules, matched to `seqgen.metrics.abc.bars_ok` (music21's reading):
+`K:`; without `L:` the ABC default, 1/16 below 3/4 and 1/8 otherwise), then tracks the
+position in the bar on a grid of `TICKS` ticks per `L:` unit. A bar lasts M / L units
+(`M:C` = 4/4, `M:C|` = 2/2, `M:2+3/8` = 5/8). Body states are (bar length, free, mode, pos):
+pos in [0, bar ticks]; free = the current bar is exempt from the full-bar rule (the first
+bar -- a pickup -- and the bar after a section barline); mode is plain, "after a note of
+duration d" (d in `BROKEN_UNITS`, so a broken rhythm may follow), "pending broken" (the next
+note is halved after `>`, x 3/2 after `<`), or "in a triplet with k notes left".
+The rules, matched to `seqgen.metrics.abc.bars_ok` (music21's reading):
 
 - a note, rest (`z`, `x`) or chord advances pos by its duration (a chord: its notes' common
   duration times the outer one; a chord whose notes differ is forbidden); pos never passes
@@ -22,15 +23,16 @@ k notes left". The rules, matched to `seqgen.metrics.abc.bars_ok` (music21's rea
   and any with a repeat `:`) may close any bar (music21's check skips the bars on either side
   of a section boundary) and makes the next bar free; volta endings (`|1`, `[2`, ...) and
   `Z` multi-bar rests are forbidden;
-- zero-duration tokens: annotations, decorations, grace notes, inline fields other than
-  `[M:..]`/`[L:..]`, slurs, ties and the one-character decorations `. ~ T H u v`; a body
-  `K:` key change only at the start of a bar; body `M:`/`L:` changes are forbidden;
+- zero-duration tokens: annotations (without `< > [ ] | :`), `!..!` decorations, grace notes,
+  inline fields other than `[M:..]`/`[L:..]`, slurs, ties and `. ~ T H u v`; body `K:`,
+  `M:` and `L:` lines are forbidden (music21 may start a new bar at a `K:` line);
 - EOS is allowed in the body outside a triplet or a pending broken rhythm, at any position
   (the checker skips the last bar).
 
-Only the (meter, length) pairs of the prompts' headers are built (`combos`), which keeps the
-state count to sum over pairs of 2 * 10 * (bar ticks + 1) (6/8 with L:1/8: 2,900 states).
-Every prompt must carry the whole header (M:, L:, K:): folk prompts do (`data/folk.py`).
+Only the bar lengths of the prompts' headers are built, one body automaton per distinct bar
+length M / L (in grid ticks), which keeps the state count to the sum over them of
+2 * 9 * (bar ticks + 1) (6/8 with L:1/8: 1,314 states).
+Every prompt must carry the header (M:, optionally L:, then K:): folk prompts do.
 """
 
 from __future__ import annotations
@@ -45,15 +47,17 @@ from seqgen.decoding.constraint import Constraint, make_constraint
 from seqgen.errors import UserError
 from seqgen.tokens import NUM_SPECIAL
 
-TICKS = 24  # grid ticks per L: unit: halves, quarters, triplets of halves, dotted quarters
+TICKS = 12  # grid ticks per L: unit: halves, quarters, eighths of 3/4, triplets of quarters
 BROKEN_UNITS = (Fraction(1, 2), Fraction(1), Fraction(2))  # notes a broken rhythm may follow
 _DUR = r"(\d*)(/*)(\d*)"
 _NOTE_RE = re.compile(rf"^(?:\^\^|\^|__|_|=)?[A-Ga-g][,']*{_DUR}$")
 _REST_RE = re.compile(rf"^[zx]{_DUR}$")
 _CHORD_RE = re.compile(rf"^\[(.+)\]{_DUR}$")
 _CHORD_NOTE_RE = re.compile(rf"[.~]?(?:(?:\^\^|\^|__|_|=)?[A-Ga-g][,']*|[zx]){_DUR}-?")
+# annotations without characters music21 reads as music (a quoted ">" becomes a broken
+# rhythm); decorations that start with a letter (old "+...+" decorations are chords there)
 _ZERO_RE = re.compile(
-    r'^(?:![^!]+!|\+[^+]+\+|"[^"]*"|\{[^}]*\}|\[[A-KN-Za-kn-z]:[^\]]*\]|[()\-.~THuv])$'
+    r'^(?:![A-Za-z][^!]*!|"[^"<>\[\]|:]*"|\{[^}]*\}|\[[A-KN-Za-kn-z]:[^\]]*\]|[()\-.~THuv])$'
 )
 _SECTION_RE = re.compile(r"^(?::*\|[\]|]?:*|\[\||::+)$")
 # mode indices
@@ -83,6 +87,11 @@ def meter_value(token: str) -> Fraction | None:
     if m is None:
         return None
     return Fraction(sum(int(x) for x in m.group(1).split("+")), int(m.group(2)))
+
+
+def default_length(meter: Fraction) -> Fraction:
+    """ABC 2.1 sec. 3.1.7 (and music21): without `L:`, 1/16 for meters below 3/4, else 1/8."""
+    return Fraction(1, 16) if meter < Fraction(3, 4) else Fraction(1, 8)
 
 
 def length_value(token: str) -> Fraction | None:
@@ -122,13 +131,14 @@ def header_combos(symbols: Sequence[str], prompts: Sequence[Sequence[int]]) -> l
         head = toks[: next(j for j, t in enumerate(toks) if t.startswith("K:"))]
         ms = [meter_value(t) for t in head if t.startswith("M:")]
         ls = [length_value(t) for t in head if t.startswith("L:")]
-        if len(ms) != 1 or len(ls) != 1 or ms[0] is None or ls[0] is None:
+        if len(ms) != 1 or len(ls) > 1 or ms[0] is None or None in ls:
             raise UserError(
                 f"constraint=meter: prompt {i}'s header {' '.join(head)!r} needs one numeric "
-                "M: (or C, C|) and one L: before K:; allowed: e.g. M:6/8 L:1/8 K:Gmaj"
+                "M: (or C, C|) and at most one L: before K:; allowed: e.g. M:6/8 L:1/8 K:Gmaj"
             )
-        if (ms[0], ls[0]) not in combos:
-            combos.append((ms[0], ls[0]))
+        combo = (ms[0], ls[0] if ls else default_length(ms[0]))
+        if combo not in combos:
+            combos.append(combo)
     return combos
 
 
@@ -143,12 +153,17 @@ def meter_constraint(symbols: Sequence[str], prompts: Sequence[Sequence[int]]) -
     l_toks = [i for i in range(NUM_SPECIAL, v) if symbols[i].startswith("L:")]
     m_val = {i: meter_value(symbols[i]) for i in m_toks}
     l_val = {i: length_value(symbols[i]) for i in l_toks}
-    fulls = []
+    # one body automaton per bar length in grid ticks: durations are in L units, so pairs with
+    # the same bar length in L units (6/8 with L:1/8, 3/4 with L:1/8) share it
+    fulls: list[int] = []
+    combo_index = {}
     for meter, length in combos:
         full = meter / length * TICKS
         if full.denominator != 1:
             raise UserError(f"constraint=meter: M:{meter} with L:{length} is off the grid")
-        fulls.append(int(full))
+        if int(full) not in fulls:
+            fulls.append(int(full))
+        combo_index[(meter, length)] = fulls.index(int(full))
     # header states: (mi, li) with -1 = not yet seen
     n_head = (len(m_toks) + 1) * (len(l_toks) + 1)
 
@@ -163,7 +178,6 @@ def meter_constraint(symbols: Sequence[str], prompts: Sequence[Sequence[int]]) -
     def body_id(c: int, free: int, mode: int, pos: np.ndarray) -> np.ndarray:
         return offsets[c] + (free * NUM_MODES + mode) * (fulls[c] + 1) + pos
 
-    combo_index = {cm: c for c, cm in enumerate(combos)}
     for mi in range(-1, len(m_toks)):
         for li in range(-1, len(l_toks)):
             s = head_id(mi, li)
@@ -175,8 +189,10 @@ def meter_constraint(symbols: Sequence[str], prompts: Sequence[Sequence[int]]) -
                 for j, tok in enumerate(l_toks):
                     if l_val[tok] is not None:
                         table[s, tok] = head_id(mi, j)
-            if mi >= 0 and li >= 0:
-                c = combo_index.get((m_val[m_toks[mi]], l_val[l_toks[li]]))
+            if mi >= 0:
+                meter = m_val[m_toks[mi]]
+                length = l_val[l_toks[li]] if li >= 0 else default_length(meter)
+                c = combo_index.get((meter, length))
                 if c is not None:
                     for tok in range(NUM_SPECIAL, v):
                         if symbols[tok].startswith("K:"):
@@ -253,9 +269,6 @@ def meter_constraint(symbols: Sequence[str], prompts: Sequence[Sequence[int]]) -
                     ok = (pos > 0) | bool(free)
                     for mode in open_modes:
                         put(free, mode, tok, body_id(c, 1, PLAIN, 0 * pos), ok)
-                elif sym.startswith("K:"):
-                    for mode in open_modes:
-                        put(free, mode, tok, body_id(c, free, PLAIN, pos), pos == 0)
                 elif _ZERO_RE.match(sym):
                     for mode in open_modes:
                         put(free, mode, tok, body_id(c, free, PLAIN, pos), pos >= 0)
