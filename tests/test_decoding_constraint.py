@@ -179,3 +179,28 @@ def test_meter_tunes_sampled_from_a_random_model_keep_time():
                 checked += 1
                 assert bars_ok(score), join_abc([syms[int(t)] for t in toks])
     assert checked >= 9
+
+
+def test_the_pipeline_decodes_under_the_constraint_and_reports_the_mass(cache_dir, tmp_path):
+    import json
+
+    from conftest import TINY
+
+    from seqgen.experiment import run_experiment
+
+    overrides = [
+        *TINY,
+        "compare=[{name:sample},{name:beam,beam_size:3}]",
+        "constraint=regex",
+        "constraint.pattern='(ab|c)+'",
+    ]
+    res = run_experiment(compose(overrides), out_dir=tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert {r["decoder"] for r in rows} == {"sample", "beam(beam_size=3)"}
+    for r in rows:  # ended ones match; the rest were cut at max_len inside the language
+        assert re.fullmatch("(ab|c)*a?", r["text"]), r["text"]
+    assert any(re.fullmatch("(ab|c)+", r["text"]) for r in rows)
+    for result in res["results"][:2]:
+        removed = result["metrics"]["constraint/mass_removed"]
+        assert 0 < removed <= 1
+        assert 0 < result["metrics"]["constraint/step_mass_removed"] <= removed
