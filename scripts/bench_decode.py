@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from seqgen.decoding import decode, processors
-from seqgen.parallel import make_mesh
+from seqgen.parallel import make_mesh, replicate
 from seqgen.tokens import BOS_ID, EOS_ID
 
 VOCAB, EMBED, HIDDEN = 100, 128, 512
@@ -329,6 +329,7 @@ def sharded_table(step_fn, params, init_carry, batches, max_len, args) -> list[s
     """One device against the rows split over every device, per decoder and batch."""
     mesh = make_mesh()
     n_dev = mesh.size
+    on_mesh = replicate(params, mesh)  # once, as the pipeline does (not a per-call copy)
     cols = ["decoder", "batch", "rows", "devices", "1 device s", "sharded s", "1 device tok/s"]
     cols += ["sharded tok/s", "speed-up", "sharded compile s"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -345,7 +346,7 @@ def sharded_table(step_fn, params, init_carry, batches, max_len, args) -> list[s
                     lambda cfg=cfg, carry=carry, m=m: (
                         decode(
                             step_fn,
-                            params,
+                            params if m is None else on_mesh,
                             carry,
                             cfg=cfg,
                             max_len=max_len,

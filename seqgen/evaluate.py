@@ -140,9 +140,10 @@ def decode_all(
     over every device of every host when there is more than one).
     """
     from seqgen.decoding import decode
-    from seqgen.parallel import make_mesh
+    from seqgen.parallel import make_mesh, replicate
 
     mesh = make_mesh() if cfg.decode.shard and jax.device_count() > 1 else None
+    params = model.params if mesh is None else replicate(model.params, mesh)  # once, not per call
 
     max_len = int(cfg.decode.max_len)
     n_out = _n_outputs(dec, int(cfg.decode.num_samples))
@@ -157,7 +158,7 @@ def decode_all(
             arr[i, : len(p)] = p
         out = decode(
             model.step_fn,
-            model.params,
+            params,
             model.init_carry(len(chunk)),
             arr,
             p_len,

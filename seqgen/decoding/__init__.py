@@ -14,6 +14,7 @@ are static and which are traced, `processors.py` for the processor order.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -88,12 +89,13 @@ def decode(
                     them when decoding in chunks so that the result equals one big batch.
     mesh:           a `seqgen.parallel.make_mesh()` mesh: the rows are split over its devices
                     (padded to a multiple of its size and trimmed; `parallel.row_parallel`);
-                    the tokens equal the one-device result. None = one device.
+                    the tokens equal the one-device result. None = the mesh of an enclosing
+                    decode (a decoder that calls decode, like a reranker), else one device.
     """
     name = get(cfg, "name")
     if name not in DECODERS:
         raise UserError(f"decoder.name={name!r} is unknown; allowed: {', '.join(DECODERS)}")
-    with decode_mesh(mesh):
+    with decode_mesh(mesh) if mesh is not None else contextlib.nullcontext():
         return DECODERS[name](
             step_fn,
             params,
