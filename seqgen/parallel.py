@@ -136,7 +136,8 @@ def row_parallel(*, static_argnames: tuple[str, ...]) -> Callable[[Callable], Ca
     padded with copies of the last row to a multiple of the device count, split over the mesh,
     decoded by one compiled program per device (`shard_map`, no collectives), gathered (to every
     process under multi-host) and trimmed; every other argument is replicated.
-    `.lower_sharded(mesh, *args, **kwargs)` lowers the sharded program (to inspect its HLO).
+    `.lower(...)` lowers the one-device program, `.lower_sharded(mesh, *args, **kwargs)` the
+    sharded one (to inspect their HLO).
     """
 
     def wrap(fn: Callable) -> Callable:
@@ -176,6 +177,7 @@ def row_parallel(*, static_argnames: tuple[str, ...]) -> Callable[[Callable], Ca
             program, placed, _ = sharded(mesh, args, kwargs)
             return program.lower(*placed)
 
+        call.lower = single.lower  # the one-device program, as for any jitted function
         call.lower_sharded = lower_sharded
         return call
 
