@@ -16,6 +16,7 @@ are static and which are traced, `processors.py` for the processor order.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -52,6 +53,7 @@ from seqgen.decoding.processors import (
 from seqgen.decoding.sampling import greedy, sample
 from seqgen.decoding.stochastic_beam import stochastic_beam
 from seqgen.errors import UserError
+from seqgen.parallel import decode_mesh
 
 Decoder = Callable[..., DecodeOutput]
 
@@ -79,6 +81,7 @@ def decode(
     key: Any = None,
     vocab_size: int,
     prompt_ids: Any = None,
+    mesh: Any = None,
 ) -> DecodeOutput:
     """Decode with the decoder named `cfg.name` (see DECODERS).
 
@@ -93,23 +96,28 @@ def decode(
     key:            a PRNG key or an int seed (None = 0).
     prompt_ids:     int[B] global prompt indices for the per-row keys (None = 0..B-1); pass
                     them when decoding in chunks so that the result equals one big batch.
+    mesh:           a `seqgen.parallel.make_mesh()` mesh: the rows are split over its devices
+                    (padded to a multiple of its size and trimmed; `parallel.row_parallel`);
+                    the tokens equal the one-device result. None = the mesh of an enclosing
+                    decode (a decoder that calls decode, like a reranker), else one device.
     """
     name = get(cfg, "name")
     if name not in DECODERS:
         raise UserError(f"decoder.name={name!r} is unknown; allowed: {', '.join(DECODERS)}")
-    return DECODERS[name](
-        step_fn,
-        params,
-        init_carry,
-        prompts,
-        prompt_lengths,
-        max_len=max_len,
-        vocab_size=vocab_size,
-        key=key,
-        cfg=cfg,
-        num_samples=num_samples,
-        prompt_ids=prompt_ids,
-    )
+    with decode_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+        return DECODERS[name](
+            step_fn,
+            params,
+            init_carry,
+            prompts,
+            prompt_lengths,
+            max_len=max_len,
+            vocab_size=vocab_size,
+            key=key,
+            cfg=cfg,
+            num_samples=num_samples,
+            prompt_ids=prompt_ids,
+        )
 
 
 __all__ = [
