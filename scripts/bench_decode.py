@@ -1,6 +1,8 @@
 """Decoding benchmark: tokens/s and compile time of the scan decoders, beside three references.
 
     python scripts/bench_decode.py [--quick] [--max-len 128] [--batches 1,64,1024] [--out FILE]
+    python scripts/bench_decode.py --sharded [--cpu-devices 8] --max-len 64   # all devices
+    python scripts/bench_decode.py --profile DIR [--profile-decoder NAME]     # where time goes
 
 Model: `seqgen.models.LanguageModel` (LSTM, hidden 512, embedding 128, vocabulary 100, random
 weights) through `make_step_fn`. EOS is masked out of the logits for every decoder and every
@@ -18,6 +20,11 @@ For each decoder (greedy, sample with top_p=0.9, beam K=4 and K=16) and batch si
   decoder's fraction of it is limit_s / decode_s;
 - peak memory: RSS growth during the warm call (CPU), or device peak bytes (GPU).
 A second table compares beam search with K beams at batch B to sampling at batch B x K.
+`--sharded` prints instead, per decoder and batch, one device against the rows split over every
+device (`decode(..., mesh=make_mesh())`; on CPU `--cpu-devices` virtual devices sharing the
+machine's cores, set before JAX starts). `--profile DIR` writes a JAX profiler trace of warm
+calls of one decoder to DIR (open it in TensorBoard / XProf or Perfetto) and prints the XLA
+operations that took the most time (self time, summed over the calls, from the trace's xplane).
 Timings are for this machine only; they are printed, never asserted.
 """
 
@@ -39,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from seqgen.decoding import decode, processors
+from seqgen.parallel import make_mesh, replicate
 from seqgen.tokens import BOS_ID, EOS_ID
 
 VOCAB, EMBED, HIDDEN = 100, 128, 512
@@ -317,6 +325,115 @@ def fmt(x: float, digits: int = 0) -> str:
     return f"{x:,.{digits}f}"
 
 
+def sharded_table(step_fn, params, init_carry, batches, max_len, args) -> list[str]:
+    """One device against the rows split over every device, per decoder and batch."""
+    mesh = make_mesh()
+    n_dev = mesh.size
+    on_mesh = replicate(params, mesh)  # once, as the pipeline does (not a per-call copy)
+    cols = ["decoder", "batch", "rows", "devices", "1 device s", "sharded s", "1 device tok/s"]
+    cols += ["sharded tok/s", "speed-up", "sharded compile s"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    print(lines[0], flush=True)
+    for batch in batches:
+        for name, (cfg, k, _) in DECODERS.items():
+            rows = batch * k
+            if rows > args.max_rows:
+                continue
+            carry = init_carry(batch)
+            times = {}
+            for label, m in (("one", None), ("sharded", mesh)):
+                times[label] = timed(
+                    lambda cfg=cfg, carry=carry, m=m: (
+                        decode(
+                            step_fn,
+                            params if m is None else on_mesh,
+                            carry,
+                            cfg=cfg,
+                            max_len=max_len,
+                            key=0,
+                            vocab_size=VOCAB,
+                            mesh=m,
+                        ).tokens
+                    ),
+                    args.repeats,
+                )
+            one, sh = times["one"][1], times["sharded"][1]
+            cells = [name, str(batch), str(rows), str(n_dev), fmt(one, 3), fmt(sh, 3)]
+            cells += [fmt(rows * max_len / one), fmt(rows * max_len / sh), fmt(one / sh, 2)]
+            cells += [fmt(times["sharded"][0], 2)]
+            lines.append("| " + " | ".join(cells) + " |")
+            print(lines[-1], flush=True)
+    return lines
+
+
+def self_times(xplane: str) -> dict[str, float]:
+    """Self time (ns) of each XLA operation in an .xplane.pb: its duration minus the events it
+    encloses on the same thread line (a while loop's time is its body's ops, not itself)."""
+    from jax.profiler import ProfileData
+
+    total: dict[str, float] = {}
+    for plane in ProfileData.from_file(xplane).planes:
+        for line in plane.lines:
+            if line.name == "python":  # the host's Python frames, not XLA operations
+                continue
+            stack: list[list] = []  # [end_ns, name, self_ns]
+            events = sorted(line.events, key=lambda e: (e.start_ns, -e.duration_ns))
+            for ev in events + [None]:
+                while stack and (ev is None or ev.start_ns >= stack[-1][0]):
+                    end, name, own = stack.pop()
+                    total[name] = total.get(name, 0.0) + own
+                if ev is None:
+                    break
+                if stack:
+                    stack[-1][2] -= ev.duration_ns
+                stack.append([ev.end_ns, ev.name, float(ev.duration_ns)])
+    return total
+
+
+def profile(step_fn, params, init_carry, batch, max_len, args) -> None:
+    import glob
+
+    cfg, k, _ = DECODERS[args.profile_decoder]
+    carry = init_carry(batch)
+    mesh = make_mesh() if args.sharded else None
+
+    def run() -> Any:
+        return decode(
+            step_fn, params, carry, cfg=cfg, max_len=max_len, key=0, vocab_size=VOCAB, mesh=mesh
+        ).tokens
+
+    jax.block_until_ready(run())  # compile outside the trace
+    calls = max(1, args.repeats)
+    with jax.profiler.trace(args.profile):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            jax.block_until_ready(run())
+        wall = (time.perf_counter() - t0) / calls
+    planes = sorted(glob.glob(os.path.join(args.profile, "**", "*.xplane.pb"), recursive=True))
+    own = self_times(planes[-1])
+    # the CPU runtime's own events (ThunkExecutor::Execute, its waits) wrap the operations
+    runtime = {n: t for n, t in own.items() if n.startswith("ThunkExecutor")}
+    own = {n: t for n, t in own.items() if n not in runtime}
+    busy = sum(own.values())
+    print(
+        f"profile: {args.profile_decoder}, batch {batch} ({batch * k} rows), max_len {max_len}, "
+        f"{calls} warm calls, {1e3 * wall:.2f} ms per call under the profiler, "
+        f"{max_len} steps: {1e6 * wall / max_len:.1f} us per step; trace: {planes[-1]}"
+    )
+    print(
+        f"operations: {busy / calls / 1e6:.2f} ms per call; CPU runtime (thunk executor, "
+        f"waits included): {sum(runtime.values()) / calls / 1e6:.2f} ms per call"
+    )
+    print("| XLA operation | self ms per call | us per step | % of op time |")
+    print("|---|---|---|---|")
+    for name, ns in sorted(own.items(), key=lambda x: -x[1])[: args.profile_top]:
+        per_call = ns / calls
+        print(
+            f"| {name} | {per_call / 1e6:.3f} | {per_call / 1e3 / max_len:.2f} | "
+            f"{100 * ns / busy:.1f} |"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="hidden 128, max_len 16, batches 1,8")
@@ -325,19 +442,36 @@ def main() -> None:
     ap.add_argument("--max-rows", type=int, default=4096, help="skip cells with more rows")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", type=str, default=None, help="also write the tables (markdown)")
+    ap.add_argument("--sharded", action="store_true", help="one device vs all devices")
+    ap.add_argument("--cpu-devices", type=int, default=8, help="virtual CPU devices (--sharded)")
+    ap.add_argument("--profile", type=str, default=None, help="write a profiler trace here")
+    ap.add_argument("--profile-decoder", default="sample top_p=0.9", choices=list(DECODERS))
+    ap.add_argument("--profile-top", type=int, default=15, help="operations to print")
     args = ap.parse_args()
+    if args.sharded:  # read when the CPU backend starts, i.e. at the first device query below
+        flag = f"--xla_force_host_platform_device_count={args.cpu_devices}"
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
     hidden = 128 if args.quick else HIDDEN
     max_len = args.max_len or (16 if args.quick else 128)
     batches = [int(b) for b in (args.batches or ("1,8" if args.quick else "1,64,1024")).split(",")]
 
     step_fn, params, init_carry, source = build(hidden)
-    torch_run = torch_decoder(hidden)
     head = (
         f"machine: {machine()}; jax {jax.__version__}; {source}: LSTM hidden {hidden}, "
         f"embedding {EMBED}, "
         f"vocabulary {VOCAB}; max_len {max_len}; EOS masked (every row decodes max_len tokens)"
     )
     print(head, flush=True)
+    if args.profile:
+        profile(step_fn, params, init_carry, batches[0], max_len, args)
+        return
+    if args.sharded:
+        lines = sharded_table(step_fn, params, init_carry, batches, max_len, args)
+        if args.out:
+            with open(args.out, "w") as f:
+                f.write(head + "\n\n" + "\n".join(lines) + "\n")
+        return
+    torch_run = torch_decoder(hidden)
     cols = [
         "decoder",
         "batch",

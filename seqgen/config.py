@@ -139,7 +139,8 @@ class DecodeConfig:
     prompts: Any = "heldout"  # none | heldout | a list of strings
     num_prompts: int = 100  # held-out prompts (prompts=heldout)
     prompt_len: int = 16  # tokens of each held-out prefix
-    batch_size: int = 256  # rows decoded per compiled call
+    batch_size: int = 256  # rows decoded per compiled call (over all devices)
+    shard: bool = True  # split the rows over every device (and host) when there is more than one
     # the most token positions one decoder's outputs may hold (rows x decode.max_len); a larger
     # decode is refused before any work: 1e8 positions are ~1.6 GB of ids and log-probs
     max_tokens: int = 100_000_000

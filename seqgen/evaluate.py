@@ -323,9 +323,15 @@ def decode_all(
     """Decode every prompt with one decoder, in chunks of `decode.batch_size` rows.
 
     Each row's randomness is folded from its global prompt index and sample index, so chunking
-    does not change what a row generates. `constraint`: a `Constraint` or None.
+    does not change what a row generates, nor does `decode.shard` (the rows of each call split
+    over every device of every host when there is more than one). `constraint`: a `Constraint`
+    or None.
     """
     from seqgen.decoding import decode
+    from seqgen.parallel import make_mesh, replicate
+
+    mesh = make_mesh() if cfg.decode.shard and jax.device_count() > 1 else None
+    params = model.params if mesh is None else replicate(model.params, mesh)  # once, not per call
 
     max_len = int(cfg.decode.max_len)
     n_out = _n_outputs(dec, int(cfg.decode.num_samples))
@@ -342,7 +348,7 @@ def decode_all(
             arr[i, : len(p)] = p
         out = decode(
             model.step_fn,
-            model.params,
+            params,
             model.init_carry(len(chunk)),
             arr,
             p_len,
@@ -353,6 +359,7 @@ def decode_all(
             vocab_size=model.vocab_size,
             prompt_ids=np.arange(start, start + len(chunk), dtype=np.int32),
             constraint=constraint,
+            mesh=mesh,
         )
         outs.append(jax.tree.map(np.asarray, out))
         if n_chunks > 1:  # progress of a long decode, one line per compiled call

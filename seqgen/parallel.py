@@ -1,17 +1,28 @@
 """Data parallelism with `jax.sharding`: a 1-D device mesh, batch sharding, opt-in multi-host.
 
-The batch axis is split over the mesh axis `"data"`; parameters and optimizer state are
+Training: the batch axis is split over the mesh axis `"data"`; parameters and optimizer state are
 replicated. `jax.jit` propagates these shardings, so the train step itself is unchanged: the
 gradient of the global masked-mean loss is all-reduced by XLA.
+
+Decoding (`row_parallel`, `decode_mesh`): a decoder program's rows are independent, so under
+`decode_mesh(mesh)` it runs as `shard_map` over the mesh, each device decoding its slice of the
+rows with no communication in the loop (the SPMD partitioner would all-reduce the scan's
+"every row ended" test and all-gather the carry for the beams' row gathers at every step).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import functools
+import inspect
+from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from seqgen.errors import UserError
@@ -66,3 +77,108 @@ def maybe_initialize_distributed(cfg: Any) -> bool:
         process_id=getattr(cfg, "process_id", None),
     )
     return True
+
+
+# The arguments of a decoder program whose leaves have the rows (prompts) on axis 0.
+ROW_ARGS = ("init_carry", "prompts", "prompt_lengths", "prompt_ids")
+_DECODE_MESH: ContextVar[Mesh | None] = ContextVar("seqgen_decode_mesh", default=None)
+
+
+@contextlib.contextmanager
+def decode_mesh(mesh: Mesh | None) -> Iterator[None]:
+    """Within the block, `row_parallel` programs split their rows over `mesh` (None: one device)."""
+    token = _DECODE_MESH.set(mesh)
+    try:
+        yield
+    finally:
+        _DECODE_MESH.reset(token)
+
+
+def shard_rows(tree: Any, mesh: Mesh) -> Any:
+    """Split axis 0 of every leaf over the mesh, given the GLOBAL rows (the same on every process).
+
+    One process: `shard_batch`; several: each process places the rows its devices own.
+    """
+    if jax.process_count() == 1:
+        return shard_batch(tree, mesh)
+    sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+    def place(x: Any) -> jax.Array:
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+    return jax.tree.map(place, tree)
+
+
+def gather_rows_to_all(tree: Any, rows: int) -> Any:
+    """The first `rows` rows of every (row-sharded) leaf, on every process."""
+    if jax.process_count() > 1:
+        tree = jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
+    return jax.tree.map(lambda x: x[:rows], tree)
+
+
+@functools.lru_cache(maxsize=64)
+def _sharded_program(fn: Callable, mesh: Mesh, names: tuple, static: tuple) -> Callable:
+    rows = PartitionSpec(DATA_AXIS)
+    body = functools.partial(fn, **dict(static))
+    in_specs = tuple(rows if n in ROW_ARGS else PartitionSpec() for n in names)
+    # check_vma=False: a device's `lax.cond` skip of finished steps tests its own rows only
+    mapped = jax.shard_map(body, mesh=mesh, in_specs=in_specs, out_specs=rows, check_vma=False)
+    return jax.jit(mapped)
+
+
+def row_parallel(*, static_argnames: tuple[str, ...]) -> Callable[[Callable], Callable]:
+    """`jax.jit(fn, static_argnames=...)` for a decoder program whose rows are independent.
+
+    Contract: the leaves of the arguments named in ROW_ARGS and of every output have the rows on
+    axis 0, and a row's output depends only on its own inputs (its key comes from its prompt id).
+    Outside `decode_mesh` (or on a 1-device mesh) this is plain `jax.jit`. Inside, the rows are
+    padded with copies of the last row to a multiple of the device count, split over the mesh,
+    decoded by one compiled program per device (`shard_map`, no collectives), gathered (to every
+    process under multi-host) and trimmed; every other argument is replicated.
+    `.lower(...)` lowers the one-device program, `.lower_sharded(mesh, *args, **kwargs)` the
+    sharded one (to inspect their HLO).
+    """
+
+    def wrap(fn: Callable) -> Callable:
+        single = jax.jit(fn, static_argnames=static_argnames)
+        signature = inspect.signature(fn)
+
+        def sharded(mesh: Mesh, args: tuple, kwargs: dict) -> tuple[Callable, list, int]:
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            static = tuple((k, bound.arguments[k]) for k in static_argnames)
+            arrays = {k: v for k, v in bound.arguments.items() if k not in static_argnames}
+            row_leaves = [x for k in ROW_ARGS if k in arrays for x in jax.tree.leaves(arrays[k])]
+            n_rows = int(np.shape(row_leaves[0])[0])
+            pad = -n_rows % mesh.size
+
+            def pad_rows(x: Any) -> jax.Array:
+                x = jnp.asarray(x)
+                return jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)]) if pad else x
+
+            placed = [
+                shard_rows(jax.tree.map(pad_rows, v), mesh) if k in ROW_ARGS else replicate(v, mesh)
+                for k, v in arrays.items()
+            ]
+            return _sharded_program(fn, mesh, tuple(arrays), static), placed, n_rows
+
+        @functools.wraps(fn)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            mesh = _DECODE_MESH.get()
+            if mesh is None or mesh.size == 1:
+                return single(*args, **kwargs)
+            program, placed, n_rows = sharded(mesh, args, kwargs)
+            if n_rows == 0:
+                return single(*args, **kwargs)
+            return gather_rows_to_all(program(*placed), n_rows)
+
+        def lower_sharded(mesh: Mesh, *args: Any, **kwargs: Any) -> Any:
+            program, placed, _ = sharded(mesh, args, kwargs)
+            return program.lower(*placed)
+
+        call.lower = single.lower  # the one-device program, as for any jitted function
+        call.lower_sharded = lower_sharded
+        return call
+
+    return wrap

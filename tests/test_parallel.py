@@ -1,5 +1,6 @@
 """Data parallelism on 8 virtual CPU devices equals one device (run in a subprocess, since the
-device count is fixed when JAX starts)."""
+device count is fixed when JAX starts): training, and sharded decoding for every decoder
+(5 prompts x 3 samples: neither count divides 8, so padding and trimming are exercised)."""
 
 import json
 import os
@@ -78,8 +79,8 @@ SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.fixture(scope="module")
-def result():
+def run_on_8_devices(script: str) -> dict:
+    """Run `script` in a fresh Python on 8 virtual CPU devices; its `RESULT{json}` line."""
     env = {
         **os.environ,
         "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
@@ -87,11 +88,16 @@ def result():
         "WANDB_MODE": "disabled",
     }
     proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT"))
     return json.loads(line[len("RESULT") :])
+
+
+@pytest.fixture(scope="module")
+def result():
+    return run_on_8_devices(SCRIPT)
 
 
 def test_data_parallel_loss_and_update_equal_one_device(result):
@@ -113,3 +119,140 @@ def test_distributed_is_opt_in():
 
     assert maybe_initialize_distributed(Cfg()) is False
     assert maybe_initialize_distributed(object()) is False
+
+
+DECODE_SCRIPT = textwrap.dedent(
+    """
+    import json, re
+    import jax, jax.numpy as jnp, numpy as np
+    from omegaconf import OmegaConf
+    from types import SimpleNamespace as NS
+    from seqgen.decoding import decode
+    from seqgen.decoding.sampling import _sample_program
+    from seqgen.decoding import processors as proc
+    from seqgen.decoding.common import get, prepare, traced_knobs
+    from seqgen.evaluate import decode_all, _extract
+    from seqgen.metrics import compute_metrics
+    from seqgen.parallel import make_mesh
+
+    assert jax.device_count() == 8, jax.devices()
+    V, H, B, N, T = 7, 4, 5, 3, 10
+
+    def step_fn(params, carry, tok):  # a one-layer tanh RNN
+        h = jnp.tanh(carry @ params["w"] + params["e"][tok])
+        return h, h @ params["o"]
+
+    k = jax.random.split(jax.random.key(0), 3)
+    params = {"w": jax.random.normal(k[0], (H, H)), "e": jax.random.normal(k[1], (V, H)),
+              "o": 2.0 * jax.random.normal(k[2], (H, V))}
+    prompts = np.array([[3, 4], [5, 0], [0, 0], [6, 3], [4, 0]], np.int32)
+    lengths = np.array([2, 1, 0, 2, 1], np.int32)
+    mesh = make_mesh()
+    DECODERS = {
+        "greedy": {"name": "greedy"},
+        "sample": {"name": "sample", "top_p": 0.9},
+        "beam": {"name": "beam", "beam_size": 3},
+        "stochastic_beam": {"name": "stochastic_beam", "beam_size": 3},
+        "diverse_beam": {"name": "diverse_beam", "beam_size": 4, "num_groups": 2,
+                         "diversity_penalty": 0.5},
+    }
+
+    def compare(a, b):
+        res = {"exact": [], "float_diff": {}, "shape": list(b.tokens.shape)}
+        for f in a.__dataclass_fields__:
+            x, y = getattr(a, f), getattr(b, f)
+            if x is None:
+                continue
+            x, y = np.asarray(x), np.asarray(y)
+            if x.dtype.kind == "f":
+                fin = np.isfinite(x)
+                same_inf = bool(np.array_equal(fin, np.isfinite(y)) and
+                                np.array_equal(x[~fin], y[~fin]))
+                res["float_diff"][f] = (float(np.max(np.abs(x[fin] - y[fin]), initial=0.0))
+                                        if same_inf else "inf mismatch")
+            elif np.array_equal(x, y):
+                res["exact"].append(f)
+        return res
+
+    out = {}
+    for name, cfg in DECODERS.items():
+        kw = dict(cfg=cfg, max_len=T, num_samples=N, key=jax.random.key(1), vocab_size=V)
+        one = decode(step_fn, params, jnp.zeros((B, H)), prompts, lengths, **kw)
+        eight = decode(step_fn, params, jnp.zeros((B, H)), prompts, lengths, mesh=mesh, **kw)
+        out[name] = compare(one, eight)
+        out[name]["sharded"] = len(eight.tokens.sharding.device_set) if hasattr(
+            eight.tokens, "sharding") else 0
+
+    # the compiled sharded program has no cross-device communication
+    cfg = DECODERS["sample"]
+    prep = prepare(jnp.zeros((B, H)), prompts, lengths, max_len=T, num_samples=N,
+                   vocab_size=V, key=jax.random.key(1), prompt_ids=None)
+    hlo = _sample_program.lower_sharded(
+        mesh, params, jnp.zeros((B, H)), prep.prompts, prep.prompt_lengths, prep.prompt_ids,
+        prep.key, traced_knobs(cfg), step_fn=step_fn, max_len=T, num_samples=N, vocab_size=V,
+        flags=proc.flags_from_cfg(lambda k: get(cfg, k)), greedy=False,
+    ).compile().as_text()
+    out["collectives"] = sorted(set(re.findall(
+        r"all-reduce|all-gather|collective-permute|all-to-all|reduce-scatter", hlo)))
+    out["local_rows"] = re.findall(r"s32\\[(\\d+),10\\]", hlo)[:1]
+
+    # the pipeline's decode_all with decode.shard on and off: the same samples and metrics
+    # (batch_size 15 = one call of the 5 prompts x 3 samples: the programs compiled above)
+    model = NS(step_fn=step_fn, params=params, vocab_size=V,
+               init_carry=lambda b: jnp.zeros((b, H)))
+    plist = [p[:n] for p, n in zip(prompts, lengths)]
+    metrics = {}
+    for shard in (False, True):
+        pcfg = OmegaConf.create({"decode": {"max_len": T, "num_samples": N, "batch_size": 15,
+                                            "shard": shard}})
+        dec = OmegaConf.create({"name": "sample", "top_p": 0.9})
+        res = decode_all(pcfg, dec, model, plist, jax.random.key(3))
+        gen = _extract(res, plist, N)
+        m = compute_metrics(
+            gen["tokens"], ended=gen["ended"], tempered_logprobs=gen["tempered"],
+            model_logprobs=gen["logprobs"], eos_tempered_logprobs=gen["eos_tempered"],
+            eos_model_logprobs=gen["eos_logprob"], prompts=gen["prompt"],
+            max_len=[T - len(p) for p in gen["prompt"]])
+        metrics[shard] = {"tokens": [t.tolist() for t in gen["tokens"]], "metrics": m,
+                          "score": gen["score"]}
+    out["pipeline"] = metrics
+    print("RESULT" + json.dumps(out))
+    """
+)
+
+NAMES = ("greedy", "sample", "beam", "stochastic_beam", "diverse_beam")
+
+
+@pytest.fixture(scope="module")
+def decode_result():
+    return run_on_8_devices(DECODE_SCRIPT)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_sharded_decode_equals_one_device(decode_result, name):
+    r = decode_result[name]
+    assert r["sharded"] == 8  # the output was produced on all 8 devices
+    assert r["shape"][0] == 5  # padding rows trimmed
+    # integer outputs (tokens, lengths, ended, prompt lengths) are identical bit for bit
+    assert {"tokens", "lengths", "ended", "prompt_lengths"} <= set(r["exact"])
+    # floats: the same -inf slots; finite values equal up to float32 rounding (XLA's CPU
+    # matrix products round differently for a per-device batch of 1 or 2 and of 5, the same
+    # tolerance as the chunking invariance test in test_decoding.py)
+    for field, diff in r["float_diff"].items():
+        assert diff != "inf mismatch", field
+        assert diff < 1e-5, (field, diff)
+
+
+def test_sharded_program_has_no_communication(decode_result):
+    assert decode_result["collectives"] == []
+    # each device decodes 1 of the 8 prompts (5 padded to 8): its prompts are int32[1, 10]
+    assert decode_result["local_rows"] == ["1"]
+
+
+def test_pipeline_sharded_equals_one_device(decode_result):
+    off, on = decode_result["pipeline"]["false"], decode_result["pipeline"]["true"]
+    assert on["tokens"] == off["tokens"] and len(on["tokens"]) == 15
+    assert on["score"] == pytest.approx(off["score"], rel=1e-5, abs=1e-5)
+    assert on["metrics"].keys() == off["metrics"].keys()
+    for key, value in off["metrics"].items():
+        assert on["metrics"][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key

@@ -16,6 +16,7 @@ are static and which are traced, `processors.py` for the processor order.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -53,6 +54,7 @@ from seqgen.decoding.processors import (
 from seqgen.decoding.sampling import greedy, sample
 from seqgen.decoding.stochastic_beam import stochastic_beam
 from seqgen.errors import UserError
+from seqgen.parallel import decode_mesh
 
 Decoder = Callable[..., DecodeOutput]
 
@@ -81,6 +83,7 @@ def decode(
     vocab_size: int,
     prompt_ids: Any = None,
     constraint: Constraint | None = None,
+    mesh: Any = None,
 ) -> DecodeOutput:
     """Decode with the decoder named `cfg.name` (see DECODERS).
 
@@ -97,24 +100,29 @@ def decode(
                     them when decoding in chunks so that the result equals one big batch.
     constraint:     a `Constraint` automaton (see `constraint.py`) every row must follow,
                     prompt included; None = unconstrained. Not supported by `exact`.
+    mesh:           a `seqgen.parallel.make_mesh()` mesh: the rows are split over its devices
+                    (padded to a multiple of its size and trimmed; `parallel.row_parallel`);
+                    the tokens equal the one-device result. None = the mesh of an enclosing
+                    decode (a decoder that calls decode, like a reranker), else one device.
     """
     name = get(cfg, "name")
     if name not in DECODERS:
         raise UserError(f"decoder.name={name!r} is unknown; allowed: {', '.join(DECODERS)}")
-    return DECODERS[name](
-        step_fn,
-        params,
-        init_carry,
-        prompts,
-        prompt_lengths,
-        max_len=max_len,
-        vocab_size=vocab_size,
-        key=key,
-        cfg=cfg,
-        num_samples=num_samples,
-        prompt_ids=prompt_ids,
-        constraint=constraint,
-    )
+    with decode_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+        return DECODERS[name](
+            step_fn,
+            params,
+            init_carry,
+            prompts,
+            prompt_lengths,
+            max_len=max_len,
+            vocab_size=vocab_size,
+            key=key,
+            cfg=cfg,
+            num_samples=num_samples,
+            prompt_ids=prompt_ids,
+            constraint=constraint,
+        )
 
 
 __all__ = [

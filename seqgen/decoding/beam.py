@@ -36,7 +36,6 @@ processors do not apply (tempered/processed log-probs equal the model's).
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 import jax
@@ -55,6 +54,7 @@ from seqgen.decoding.common import (
     traced_knobs,
     validate_config,
 )
+from seqgen.parallel import row_parallel
 from seqgen.tokens import BOS_ID, EOS_ID, PAD_ID
 
 
@@ -83,8 +83,7 @@ def backtrack(
     return jnp.moveaxis(tok, 0, -1), jnp.moveaxis(lp, 0, -1)  # [B, H, T]
 
 
-@partial(
-    jax.jit,
+@row_parallel(
     static_argnames=(
         "step_fn",
         "max_len",

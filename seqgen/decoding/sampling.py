@@ -8,7 +8,6 @@ its scores stop changing; when every row has ended the remaining steps are skipp
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 import jax
@@ -28,6 +27,7 @@ from seqgen.decoding.common import (
     traced_knobs,
     validate_config,
 )
+from seqgen.parallel import row_parallel
 from seqgen.tokens import BOS_ID, EOS_ID, PAD_ID
 
 
@@ -40,8 +40,7 @@ def _pick_logprob(logits: jax.Array, tok: jax.Array) -> jax.Array:
     return _pick(logits, tok) - jax.nn.logsumexp(logits, axis=-1)
 
 
-@partial(
-    jax.jit,
+@row_parallel(
     static_argnames=("step_fn", "max_len", "num_samples", "vocab_size", "flags", "greedy"),
 )
 def _sample_program(

@@ -23,7 +23,6 @@ complete (`ended` False). kappa = -inf (q = 1) when fewer than K+1 sequences exi
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 import jax
@@ -45,6 +44,7 @@ from seqgen.decoding.common import (
     traced_knobs,
     validate_config,
 )
+from seqgen.parallel import row_parallel
 from seqgen.tokens import BOS_ID, EOS_ID, PAD_ID
 
 
@@ -60,7 +60,7 @@ def gumbel_with_max(g: jax.Array, target: jax.Array, z: jax.Array) -> jax.Array:
     return jnp.where(jnp.isfinite(g), out, -jnp.inf)
 
 
-@partial(jax.jit, static_argnames=("step_fn", "max_len", "vocab_size", "beam_size"))
+@row_parallel(static_argnames=("step_fn", "max_len", "vocab_size", "beam_size"))
 def _stochastic_beam_program(
     params: Any,
     init_carry: Any,
@@ -119,8 +119,10 @@ def _stochastic_beam_program(
         g_c = gumbel_with_max(perturbed, state["g"][..., None], z).reshape(b, k * v)
         # the barrier keeps XLA:CPU's TopK custom call: without it the two slices of `top`
         # below are folded into the sort that top_k is decomposed into, which then no longer
-        # matches the TopK pattern and stays a full stable sort of [B, K * V] every step (~50x)
-        top, idx = jax.lax.optimization_barrier(jax.lax.top_k(g_c, k + 1))  # [B, K + 1]
+        # matches the TopK pattern and stays a full stable sort of [B, K * V] every step (~50x).
+        # One barrier per output: a barrier over the (values, indices) tuple crashes XLA:CPU's
+        # compiler in a multi-device (shard_map) program
+        top, idx = map(jax.lax.optimization_barrier, jax.lax.top_k(g_c, k + 1))  # [B, K + 1]
         kappa = jnp.maximum(state["kappa"], top[:, k])
         g_new, idx = top[:, :k], idx[:, :k]
         parent, tok = idx // v, (idx % v).astype(jnp.int32)
