@@ -183,6 +183,15 @@ DECODE_SCRIPT = textwrap.dedent(
         out[name]["sharded"] = len(eight.tokens.sharding.device_set) if hasattr(
             eight.tokens, "sharding") else 0
 
+    # a constraint is replicated and its per-row state and outputs split with the rows
+    from seqgen.decoding.regex import regex_constraint
+    con = regex_constraint("(ab|c)+", ["<pad>", "<bos>", "<eos>", "<unk>", "a", "b", "c"])
+    kw = dict(cfg=DECODERS["beam"], max_len=T, vocab_size=V, constraint=con)
+    one = decode(step_fn, params, jnp.zeros((B, H)), None, None, **kw)
+    eight = decode(step_fn, params, jnp.zeros((B, H)), None, None, mesh=mesh, **kw)
+    out["beam_constraint"] = compare(one, eight)
+    out["beam_constraint"]["sharded"] = len(eight.tokens.sharding.device_set)
+
     # the compiled sharded program has no cross-device communication
     cfg = DECODERS["sample"]
     prep = prepare(jnp.zeros((B, H)), prompts, lengths, max_len=T, num_samples=N,
@@ -220,7 +229,7 @@ DECODE_SCRIPT = textwrap.dedent(
     """
 )
 
-NAMES = ("greedy", "sample", "beam", "stochastic_beam", "diverse_beam")
+NAMES = ("greedy", "sample", "beam", "stochastic_beam", "diverse_beam", "beam_constraint")
 
 
 @pytest.fixture(scope="module")

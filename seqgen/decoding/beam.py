@@ -99,7 +99,7 @@ def _beam_program(
     prompts: jax.Array,  # [B, T]
     prompt_lengths: jax.Array,  # [B]
     knobs: dict[str, jax.Array],
-    constraint: con.Constraint | None,
+    constraint: con.Constraint | None = None,
     *,
     step_fn: StepFn,
     max_len: int,

@@ -51,7 +51,7 @@ def _sample_program(
     prompt_ids: jax.Array,  # [B]
     key: jax.Array,
     knobs: dict[str, jax.Array],
-    constraint: con.Constraint | None,
+    constraint: con.Constraint | None = None,
     *,
     step_fn: StepFn,
     max_len: int,

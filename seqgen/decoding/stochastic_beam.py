@@ -69,7 +69,7 @@ def _stochastic_beam_program(
     prompt_ids: jax.Array,  # [B]
     key: jax.Array,
     knobs: dict[str, jax.Array],
-    constraint: con.Constraint | None,
+    constraint: con.Constraint | None = None,
     *,
     step_fn: StepFn,
     max_len: int,
