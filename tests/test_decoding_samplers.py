@@ -19,7 +19,10 @@ X = np.array([0.0, 1.0, 2.0, 3.0, 4.0, 10.0], np.float32)  # std = sqrt(95/9) = 
 
 
 def kept(logits: np.ndarray, **knobs) -> set[int]:
-    base = {k: DEFAULTS[k] for k in (*TRACED_KNOBS, "top_k", "no_repeat_ngram_size")}
+    base = {
+        k: DEFAULTS[k]
+        for k in (*TRACED_KNOBS, "top_k", "no_repeat_ngram_size", "min_tokens_to_keep")
+    }
     flags = proc.flags_from_cfg(lambda k: knobs.get(k, base[k]))
     arrays = {k: jnp.float32(v) for k, v in {**base, **knobs}.items()}
     out = np.asarray(proc.truncate(jnp.asarray(logits)[None], arrays, flags))[0]
