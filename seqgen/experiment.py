@@ -81,8 +81,8 @@ def model_cache_key(cfg: Any, corpus: Any) -> str:
     return ModelCache.key(fingerprint(corpus), to_dict(cfg.model), train_cfg, int(cfg.seed))
 
 
-# Models loaded in this process, by cache key: the jobs of a multirun share one step function,
-# so the decoders' compiled programs are reused across jobs.
+# Models loaded in this process, by cache entry (folder): the jobs of a multirun share one step
+# function, so the decoders' compiled programs are reused across jobs.
 _LOADED: dict[str, LoadedModel] = {}
 
 
@@ -104,8 +104,9 @@ def get_model(cfg: Any, corpus: Any, tracker: Any = None) -> LoadedModel:
 
     cache = ModelCache(default_cache_dir(cfg) / "models")
     key = model_cache_key(cfg, corpus)
-    if key in _LOADED:  # a later job of a sweep in this process: same step_fn, no recompile
-        hit = _LOADED[key]
+    entry = str(cache.path(key))  # another cache folder is another entry, even for one key
+    if entry in _LOADED:  # a later job of a sweep in this process: same step_fn, no recompile
+        hit = _LOADED[entry]
         return replace(hit, info={**hit.info, "cached": True})
     vocab_json = json.dumps(corpus.vocab.to_json())
     seed, seq_len = int(cfg.seed), int(cfg.train.seq_len)
@@ -176,7 +177,7 @@ def get_model(cfg: Any, corpus: Any, tracker: Any = None) -> LoadedModel:
         metrics=metrics,
         info=info,
     )
-    _LOADED[key] = loaded
+    _LOADED[entry] = loaded
     return loaded
 
 
