@@ -12,3 +12,7 @@ python -m seqgen.run "${COMMON[@]}" model=oracle "$COMPARE" \
   hydra.run.dir=experiments/exact_search/results/oracle "$@"
 python -m seqgen.run "${COMMON[@]}" model=lstm "$COMPARE" \
   hydra.run.dir=experiments/exact_search/results/lstm "$@"
+# folk tunes: the default LSTM (cached by `python -m seqgen.run`), 50 held-out openings
+FOLK_COMPARE="${COMPARE/max_expansions:4000/max_expansions:20000}"
+python -m seqgen.run decode.num_prompts=50 decode.batch_size=10 experiment_name=exact_search_folk \
+  output.plots=false "$FOLK_COMPARE" hydra.run.dir=experiments/exact_search/results/folk "$@"
