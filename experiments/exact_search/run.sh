@@ -16,3 +16,8 @@ python -m seqgen.run "${COMMON[@]}" model=lstm "$COMPARE" \
 FOLK_COMPARE="${COMPARE/max_expansions:4000/max_expansions:20000}"
 python -m seqgen.run decode.num_prompts=50 decode.batch_size=10 experiment_name=exact_search_folk \
   output.plots=false "$FOLK_COMPARE" hydra.run.dir=experiments/exact_search/results/folk "$@"
+# text lines: Tiny Shakespeare with a newline as EOS (TINYSHAKESPEARE= its path), 50 line openings
+python -m seqgen.run data=text "data.path=${TINYSHAKESPEARE:-../shared/data/tinyshakespeare.txt}" \
+  data.line_eos=true decode.prompt_len=8 decode.max_len=96 decode.num_prompts=50 \
+  decode.batch_size=10 experiment_name=exact_search_text output.plots=false "$FOLK_COMPARE" \
+  hydra.run.dir=experiments/exact_search/results/text "$@"
