@@ -48,7 +48,7 @@ def table(rows, references: str, samplers: set[str]) -> str:
             continue
         gen = best_rows(by_prompt, label in samplers)
         cells = []
-        for name, fn in UTILITY_FUNCTIONS.items():
+        for fn in UTILITY_FUNCTIONS.values():
             per_prompt = []
             for p, rs in gen.items():
                 hyps = [np.asarray(r["token_ids"], np.int64) for r in rs]
