@@ -23,7 +23,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from seqgen.data.folk import DEFAULT_COLLECTIONS
 from seqgen.decoding.knobs import DEFAULT_NAME, KNOBS, NESTED_KNOBS
-from seqgen.decoding.registry import DECODER_NAMES, validate_decoder
+from seqgen.decoding.registry import validate_decoder
 from seqgen.errors import UserError
 from seqgen.models import CELLS
 
@@ -255,13 +255,12 @@ def _describe_range(lo, hi, lo_open, hi_open) -> str:
     return f"in {left}{lo}, {hi}{right}"
 
 
-def _check_value(key: str, value: Any, rule_key: str | None = None) -> None:
-    """Check one leaf; `rule_key` names the rule when it differs from the key shown to the user."""
-    rule_key = rule_key or key
-    choices = _CHOICES.get(rule_key)
+def _check_value(key: str, value: Any) -> None:
+    """Check one leaf against its choices and range (the decoder knobs: `knobs.Knob.check`)."""
+    choices = _CHOICES.get(key)
     if choices is not None and value not in choices:
         raise UserError(f"{key}={value!r} is not allowed; choose one of: {', '.join(choices)}")
-    rng = _RANGES.get(rule_key)
+    rng = _RANGES.get(key)
     if rng is None or value is None or isinstance(value, bool):
         return
     lo, hi, lo_open, hi_open = rng
