@@ -4,36 +4,35 @@ OmegaConf checks keys and types when Hydra merges `conf/` and the command-line o
 these dataclasses; `validate_config` checks ranges and choices. Both kinds of mistake reach the
 user as one line (`seqgen.errors.UserError`), never a traceback.
 
-Static vs traced: sizes (`decode.max_len`, `decoder.beam_size`, `decode.num_samples`,
-`decoder.top_k`, `decoder.min_tokens_to_keep`, `decoder.no_repeat_ngram_size`,
-`decoder.num_groups`) change array shapes and recompile; continuous knobs (`temperature`,
-`top_p`, `typical_p`, `min_p`, `epsilon`, `eta`, penalties, `alpha`, `diversity_penalty`) and
-`decoder.min_length` are traced and sweeping them reuses one compile.
+The decoder knobs -- names, defaults, ranges, static or traced -- are written once, in
+`seqgen.decoding.knobs`, and `DecoderConfig` is generated from them; the decoders themselves
+(which knobs each reads, its rows, its label) in `seqgen.decoding.registry`. Sizes
+(`decode.max_len`, `decode.num_samples`, `decoder.beam_size`, ...) change array shapes and
+recompile; continuous knobs are traced and sweeping them reuses one compile.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from seqgen.data.folk import DEFAULT_COLLECTIONS
+from seqgen.decoding.knobs import DEFAULT_NAME, KNOBS, NESTED_KNOBS
+from seqgen.decoding.registry import validate_decoder
 from seqgen.errors import UserError
-
-DECODER_NAMES = ("greedy", "sample", "beam", "stochastic_beam", "diverse_beam", "exact", "mbr")
-CELLS = ("lstm", "gru", "rnn", "oracle")
+from seqgen.models import CELLS
 
 
 @dataclass
 class DataConfig:
     name: str = "folk"  # folk | text | synthetic
     # folk: music21's bundled ABC collections (public-domain ones by default)
-    collections: list[str] = field(
-        default_factory=lambda: ["oneills1850", "ryansMammoth", "airdsAirs", "miscFolk"]
-    )
+    collections: list[str] = field(default_factory=lambda: list(DEFAULT_COLLECTIONS))
     # text: a local UTF-8 file, or a named preset that is downloaded once and checksummed
     path: str | None = None
     preset: str | None = None
@@ -47,7 +46,6 @@ class DataConfig:
     min_count: int = 1  # rarer training symbols become UNK
     max_vocab: int | None = None  # at most this many types (EOS and UNK included)
     window: int = 2048  # text: block size (tokens, cut at line ends) of the seeded split
-    max_len: int = 256  # training sequences longer than this are cut
     valid_fraction: float = 0.05
     test_fraction: float = 0.05
     max_sequences: int | None = None  # cap the corpus (tiny runs, tests)
@@ -86,41 +84,27 @@ class TrainConfig:
     log_every: int = 10
     data_parallel: bool = True
     progress: bool = True
+    patience: int = 0  # evaluations without a better validation loss before stopping; 0 = off
+    end_lr_ratio: float = 0.0  # the cosine schedule ends at end_lr_ratio * lr
 
 
-@dataclass
-class DecoderConfig:
-    name: str = "sample"
-    temperature: float = 1.0
-    top_k: int = 0  # 0 = off
-    top_p: float = 1.0
-    typical_p: float = 1.0
-    min_p: float = 0.0
-    epsilon: float = 0.0
-    eta: float = 0.0
-    min_tokens_to_keep: int = 1  # every truncation keeps at least this many tokens (static)
-    min_length: int = 0  # EOS forbidden before this many continuation tokens (traced)
-    repetition_penalty: float = 1.0
-    penalize_prompt: bool = True
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    no_repeat_ngram_size: int = 0
-    beam_size: int = 4
-    length_penalty: str = "none"  # none | average | gnmt | power
-    alpha: float = 0.6
-    num_groups: int = 1
-    diversity_penalty: float = 0.0
-    top_n_sigma: float = 0.0  # 0 = off (Tang et al. 2024)
-    mirostat_tau: float = 0.0  # target surprise in bits; 0 = off (Basu et al. 2021, v2)
-    mirostat_lr: float = 0.1
-    max_expansions: int = 2000  # exact: node budget per prompt
-    expansions_per_step: int = 16  # exact: frontier nodes expanded per batched step
-    num_candidates: int = 16  # mbr: hypotheses
-    num_references: int = 16  # mbr: pseudo-references
-    candidates: dict[str, Any] = field(default_factory=dict)  # mbr: decoder knobs ({} = ancestral)
-    references: dict[str, Any] = field(default_factory=dict)
-    utility: str = "chrf"  # mbr: chrf | bleu | edit
-    label: str | None = None  # a display name for tables and plots (default: derived)
+def _decoder_field(knob: Any) -> tuple[str, Any, Any]:
+    if knob.type is dict:
+        return knob.name, dict[str, Any], field(default_factory=dict)
+    return knob.name, knob.type, field(default=knob.default)
+
+
+# One decoder: its name, every knob of `seqgen.decoding.knobs.KNOBS` with its default, and a
+# display name for tables and plots (default: derived, `seqgen.decoding.registry.label`).
+DecoderConfig = make_dataclass(
+    "DecoderConfig",
+    [
+        ("name", str, field(default=DEFAULT_NAME)),
+        *(_decoder_field(k) for k in KNOBS.values()),
+        ("label", str | None, field(default=None)),
+    ],
+)
+DecoderConfig.__module__ = __name__
 
 
 @dataclass
@@ -214,10 +198,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "data.name": ("folk", "text", "synthetic"),
     "data.level": ("char", "word", "whitespace", "abc"),
     "data.unknown": ("error", "unk"),
-    "model.cell": CELLS,
-    "decoder.name": DECODER_NAMES,
-    "decoder.length_penalty": ("none", "average", "gnmt", "power"),
-    "decoder.utility": ("chrf", "bleu", "edit"),
+    "model.cell": (*CELLS, "oracle"),
     "constraint.name": ("none", "regex", "meter"),
     "logger.name": ("none", "wandb"),
     "logger.mode": ("online", "offline", "disabled"),
@@ -227,7 +208,6 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 # key -> (low, high, low_open, high_open); None = unbounded
 _RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "data.window": (2, None, False, False),
-    "data.max_len": (2, None, False, False),
     "data.valid_fraction": (0, 1, True, True),
     "data.test_fraction": (0, 1, True, True),
     "data.max_sequences": (3, None, False, False),
@@ -252,28 +232,8 @@ _RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "train.eval_batches": (1, None, False, False),
     "train.checkpoint_every": (1, None, False, False),
     "train.log_every": (1, None, False, False),
-    "decoder.temperature": (0, None, False, False),
-    "decoder.top_k": (0, None, False, False),
-    "decoder.top_p": (0, 1, True, False),
-    "decoder.typical_p": (0, 1, True, False),
-    "decoder.min_p": (0, 1, False, False),
-    "decoder.epsilon": (0, 1, False, True),
-    "decoder.eta": (0, 1, False, True),
-    "decoder.min_tokens_to_keep": (1, None, False, False),
-    "decoder.min_length": (0, None, False, False),
-    "decoder.repetition_penalty": (0, None, True, False),
-    "decoder.no_repeat_ngram_size": (0, None, False, False),
-    "decoder.beam_size": (1, None, False, False),
-    "decoder.alpha": (0, None, False, False),
-    "decoder.num_groups": (1, None, False, False),
-    "decoder.diversity_penalty": (0, None, False, False),
-    "decoder.top_n_sigma": (0, None, False, False),
-    "decoder.mirostat_tau": (0, None, False, False),
-    "decoder.mirostat_lr": (0, None, True, False),
-    "decoder.max_expansions": (1, None, False, False),
-    "decoder.expansions_per_step": (1, None, False, False),
-    "decoder.num_candidates": (1, None, False, False),
-    "decoder.num_references": (1, None, False, False),
+    "train.patience": (0, None, False, False),
+    "train.end_lr_ratio": (0, 1, False, False),
     "decode.num_samples": (1, None, False, False),
     "decode.max_len": (1, None, False, False),
     "decode.num_prompts": (1, None, False, False),
@@ -295,13 +255,12 @@ def _describe_range(lo, hi, lo_open, hi_open) -> str:
     return f"in {left}{lo}, {hi}{right}"
 
 
-def _check_value(key: str, value: Any, rule_key: str | None = None) -> None:
-    """Check one leaf; `rule_key` names the rule when it differs from the key shown to the user."""
-    rule_key = rule_key or key
-    choices = _CHOICES.get(rule_key)
+def _check_value(key: str, value: Any) -> None:
+    """Check one leaf against its choices and range (the decoder knobs: `knobs.Knob.check`)."""
+    choices = _CHOICES.get(key)
     if choices is not None and value not in choices:
         raise UserError(f"{key}={value!r} is not allowed; choose one of: {', '.join(choices)}")
-    rng = _RANGES.get(rule_key)
+    rng = _RANGES.get(key)
     if rng is None or value is None or isinstance(value, bool):
         return
     lo, hi, lo_open, hi_open = rng
@@ -385,28 +344,32 @@ def _check_constraint(cfg: Any) -> None:
         )
 
 
+def _all_decoders(cfg: Any) -> list[tuple[str, Any]]:
+    """`decoder` (when set) and every `compare[i]`, with the name the user knows each by."""
+    one = [("decoder", cfg.decoder)] if cfg.get("decoder") is not None else []
+    return one + [(f"compare[{i}]", dec) for i, dec in enumerate(cfg.get("compare") or [])]
+
+
 def validate_config(cfg: Any) -> None:
     """Check every choice and range in a composed config; raise `UserError` with one line."""
     _check_known_keys(cfg)
     for key, value in _walk("", cfg):
-        if isinstance(value, ListConfig | list):
+        if isinstance(value, ListConfig | list) or key.startswith("decoder."):
             continue
         _check_value(key, value)
-    for i, dec in enumerate(cfg.compare):
-        for key, value in _walk("", dec):
-            _check_value(f"compare[{i}].{key}", value, rule_key=f"decoder.{key}")
-    for i, dec in enumerate([cfg.decoder] if cfg.get("decoder") is not None else cfg.compare):
-        where = "decoder" if cfg.get("decoder") is not None else f"compare[{i}]"
+    for where, dec in _all_decoders(cfg):
+        validate_decoder(dec, where)
         for sub in ("candidates", "references"):  # mbr's nested decoder knobs
-            for key, value in (dec.get(sub) or {}).items():
-                if key not in DecoderConfig.__dataclass_fields__ or key in (
-                    "candidates",
-                    "references",
-                ):
+            nested = dec.get(sub) or {}
+            for key, value in nested.items():
+                if key not in NESTED_KNOBS and key not in ("name", "label"):
                     raise UserError(
                         f"{where}.{sub}.{key} is not a decoder knob; allowed: the decoder.* knobs"
                     )
-                _check_value(f"{where}.{sub}.{key}", value, rule_key=f"decoder.{key}")
+                if key in KNOBS:
+                    KNOBS[key].check(value, f"{where}.{sub}")
+            if "name" in nested:
+                validate_decoder({"name": nested["name"]}, f"{where}.{sub}")
     _check_constraint(cfg)
     data, model = cfg.data, cfg.model
     if data.valid_fraction + data.test_fraction >= 1:

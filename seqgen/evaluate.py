@@ -16,13 +16,10 @@ import jax
 import numpy as np
 
 from seqgen.config import to_dict
+from seqgen.decoding import registry
 from seqgen.errors import UserError
 
 log = logging.getLogger("seqgen")
-
-# Decoders whose N outputs per prompt are an n-best list (only the best counts as "the"
-# generation) rather than N samples.
-NBEST_DECODERS = ("beam", "diverse_beam", "greedy", "exact", "mbr")
 
 
 @dataclass
@@ -35,49 +32,7 @@ class Prompts:
 
 def decoder_label(dec: Any) -> str:
     """A short display name: the label, else the name and the knobs that differ from default."""
-    from seqgen.config import DecoderConfig
-
-    d = to_dict(dec)
-    if d.get("label"):
-        return str(d["label"])
-    defaults = to_dict(DecoderConfig())
-    name = d["name"]
-    relevant = {
-        "greedy": ("min_length",),
-        "sample": (
-            "temperature",
-            "top_k",
-            "top_p",
-            "typical_p",
-            "min_p",
-            "epsilon",
-            "eta",
-            "repetition_penalty",
-            "presence_penalty",
-            "frequency_penalty",
-            "no_repeat_ngram_size",
-            "min_tokens_to_keep",
-            "min_length",
-            "top_n_sigma",
-            "mirostat_tau",
-            "mirostat_lr",
-        ),
-        "beam": ("beam_size", "length_penalty", "alpha", "no_repeat_ngram_size", "min_length"),
-        "stochastic_beam": ("beam_size", "temperature", "min_length"),
-        "diverse_beam": (
-            "beam_size",
-            "num_groups",
-            "diversity_penalty",
-            "length_penalty",
-            "min_length",
-        ),
-        "exact": ("max_expansions", "beam_size", "min_length"),
-        "mbr": ("utility", "num_candidates", "num_references", "candidates", "references"),
-    }[name]
-    knobs = [f"{k}={d[k]}" for k in relevant if d.get(k) != defaults.get(k)]
-    if name in ("beam", "stochastic_beam", "diverse_beam") and "beam_size" not in str(knobs):
-        knobs.insert(0, f"beam_size={d['beam_size']}")
-    return f"{name}({', '.join(knobs)})" if knobs else name
+    return registry.label(to_dict(dec))
 
 
 def make_prompts(cfg: Any, corpus: Any) -> Prompts:
@@ -258,16 +213,6 @@ def _samples_per_prompt(cfg: Any) -> int:
     return int(cfg.decode.num_samples)
 
 
-def _n_outputs(dec: Any, num_samples: int) -> int:
-    if dec.name in ("beam", "stochastic_beam", "diverse_beam"):
-        return int(dec.beam_size)
-    if dec.name in ("greedy", "exact"):
-        return 1
-    if dec.name == "mbr":
-        return int(dec.num_candidates)
-    return num_samples
-
-
 def build_constraint(cfg: Any, corpus: Any, prompts: list[np.ndarray]) -> Any:
     """The `constraint` config as an automaton over the corpus' vocabulary (None for none)."""
     con = cfg.get("constraint")
@@ -334,7 +279,7 @@ def decode_all(
     params = model.params if mesh is None else replicate(model.params, mesh)  # once, not per call
 
     max_len = int(cfg.decode.max_len)
-    n_out = _n_outputs(dec, int(cfg.decode.num_samples))
+    n_out = registry.rows_per_prompt(dec, int(cfg.decode.num_samples))
     per_call = max(1, int(cfg.decode.batch_size) // max(1, n_out))
     n_chunks = -(-len(prompts) // per_call)
     outs = []
@@ -494,7 +439,7 @@ def evaluate_decoders(
             abc_texts=texts if is_abc else None,
             max_len=[int(cfg.decode.max_len) - len(p) for p in gen["prompt"]],
             prompts=gen["prompt"],
-            best_sequences=gen["tokens"] if dec.name in NBEST_DECODERS else None,
+            best_sequences=gen["tokens"] if registry.SPECS[dec.name].nbest else None,
             **_reference_scores(reference, gen["prompt"], gen["tokens"], gen["ended"]),
             **common,
         )
@@ -526,7 +471,7 @@ def _search_metrics(dec: Any, out: dict, gen: dict, search: dict) -> dict[str, f
     from seqgen.metrics.search import exact_proven_rate
     from seqgen.metrics.utility import mbr_summary
 
-    if dec.name in ("beam", "diverse_beam", "greedy", "exact"):
+    if registry.SPECS[dec.name].mode_search or dec.name == "exact":
         best = np.array([np.sum(lp) + e for lp, e in zip(gen["logprobs"], gen["eos_logprob"])])
         best = np.where(np.asarray(gen["ended"], bool), best, -np.inf)
         if dec.name != "exact":
@@ -551,7 +496,7 @@ def _add_beam_error(results: list[dict], search: dict) -> None:
     if "exact" not in search:
         return
     mode, proven = search["exact"]
-    rows = [r for r in results if r["decoder"]["name"] in ("beam", "diverse_beam", "greedy")]
+    rows = [r for r in results if registry.SPECS[r["decoder"]["name"]].mode_search]
     for i, res in enumerate(rows):
         res["metrics"]["search/beam_error"] = beam_error_rate(search["beams"][i], mode, proven)
 
@@ -600,7 +545,7 @@ def _kept_per_prompt(cfg: Any, dec: Any, n: int) -> int:
     top one by perturbed log-prob, so that every decoder and the human row have one
     continuation per prompt. Sampling: all `decode.num_samples`.
     """
-    if dec.name in NBEST_DECODERS:
+    if registry.SPECS[dec.name].nbest:
         return 1
     if dec.name == "stochastic_beam" and cfg.decode.prompts not in (None, "none"):
         return 1

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from seqgen.decoding.registry import rows_per_prompt, validate_decoder
 from seqgen.errors import UserError
 
 # Environment variables from which `jax.distributed.initialize()` finds its coordinator.
@@ -115,7 +116,6 @@ def run_decoders(cfg: Any) -> list[tuple[str, Any]]:
 
 def check_decoders(cfg: Any, vocab_size: int) -> list[str]:
     """Validate every decoder's knobs (as `decode()` will) and labels; return the labels."""
-    from seqgen.decoding.common import validate_config as validate_decoder
     from seqgen.evaluate import decoder_label
     from seqgen.outputs import slug
 
@@ -125,10 +125,7 @@ def check_decoders(cfg: Any, vocab_size: int) -> list[str]:
     labels: dict[str, str] = {"human": "the human row"}
     files: dict[str, str] = {"human": "the human row"}
     for where, dec in decoders:
-        try:
-            validate_decoder(dec, dec.name, vocab_size)
-        except UserError as exc:
-            raise UserError(str(exc).replace("decoder.", f"{where}.")) from None
+        validate_decoder(dec, where, vocab_size)
         label = decoder_label(dec)
         if label in labels:
             raise UserError(
@@ -235,13 +232,11 @@ _DECODE_BYTES_PER_POSITION = 2 * 16
 
 def check_decode_budget(cfg: Any, num_prompts: int) -> None:
     """Each decoder's outputs, rows x decode.max_len, within decode.max_tokens and memory."""
-    from seqgen.evaluate import _n_outputs
-
     max_len = int(cfg.decode.max_len)
     limit = int(cfg.decode.get("max_tokens") or 0)
     have = host_available_memory()
     for where, dec in run_decoders(cfg):
-        rows = num_prompts * _n_outputs(dec, int(cfg.decode.num_samples))
+        rows = num_prompts * rows_per_prompt(dec, int(cfg.decode.num_samples))
         positions = rows * max_len
         lower = "lower decode.max_len, decode.num_samples, decode.num_prompts or the beam size"
         if limit and positions > limit:

@@ -82,7 +82,8 @@ def _explain(exc: BaseException, overrides: list[str] = ()) -> str:
 
     from omegaconf.errors import OmegaConfBaseException
 
-    from seqgen.config import DECODER_NAMES, unknown_key_message
+    from seqgen.config import unknown_key_message
+    from seqgen.decoding.registry import DECODER_NAMES
 
     chain: list[BaseException] = []
     e: BaseException | None = exc

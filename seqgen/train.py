@@ -41,6 +41,7 @@ import optax
 from flax import nnx
 
 from seqgen.checkpoint import TrainCheckpointer
+from seqgen.config import TrainConfig
 from seqgen.errors import TrainingInterrupted, UserError
 from seqgen.metrics.perplexity import perplexity_from_nll
 from seqgen.parallel import make_mesh, replicate, shard_batch
@@ -73,14 +74,23 @@ class TrainHParams(NamedTuple):
 # Optimizer
 
 
+_SCHEMA = TrainConfig()
+
+
 def hparams_from_cfg(cfg: Any) -> TrainHParams:
+    """The optimizer fields of a train config; one it leaves out (a partial config of a test or
+    script) takes its `seqgen.config.TrainConfig` default."""
+
+    def get(name: str) -> Any:
+        return getattr(cfg, name, getattr(_SCHEMA, name))
+
     hp = TrainHParams(
-        steps=int(getattr(cfg, "steps", 1000)),
-        lr=float(getattr(cfg, "lr", 1e-3)),
-        weight_decay=float(getattr(cfg, "weight_decay", 0.0)),
-        warmup_steps=int(getattr(cfg, "warmup_steps", 0)),
-        clip_norm=float(getattr(cfg, "clip_norm", 1.0) or 0.0),
-        end_lr_ratio=float(getattr(cfg, "end_lr_ratio", 0.0)),
+        steps=int(get("steps")),
+        lr=float(get("lr")),
+        weight_decay=float(get("weight_decay")),
+        warmup_steps=int(get("warmup_steps")),
+        clip_norm=float(get("clip_norm") or 0.0),
+        end_lr_ratio=float(get("end_lr_ratio")),
     )
     if hp.steps < 0:
         raise UserError(f"train.steps={hp.steps} must be >= 0")

@@ -19,7 +19,6 @@ CONF_DIR = ROOT / "conf"
 TINY = [
     "data=synthetic",
     "data.num_train=300",
-    "data.max_len=24",
     "model.hidden_size=16",
     "model.embed_size=8",
     "model.num_layers=1",

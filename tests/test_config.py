@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import math
+import re
+from dataclasses import fields
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from conftest import CONF_DIR, compose, run_cli
+from omegaconf import OmegaConf
 
-from seqgen.config import validate_config
+from seqgen.config import Config, DataConfig, DecoderConfig, TrainConfig, to_dict, validate_config
+from seqgen.data.corpus import _get as corpus_get
+from seqgen.decoding.knobs import KNOBS
+from seqgen.decoding.registry import SPECS, validate_decoder
 from seqgen.errors import UserError
+from seqgen.evaluate import decoder_label
+from seqgen.train import hparams_from_cfg
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 GROUPS = {
@@ -110,15 +120,102 @@ def test_cli_bad_override_is_one_line(tmp_path: Path, args, needle):
     assert "Traceback" not in proc.stderr + proc.stdout
 
 
-def test_decoder_schema_defaults_equal_the_decoders_own():
-    # conf validation (seqgen.config) and the decoders (seqgen.decoding, which must not import
-    # the Hydra schema) each state the defaults; a drift would make `decoder=NAME` and a direct
-    # `decode(cfg={...})` call disagree
-    from seqgen.config import DecoderConfig, to_dict
-    from seqgen.decoding import DEFAULTS
+def _bad_values(knob) -> list:
+    """Values just outside each finite bound of a numeric knob, or an unknown choice."""
+    if knob.choices:
+        return ["nope"]
+    if knob.type is int:
+        return [int(knob.low) - 1]
+    if knob.type is not float:
+        return []
+    bad = []
+    if math.isfinite(knob.low):
+        bad.append(knob.low if knob.low_open else knob.low - 1e-3)
+    if math.isfinite(knob.high):
+        bad.append(knob.high if knob.high_open else knob.high + 1e-3)
+    return bad + [float("nan")]
 
-    schema = to_dict(DecoderConfig())
-    assert {k: schema[k] for k in DEFAULTS} == DEFAULTS
+
+def _with_decoder(where: str, knobs: dict):
+    """The schema's default config with one decoder, as `decoder` or as `compare[0]`."""
+    base = OmegaConf.structured(Config)
+    dec = {"name": "sample", **knobs}
+    return OmegaConf.merge(base, {"decoder": dec} if where == "decoder" else {"compare": [dec]})
+
+
+@pytest.mark.parametrize("name", list(KNOBS))
+@pytest.mark.parametrize("where", ["decoder", "compare[0]"])
+def test_every_registry_knob_is_a_checked_schema_field(name, where):
+    # generated from the registry: each knob is a DecoderConfig field with the registry's
+    # default, the default passes, and each value past a bound is refused, naming the knob
+    knob = KNOBS[name]
+    assert getattr(DecoderConfig(), name) == knob.default
+    validate_config(_with_decoder(where, {}))
+    for bad in _bad_values(knob):
+        with pytest.raises(UserError, match=rf"^{re.escape(where)}\.{name}="):
+            validate_config(_with_decoder(where, {name: bad}))
+        with pytest.raises(UserError, match=rf"^{re.escape(where)}\.{name}="):
+            validate_decoder({"name": "sample", name: bad}, where, vocab_size=10)
+
+
+def test_the_vocabulary_bounds_min_tokens_to_keep_once_it_is_known():
+    cfg = _with_decoder("decoder", {"min_tokens_to_keep": 11})
+    validate_config(cfg)  # before the corpus: no vocabulary yet
+    validate_decoder(cfg.decoder, "decoder", vocab_size=11)
+    with pytest.raises(UserError, match=r"decoder\.min_tokens_to_keep=11 .* \[1, 10\]"):
+        validate_decoder(cfg.decoder, "decoder", vocab_size=10)
+
+
+@pytest.mark.parametrize("name", GROUPS["decoder"])
+def test_each_decoder_file_sets_only_knobs_its_decoder_reads(name):
+    conf = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "decoder" / f"{name}.yaml"))
+    assert conf.pop("name") == name and name in SPECS
+    assert set(conf) <= set(SPECS[name].knobs), set(conf) - set(SPECS[name].knobs)
+    for key, value in conf.items():
+        KNOBS[key].check(value)
+
+
+@pytest.mark.parametrize(
+    "dec, want",
+    [
+        ({"name": "greedy"}, "greedy"),
+        ({"name": "beam"}, "beam(beam_size=4)"),  # a beam's row always shows its width
+        (
+            {"name": "beam", "alpha": 0.6, "length_penalty": "gnmt"},
+            "beam(beam_size=4, length_penalty=gnmt)",
+        ),
+        (
+            {"name": "diverse_beam", "num_groups": 2, "beam_size": 8},
+            "diverse_beam(beam_size=8, num_groups=2)",
+        ),
+        ({"name": "sample", "top_p": 0.9, "beam_size": 2}, "sample(top_p=0.9)"),
+        ({"name": "exact", "beam_size": 2}, "exact(beam_size=2)"),
+        ({"name": "sample", "top_k": 5, "label": "mine"}, "mine"),
+    ],
+)
+def test_row_labels_name_the_knobs_that_differ(dec, want):
+    full = {**to_dict(DecoderConfig()), **dec}
+    assert decoder_label(full) == want
+    assert decoder_label({**dec}) == want  # a partial dict: the rest at their defaults
+
+
+def test_partial_configs_take_the_schema_defaults():
+    hp = hparams_from_cfg(SimpleNamespace(steps=70))
+    schema = TrainConfig()
+    assert hp == (70, schema.lr, schema.weight_decay, schema.warmup_steps, schema.clip_norm, 0.0)
+    for f in fields(DataConfig):
+        assert corpus_get({}, f.name) == getattr(DataConfig(), f.name), f.name
+
+
+def test_train_patience_and_end_lr_ratio_are_reachable_and_data_max_len_is_gone():
+    cfg = compose(["train.patience=3", "train.end_lr_ratio=0.1"])
+    validate_config(cfg)
+    assert cfg.train.patience == 3 and hparams_from_cfg(cfg.train).end_lr_ratio == 0.1
+    for bad in ("train.patience=-1", "train.end_lr_ratio=1.5"):
+        with pytest.raises(UserError, match=bad.split("=")[0].replace(".", r"\.")):
+            validate_config(compose([bad]))
+    with pytest.raises(UserError, match=r"unknown key 'data\.max_len'"):
+        validate_config(compose(["+data.max_len=24"]))
 
 
 def test_cli_run_dir_that_is_a_file_is_one_line(tmp_path: Path):

@@ -23,7 +23,7 @@ sequences by a seeded permutation. The same seed and config give the same corpus
 `fingerprint` identifies it.
 
 The config may be a DictConfig, a dataclass, a SimpleNamespace or a dict; missing fields
-take the defaults below.
+take the schema's defaults (`seqgen.config.DataConfig`).
 """
 
 from __future__ import annotations
@@ -33,11 +33,12 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
+from seqgen.config import DataConfig
 from seqgen.data import folk, text
 from seqgen.data.synthetic import DPFSA
 from seqgen.data.vocab import Vocab, tokenize
@@ -46,28 +47,9 @@ from seqgen.tokens import EOS_ID, SPECIAL_TOKENS, UNK_ID
 
 log = logging.getLogger("seqgen")
 
-DEFAULTS: dict[str, Any] = {
-    "collections": list(folk.DEFAULT_COLLECTIONS),
-    "path": None,
-    "preset": None,
-    "train_path": None,
-    "valid_path": None,
-    "test_path": None,
-    "level": "char",
-    "line_eos": False,
-    "unk_token": "<unk>",
-    "min_count": 1,
-    "max_vocab": None,
-    "window": 2048,
-    "valid_fraction": 0.05,
-    "test_fraction": 0.05,
-    "max_sequences": None,
-    "num_states": 8,
-    "alphabet_size": 6,
-    "num_train": 5000,
-    "stop_prob": 0.1,
-    "cache_dir": None,
-}
+# A field a partial config (a test's dict, a script's namespace) leaves out takes the schema's
+# default (`seqgen.config.DataConfig`).
+DEFAULTS: dict[str, Any] = asdict(DataConfig())
 FOLK_LEVELS = ("char", "abc")
 TEXT_LEVELS = ("char", "word", "whitespace")
 SPLITS = ("train", "valid", "test")
@@ -452,7 +434,7 @@ LOADERS: dict[str, Callable[[Any, int], Corpus]] = {
 
 def load_corpus(data_cfg: Any, seed: int) -> Corpus:
     """The corpus named by ``data_cfg.name`` ("folk" by default), split by `seed`."""
-    name = str(cfg_get(data_cfg, "name", "folk"))
+    name = str(_get(data_cfg, "name"))
     if name not in LOADERS:
         raise UserError(f"data={name} is not a corpus; allowed: {', '.join(LOADERS)}")
     return LOADERS[name](data_cfg, int(seed))

@@ -1,9 +1,10 @@
 """Decoders for any step function `step_fn(params, carry, tokens[B]) -> (carry, logits[B, V])`.
 
 `decode(...)` validates the config (UserError before any compile) and dispatches on `cfg.name`
-through `DECODERS`. Each decoder is one `jax.jit` program around a `lax.scan` over `max_len`
-positions (BOS, then the forced prompt, then the continuation). See `common.py` for which knobs
-are static and which are traced, `processors.py` for the processor order.
+through `DECODERS` (`registry.py`: each decoder's function, knobs, rows and labels). Each
+decoder is one `jax.jit` program around a `lax.scan` over `max_len` positions (BOS, then the
+forced prompt, then the continuation). See `knobs.py` for each knob's default, range and
+whether it is static or traced, `processors.py` for the processor order.
 
     greedy            argmax after the penalties
     sample            ancestral sampling through the logits processors (Holtzman et al. 2020, ...)
@@ -17,19 +18,11 @@ are static and which are traced, `processors.py` for the processor order.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
 from typing import Any
 
 from seqgen.decoding import processors
 from seqgen.decoding.beam import beam, diverse_beam
-from seqgen.decoding.common import (
-    DECODER_NAMES,
-    DEFAULTS,
-    DecodeOutput,
-    StepFn,
-    get,
-    validate_config,
-)
+from seqgen.decoding.common import DEFAULTS, DecodeOutput, StepFn, get, validate_config
 from seqgen.decoding.constraint import Constraint, make_constraint
 from seqgen.decoding.exact import exact
 from seqgen.decoding.mbr import mbr
@@ -51,22 +44,11 @@ from seqgen.decoding.processors import (
     top_p,
     typical_p,
 )
+from seqgen.decoding.registry import DECODER_NAMES, DECODERS, SPECS, Decoder, DecoderSpec
 from seqgen.decoding.sampling import greedy, sample
 from seqgen.decoding.stochastic_beam import stochastic_beam
 from seqgen.errors import UserError
 from seqgen.parallel import decode_mesh
-
-Decoder = Callable[..., DecodeOutput]
-
-DECODERS: dict[str, Decoder] = {
-    "greedy": greedy,
-    "sample": sample,
-    "beam": beam,
-    "stochastic_beam": stochastic_beam,
-    "diverse_beam": diverse_beam,
-    "exact": exact,
-    "mbr": mbr,
-}
 
 
 def decode(
@@ -127,7 +109,10 @@ def decode(
 
 __all__ = [
     "DECODERS",
+    "SPECS",
     "Constraint",
+    "Decoder",
+    "DecoderSpec",
     "make_constraint",
     "DECODER_NAMES",
     "DEFAULTS",

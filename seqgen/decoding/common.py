@@ -4,17 +4,8 @@ The decoders see only a step function `step_fn(params, carry, tokens[B]) -> (car
 and an initial carry pytree whose leaves have leading axis B (= number of prompts). Nothing here
 imports a model or a corpus.
 
-Static vs traced (a decision, written down once):
-- static (a new value compiles a new program): `max_len`, `num_samples`, `beam_size`, `top_k`,
-  `min_tokens_to_keep`, `no_repeat_ngram_size`, `num_groups`, `length_penalty` (the formula),
-  `vocab_size`, `max_expansions`, `expansions_per_step`, `num_candidates`, `num_references`, the
-  `step_fn` object itself, and *which* processors are switched on (a processor at its neutral
-  value -- `top_p=1`, `min_p=0`, ... -- is left out of the program, which saves a sort per step);
-- traced (sweeping them reuses the compiled program): `temperature`, `top_p`, `typical_p`,
-  `min_p`, `epsilon`, `eta`, `repetition_penalty`, `presence_penalty`, `frequency_penalty`,
-  `penalize_prompt`, `alpha`, `diversity_penalty`, `top_n_sigma`, `mirostat_tau`, `mirostat_lr`,
-  `min_length` (a count, but it only enters a comparison, so a sweep over it reuses the
-  program), and the PRNG key, prompts and params.
+The knobs -- name, default, range, static or traced -- are written once, in `knobs.py`;
+`get` and `traced_knobs` are how a decoder reads them.
 """
 
 from __future__ import annotations
@@ -30,69 +21,16 @@ import numpy as np
 from flax import struct
 
 from seqgen.decoding.constraint import check_prompts, check_vocab
+from seqgen.decoding.knobs import DEFAULT_NAME, KNOBS, TRACED_KNOBS
 from seqgen.errors import UserError
 from seqgen.tokens import EOS_ID, PAD_ID
 
 StepFn = Callable[[Any, Any, jax.Array], tuple[Any, jax.Array]]
 
 NEG_INF = -jnp.inf
-DECODER_NAMES = ("greedy", "sample", "beam", "stochastic_beam", "diverse_beam", "exact", "mbr")
-UTILITIES = ("chrf", "bleu", "edit")
-LENGTH_PENALTIES = ("none", "average", "gnmt", "power")
 
-# Defaults of the decoder fields (CONTRACTS.md); `cfg` may omit any of them.
-DEFAULTS: dict[str, Any] = {
-    "name": "sample",
-    "temperature": 1.0,
-    "top_k": 0,
-    "top_p": 1.0,
-    "typical_p": 1.0,
-    "min_p": 0.0,
-    "epsilon": 0.0,
-    "eta": 0.0,
-    "min_tokens_to_keep": 1,
-    "min_length": 0,
-    "repetition_penalty": 1.0,
-    "penalize_prompt": True,
-    "presence_penalty": 0.0,
-    "frequency_penalty": 0.0,
-    "no_repeat_ngram_size": 0,
-    "beam_size": 4,
-    "length_penalty": "none",
-    "alpha": 0.6,
-    "num_groups": 1,
-    "diversity_penalty": 0.0,
-    "top_n_sigma": 0.0,
-    "mirostat_tau": 0.0,
-    "mirostat_lr": 0.1,
-    "max_expansions": 2000,
-    "expansions_per_step": 16,
-    "num_candidates": 16,
-    "num_references": 16,
-    "candidates": {},
-    "references": {},
-    "utility": "chrf",
-}
-
-# The continuous knobs passed into the compiled program as traced float32 scalars.
-TRACED_KNOBS = (
-    "temperature",
-    "top_p",
-    "typical_p",
-    "min_p",
-    "epsilon",
-    "eta",
-    "repetition_penalty",
-    "presence_penalty",
-    "frequency_penalty",
-    "penalize_prompt",
-    "alpha",
-    "diversity_penalty",
-    "min_length",
-    "top_n_sigma",
-    "mirostat_tau",
-    "mirostat_lr",
-)
+# The decoder defaults by field, `name` included (from `knobs.KNOBS`); `cfg` may omit any of them.
+DEFAULTS: dict[str, Any] = {"name": DEFAULT_NAME, **{k.name: k.default for k in KNOBS.values()}}
 
 
 @struct.dataclass
@@ -182,76 +120,23 @@ def _is_int(x: Any) -> bool:
     return isinstance(x, int | np.integer) and not isinstance(x, bool)
 
 
-def _check_range(cfg: Any, name: str, lo: float, hi: float, lo_open: bool, hi_open: bool) -> None:
-    value = get(cfg, name)
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        _fail(f"decoder.{name}={value!r} is not a number")
-    ok_lo = v > lo if lo_open else v >= lo
-    ok_hi = v < hi if hi_open else v <= hi
-    if not (ok_lo and ok_hi):  # NaN fails both
-        lb = "(" if lo_open else "["
-        rb = ")" if hi_open else "]"
-        _fail(f"decoder.{name}={value!r} is out of range; allowed: {lb}{lo}, {hi}{rb}")
-
-
-def _check_int(cfg: Any, name: str, lo: int, hi: int | None = None) -> int:
-    value = get(cfg, name)
-    if not _is_int(value) or value < lo or (hi is not None and value > hi):
-        allowed = f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]"
-        _fail(f"decoder.{name}={value!r} is out of range; allowed: {allowed}")
-    return int(value)
-
-
-def validate_config(cfg: Any, name: str, vocab_size: int) -> None:
-    """Raise one UserError naming the first bad knob and its allowed range (before any compile)."""
-    if name not in DECODER_NAMES:
-        _fail(f"decoder.name={name!r} is unknown; allowed: {', '.join(DECODER_NAMES)}")
-    _check_range(cfg, "temperature", 0.0, np.inf, False, True)
+def validate_config(cfg: Any, name: str, vocab_size: int | None, where: str = "decoder") -> None:
+    """Raise one UserError naming the first bad knob of decoder `name` (as `where.knob`) and
+    what is allowed, before any compile: every knob of `knobs.KNOBS`, then the rules between
+    knobs. Without a `vocab_size` (a config checked before its corpus is read) the vocabulary
+    bound is left out. The name itself is checked by `registry.validate_decoder`."""
+    for knob in KNOBS.values():
+        knob.check(get(cfg, knob.name), where, vocab_size)
     if name == "stochastic_beam" and float(get(cfg, "temperature")) == 0.0:
-        _fail("decoder.temperature=0 is not allowed for stochastic_beam; allowed: (0, inf)")
-    _check_int(cfg, "top_k", 0)  # top_k >= vocab_size keeps every token, as in Hugging Face
-    _check_range(cfg, "top_p", 0.0, 1.0, True, False)
-    _check_range(cfg, "typical_p", 0.0, 1.0, True, False)
-    _check_range(cfg, "min_p", 0.0, 1.0, False, False)
-    _check_range(cfg, "epsilon", 0.0, 1.0, False, True)
-    _check_range(cfg, "eta", 0.0, 1.0, False, True)
-    _check_int(cfg, "min_tokens_to_keep", 1, vocab_size)
-    _check_int(cfg, "min_length", 0)
-    _check_range(cfg, "repetition_penalty", 0.0, np.inf, True, True)
-    _check_range(cfg, "presence_penalty", -np.inf, np.inf, True, True)
-    _check_range(cfg, "frequency_penalty", -np.inf, np.inf, True, True)
-    if not isinstance(get(cfg, "penalize_prompt"), bool | np.bool_):
-        _fail(f"decoder.penalize_prompt={get(cfg, 'penalize_prompt')!r}; allowed: true or false")
-    _check_int(cfg, "no_repeat_ngram_size", 0)
-    beam_size = _check_int(cfg, "beam_size", 1)
-    if get(cfg, "length_penalty") not in LENGTH_PENALTIES:
-        _fail(
-            f"decoder.length_penalty={get(cfg, 'length_penalty')!r} is unknown; "
-            f"allowed: {', '.join(LENGTH_PENALTIES)}"
-        )
-    _check_range(cfg, "alpha", 0.0, np.inf, False, True)
-    num_groups = _check_int(cfg, "num_groups", 1)
+        _fail(f"{where}.temperature=0 is not allowed for stochastic_beam; allowed: (0, inf)")
+    beam_size, num_groups = int(get(cfg, "beam_size")), int(get(cfg, "num_groups"))
     if name == "diverse_beam" and beam_size % num_groups != 0:
         _fail(
-            f"decoder.num_groups={num_groups} must divide decoder.beam_size={beam_size}; "
+            f"{where}.num_groups={num_groups} must divide {where}.beam_size={beam_size}; "
             "allowed: a divisor of beam_size"
         )
-    _check_range(cfg, "diversity_penalty", 0.0, np.inf, False, True)
-    _check_range(cfg, "top_n_sigma", 0.0, np.inf, False, True)
-    _check_range(cfg, "mirostat_tau", 0.0, np.inf, False, True)
-    _check_range(cfg, "mirostat_lr", 0.0, np.inf, True, True)
-    _check_int(cfg, "max_expansions", 1)
-    _check_int(cfg, "expansions_per_step", 1)
-    _check_int(cfg, "num_candidates", 1)
-    _check_int(cfg, "num_references", 1)
-    if get(cfg, "utility") not in UTILITIES:
-        _fail(
-            f"decoder.utility={get(cfg, 'utility')!r} is unknown; allowed: {', '.join(UTILITIES)}"
-        )
     if name == "exact" and get(cfg, "length_penalty") != "none":
-        _fail("decoder.length_penalty must be none for exact (it finds argmax log p(y | x))")
+        _fail(f"{where}.length_penalty must be none for exact (it finds argmax log p(y | x))")
 
 
 def prepare(

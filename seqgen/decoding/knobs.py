@@ -1,0 +1,140 @@
+"""Every decoder knob, written once: its type, default, range or choices, and static vs traced.
+
+The Hydra schema (`seqgen.config.DecoderConfig` is generated from `KNOBS`), the validation of
+`decoder` and of every `compare[i]` (`check`), the decoders' accessors (`common.get`,
+`common.traced_knobs`) and the row labels (`seqgen.decoding.registry`) all read this table.
+It imports nothing of the decoders, so `common.py` can read it.
+
+Static vs traced (a decision, written down once):
+- static (a new value compiles a new program): sizes and counts (`top_k`, `beam_size`,
+  `num_groups`, ...), the length-penalty formula, and *which* processors are switched on (a
+  processor at its neutral value -- `top_p=1`, `min_p=0`, ... -- is left out of the program,
+  which saves a sort per step);
+- traced (sweeping them reuses the compiled program): the continuous knobs, and `min_length`
+  (a count, but it only enters a comparison). Beside the knobs: `max_len`, `num_samples`,
+  `vocab_size` and the `step_fn` object are static; the PRNG key, prompts and params traced.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from seqgen.errors import UserError
+
+_INF = math.inf
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One decoder knob. `low`/`high` bound numbers (`*_open`: the bound itself is refused);
+    `vocab_high`: an integer at most the vocabulary size; `choices`: the allowed strings."""
+
+    name: str
+    type: type  # float | int | bool | str | dict
+    default: Any
+    traced: bool = False
+    low: float = -_INF
+    high: float = _INF
+    low_open: bool = False
+    high_open: bool = False
+    vocab_high: bool = False
+    choices: tuple[str, ...] = ()
+    doc: str = ""
+
+    def check(self, value: Any, where: str = "decoder", vocab_size: int | None = None) -> None:
+        """Raise one `UserError` line naming `where.name`, the value and what is allowed."""
+        key = f"{where}.{self.name}"
+        if self.choices:
+            if value not in self.choices:
+                raise UserError(f"{key}={value!r} is unknown; allowed: {', '.join(self.choices)}")
+        elif self.type is bool:
+            if not isinstance(value, bool | np.bool_):
+                raise UserError(f"{key}={value!r}; allowed: true or false")
+        elif self.type is int:
+            hi = vocab_size if self.vocab_high and vocab_size is not None else None
+            is_int = isinstance(value, int | np.integer) and not isinstance(value, bool)
+            if not is_int or value < self.low or (hi is not None and value > hi):
+                lo = int(self.low)
+                allowed = f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]"
+                raise UserError(f"{key}={value!r} is out of range; allowed: {allowed}")
+        elif self.type is float:
+            try:
+                v = float(value)
+            except (TypeError, ValueError):
+                raise UserError(f"{key}={value!r} is not a number") from None
+            ok_lo = v > self.low if self.low_open else v >= self.low
+            ok_hi = v < self.high if self.high_open else v <= self.high
+            if not (ok_lo and ok_hi):  # NaN fails both
+                raise UserError(f"{key}={value!r} is out of range; allowed: {self.allowed()}")
+
+    def allowed(self) -> str:
+        """The allowed values in words: `[0.0, 1.0)`, `an integer >= 1`, `none, average`."""
+        if self.choices:
+            return ", ".join(self.choices)
+        if self.type is bool:
+            return "true or false"
+        if self.type is int:
+            return f"an integer >= {int(self.low)}" + (" and <= V" if self.vocab_high else "")
+        if self.type is float:
+            lb, rb = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            return f"{lb}{float(self.low)}, {float(self.high)}{rb}"
+        return "a dict of decoder knobs"
+
+
+def _f(name: str, default: float, low=-_INF, high=_INF, lo_open=False, hi_open=False, doc=""):
+    """A traced float knob."""
+    return Knob(name, float, default, True, low, high, lo_open, hi_open, doc=doc)
+
+
+def _i(name: str, default: int, low: int, *, traced=False, vocab_high=False, doc=""):
+    """An integer knob (static unless `traced`)."""
+    return Knob(name, int, default, traced, low, vocab_high=vocab_high, doc=doc)
+
+
+# In the order of the schema's fields (and so of every config dump).
+KNOBS: dict[str, Knob] = {
+    k.name: k
+    for k in (
+        _f("temperature", 1.0, 0.0, hi_open=True, doc="0 = greedy"),
+        _i("top_k", 0, 0, doc="0 = off; >= V keeps every token (Fan et al. 2018)"),
+        _f("top_p", 1.0, 0.0, 1.0, lo_open=True, doc="nucleus (Holtzman et al. 2020)"),
+        _f("typical_p", 1.0, 0.0, 1.0, lo_open=True, doc="locally typical (Meister et al. 2023)"),
+        _f("min_p", 0.0, 0.0, 1.0, doc="min-p (Nguyen et al. 2024)"),
+        _f("epsilon", 0.0, 0.0, 1.0, hi_open=True, doc="epsilon sampling (Hewitt et al. 2022)"),
+        _f("eta", 0.0, 0.0, 1.0, hi_open=True, doc="eta sampling (Hewitt et al. 2022)"),
+        _i("min_tokens_to_keep", 1, 1, vocab_high=True, doc="every truncation keeps this many"),
+        _i("min_length", 0, 0, traced=True, doc="EOS forbidden before this many new tokens"),
+        _f("repetition_penalty", 1.0, 0.0, lo_open=True, hi_open=True, doc="CTRL; 1 = off"),
+        Knob("penalize_prompt", bool, True, traced=True, doc="prompt tokens count for penalties"),
+        _f("presence_penalty", 0.0, lo_open=True, hi_open=True),
+        _f("frequency_penalty", 0.0, lo_open=True, hi_open=True),
+        _i("no_repeat_ngram_size", 0, 0, doc="0 = off"),
+        _i("beam_size", 4, 1),
+        Knob("length_penalty", str, "none", choices=("none", "average", "gnmt", "power")),
+        _f("alpha", 0.6, 0.0, hi_open=True, doc="exponent of gnmt and power"),
+        _i("num_groups", 1, 1, doc="diverse beam: groups, dividing beam_size"),
+        _f("diversity_penalty", 0.0, 0.0, hi_open=True, doc="diverse beam: Hamming lambda"),
+        _f("top_n_sigma", 0.0, 0.0, hi_open=True, doc="0 = off (Tang et al. 2024)"),
+        _f("mirostat_tau", 0.0, 0.0, hi_open=True, doc="target surprise, bits; 0 = off (v2)"),
+        _f("mirostat_lr", 0.1, 0.0, lo_open=True, hi_open=True, doc="Mirostat's eta"),
+        _i("max_expansions", 2000, 1, doc="exact: node budget per prompt"),
+        _i("expansions_per_step", 16, 1, doc="exact: frontier nodes per batched step"),
+        _i("num_candidates", 16, 1, doc="mbr: hypotheses"),
+        _i("num_references", 16, 1, doc="mbr: pseudo-references"),
+        Knob("candidates", dict, {}, doc="mbr: the hypotheses' decoder knobs ({} = ancestral)"),
+        Knob("references", dict, {}, doc="mbr: the pseudo-references' decoder knobs"),
+        Knob("utility", str, "chrf", choices=("chrf", "bleu", "edit"), doc="mbr"),
+    )
+}
+
+DEFAULT_NAME = "sample"  # the decoder of a config that names none
+
+# The continuous knobs passed into the compiled program as traced float32 scalars.
+TRACED_KNOBS: tuple[str, ...] = tuple(k.name for k in KNOBS.values() if k.traced)
+
+# mbr's nested samplers (`candidates`, `references`) take every knob but these.
+NESTED_KNOBS: tuple[str, ...] = tuple(k for k in KNOBS if k not in ("candidates", "references"))
