@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from seqgen.data.folk import DEFAULT_COLLECTIONS
 from seqgen.decoding.knobs import DEFAULT_NAME, KNOBS, NESTED_KNOBS
@@ -398,6 +398,24 @@ def validate_config(cfg: Any) -> None:
             f"decode.prompts={prompts!r} is not allowed; use none, heldout, or a non-empty list "
             "of strings such as decode.prompts='[\"M:6/8 K:D\"]'"
         )
+
+
+# Keys that configs saved by an older seqgen may hold and this schema no longer has (read by
+# nothing when they were removed): dropped when a saved run's config or a cache entry's
+# meta.json is loaded, so old runs and cached models stay usable.
+RETIRED_KEYS = ("data.max_len",)
+
+
+def drop_retired(saved: Any) -> Any:
+    """A saved config (DictConfig or plain dict) without the RETIRED_KEYS."""
+    node = OmegaConf.create(saved) if not isinstance(saved, DictConfig) else saved.copy()
+    with open_dict(node):
+        for key in RETIRED_KEYS:
+            group, _, name = key.rpartition(".")
+            parent = OmegaConf.select(node, group) if group else node
+            if isinstance(parent, DictConfig) and name in parent:
+                parent.pop(name)
+    return node
 
 
 def to_dict(node: Any) -> dict:

@@ -98,7 +98,7 @@ def _compose(overrides: list[str]) -> DictConfig:
 
 def _source(opts: SampleOptions) -> tuple[DictConfig, Path | None]:
     """The trained model's config and its cache entry (None for the DPFSA oracle)."""
-    from seqgen.config import Config
+    from seqgen.config import Config, drop_retired
 
     if bool(opts.run) == bool(opts.model_dir):
         raise UserError("give run=<run dir> or model_dir=<model-cache entry> (one of them)")
@@ -109,7 +109,9 @@ def _source(opts: SampleOptions) -> tuple[DictConfig, Path | None]:
                 f"run={opts.run} is not a finished run dir (it needs config.yaml and "
                 "metrics.json, written once the model is ready)"
             )
-        cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(run / "config.yaml"))
+        cfg = OmegaConf.merge(
+            OmegaConf.structured(Config), drop_retired(OmegaConf.load(run / "config.yaml"))
+        )
         info = json.loads((run / "metrics.json").read_text()).get("model", {})
         if info.get("oracle"):
             return cfg, None
@@ -129,7 +131,7 @@ def _source(opts: SampleOptions) -> tuple[DictConfig, Path | None]:
         "train": meta["train_cfg"],
         "seed": int(meta["seed"]),
     }
-    return OmegaConf.merge(_compose([]), trained), path
+    return OmegaConf.merge(_compose([]), drop_retired(trained)), path
 
 
 def _decoder(cfg: DictConfig, name: str | None, knobs: list[str]) -> DictConfig:

@@ -79,3 +79,20 @@ def test_mistakes_are_one_line_errors(run):
     )
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "Traceback" not in proc.stderr
+
+
+def test_a_run_saved_with_a_retired_key_still_samples(run, tmp_path):
+    """Configs written before `data.max_len` was removed hold it; loading drops it."""
+    import shutil
+
+    import yaml
+
+    out, run_rows = run
+    old = tmp_path / "old_run"
+    shutil.copytree(out, old)
+    saved = yaml.safe_load((old / "config.yaml").read_text())
+    saved["data"]["max_len"] = 24
+    (old / "config.yaml").write_text(yaml.safe_dump(saved))
+    args = [f"run={old}", *DECODER, *(f"prompt={p}" for p in PROMPTS), "num_samples=3"]
+    res = sample([*args, f"out={tmp_path / 'again'}"])
+    assert _ids(res["samples"]) == _ids(run_rows)
