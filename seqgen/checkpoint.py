@@ -38,6 +38,7 @@ from flax import nnx
 
 from seqgen.data.text import sha256_file
 from seqgen.errors import UserError
+from seqgen.paths import cache_root
 
 log = logging.getLogger("seqgen")
 
@@ -122,11 +123,6 @@ class TrainCheckpointer:
 # Content-addressed model cache
 
 
-def default_cache_root() -> Path:
-    """`$SEQGEN_CACHE` if set, else `~/.cache/seqgen`."""
-    return Path(os.environ.get("SEQGEN_CACHE") or Path.home() / ".cache" / "seqgen")
-
-
 def _plain(obj: Any) -> Any:
     """Dataclasses / DictConfigs / mappings / sequences -> plain JSON-able Python values."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
@@ -176,7 +172,7 @@ class ModelCache:
     seqgen version, model format)."""
 
     def __init__(self, root: str | os.PathLike | None = None):
-        self.root = (Path(root) if root is not None else default_cache_root()).absolute()
+        self.root = (Path(root) if root is not None else cache_root()).absolute()
         self.root.mkdir(parents=True, exist_ok=True)
 
     @staticmethod

@@ -131,8 +131,8 @@ DECODE_SCRIPT = textwrap.dedent(
     from seqgen.decoding.sampling import _sample_program
     from seqgen.decoding import processors as proc
     from seqgen.decoding.common import get, prepare, traced_knobs
-    from seqgen.evaluate import decode_all, _extract
-    from seqgen.metrics import compute_metrics
+    from seqgen.evaluate import decode_all
+    from seqgen.metrics import compute_metrics, decode_output_inputs, decode_output_records
     from seqgen.parallel import make_mesh
 
     assert jax.device_count() == 8, jax.devices()
@@ -216,14 +216,11 @@ DECODE_SCRIPT = textwrap.dedent(
                                             "shard": shard}})
         dec = OmegaConf.create({"name": "sample", "top_p": 0.9})
         res = decode_all(pcfg, dec, model, plist, jax.random.key(3))
-        gen = _extract(res, plist, N)
-        m = compute_metrics(
-            gen["tokens"], ended=gen["ended"], tempered_logprobs=gen["tempered"],
-            model_logprobs=gen["logprobs"], eos_tempered_logprobs=gen["eos_tempered"],
-            eos_model_logprobs=gen["eos_logprob"], prompts=gen["prompt"],
-            max_len=[T - len(p) for p in gen["prompt"]])
-        metrics[shard] = {"tokens": [t.tolist() for t in gen["tokens"]], "metrics": m,
-                          "score": gen["score"]}
+        res["prompt_lengths"] = lengths
+        gen = decode_output_inputs(res)
+        m = compute_metrics(**gen, max_len=[T - len(p) for p in gen["prompts"]])
+        metrics[shard] = {"tokens": [t.tolist() for t in gen["sequences"]], "metrics": m,
+                          "score": decode_output_records(res)["score"]}
     out["pipeline"] = metrics
     print("RESULT" + json.dumps(out))
     """
