@@ -31,6 +31,7 @@ from seqgen.outputs import print_results_table, reset_outputs, write_decoder, wr
 from seqgen.parallel import maybe_initialize_distributed
 from seqgen.paths import cache_root
 from seqgen.preflight import check_divergence, check_environment, check_run
+from seqgen.report import write_report
 from seqgen.scoring import LoadedModel
 from seqgen.tracking import make_tracker
 from seqgen.train import evaluate, train
@@ -329,10 +330,11 @@ def run_experiment(cfg: Any, out_dir: str | Path | None = None) -> dict[str, Any
                 out_dir,
             )
             raise
-        outputs = {
-            **write_outputs(cfg, results, samples, out_dir, tracker, corpus.vocab),
-            "listen": listen,
-        }
+        outputs = write_outputs(cfg, results, samples, out_dir, tracker)
+        report = write_report(out_dir, vocab=corpus.vocab)  # `vocab` marks the prompts in it
+        tracker.log_html("report", report)
+        log.info("report: %s", report)
+        outputs = {**outputs, "report": str(report), "listen": listen}
         tracker.log_summary(model_metrics)
         wall = time.time() - t0
         (out_dir / "metrics.json").write_text(

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 
+import jax
 import pytest
 
 from seqgen.parallel import maybe_initialize_distributed
@@ -119,6 +120,22 @@ def test_distributed_is_opt_in():
 
     assert maybe_initialize_distributed(Cfg()) is False
     assert maybe_initialize_distributed(object()) is False
+
+
+def test_distributed_initializes_once_per_process(monkeypatch):
+    """The jobs of an in-process multirun each call it; JAX allows one initialize."""
+    calls = []
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: bool(calls))
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
+
+    class Cfg:
+        distributed = True
+        coordinator_address = "10.0.0.1:1234"
+
+    assert maybe_initialize_distributed(Cfg()) is True
+    assert maybe_initialize_distributed(Cfg()) is True
+    assert calls == [{"coordinator_address": "10.0.0.1:1234", "num_processes": None,
+                      "process_id": None}]  # fmt: skip
 
 
 DECODE_SCRIPT = textwrap.dedent(

@@ -40,7 +40,7 @@ DECODER_NAMES = ("greedy", "sample", "beam", "stochastic_beam", "diverse_beam", 
 UTILITIES = ("chrf", "bleu", "edit")
 LENGTH_PENALTIES = ("none", "average", "gnmt", "power")
 
-# Defaults of the decoder fields (CONTRACTS.md); `cfg` may omit any of them.
+# Defaults of the decoder fields (seqgen.config.DecoderConfig); `cfg` may omit any of them.
 DEFAULTS: dict[str, Any] = {
     "name": "sample",
     "temperature": 1.0,
