@@ -90,50 +90,10 @@ def get_model(cfg: Any, corpus: Any, tracker: Any = None) -> LoadedModel:
         hit = _LOADED[entry]
         return replace(hit, info={**hit.info, "cached": True})
     vocab_json = json.dumps(corpus.vocab.to_json())
-    seed, seq_len = int(cfg.seed), int(cfg.train.seq_len)
-
-    def train_fn():
-        model = build_model(cfg.model, len(corpus.vocab), seed, corpus.has_eos)
-        log.info(
-            "model: training %s (%s params) -> cache %s",
-            cfg.model.cell,
-            f"{count_params(model):,}",
-            cache.path(key),
-        )
-        stream = corpus.stream  # text: windows of the stream, no EOS appended
-        train_it = batch_iterator(
-            corpus.train, int(cfg.train.batch_size), seq_len, seed, stream=stream
-        )
-        valid = eval_batches(corpus.valid, int(cfg.train.batch_size), seq_len, stream=stream)
-        valid = valid[: int(cfg.train.eval_batches)]
-        result = train(
-            model,
-            train_it,
-            valid,
-            cfg.train,
-            ckpt_dir=cache.path(key) / "train_ckpt",
-            tracker=tracker,
-            seed=seed,
-        )
-        metrics = heldout_metrics(result.model, corpus, cfg.train)
-        check_divergence(metrics, len(corpus.vocab))  # a diverged model is never cached
-        meta = {
-            "metrics": metrics,
-            "train": result.summary,
-            "params": count_params(result.model),
-            "model": to_dict(cfg.model),
-            "train_cfg": to_dict(cfg.train),
-            "data": corpus.name,
-            "data_cfg": to_dict(cfg.data),  # with `seed`: what seqgen-sample reloads
-            "seed": seed,
-            "predict_eos": corpus.has_eos,  # text streams without EOS pin its logit
-        }
-        return result.model, vocab_json, meta
-
     model, meta, trained = cache.get_or_train(
         key,
-        build_model(cfg.model, len(corpus.vocab), seed, corpus.has_eos),
-        train_fn,
+        build_model(cfg.model, len(corpus.vocab), int(cfg.seed), corpus.has_eos),
+        lambda: _train_model(cfg, corpus, cache.path(key), tracker, vocab_json),
         vocab_json=vocab_json,
         retrain_damaged=cfg.cache_on_damage == "retrain",
     )
@@ -160,6 +120,42 @@ def get_model(cfg: Any, corpus: Any, tracker: Any = None) -> LoadedModel:
     )
     _LOADED[entry] = loaded
     return loaded
+
+
+def _train_model(
+    cfg: Any, corpus: Any, entry: Path, tracker: Any, vocab_json: str
+) -> tuple[Any, str, dict]:
+    """`ModelCache.get_or_train`'s `train_fn`: a freshly trained model (resuming from
+    `entry/train_ckpt`), its vocabulary and its `meta.json`."""
+    seed, seq_len = int(cfg.seed), int(cfg.train.seq_len)
+    model = build_model(cfg.model, len(corpus.vocab), seed, corpus.has_eos)
+    log.info(
+        "model: training %s (%s params) -> cache %s",
+        cfg.model.cell,
+        f"{count_params(model):,}",
+        entry,
+    )
+    stream = corpus.stream  # text: windows of the stream, no EOS appended
+    train_it = batch_iterator(corpus.train, int(cfg.train.batch_size), seq_len, seed, stream=stream)
+    valid = eval_batches(corpus.valid, int(cfg.train.batch_size), seq_len, stream=stream)
+    valid = valid[: int(cfg.train.eval_batches)]
+    result = train(
+        model, train_it, valid, cfg.train, ckpt_dir=entry / "train_ckpt", tracker=tracker, seed=seed
+    )
+    metrics = heldout_metrics(result.model, corpus, cfg.train)
+    check_divergence(metrics, len(corpus.vocab))  # a diverged model is never cached
+    meta = {
+        "metrics": metrics,
+        "train": result.summary,
+        "params": count_params(result.model),
+        "model": to_dict(cfg.model),
+        "train_cfg": to_dict(cfg.train),
+        "data": corpus.name,
+        "data_cfg": to_dict(cfg.data),  # with `seed`: what seqgen-sample reloads
+        "seed": seed,
+        "predict_eos": corpus.has_eos,  # text streams without EOS pin its logit
+    }
+    return result.model, vocab_json, meta
 
 
 def heldout_metrics(model: Any, corpus: Any, train_cfg: Any) -> dict[str, float]:
