@@ -35,9 +35,12 @@ import filelock
 import jax
 import orbax.checkpoint as ocp
 from flax import nnx
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
+import seqgen
 from seqgen.data.text import sha256_file
 from seqgen.errors import UserError
+from seqgen.paths import cache_root
 
 log = logging.getLogger("seqgen")
 
@@ -122,22 +125,12 @@ class TrainCheckpointer:
 # Content-addressed model cache
 
 
-def default_cache_root() -> Path:
-    """`$SEQGEN_CACHE` if set, else `~/.cache/seqgen`."""
-    return Path(os.environ.get("SEQGEN_CACHE") or Path.home() / ".cache" / "seqgen")
-
-
 def _plain(obj: Any) -> Any:
     """Dataclasses / DictConfigs / mappings / sequences -> plain JSON-able Python values."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return _plain(dataclasses.asdict(obj))
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(obj, DictConfig | ListConfig):
-            return _plain(OmegaConf.to_container(obj, resolve=True))
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        pass
+    if isinstance(obj, DictConfig | ListConfig):
+        return _plain(OmegaConf.to_container(obj, resolve=True))
     if isinstance(obj, Mapping):
         return {str(k): _plain(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
@@ -176,7 +169,7 @@ class ModelCache:
     seqgen version, model format)."""
 
     def __init__(self, root: str | os.PathLike | None = None):
-        self.root = (Path(root) if root is not None else default_cache_root()).absolute()
+        self.root = (Path(root) if root is not None else cache_root()).absolute()
         self.root.mkdir(parents=True, exist_ok=True)
 
     @staticmethod
@@ -351,6 +344,4 @@ class ModelCache:
 
 def _code_version() -> dict[str, Any]:
     """seqgen's version and `MODEL_FORMAT`: part of every cache key and of `meta.json`."""
-    import seqgen
-
     return {"seqgen_version": seqgen.__version__, "model_format": MODEL_FORMAT}

@@ -18,6 +18,13 @@ import numpy as np
 from seqgen.config import to_dict
 from seqgen.decoding import registry
 from seqgen.errors import UserError
+from seqgen.metrics import (
+    compute_metrics,
+    decode_output_inputs,
+    decode_output_records,
+    human_metrics,
+)
+from seqgen.scoring import score_sequences
 
 log = logging.getLogger("seqgen")
 
@@ -337,55 +344,10 @@ def decode_all(
     }
 
 
-def _extract(out: dict[str, Any], prompts: list[np.ndarray], keep: int) -> dict[str, list]:
-    """Continuations (after each prompt, no BOS/EOS/PAD) and their per-token log-probs."""
-    res: dict[str, list] = {
-        k: []
-        for k in (
-            "prompt_index",
-            "sample_index",
-            "prompt",
-            "tokens",
-            "ended",
-            "logprobs",
-            "tempered",
-            "eos_logprob",
-            "eos_tempered",
-            "score",
-            "constraint_logmass",
-        )
-    }
-    n = out["tokens"].shape[1]
-    for b, p in enumerate(prompts):
-        pl = len(p)
-        for k in range(min(keep, n)):
-            end = int(out["lengths"][b, k])
-            res["prompt_index"].append(b)
-            res["sample_index"].append(k)
-            res["prompt"].append(p)
-            res["tokens"].append(out["tokens"][b, k, pl:end].astype(np.int32))
-            res["ended"].append(bool(out["ended"][b, k]))
-            res["logprobs"].append(out["logprobs"][b, k, pl:end].astype(np.float64))
-            res["tempered"].append(out["tempered_logprobs"][b, k, pl:end].astype(np.float64))
-            eos = out.get("eos_logprob")
-            res["eos_logprob"].append(float(eos[b, k]) if eos is not None else 0.0)
-            eos_t = out.get("eos_tempered_logprob")
-            res["eos_tempered"].append(
-                float(eos_t[b, k]) if eos_t is not None else res["eos_logprob"][-1]
-            )
-            res["score"].append(float(out["scores"][b, k]))
-            if "constraint_logmass" in out:  # the EOS position too (decoding.constraint)
-                stop = end + int(out["ended"][b, k])
-                res["constraint_logmass"].append(out["constraint_logmass"][b, k, pl:stop])
-    return res
-
-
 def _reference_scores(reference: Any, prompts, conts, ended) -> dict[str, Any]:
     """`gen/ref_ppl` inputs: the continuations scored under the reference model."""
     if reference is None:
         return {}
-    from seqgen.experiment import score_sequences
-
     lps, eos = score_sequences(reference, list(prompts), list(conts), list(ended))
     return {"ref_logprobs": lps, "ref_eos_logprobs": eos}
 
@@ -402,8 +364,6 @@ def evaluate_decoders(
     `on_result(result, samples)` is called as soon as each decoder (then the human row, with no
     samples) is done, so a caller can write it before the next decoder starts.
     """
-    from seqgen.metrics import compute_metrics
-
     decoders = [cfg.decoder] if cfg.get("decoder") is not None else list(cfg.compare)
     if not decoders:
         raise UserError("nothing to decode: give decoder=NAME or a non-empty `compare` list")
@@ -428,33 +388,26 @@ def evaluate_decoders(
         key = decoder_key(int(cfg.seed), i)
         out = decode_all(cfg, dec, model, pr.prompts, key, constraint)
         t_dec = time.time() - t0
-        gen, texts = generations(cfg, dec, corpus, pr.prompts, out)
+        gen, rec, texts = generations(cfg, dec, corpus, pr.prompts, out)
         metrics = compute_metrics(
-            gen["tokens"],
-            ended=gen["ended"],
-            tempered_logprobs=gen["tempered"],
-            model_logprobs=gen["logprobs"],
-            eos_tempered_logprobs=gen["eos_tempered"],
-            eos_model_logprobs=gen["eos_logprob"],
+            **gen,
             abc_texts=texts if is_abc else None,
-            max_len=[int(cfg.decode.max_len) - len(p) for p in gen["prompt"]],
-            prompts=gen["prompt"],
-            best_sequences=gen["tokens"] if registry.SPECS[dec.name].nbest else None,
-            **_reference_scores(reference, gen["prompt"], gen["tokens"], gen["ended"]),
+            max_len=[int(cfg.decode.max_len) - len(p) for p in gen["prompts"]],
+            **_reference_scores(reference, gen["prompts"], gen["sequences"], gen["ended"]),
             **common,
         )
-        metrics["score/mean"] = float(np.mean(gen["score"]))
+        metrics["score/mean"] = float(np.mean(rec["score"]))
         metrics.update(_search_metrics(dec, out, gen, search))
         if constraint is not None:
             from seqgen.metrics.constraint import constraint_metrics
 
-            metrics.update(constraint_metrics(gen["constraint_logmass"]))
+            metrics.update(constraint_metrics(rec["constraint_logmass"]))
             metrics["constraint/prompts_left_out"] = left_out
         metrics["time/decode_s"] = t_dec
-        log.info("decoded %-28s %5d sequences in %.1f s", label, len(gen["tokens"]), t_dec)
+        log.info("decoded %-28s %5d sequences in %.1f s", label, len(gen["sequences"]), t_dec)
         results.append({"decoder": {**to_dict(dec), "label": label}, "metrics": metrics})
         first = len(samples)
-        samples += sample_records(label, gen, texts, corpus.vocab)
+        samples += sample_records(label, gen, rec, texts, corpus.vocab)
         if on_result is not None:
             on_result(results[-1], samples[first:])
     _add_beam_error(results, search)  # needs every decoder; write_outputs rewrites results.jsonl
@@ -472,13 +425,13 @@ def _search_metrics(dec: Any, out: dict, gen: dict, search: dict) -> dict[str, f
     from seqgen.metrics.utility import mbr_summary
 
     if registry.SPECS[dec.name].mode_search or dec.name == "exact":
-        best = np.array([np.sum(lp) + e for lp, e in zip(gen["logprobs"], gen["eos_logprob"])])
-        best = np.where(np.asarray(gen["ended"], bool), best, -np.inf)
+        best = [np.sum(lp) + e for lp, e in zip(gen["model_logprobs"], gen["eos_model_logprobs"])]
+        best = np.where(gen["ended"], np.array(best), -np.inf)
         if dec.name != "exact":
             search.setdefault("beams", []).append(best)  # in the order of their result rows
     if dec.name == "exact":
         search["exact"] = (best, out["proven"])
-        empty = [len(t) == 0 and e for t, e in zip(gen["tokens"], gen["ended"])]
+        empty = [len(t) == 0 and e for t, e in zip(gen["sequences"], gen["ended"])]
         return {
             "search/exact_proven": exact_proven_rate(out["proven"]),
             "search/expansions_mean": float(np.mean(out["expansions"])),
@@ -508,32 +461,38 @@ def decoder_key(seed: int, index: int) -> jax.Array:
 
 def generations(
     cfg: Any, dec: Any, corpus: Any, prompts: list[np.ndarray], out: dict[str, Any]
-) -> tuple[dict[str, list], list[str]]:
-    """A decode's generations as the metrics count them, and their texts (prompt included)."""
-    keep = _kept_per_prompt(cfg, dec, out["tokens"].shape[1])
-    gen = _extract(out, prompts, keep)
+) -> tuple[dict[str, Any], dict[str, list], list[str]]:
+    """A decode's generations as the metrics count them (`compute_metrics` arguments, the
+    n-best decoders' `best_*` only for them), their records (`decode_output_records`) and
+    their texts (prompt included)."""
+    out = {**out, "prompt_lengths": np.array([len(p) for p in prompts], np.int32)}
+    best_only = _kept_per_prompt(cfg, dec, out["tokens"].shape[1]) == 1
+    gen = decode_output_inputs(out, best_only=best_only)
+    if not registry.SPECS[dec.name].nbest:  # search/mode_found is about n-best lists
+        gen = {k: v for k, v in gen.items() if not k.startswith("best_")}
     texts = [
-        corpus.vocab.decode(np.concatenate([p, t])) for p, t in zip(gen["prompt"], gen["tokens"])
+        corpus.vocab.decode(np.concatenate([p, t]))
+        for p, t in zip(gen["prompts"], gen["sequences"])
     ]
-    return gen, texts
+    return gen, decode_output_records(out, best_only=best_only), texts
 
 
 def sample_records(
-    label: str, gen: dict[str, list], texts: list[str], vocab: Any
+    label: str, gen: dict[str, Any], rec: dict[str, list], texts: list[str], vocab: Any
 ) -> list[dict[str, Any]]:
     """One `samples.jsonl` object per generated sequence (`prompt`: the prompt's text)."""
     return [
         {
             "decoder": label,
-            "prompt_index": gen["prompt_index"][j],
-            "sample_index": gen["sample_index"][j],
-            "token_ids": gen["tokens"][j].tolist(),
-            "prompt": vocab.decode(gen["prompt"][j]),
+            "prompt_index": rec["prompt_index"][j],
+            "sample_index": rec["sample_index"][j],
+            "token_ids": gen["sequences"][j].tolist(),
+            "prompt": vocab.decode(gen["prompts"][j]),
             "text": texts[j],
-            "score": gen["score"][j],
-            "logprob": float(np.sum(gen["logprobs"][j]) + gen["eos_logprob"][j]),
+            "score": rec["score"][j],
+            "logprob": float(np.sum(gen["model_logprobs"][j]) + gen["eos_model_logprobs"][j]),
         }
-        for j in range(len(gen["tokens"]))
+        for j in range(len(gen["sequences"]))
     ]
 
 
@@ -574,20 +533,17 @@ def human_row(
     is_abc: bool,
     reference: Any = None,
 ) -> dict[str, Any]:
-    from seqgen.experiment import score_sequences
-    from seqgen.metrics import compute_metrics
-
+    """The human row: the held-out continuations (`make_prompts`) scored by the model
+    (teacher-forced log-probs: `gen/ppl` is the model's perplexity on them), `human_metrics`."""
     lps, eos = score_sequences(model, pr.human_prompts, pr.human, pr.human_ended)
     texts = [
         corpus.vocab.decode(np.concatenate([p, t])) for p, t in zip(pr.human_prompts, pr.human)
     ]
-    metrics = compute_metrics(
+    metrics = human_metrics(
         pr.human,
         ended=pr.human_ended,
-        tempered_logprobs=lps,
-        model_logprobs=lps,
-        eos_tempered_logprobs=eos,
-        eos_model_logprobs=eos,
+        logprobs=lps,
+        eos_logprobs=eos,
         abc_texts=texts if is_abc else None,
         max_len=[int(cfg.decode.max_len) - len(p) for p in pr.human_prompts],
         prompts=pr.human_prompts,

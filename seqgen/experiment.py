@@ -9,44 +9,37 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import jax
-import numpy as np
+from flax import nnx
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from seqgen.checkpoint import DamagedCacheEntry, ModelCache
 from seqgen.config import to_dict
+from seqgen.data.batching import batch_iterator, eval_batches
+from seqgen.data.corpus import fingerprint, load_corpus
 from seqgen.errors import UserError
-from seqgen.preflight import check_divergence
-from seqgen.tokens import BOS_ID
+from seqgen.evaluate import evaluate_decoders
+from seqgen.metrics import perplexity_from_nll
+from seqgen.models import LanguageModel, count_params, make_init_carry_fn, make_step_fn
+from seqgen.outputs import print_results_table, reset_outputs, write_decoder, write_outputs
+from seqgen.parallel import maybe_initialize_distributed
+from seqgen.paths import cache_root
+from seqgen.preflight import check_divergence, check_environment, check_run
+from seqgen.report import write_report
+from seqgen.scoring import LoadedModel
+from seqgen.tracking import make_tracker
+from seqgen.train import evaluate, train
 
 log = logging.getLogger("seqgen")
 
 # Train-config fields that change what is trained (the others only change how it is shown).
 _TRAIN_DISPLAY_ONLY = ("progress", "log_every")
-
-
-@dataclass
-class LoadedModel:
-    """A model as the decoders and scorers see it: a pure step function and its parameters."""
-
-    step_fn: Callable[..., Any]
-    params: Any
-    init_carry: Callable[[int], Any]  # batch size -> carry pytree
-    vocab_size: int
-    metrics: dict[str, float] = field(default_factory=dict)  # ppl/valid, ppl/test, bits/*
-    info: dict[str, Any] = field(default_factory=dict)  # cache key, params, train summary
-
-
-def default_cache_dir(cfg: Any) -> Path:
-    """`cache_dir` from the config, else `$SEQGEN_CACHE`, else `~/.cache/seqgen`."""
-    from seqgen.checkpoint import default_cache_root
-
-    root = cfg.get("cache_dir") if isinstance(cfg, DictConfig) else getattr(cfg, "cache_dir", None)
-    return Path(root).expanduser() if root else default_cache_root()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -55,10 +48,6 @@ def default_cache_dir(cfg: Any) -> Path:
 
 def build_model(model_cfg: Any, vocab_size: int, seed: int, predict_eos: bool = True):
     """The configured LM; `predict_eos=False` for a text stream without EOS (see LanguageModel)."""
-    from flax import nnx
-
-    from seqgen.models import LanguageModel
-
     return LanguageModel(
         vocab_size,
         cell=model_cfg.cell,
@@ -74,9 +63,6 @@ def build_model(model_cfg: Any, vocab_size: int, seed: int, predict_eos: bool = 
 
 
 def model_cache_key(cfg: Any, corpus: Any) -> str:
-    from seqgen.checkpoint import ModelCache
-    from seqgen.data.corpus import fingerprint
-
     train_cfg = {k: v for k, v in to_dict(cfg.train).items() if k not in _TRAIN_DISPLAY_ONLY}
     return ModelCache.key(fingerprint(corpus), to_dict(cfg.model), train_cfg, int(cfg.seed))
 
@@ -97,62 +83,17 @@ def get_model(cfg: Any, corpus: Any, tracker: Any = None) -> LoadedModel:
     if cfg.model.cell == "oracle":
         return _oracle_model(corpus)
 
-    from seqgen.checkpoint import ModelCache
-    from seqgen.data.batching import batch_iterator, eval_batches
-    from seqgen.models import count_params, make_init_carry_fn, make_step_fn
-    from seqgen.train import train
-
-    cache = ModelCache(default_cache_dir(cfg) / "models")
+    cache = ModelCache(cache_root(cfg.cache_dir) / "models")
     key = model_cache_key(cfg, corpus)
     entry = str(cache.path(key))  # another cache folder is another entry, even for one key
     if entry in _LOADED:  # a later job of a sweep in this process: same step_fn, no recompile
         hit = _LOADED[entry]
         return replace(hit, info={**hit.info, "cached": True})
     vocab_json = json.dumps(corpus.vocab.to_json())
-    seed, seq_len = int(cfg.seed), int(cfg.train.seq_len)
-
-    def train_fn():
-        model = build_model(cfg.model, len(corpus.vocab), seed, corpus.has_eos)
-        log.info(
-            "model: training %s (%s params) -> cache %s",
-            cfg.model.cell,
-            f"{count_params(model):,}",
-            cache.path(key),
-        )
-        stream = corpus.stream  # text: windows of the stream, no EOS appended
-        train_it = batch_iterator(
-            corpus.train, int(cfg.train.batch_size), seq_len, seed, stream=stream
-        )
-        valid = eval_batches(corpus.valid, int(cfg.train.batch_size), seq_len, stream=stream)
-        valid = valid[: int(cfg.train.eval_batches)]
-        result = train(
-            model,
-            train_it,
-            valid,
-            cfg.train,
-            ckpt_dir=cache.path(key) / "train_ckpt",
-            tracker=tracker,
-            seed=seed,
-        )
-        metrics = heldout_metrics(result.model, corpus, cfg.train)
-        check_divergence(metrics, len(corpus.vocab))  # a diverged model is never cached
-        meta = {
-            "metrics": metrics,
-            "train": result.summary,
-            "params": count_params(result.model),
-            "model": to_dict(cfg.model),
-            "train_cfg": to_dict(cfg.train),
-            "data": corpus.name,
-            "data_cfg": to_dict(cfg.data),  # with `seed`: what seqgen-sample reloads
-            "seed": seed,
-            "predict_eos": corpus.has_eos,  # text streams without EOS pin its logit
-        }
-        return result.model, vocab_json, meta
-
     model, meta, trained = cache.get_or_train(
         key,
-        build_model(cfg.model, len(corpus.vocab), seed, corpus.has_eos),
-        train_fn,
+        build_model(cfg.model, len(corpus.vocab), int(cfg.seed), corpus.has_eos),
+        lambda: _train_model(cfg, corpus, cache.path(key), tracker, vocab_json),
         vocab_json=vocab_json,
         retrain_damaged=cfg.cache_on_damage == "retrain",
     )
@@ -181,12 +122,45 @@ def get_model(cfg: Any, corpus: Any, tracker: Any = None) -> LoadedModel:
     return loaded
 
 
+def _train_model(
+    cfg: Any, corpus: Any, entry: Path, tracker: Any, vocab_json: str
+) -> tuple[Any, str, dict]:
+    """`ModelCache.get_or_train`'s `train_fn`: a freshly trained model (resuming from
+    `entry/train_ckpt`), its vocabulary and its `meta.json`."""
+    seed, seq_len = int(cfg.seed), int(cfg.train.seq_len)
+    model = build_model(cfg.model, len(corpus.vocab), seed, corpus.has_eos)
+    log.info(
+        "model: training %s (%s params) -> cache %s",
+        cfg.model.cell,
+        f"{count_params(model):,}",
+        entry,
+    )
+    stream = corpus.stream  # text: windows of the stream, no EOS appended
+    train_it = batch_iterator(corpus.train, int(cfg.train.batch_size), seq_len, seed, stream=stream)
+    valid = eval_batches(corpus.valid, int(cfg.train.batch_size), seq_len, stream=stream)
+    valid = valid[: int(cfg.train.eval_batches)]
+    result = train(
+        model, train_it, valid, cfg.train, ckpt_dir=entry / "train_ckpt", tracker=tracker, seed=seed
+    )
+    metrics = heldout_metrics(result.model, corpus, cfg.train)
+    check_divergence(metrics, len(corpus.vocab))  # a diverged model is never cached
+    meta = {
+        "metrics": metrics,
+        "train": result.summary,
+        "params": count_params(result.model),
+        "model": to_dict(cfg.model),
+        "train_cfg": to_dict(cfg.train),
+        "data": corpus.name,
+        "data_cfg": to_dict(cfg.data),  # with `seed`: what seqgen-sample reloads
+        "seed": seed,
+        "predict_eos": corpus.has_eos,  # text streams without EOS pin its logit
+    }
+    return result.model, vocab_json, meta
+
+
 def heldout_metrics(model: Any, corpus: Any, train_cfg: Any) -> dict[str, float]:
     """`ppl/` and `bits/` of the valid and test splits: per target token, i.e. every sequence
     with its EOS, or every stream token (text: EOS only where `data.line_eos` put it)."""
-    from seqgen.data.batching import eval_batches
-    from seqgen.train import evaluate
-
     batch_size, seq_len = int(train_cfg.batch_size), int(train_cfg.seq_len)
     metrics = {}
     for split, seqs in (("valid", corpus.valid), ("test", corpus.test)):
@@ -239,9 +213,6 @@ def load_model_dir(
     """The model saved in one model-cache folder (`meta.json`, `vocab.json`, checkpoint),
     verified like any cache entry (checksums, format) and against the corpus's vocabulary;
     `what` names the folder in the one-line error a damaged or mismatched entry gives."""
-    from seqgen.checkpoint import DamagedCacheEntry, ModelCache
-    from seqgen.models import make_init_carry_fn, make_step_fn
-
     cache = ModelCache(path.parent)
     try:
         meta = cache.check(path.name)
@@ -270,8 +241,6 @@ def load_model_dir(
 
 def _oracle_model(corpus: Any) -> LoadedModel:
     """The DPFSA's exact distribution as a step function; its held-out perplexity is exact."""
-    from seqgen.metrics import perplexity_from_nll
-
     oracle = corpus.oracle
     metrics = {}
     for split, seqs in (("valid", corpus.valid), ("test", corpus.test)):
@@ -291,56 +260,6 @@ def _oracle_model(corpus: Any) -> LoadedModel:
 
 
 # ---------------------------------------------------------------------------------------------
-# Scoring: per-token log-probs of given sequences under any step function (human row, ref model).
-
-
-def score_sequences(
-    model: LoadedModel, prompts: list[np.ndarray], conts: list[np.ndarray], ended: list[bool]
-) -> tuple[list[np.ndarray], list[float]]:
-    """Log-probs of each continuation token (after its prompt), and of EOS where it ended."""
-    import jax.numpy as jnp
-
-    n = len(conts)
-    if n == 0:
-        return [], []
-    full = [np.concatenate([p, c]).astype(np.int32) for p, c in zip(prompts, conts)]
-    t = max(len(f) for f in full) + 1
-    inputs = np.zeros((n, t), np.int32)
-    targets = np.zeros((n, t), np.int32)
-    for i, f in enumerate(full):
-        inputs[i, 0] = BOS_ID
-        inputs[i, 1 : len(f) + 1] = f
-        targets[i, : len(f)] = f
-        targets[i, len(f)] = 2  # EOS
-    lp = np.asarray(
-        _score_jit(
-            model.step_fn,
-            model.params,
-            model.init_carry(n),
-            jnp.asarray(inputs),
-            jnp.asarray(targets),
-        )
-    )
-    cont_lps, eos_lps = [], []
-    for i, (p, c) in enumerate(zip(prompts, conts)):
-        cont_lps.append(lp[i, len(p) : len(p) + len(c)])
-        eos_lps.append(float(lp[i, len(p) + len(c)]) if ended[i] else 0.0)
-    return cont_lps, eos_lps
-
-
-@jax.jit(static_argnums=0)
-def _score_jit(step_fn, params, carry, inputs, targets):  # [N, T] -> [N, T]
-    def body(carry, xs):
-        tok, tgt = xs
-        carry, logits = step_fn(params, carry, tok)
-        logp = jax.nn.log_softmax(logits.astype(np.float32), axis=-1)
-        return carry, jax.numpy.take_along_axis(logp, tgt[:, None], axis=-1)[:, 0]
-
-    _, lp = jax.lax.scan(body, carry, (inputs.T, targets.T))
-    return lp.T
-
-
-# ---------------------------------------------------------------------------------------------
 # The run.
 
 
@@ -351,13 +270,6 @@ def run_experiment(cfg: Any, out_dir: str | Path | None = None) -> dict[str, Any
     "out_dir": str}`. Files written into `out_dir`: `config.yaml`, `metrics.json`,
     `results.jsonl`, `samples.jsonl`, `samples/`, `plots/`.
     """
-    from seqgen.data.corpus import load_corpus
-    from seqgen.evaluate import evaluate_decoders
-    from seqgen.outputs import print_results_table, reset_outputs, write_decoder, write_outputs
-    from seqgen.parallel import maybe_initialize_distributed
-    from seqgen.preflight import check_environment, check_run
-    from seqgen.tracking import make_tracker
-
     if not isinstance(cfg, DictConfig):
         cfg = OmegaConf.structured(cfg)
     out_dir = Path(out_dir or Path.cwd())
@@ -365,7 +277,7 @@ def run_experiment(cfg: Any, out_dir: str | Path | None = None) -> dict[str, Any
     out_dir.mkdir(parents=True, exist_ok=True)
     reset_outputs(out_dir)
     maybe_initialize_distributed(cfg)
-    enable_compilation_cache(default_cache_dir(cfg) / "jax_compile")
+    enable_compilation_cache(cache_root(cfg.cache_dir) / "jax_compile")
     resolved = to_dict(cfg)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     tracker = make_tracker(
@@ -414,10 +326,11 @@ def run_experiment(cfg: Any, out_dir: str | Path | None = None) -> dict[str, Any
                 out_dir,
             )
             raise
-        outputs = {
-            **write_outputs(cfg, results, samples, out_dir, tracker, corpus.vocab),
-            "listen": listen,
-        }
+        outputs = write_outputs(cfg, results, samples, out_dir, tracker)
+        report = write_report(out_dir, vocab=corpus.vocab)  # `vocab` marks the prompts in it
+        tracker.log_html("report", report)
+        log.info("report: %s", report)
+        outputs = {**outputs, "report": str(report), "listen": listen}
         tracker.log_summary(model_metrics)
         wall = time.time() - t0
         (out_dir / "metrics.json").write_text(
@@ -449,9 +362,6 @@ def enable_compilation_cache(path: Path) -> None:
 def _group(cfg: Any) -> str:
     """W&B group: the experiment, and for a multirun also its sweep folder."""
     try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
         hc = HydraConfig.get()
         if hc.mode == RunMode.MULTIRUN:
             return f"{cfg.experiment_name}/{Path(hc.sweep.dir).name}"
@@ -462,14 +372,7 @@ def _group(cfg: Any) -> str:
 
 def _run_name(out_dir: Path) -> str | None:
     try:
-        from hydra.core.hydra_config import HydraConfig
-
         overrides = HydraConfig.get().overrides.task
         return ",".join(str(o) for o in overrides) or "default"
     except Exception:
         return out_dir.name
-
-
-def require(condition: bool, message: str) -> None:
-    if not condition:
-        raise UserError(message)

@@ -112,12 +112,11 @@ def write_outputs(
     samples: list[dict[str, Any]],
     out_dir: Path,
     tracker: Any,
-    vocab: Any = None,
 ) -> dict[str, Any]:
-    """What needs every decoder: the plots, the report page (`vocab` marks the prompts in it),
-    the tracker's copy of results, samples and the page, and `results.jsonl` rewritten whole,
-    since some metrics (`search/beam_error`) compare decoders and exist only once all have run
-    (`write_decoder` appended each row as it finished)."""
+    """What needs every decoder: the plots, the tracker's copy of results, samples and plots,
+    and `results.jsonl` rewritten whole, since some metrics (`search/beam_error`) compare
+    decoders and exist only once all have run (`write_decoder` appended each row as it
+    finished). The report page, which reads these files, is `seqgen.report`'s."""
     (out_dir / "results.jsonl").write_text("".join(json.dumps(_clean(r)) + "\n" for r in results))
     plots = []
     if cfg.output.plots:
@@ -129,12 +128,7 @@ def write_outputs(
     tracker.log_table("samples", columns, [[s[c] for c in columns] for s in samples[:2000]])
     for p in plots:
         tracker.log_image(f"plots/{Path(p).stem}", p)
-    from seqgen.report import write_report
-
-    report = write_report(out_dir, vocab=vocab)
-    tracker.log_html("report", report)
-    log.info("report: %s", report)
-    return {"plots": [str(p) for p in plots], "report": str(report)}
+    return {"plots": [str(p) for p in plots]}
 
 
 def marked_text(prompt: str, text: str) -> str:

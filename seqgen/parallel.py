@@ -67,10 +67,13 @@ def maybe_initialize_distributed(cfg: Any) -> bool:
 
     Optional fields `coordinator_address`, `num_processes`, `process_id` are passed through
     (None lets JAX detect them on SLURM / TPU / k8s). Must run before any other JAX call.
-    Returns whether it initialized.
+    At most once per process: the later jobs of an in-process multirun find it initialized.
+    Returns whether the process runs distributed.
     """
     if not getattr(cfg, "distributed", False):
         return False
+    if jax.distributed.is_initialized():
+        return True
     jax.distributed.initialize(
         coordinator_address=getattr(cfg, "coordinator_address", None),
         num_processes=getattr(cfg, "num_processes", None),

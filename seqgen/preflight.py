@@ -24,6 +24,7 @@ from urllib.parse import urlparse
 
 from seqgen.decoding.registry import rows_per_prompt, validate_decoder
 from seqgen.errors import UserError
+from seqgen.paths import cache_root
 
 # Environment variables from which `jax.distributed.initialize()` finds its coordinator.
 _CLUSTER_ENV = (
@@ -75,12 +76,10 @@ def check_environment(
     cfg: Any, out_dir: str | os.PathLike | None = None, out_key: str = "hydra.run.dir"
 ) -> None:
     """Folders, coordinator and credentials: everything that can fail before any data is read."""
-    from seqgen.checkpoint import default_cache_root
-
     if out_dir is not None:
         check_writable_dir(out_dir, out_key)
     cache = cfg.get("cache_dir")
-    check_writable_dir(cache or default_cache_root(), "cache_dir" if cache else "SEQGEN_CACHE")
+    check_writable_dir(cache_root(cache), "cache_dir" if cache else "SEQGEN_CACHE")
     if cfg.get("distributed") and not (
         cfg.get("coordinator_address") or any(os.environ.get(v) for v in _CLUSTER_ENV)
     ):

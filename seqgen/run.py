@@ -9,17 +9,27 @@ validated, so a typo in a key, a wrong type or an out-of-range knob prints
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
 import hydra
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from seqgen.config import register_configs, validate_config
+from seqgen import sweep
+from seqgen.config import register_configs, unknown_key_message, validate_config
+from seqgen.decoding.registry import DECODER_NAMES
 from seqgen.errors import TrainingInterrupted, UserError
+from seqgen.experiment import run_experiment
+from seqgen.preflight import check_environment
 
 log = logging.getLogger("seqgen")
 # The Hydra configs: inside an installed wheel they are the package `seqgen.conf` (pyproject maps
@@ -41,9 +51,6 @@ def _fail(message: str) -> None:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
 def main(cfg: DictConfig) -> Any:
-    from seqgen.experiment import run_experiment
-    from seqgen.sweep import record_failure
-
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
@@ -58,13 +65,13 @@ def main(cfg: DictConfig) -> Any:
     except UserError as exc:
         _fail(str(exc))
         if multirun:  # keep the other jobs of the sweep going; the summary lists this one
-            record_failure(out_dir, cfg, exc)
+            sweep.record_failure(out_dir, cfg, exc)
             return None
         sys.exit(2)
     except Exception as exc:
         if multirun:
             log.exception("job failed")
-            record_failure(out_dir, cfg, exc)
+            sweep.record_failure(out_dir, cfg, exc)
             return None
         raise
 
@@ -78,13 +85,6 @@ _FLAGS_SKIP_CHECK = {"--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-
 
 def _explain(exc: BaseException, overrides: list[str] = ()) -> str:
     """Condense an OmegaConf/Hydra composition error into one line."""
-    import re
-
-    from omegaconf.errors import OmegaConfBaseException
-
-    from seqgen.config import unknown_key_message
-    from seqgen.decoding.registry import DECODER_NAMES
-
     chain: list[BaseException] = []
     e: BaseException | None = exc
     while e is not None and e not in chain:
@@ -110,47 +110,44 @@ def _explain(exc: BaseException, overrides: list[str] = ()) -> str:
     return text
 
 
-def _check_overrides(argv: list[str]) -> None:
-    """Compose the config for each override value and validate it; exit 2 on a mistake."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    from seqgen.preflight import check_environment
-
-    multirun = any(a in ("-m", "--multirun") for a in argv)
+def _split_argv(argv: list[str]) -> tuple[list[str], str] | None:
+    """(overrides, config name) of a command line; None when Hydra should see it unchecked
+    (help, --cfg, another config dir)."""
     overrides: list[str] = []
     config_name = "config"
     it = iter(argv)
     for arg in it:
         if arg in _FLAGS_SKIP_CHECK:
-            return
+            return None
         if arg in _FLAGS_WITH_VALUE:
             value = next(it, "")
-            if arg in ("-cn", "--config-name"):
-                config_name = value
-            else:
-                return  # another config dir: leave it to Hydra
-            continue
-        if arg.startswith("-"):
-            continue
-        overrides.append(arg)
+            if arg not in ("-cn", "--config-name"):
+                return None  # another config dir: leave it to Hydra
+            config_name = value
+        elif not arg.startswith("-"):
+            overrides.append(arg)
+    return overrides, config_name
 
+
+def _sweep_choices(override: Override) -> list[str] | None:
+    """Each value of a sweep (`a,b`, `choice()`, `range()`, `sort()`, ...) as its own override
+    `key=value`, enumerated by Hydra as its basic sweeper does; None for a sweep only Hydra
+    can expand (`interval()`, `glob()`): it is left to Hydra."""
     try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except Exception as exc:  # a syntax error in an override
-        _fail(_explain(exc))
-        sys.exit(2)
-    base = [o.input_line if not o.is_sweep_override() else None for o in parsed]
+        values = list(override.sweep_string_iterator())
+    except Exception:
+        return None
+    return [f"{override.get_key_element()}={v}" for v in values]
+
+
+def _variants(parsed: list[Override]) -> list[list[str]]:
+    """The override lists to compose: every sweep at its first value, then each other value
+    of each sweep (one at a time, the others at their first)."""
+    base: list[str | None] = [o.input_line for o in parsed]
     sweeps: list[tuple[int, list[str]]] = []
     for i, o in enumerate(parsed):
         if o.is_sweep_override():
-            try:
-                values = list(o.sweep_string_iterator())
-            except Exception:  # a range/interval sweep: leave it to the sweeper
-                values = []
-            key = o.get_key_element()
-            choices = [f"{key}={v}" for v in values]
+            choices = _sweep_choices(o) or []
             base[i] = choices[0] if choices else None
             sweeps.append((i, choices))
     variants = [[b for b in base if b is not None]]
@@ -159,23 +156,46 @@ def _check_overrides(argv: list[str]) -> None:
             variant = list(base)
             variant[i] = choice
             variants.append([b for b in variant if b is not None])
+    return variants
 
+
+def _check_variant(config_name: str, variant: list[str], multirun: bool, given: set[str]) -> None:
+    """Compose one variant and validate it, and each value of the sweeps its experiment file
+    sets (`hydra.sweeper.params`, parsed by Hydra's grammar like the command line's) that the
+    command line does not override (`given`: the keys it sets)."""
+    cfg = compose(config_name=config_name, overrides=variant, return_hydra_config=True)
+    validate_config(cfg)
+    # folders, coordinator, credentials: before Hydra creates the run dir
+    out_key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    check_environment(cfg, OmegaConf.select(cfg, out_key), out_key)
+    params = cfg.hydra.sweeper.get("params") or {}
+    lines = [f"{key}={spec}" for key, spec in params.items() if key.lstrip("+~") not in given]
+    for override in OverridesParser.create().parse_overrides(lines):
+        values = [override.input_line]
+        if override.is_sweep_override():
+            values = _sweep_choices(override) or []
+        for one in values:
+            validate_config(compose(config_name=config_name, overrides=[*variant, one]))
+
+
+def _check_overrides(argv: list[str]) -> None:
+    """Compose the config for each override value and validate it; exit 2 on a mistake."""
+    split = _split_argv(argv)
+    if split is None:
+        return
+    overrides, config_name = split
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception as exc:  # a syntax error in an override
+        _fail(_explain(exc))
+        sys.exit(2)
+    given = {o.key_or_group for o in parsed}
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        for variant in variants:
+        for variant in _variants(parsed):
             try:
-                cfg = compose(config_name=config_name, overrides=variant, return_hydra_config=True)
-                validate_config(cfg)
-                # folders, coordinator, credentials: before Hydra creates the run dir
-                out_key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
-                check_environment(cfg, OmegaConf.select(cfg, out_key), out_key)
-                params = cfg.hydra.sweeper.get("params") or {}
-                for key, spec in params.items():  # sweeps set by an experiment file
-                    for value in str(spec).split(","):
-                        one = compose(
-                            config_name=config_name, overrides=[*variant, f"{key}={value.strip()}"]
-                        )
-                        validate_config(one)
+                _check_variant(config_name, variant, multirun, given)
             except UserError as exc:
                 _fail(str(exc))
                 sys.exit(2)
@@ -188,9 +208,7 @@ def _check_overrides(argv: list[str]) -> None:
 def cli() -> None:
     _check_overrides(sys.argv[1:])
     main()
-    from seqgen.sweep import FAILED_JOBS
-
-    if FAILED_JOBS:
+    if sweep.FAILED_JOBS:
         sys.exit(1)
 
 

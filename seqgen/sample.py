@@ -25,6 +25,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from seqgen.errors import UserError
+from seqgen.paths import cache_root
 
 log = logging.getLogger("seqgen")
 
@@ -174,7 +175,6 @@ def sample(argv: list[str]) -> dict[str, Any]:
     )
     from seqgen.experiment import (
         _oracle_model,
-        default_cache_dir,
         enable_compilation_cache,
         load_model_dir,
     )
@@ -193,7 +193,7 @@ def sample(argv: list[str]) -> dict[str, Any]:
     decode_seed = int(cfg.seed) if opts.seed is None else opts.seed
     validate_config(cfg)
 
-    enable_compilation_cache(default_cache_dir(cfg) / "jax_compile")
+    enable_compilation_cache(cache_root(cfg.cache_dir) / "jax_compile")
     corpus = load_corpus(cfg.data, int(cfg.seed))  # the model's seed: its splits and vocabulary
     if model_dir is None:
         model = _oracle_model(corpus)
@@ -209,8 +209,8 @@ def sample(argv: list[str]) -> dict[str, Any]:
     if constraint is not None:
         pr, _ = accepted_prompts(constraint, pr)
     out = decode_all(cfg, dec, model, pr.prompts, decoder_key(decode_seed, 0), constraint)
-    gen, texts = generations(cfg, dec, corpus, pr.prompts, out)
-    records = sample_records(label, gen, texts, corpus.vocab)
+    gen, rec, texts = generations(cfg, dec, corpus, pr.prompts, out)
+    records = sample_records(label, gen, rec, texts, corpus.vocab)
     log.info("decoded %s: %d sequences in %.1f s", label, len(records), time.time() - t0)
     if opts.out:
         from seqgen.outputs import reset_outputs, write_samples
@@ -226,9 +226,7 @@ def sample(argv: list[str]) -> dict[str, Any]:
 
 def list_models(cache_dir: str | None = None) -> list[dict[str, Any]]:
     """The cached models, newest first: path, data, model, steps, ppl/valid, when."""
-    from seqgen.checkpoint import default_cache_root
-
-    root = (Path(cache_dir).expanduser() if cache_dir else default_cache_root()) / "models"
+    root = cache_root(cache_dir) / "models"
     rows = []
     for meta_path in root.glob("*/meta.json"):
         try:

@@ -21,6 +21,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from seqgen.outputs import METRIC_UNITS, SCORE_UNITS, TABLE_COLUMNS, score_kind
+from seqgen.report import write_sweep_report
+from seqgen.tracking import make_tracker
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +128,6 @@ def write_summary(sweep_dir: Path, *, plots: bool = True) -> dict[str, Any]:
         lines += [f"- `{fj['job']}`: {fj['error']}" for fj in failed]
     (sweep_dir / "summary.md").write_text("\n".join(lines) + "\n")
     plot_paths = _plot(sweep_dir, rows, swept, metric_keys) if plots and swept else []
-    from seqgen.report import write_sweep_report
-
     report = write_sweep_report(sweep_dir, columns, rows, failed, _fmt)
     return {"rows": rows, "failed": failed, "swept": swept, "plots": plot_paths, "report": report}
 
@@ -221,8 +221,6 @@ class SweepSummary(Callback):
         logger_cfg = config.get("logger")
         if logger_cfg is None or logger_cfg.name != "wandb" or logger_cfg.mode == "disabled":
             return
-        from seqgen.tracking import make_tracker
-
         tracker = make_tracker(
             logger_cfg,
             config={"sweep_dir": str(sweep_dir), "swept": summary["swept"]},

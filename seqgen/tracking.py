@@ -12,7 +12,19 @@ import subprocess
 from pathlib import Path
 from typing import Any, Protocol
 
+import jax
+
+import seqgen
+
 log = logging.getLogger(__name__)
+
+# The W&B folder variables seqgen set for the last job (a value the user set is left alone).
+_SET_FOR_JOB: dict[str, str] = {}
+
+
+def _set_for_job(var: str, value: str | os.PathLike) -> None:
+    if os.environ.get(var) in (None, _SET_FOR_JOB.get(var)):
+        os.environ[var] = _SET_FOR_JOB[var] = str(value)
 
 
 class Tracker(Protocol):
@@ -78,16 +90,16 @@ def git_commit() -> str | None:
 def run_provenance() -> dict[str, str | None]:
     """What every tracked run records about the code: seqgen's version, and the commit when
     it runs from a checkout."""
-    from seqgen import __version__
-
-    return {"seqgen_version": __version__, "git_commit": git_commit()}
+    return {"seqgen_version": seqgen.__version__, "git_commit": git_commit()}
 
 
 class WandbTracker:
     """Weights & Biases. `mode` is online | offline | disabled; offline never touches the network.
 
     W&B's files go under `out_dir` (its `wandb/` folder) unless WANDB_DIR is set, and its cache
-    and data folders default there too, so nothing lands in the user's home by surprise.
+    and data folders default there too, so nothing lands in the user's home by surprise. The
+    folder is passed to `wandb.init`, never put in the environment: each job of an in-process
+    multirun (and the sweep summary) writes into its own `out_dir`.
     """
 
     def __init__(
@@ -103,14 +115,14 @@ class WandbTracker:
         tags: list[str] | None = None,
         job_type: str | None = None,
     ) -> None:
-        import wandb
+        import wandb  # a slow import: only when a W&B run is made
 
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        os.environ.setdefault("WANDB_DIR", str(out_dir))
-        os.environ.setdefault("WANDB_CACHE_DIR", str(out_dir / "wandb" / ".cache"))
-        os.environ.setdefault("WANDB_DATA_DIR", str(out_dir / "wandb" / ".data"))
+        _set_for_job("WANDB_CACHE_DIR", out_dir / "wandb" / ".cache")
+        _set_for_job("WANDB_DATA_DIR", out_dir / "wandb" / ".data")
         os.environ.setdefault("WANDB_SILENT", "true")
+        wandb_dir = os.environ.get("WANDB_DIR") or str(out_dir)
         self._wandb = wandb
         config = dict(config)
         for k, v in run_provenance().items():
@@ -124,7 +136,7 @@ class WandbTracker:
             job_type=job_type,
             mode=mode,
             config=config,
-            dir=os.environ["WANDB_DIR"],
+            dir=wandb_dir,
             reinit="finish_previous",
             settings=wandb.Settings(init_timeout=60, console="off"),
         )
@@ -160,8 +172,6 @@ def make_tracker(
     job_type: str | None = None,
 ) -> Tracker:
     """The tracker a `logger` config asks for; a no-op on every process but 0."""
-    import jax
-
     if logger_cfg.name == "none" or jax.process_index() != 0:
         return NoOpTracker()
     if logger_cfg.mode == "disabled":

@@ -23,6 +23,7 @@ is kept.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -43,10 +44,9 @@ from flax import nnx
 from seqgen.checkpoint import TrainCheckpointer
 from seqgen.config import TrainConfig
 from seqgen.errors import TrainingInterrupted, UserError
-from seqgen.metrics.perplexity import perplexity_from_nll
+from seqgen.metrics.perplexity import LN2, perplexity_from_nll
 from seqgen.parallel import make_mesh, replicate, shard_batch
 
-LN2 = math.log(2.0)
 log = logging.getLogger("seqgen")
 
 
@@ -114,26 +114,37 @@ def lr_schedule(hp: TrainHParams) -> optax.Schedule:
     return optax.join_schedules([warm, decay], [hp.warmup_steps])
 
 
-def lr_at(hp: TrainHParams, count: int) -> float:
-    """`lr_schedule(hp)(count)` in plain Python (for logging without device ops)."""
-    if count < hp.warmup_steps:
-        return hp.lr * count / hp.warmup_steps
-    decay_steps = max(hp.steps - hp.warmup_steps, 1)
-    t = min(count - hp.warmup_steps, decay_steps) / decay_steps
-    return hp.lr * (hp.end_lr_ratio + (1 - hp.end_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+def _decay_mask(params: Any) -> Any:
+    return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
+def _scaled_adamw(learning_rate: Any, hp: TrainHParams) -> optax.GradientTransformation:
+    """AdamW on the schedule's shape (`lr_schedule` with peak 1), then times `learning_rate`.
+
+    AdamW's update, weight decay included, is linear in the learning rate, so this is AdamW
+    with `lr_schedule(hp)`; the peak is a separate factor so that it can be traced."""
+    adamw = optax.adamw(
+        lr_schedule(hp._replace(lr=1.0)), weight_decay=hp.weight_decay, mask=_decay_mask
+    )
+    if hp.clip_norm > 0:
+        adamw = optax.chain(optax.clip_by_global_norm(hp.clip_norm), adamw)
+    return optax.chain(adamw, optax.scale(learning_rate))
 
 
 @functools.lru_cache(maxsize=16)
 def make_optimizer(hp: TrainHParams) -> optax.GradientTransformation:
-    """Clip by global norm (if clip_norm > 0), then AdamW; no weight decay on biases."""
+    """Clip by global norm (if clip_norm > 0), then AdamW with `lr_schedule(hp)`; no weight
+    decay on biases.
 
-    def decay_mask(params):
-        return jax.tree.map(lambda p: p.ndim >= 2, params)
+    The peak learning rate `hp.lr` is injected (`optax.inject_hyperparams`): it lives in the
+    optimizer state as `hyperparams["learning_rate"]`, a traced array, so the train step of an
+    lr sweep compiles once (its compile key is `_compile_key(hp)`, without the lr)."""
+    return optax.inject_hyperparams(_scaled_adamw, static_args="hp")(learning_rate=hp.lr, hp=hp)
 
-    adamw = optax.adamw(lr_schedule(hp), weight_decay=hp.weight_decay, mask=decay_mask)
-    if hp.clip_norm > 0:
-        return optax.chain(optax.clip_by_global_norm(hp.clip_norm), adamw)
-    return adamw
+
+def _compile_key(hp: TrainHParams) -> TrainHParams:
+    """What the compiled train step depends on: `hp` but its lr, read from the optimizer state."""
+    return hp._replace(lr=1.0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -151,18 +162,15 @@ def _all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
-def _train_step(graphdef, unit_hp, params, opt_state, rest, batch, key_data, step, bad_step, lr):
+def _train_step(graphdef, compile_key, params, opt_state, rest, batch, key_data, step, bad_step):
     """One AdamW update on the masked-mean token cross-entropy; skipped if not finite.
 
     `key_data` uint32[2] = (seed, step) is the raw threefry key of this step's dropout masks
     (built on the host: no RNG op to compile for it). `step` is the number of updates done
     before this one; `bad_step` is -1 until the first non-finite step (1-based), after which
-    every update is skipped.
-
-    The learning rate is traced: `unit_hp` has lr=1 and the updates are scaled by `lr`
-    (AdamW's update, weight decay included, is linear in lr), so an lr sweep compiles once.
+    every update is skipped. The learning rate is the one in `opt_state` (`make_optimizer`).
     """
-    tx = make_optimizer(unit_hp)
+    tx = make_optimizer(compile_key)
     inputs, targets, mask = batch
 
     def loss_fn(p):
@@ -174,7 +182,6 @@ def _train_step(graphdef, unit_hp, params, opt_state, rest, batch, key_data, ste
 
     loss, grads = jax.value_and_grad(loss_fn)(params)
     updates, new_opt_state = tx.update(grads, opt_state, params)
-    updates = jax.tree.map(lambda u: lr * u, updates)
     new_params = optax.apply_updates(params, updates)
     grad_norm = optax.tree.norm(grads)
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite(new_params)
@@ -338,23 +345,52 @@ def _fast_forward(batches: Iterator, n: int) -> None:
         next(batches)
 
 
-def _resume_state(ckpt: TrainCheckpointer, params: Any, opt_state: Any) -> dict | None:
+@dataclasses.dataclass
+class TrainState:
+    """What the loop carries from step to step; a checkpoint holds the arrays and `meta`."""
+
+    params: Any
+    opt_state: Any
+    rest: Any  # the model's non-parameter state (dropout RNG counts, ...)
+    bad_step: Any = -1  # int32 scalar: -1, or the first non-finite step (1-based)
+    step: int = 0  # updates done
+    data_position: int = 0  # batches consumed (one per step)
+    best_loss: float = math.inf
+    best_step: int = -1
+    bad_evals: int = 0  # evaluations since the best one (not checkpointed)
+    stopped_early: bool = False
+    history: dict[str, float] = dataclasses.field(default_factory=dict)  # step -> valid loss
+
+    def meta(self, seed: int) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "data_position": self.data_position,
+            "seed": seed,
+            "best_valid_loss": self.best_loss if math.isfinite(self.best_loss) else 1e308,
+            "best_step": self.best_step,
+            "history": self.history,
+            "stopped_early": self.stopped_early,
+        }
+
+
+def _restore(ckpt: TrainCheckpointer, state: TrainState) -> TrainState | None:
     """The state in the latest checkpoint; None if there is none, or if it is unreadable (then
     the checkpoints are cleared with a warning and training starts from step 0)."""
     if ckpt.latest_step("latest") is None:
         return None
     try:
-        params, opt_state, meta = ckpt.restore("latest", params, opt_state)
-        return {
-            "params": params,
-            "opt_state": opt_state,
-            "step": int(meta["step"]),
-            "data_position": int(meta["data_position"]),
-            "best_loss": float(meta["best_valid_loss"]),
-            "best_step": int(meta["best_step"]),
-            "history": dict(meta.get("history", {})),
-            "stopped_early": bool(meta.get("stopped_early", False)),
-        }
+        params, opt_state, meta = ckpt.restore("latest", state.params, state.opt_state)
+        return dataclasses.replace(
+            state,
+            params=params,
+            opt_state=opt_state,
+            step=int(meta["step"]),
+            data_position=int(meta["data_position"]),
+            best_loss=float(meta["best_valid_loss"]),
+            best_step=int(meta["best_step"]),
+            history=dict(meta.get("history", {})),
+            stopped_early=bool(meta.get("stopped_early", False)),
+        )
     except Exception as exc:  # damaged, or written for another model
         log.warning(
             "training checkpoint %s is unreadable (%s); training from step 0",
@@ -363,6 +399,199 @@ def _resume_state(ckpt: TrainCheckpointer, params: Any, opt_state: Any) -> dict 
         )
         ckpt.clear()
         return None
+
+
+def init_or_restore(
+    model: nnx.Module,
+    hp: TrainHParams,
+    train_batches: Iterator,
+    ckpt: TrainCheckpointer | None,
+    mesh: Any,
+) -> TrainState:
+    """A fresh state for `model`, or the latest checkpoint's (the batch iterator is then
+    fast-forwarded past the batches it consumed), committed to its devices."""
+    model.train()
+    _, params, rest = nnx.split(model, nnx.Param, ...)
+    state = TrainState(params, make_optimizer(hp).init(params), rest)
+    resumed = _restore(ckpt, state) if ckpt is not None else None
+    if resumed is not None:
+        state = resumed
+        log.info("resumed from step %d (%s)", state.step, ckpt.directory)
+        _fast_forward(train_batches, state.data_position)
+    # Commit the state to its devices: jit caches on committed-ness, and restored arrays are
+    # committed, so fresh and resumed runs (and every step) share one compiled train step.
+    arrays = (state.params, state.opt_state, state.rest, np.int32(-1))
+    if mesh is not None:
+        arrays = replicate(arrays, mesh)
+    else:
+        arrays = jax.device_put(arrays, jax.local_devices()[0])
+    state.params, state.opt_state, state.rest, state.bad_step = arrays
+    return state
+
+
+class _Meter:
+    """Throughput (tokens/s, the first step's compile excluded) and the mean loss of the
+    steps since the last log line."""
+
+    def __init__(self):
+        self.pending: list = []
+        self.first = True
+        self.tokens_since, self.t_since = 0.0, time.perf_counter()
+        self.total_tokens, self.t_train = 0.0, 0.0
+        self.last_loss = math.nan
+
+    def add(self, loss: jax.Array, ntok: float) -> None:
+        self.pending.append(loss)
+        if self.first:  # throughput excludes the compile in the first step
+            jax.block_until_ready(loss)
+            self.first, self.t_since = False, time.perf_counter()
+        else:
+            self.tokens_since += ntok
+            self.total_tokens += ntok
+
+    def flush(self) -> tuple[float, float]:
+        """(mean loss, tokens/s) since the last flush."""
+        self.last_loss = float(np.mean(jax.device_get(self.pending)))
+        now = time.perf_counter()
+        tps = self.tokens_since / max(now - self.t_since, 1e-9)
+        self.t_train += now - self.t_since
+        self.tokens_since, self.t_since, self.pending = 0.0, now, []
+        return self.last_loss, tps
+
+    def close(self) -> None:
+        self.t_train += time.perf_counter() - self.t_since
+
+
+class _Loop:
+    """The train loop's parts over one `TrainState`: step, evaluate, checkpoint, and the
+    checks between them (finite state, stop signals)."""
+
+    def __init__(self, model, hp, cfg, valid, ckpt, tracker, seed, progress, mesh):
+        self.hp, self.valid, self.ckpt, self.tracker, self.seed = hp, valid, ckpt, tracker, seed
+        self.progress, self.mesh = progress, mesh
+        self.eval_every = max(int(getattr(cfg, "eval_every", 0) or hp.steps or 1), 1)
+        self.ckpt_every = max(int(getattr(cfg, "checkpoint_every", 0) or hp.steps or 1), 1)
+        self.log_every = max(int(getattr(cfg, "log_every", 0) or 1), 1)
+        self.patience = int(getattr(cfg, "patience", 0) or 0)
+        model.eval()
+        self.graphdef_eval = nnx.graphdef(model)
+        model.train()
+        self.graphdef = nnx.graphdef(model)
+        self.schedule = lr_schedule(hp)
+        self.meter = _Meter()
+        self.stop = _StopSignals()
+        self.saved_step = -1
+
+    def step(self, state: TrainState, batch: Any) -> None:
+        """One update, then its log line, evaluation and checkpoint when they are due."""
+        batch = _as_arrays(batch)
+        ntok = float(batch[2].sum())
+        if self.mesh is not None:
+            batch = shard_batch(batch, self.mesh)
+        train_step, _ = _jitted()
+        state.params, state.opt_state, state.bad_step, m = train_step(
+            self.graphdef, _compile_key(self.hp), state.params, state.opt_state, state.rest,
+            batch, np.array([self.seed % 2**32, state.step], np.uint32), np.int32(state.step),
+            state.bad_step,
+        )  # fmt: skip
+        state.step += 1
+        state.data_position = state.step  # one batch per step
+        self.meter.add(m["loss"], ntok)
+        last = state.step == self.hp.steps
+        if state.step % self.log_every == 0 or last:
+            self.log(state, m)
+        if self.valid and (state.step % self.eval_every == 0 or last):
+            self.evaluate(state)
+        if state.step % self.ckpt_every == 0 or last or state.stopped_early:
+            self.check_finite(state)
+            self.save(state, "latest")
+        self.stop_if_signalled(state)
+
+    def log(self, state: TrainState, m: dict[str, jax.Array]) -> None:
+        self.check_finite(state)
+        loss, tps = self.meter.flush()
+        if self.tracker is not None:
+            lr = float(self.schedule(state.step - 1))  # the lr of the update just done
+            self.tracker.log(
+                {
+                    "train/loss": loss,
+                    "train/grad_norm": float(m["grad_norm"]),
+                    "train/lr": lr,
+                    "train/tokens_per_s": tps,
+                },
+                step=state.step,
+            )
+        self.bar.update(state.step, loss, tps)
+
+    def evaluate(self, state: TrainState) -> None:
+        """Valid loss; a new best is checkpointed; `patience` evaluations without one stop."""
+        self.check_finite(state)
+        sums = _eval_sums(self.graphdef_eval, state.params, state.rest, self.valid, self.mesh)
+        res = _metrics_from_sums(*sums)
+        state.history[str(state.step)] = res["loss"]
+        if self.progress:
+            log.info("valid step %d: loss %.4f, ppl %.3f", state.step, res["loss"], res["ppl"])
+        if self.tracker is not None:
+            self.tracker.log({f"valid/{k}": v for k, v in res.items()}, step=state.step)
+        if res["loss"] < state.best_loss:
+            state.best_loss, state.best_step, state.bad_evals = res["loss"], state.step, 0
+            self.save(state, "best")
+        else:
+            state.bad_evals += 1
+        if self.patience and state.bad_evals >= self.patience:
+            state.stopped_early = True
+
+    def save(self, state: TrainState, which: str) -> None:
+        if self.ckpt is not None:
+            self.ckpt.save(which, state.step, state.params, state.opt_state, state.meta(self.seed))
+            self.saved_step = state.step if which == "latest" else self.saved_step
+
+    def check_finite(self, state: TrainState) -> None:
+        bad = int(state.bad_step)
+        if bad >= 0:
+            kept = self.ckpt.latest_step("latest") if self.ckpt is not None else None
+            where = f"; last good checkpoint: step {kept} in {self.ckpt.directory}" if kept else ""
+            raise NonFiniteLossError(
+                f"training diverged: non-finite loss, gradient or parameters at step {bad} "
+                f"(train.lr={self.hp.lr}); lower train.lr or set train.clip_norm{where}"
+            )
+
+    def stop_if_signalled(self, state: TrainState) -> None:
+        if self.stop.signum is None:
+            return
+        self.check_finite(state)  # a diverged state is not saved; that error wins
+        if self.saved_step != state.step:
+            self.save(state, "latest")
+        kept = "checkpoint saved" if self.ckpt is not None else "no checkpoint (no ckpt_dir)"
+        raise TrainingInterrupted(
+            f"interrupted at step {state.step}; {kept}; rerun the same command to resume",
+            state.step,
+            self.stop.signum,
+        )
+
+    def run(self, state: TrainState, train_batches: Iterator, restore_best: bool) -> None:
+        """Step until `hp.steps` (or an early stop); then the best parameters, if asked."""
+        self.saved_step = state.step
+        self.bar = _Progress(self.progress, self.hp.steps, state.step)
+        try:
+            self.stop.install()
+            while state.step < self.hp.steps and not state.stopped_early:
+                self.step(state, next(train_batches))
+            self.check_finite(state)
+            best = state.best_step
+            if restore_best and self.ckpt is not None and best >= 0 and best != state.step:
+                state.params, _, _ = self.ckpt.restore("best", state.params)
+        except KeyboardInterrupt:
+            # Keep what was computed: the state after `step` completed updates is good if finite.
+            if int(state.bad_step) < 0 and self.saved_step != state.step:
+                self.save(state, "latest")
+            raise
+        finally:
+            self.stop.restore()
+            self.bar.close()
+            self.meter.close()
+            if self.ckpt is not None:
+                self.ckpt.close()
 
 
 def train(
@@ -391,194 +620,38 @@ def train(
     """
     t_start = time.perf_counter()
     hp = hparams_from_cfg(cfg)
-    eval_every = max(int(getattr(cfg, "eval_every", 0) or hp.steps or 1), 1)
     eval_batches = int(getattr(cfg, "eval_batches", 0) or 0)
-    ckpt_every = max(int(getattr(cfg, "checkpoint_every", 0) or hp.steps or 1), 1)
-    log_every = max(int(getattr(cfg, "log_every", 0) or 1), 1)
-    patience = int(getattr(cfg, "patience", 0) or 0)
     if progress is None:
         progress = bool(getattr(cfg, "progress", True))
     valid = list(valid_batches)[:eval_batches] if eval_batches > 0 else list(valid_batches)
-
     mesh = make_mesh() if getattr(cfg, "data_parallel", False) else None
     if mesh is not None and mesh.size == 1:
         mesh = None
 
-    model.eval()
-    graphdef_eval = nnx.graphdef(model)
-    model.train()
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    unit_hp, lr_arg = hp._replace(lr=1.0), np.float32(hp.lr)
-    opt_state = make_optimizer(unit_hp).init(params)
-    train_step, _ = _jitted()
-
-    step, best_loss, best_step, data_position = 0, math.inf, -1, 0
-    stopped_early, bad_evals = False, 0
-    history: dict[str, Any] = {}
     ckpt = TrainCheckpointer(ckpt_dir) if ckpt_dir is not None else None
-    resumed = _resume_state(ckpt, params, opt_state) if ckpt is not None and resume else None
-    if resumed is not None:
-        params, opt_state = resumed.pop("params"), resumed.pop("opt_state")
-        step, data_position = resumed["step"], resumed["data_position"]
-        best_loss, best_step = resumed["best_loss"], resumed["best_step"]
-        history, stopped_early = resumed["history"], resumed["stopped_early"]
-        log.info("resumed from step %d (%s)", step, ckpt.directory)
-        _fast_forward(train_batches, data_position)
+    loop = _Loop(model, hp, cfg, valid, ckpt, tracker, seed, progress, mesh)
+    state = init_or_restore(model, hp, train_batches, ckpt if resume else None, mesh)
+    loop.run(state, train_batches, restore_best)
 
-    # Commit the state to its devices: jit caches on committed-ness, and restored arrays are
-    # committed, so fresh and resumed runs (and every step) share one compiled train step.
-    bad_step = np.int32(-1)
-    if mesh is not None:
-        params, opt_state, rest, bad_step = replicate((params, opt_state, rest, bad_step), mesh)
-    else:
-        device = jax.local_devices()[0]
-        params, opt_state, rest, bad_step = jax.device_put(
-            (params, opt_state, rest, bad_step), device
-        )
-
-    def meta_now() -> dict[str, Any]:
-        return {
-            "step": step,
-            "data_position": data_position,
-            "seed": seed,
-            "best_valid_loss": best_loss if math.isfinite(best_loss) else 1e308,
-            "best_step": best_step,
-            "history": history,
-            "stopped_early": stopped_early,
-        }
-
-    saved_step = step
-
-    def save(which: str) -> None:
-        nonlocal saved_step
-        if ckpt is not None:
-            ckpt.save(which, step, params, opt_state, meta_now())
-            saved_step = step if which == "latest" else saved_step
-
-    def stop_if_signalled() -> None:
-        if stop.signum is None:
-            return
-        check_finite()  # a diverged state is not saved; that error wins
-        if saved_step != step:
-            save("latest")
-        kept = "checkpoint saved" if ckpt is not None else "no checkpoint (no ckpt_dir)"
-        raise TrainingInterrupted(
-            f"interrupted at step {step}; {kept}; rerun the same command to resume",
-            step,
-            stop.signum,
-        )
-
-    def check_finite() -> None:
-        bad = int(bad_step)
-        if bad >= 0:
-            kept = ckpt.latest_step("latest") if ckpt is not None else None
-            where = f"; last good checkpoint: step {kept} in {ckpt.directory}" if kept else ""
-            raise NonFiniteLossError(
-                f"training diverged: non-finite loss, gradient or parameters at step {bad} "
-                f"(train.lr={hp.lr}); lower train.lr or set train.clip_norm{where}"
-            )
-
-    bar = _Progress(progress, hp.steps, step)
-    last_loss = math.nan
-    tokens_since, t_since, total_tokens, t_train = 0.0, time.perf_counter(), 0.0, 0.0
-    pending: list = []
-    first_step = True
-    stop = _StopSignals()
-    try:
-        stop.install()
-        while step < hp.steps and not stopped_early:
-            batch = _as_arrays(next(train_batches))
-            ntok = float(batch[2].sum())
-            if mesh is not None:
-                batch = shard_batch(batch, mesh)
-            params, opt_state, bad_step, m = train_step(
-                graphdef, unit_hp, params, opt_state, rest, batch,
-                np.array([seed % 2**32, step], np.uint32), np.int32(step), bad_step, lr_arg,
-            )  # fmt: skip
-            step += 1
-            data_position = step  # one batch per step
-            pending.append(m["loss"])
-            if first_step:  # throughput excludes the compile in the first step
-                jax.block_until_ready(m["loss"])
-                first_step, t_since = False, time.perf_counter()
-            else:
-                tokens_since += ntok
-                total_tokens += ntok
-            if step % log_every == 0 or step == hp.steps:
-                check_finite()
-                last_loss = float(np.mean(jax.device_get(pending)))
-                now = time.perf_counter()
-                tps = tokens_since / max(now - t_since, 1e-9)
-                t_train += now - t_since
-                tokens_since, t_since = 0.0, now
-                lr = lr_at(hp, step - 1)
-                if tracker is not None:
-                    tracker.log(
-                        {
-                            "train/loss": last_loss,
-                            "train/grad_norm": float(m["grad_norm"]),
-                            "train/lr": lr,
-                            "train/tokens_per_s": tps,
-                        },
-                        step=step,
-                    )
-                pending = []
-                bar.update(step, last_loss, tps)
-            if valid and (step % eval_every == 0 or step == hp.steps):
-                check_finite()
-                res = _metrics_from_sums(*_eval_sums(graphdef_eval, params, rest, valid, mesh))
-                history[str(step)] = res["loss"]
-                if progress:
-                    logging.getLogger("seqgen").info(
-                        "valid step %d: loss %.4f, ppl %.3f", step, res["loss"], res["ppl"]
-                    )
-                if tracker is not None:
-                    tracker.log({f"valid/{k}": v for k, v in res.items()}, step=step)
-                if res["loss"] < best_loss:
-                    best_loss, best_step, bad_evals = res["loss"], step, 0
-                    save("best")
-                else:
-                    bad_evals += 1
-                if patience and bad_evals >= patience:
-                    stopped_early = True
-            if step % ckpt_every == 0 or step == hp.steps or stopped_early:
-                check_finite()
-                save("latest")
-            stop_if_signalled()
-        check_finite()
-        if restore_best and ckpt is not None and best_step >= 0 and best_step != step:
-            params, _, _ = ckpt.restore("best", params)
-    except KeyboardInterrupt:
-        # Keep what was computed: the state after `step` completed updates is good if finite.
-        if int(bad_step) < 0 and saved_step != step:
-            save("latest")
-        raise
-    finally:
-        stop.restore()
-        bar.close()
-        t_train += time.perf_counter() - t_since
-        if ckpt is not None:
-            ckpt.close()
-
+    params = state.params
     if mesh is not None:  # hand back single-device arrays (decoding does not use the mesh)
         params = jax.device_put(params, jax.local_devices()[0])
     nnx.update(model, params)
     model.eval()
-
     summary: dict[str, Any] = {
-        "train/loss": last_loss,
-        "steps": step,
-        "tokens_per_s": total_tokens / max(t_train, 1e-9),
+        "train/loss": loop.meter.last_loss,
+        "steps": state.step,
+        "tokens_per_s": loop.meter.total_tokens / max(loop.meter.t_train, 1e-9),
         "wall_time_s": time.perf_counter() - t_start,
-        "stopped_early": stopped_early,
-        "best_step": best_step,
+        "stopped_early": state.stopped_early,
+        "best_step": state.best_step,
     }
-    if math.isfinite(best_loss):
+    if math.isfinite(state.best_loss):
         summary.update(
             {
-                "valid/loss": best_loss,
-                "valid/ppl": math.exp(min(best_loss, 700.0)),
-                "valid/bits": best_loss / LN2,
+                "valid/loss": state.best_loss,
+                "valid/ppl": math.exp(min(state.best_loss, 700.0)),
+                "valid/bits": state.best_loss / LN2,
             }
         )
     return TrainResult(model, summary)

@@ -21,9 +21,10 @@ from flax import nnx
 import seqgen
 import seqgen.checkpoint
 from seqgen import experiment
-from seqgen.checkpoint import DamagedCacheEntry, ModelCache, default_cache_root
+from seqgen.checkpoint import DamagedCacheEntry, ModelCache
 from seqgen.errors import UserError
 from seqgen.models import LanguageModel
+from seqgen.paths import cache_root
 
 V = 10
 MODEL_CFG = {"cell": "gru", "embed_size": 8, "hidden_size": 8, "num_layers": 1}
@@ -66,7 +67,8 @@ def test_key_accepts_dataclasses_like_dicts():
 
 def test_default_root_honours_env(monkeypatch, tmp_path):
     monkeypatch.setenv("SEQGEN_CACHE", str(tmp_path))
-    assert default_cache_root() == tmp_path
+    assert cache_root() == tmp_path
+    assert cache_root(tmp_path / "given") == tmp_path / "given"  # a cache_dir wins
     assert ModelCache().root == tmp_path.absolute()
 
 

@@ -4,12 +4,14 @@ import hashlib
 import io
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
 from seqgen.data import text
 from seqgen.data.text import PRESETS, Preset, fetch_preset, line_blocks, read_text_file
 from seqgen.errors import UserError
+from seqgen.paths import cache_root
 
 CONTENT = b"First Citizen:\nBefore we proceed any further, hear me speak.\n"
 
@@ -104,11 +106,14 @@ def test_corrupt_download_is_rejected(tmp_path, fake_preset, monkeypatch):
     assert not (tmp_path / "fake" / "input.txt").exists()
 
 
-def test_default_cache_dir(monkeypatch, tmp_path):
+def test_presets_download_under_the_cache_root(monkeypatch, tmp_path, fake_preset):
     monkeypatch.setenv("SEQGEN_CACHE", str(tmp_path))
-    assert text.default_cache_dir() == str(tmp_path / "data")
+    monkeypatch.setattr(
+        text.urllib.request, "urlopen", lambda url, timeout=None: io.BytesIO(CONTENT)
+    )
+    assert fetch_preset("fake") == str(tmp_path / "data" / "fake" / "input.txt")
     monkeypatch.delenv("SEQGEN_CACHE")
-    assert text.default_cache_dir().endswith(".cache/seqgen/data")
+    assert str(cache_root()) == str(Path.home() / ".cache" / "seqgen")
 
 
 def test_unreadable_files_are_user_errors(tmp_path):

@@ -25,7 +25,7 @@ from seqgen.decoding import (
     stochastic_beam,
 )
 from seqgen.errors import UserError
-from seqgen.tokens import EOS_ID, NUM_SPECIAL, PAD_ID
+from seqgen.tokens import EOS_ID, PAD_ID
 
 # ----- tiny step functions (module level: the same object each call, so compiles are reused) ---
 
@@ -892,7 +892,6 @@ def test_decoders_dict_and_bad_prompts():
             max_len=8,
             vocab_size=10,
         )
-    assert NUM_SPECIAL == 4
 
 
 def test_top_p_and_typical_match_the_sorted_prefix_definition():

@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import logging
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
 from seqgen.data.corpus import load_corpus
 from seqgen.data.folk import header_length, load_tunes
-from seqgen.evaluate import make_prompts
+from seqgen.evaluate import (
+    Prompts,
+    _kept_per_prompt,
+    decoder_key,
+    generations,
+    human_row,
+    make_prompts,
+    sample_records,
+)
+from seqgen.scoring import LoadedModel
 from seqgen.tokens import EOS_ID
 
 
@@ -99,3 +110,102 @@ def test_text_openings_start_at_line_starts_and_the_human_row_is_the_text_after(
             assert not ended and len(c) == 60 - 12
         spans.append(corpus.vocab.decode(np.concatenate([p, c])))
     assert len(set(spans)) == len(spans)  # no two openings share their text
+
+
+# ---------------------------------------------------------------- generations, records, human row
+
+
+class _Vocab:
+    """Ids 4.. are the letters a, b, c, ...; decode joins them."""
+
+    def decode(self, ids):
+        return "".join(chr(ord("a") + int(i) - 4) for i in ids)
+
+
+def _decode_output():
+    """B = 2 prompts ([5] and none), N = 2 rows each, T = 4; hand-made log-probs."""
+    tokens = np.array([[[5, 6, 7, 0], [5, 4, 0, 0]], [[6, 0, 0, 0], [7, 7, 7, 7]]], np.int32)
+    lengths = np.array([[3, 2], [1, 4]], np.int32)
+    lp = np.where(tokens > 0, -1.0, 0.0).astype(np.float32)
+    lp[:, :, 0] = np.array([[0.0, 0.0], [-1.0, -1.0]])  # row 0's prompt position: 0
+    return {
+        "tokens": tokens,
+        "lengths": lengths,
+        "ended": np.array([[True, False], [True, False]]),
+        "logprobs": lp,
+        "tempered_logprobs": lp / 2,
+        "eos_logprob": np.array([[-2.0, 0.0], [-3.0, 0.0]], np.float32),
+        "eos_tempered_logprob": np.array([[-1.0, 0.0], [-1.5, 0.0]], np.float32),
+        "scores": np.array([[-4.0, -1.0], [-4.5, -4.0]], np.float32),
+    }
+
+
+def test_generations_cut_each_continuation_and_keep_the_best_of_an_nbest_list():
+    cfg = OmegaConf.create({"decode": {"prompts": "none"}})
+    prompts = [np.array([5], np.int32), np.zeros(0, np.int32)]
+    corpus = type("C", (), {"vocab": _Vocab()})()
+    sample = OmegaConf.create({"name": "sample"})
+    gen, rec, texts = generations(cfg, sample, corpus, prompts, _decode_output())
+    assert [s.tolist() for s in gen["sequences"]] == [[6, 7], [4], [6], [7, 7, 7, 7]]
+    assert [p.tolist() for p in gen["prompts"]] == [[5], [5], [], []]
+    assert texts == ["bcd", "ba", "c", "dddd"]
+    assert rec["prompt_index"] == [0, 0, 1, 1] and rec["sample_index"] == [0, 1, 0, 1]
+    assert rec["score"] == [-4.0, -1.0, -4.5, -4.0]
+    assert not any(k.startswith("best_") for k in gen)  # samples are not an n-best list
+    rows = sample_records("s", gen, rec, texts, _Vocab())
+    # sum of the continuation's log-probs, plus EOS's where it ended
+    assert [r["logprob"] for r in rows] == [-4.0, -1.0, -4.0, -4.0]
+    assert [r["prompt"] for r in rows] == ["b", "b", "", ""]
+
+    beam = OmegaConf.create({"name": "beam"})
+    gen, rec, texts = generations(cfg, beam, corpus, prompts, _decode_output())
+    assert [s.tolist() for s in gen["sequences"]] == [[6, 7], [6]]  # the best of each prompt
+    assert [s.tolist() for s in gen["best_sequences"]] == [[6, 7], [6]]
+    assert gen["eos_tempered_logprobs"].tolist() == [-1.0, -1.5]
+    assert rec["sample_index"] == [0, 0] and texts == ["bcd", "c"]
+
+
+def test_kept_per_prompt_follows_the_decoder_kind():
+    with_prompts = OmegaConf.create({"decode": {"prompts": "heldout"}})
+    no_prompts = OmegaConf.create({"decode": {"prompts": "none"}})
+    kept = lambda cfg, name: _kept_per_prompt(cfg, OmegaConf.create({"name": name}), 5)  # noqa: E731
+    assert kept(no_prompts, "beam") == 1 and kept(no_prompts, "greedy") == 1
+    assert kept(no_prompts, "sample") == 5 and kept(with_prompts, "sample") == 5
+    assert kept(no_prompts, "stochastic_beam") == 5  # K distinct samples of one prompt
+    assert kept(with_prompts, "stochastic_beam") == 1
+
+
+def test_decoder_keys_differ_by_index_and_seed():
+    keys = [decoder_key(0, 0), decoder_key(0, 1), decoder_key(1, 0)]
+    data = {tuple(np.asarray(jax.random.key_data(k)).tolist()) for k in keys}
+    assert len(data) == 3
+    assert np.array_equal(jax.random.key_data(decoder_key(0, 1)), jax.random.key_data(keys[1]))
+
+
+def test_human_row_under_a_uniform_model_has_perplexity_v():
+    """Every token and EOS has log-prob -ln 8 under uniform logits over V = 8: gen/ppl = 8."""
+    v = 8
+    model = LoadedModel(
+        step_fn=_uniform_step,
+        params=jnp.zeros(()),
+        init_carry=lambda b: jnp.zeros((b,)),
+        vocab_size=v,
+    )
+    pr = Prompts(
+        prompts=[np.array([4], np.int32)],
+        human=[np.array([5, 6], np.int32), np.array([7], np.int32)],
+        human_prompts=[np.array([4], np.int32), np.zeros(0, np.int32)],
+        human_ended=[True, False],
+    )
+    cfg = OmegaConf.create({"decode": {"max_len": 3}})
+    corpus = type("C", (), {"vocab": _Vocab()})()
+    common = {"seed": 0, "oracle": None, "self_bleu_max": 10, "abc_subset": 10}
+    row = human_row(cfg, corpus, model, pr, common, is_abc=False)
+    m = row["metrics"]
+    assert row["decoder"] == {"name": "human", "label": "human"}
+    assert m["gen/ppl"] == pytest.approx(v, rel=1e-6) and m["gen/ppl_model"] == m["gen/ppl"]
+    assert m["length/mean"] == 1.5 and m["length/eos_rate"] == 0.5
+
+
+def _uniform_step(params, carry, tokens):
+    return carry, jnp.zeros((tokens.shape[0], 8)) + params

@@ -4,6 +4,7 @@ and the log counts what was written."""
 from __future__ import annotations
 
 import logging
+import math
 
 import pytest
 
@@ -56,3 +57,51 @@ def test_write_tunes_logs_how_many_mid_and_why(tmp_path, caplog):
     line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("d: "))
     assert line.startswith("d: 3 tunes, 2 .mid (")
     assert "1 not ABC" in line and "1 with repeats played once" in line
+
+
+# ---------------------------------------------------------------- result and sample files
+
+
+def test_write_decoder_appends_a_row_and_its_samples_as_they_exist(tmp_path):
+    import json
+
+    from omegaconf import OmegaConf
+
+    from seqgen.outputs import MODEL_MARK, reset_outputs, write_decoder
+
+    cfg = OmegaConf.create({"output": {"num_listen": 0}})
+    corpus = type("C", (), {"name": "text"})()
+    result = {"decoder": {"name": "sample", "label": "t=0.7/x"}, "metrics": {"gen/ppl": math.nan}}
+    samples = [
+        {"decoder": "t=0.7/x", "prompt": "ab", "text": "abcd", "score": -math.inf},
+        {"decoder": "t=0.7/x", "prompt": "", "text": "ef", "score": -1.5},
+    ]
+    (tmp_path / "results.jsonl").write_text("stale\n")
+    reset_outputs(tmp_path)  # a rerun into the folder starts afresh
+    assert write_decoder(cfg, corpus, result, samples, tmp_path) == []  # no tunes: not folk
+    write_decoder(cfg, corpus, {**result, "metrics": {"gen/ppl": 2.0}}, [], tmp_path)
+    rows = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert [r["metrics"]["gen/ppl"] for r in rows] == [None, 2.0]  # NaN is null in JSON
+    lines = (tmp_path / "samples.jsonl").read_text().splitlines()
+    assert [json.loads(x)["score"] for x in lines] == [None, -1.5]
+    # the label cannot leave samples/: '/' becomes '_'; the prompt's end is marked
+    txt = (tmp_path / "samples" / "t_0.7_x.txt").read_text()
+    assert txt == f"ab{MODEL_MARK}cd\n" + "-" * 60 + f"\n{MODEL_MARK}ef\n"
+
+
+@pytest.mark.parametrize(
+    "label, want", [("beam(beam_size=4)", "beam_beam_size_4"), ("../..", "decoder"), (".x", "x")]
+)
+def test_slug_keeps_files_inside_their_folder(label, want):
+    from seqgen.outputs import slug
+
+    assert slug(label) == want
+
+
+def test_score_kind_names_the_unit_of_score_mean():
+    from seqgen.outputs import SCORE_UNITS, score_kind
+
+    assert score_kind({"name": "beam", "length_penalty": "gnmt"}) == "gnmt"
+    assert score_kind({"name": "sample"}) == "none"
+    assert score_kind({"name": "stochastic_beam", "length_penalty": "average"}) == "gumbel"
+    assert {"none", "gnmt", "gumbel"} <= set(SCORE_UNITS)

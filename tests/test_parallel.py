@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 
+import jax
 import pytest
 
 from seqgen.parallel import maybe_initialize_distributed
@@ -121,6 +122,22 @@ def test_distributed_is_opt_in():
     assert maybe_initialize_distributed(object()) is False
 
 
+def test_distributed_initializes_once_per_process(monkeypatch):
+    """The jobs of an in-process multirun each call it; JAX allows one initialize."""
+    calls = []
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: bool(calls))
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
+
+    class Cfg:
+        distributed = True
+        coordinator_address = "10.0.0.1:1234"
+
+    assert maybe_initialize_distributed(Cfg()) is True
+    assert maybe_initialize_distributed(Cfg()) is True
+    assert calls == [{"coordinator_address": "10.0.0.1:1234", "num_processes": None,
+                      "process_id": None}]  # fmt: skip
+
+
 DECODE_SCRIPT = textwrap.dedent(
     """
     import json, re
@@ -131,8 +148,8 @@ DECODE_SCRIPT = textwrap.dedent(
     from seqgen.decoding.sampling import _sample_program
     from seqgen.decoding import processors as proc
     from seqgen.decoding.common import get, prepare, traced_knobs
-    from seqgen.evaluate import decode_all, _extract
-    from seqgen.metrics import compute_metrics
+    from seqgen.evaluate import decode_all
+    from seqgen.metrics import compute_metrics, decode_output_inputs, decode_output_records
     from seqgen.parallel import make_mesh
 
     assert jax.device_count() == 8, jax.devices()
@@ -216,14 +233,11 @@ DECODE_SCRIPT = textwrap.dedent(
                                             "shard": shard}})
         dec = OmegaConf.create({"name": "sample", "top_p": 0.9})
         res = decode_all(pcfg, dec, model, plist, jax.random.key(3))
-        gen = _extract(res, plist, N)
-        m = compute_metrics(
-            gen["tokens"], ended=gen["ended"], tempered_logprobs=gen["tempered"],
-            model_logprobs=gen["logprobs"], eos_tempered_logprobs=gen["eos_tempered"],
-            eos_model_logprobs=gen["eos_logprob"], prompts=gen["prompt"],
-            max_len=[T - len(p) for p in gen["prompt"]])
-        metrics[shard] = {"tokens": [t.tolist() for t in gen["tokens"]], "metrics": m,
-                          "score": gen["score"]}
+        res["prompt_lengths"] = lengths
+        gen = decode_output_inputs(res)
+        m = compute_metrics(**gen, max_len=[T - len(p) for p in gen["prompts"]])
+        metrics[shard] = {"tokens": [t.tolist() for t in gen["sequences"]], "metrics": m,
+                          "score": decode_output_records(res)["score"]}
     out["pipeline"] = metrics
     print("RESULT" + json.dumps(out))
     """

@@ -16,7 +16,7 @@ from seqgen.errors import UserError
 @pytest.fixture()
 def no_training(monkeypatch, tmp_path):
     """A private, empty model cache and a `train` that fails the test if it is ever called."""
-    import seqgen.train
+    import seqgen.experiment
 
     cache = tmp_path / "cache"
     monkeypatch.setenv("SEQGEN_CACHE", str(cache))
@@ -24,7 +24,7 @@ def no_training(monkeypatch, tmp_path):
     def forbidden(*args, **kwargs):
         raise AssertionError("a training step ran")
 
-    monkeypatch.setattr(seqgen.train, "train", forbidden)
+    monkeypatch.setattr(seqgen.experiment, "train", forbidden)
     return cache
 
 
@@ -164,15 +164,15 @@ def test_a_diverged_model_is_never_cached(monkeypatch, tmp_path):
     # ~6e30 nats per token, ppl inf); the run must refuse the model, not cache it
     from types import SimpleNamespace
 
-    import seqgen.train
+    from seqgen import experiment
     from seqgen.experiment import run_experiment
 
     cache = tmp_path / "cache"
     monkeypatch.setenv("SEQGEN_CACHE", str(cache))
     monkeypatch.setattr(
-        seqgen.train, "train", lambda model, *a, **k: SimpleNamespace(model=model, summary={})
+        experiment, "train", lambda model, *a, **k: SimpleNamespace(model=model, summary={})
     )
-    monkeypatch.setattr(seqgen.train, "evaluate", lambda *a, **k: {"ppl": math.inf, "bits": 8e30})
+    monkeypatch.setattr(experiment, "evaluate", lambda *a, **k: {"ppl": math.inf, "bits": 8e30})
     cfg = compose([*TINY, "decoder=greedy"])
     with pytest.raises(UserError, match=r"training diverged: ppl/valid=inf"):
         run_experiment(cfg, out_dir=tmp_path / "run")

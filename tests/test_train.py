@@ -25,9 +25,7 @@ from seqgen.train import (
     TrainHParams,
     evaluate,
     hparams_from_cfg,
-    lr_at,
     lr_schedule,
-    make_optimizer,
     masked_cross_entropy,
     train,
 )
@@ -216,7 +214,14 @@ def test_schedule_warmup_then_cosine(warmup):
                       end_lr_ratio=0.1)  # fmt: skip
     sched = lr_schedule(hp)
     values = [float(sched(i)) for i in range(12)]
-    assert values == pytest.approx([lr_at(hp, i) for i in range(12)], rel=1e-5, abs=1e-7)
+
+    def want(i):  # linear 0 -> 0.5 over `warmup` steps, then cosine 0.5 -> 0.05 at step 10
+        if i < warmup:
+            return 0.5 * i / warmup
+        t = min(i - warmup, 10 - warmup) / (10 - warmup)
+        return 0.5 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+
+    assert values == pytest.approx([want(i) for i in range(12)], rel=1e-5, abs=1e-7)
     assert max(values) == pytest.approx(0.5) and values[-1] == pytest.approx(0.05)
     if warmup:
         assert values[0] == 0.0 and values[:4] == sorted(values[:4])
@@ -232,14 +237,20 @@ def test_patience_stops_early_when_valid_loss_stalls():
 
 
 def test_update_equals_plain_optax_adamw():
-    """The jit step (traced lr, NaN guard, dropout key (seed, step)) is plain optax AdamW."""
+    """The jit step (injected lr, NaN guard, dropout key (seed, step)) is plain optax AdamW:
+    clip by global norm 1, then AdamW with the warmup + cosine schedule, no decay on biases."""
     cfg = replace(Cfg(), steps=3, eval_every=100)
     model, _ = train(new_model(), batches(), [], cfg, seed=3)
 
     ref = new_model()
     ref.train()
     graphdef, params, rest = nnx.split(ref, nnx.Param, ...)
-    tx = make_optimizer(hparams_from_cfg(cfg))
+    hp = hparams_from_cfg(cfg)
+    decay = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)  # noqa: E731
+    tx = optax.chain(
+        optax.clip_by_global_norm(hp.clip_norm),
+        optax.adamw(lr_schedule(hp), weight_decay=hp.weight_decay, mask=decay),
+    )
     opt_state = tx.init(params)
 
     @jax.jit
@@ -355,3 +366,15 @@ def test_sigterm_from_the_command_line_exits_143_and_the_rerun_resumes(
     assert json.loads((entry / "meta.json").read_text())["train"]["steps"] == 20
     for a, b in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(whole.params)):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+
+
+def test_an_lr_sweep_compiles_one_train_step():
+    """The lr is injected into the optimizer state (traced), not a compile-time constant."""
+    from seqgen.train import _jitted
+
+    train(new_model(), batches(), [], replace(Cfg(), steps=2), seed=3)
+    size = _jitted()[0]._cache_size()
+    model, _ = train(new_model(), batches(), [], replace(Cfg(), steps=2, lr=0.5), seed=3)
+    assert _jitted()[0]._cache_size() == size
+    other, _ = train(new_model(), batches(), [], replace(Cfg(), steps=2), seed=3)
+    assert any(not np.array_equal(a, b) for a, b in zip(params_of(model), params_of(other)))

@@ -17,6 +17,7 @@ import urllib.request
 from dataclasses import dataclass
 
 from seqgen.errors import UserError
+from seqgen.paths import cache_root
 
 
 @dataclass(frozen=True)
@@ -37,14 +38,6 @@ PRESETS: dict[str, Preset] = {
 }
 
 DOWNLOAD_TIMEOUT_S = 30.0
-
-
-def default_cache_dir() -> str:
-    """``$SEQGEN_CACHE/data`` if set, else ``~/.cache/seqgen/data``."""
-    root = os.environ.get("SEQGEN_CACHE")
-    if root:
-        return os.path.join(root, "data")
-    return os.path.join(os.path.expanduser("~"), ".cache", "seqgen", "data")
 
 
 def sha256_file(path: str) -> str:
@@ -98,7 +91,7 @@ def fetch_preset(name: str, *, path: str | None = None, cache_dir: str | None = 
                 "or drop data.preset to use your file as plain text"
             )
         return path
-    cache_dir = os.path.expanduser(str(cache_dir)) if cache_dir else default_cache_dir()
+    cache_dir = os.path.expanduser(str(cache_dir)) if cache_dir else str(cache_root() / "data")
     dest = os.path.join(cache_dir, name, preset.filename)
     if os.path.isfile(dest) and sha256_file(dest) == preset.sha256:
         return dest

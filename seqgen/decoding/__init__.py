@@ -74,7 +74,7 @@ def decode(
     init_carry:     pytree, every leaf with leading axis B (number of prompts).
     prompts:        int[B, P], left-aligned, PAD-padded, without BOS; None = start from BOS.
     prompt_lengths: int[B] (0 = BOS only); None = all P.
-    cfg:            any object with the decoder fields of CONTRACTS.md (missing = default).
+    cfg:            any object with the fields of `config.DecoderConfig` (missing = default).
     max_len:        total prompt + continuation budget (BOS not counted).
     num_samples:    rows per prompt for `sample` (N); beam methods return beam_size rows.
     key:            a PRNG key or an int seed (None = 0).

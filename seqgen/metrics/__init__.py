@@ -9,6 +9,7 @@ from seqgen.metrics.abc import abc_metrics, bars_ok, parse_abc
 from seqgen.metrics.compute import (
     compute_metrics,
     decode_output_inputs,
+    decode_output_records,
     human_metrics,
     length_metrics,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "bars_ok",
     "compute_metrics",
     "decode_output_inputs",
+    "decode_output_records",
     "distinct_n",
     "diversity_metrics",
     "end_repeats",

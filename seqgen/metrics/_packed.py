@@ -41,11 +41,16 @@ class Packed(NamedTuple):
         return out
 
 
-def pack(sequences: SequencesLike, lengths: Sequence[int] | np.ndarray | None = None) -> Packed:
+def pack(
+    sequences: SequencesLike | Packed, lengths: Sequence[int] | np.ndarray | None = None
+) -> Packed:
     """Packs a list of 1-D id arrays, or a padded `[N, T]` array with `lengths[N]`.
 
-    A 2-D array without `lengths` is taken as N sequences of length T each.
+    A 2-D array without `lengths` is taken as N sequences of length T each; a `Packed` is
+    returned as it is (with its n-gram cache), so metrics can be chained on one packing.
     """
+    if isinstance(sequences, Packed):
+        return sequences
     if (isinstance(sequences, np.ndarray) and sequences.ndim == 2) or lengths is not None:
         arr = np.asarray(sequences)
         if arr.ndim != 2:

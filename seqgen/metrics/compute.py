@@ -172,6 +172,27 @@ def human_metrics(
     )
 
 
+def _output_reader(out: Any, best_only: bool):
+    """`get(name)` (attribute or key, as numpy; None if absent) and `cut(arr, extra)`: the
+    continuation of every selected row of a `[B, N, T]` array, `extra[i]` positions longer."""
+
+    def get(name: str) -> np.ndarray | None:
+        value = out.get(name) if isinstance(out, dict) else getattr(out, name, None)
+        return None if value is None else np.asarray(value)
+
+    columns = slice(0, 1) if best_only else slice(None)
+    b, n = get("tokens")[:, columns].shape[:2]
+    starts = np.repeat(get("prompt_lengths"), n)
+    ends = get("lengths")[:, columns].reshape(-1)
+
+    def cut(arr: np.ndarray, extra: np.ndarray | int = 0) -> list[np.ndarray]:
+        rows = arr[:, columns].reshape(b * n, -1)
+        stops = ends + extra
+        return [rows[i, starts[i] : stops[i]] for i in range(b * n)]
+
+    return get, columns, b, n, cut
+
+
 def decode_output_inputs(out: Any, *, best_only: bool = False) -> dict[str, Any]:
     """`compute_metrics` keyword arguments from a decoder's `DecodeOutput` (an object with
     attributes, or a dict with the same keys).
@@ -182,35 +203,23 @@ def decode_output_inputs(out: Any, *, best_only: bool = False) -> dict[str, Any]
     `eos_tempered_logprob [B, N]`. Continuations are cut out of every row
     (order: prompt-major, B * N sequences), with their `prompts`; `best_sequences` /
     `best_ended` / `best_prompts` are column 0 (beams are best first). With `best_only`, only
-    column 0 is used as the generations too.
+    column 0 is used as the generations too. Log-probs come back as float64, so that a
+    sequence's log-prob is summed in double precision wherever it is summed.
     """
-
-    def get(name: str):
-        value = out.get(name) if isinstance(out, dict) else getattr(out, name, None)
-        return None if value is None else np.asarray(value)
-
-    columns = slice(0, 1) if best_only else slice(None)
+    get, columns, b, n, cut = _output_reader(out, best_only)
     tokens, lengths, prompt_lengths = get("tokens"), get("lengths"), get("prompt_lengths")
     ended = get("ended").astype(bool)
-    b, n = tokens[:, columns].shape[:2]
-    starts = np.repeat(prompt_lengths, n)
-    ends = lengths[:, columns].reshape(-1)
-
-    def cut(arr: np.ndarray) -> list[np.ndarray]:
-        rows = arr[:, columns].reshape(b * n, -1)
-        return [rows[i, starts[i] : ends[i]] for i in range(b * n)]
-
     kwargs: dict[str, Any] = {
         "sequences": cut(tokens),
         "ended": ended[:, columns].reshape(-1),
-        "prompts": [tokens[i // n, 0, : starts[i]] for i in range(b * n)],
+        "prompts": [tokens[i // n, 0, : prompt_lengths[i // n]] for i in range(b * n)],
         "best_sequences": [tokens[i, 0, prompt_lengths[i] : lengths[i, 0]] for i in range(b)],
         "best_ended": ended[:, 0],
         "best_prompts": [tokens[i, 0, : prompt_lengths[i]] for i in range(b)],
     }
     for attr, key in (("tempered_logprobs", "tempered_logprobs"), ("logprobs", "model_logprobs")):
         if get(attr) is not None:
-            kwargs[key] = cut(get(attr))
+            kwargs[key] = [row.astype(np.float64) for row in cut(get(attr))]
     for attr, key in (
         ("eos_logprob", "eos_model_logprobs"),
         ("eos_tempered_logprob", "eos_tempered_logprobs"),
@@ -218,3 +227,20 @@ def decode_output_inputs(out: Any, *, best_only: bool = False) -> dict[str, Any]
         if get(attr) is not None:
             kwargs[key] = get(attr)[:, columns].reshape(-1)
     return kwargs
+
+
+def decode_output_records(out: Any, *, best_only: bool = False) -> dict[str, list]:
+    """What a decoder's output says of each generation besides the metrics' inputs, in the
+    order of `decode_output_inputs`: `prompt_index`, `sample_index` (its column), `score`
+    (of `scores [B, N]`) and, when the output has one, `constraint_logmass` cut to the
+    continuation plus its EOS position when it ended (`decoding.constraint`)."""
+    get, columns, b, n, cut = _output_reader(out, best_only)
+    records: dict[str, list] = {
+        "prompt_index": [i // n for i in range(b * n)],
+        "sample_index": [i % n for i in range(b * n)],
+        "score": [float(s) for s in get("scores")[:, columns].reshape(-1)],
+    }
+    if get("constraint_logmass") is not None:
+        ended = get("ended")[:, columns].reshape(-1).astype(np.int64)
+        records["constraint_logmass"] = cut(get("constraint_logmass"), ended)
+    return records

@@ -19,10 +19,6 @@ SELF_BLEU_SAMPLES = 1000  # Holtzman et al. 2020 score 1,000 sampled generations
 ZIPF_TOP_TYPES = 5000  # Holtzman et al. 2020 fit the 5,000 most frequent types
 
 
-def _as_packed(sequences: SequencesLike | Packed, lengths=None) -> Packed:
-    return sequences if isinstance(sequences, Packed) else pack(sequences, lengths)
-
-
 def distinct_n(sequences: SequencesLike | Packed, n: int, *, lengths=None) -> float:
     """Distinct-n, Li et al. 2016 ("A Diversity-Promoting Objective Function for Neural
     Conversation Models", NAACL), corpus level with the paper's scaling:
@@ -31,7 +27,7 @@ def distinct_n(sequences: SequencesLike | Packed, n: int, *, lengths=None) -> fl
 
     N-grams do not cross sequence boundaries. NaN when there are no tokens.
     """
-    packed = _as_packed(sequences, lengths)
+    packed = pack(sequences, lengths)
     total = int(packed.lengths.sum())
     if total == 0:
         return math.nan
@@ -49,7 +45,7 @@ def ngram_entropy(sequences: SequencesLike | Packed, n: int = 4, *, lengths=None
     where F(w) is the count of n-gram w pooled over all generations (boundaries not crossed).
     NaN when no sequence has n tokens.
     """
-    packed = _as_packed(sequences, lengths)
+    packed = pack(sequences, lengths)
     ids, _ = ngram_ids(packed, n)[n - 1]
     if ids.size == 0:
         return math.nan
@@ -60,7 +56,7 @@ def ngram_entropy(sequences: SequencesLike | Packed, n: int = 4, *, lengths=None
 
 def unique_sequences(sequences: SequencesLike | Packed, *, lengths=None) -> float:
     """Fraction of distinct sequences: |{distinct generations}| / N (exact token equality)."""
-    packed = _as_packed(sequences, lengths)
+    packed = pack(sequences, lengths)
     if packed.num_sequences == 0:
         return math.nan
     distinct = {packed.sequence(i).tobytes() for i in range(packed.num_sequences)}
@@ -77,7 +73,7 @@ def zipf_coefficient(
     squares (as `scipy.stats.linregress`) and return s = -b. For counts exactly c / r^s the
     result is s. NaN with fewer than 2 types.
     """
-    packed = _as_packed(sequences, lengths)
+    packed = pack(sequences, lengths)
     counts = np.bincount(packed.flat) if packed.flat.size else np.zeros(0, np.int64)
     counts = np.sort(counts[counts > 0])[::-1][:top].astype(np.float64)
     if counts.size < 2:
@@ -118,7 +114,7 @@ def self_bleu(
     when the hypothesis holds the top one. NaN with fewer than 2 sequences.
     With `return_scores=True` returns (hypothesis indices, per-hypothesis BLEU) instead.
     """
-    packed = _as_packed(sequences, lengths)
+    packed = pack(sequences, lengths)
     n_seq = packed.num_sequences
     if n_seq < 2:
         return math.nan
@@ -200,7 +196,7 @@ def diversity_metrics(
     lengths: Sequence[int] | np.ndarray | None = None,
 ) -> dict[str, float]:
     """`diversity/*` keys and `zipf` for one set of generations."""
-    packed = _as_packed(sequences, lengths)
+    packed = pack(sequences, lengths)
     out = {f"diversity/distinct_{n}": distinct_n(packed, n) for n in range(1, 5)}
     out["diversity/self_bleu4"] = self_bleu(packed, num_samples=self_bleu_samples, seed=seed)
     out["diversity/ent_4"] = ngram_entropy(packed, 4)

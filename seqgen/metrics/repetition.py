@@ -17,10 +17,6 @@ REP_WINDOWS = (16, 32, 128)
 HOLTZMAN_MAX_N = 90  # longest block `degen/metrics/repetition.py` looks for
 
 
-def _as_packed(sequences: SequencesLike | Packed, lengths=None) -> Packed:
-    return sequences if isinstance(sequences, Packed) else pack(sequences, lengths)
-
-
 def seq_rep_n(sequences: SequencesLike | Packed, n: int = 4, *, lengths=None) -> float:
     """seq-rep-n, Welleck et al. 2020 ("Neural Text Generation with Unlikelihood Training",
     ICLR), Sec. 6:
@@ -30,7 +26,7 @@ def seq_rep_n(sequences: SequencesLike | Packed, n: int = 4, *, lengths=None) ->
     per continuation x, averaged over continuations. A continuation shorter than n has no
     n-grams (the ratio is undefined) and is left out of the average; NaN if all are.
     """
-    packed = _as_packed(sequences, lengths)
+    packed = pack(sequences, lengths)
     ids, starts = ngram_ids(packed, n)[n - 1]
     total = np.maximum(packed.lengths - n + 1, 0)
     has = total > 0
@@ -53,7 +49,7 @@ def rep_l(
     previous l tokens of the same continuation (the first token never counts as repeated).
     Returns {l: rep/l}; NaN for every l when there are no tokens.
     """
-    packed = _as_packed(sequences, lengths)
+    packed = pack(sequences, lengths)
     m = packed.flat.size
     if m == 0:
         return {w: math.nan for w in windows}
@@ -78,7 +74,7 @@ def end_repeats(
     1 + floor(r / n) with r the length of the run of matches rev[i] == rev[i + n] from the
     end, vectorized over sequences.
     """
-    packed = _as_packed(sequences, lengths)
+    packed = pack(sequences, lengths)
     n_seq, lens = packed.num_sequences, packed.lengths
     t = int(lens.max(initial=0))
     # reversed, left-aligned: rev[i, j] = x_i[L_i - 1 - j]
@@ -121,7 +117,7 @@ def repetition_percent(
 
 def repetition_metrics(sequences: SequencesLike | Packed, *, lengths=None) -> dict[str, float]:
     """`repetition/*` keys for one set of generations."""
-    packed = _as_packed(sequences, lengths)
+    packed = pack(sequences, lengths)
     out = {"repetition/seq_rep_4": seq_rep_n(packed, 4)}
     out["repetition/rep_pct"] = repetition_percent(packed)
     for w, v in rep_l(packed).items():
