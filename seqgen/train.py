@@ -77,12 +77,17 @@ class TrainHParams(NamedTuple):
 _SCHEMA = TrainConfig()
 
 
+def setting(cfg: Any, name: str) -> Any:
+    """One field of a train config; a field it leaves out (a partial config of a test or
+    script) takes its `seqgen.config.TrainConfig` default, the one place defaults live."""
+    return getattr(cfg, name, getattr(_SCHEMA, name))
+
+
 def hparams_from_cfg(cfg: Any) -> TrainHParams:
-    """The optimizer fields of a train config; one it leaves out (a partial config of a test or
-    script) takes its `seqgen.config.TrainConfig` default."""
+    """The optimizer fields of a train config (missing ones: the schema's defaults)."""
 
     def get(name: str) -> Any:
-        return getattr(cfg, name, getattr(_SCHEMA, name))
+        return setting(cfg, name)
 
     hp = TrainHParams(
         steps=int(get("steps")),
@@ -469,10 +474,10 @@ class _Loop:
     def __init__(self, model, hp, cfg, valid, ckpt, tracker, seed, progress, mesh):
         self.hp, self.valid, self.ckpt, self.tracker, self.seed = hp, valid, ckpt, tracker, seed
         self.progress, self.mesh = progress, mesh
-        self.eval_every = max(int(getattr(cfg, "eval_every", 0) or hp.steps or 1), 1)
-        self.ckpt_every = max(int(getattr(cfg, "checkpoint_every", 0) or hp.steps or 1), 1)
-        self.log_every = max(int(getattr(cfg, "log_every", 0) or 1), 1)
-        self.patience = int(getattr(cfg, "patience", 0) or 0)
+        self.eval_every = int(setting(cfg, "eval_every"))
+        self.ckpt_every = int(setting(cfg, "checkpoint_every"))
+        self.log_every = int(setting(cfg, "log_every"))
+        self.patience = int(setting(cfg, "patience"))
         model.eval()
         self.graphdef_eval = nnx.graphdef(model)
         model.train()
@@ -609,10 +614,11 @@ def train(
 ) -> TrainResult:
     """Train `model` in place on `train_batches` (an iterator of `Batch(inputs, targets, mask)`).
 
-    `cfg` is read with getattr: steps, lr, weight_decay, warmup_steps, clip_norm, eval_every,
-    eval_batches (first N valid batches per evaluation), checkpoint_every, log_every,
-    data_parallel, progress, and optionally patience (evaluations without improvement before
-    stopping; 0 = off) and end_lr_ratio. With `restore_best` and validation data the returned
+    `cfg` holds the fields of `seqgen.config.TrainConfig` (steps, lr, weight_decay,
+    warmup_steps, clip_norm, eval_every, eval_batches: the first N valid batches per
+    evaluation, checkpoint_every, log_every, data_parallel, progress, patience: evaluations
+    without improvement before stopping, 0 = off, end_lr_ratio); a missing one takes the
+    schema's default (`setting`). With `restore_best` and validation data the returned
     model holds the best-by-valid-loss parameters, else the last ones.
 
     Summary keys: train/loss (last logged), valid/loss, valid/ppl, valid/bits (best),
@@ -620,11 +626,11 @@ def train(
     """
     t_start = time.perf_counter()
     hp = hparams_from_cfg(cfg)
-    eval_batches = int(getattr(cfg, "eval_batches", 0) or 0)
+    eval_batches = int(setting(cfg, "eval_batches"))
     if progress is None:
-        progress = bool(getattr(cfg, "progress", True))
+        progress = bool(setting(cfg, "progress"))
     valid = list(valid_batches)[:eval_batches] if eval_batches > 0 else list(valid_batches)
-    mesh = make_mesh() if getattr(cfg, "data_parallel", False) else None
+    mesh = make_mesh() if setting(cfg, "data_parallel") else None
     if mesh is not None and mesh.size == 1:
         mesh = None
 
