@@ -141,6 +141,7 @@ class DecodeConfig:
     prompt_len: int = 16  # tokens of each held-out prefix
     batch_size: int = 256  # rows decoded per compiled call (over all devices)
     shard: bool = True  # split the rows over every device (and host) when there is more than one
+    loop: str = "auto"  # auto | scan | scan_unroll | masked | while: same outputs, speed differs
     # the most token positions one decoder's outputs may hold (rows x decode.max_len); a larger
     # decode is refused before any work: 1e8 positions are ~1.6 GB of ids and log-probs
     max_tokens: int = 100_000_000
@@ -218,6 +219,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "decoder.name": DECODER_NAMES,
     "decoder.length_penalty": ("none", "average", "gnmt", "power"),
     "decoder.utility": ("chrf", "bleu", "edit"),
+    "decode.loop": ("auto", "scan", "scan_unroll", "masked", "while"),  # decoding.loop.LOOPS
     "constraint.name": ("none", "regex", "meter"),
     "logger.name": ("none", "wandb"),
     "logger.mode": ("online", "offline", "disabled"),

@@ -25,9 +25,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from seqgen.decoding.common import NEG_INF
 from seqgen.tokens import EOS_ID
-
-NEG_INF = -jnp.inf
 
 PROCESSOR_ORDER = (
     "min_length",
