@@ -1046,3 +1046,22 @@ def test_top_p_and_typical_match_the_sorted_prefix_definition():
         np.testing.assert_array_equal(got_p, prefix_set(x, mass) & np.isfinite(x))
         got_t = np.isfinite(np.asarray(proc.typical_p(jnp.asarray(x), m)))
         np.testing.assert_array_equal(got_t, prefix_set(-dev, mass) & np.isfinite(x))
+
+
+def test_nucleus_bisection_and_sort_give_the_same_sets():
+    """top-p's two ways to find its set (bisection over the keys' bit patterns, one sort per
+    row) keep the same tokens, on continuous logits and on logits with many ties."""
+    from seqgen.decoding import processors as proc
+
+    rng = np.random.default_rng(1)
+    cont = rng.normal(size=(128, 50)).astype(np.float32) * 3.0
+    ties = rng.integers(-3, 3, size=(128, 50)).astype(np.float32)
+    ties[:, :3] = -np.inf
+    for x in (cont, ties):
+        x = jnp.asarray(x)
+        for mass in (0.05, 0.3, 0.5, 0.9, 0.99):
+            m = jnp.float32(mass)
+            a = np.asarray(proc.top_p(x, m, method="bisect"))
+            b = np.asarray(proc.top_p(x, m, method="sort"))
+            np.testing.assert_array_equal(np.isfinite(a), np.isfinite(b))
+            assert 0 < np.isfinite(a).sum() < np.isfinite(np.asarray(x)).sum()
