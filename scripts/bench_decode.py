@@ -3,6 +3,7 @@
     python scripts/bench_decode.py [--quick] [--max-len 128] [--batches 1,64,1024] [--out FILE]
     python scripts/bench_decode.py --sharded [--cpu-devices 8] --max-len 64   # all devices
     python scripts/bench_decode.py --profile DIR [--profile-decoder NAME]     # where time goes
+    python scripts/bench_decode.py --loops [--batches 1,64]    # every decode.loop, top-p method
 
 Model: `seqgen.models.LanguageModel` (LSTM, hidden 512, embedding 128, vocabulary 100, random
 weights) through `make_step_fn`. EOS is masked out of the logits for every decoder and every
@@ -25,6 +26,8 @@ device (`decode(..., mesh=make_mesh())`; on CPU `--cpu-devices` virtual devices 
 machine's cores, set before JAX starts). `--profile DIR` writes a JAX profiler trace of warm
 calls of one decoder to DIR (open it in TensorBoard / XProf or Perfetto) and prints the XLA
 operations that took the most time (self time, summed over the calls, from the trace's xplane).
+`--loops` prints, per batch, greedy / sample top_p=0.9 / beam K=4 under every `decode.loop`
+variant (and top-p's sort-based set beside its bisection), with the limit timed in the same run.
 Timings are for this machine only; they are printed, never asserted.
 """
 
@@ -45,7 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seqgen.decoding import decode, processors
+from seqgen.decoding import LOOPS, decode, processors
 from seqgen.parallel import make_mesh, replicate
 from seqgen.tokens import BOS_ID, EOS_ID
 
@@ -366,6 +369,44 @@ def sharded_table(step_fn, params, init_carry, batches, max_len, args) -> list[s
     return lines
 
 
+def loops_table(step_fn, params, init_carry, batches, max_len, hidden, args) -> list[str]:
+    """Every loop variant (`decode(..., loop=...)`) of greedy, sample top_p=0.9 and beam K=4,
+    and top-p's two set methods (bisect, sort), side by side in one run: for each batch the
+    bare-matmul limit is timed between the variants (best of all), so a busy spell on a shared
+    machine hits them alike."""
+    cols = ["decoder", "batch", "rows", "loop", "compile s", "decode s", "tok/s", "% of limit"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    print(lines[0], flush=True)
+    cells = [(n, lp, "bisect") for n in list(DECODERS)[:3] for lp in LOOPS[1:]]
+    cells.append(("sample top_p=0.9", "scan", "sort"))
+    default_method = processors.NUCLEUS_METHOD.get(jax.default_backend(), "bisect")
+    for batch in batches:
+        results, limits = [], {}
+        for name, loop, method in cells:
+            cfg, k, _ = DECODERS[name]
+            rows, carry = batch * k, init_carry(batch)
+            limit = min(limits.get(rows, np.inf), matmul_limit(rows, hidden, max_len, 1))
+            processors.NUCLEUS_METHOD[jax.default_backend()] = method
+            jax.clear_caches()  # top_p reads the method when it is traced
+            first, warm, _ = timed(
+                lambda cfg=cfg, carry=carry, loop=loop: (
+                    decode(step_fn, params, carry, cfg=cfg, max_len=max_len, key=0,
+                           vocab_size=VOCAB, loop=loop).tokens
+                ),
+                args.repeats,
+            )  # fmt: skip
+            limits[rows] = min(limit, matmul_limit(rows, hidden, max_len, 1))
+            label = loop if method == "bisect" else f"{loop}, top-p by sort"
+            results.append((name, rows, label, first, warm))
+        processors.NUCLEUS_METHOD[jax.default_backend()] = default_method
+        for name, rows, label, first, warm in results:  # each against the best limit of its rows
+            row = [name, str(batch), str(rows), label, fmt(first, 2), fmt(warm, 3),
+                   fmt(rows * max_len / warm), fmt(100 * limits[rows] / warm, 0)]  # fmt: skip
+            lines.append("| " + " | ".join(row) + " |")
+            print(lines[-1], flush=True)
+    return lines
+
+
 def self_times(xplane: str) -> dict[str, float]:
     """Self time (ns) of each XLA operation in an .xplane.pb: its duration minus the events it
     encloses on the same thread line (a while loop's time is its body's ops, not itself)."""
@@ -447,6 +488,7 @@ def main() -> None:
     ap.add_argument("--profile", type=str, default=None, help="write a profiler trace here")
     ap.add_argument("--profile-decoder", default="sample top_p=0.9", choices=list(DECODERS))
     ap.add_argument("--profile-top", type=int, default=15, help="operations to print")
+    ap.add_argument("--loops", action="store_true", help="a row per loop variant and top-p method")
     args = ap.parse_args()
     if args.sharded:  # read when the CPU backend starts, i.e. at the first device query below
         flag = f"--xla_force_host_platform_device_count={args.cpu_devices}"
@@ -464,6 +506,12 @@ def main() -> None:
     print(head, flush=True)
     if args.profile:
         profile(step_fn, params, init_carry, batches[0], max_len, args)
+        return
+    if args.loops:
+        lines = loops_table(step_fn, params, init_carry, batches, max_len, hidden, args)
+        if args.out:
+            with open(args.out, "w") as f:
+                f.write(head + "\n\n" + "\n".join(lines) + "\n")
         return
     if args.sharded:
         lines = sharded_table(step_fn, params, init_carry, batches, max_len, args)

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from seqgen.data.folk import DEFAULT_COLLECTIONS
 from seqgen.decoding.knobs import DEFAULT_NAME, KNOBS, NESTED_KNOBS
+from seqgen.decoding.loop import LOOPS
 from seqgen.decoding.registry import validate_decoder
 from seqgen.errors import UserError
 from seqgen.models import CELLS
@@ -125,6 +126,7 @@ class DecodeConfig:
     prompt_len: int = 16  # tokens of each held-out prefix
     batch_size: int = 256  # rows decoded per compiled call (over all devices)
     shard: bool = True  # split the rows over every device (and host) when there is more than one
+    loop: str = "auto"  # auto | scan | scan_unroll | masked | while: same outputs, speed differs
     # the most token positions one decoder's outputs may hold (rows x decode.max_len); a larger
     # decode is refused before any work: 1e8 positions are ~1.6 GB of ids and log-probs
     max_tokens: int = 100_000_000
@@ -199,6 +201,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "data.level": ("char", "word", "whitespace", "abc"),
     "data.unknown": ("error", "unk"),
     "model.cell": (*CELLS, "oracle"),
+    "decode.loop": LOOPS,
     "constraint.name": ("none", "regex", "meter"),
     "logger.name": ("none", "wandb"),
     "logger.mode": ("online", "offline", "disabled"),

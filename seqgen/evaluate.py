@@ -312,6 +312,7 @@ def decode_all(
             prompt_ids=np.arange(start, start + len(chunk), dtype=np.int32),
             constraint=constraint,
             mesh=mesh,
+            loop=cfg.decode.get("loop", "auto"),
         )
         outs.append(jax.tree.map(np.asarray, out))
         if n_chunks > 1:  # progress of a long decode, one line per compiled call

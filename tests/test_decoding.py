@@ -6,6 +6,7 @@ the DPFSA oracle), so every test runs on 2 CPU cores in seconds.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from types import SimpleNamespace as NS
 
@@ -17,6 +18,8 @@ from scipy import stats
 
 from seqgen.decoding import (
     DECODERS,
+    LOOPS,
+    DecodeRequest,
     beam,
     decode,
     diverse_beam,
@@ -134,11 +137,13 @@ def test_greedy_equals_sample_t0_and_beam1_extends_greedy(model):
         table = markov_table(9, 1)
         step, params, carry = markov_step, jnp.asarray(table), jnp.zeros(3)
     kw = dict(max_len=12, vocab_size=9)
-    g = to_numpy(greedy(step, params, carry, PROMPTS, PROMPT_LENGTHS, **kw))
-    b = to_numpy(beam(step, params, carry, PROMPTS, PROMPT_LENGTHS, cfg=NS(beam_size=1), **kw))
+    g = to_numpy(greedy(DecodeRequest(step, params, carry, PROMPTS, PROMPT_LENGTHS, **kw)))
+    b = to_numpy(
+        beam(DecodeRequest(step, params, carry, PROMPTS, PROMPT_LENGTHS, cfg=NS(beam_size=1), **kw))
+    )
     # t = 0 is greedy also with typical-p, which at t = 1 may drop the argmax: its t -> 0 limit
     cfg = NS(temperature=0.0, typical_p=0.3) if model == "lstm" else NS(temperature=0.0)
-    s = sample(step, params, carry, PROMPTS, PROMPT_LENGTHS, cfg=cfg, key=3, **kw)
+    s = sample(DecodeRequest(step, params, carry, PROMPTS, PROMPT_LENGTHS, cfg=cfg, key=3, **kw))
     np.testing.assert_array_equal(s.tokens, g.tokens)
     np.testing.assert_array_equal(s.lengths, g.lengths)
     np.testing.assert_array_equal(s.ended, g.ended)
@@ -223,14 +228,16 @@ def test_beam_n_best_equals_brute_force(length_penalty):
     for min_length in (0, 2):
         cfg = NS(beam_size=32, length_penalty=length_penalty, alpha=alpha, min_length=min_length)
         out = beam(
-            markov_step,
-            jnp.asarray(table),
-            jnp.zeros(3),
-            prompts,
-            plens,
-            max_len=max_len,
-            vocab_size=v,
-            cfg=cfg,
+            DecodeRequest(
+                markov_step,
+                jnp.asarray(table),
+                jnp.zeros(3),
+                prompts,
+                plens,
+                max_len=max_len,
+                vocab_size=v,
+                cfg=cfg,
+            )
         )
         out = to_numpy(out)
         for i, plen in enumerate(plens):
@@ -296,14 +303,16 @@ def test_beam_stopping_rule_is_exact(length_penalty):
         cfg = NS(beam_size=3, length_penalty=length_penalty, alpha=alpha, min_length=min_length)
         out = to_numpy(
             beam(
-                markov_step,
-                jnp.asarray(table),
-                jnp.zeros(3),
-                prompts,
-                plens,
-                max_len=max_len,
-                vocab_size=v,
-                cfg=cfg,
+                DecodeRequest(
+                    markov_step,
+                    jnp.asarray(table),
+                    jnp.zeros(3),
+                    prompts,
+                    plens,
+                    max_len=max_len,
+                    vocab_size=v,
+                    cfg=cfg,
+                )
             )
         )
         for i, plen in enumerate(plens):
@@ -332,7 +341,11 @@ def test_beam_cut_hypothesis_outranks_finished_under_average():
     table[5] = np.log([1e-9, 1e-9, 0.5, 1e-9, 0.25, 0.25])  # irrelevant to the top 2
     cfg = NS(beam_size=2, length_penalty="average")
     out = to_numpy(
-        beam(markov_step, jnp.asarray(table), jnp.zeros(1), max_len=6, vocab_size=6, cfg=cfg)
+        beam(
+            DecodeRequest(
+                markov_step, jnp.asarray(table), jnp.zeros(1), max_len=6, vocab_size=6, cfg=cfg
+            )
+        )
     )
     lp4, lpe = np.log(0.9), np.log(0.06)
     np.testing.assert_array_equal(out.ended[0], [False, True])
@@ -357,7 +370,11 @@ def test_beam_admits_every_eos_candidate_among_2k():
     row = np.array([-np.inf, -np.inf, -1.0, -np.inf, -0.9, -0.1], np.float32)
     table = jnp.asarray(np.tile(row, (6, 1)))
     out = to_numpy(
-        beam(markov_step, table, jnp.zeros(1), max_len=3, vocab_size=6, cfg=NS(beam_size=2))
+        beam(
+            DecodeRequest(
+                markov_step, table, jnp.zeros(1), max_len=3, vocab_size=6, cfg=NS(beam_size=2)
+            )
+        )
     )
     lse = np.log(np.exp(-1.0) + np.exp(-0.9) + np.exp(-0.1))
     np.testing.assert_allclose(lse, 0.5184, atol=1e-4)
@@ -378,12 +395,14 @@ def test_beam_finds_dpfsa_mode():
         mode, mode_lp = d.mode()
         assert len(mode) < 15
         out = beam(
-            d.step_fn,
-            d.params(),
-            d.init_carry(1),
-            max_len=16,
-            vocab_size=d.vocab_size,
-            cfg=NS(beam_size=64),
+            DecodeRequest(
+                d.step_fn,
+                d.params(),
+                d.init_carry(1),
+                max_len=16,
+                vocab_size=d.vocab_size,
+                cfg=NS(beam_size=64),
+            )
         )
         assert out.ended[0, :8].all()
         assert out.tokens[0, 0, : out.lengths[0, 0]].tolist() == mode
@@ -400,7 +419,11 @@ def test_beam_stops_exactly_and_freezes():
     a longer max_len run (the remaining steps were no-ops)."""
     table = jnp.asarray(markov_table(7, 11))
     outs = [
-        beam(markov_step, table, jnp.zeros(1), max_len=m, vocab_size=7, cfg=NS(beam_size=2))
+        beam(
+            DecodeRequest(
+                markov_step, table, jnp.zeros(1), max_len=m, vocab_size=7, cfg=NS(beam_size=2)
+            )
+        )
         for m in (20, 40)
     ]
     assert outs[0].ended.all()
@@ -411,29 +434,100 @@ def test_beam_stops_exactly_and_freezes():
 def test_diverse_beam_one_group_is_beam_and_groups_diverge():
     table = jnp.asarray(markov_table(9, 2))
     kw = dict(max_len=8, vocab_size=9)
-    b = beam(markov_step, table, jnp.zeros(3), PROMPTS, PROMPT_LENGTHS, cfg=NS(beam_size=4), **kw)
+    b = beam(
+        DecodeRequest(
+            markov_step, table, jnp.zeros(3), PROMPTS, PROMPT_LENGTHS, cfg=NS(beam_size=4), **kw
+        )
+    )
     d1 = diverse_beam(
-        markov_step,
-        table,
-        jnp.zeros(3),
-        PROMPTS,
-        PROMPT_LENGTHS,
-        cfg=NS(beam_size=4, num_groups=1, diversity_penalty=5.0),
-        **kw,
+        DecodeRequest(
+            markov_step,
+            table,
+            jnp.zeros(3),
+            PROMPTS,
+            PROMPT_LENGTHS,
+            cfg=NS(beam_size=4, num_groups=1, diversity_penalty=5.0),
+            **kw,
+        )
     )
     np.testing.assert_array_equal(b.tokens, d1.tokens)
     np.testing.assert_allclose(b.scores, d1.scores)
     # a huge penalty: the 4 groups (1 beam each) choose 4 different first tokens
     d4 = diverse_beam(
-        markov_step,
-        table,
-        jnp.zeros(1),
-        cfg=NS(beam_size=4, num_groups=4, diversity_penalty=1e4),
-        **kw,
+        DecodeRequest(
+            markov_step,
+            table,
+            jnp.zeros(1),
+            cfg=NS(beam_size=4, num_groups=4, diversity_penalty=1e4),
+            **kw,
+        )
     )
     firsts = d4.tokens[0, :, 0]
     assert len(set(firsts.tolist())) == 4
     assert np.all(np.diff(d4.scores[0]) <= 0)
+
+
+@pytest.mark.parametrize(("lam", "want"), [(0.1, [4, 4, 4]), (0.2, [4, 4, 5]), (1.2, [4, 5, 6])])
+def test_diverse_beam_hamming_penalty_value(lam, want):
+    """One step from BOS with p(a, b, c, EOS) = (.45, .35, .15, .05) and 3 groups of 1 beam.
+    Group g ranks token v by log p(v) - lam * #{earlier groups that chose v}. log .45 - log .35
+    = 0.2513, so: lam = 0.1: a, a (penalty 0.1), a (penalty 0.2 < 0.2513); lam = 0.2: a, a,
+    then b (2 * 0.2 > 0.2513); lam = 1.2: a, b (1.2 > 0.2513), then c (log .45 - 1.2 = -1.999
+    and log .35 - 1.2 = -2.250 < log .15 = -1.897). The returned scores are the unpenalized
+    log-probs, best first."""
+    probs = {4: 0.45, 5: 0.35, 6: 0.15, EOS_ID: 0.05}
+    table = np.full((7, 7), -1e9, np.float32)
+    for tok, p in probs.items():
+        table[:, tok] = np.log(p)
+    cfg = NS(beam_size=3, num_groups=3, diversity_penalty=lam)
+    req = DecodeRequest(markov_step, jnp.asarray(table), jnp.zeros(1), max_len=1, vocab_size=7)
+    out = to_numpy(diverse_beam(dataclasses.replace(req, cfg=cfg)))
+    order = sorted(want, key=lambda t: -probs[t])  # the output is sorted by score
+    assert out.tokens[0, :, 0].tolist() == order
+    np.testing.assert_allclose(out.scores[0], np.log([probs[t] for t in order]), rtol=1e-6)
+    assert not out.ended.any()
+
+
+# ----- the loop variants: the same bits from every decoder -----
+
+
+def test_every_loop_variant_gives_the_same_bits():
+    """Every decoder, every `loop` (scan, unrolled scan, masked scan, while loop) returns the
+    same outputs bit for bit; EOS is likely, so the batch ends before max_len and the variants
+    really differ in what they run after it (skip, mask, stop)."""
+    table = markov_table(9, 4)
+    table[:, EOS_ID] += 2.0
+    params, carry = jnp.asarray(table), jnp.zeros(3)
+    cfgs = [
+        {"name": "greedy", "repetition_penalty": 1.3},
+        {"name": "sample", "top_p": 0.9, "no_repeat_ngram_size": 2, "mirostat_tau": 3.0},
+        {"name": "beam", "beam_size": 3, "length_penalty": "gnmt"},
+        {"name": "diverse_beam", "beam_size": 4, "num_groups": 2, "diversity_penalty": 0.5},
+        {"name": "stochastic_beam", "beam_size": 3},
+        {"name": "exact", "beam_size": 2, "max_expansions": 20},
+        {"name": "mbr", "num_candidates": 3, "num_references": 3},
+    ]
+    for cfg in cfgs:
+        outs = {}
+        for loop in LOOPS:
+            out = decode(
+                markov_step, params, carry, PROMPTS, PROMPT_LENGTHS, cfg=cfg, max_len=12,
+                num_samples=2, key=7, vocab_size=9, loop=loop,
+            )  # fmt: skip
+            outs[loop] = to_numpy(out)
+        assert outs["scan"].ended.any(axis=1).all(), cfg  # rows end: the skip is exercised
+        for loop, out in outs.items():
+            for f in out.__dataclass_fields__:
+                a, b = getattr(outs["scan"], f), getattr(out, f)
+                assert (a is None) == (b is None), (cfg["name"], loop, f)
+                if a is not None:
+                    assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), (cfg, loop, f)
+
+
+def test_unknown_loop_is_a_user_error():
+    with pytest.raises(UserError, match="decode.loop='fast' is unknown; allowed: auto, scan"):
+        decode(markov_step, jnp.zeros((9, 9)), jnp.zeros(1), cfg=None, max_len=2, vocab_size=9,
+               loop="fast")  # fmt: skip
 
 
 # ----- min_length: no EOS before it, for every decoder -----
@@ -458,14 +552,16 @@ def test_min_length_for_every_decoder():
     }
     for name, cfg in cfgs.items():
         out = DECODERS[name](
-            markov_step,
-            params,
-            jnp.zeros(3),
-            PROMPTS,
-            PROMPT_LENGTHS,
-            cfg=cfg,
-            num_samples=20,
-            **kw,
+            DecodeRequest(
+                markov_step,
+                params,
+                jnp.zeros(3),
+                PROMPTS,
+                PROMPT_LENGTHS,
+                cfg=cfg,
+                num_samples=20,
+                **kw,
+            )
         )
         out = to_numpy(out)
         gen = out.lengths - PROMPT_LENGTHS[:, None]  # continuation tokens, EOS excluded
@@ -494,7 +590,9 @@ def test_min_length_for_every_decoder():
                 np.testing.assert_allclose(got, total, rtol=1e-5)
     # without min_length the best beam is the empty continuation (EOS is the argmax everywhere)
     out = beam(
-        markov_step, params, jnp.zeros(3), PROMPTS, PROMPT_LENGTHS, cfg=NS(beam_size=3), **kw
+        DecodeRequest(
+            markov_step, params, jnp.zeros(3), PROMPTS, PROMPT_LENGTHS, cfg=NS(beam_size=3), **kw
+        )
     )
     assert np.all(out.lengths[:, 0] == PROMPT_LENGTHS) and out.ended[:, 0].all()
 
@@ -507,14 +605,16 @@ def test_sample_matches_model_distribution():
     table = markov_table(v, 5, scale=0.8)
     for temp in (1.0, 0.6):
         out = sample(
-            markov_step,
-            jnp.asarray(table),
-            jnp.zeros(1),
-            max_len=2,
-            vocab_size=v,
-            key=11,
-            num_samples=n,
-            cfg=NS(temperature=temp),
+            DecodeRequest(
+                markov_step,
+                jnp.asarray(table),
+                jnp.zeros(1),
+                max_len=2,
+                vocab_size=v,
+                key=11,
+                num_samples=n,
+                cfg=NS(temperature=temp),
+            )
         )
         out = to_numpy(out)
         lp = log_softmax64(table / temp)
@@ -622,14 +722,16 @@ def test_truncation_sets(knobs, allowed):
     # sampling never leaves the set and (2000 draws) visits all of it
     params = jnp.asarray(np.tile(x, (10, 1)))
     res = sample(
-        markov_step,
-        params,
-        jnp.zeros(1),
-        max_len=1,
-        vocab_size=10,
-        key=0,
-        num_samples=2000,
-        cfg=NS(**knobs),
+        DecodeRequest(
+            markov_step,
+            params,
+            jnp.zeros(1),
+            max_len=1,
+            vocab_size=10,
+            key=0,
+            num_samples=2000,
+            cfg=NS(**knobs),
+        )
     )
     emitted = set(res.tokens[0, :, 0].tolist()) - {PAD_ID}
     emitted |= {EOS_ID} if res.ended.any() else set()
@@ -651,13 +753,15 @@ def test_stochastic_beam_is_sampling_without_replacement():
     table = markov_table(v, 3, scale=1.0)
     params = {"table": jnp.asarray(table), "stop_at": jnp.int32(2)}
     out = stochastic_beam(
-        position_step,
-        params,
-        jnp.zeros(rows, jnp.int32),
-        max_len=3,
-        vocab_size=v,
-        key=5,
-        cfg=NS(beam_size=k),
+        DecodeRequest(
+            position_step,
+            params,
+            jnp.zeros(rows, jnp.int32),
+            max_len=3,
+            vocab_size=v,
+            key=5,
+            cfg=NS(beam_size=k),
+        )
     )
     out = to_numpy(out)
     lp = log_softmax64(table)
@@ -725,14 +829,16 @@ def test_no_repeat_ngram_and_penalties():
     table[:, 4:] = np.log([0.7, 0.1, 0.1, 0.1])  # loves token 4
     table[:, EOS_ID] = np.log(1e-6)
     out = sample(
-        markov_step,
-        jnp.asarray(table),
-        jnp.zeros(1),
-        max_len=12,
-        vocab_size=8,
-        key=1,
-        num_samples=50,
-        cfg=NS(no_repeat_ngram_size=2),
+        DecodeRequest(
+            markov_step,
+            jnp.asarray(table),
+            jnp.zeros(1),
+            max_len=12,
+            vocab_size=8,
+            key=1,
+            num_samples=50,
+            cfg=NS(no_repeat_ngram_size=2),
+        )
     )
     out = to_numpy(out)
     for i in range(50):
@@ -757,12 +863,14 @@ def test_no_repeat_ngram_and_penalties():
     assert np.isfinite(banned3).all()
     # the repetition penalty with a huge theta makes greedy avoid every token it has produced
     g = greedy(
-        markov_step,
-        jnp.asarray(table),
-        jnp.zeros(1),
-        max_len=4,
-        vocab_size=8,
-        cfg=NS(repetition_penalty=1e6),
+        DecodeRequest(
+            markov_step,
+            jnp.asarray(table),
+            jnp.zeros(1),
+            max_len=4,
+            vocab_size=8,
+            cfg=NS(repetition_penalty=1e6),
+        )
     )
     assert sorted(g.tokens[0, 0].tolist()) == [4, 5, 6, 7]
 
@@ -780,24 +888,40 @@ def counting_step(params, carry, tokens):
 def test_traced_knobs_do_not_recompile():
     table = jnp.asarray(markov_table(9, 4))
     kw = dict(max_len=6, vocab_size=9, num_samples=4, key=0)
-    sample(counting_step, table, jnp.zeros(2), cfg=NS(temperature=0.7, top_p=0.9), **kw)
+    sample(
+        DecodeRequest(counting_step, table, jnp.zeros(2), cfg=NS(temperature=0.7, top_p=0.9), **kw)
+    )
     after_first = TRACES["n"]
     assert after_first > 0
     sample(
-        counting_step, table, jnp.zeros(2), cfg=NS(temperature=1.3, top_p=0.8, min_length=2), **kw
+        DecodeRequest(
+            counting_step,
+            table,
+            jnp.zeros(2),
+            cfg=NS(temperature=1.3, top_p=0.8, min_length=2),
+            **kw,
+        )
     )
-    sample(counting_step, table, jnp.zeros(2), cfg=NS(temperature=0.0, top_p=0.5), **kw)
+    sample(
+        DecodeRequest(counting_step, table, jnp.zeros(2), cfg=NS(temperature=0.0, top_p=0.5), **kw)
+    )
     assert TRACES["n"] == after_first
     bcfg = dict(beam_size=2, length_penalty="gnmt")
-    beam(counting_step, table, jnp.zeros(2), cfg=NS(alpha=0.6, **bcfg), max_len=6, vocab_size=9)
+    beam(
+        DecodeRequest(
+            counting_step, table, jnp.zeros(2), cfg=NS(alpha=0.6, **bcfg), max_len=6, vocab_size=9
+        )
+    )
     after_beam = TRACES["n"]
     beam(
-        counting_step,
-        table,
-        jnp.zeros(2),
-        cfg=NS(alpha=1.0, min_length=3, **bcfg),
-        max_len=6,
-        vocab_size=9,
+        DecodeRequest(
+            counting_step,
+            table,
+            jnp.zeros(2),
+            cfg=NS(alpha=1.0, min_length=3, **bcfg),
+            max_len=6,
+            vocab_size=9,
+        )
     )
     assert TRACES["n"] == after_beam
 
@@ -921,3 +1045,22 @@ def test_top_p_and_typical_match_the_sorted_prefix_definition():
         np.testing.assert_array_equal(got_p, prefix_set(x, mass) & np.isfinite(x))
         got_t = np.isfinite(np.asarray(proc.typical_p(jnp.asarray(x), m)))
         np.testing.assert_array_equal(got_t, prefix_set(-dev, mass) & np.isfinite(x))
+
+
+def test_nucleus_bisection_and_sort_give_the_same_sets():
+    """top-p's two ways to find its set (bisection over the keys' bit patterns, one sort per
+    row) keep the same tokens, on continuous logits and on logits with many ties."""
+    from seqgen.decoding import processors as proc
+
+    rng = np.random.default_rng(1)
+    cont = rng.normal(size=(128, 50)).astype(np.float32) * 3.0
+    ties = rng.integers(-3, 3, size=(128, 50)).astype(np.float32)
+    ties[:, :3] = -np.inf
+    for x in (cont, ties):
+        x = jnp.asarray(x)
+        for mass in (0.05, 0.3, 0.5, 0.9, 0.99):
+            m = jnp.float32(mass)
+            a = np.asarray(proc.top_p(x, m, method="bisect"))
+            b = np.asarray(proc.top_p(x, m, method="sort"))
+            np.testing.assert_array_equal(np.isfinite(a), np.isfinite(b))
+            assert 0 < np.isfinite(a).sum() < np.isfinite(np.asarray(x)).sum()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from seqgen.data.synthetic import DPFSA
-from seqgen.decoding import beam, decode
+from seqgen.decoding import DecodeRequest, beam, decode
 from seqgen.metrics.search import beam_error_rate, exact_proven_rate
 from seqgen.tokens import BOS_ID, EOS_ID
 from tests.test_decoding import lstm_carry, lstm_params, lstm_step
@@ -76,14 +76,16 @@ def test_exact_equals_brute_force_and_beats_every_beam():
         assert np.sort(scores)[-2] < scores.max() - 1e-3
     for k in (1, 3):
         bo = beam(
-            lstm_step,
-            params,
-            lstm_carry(3),
-            PROMPTS,
-            PROMPT_LENGTHS,
-            cfg={"beam_size": k},
-            max_len=T,
-            vocab_size=V,
+            DecodeRequest(
+                lstm_step,
+                params,
+                lstm_carry(3),
+                PROMPTS,
+                PROMPT_LENGTHS,
+                cfg={"beam_size": k},
+                max_len=T,
+                vocab_size=V,
+            )
         )
         raw = np.where(
             np.asarray(bo.ended[:, 0]),

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from seqgen.decoding import DecodeRequest, sample
 from seqgen.decoding import processors as proc
-from seqgen.decoding import sample
 from seqgen.decoding.common import DEFAULTS, TRACED_KNOBS
 from seqgen.tokens import NUM_SPECIAL
 from tests.test_decoding import markov_step
@@ -64,14 +64,16 @@ def test_mirostat_sampler_follows_the_rule_and_reaches_the_target():
     logits = np.full(v, -1e9, np.float32)
     logits[NUM_SPECIAL:] = np.log(p)  # EOS impossible: every row runs `steps` tokens
     out = sample(
-        markov_step,
-        jnp.asarray(np.tile(logits, (v, 1))),
-        jnp.zeros(1),
-        max_len=steps,
-        vocab_size=v,
-        key=3,
-        num_samples=rows,
-        cfg=NS(mirostat_tau=tau, mirostat_lr=lr),
+        DecodeRequest(
+            markov_step,
+            jnp.asarray(np.tile(logits, (v, 1))),
+            jnp.zeros(1),
+            max_len=steps,
+            vocab_size=v,
+            key=3,
+            num_samples=rows,
+            cfg=NS(mirostat_tau=tau, mirostat_lr=lr),
+        )
     )
     toks = np.asarray(out.tokens[0]) - NUM_SPECIAL  # [rows, steps]
     assert (toks >= 0).all() and not np.asarray(out.ended).any()

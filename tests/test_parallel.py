@@ -147,7 +147,7 @@ DECODE_SCRIPT = textwrap.dedent(
     from seqgen.decoding import decode
     from seqgen.decoding.sampling import _sample_program
     from seqgen.decoding import processors as proc
-    from seqgen.decoding.common import get, prepare, traced_knobs
+    from seqgen.decoding.common import DecodeRequest, get, prepare, traced_knobs
     from seqgen.evaluate import decode_all
     from seqgen.metrics import compute_metrics, decode_output_inputs, decode_output_records
     from seqgen.parallel import make_mesh
@@ -211,12 +211,12 @@ DECODE_SCRIPT = textwrap.dedent(
 
     # the compiled sharded program has no cross-device communication
     cfg = DECODERS["sample"]
-    prep = prepare(jnp.zeros((B, H)), prompts, lengths, max_len=T, num_samples=N,
-                   vocab_size=V, key=jax.random.key(1), prompt_ids=None)
+    prep = prepare(DecodeRequest(step_fn, params, jnp.zeros((B, H)), prompts, lengths,
+                                 max_len=T, vocab_size=V, key=jax.random.key(1)), num_samples=N)
     hlo = _sample_program.lower_sharded(
         mesh, params, jnp.zeros((B, H)), prep.prompts, prep.prompt_lengths, prep.prompt_ids,
         prep.key, traced_knobs(cfg), step_fn=step_fn, max_len=T, num_samples=N, vocab_size=V,
-        flags=proc.flags_from_cfg(lambda k: get(cfg, k)), greedy=False,
+        flags=proc.flags_from_cfg(lambda k: get(cfg, k)), greedy=False, loop="scan",
     ).compile().as_text()
     out["collectives"] = sorted(set(re.findall(
         r"all-reduce|all-gather|collective-permute|all-to-all|reduce-scatter", hlo)))

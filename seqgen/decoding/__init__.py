@@ -3,8 +3,10 @@
 `decode(...)` validates the config (UserError before any compile) and dispatches on `cfg.name`
 through `DECODERS` (`registry.py`: each decoder's function, knobs, rows and labels). Each
 decoder is one `jax.jit` program around a `lax.scan` over `max_len` positions (BOS, then the
-forced prompt, then the continuation). See `knobs.py` for each knob's default, range and
-whether it is static or traced, `processors.py` for the processor order.
+forced prompt, then the continuation), run by the one loop driver of `loop.py` (`loop=`: scan,
+unrolled scan, masked scan or while loop, the same outputs); each decoder takes one
+`DecodeRequest`. See `knobs.py` for each knob's default, range and whether it is static or
+traced, `processors.py` for the processor order.
 
     greedy            argmax after the penalties
     sample            ancestral sampling through the logits processors (Holtzman et al. 2020, ...)
@@ -22,9 +24,17 @@ from typing import Any
 
 from seqgen.decoding import processors
 from seqgen.decoding.beam import beam, diverse_beam
-from seqgen.decoding.common import DEFAULTS, DecodeOutput, StepFn, get, validate_config
+from seqgen.decoding.common import (
+    DEFAULTS,
+    DecodeOutput,
+    DecodeRequest,
+    StepFn,
+    get,
+    validate_config,
+)
 from seqgen.decoding.constraint import Constraint, make_constraint
 from seqgen.decoding.exact import exact
+from seqgen.decoding.loop import LOOPS, resolve_loop
 from seqgen.decoding.mbr import mbr
 from seqgen.decoding.processors import (
     PROCESSOR_ORDER,
@@ -66,6 +76,7 @@ def decode(
     prompt_ids: Any = None,
     constraint: Constraint | None = None,
     mesh: Any = None,
+    loop: str = "auto",
 ) -> DecodeOutput:
     """Decode with the decoder named `cfg.name` (see DECODERS).
 
@@ -86,25 +97,30 @@ def decode(
                     (padded to a multiple of its size and trimmed; `parallel.row_parallel`);
                     the tokens equal the one-device result. None = the mesh of an enclosing
                     decode (a decoder that calls decode, like a reranker), else one device.
+    loop:           the loop variant, one of `loop.LOOPS` (`auto`: chosen per backend); every
+                    variant gives the same outputs bit for bit, only the speed differs.
     """
     name = get(cfg, "name")
     if name not in DECODERS:
         raise UserError(f"decoder.name={name!r} is unknown; allowed: {', '.join(DECODERS)}")
+    resolve_loop(loop)  # an unknown loop is a UserError before any work
+    req = DecodeRequest(
+        step_fn,
+        params,
+        init_carry,
+        prompts,
+        prompt_lengths,
+        max_len=max_len,
+        vocab_size=vocab_size,
+        cfg=cfg,
+        num_samples=num_samples,
+        key=key,
+        prompt_ids=prompt_ids,
+        constraint=constraint,
+        loop=loop,
+    )
     with decode_mesh(mesh) if mesh is not None else contextlib.nullcontext():
-        return DECODERS[name](
-            step_fn,
-            params,
-            init_carry,
-            prompts,
-            prompt_lengths,
-            max_len=max_len,
-            vocab_size=vocab_size,
-            key=key,
-            cfg=cfg,
-            num_samples=num_samples,
-            prompt_ids=prompt_ids,
-            constraint=constraint,
-        )
+        return DECODERS[name](req)
 
 
 __all__ = [
@@ -116,8 +132,10 @@ __all__ = [
     "make_constraint",
     "DECODER_NAMES",
     "DEFAULTS",
+    "LOOPS",
     "PROCESSOR_ORDER",
     "DecodeOutput",
+    "DecodeRequest",
     "ProcessorFlags",
     "StepFn",
     "UserError",

@@ -7,29 +7,33 @@ buffers of size O(B * K) (+ the carry); the token history is rebuilt at the end 
 back-pointers (token, parent slot, log-prob: [T, B, K] each), so no [B, K, T] array is copied
 per step and no [T, V] logits are kept.
 
-Per step, for each beam group (one group for plain beam search), with live scores s_k (sums
-of model log-probs) and candidates s_k + log p(v | y_k):
-1. take the 2K best candidates (by score, or by the diversity-augmented score);
-2. EVERY EOS candidate among them enters the finished pool, whatever its rank (t5x's rule,
-   `decoding.beam_search`); the pool keeps the K best by the length-normalized score. (Hugging
-   Face and fairseq admit only EOS candidates ranked < K, which discards a finished hypothesis
-   that beats the ones finally returned; that rule is what made K = 1 exactly greedy.)
-3. the K best non-EOS candidates become the live beams -- there are at least K among 2K because
-   each beam has one EOS child, so K beams ending at once never empty the beam.
+Per step, the named steps below, for every beam group at once (one group for plain beam search;
+K means the beams of a group), with live scores s_k (sums of model log-probs) and candidates
+s_k + log p(v | y_k) (`_candidates`):
+1. take the 2K best candidates (`_select`: by score, or for diverse beam group after group by
+   the diversity-augmented score);
+2. EVERY EOS candidate among them enters the finished pool (`_update_finished`), whatever its
+   rank (t5x's rule, `decoding.beam_search`); the pool keeps the K best by the length-normalized
+   score. (Hugging Face and fairseq admit only EOS candidates ranked < K, which discards a
+   finished hypothesis that beats the ones finally returned; that rule is what made K = 1
+   exactly greedy.)
+3. the K best non-EOS candidates become the live beams (`_update_live`) -- there are at least
+   K among 2K because each beam has one EOS child, so K beams ending at once never empty the
+   beam.
 `min_length` removes the EOS candidates of hypotheses with fewer continuation tokens (the
 scores stay the model's log-probs: the search runs over the sequences of length >= min_length).
-Output (Hugging Face's finalization): finished hypotheses and the live ones cut at max_len
-compete by the same normalized score; the K best, best first (`ended` False for cut ones, whose
-L is their number of generated tokens); then empty slots (score -inf, length 0).
+Output (`_n_best`, Hugging Face's finalization): finished hypotheses and the live ones cut at
+max_len compete by the same normalized score; the K best, best first (`ended` False for cut
+ones, whose L is their number of generated tokens); then empty slots (score -inf, length 0).
 Stopping rule (exact: the output equals that of running every step): a group is done when the
 bound on its best live hypothesis <= the worst (K-th) finished score. Log-probs are <= 0, so a
 live sum s can only decrease; every descendant of a live hypothesis, finished or cut, has at most
 L_max = max_len - prompt_length generated tokens, and every normalizer lp(L) (1, L, L^alpha,
 ((5+L)/6)^alpha, alpha >= 0) is >= 1 and non-decreasing in L, so its final score is at most
 s / lp(L_max). Nothing a done group drops could enter its n-best (ties go to what is already
-in the pool, and to finished over cut hypotheses, in the pool and in the output alike). Under
-`lax.scan`, "stop" means the remaining steps are no-ops for that group (frozen by a done flag);
-when every group is done the step is skipped with `lax.cond`.
+in the pool, and to finished over cut hypotheses, in the pool and in the output alike). "Stop"
+means the remaining steps are no-ops for that group (frozen by a done flag); when every group
+is done the remaining steps change nothing (`seqgen.decoding.loop`).
 Beam methods score with the model's unmodified log-probs: temperature and the sampling
 processors do not apply (tempered/processed log-probs equal the model's).
 """
@@ -40,26 +44,70 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from flax import struct
 
 from seqgen.decoding import constraint as con
 from seqgen.decoding import processors as proc
 from seqgen.decoding.common import (
     DecodeOutput,
+    DecodeRequest,
     StepFn,
     gather_rows,
     get,
     length_norm,
     prepare,
     repeat_rows,
+    take_along,
     traced_knobs,
     validate_config,
 )
+from seqgen.decoding.loop import resolve_loop, run_loop
 from seqgen.parallel import row_parallel
 from seqgen.tokens import BOS_ID, EOS_ID, PAD_ID
 
 
-def _take(x: jax.Array, idx: jax.Array) -> jax.Array:
-    return jnp.take_along_axis(x, idx, axis=1)
+@struct.dataclass
+class Finished:
+    """The finished pool of every group (Kg slots per group, K in all; an empty slot has score
+    -inf). One field per fact of a finished hypothesis; every field [B, K]."""
+
+    score: jax.Array  # [B, K] f32 length-normalized score
+    raw: jax.Array  # [B, K] f32 log-prob sum, EOS included
+    length: jax.Array  # [B, K] int32 length excl. EOS (= the step EOS was emitted)
+    slot: jax.Array  # [B, K] int32 the live slot (entering that step) it extends
+    eos: jax.Array  # [B, K] f32 its EOS log-prob
+    cm: jax.Array | None  # [B, K] f32 log allowed mass at its EOS step (constraint only)
+
+
+@struct.dataclass
+class BeamState:
+    """The loop state of beam / diverse beam search; row = b * K + k in the carry, slot k of
+    prompt b belongs to group k // Kg."""
+
+    carry: Any  # the step function's carry, every leaf [B * K, ...]
+    last: jax.Array  # [B, K] int32 the next input token
+    live: jax.Array  # [B, K] f32 log-prob sums of the live beams (-inf = empty)
+    fin: Finished  # [B, K] each
+    done: jax.Array  # [B, G] bool the group's stopping rule has fired
+    cstate: jax.Array | None  # [B, K] int32 the automaton's state of each live beam
+
+
+@struct.dataclass
+class Candidates:
+    """The 2Kg best candidates of each group, best first by the selection score."""
+
+    top: jax.Array  # [B, G, 2Kg] f32 selection score (the diversity-augmented one)
+    raw: jax.Array  # [B, G, 2Kg] f32 log-prob sum of the extended hypothesis
+    beam: jax.Array  # [B, G, 2Kg] int32 the live beam it extends, within its group
+    tok: jax.Array  # [B, G, 2Kg] int32 the token it appends
+    is_eos: jax.Array  # [B, G, 2Kg] bool it appends EOS (not a forced prompt token)
+
+
+def _top_k(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+    """`lax.top_k` over the last axis of a [B, G, N] array, as one 2-D top-k (the form XLA:CPU
+    turns into its partial-sort TopK call); ties go to the lower index."""
+    top, idx = jax.lax.top_k(x.reshape(-1, x.shape[-1]), k)
+    return top.reshape(*x.shape[:-1], k), idx.reshape(*x.shape[:-1], k)
 
 
 def backtrack(
@@ -74,13 +122,138 @@ def backtrack(
     def back(cur: jax.Array, y: tuple) -> tuple[jax.Array, tuple]:
         t, tok_t, par_t, lp_t = y
         active = t < length  # [B, H]
-        tok = jnp.where(active, _take(tok_t, cur), PAD_ID)
-        lp = jnp.where(active, _take(lp_t, cur), 0.0)
-        return jnp.where(active, _take(par_t, cur), cur), (tok, lp)
+        tok = jnp.where(active, take_along(tok_t, cur), PAD_ID)
+        lp = jnp.where(active, take_along(lp_t, cur), 0.0)
+        return jnp.where(active, take_along(par_t, cur), cur), (tok, lp)
 
     t_max = toks.shape[0]
     _, (tok, lp) = jax.lax.scan(back, slot, (jnp.arange(t_max), toks, parents, lps), reverse=True)
     return jnp.moveaxis(tok, 0, -1), jnp.moveaxis(lp, 0, -1)  # [B, H, T]
+
+
+def _candidates(
+    logits: jax.Array,  # [B * K, V]
+    state: BeamState,
+    forced: jax.Array,  # [B] the position is a prompt position
+    ptok: jax.Array,  # [B] the prompt token there
+    generated: jax.Array,  # [B * K] continuation tokens before this one
+    min_len: jax.Array,
+    constraint: con.Constraint | None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(cand [B, K, V] = live sum + log p(v) of every extension, logp [B, K, V] the model's
+    log-probs, cm [B, K] log allowed mass): a forced position allows only the prompt token,
+    min-length removes EOS, a constraint the tokens its automaton forbids."""
+    b, k = state.last.shape
+    v = logits.shape[-1]
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1).reshape(b, k, v)
+    forced_lp = jnp.where(jnp.arange(v)[None, :] == ptok[:, None], 0.0, -jnp.inf)  # [B, V]
+    open_lp = proc.min_length(logp.reshape(b * k, v), generated, min_len)
+    cm = jnp.zeros((b, k), jnp.float32)
+    if constraint is not None:
+        ok = con.allowed(constraint, state.cstate.reshape(-1))  # [B * K, V]
+        open_lp = con.mask_logits(open_lp, ok)
+        cm = con.allowed_logmass(logits.astype(jnp.float32), ok).reshape(b, k)
+    cand_lp = jnp.where(forced[:, None, None], forced_lp[:, None, :], open_lp.reshape(b, k, v))
+    return state.live[..., None] + cand_lp, logp, cm
+
+
+def _pick_live(c: Candidates, kg: int) -> tuple[jax.Array, jax.Array]:
+    """The Kg best non-EOS candidates of each group: (live sums, index into the 2Kg)."""
+    ltop, lidx = _top_k(jnp.where(c.is_eos, -jnp.inf, c.top), kg)
+    return jnp.where(jnp.isfinite(ltop), take_along(c.raw, lidx), -jnp.inf), lidx
+
+
+def _select(
+    cand: jax.Array,  # [B, G, Kg, V]
+    forced: jax.Array,  # [B]
+    diversity: jax.Array | None,  # lambda of diverse beam search; None = plain beam search
+) -> Candidates:
+    """The 2Kg best candidates of each group. Plain: by their log-prob sum, every group at
+    once. Diverse (Vijayakumar et al. 2018, Alg. 1, Hamming diversity): group after group, by
+    the sum minus lambda * (how many live beams of the earlier groups chose the same token
+    at this step); the sums stay the model's."""
+    b, g_num, kg, v = cand.shape
+
+    def group(c: jax.Array, sel: jax.Array) -> Candidates:  # c, sel [..., Kg * V]
+        top, idx = _top_k(sel, 2 * kg)
+        tok = (idx % v).astype(jnp.int32)
+        is_eos = (tok == EOS_ID) & ~forced.reshape((b,) + (1,) * (idx.ndim - 1))
+        return Candidates(top, take_along(c, idx), idx // v, tok, is_eos)
+
+    flat = cand.reshape(b, g_num, kg * v)
+    if diversity is None:
+        return group(flat, flat)
+    counts = jnp.zeros((b, v), jnp.float32)  # tokens the earlier groups chose at this step
+    picks = []
+    for g in range(g_num):
+        pen = jnp.where(forced[:, None], 0.0, diversity * counts)  # [B, V]
+        c = group(flat[:, g], (cand[:, g] - pen[:, None, :]).reshape(b, kg * v))
+        live, lidx = _pick_live(c, kg)
+        chosen = jax.nn.one_hot(take_along(c.tok, lidx), v) * jnp.isfinite(live)[..., None]
+        counts = counts + jnp.sum(chosen, axis=1)
+        picks.append(c)
+    return jax.tree.map(lambda *x: jnp.stack(x, axis=1), *picks)
+
+
+def _update_finished(
+    fin: Finished,  # [B, G, Kg] each
+    c: Candidates,
+    logp_eos: jax.Array,  # [B, G, Kg] EOS log-prob of each live beam
+    cm: jax.Array | None,  # [B, G, Kg]
+    t: jax.Array,
+    gen_len: jax.Array,  # [B, 1, 1] generated tokens incl. this one
+    length_penalty: str,
+    alpha: jax.Array,
+) -> Finished:
+    """Every EOS candidate among the 2Kg (t5x's rule) enters its group's pool, which keeps the
+    Kg best by normalized score (ties: the hypothesis already in the pool)."""
+    kg = fin.score.shape[-1]
+    enters = c.is_eos & jnp.isfinite(c.raw)
+    score = jnp.where(enters, length_norm(c.raw, gen_len, length_penalty, alpha), -jnp.inf)
+    slot = c.beam + (jnp.arange(c.beam.shape[1]) * kg)[None, :, None]  # global slot
+    fresh = Finished(
+        score=score,
+        raw=c.raw,
+        length=jnp.full(c.raw.shape, t, jnp.int32),
+        slot=slot,
+        eos=take_along(logp_eos, c.beam),
+        cm=None if cm is None else take_along(cm, c.beam),
+    )
+    _, pidx = _top_k(jnp.concatenate([fin.score, score], axis=-1), kg)
+    merge = lambda old, new: take_along(jnp.concatenate([old, new], axis=-1), pidx)  # noqa: E731
+    return jax.tree.map(merge, fin, fresh)
+
+
+def _update_live(
+    c: Candidates, logp: jax.Array, forced: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """The Kg best non-EOS candidates of each group become its live beams: (live sums, global
+    parent slot, token, token log-prob; 0 on a forced prompt token), each [B, G, Kg]."""
+    b, g_num, kg2 = c.top.shape
+    kg, v = kg2 // 2, logp.shape[-1]
+    live, lidx = _pick_live(c, kg)
+    parent = take_along(c.beam, lidx) + (jnp.arange(g_num) * kg)[None, :, None]
+    tok = take_along(c.tok, lidx)
+    flat = (parent * v + tok).reshape(b, g_num * kg)
+    lp = take_along(logp.reshape(b, -1), flat).reshape(b, g_num, kg)
+    return live, parent, tok, jnp.where(forced[:, None, None], 0.0, lp)
+
+
+def _init_state(
+    init_carry: Any, b: int, k: int, g_num: int, constraint: con.Constraint | None
+) -> BeamState:
+    """Each group's first beam at the root (log-prob 0), the other slots and the pools empty."""
+    ninf = jnp.full((b, k), -jnp.inf, jnp.float32)
+    zi, zf = jnp.zeros((b, k), jnp.int32), jnp.zeros((b, k), jnp.float32)
+    has_cm = constraint is not None
+    return BeamState(
+        carry=repeat_rows(init_carry, k),
+        last=jnp.full((b, k), BOS_ID, jnp.int32),
+        live=jnp.where((jnp.arange(k) % (k // g_num) == 0)[None, :], 0.0, ninf),
+        fin=Finished(ninf, ninf, zi, zi, zf, zf if has_cm else None),
+        done=jnp.zeros((b, g_num), bool),
+        cstate=jnp.full((b, k), constraint.start, jnp.int32) if has_cm else None,
+    )
 
 
 @row_parallel(
@@ -91,6 +264,7 @@ def backtrack(
         "beam_size",
         "num_groups",
         "length_penalty",
+        "loop",
     ),
 )
 def _beam_program(
@@ -107,180 +281,117 @@ def _beam_program(
     beam_size: int,
     num_groups: int,
     length_penalty: str,
+    loop: str,
 ) -> DecodeOutput:
-    b, k, g_num, t_max, v = prompt_lengths.shape[0], beam_size, num_groups, max_len, vocab_size
+    b, k, g_num, t_max = prompt_lengths.shape[0], beam_size, num_groups, max_len
     kg = k // g_num  # beams per group
-    alpha, lam = knobs["alpha"], knobs["diversity_penalty"]
+    alpha = knobs["alpha"]
+    diversity = knobs["diversity_penalty"] if g_num > 1 else None
     plen = prompt_lengths
     lmax = t_max - plen  # [B] most generated tokens (incl. EOS) a hypothesis can have
-    first_of_group = (jnp.arange(k) % kg) == 0  # each group starts from the root
-    ninf = jnp.full((b, k), -jnp.inf, jnp.float32)
-    zi = jnp.zeros((b, k), jnp.int32)
-    state = {
-        "carry": repeat_rows(init_carry, k),  # leaves [B * K, ...]
-        "last": jnp.full((b, k), BOS_ID, jnp.int32),  # [B, K] next input token
-        "live": jnp.where(first_of_group[None, :], 0.0, ninf),  # [B, K] log-prob sums
-        "fin_score": ninf,  # [B, K] normalized score of finished hypotheses (-inf = empty)
-        "fin_raw": ninf,  # [B, K] their log-prob sums incl. EOS
-        "fin_len": zi,  # [B, K] their length excl. EOS (= the step EOS was emitted)
-        "fin_slot": zi,  # [B, K] live slot (entering that step) they extend
-        "fin_eos": jnp.zeros((b, k), jnp.float32),  # [B, K] their EOS log-prob
-        "done": jnp.zeros((b, g_num), bool),  # [B, G]
-        # [B, K] automaton state of each live beam; [B, K] log allowed mass at each finished
-        # hypothesis' EOS step
-        "cstate": None if constraint is None else jnp.full((b, k), constraint.start, jnp.int32),
-        "fin_cm": None if constraint is None else jnp.zeros((b, k), jnp.float32),
-    }
+    groups = lambda x: x.reshape(b, g_num, kg, *x.shape[2:])  # noqa: E731  [B, K] -> [B, G, Kg]
+    has_cm = constraint is not None
+    state = _init_state(init_carry, b, k, g_num, constraint)
 
-    def live_step(state: dict, xs: tuple) -> tuple[dict, dict]:
+    def step(state: BeamState, xs: tuple) -> tuple[BeamState, dict]:
         t, ptok = xs  # scalar, [B] prompt token at position t
-        carry, logits = step_fn(params, state["carry"], state["last"].reshape(-1))
-        logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1).reshape(b, k, v)
+        carry, logits = step_fn(params, state.carry, state.last.reshape(-1))
         forced = t < plen  # [B]
-        forced_lp = jnp.where(jnp.arange(v)[None, :] == ptok[:, None], 0.0, -jnp.inf)  # [B, V]
-        generated = jnp.repeat(t - plen, k)  # [B * K] continuation tokens before this one
-        open_lp = proc.min_length(logp.reshape(b * k, v), generated, knobs["min_length"])
-        cm = jnp.zeros((b, k), jnp.float32)  # [B, K] log allowed mass of each live beam
-        if constraint is not None:
-            ok = con.allowed(constraint, state["cstate"].reshape(-1))  # [B * K, V]
-            open_lp = con.mask_logits(open_lp, ok)
-            cm = con.allowed_logmass(logits.astype(jnp.float32), ok).reshape(b, k)
-        cand_lp = jnp.where(forced[:, None, None], forced_lp[:, None, :], open_lp.reshape(b, k, v))
-        cand_all = state["live"][..., None] + cand_lp  # [B, K, V]
-        gen_len = (t - plen + 1)[:, None]  # [B, 1] generated tokens incl. this one
-        counts = jnp.zeros((b, v), jnp.float32)  # tokens chosen by earlier groups this step
-        names = ("live", "last", "parent", "lp", "fs", "fr", "fl", "fslot", "fe", "fcm")
-        new = {n: [] for n in names}
-        done = []
-        for g in range(g_num):
-            sl = slice(g * kg, (g + 1) * kg)
-            cand = cand_all[:, sl].reshape(b, kg * v)  # [B, Kg * V]
-            sel = cand
-            if g_num > 1:  # Hamming diversity: penalize tokens earlier groups chose at step t
-                pen = jnp.where(forced[:, None], 0.0, lam * counts)  # [B, V]
-                sel = (cand_all[:, sl] - pen[:, None, :]).reshape(b, kg * v)
-            top, idx = jax.lax.top_k(sel, 2 * kg)  # [B, 2Kg]
-            raw = _take(cand, idx)
-            beam, tok = idx // v, (idx % v).astype(jnp.int32)
-            is_eos = (tok == EOS_ID) & ~forced[:, None]
-            enters = is_eos & jnp.isfinite(raw)  # every EOS candidate among the 2K (t5x)
-            score = jnp.where(enters, length_norm(raw, gen_len, length_penalty, alpha), -jnp.inf)
-            eos_lp = _take(logp[:, sl, EOS_ID], beam)  # [B, 2Kg]
-            pool = jnp.concatenate([state["fin_score"][:, sl], score], axis=1)  # [B, 3Kg]
-            fs, pidx = jax.lax.top_k(pool, kg)
+        generated = jnp.repeat(t - plen, k)
+        cand, logp, cm = _candidates(
+            logits, state, forced, ptok, generated, knobs["min_length"], constraint
+        )
+        c = _select(groups(cand), forced, diversity)
+        gen_len = (t - plen + 1)[:, None, None]
+        fin = jax.tree.map(groups, state.fin)
+        fresh_fin = _update_finished(
+            fin, c, groups(logp[..., EOS_ID]), groups(cm) if has_cm else None,
+            t, gen_len, length_penalty, alpha,
+        )  # fmt: skip
+        live, parent, tok, lp = _update_live(c, logp, forced)
+        bound = length_norm(jnp.max(live, axis=-1), lmax[:, None], length_penalty, alpha)
+        done = state.done | (bound <= jnp.min(fresh_fin.score, axis=-1))  # [B, G]
+        frozen = state.done[..., None]  # [B, G, 1] a done group keeps everything
+        keep = lambda old, new: jnp.where(frozen, old, new).reshape(b, k)  # noqa: E731
+        own = groups(jnp.broadcast_to(jnp.arange(k), (b, k)))
+        parent = keep(own, parent)
+        last = keep(groups(state.last), tok)
+        ys = {"tok": last, "parent": parent, "lp": keep(0.0, lp)}
+        cstate = None
+        if has_cm:
+            frozen_k = jnp.repeat(state.done, kg, axis=1)  # [B, K]
+            nxt = con.advance(constraint, take_along(state.cstate, parent), last)
+            cstate = jnp.where(frozen_k, state.cstate, nxt)
+            ys["cm"] = jnp.where(forced[:, None] | frozen_k, 0.0, take_along(cm, parent))
+        rows = (jnp.arange(b)[:, None] * k + parent).reshape(-1)  # [B * K]
+        new = BeamState(
+            carry=gather_rows(carry, rows),
+            last=last,
+            live=keep(groups(state.live), live),
+            fin=jax.tree.map(keep, fin, fresh_fin),
+            done=done,
+            cstate=cstate,
+        )
+        return new, ys
 
-            def merge(old: jax.Array, fresh: jax.Array, pidx: jax.Array = pidx) -> jax.Array:
-                return _take(jnp.concatenate([old, fresh], axis=1), pidx)
+    idle = {
+        "tok": jnp.full((b, k), PAD_ID, jnp.int32),
+        "parent": jnp.broadcast_to(jnp.arange(k, dtype=jnp.int32), (b, k)),
+        "lp": jnp.zeros((b, k), jnp.float32),
+    } | ({"cm": jnp.zeros((b, k), jnp.float32)} if has_cm else {})
+    state, ys = run_loop(
+        step,
+        state,
+        (jnp.arange(t_max), prompts.T),
+        finished=lambda s: jnp.all(s.done),
+        idle=idle,
+        loop=loop,
+    )
+    return _n_best(state, ys, prompt_lengths, t_max, g_num, length_penalty, alpha)
 
-            fr = merge(state["fin_raw"][:, sl], raw)
-            fl = merge(state["fin_len"][:, sl], jnp.full((b, 2 * kg), t, jnp.int32))
-            fslot = merge(state["fin_slot"][:, sl], beam + g * kg)
-            fe = merge(state["fin_eos"][:, sl], eos_lp)
-            old_cm = state["fin_cm"] if constraint is not None else jnp.zeros((b, k))
-            fcm = merge(old_cm[:, sl], _take(cm[:, sl], beam))
-            ltop, lidx = jax.lax.top_k(jnp.where(is_eos, -jnp.inf, top), kg)  # [B, Kg]
-            live = jnp.where(jnp.isfinite(ltop), _take(raw, lidx), -jnp.inf)
-            parent = _take(beam, lidx) + g * kg  # [B, Kg] global slot
-            ntok = _take(tok, lidx)
-            lp = _take(logp.reshape(b, k * v), parent * v + ntok)
-            lp = jnp.where(forced[:, None], 0.0, lp)
-            if g_num > 1:
-                chosen = jax.nn.one_hot(ntok, v) * jnp.isfinite(live)[..., None]
-                counts = counts + jnp.sum(chosen, axis=1)
-            bound = length_norm(jnp.max(live, axis=1), lmax, length_penalty, alpha)  # [B]
-            was_done = state["done"][:, g]
-            done.append(was_done | (bound <= jnp.min(fs, axis=1)))
-            frozen = was_done[:, None]
-            keep = lambda old, fresh, frozen=frozen: jnp.where(frozen, old, fresh)  # noqa: E731
-            new["live"].append(keep(state["live"][:, sl], live))
-            new["last"].append(keep(state["last"][:, sl], ntok))
-            new["parent"].append(keep(jnp.arange(g * kg, (g + 1) * kg)[None, :], parent))
-            new["lp"].append(keep(0.0, lp))
-            new["fs"].append(keep(state["fin_score"][:, sl], fs))
-            new["fr"].append(keep(state["fin_raw"][:, sl], fr))
-            new["fl"].append(keep(state["fin_len"][:, sl], fl))
-            new["fslot"].append(keep(state["fin_slot"][:, sl], fslot))
-            new["fe"].append(keep(state["fin_eos"][:, sl], fe))
-            new["fcm"].append(keep(old_cm[:, sl], fcm))
-        cat = {n: jnp.concatenate(x, axis=1) for n, x in new.items()}  # each [B, K]
-        rows = (jnp.arange(b)[:, None] * k + cat["parent"]).reshape(-1)  # [B * K]
-        ys = {"tok": cat["last"], "parent": cat["parent"], "lp": cat["lp"]}
-        cstate = fin_cm = None
-        if constraint is not None:
-            frozen = jnp.repeat(state["done"], kg, axis=1)  # [B, K] slots of done groups
-            nxt = con.advance(constraint, _take(state["cstate"], cat["parent"]), cat["last"])
-            cstate = jnp.where(frozen, state["cstate"], nxt)
-            fin_cm = cat["fcm"]
-            ys["cm"] = jnp.where(forced[:, None] | frozen, 0.0, _take(cm, cat["parent"]))
-        state = {
-            "carry": gather_rows(carry, rows),
-            "last": cat["last"],
-            "live": cat["live"],
-            "fin_score": cat["fs"],
-            "fin_raw": cat["fr"],
-            "fin_len": cat["fl"],
-            "fin_slot": cat["fslot"],
-            "fin_eos": cat["fe"],
-            "done": jnp.stack(done, axis=1),
-            "cstate": cstate,
-            "fin_cm": fin_cm,
-        }
-        return state, ys
 
-    def skip_step(state: dict, xs: tuple) -> tuple[dict, dict]:
-        ys = {
-            "tok": jnp.full((b, k), PAD_ID, jnp.int32),
-            "parent": jnp.broadcast_to(jnp.arange(k, dtype=jnp.int32), (b, k)),
-            "lp": jnp.zeros((b, k), jnp.float32),
-        }
-        if constraint is not None:
-            ys["cm"] = jnp.zeros((b, k), jnp.float32)
-        return state, ys
-
-    def body(state: dict, xs: tuple) -> tuple[dict, dict]:
-        return jax.lax.cond(jnp.all(state["done"]), skip_step, live_step, state, xs)
-
-    state, ys = jax.lax.scan(body, state, (jnp.arange(t_max), prompts.T))
-
-    # n-best: each group's Kg best of its finished and cut hypotheses by one normalized score
-    # (a done group's live beams cannot beat its pool and are left out, so the stopping rule
-    # is exact per group), then all groups' picks best first; empty slots last. top_k puts the
-    # lower index first among equal scores: finished (the first K) before cut.
-    group_done = jnp.repeat(state["done"], kg, axis=1)  # [B, K]
-    live_ok = jnp.isfinite(state["live"]) & ~group_done
-    live_score = length_norm(state["live"], lmax[:, None], length_penalty, alpha)
+def _n_best(
+    state: BeamState,
+    ys: dict,  # [T, B, K] each: tok, parent, lp (and cm)
+    prompt_lengths: jax.Array,
+    t_max: int,
+    g_num: int,
+    length_penalty: str,
+    alpha: jax.Array,
+) -> DecodeOutput:
+    """Each group's Kg best of its finished and cut hypotheses by one normalized score (a done
+    group's live beams cannot beat its pool and are left out, so the stopping rule is exact
+    per group), then all groups' picks best first; empty slots last. top_k puts the lower
+    index first among equal scores: finished (the first K) before cut."""
+    b, k = state.live.shape
+    kg = k // g_num
+    fin = state.fin
+    lmax = t_max - prompt_lengths
+    live_ok = jnp.isfinite(state.live) & ~jnp.repeat(state.done, kg, axis=1)
+    live_score = length_norm(state.live, lmax[:, None], length_penalty, alpha)
     live_score = jnp.where(live_ok, live_score, -jnp.inf)
-    picks, picked = [], []
-    for g in range(g_num):
-        sl = slice(g * kg, (g + 1) * kg)
-        top, idx = jax.lax.top_k(
-            jnp.concatenate([state["fin_score"][:, sl], live_score[:, sl]], axis=1), kg
-        )  # [B, Kg], index into [fin of g, live of g]
-        picks.append(top)
-        picked.append(jnp.where(idx < kg, g * kg + idx, k + g * kg + idx - kg))
-    best, pos = jax.lax.top_k(jnp.concatenate(picks, axis=1), k)  # [B, K] best first
-    order = _take(jnp.concatenate(picked, axis=1), pos)  # [B, K] index into `score`
+    groups = lambda x: x.reshape(b, g_num, kg)  # noqa: E731
+    top, idx = _top_k(jnp.concatenate([groups(fin.score), groups(live_score)], axis=-1), kg)
+    offset = (jnp.arange(g_num) * kg)[None, :, None]
+    picked = jnp.where(idx < kg, offset + idx, k + offset + idx - kg)  # index into [fin, live]
+    best, pos = jax.lax.top_k(top.reshape(b, k), k)  # [B, K] best first
+    order = take_along(picked.reshape(b, k), pos)
     real = jnp.isfinite(best)
     ended = real & (order < k)
-    length = _take(
-        jnp.concatenate([state["fin_len"], jnp.full((b, k), t_max, jnp.int32)], axis=1), order
-    )
-    length = jnp.where(real, length, 0)
-    slot = _take(
-        jnp.concatenate([state["fin_slot"], jnp.broadcast_to(jnp.arange(k), (b, k))], axis=1),
-        order,
-    )
-    eos_lp = jnp.where(
-        ended, _take(jnp.concatenate([state["fin_eos"], jnp.zeros((b, k))], axis=1), order), 0.0
-    )
+
+    def pick(from_fin: jax.Array, from_live: jax.Array) -> jax.Array:
+        return take_along(jnp.concatenate([from_fin, from_live], axis=1), order)
+
+    length = jnp.where(real, pick(fin.length, jnp.full((b, k), t_max, jnp.int32)), 0)
+    slot = pick(fin.slot, jnp.broadcast_to(jnp.arange(k), (b, k)))
+    eos_lp = jnp.where(ended, pick(fin.eos, jnp.zeros((b, k))), 0.0)
     tokens, lps = backtrack(ys["tok"], ys["parent"], ys["lp"], slot, length)  # [B, K, T]
     at_eos = ended[..., None] & (jnp.arange(t_max) == length[..., None])
     tokens = jnp.where(at_eos, EOS_ID, tokens).astype(jnp.int32)
     cmass = None
-    if constraint is not None:
+    if fin.cm is not None:
         _, cmass = backtrack(ys["tok"], ys["parent"], ys["cm"], slot, length)
-        fin_cm = jnp.concatenate([state["fin_cm"], jnp.zeros((b, k))], axis=1)
-        cmass = jnp.where(at_eos, _take(fin_cm, order)[..., None], cmass)
+        cmass = jnp.where(at_eos, pick(fin.cm, jnp.zeros((b, k)))[..., None], cmass)
     return DecodeOutput(
         tokens=tokens,
         lengths=length.astype(jnp.int32),
@@ -297,63 +408,27 @@ def _beam_program(
     )
 
 
-def _run_beam(
-    name: str,
-    step_fn: StepFn,
-    params: Any,
-    init_carry: Any,
-    prompts: Any,
-    prompt_lengths: Any,
-    *,
-    max_len: int,
-    vocab_size: int,
-    cfg: Any,
-    num_groups: int,
-    constraint: con.Constraint | None,
-) -> DecodeOutput:
-    validate_config(cfg, name, vocab_size)
-    prep = prepare(
-        init_carry,
-        prompts,
-        prompt_lengths,
-        max_len=max_len,
-        num_samples=1,
-        vocab_size=vocab_size,
-        key=None,
-        prompt_ids=None,
-        constraint=constraint,
-    )
+def _run_beam(name: str, req: DecodeRequest, num_groups: int) -> DecodeOutput:
+    validate_config(req.cfg, name, req.vocab_size)
+    prep = prepare(req, keyed=False)
     return _beam_program(
-        params,
-        init_carry,
+        req.params,
+        req.init_carry,
         prep.prompts,
         prep.prompt_lengths,
-        traced_knobs(cfg),
-        constraint,
-        step_fn=step_fn,
-        max_len=max_len,
-        vocab_size=vocab_size,
-        beam_size=int(get(cfg, "beam_size")),
+        traced_knobs(req.cfg),
+        req.constraint,
+        step_fn=req.step_fn,
+        max_len=req.max_len,
+        vocab_size=req.vocab_size,
+        beam_size=int(get(req.cfg, "beam_size")),
         num_groups=num_groups,
-        length_penalty=str(get(cfg, "length_penalty")),
+        length_penalty=str(get(req.cfg, "length_penalty")),
+        loop=resolve_loop(req.loop),
     )
 
 
-def beam(
-    step_fn: StepFn,
-    params: Any,
-    init_carry: Any,
-    prompts: Any = None,
-    prompt_lengths: Any = None,
-    *,
-    max_len: int,
-    vocab_size: int,
-    key: Any = None,
-    cfg: Any = None,
-    num_samples: int = 1,
-    prompt_ids: Any = None,
-    constraint: con.Constraint | None = None,
-) -> DecodeOutput:
+def beam(req: DecodeRequest) -> DecodeOutput:
     """Beam search with a finished pool and an exact stopping rule (see the module docstring).
 
     Score of a hypothesis with log-prob sum S (EOS included) and L generated tokens (EOS
@@ -366,37 +441,10 @@ def beam(
     on past greedy's EOS). EOS is forbidden before `min_length` continuation tokens.
     Deterministic: `key`, `num_samples` and `prompt_ids` are ignored.
     """
-    del key, num_samples, prompt_ids
-    return _run_beam(
-        "beam",
-        step_fn,
-        params,
-        init_carry,
-        prompts,
-        prompt_lengths,
-        max_len=max_len,
-        vocab_size=vocab_size,
-        cfg=cfg,
-        num_groups=1,
-        constraint=constraint,
-    )
+    return _run_beam("beam", req, num_groups=1)
 
 
-def diverse_beam(
-    step_fn: StepFn,
-    params: Any,
-    init_carry: Any,
-    prompts: Any = None,
-    prompt_lengths: Any = None,
-    *,
-    max_len: int,
-    vocab_size: int,
-    key: Any = None,
-    cfg: Any = None,
-    num_samples: int = 1,
-    prompt_ids: Any = None,
-    constraint: con.Constraint | None = None,
-) -> DecodeOutput:
+def diverse_beam(req: DecodeRequest) -> DecodeOutput:
     """Diverse beam search (Vijayakumar et al. 2018, "Diverse beam search", Alg. 1) with
     G = `num_groups` groups of K / G beams and Hamming diversity with strength
     lambda = `diversity_penalty`.
@@ -409,17 +457,4 @@ def diverse_beam(
     Each group is a beam search of its own (finished pool, stopping rule, finalization, as
     `beam`); the output is every group's K / G best, all sorted best first. G = 1 is `beam`.
     """
-    del key, num_samples, prompt_ids
-    return _run_beam(
-        "diverse_beam",
-        step_fn,
-        params,
-        init_carry,
-        prompts,
-        prompt_lengths,
-        max_len=max_len,
-        vocab_size=vocab_size,
-        cfg=cfg,
-        num_groups=int(get(cfg, "num_groups")),
-        constraint=constraint,
-    )
+    return _run_beam("diverse_beam", req, num_groups=int(get(req.cfg, "num_groups")))

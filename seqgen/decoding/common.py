@@ -11,7 +11,7 @@ The knobs -- name, default, range, static or traced -- are written once, in `kno
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 import jax
@@ -102,6 +102,29 @@ def traced_knobs(cfg: Any) -> dict[str, jax.Array]:
 
 
 @dataclass(frozen=True)
+class DecodeRequest:
+    """One decode call: what every decoder takes (`seqgen.decoding.decode` documents each field).
+
+    The arrays are host or device values as the caller has them; `prepare` validates them.
+    """
+
+    step_fn: StepFn  # pure (params, carry, tokens[B]) -> (carry, logits[B, V])
+    params: Any
+    init_carry: Any  # pytree, every leaf [B, ...]
+    prompts: Any = None  # int[B, P] left-aligned, PAD-padded, without BOS; None = BOS only
+    prompt_lengths: Any = None  # int[B]; None = all P
+    _: KW_ONLY
+    max_len: int  # prompt + continuation budget (BOS not counted)
+    vocab_size: int
+    cfg: Any = None  # the decoder knobs (`get`); None = every default
+    num_samples: int = 1  # rows per prompt for `sample`
+    key: Any = None  # a PRNG key or an int seed (None = 0)
+    prompt_ids: Any = None  # int[B] global prompt indices for the row keys (None = 0..B-1)
+    constraint: Any = None  # a `constraint.Constraint`, or None
+    loop: str = "auto"  # the loop variant (`seqgen.decoding.loop.LOOPS`); outputs are the same
+
+
+@dataclass(frozen=True)
 class Prepared:
     """Host-side, validated inputs shared by the decoders."""
 
@@ -139,21 +162,14 @@ def validate_config(cfg: Any, name: str, vocab_size: int | None, where: str = "d
         _fail(f"{where}.length_penalty must be none for exact (it finds argmax log p(y | x))")
 
 
-def prepare(
-    init_carry: Any,
-    prompts: Any,
-    prompt_lengths: Any,
-    *,
-    max_len: int,
-    num_samples: int,
-    vocab_size: int,
-    key: Any,
-    prompt_ids: Any,
-    constraint: Any = None,
-) -> Prepared:
-    """Validate sizes, prompts and key on the host and pad prompts to [B, max_len]; with a
-    `constraint`, check its vocabulary size and run every prompt through it (UserError on a
-    reject)."""
+def prepare(req: DecodeRequest, *, num_samples: int = 1, keyed: bool = True) -> Prepared:
+    """Validate sizes, prompts and key of `req` on the host and pad prompts to [B, max_len];
+    with a constraint, check its vocabulary size and run every prompt through it (UserError on
+    a reject). `num_samples`: the rows per prompt the decoder makes; `keyed=False` (the
+    deterministic decoders) ignores `req.key` and `req.prompt_ids`."""
+    init_carry, prompts, prompt_lengths = req.init_carry, req.prompts, req.prompt_lengths
+    max_len, vocab_size, constraint = req.max_len, req.vocab_size, req.constraint
+    key, prompt_ids = (req.key, req.prompt_ids) if keyed else (None, None)
     if not _is_int(max_len) or max_len < 1:
         _fail(f"max_len={max_len!r} is out of range; allowed: an integer >= 1")
     if not _is_int(num_samples) or num_samples < 1:
@@ -264,6 +280,11 @@ def repeat_rows(tree: Any, n: int) -> Any:
     if n == 1:
         return tree
     return jax.tree.map(lambda x: jnp.repeat(jnp.asarray(x), n, axis=0), tree)
+
+
+def take_along(x: jax.Array, idx: jax.Array) -> jax.Array:
+    """x[..., idx] row by row: `take_along_axis` on the last axis (x [..., N], idx [..., M])."""
+    return jnp.take_along_axis(x, idx, axis=-1)
 
 
 def gather_rows(tree: Any, index: jax.Array) -> Any:

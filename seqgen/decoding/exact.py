@@ -28,6 +28,7 @@ prefixes are among the first K unexpanded children of each slot. The loop is a
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 from typing import Any
 
@@ -37,6 +38,7 @@ import jax.numpy as jnp
 from seqgen.decoding.beam import beam
 from seqgen.decoding.common import (
     DecodeOutput,
+    DecodeRequest,
     StepFn,
     get,
     prepare,
@@ -51,29 +53,17 @@ def _rows(b: int, s: int, idx: jax.Array) -> jax.Array:
     return (jnp.arange(b)[:, None] * s + idx).reshape(-1)
 
 
-@partial(
-    jax.jit,
-    static_argnames=("step_fn", "max_len", "vocab_size", "max_expansions", "per_step"),
-)
-def _exact_program(
+def _prime(
+    step_fn: StepFn,
     params: Any,
     init_carry: Any,
     prompts: jax.Array,  # [B, T]
-    prompt_lengths: jax.Array,  # [B]
-    init: dict[str, jax.Array],  # beam's best: score [B] (-inf if none), tokens/lps [B, T], ...
-    *,
-    step_fn: StepFn,
-    max_len: int,
-    vocab_size: int,
-    max_expansions: int,
-    per_step: int,
-) -> DecodeOutput:
-    b, t_max, v, k = prompt_lengths.shape[0], max_len, vocab_size, per_step
-    s_num = 1 + max_expansions + k
-    plen = prompt_lengths
-    ninf = -jnp.inf
-
-    # Prime: feed BOS and the prompt; the root's children are the first continuation tokens.
+    plen: jax.Array,  # [B]
+    v: int,
+) -> tuple[Any, jax.Array]:
+    """Feed BOS and the prompt: the root's carry and its children's log-probs [B, V] (the
+    first continuation tokens)."""
+    b, t_max = prompts.shape
     feed = jnp.concatenate([jnp.full((b, 1), BOS_ID, jnp.int32), prompts], axis=1)  # [B, T+1]
 
     def prime(state: tuple, xs: tuple) -> tuple[tuple, None]:
@@ -94,108 +84,15 @@ def _exact_program(
         (init_carry, jnp.zeros((b, v), jnp.float32)),
         (jnp.arange(t_max + 1), feed.T),
     )
+    return root_carry, root_logp
 
-    def children(logp: jax.Array, score: jax.Array, pos: jax.Array) -> tuple:
-        """Sorted non-EOS children of new slots and their EOS scores. logp [B, K, V]."""
-        extendable = (pos <= t_max - 2)[..., None]  # a non-EOS child must still fit its EOS
-        masked = jnp.where(extendable & (jnp.arange(v) != EOS_ID) & ~jnp.isnan(logp), logp, ninf)
-        slp, stok = jax.lax.top_k(masked, v)  # [B, K, V] descending
-        eos = jnp.where(pos <= t_max - 1, score + logp[..., EOS_ID], ninf)  # EOS must fit too
-        return slp, stok.astype(jnp.int32), eos
 
-    slp0, stok0, eos0 = children(root_logp[:, None], jnp.zeros((b, 1)), plen[:, None])
-    pool_carry = jax.tree.map(
-        lambda x: jnp.zeros((b * s_num,) + x.shape[1:], x.dtype).at[jnp.arange(b) * s_num].set(x),
-        root_carry,
-    )
-    zf = jnp.zeros((b, s_num), jnp.float32)
-    zi = jnp.zeros((b, s_num), jnp.int32)
-    root_better = eos0[:, 0] > init["score"]
-    state = {
-        "carry": pool_carry,
-        "score": jnp.full((b, s_num), ninf).at[:, 0].set(0.0),
-        "pos": zi.at[:, 0].set(plen),
-        "parent": zi,
-        "tok": zi,
-        "lp": zf,
-        "slp": jnp.full((b, s_num, v), ninf).at[:, 0].set(slp0[:, 0]),
-        "stok": jnp.zeros((b, s_num, v), jnp.int32).at[:, 0].set(stok0[:, 0]),
-        "ptr": zi,
-        "used": jnp.ones((b,), jnp.int32),
-        "best": jnp.where(root_better, eos0[:, 0], init["score"]),
-        "best_slot": jnp.where(root_better, 0, -1),
-        "best_eos": jnp.where(root_better, root_logp[:, EOS_ID], 0.0),
-        "expansions": jnp.zeros((b,), jnp.int32),
-        "done": jnp.zeros((b,), bool),
-        "iters": jnp.int32(0),
-    }
-    bi = jnp.arange(b)[:, None]
-
-    def frontier_max(st: dict) -> jax.Array:
-        head = jnp.take_along_axis(st["slp"], jnp.minimum(st["ptr"], v - 1)[..., None], -1)[..., 0]
-        head = jnp.where(st["ptr"] < v, st["score"] + head, ninf)  # [B, S]
-        return jnp.max(head, axis=1)
-
-    def is_done(st: dict) -> jax.Array:
-        return ~(frontier_max(st) > st["best"]) | (st["expansions"] >= max_expansions)
-
-    def body(st: dict) -> dict:
-        j = jnp.arange(k)
-        idx = st["ptr"][..., None] + j  # [B, S, K]
-        vals = jnp.take_along_axis(st["slp"], jnp.minimum(idx, v - 1), axis=-1)
-        cand = jnp.where(idx < v, st["score"][..., None] + vals, ninf).reshape(b, s_num * k)
-        top, flat = jax.lax.top_k(cand, k)  # [B, K] best first
-        allowance = jnp.minimum(k, max_expansions - st["expansions"])  # [B]
-        sel = (top > st["best"][:, None]) & (j[None, :] < allowance[:, None]) & ~st["done"][:, None]
-        parent = flat // k  # [B, K]
-        rank = st["ptr"][bi, parent] + flat % k
-        tok = st["stok"][bi, parent, jnp.minimum(rank, v - 1)]
-        lp = st["slp"][bi, parent, jnp.minimum(rank, v - 1)]
-        ptr = st["ptr"].at[bi, parent].add(sel.astype(jnp.int32))
-        carry_in = jax.tree.map(lambda x: x[_rows(b, s_num, parent)], st["carry"])
-        carry_out, logits = step_fn(params, carry_in, tok.reshape(-1))
-        logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1).reshape(b, k, v)
-        pos = st["pos"][bi, parent] + 1
-        slp, stok, eos_score = children(logp, top, pos)
-        n_sel = jnp.sum(sel, axis=1).astype(jnp.int32)  # sel is a prefix of the K picks
-        slot = jnp.where(sel, st["used"][:, None] + j, s_num)  # s_num: out of range, dropped
-        flat_slot = jnp.where(sel, _rows(b, s_num, slot).reshape(b, k), b * s_num).reshape(-1)
-        put = lambda old, new: old.at[bi, slot].set(new, mode="drop")  # noqa: E731
-        eos_score = jnp.where(sel, eos_score, ninf)
-        e_best, e_arg = jnp.max(eos_score, axis=1), jnp.argmax(eos_score, axis=1)
-        better = e_best > st["best"]
-        return {
-            "carry": jax.tree.map(
-                lambda old, new: old.at[flat_slot].set(new, mode="drop"), st["carry"], carry_out
-            ),
-            "score": put(st["score"], top),
-            "pos": put(st["pos"], pos),
-            "parent": put(st["parent"], parent),
-            "tok": put(st["tok"], tok),
-            "lp": put(st["lp"], lp),
-            "slp": put(st["slp"], slp),
-            "stok": put(st["stok"], stok),
-            "ptr": ptr,
-            "used": st["used"] + n_sel,
-            "best": jnp.where(better, e_best, st["best"]),
-            "best_slot": jnp.where(better, st["used"] + e_arg, st["best_slot"]),
-            "best_eos": jnp.where(better, logp[jnp.arange(b), e_arg, EOS_ID], st["best_eos"]),
-            "expansions": st["expansions"] + n_sel,
-            "done": st["done"],
-            "iters": st["iters"] + 1,
-        }
-
-    def step(st: dict) -> dict:
-        st = body(st)
-        return {**st, "done": st["done"] | is_done(st)}
-
-    state = {**state, "done": is_done(state)}
-    state = jax.lax.while_loop(
-        lambda st: ~jnp.all(st["done"]) & (st["iters"] <= max_expansions), step, state
-    )
-    proven = ~(frontier_max(state) > state["best"])
-
-    # Follow parent pointers from the best slot (or keep beam's best when search found none).
+def _outputs(
+    state: dict, proven: jax.Array, init: dict, prompts: jax.Array, prompt_lengths: jax.Array
+) -> DecodeOutput:
+    """Follow parent pointers from the best slot (or keep beam's best when search found none)."""
+    b, t_max = prompts.shape
+    plen = prompt_lengths
     found = state["best_slot"] >= 0  # [B]
     cur0 = jnp.maximum(state["best_slot"], 0)
     length = jnp.where(found, state["pos"][jnp.arange(b), cur0], init["length"])
@@ -238,21 +135,144 @@ def _exact_program(
     )
 
 
-def exact(
-    step_fn: StepFn,
+def _children(logp: jax.Array, score: jax.Array, pos: jax.Array, t_max: int) -> tuple:
+    """Sorted non-EOS children of new slots and their EOS scores. logp [B, K, V]."""
+    v = logp.shape[-1]
+    extendable = (pos <= t_max - 2)[..., None]  # a non-EOS child must still fit its EOS
+    masked = jnp.where(extendable & (jnp.arange(v) != EOS_ID) & ~jnp.isnan(logp), logp, -jnp.inf)
+    slp, stok = jax.lax.top_k(masked, v)  # [B, K, V] descending
+    eos = jnp.where(pos <= t_max - 1, score + logp[..., EOS_ID], -jnp.inf)  # EOS must fit too
+    return slp, stok.astype(jnp.int32), eos
+
+
+def _expand(
+    st: dict, params: Any, *, step_fn: StepFn, t_max: int, max_expansions: int, k: int
+) -> dict:
+    """One iteration: the k best unexpanded frontier prefixes of each row that still beat the
+    incumbent go through the step function in one call, into new slots of the pool; their EOS
+    children are complete hypotheses that may replace the incumbent."""
+    b, s_num, v = st["slp"].shape
+    ninf = -jnp.inf
+    bi = jnp.arange(b)[:, None]
+    j = jnp.arange(k)
+    idx = st["ptr"][..., None] + j  # [B, S, K]
+    vals = jnp.take_along_axis(st["slp"], jnp.minimum(idx, v - 1), axis=-1)
+    cand = jnp.where(idx < v, st["score"][..., None] + vals, ninf).reshape(b, s_num * k)
+    top, flat = jax.lax.top_k(cand, k)  # [B, K] best first
+    allowance = jnp.minimum(k, max_expansions - st["expansions"])  # [B]
+    sel = (top > st["best"][:, None]) & (j[None, :] < allowance[:, None]) & ~st["done"][:, None]
+    parent = flat // k  # [B, K]
+    rank = st["ptr"][bi, parent] + flat % k
+    tok = st["stok"][bi, parent, jnp.minimum(rank, v - 1)]
+    lp = st["slp"][bi, parent, jnp.minimum(rank, v - 1)]
+    ptr = st["ptr"].at[bi, parent].add(sel.astype(jnp.int32))
+    carry_in = jax.tree.map(lambda x: x[_rows(b, s_num, parent)], st["carry"])
+    carry_out, logits = step_fn(params, carry_in, tok.reshape(-1))
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1).reshape(b, k, v)
+    pos = st["pos"][bi, parent] + 1
+    slp, stok, eos_score = _children(logp, top, pos, t_max)
+    n_sel = jnp.sum(sel, axis=1).astype(jnp.int32)  # sel is a prefix of the K picks
+    slot = jnp.where(sel, st["used"][:, None] + j, s_num)  # s_num: out of range, dropped
+    flat_slot = jnp.where(sel, _rows(b, s_num, slot).reshape(b, k), b * s_num).reshape(-1)
+    put = lambda old, new: old.at[bi, slot].set(new, mode="drop")  # noqa: E731
+    eos_score = jnp.where(sel, eos_score, ninf)
+    e_best, e_arg = jnp.max(eos_score, axis=1), jnp.argmax(eos_score, axis=1)
+    better = e_best > st["best"]
+    return {
+        "carry": jax.tree.map(
+            lambda old, new: old.at[flat_slot].set(new, mode="drop"), st["carry"], carry_out
+        ),
+        "score": put(st["score"], top),
+        "pos": put(st["pos"], pos),
+        "parent": put(st["parent"], parent),
+        "tok": put(st["tok"], tok),
+        "lp": put(st["lp"], lp),
+        "slp": put(st["slp"], slp),
+        "stok": put(st["stok"], stok),
+        "ptr": ptr,
+        "used": st["used"] + n_sel,
+        "best": jnp.where(better, e_best, st["best"]),
+        "best_slot": jnp.where(better, st["used"] + e_arg, st["best_slot"]),
+        "best_eos": jnp.where(better, logp[jnp.arange(b), e_arg, EOS_ID], st["best_eos"]),
+        "expansions": st["expansions"] + n_sel,
+        "done": st["done"],
+        "iters": st["iters"] + 1,
+    }
+
+
+@partial(
+    jax.jit,
+    static_argnames=("step_fn", "max_len", "vocab_size", "max_expansions", "per_step"),
+)
+def _exact_program(
     params: Any,
     init_carry: Any,
-    prompts: Any = None,
-    prompt_lengths: Any = None,
+    prompts: jax.Array,  # [B, T]
+    prompt_lengths: jax.Array,  # [B]
+    init: dict[str, jax.Array],  # beam's best: score [B] (-inf if none), tokens/lps [B, T], ...
     *,
+    step_fn: StepFn,
     max_len: int,
     vocab_size: int,
-    key: Any = None,
-    cfg: Any = None,
-    num_samples: int = 1,
-    prompt_ids: Any = None,
-    constraint: Any = None,
+    max_expansions: int,
+    per_step: int,
 ) -> DecodeOutput:
+    b, t_max, v, k = prompt_lengths.shape[0], max_len, vocab_size, per_step
+    s_num = 1 + max_expansions + k
+    plen = prompt_lengths
+    ninf = -jnp.inf
+
+    root_carry, root_logp = _prime(step_fn, params, init_carry, prompts, plen, v)
+
+    slp0, stok0, eos0 = _children(root_logp[:, None], jnp.zeros((b, 1)), plen[:, None], t_max)
+    pool_carry = jax.tree.map(
+        lambda x: jnp.zeros((b * s_num,) + x.shape[1:], x.dtype).at[jnp.arange(b) * s_num].set(x),
+        root_carry,
+    )
+    zf = jnp.zeros((b, s_num), jnp.float32)
+    zi = jnp.zeros((b, s_num), jnp.int32)
+    root_better = eos0[:, 0] > init["score"]
+    state = {
+        "carry": pool_carry,
+        "score": jnp.full((b, s_num), ninf).at[:, 0].set(0.0),
+        "pos": zi.at[:, 0].set(plen),
+        "parent": zi,
+        "tok": zi,
+        "lp": zf,
+        "slp": jnp.full((b, s_num, v), ninf).at[:, 0].set(slp0[:, 0]),
+        "stok": jnp.zeros((b, s_num, v), jnp.int32).at[:, 0].set(stok0[:, 0]),
+        "ptr": zi,
+        "used": jnp.ones((b,), jnp.int32),
+        "best": jnp.where(root_better, eos0[:, 0], init["score"]),
+        "best_slot": jnp.where(root_better, 0, -1),
+        "best_eos": jnp.where(root_better, root_logp[:, EOS_ID], 0.0),
+        "expansions": jnp.zeros((b,), jnp.int32),
+        "done": jnp.zeros((b,), bool),
+        "iters": jnp.int32(0),
+    }
+
+    def frontier_max(st: dict) -> jax.Array:
+        head = jnp.take_along_axis(st["slp"], jnp.minimum(st["ptr"], v - 1)[..., None], -1)[..., 0]
+        head = jnp.where(st["ptr"] < v, st["score"] + head, ninf)  # [B, S]
+        return jnp.max(head, axis=1)
+
+    def is_done(st: dict) -> jax.Array:
+        return ~(frontier_max(st) > st["best"]) | (st["expansions"] >= max_expansions)
+
+    def step(st: dict) -> dict:
+        st = _expand(st, params, step_fn=step_fn, t_max=t_max, max_expansions=max_expansions, k=k)
+        return {**st, "done": st["done"] | is_done(st)}
+
+    state = {**state, "done": is_done(state)}
+    state = jax.lax.while_loop(
+        lambda st: ~jnp.all(st["done"]) & (st["iters"] <= max_expansions), step, state
+    )
+    proven = ~(frontier_max(state) > state["best"])
+
+    return _outputs(state, proven, init, prompts, prompt_lengths)
+
+
+def exact(req: DecodeRequest) -> DecodeOutput:
     """Exact MAP search (Stahlberg & Byrne 2019; see the module docstring): for each prompt x,
     y* = argmax_y log p(y | x) over EOS-terminated continuations within `max_len`, by
     best-first branch and bound from beam search's best (`beam_size`, no length penalty).
@@ -263,33 +283,16 @@ def exact(
     complete hypothesis found, never worse than beam's. Deterministic: `key`, `num_samples`
     and `prompt_ids` are ignored. Static: `max_expansions`, `expansions_per_step`, `max_len`.
     """
-    del key, num_samples, prompt_ids
-    validate_config(cfg, "exact", vocab_size)
-    if constraint is not None:
+    validate_config(req.cfg, "exact", req.vocab_size)
+    if req.constraint is not None:
         raise UserError(
             "decoder=exact is not supported with a constraint; allowed: constraint=none, or "
             "greedy, sample, beam, stochastic_beam, diverse_beam, mbr"
         )
-    prep = prepare(
-        init_carry,
-        prompts,
-        prompt_lengths,
-        max_len=max_len,
-        num_samples=1,
-        vocab_size=vocab_size,
-        key=None,
-        prompt_ids=None,
-    )
-    bcfg = {"name": "beam", "beam_size": int(get(cfg, "beam_size")), "length_penalty": "none"}
+    prep = prepare(req, keyed=False)
+    bcfg = {"name": "beam", "beam_size": int(get(req.cfg, "beam_size")), "length_penalty": "none"}
     start = beam(
-        step_fn,
-        params,
-        init_carry,
-        prep.prompts,
-        prep.prompt_lengths,
-        max_len=max_len,
-        vocab_size=vocab_size,
-        cfg=bcfg,
+        dataclasses.replace(req, prompts=prep.prompts, prompt_lengths=prep.prompt_lengths, cfg=bcfg)
     )
     raw = jnp.sum(start.logprobs[:, 0], axis=-1) + start.eos_logprob[:, 0]
     init = {
@@ -302,14 +305,14 @@ def exact(
         "ended": start.ended[:, 0],
     }
     return _exact_program(
-        params,
-        init_carry,
+        req.params,
+        req.init_carry,
         prep.prompts,
         prep.prompt_lengths,
         init,
-        step_fn=step_fn,
-        max_len=max_len,
-        vocab_size=vocab_size,
-        max_expansions=int(get(cfg, "max_expansions")),
-        per_step=int(get(cfg, "expansions_per_step")),
+        step_fn=req.step_fn,
+        max_len=req.max_len,
+        vocab_size=req.vocab_size,
+        max_expansions=int(get(req.cfg, "max_expansions")),
+        per_step=int(get(req.cfg, "expansions_per_step")),
     )

@@ -22,7 +22,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seqgen.decoding.common import DEFAULTS, DecodeOutput, StepFn, get, prepare, validate_config
+from seqgen.decoding.common import (
+    DEFAULTS,
+    DecodeOutput,
+    DecodeRequest,
+    get,
+    prepare,
+    validate_config,
+)
 from seqgen.errors import UserError
 
 NOT_NESTABLE = ("exact", "mbr")
@@ -48,21 +55,7 @@ def sampler_config(cfg: Any, field: str) -> dict[str, Any]:
     return nested
 
 
-def mbr(
-    step_fn: StepFn,
-    params: Any,
-    init_carry: Any,
-    prompts: Any = None,
-    prompt_lengths: Any = None,
-    *,
-    max_len: int,
-    vocab_size: int,
-    key: Any = None,
-    cfg: Any = None,
-    num_samples: int = 1,
-    prompt_ids: Any = None,
-    constraint: Any = None,
-) -> DecodeOutput:
+def mbr(req: DecodeRequest) -> DecodeOutput:
     """MBR decoding (see the module docstring). `num_candidates` hypotheses come from the
     decoder config `candidates`, `num_references` pseudo-references from `references` (each a
     dict of decoder knobs, default `{}` = ancestral sampling), drawn with the keys
@@ -77,39 +70,30 @@ def mbr(
     from seqgen.decoding import decode
     from seqgen.metrics.utility import UTILITY_FUNCTIONS
 
-    del num_samples
-    validate_config(cfg, "mbr", vocab_size)
+    cfg = req.cfg
+    validate_config(cfg, "mbr", req.vocab_size)
     nested = {f: sampler_config(cfg, f) for f in ("candidates", "references")}
     for sub in nested.values():
-        validate_config(sub, sub["name"], vocab_size)
-    prep = prepare(
-        init_carry,
-        prompts,
-        prompt_lengths,
-        max_len=max_len,
-        num_samples=1,
-        vocab_size=vocab_size,
-        key=key,
-        prompt_ids=prompt_ids,
-        constraint=constraint,
-    )
+        validate_config(sub, sub["name"], req.vocab_size)
+    prep = prepare(req)
     draws = {}
     for i, (f, n_field) in enumerate(
         (("candidates", "num_candidates"), ("references", "num_references"))
     ):
         out = decode(
-            step_fn,
-            params,
-            init_carry,
+            req.step_fn,
+            req.params,
+            req.init_carry,
             prep.prompts,
             prep.prompt_lengths,
             cfg=nested[f],
-            max_len=max_len,
+            max_len=req.max_len,
             num_samples=int(get(cfg, n_field)),
             key=jax.random.fold_in(prep.key, i),
-            vocab_size=vocab_size,
+            vocab_size=req.vocab_size,
             prompt_ids=prep.prompt_ids,
-            constraint=constraint,
+            constraint=req.constraint,
+            loop=req.loop,
         )
         draws[f] = jax.tree.map(np.asarray, out)
     cand, ref = draws["candidates"], draws["references"]

@@ -25,9 +25,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from seqgen.decoding.common import NEG_INF
 from seqgen.tokens import EOS_ID
-
-NEG_INF = -jnp.inf
 
 PROCESSOR_ORDER = (
     "min_length",
@@ -210,18 +209,40 @@ def keep_by_mass(key: jax.Array, probs: jax.Array, mass: jax.Array) -> jax.Array
     return bits >= lo
 
 
-def top_p(logits: jax.Array, p: jax.Array, min_keep: int = 1) -> jax.Array:
+def keep_by_mass_sorted(key: jax.Array, probs: jax.Array, mass: jax.Array) -> jax.Array:
+    """The set of `keep_by_mass` by one sort per row: with the keys sorted in decreasing order
+    and c_i the cumulative mass of the first i + 1, kappa = the key at the first i with
+    c_i >= mass (every larger key's tie group ends before i, so its kept mass is < mass; ties
+    at kappa are kept by the threshold).  # [R, V] bool"""
+    order = jnp.argsort(-key, axis=-1)  # [R, V]
+    sorted_key = jnp.take_along_axis(key, order, axis=-1)
+    cum = jnp.cumsum(jnp.take_along_axis(probs, order, axis=-1), axis=-1)
+    first = jnp.minimum(jnp.sum(cum < mass, axis=-1, keepdims=True), key.shape[-1] - 1)
+    return key >= jnp.take_along_axis(sorted_key, first, axis=-1)
+
+
+# backend -> how top-p finds its set, by measurement (`scripts/bench_decode.py --top-p`, README);
+# a backend not listed bisects
+NUCLEUS_METHOD = {"cpu": "bisect"}
+NUCLEUS_METHODS = {"bisect": keep_by_mass, "sort": keep_by_mass_sorted}
+
+
+def top_p(
+    logits: jax.Array, p: jax.Array, min_keep: int = 1, method: str | None = None
+) -> jax.Array:
     """Nucleus / top-p (Holtzman et al. 2020, "The curious case of neural text degeneration",
     sec. 3.1, eq. 2): keep the smallest set V^(p) with sum_{v in V^(p)} P(v) >= p.
 
     With P sorted in decreasing order, rank i is in the set iff sum_{j<i} P_j < p; every token
     with P_v >= the smallest kept probability is kept too (ties at the boundary kept).
     Equivalently V^(p) = {v : x_v >= kappa} with kappa the largest threshold whose kept mass is
-    >= p, which `keep_by_mass` finds without a sort (on CPU a per-row sort costs ~9x more).
-    The `min_keep` most probable tokens are always kept.
+    >= p, which `keep_by_mass` finds without a sort (on CPU a per-row sort costs more) and
+    `keep_by_mass_sorted` with one; `method` (bisect | sort; None = NUCLEUS_METHOD of the
+    backend) picks one. The `min_keep` most probable tokens are always kept.
     """
+    method = method or NUCLEUS_METHOD.get(jax.default_backend(), "bisect")
     probs = jax.nn.softmax(logits, axis=-1)
-    keep = keep_by_mass(logits, probs, p)
+    keep = NUCLEUS_METHODS[method](logits, probs, p)
     if min_keep > 1:
         keep = _keep_at_least(keep, logits, min_keep)
     return jnp.where(keep, logits, NEG_INF)

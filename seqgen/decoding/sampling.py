@@ -3,7 +3,8 @@
 One `jax.jit` program per static configuration: a `lax.scan` over the `max_len` positions that
 feeds BOS, forces the prompt tokens, then generates; rows are the (prompt, sample) pairs
 flattened into the batch (row = b * N + n). A row that emitted EOS is frozen: it emits PAD and
-its scores stop changing; when every row has ended the remaining steps are skipped (`lax.cond`).
+its scores stop changing; when every row has ended the remaining steps change nothing
+(`seqgen.decoding.loop`: skipped, masked or cut off, by the `loop` variant).
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from flax import struct
 
 from seqgen.decoding import constraint as con
 from seqgen.decoding import processors as proc
 from seqgen.decoding.common import (
     DecodeOutput,
+    DecodeRequest,
     StepFn,
     get,
     gumbel_noise,
@@ -27,8 +30,22 @@ from seqgen.decoding.common import (
     traced_knobs,
     validate_config,
 )
+from seqgen.decoding.loop import resolve_loop, run_loop
 from seqgen.parallel import row_parallel
 from seqgen.tokens import BOS_ID, EOS_ID, PAD_ID
+
+
+@struct.dataclass
+class SampleState:
+    """The loop state of greedy / sampling; R = B * N rows (row = b * N + n)."""
+
+    carry: Any  # the step function's carry, every leaf [R, ...]
+    last: jax.Array  # [R] int32 the next input token
+    ended: jax.Array  # [R] bool the row emitted EOS
+    counts: jax.Array | None  # [R, V] int32 token counts so far (penalties only)
+    history: jax.Array | None  # [R, T] int32 tokens so far (no-repeat n-gram only)
+    mu: jax.Array | None  # [R] f32 Mirostat v2's surprise bound, bits (mirostat only)
+    cstate: jax.Array | None  # [R] int32 the automaton's state (constraint only)
 
 
 def _pick(x: jax.Array, tok: jax.Array) -> jax.Array:
@@ -40,8 +57,44 @@ def _pick_logprob(logits: jax.Array, tok: jax.Array) -> jax.Array:
     return _pick(logits, tok) - jax.nn.logsumexp(logits, axis=-1)
 
 
+def _choose(
+    state: SampleState,
+    logits: jax.Array,  # [R, V] f32
+    t: jax.Array,
+    plen: jax.Array,  # [R]
+    words: jax.Array,  # [R, 2] the rows' key words
+    knobs: dict[str, jax.Array],
+    flags: proc.ProcessorFlags,
+    greedy: bool,
+    constraint: con.Constraint | None,
+) -> tuple:
+    """The token each row chooses at position t (before prompt forcing): (tok [R], its
+    processed log-prob [R], the logits before Mirostat [R, V], the automaton's allowed set)."""
+    r, v = logits.shape
+    temp = knobs["temperature"]
+    generated = t - plen  # [R] continuation tokens before this one (min_length)
+    masked, ok = logits, None
+    if constraint is not None:  # forbidden tokens go before every processor
+        ok = con.allowed(constraint, state.cstate)
+        masked = con.mask_logits(logits, ok)
+    pen = proc.penalize(masked, knobs, flags, state.counts, state.history, t, generated)
+    if greedy:
+        return jnp.argmax(pen, axis=-1), jnp.zeros((r,), jnp.float32), None, ok
+    processed = proc.truncate(pen, knobs, flags)  # [R, V]
+    before_miro = processed
+    if flags.mirostat:
+        processed = proc.mirostat_truncate(processed, state.mu)
+    noise = gumbel_noise(words, t, (v,))  # [R, V]
+    sampled = jnp.argmax(processed + noise, axis=-1)  # Gumbel-max
+    # t = 0: greedy, the t -> 0 limit (typical-p may drop the argmax at t = 1, never
+    # in that limit, where the tempered distribution is a point mass on it)
+    tok = jnp.where(temp > 0, sampled, jnp.argmax(pen, axis=-1))
+    plp = jnp.where(temp > 0, _pick_logprob(processed, tok), 0.0)
+    return tok, plp, before_miro, ok
+
+
 @row_parallel(
-    static_argnames=("step_fn", "max_len", "num_samples", "vocab_size", "flags", "greedy"),
+    static_argnames=("step_fn", "max_len", "num_samples", "vocab_size", "flags", "greedy", "loop"),
 )
 def _sample_program(
     params: Any,
@@ -59,86 +112,57 @@ def _sample_program(
     vocab_size: int,
     flags: proc.ProcessorFlags,
     greedy: bool,
+    loop: str,
 ) -> DecodeOutput:
     b, n, t_max, v = prompt_lengths.shape[0], num_samples, max_len, vocab_size
     r = b * n
     plen = jnp.repeat(prompt_lengths, n)  # [R]
     words = key_words(row_keys(key, prompt_ids, n))  # [R, 2]
     temp = knobs["temperature"]
-    state = {
-        "carry": repeat_rows(init_carry, n),
-        "last": jnp.full((r,), BOS_ID, jnp.int32),  # [R] the next input token
-        "ended": jnp.zeros((r,), bool),  # [R]
-        "counts": jnp.zeros((r, v), jnp.int32) if flags.penalties else None,  # [R, V]
-        "history": (
-            jnp.zeros((r, t_max), jnp.int32) if flags.no_repeat_ngram_size > 0 else None
-        ),  # [R, T]
-        # Mirostat v2's running surprise bound (bits), mu_0 = 2 tau (Basu et al. 2021)
-        "mu": jnp.full((r,), 2.0, jnp.float32) * knobs["mirostat_tau"] if flags.mirostat else None,
-        # [R] the automaton's state after the tokens so far
-        "cstate": None if constraint is None else jnp.full((r,), constraint.start, jnp.int32),
-    }
+    state = SampleState(
+        carry=repeat_rows(init_carry, n),
+        last=jnp.full((r,), BOS_ID, jnp.int32),
+        ended=jnp.zeros((r,), bool),
+        counts=jnp.zeros((r, v), jnp.int32) if flags.penalties else None,
+        history=jnp.zeros((r, t_max), jnp.int32) if flags.no_repeat_ngram_size > 0 else None,
+        # mu_0 = 2 tau (Basu et al. 2021)
+        mu=jnp.full((r,), 2.0, jnp.float32) * knobs["mirostat_tau"] if flags.mirostat else None,
+        cstate=None if constraint is None else jnp.full((r,), constraint.start, jnp.int32),
+    )
 
-    def live_step(state: dict, xs: tuple) -> tuple[dict, dict]:
+    def step(state: SampleState, xs: tuple) -> tuple[SampleState, dict]:
         t, forced_tok = xs  # scalar, [R]
-        carry, logits = step_fn(params, state["carry"], state["last"])
+        carry, logits = step_fn(params, state.carry, state.last)
         logits = logits.astype(jnp.float32)  # [R, V]
-        generated = t - plen  # [R] continuation tokens before this one (min_length)
-        masked = logits
-        if constraint is not None:  # forbidden tokens go before every processor
-            ok = con.allowed(constraint, state["cstate"])
-            masked = con.mask_logits(logits, ok)
-        pen = proc.penalize(masked, knobs, flags, state["counts"], state["history"], t, generated)
-        if greedy:
-            tok = jnp.argmax(pen, axis=-1)
-            plp = jnp.zeros((r,), jnp.float32)
-        else:
-            processed = proc.truncate(pen, knobs, flags)  # [R, V]
-            if flags.mirostat:
-                before_miro = processed
-                processed = proc.mirostat_truncate(processed, state["mu"])
-            noise = gumbel_noise(words, t, (v,))  # [R, V]
-            sampled = jnp.argmax(processed + noise, axis=-1)  # Gumbel-max
-            # t = 0: greedy, the t -> 0 limit (typical-p may drop the argmax at t = 1, never
-            # in that limit, where the tempered distribution is a point mass on it)
-            tok = jnp.where(temp > 0, sampled, jnp.argmax(pen, axis=-1))
-            plp = jnp.where(temp > 0, _pick_logprob(processed, tok), 0.0)
+        tok, plp, before_miro, ok = _choose(
+            state, logits, t, plen, words, knobs, flags, greedy, constraint
+        )
         forced = t < plen  # [R]
         tok = jnp.where(forced, forced_tok, tok).astype(jnp.int32)
         lp = _pick_logprob(logits, tok)
         tlp = lp if greedy else _pick_logprob(proc.temperature(logits, temp), tok)
-        ended = state["ended"]
+        ended = state.ended
         is_eos = (tok == EOS_ID) & ~forced & ~ended
         alive = ~ended & ~is_eos  # counts towards the length
         gen = ~forced & ~ended  # a generated token (EOS included)
         out_tok = jnp.where(ended, PAD_ID, tok)
-        new = {
-            "carry": carry,
-            "last": out_tok,
-            "ended": ended | is_eos,
-            "counts": state["counts"],
-            "history": state["history"],
-            "mu": state["mu"],
-            "cstate": state["cstate"],
-        }
+        new = state.replace(carry=carry, last=out_tok, ended=ended | is_eos)
         if constraint is not None:
-            nxt = con.advance(constraint, state["cstate"], tok)
-            new["cstate"] = jnp.where(ended, state["cstate"], nxt)
+            nxt = con.advance(constraint, state.cstate, tok)
+            new = new.replace(cstate=jnp.where(ended, state.cstate, nxt))
         if flags.mirostat and not greedy:
             surprise = -_pick_logprob(before_miro, tok) / proc.LOG2
             mu = proc.mirostat_update(
-                state["mu"], surprise, knobs["mirostat_tau"], knobs["mirostat_lr"]
+                state.mu, surprise, knobs["mirostat_tau"], knobs["mirostat_lr"]
             )
-            new["mu"] = jnp.where(gen & (temp > 0), mu, state["mu"])
+            new = new.replace(mu=jnp.where(gen & (temp > 0), mu, state.mu))
         if flags.penalties:
             count_it = alive & (~forced | (knobs["penalize_prompt"] > 0.5))
-            new["counts"] = state["counts"] + (
-                jax.nn.one_hot(tok, v, dtype=jnp.int32) * count_it[:, None]
-            )
+            one_hot = jax.nn.one_hot(tok, v, dtype=jnp.int32) * count_it[:, None]
+            new = new.replace(counts=state.counts + one_hot)
         if flags.no_repeat_ngram_size > 0:
-            new["history"] = jax.lax.dynamic_update_slice_in_dim(
-                state["history"], out_tok[:, None], t, axis=1
-            )
+            history = jax.lax.dynamic_update_slice_in_dim(state.history, out_tok[:, None], t, 1)
+            new = new.replace(history=history)
         ys = {
             "tok": out_tok,
             "lp": jnp.where(gen, lp, 0.0),
@@ -151,26 +175,17 @@ def _sample_program(
             ys["cmass"] = jnp.where(gen, con.allowed_logmass(logits, ok), 0.0)
         return new, ys
 
-    def skip_step(state: dict, xs: tuple) -> tuple[dict, dict]:
-        zeros = jnp.zeros((r,), jnp.float32)
-        false = jnp.zeros((r,), bool)
-        ys = {
-            "tok": jnp.full((r,), PAD_ID, jnp.int32),
-            "lp": zeros,
-            "tlp": zeros,
-            "plp": zeros,
-            "alive": false,
-            "eos": false,
-        }
-        if constraint is not None:
-            ys["cmass"] = zeros
-        return state, ys
-
-    def body(state: dict, xs: tuple) -> tuple[dict, dict]:
-        return jax.lax.cond(jnp.all(state["ended"]), skip_step, live_step, state, xs)
-
+    zeros, false = jnp.zeros((r,), jnp.float32), jnp.zeros((r,), bool)
+    idle = {"tok": jnp.full((r,), PAD_ID, jnp.int32), "lp": zeros, "tlp": zeros, "plp": zeros}
+    idle |= {"alive": false, "eos": false} | ({} if constraint is None else {"cmass": zeros})
     xs = (jnp.arange(t_max), jnp.repeat(prompts, n, axis=0).T)  # [T], [T, R]
-    state, ys = jax.lax.scan(body, state, xs)
+    state, ys = run_loop(step, state, xs, finished=lambda s: jnp.all(s.ended), idle=idle, loop=loop)
+    return _outputs(ys, state.ended, prompt_lengths, n)
+
+
+def _outputs(ys: dict, ended: jax.Array, prompt_lengths: jax.Array, n: int) -> DecodeOutput:
+    """The DecodeOutput of the per-step outputs ys ([T, R] each) and the final `ended` [R]."""
+    b, t_max = prompt_lengths.shape[0], ys["tok"].shape[0]
     ys = jax.tree.map(lambda x: x.T.reshape(b, n, t_max), ys)  # [B, N, T] each
     eos = ys["eos"]
 
@@ -184,7 +199,7 @@ def _sample_program(
         tokens=ys["tok"],
         lengths=jnp.sum(ys["alive"], axis=-1).astype(jnp.int32),
         prompt_lengths=prompt_lengths,
-        ended=state["ended"].reshape(b, n),
+        ended=ended.reshape(b, n),
         logprobs=lp,
         tempered_logprobs=tlp,
         processed_logprobs=plp,
@@ -196,72 +211,35 @@ def _sample_program(
     )
 
 
-def _run(
-    name: str,
-    step_fn: StepFn,
-    params: Any,
-    init_carry: Any,
-    prompts: Any,
-    prompt_lengths: Any,
-    *,
-    max_len: int,
-    vocab_size: int,
-    key: Any,
-    cfg: Any,
-    num_samples: int,
-    prompt_ids: Any,
-    constraint: con.Constraint | None,
-) -> DecodeOutput:
-    validate_config(cfg, name, vocab_size)
-    prep = prepare(
-        init_carry,
-        prompts,
-        prompt_lengths,
-        max_len=max_len,
-        num_samples=num_samples,
-        vocab_size=vocab_size,
-        key=key,
-        prompt_ids=prompt_ids,
-        constraint=constraint,
-    )
-    flags = proc.flags_from_cfg(lambda k: get(cfg, k))
-    if flags.top_k >= vocab_size:  # no truncation: the program of top_k=0, not a new compile
+def _run(name: str, req: DecodeRequest) -> DecodeOutput:
+    validate_config(req.cfg, name, req.vocab_size)
+    num_samples = req.num_samples if name == "sample" else 1
+    prep = prepare(req, num_samples=num_samples)
+    flags = proc.flags_from_cfg(lambda k: get(req.cfg, k))
+    if flags.top_k >= req.vocab_size:  # no truncation: the program of top_k=0, not a new compile
         flags = flags._replace(top_k=0)
     if name == "greedy":  # truncation cannot change the argmax
         flags = proc.ProcessorFlags(flags.penalties, flags.no_repeat_ngram_size)
     return _sample_program(
-        params,
-        init_carry,
+        req.params,
+        req.init_carry,
         prep.prompts,
         prep.prompt_lengths,
         prep.prompt_ids,
         prep.key,
-        traced_knobs(cfg),
-        constraint,
-        step_fn=step_fn,
-        max_len=max_len,
+        traced_knobs(req.cfg),
+        req.constraint,
+        step_fn=req.step_fn,
+        max_len=req.max_len,
         num_samples=num_samples,
-        vocab_size=vocab_size,
+        vocab_size=req.vocab_size,
         flags=flags,
         greedy=name == "greedy",
+        loop=resolve_loop(req.loop),
     )
 
 
-def greedy(
-    step_fn: StepFn,
-    params: Any,
-    init_carry: Any,
-    prompts: Any = None,
-    prompt_lengths: Any = None,
-    *,
-    max_len: int,
-    vocab_size: int,
-    key: Any = None,
-    cfg: Any = None,
-    num_samples: int = 1,
-    prompt_ids: Any = None,
-    constraint: con.Constraint | None = None,
-) -> DecodeOutput:
+def greedy(req: DecodeRequest) -> DecodeOutput:
     """Greedy decoding: y_t = argmax_v x_v after min-length (EOS forbidden before
     `min_length` continuation tokens) and the penalty processors (repetition, presence,
     frequency, no-repeat n-gram); temperature and truncation do not apply.
@@ -269,39 +247,10 @@ def greedy(
     Deterministic, so N = 1 whatever `num_samples` is (ties: the lowest token id).
     processed_logprobs are 0 (a point mass); tempered_logprobs use t = 1.
     """
-    del num_samples
-    return _run(
-        "greedy",
-        step_fn,
-        params,
-        init_carry,
-        prompts,
-        prompt_lengths,
-        max_len=max_len,
-        vocab_size=vocab_size,
-        key=key,
-        cfg=cfg,
-        num_samples=1,
-        prompt_ids=prompt_ids,
-        constraint=constraint,
-    )
+    return _run("greedy", req)
 
 
-def sample(
-    step_fn: StepFn,
-    params: Any,
-    init_carry: Any,
-    prompts: Any = None,
-    prompt_lengths: Any = None,
-    *,
-    max_len: int,
-    vocab_size: int,
-    key: Any = None,
-    cfg: Any = None,
-    num_samples: int = 1,
-    prompt_ids: Any = None,
-    constraint: con.Constraint | None = None,
-) -> DecodeOutput:
+def sample(req: DecodeRequest) -> DecodeOutput:
     """Ancestral sampling: y_t ~ softmax(process(x_t)), `num_samples` rows per prompt.
 
     `process` applies the processors of `seqgen.decoding.processors` in PROCESSOR_ORDER
@@ -314,18 +263,4 @@ def sample(
     Threefry counters (t, v) under that key (`common.gumbel_noise`), so a row's output does not
     depend on the batch around it.
     """
-    return _run(
-        "sample",
-        step_fn,
-        params,
-        init_carry,
-        prompts,
-        prompt_lengths,
-        max_len=max_len,
-        vocab_size=vocab_size,
-        key=key,
-        cfg=cfg,
-        num_samples=num_samples,
-        prompt_ids=prompt_ids,
-        constraint=constraint,
-    )
+    return _run("sample", req)

@@ -27,12 +27,14 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from flax import struct
 
 from seqgen.decoding import constraint as con
 from seqgen.decoding import processors as proc
 from seqgen.decoding.beam import backtrack
 from seqgen.decoding.common import (
     DecodeOutput,
+    DecodeRequest,
     StepFn,
     gather_rows,
     get,
@@ -41,15 +43,26 @@ from seqgen.decoding.common import (
     prepare,
     repeat_rows,
     row_keys,
+    take_along,
     traced_knobs,
     validate_config,
 )
+from seqgen.decoding.loop import resolve_loop, run_loop
 from seqgen.parallel import row_parallel
 from seqgen.tokens import BOS_ID, EOS_ID, PAD_ID
 
 
-def _take(x: jax.Array, idx: jax.Array) -> jax.Array:
-    return jnp.take_along_axis(x, idx, axis=1)
+@struct.dataclass
+class StochasticBeamState:
+    """The loop state of stochastic beam search; row = b * K + k in the carry."""
+
+    carry: Any  # the step function's carry, every leaf [B * K, ...]
+    last: jax.Array  # [B, K] int32 the next input token
+    phi: jax.Array  # [B, K] f32 tempered log-prob sums phi(y) (-inf = empty slot)
+    g: jax.Array  # [B, K] f32 perturbed log-probs G_phi(y)
+    ended: jax.Array  # [B, K] bool the sequence emitted EOS
+    kappa: jax.Array  # [B] f32 the largest perturbed value discarded so far
+    cstate: jax.Array | None  # [B, K] int32 the automaton's state (constraint only)
 
 
 def gumbel_with_max(g: jax.Array, target: jax.Array, z: jax.Array) -> jax.Array:
@@ -60,7 +73,34 @@ def gumbel_with_max(g: jax.Array, target: jax.Array, z: jax.Array) -> jax.Array:
     return jnp.where(jnp.isfinite(g), out, -jnp.inf)
 
 
-@row_parallel(static_argnames=("step_fn", "max_len", "vocab_size", "beam_size"))
+def _child_logprobs(
+    logits: jax.Array,  # [B * K, V]
+    state: StochasticBeamState,
+    generated: jax.Array,  # [B * K] continuation tokens before this one
+    knobs: dict[str, jax.Array],
+    constraint: con.Constraint | None,
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array | None]:
+    """The children's log-probs [B, K, V]: the model's, the tempered model's, and the sampled
+    distribution's (EOS forbidden before min_length, the automaton's mask, renormalized per
+    step: a normalized tree is what makes the top-down Gumbels exact); and the log allowed
+    mass [B, K] (constraint only, else None)."""
+    b, k = state.last.shape
+    v = logits.shape[-1]
+    temp = knobs["temperature"]
+    logits = logits.astype(jnp.float32).reshape(b, k, v)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    tlp = jax.nn.log_softmax(proc.temperature(logits, temp), axis=-1)
+    opened = proc.min_length(logits.reshape(b * k, v), generated, knobs["min_length"])
+    cm = None
+    if constraint is not None:
+        ok = con.allowed(constraint, state.cstate.reshape(-1))  # [B * K, V]
+        opened = con.mask_logits(opened, ok)
+        cm = con.allowed_logmass(logits.reshape(b * k, v), ok).reshape(b, k)
+    plp = jax.nn.log_softmax(proc.temperature(opened.reshape(b, k, v), temp), axis=-1)
+    return logp, tlp, plp, cm
+
+
+@row_parallel(static_argnames=("step_fn", "max_len", "vocab_size", "beam_size", "loop"))
 def _stochastic_beam_program(
     params: Any,
     init_carry: Any,
@@ -75,108 +115,96 @@ def _stochastic_beam_program(
     max_len: int,
     vocab_size: int,
     beam_size: int,
+    loop: str,
 ) -> DecodeOutput:
     b, k, t_max, v = prompt_lengths.shape[0], beam_size, max_len, vocab_size
     plen = prompt_lengths
     words = key_words(row_keys(key, prompt_ids, 1))  # [B, 2]
-    temp = knobs["temperature"]
     # the counter block after the last step's, so the root's noise is independent of the steps'
     root_g = gumbel_noise(words, jnp.int32(t_max), (k, v))[:, 0, 0]  # [B]
     first = jnp.broadcast_to(jnp.arange(k)[None, :] == 0, (b, k))
-    state = {
-        "carry": repeat_rows(init_carry, k),
-        "last": jnp.full((b, k), BOS_ID, jnp.int32),  # [B, K]
-        "phi": jnp.where(first, 0.0, -jnp.inf),  # [B, K] tempered log-prob sums
-        "g": jnp.where(first, root_g[:, None], -jnp.inf),  # [B, K] perturbed log-probs
-        "ended": jnp.zeros((b, k), bool),  # [B, K]
-        "kappa": jnp.full((b,), -jnp.inf, jnp.float32),  # [B]
-        "cstate": None if constraint is None else jnp.full((b, k), constraint.start, jnp.int32),
-    }
+    state = StochasticBeamState(
+        carry=repeat_rows(init_carry, k),
+        last=jnp.full((b, k), BOS_ID, jnp.int32),
+        phi=jnp.where(first, 0.0, -jnp.inf),
+        g=jnp.where(first, root_g[:, None], -jnp.inf),
+        ended=jnp.zeros((b, k), bool),
+        kappa=jnp.full((b,), -jnp.inf, jnp.float32),
+        cstate=None if constraint is None else jnp.full((b, k), constraint.start, jnp.int32),
+    )
 
-    def live_step(state: dict, xs: tuple) -> tuple[dict, dict]:
+    def step(state: StochasticBeamState, xs: tuple) -> tuple[StochasticBeamState, dict]:
         t, ptok = xs
-        carry, logits = step_fn(params, state["carry"], state["last"].reshape(-1))
-        logits = logits.astype(jnp.float32).reshape(b, k, v)
-        logp = jax.nn.log_softmax(logits, axis=-1)
-        tlp = jax.nn.log_softmax(proc.temperature(logits, temp), axis=-1)  # [B, K, V]
-        # the sampled distribution: EOS forbidden before min_length, renormalized per step (a
-        # normalized tree is what makes the top-down Gumbels exact)
+        carry, logits = step_fn(params, state.carry, state.last.reshape(-1))
         generated = jnp.repeat(t - plen, k)  # [B * K]
-        opened = proc.min_length(logits.reshape(b * k, v), generated, knobs["min_length"])
-        if constraint is not None:  # the automaton's mask, renormalized with the rest
-            ok = con.allowed(constraint, state["cstate"].reshape(-1))  # [B * K, V]
-            opened = con.mask_logits(opened, ok)
-            cm = con.allowed_logmass(logits.reshape(b * k, v), ok).reshape(b, k)
-        plp = jax.nn.log_softmax(proc.temperature(opened.reshape(b, k, v), temp), axis=-1)
+        logp, tlp, plp, cm = _child_logprobs(logits, state, generated, knobs, constraint)
         forced = t < plen  # [B]
-        single = forced[:, None] | state["ended"]  # [B, K] nodes with exactly one child
+        single = forced[:, None] | state.ended  # [B, K] nodes with exactly one child
         only = jnp.where(forced[:, None], ptok[:, None], PAD_ID)  # [B, K] that child
         single_lp = jnp.where(jnp.arange(v) == only[..., None], 0.0, -jnp.inf)
-        phi_c = state["phi"][..., None] + jnp.where(single[..., None], single_lp, plp)
+        phi_c = state.phi[..., None] + jnp.where(single[..., None], single_lp, plp)
         noise = gumbel_noise(words, t, (k, v))  # [B, K, V]
         perturbed = phi_c + noise  # [B, K, V]
         z = jnp.max(perturbed, axis=-1, keepdims=True)
-        g_c = gumbel_with_max(perturbed, state["g"][..., None], z).reshape(b, k * v)
+        g_c = gumbel_with_max(perturbed, state.g[..., None], z).reshape(b, k * v)
         # the barrier keeps XLA:CPU's TopK custom call: without it the two slices of `top`
         # below are folded into the sort that top_k is decomposed into, which then no longer
         # matches the TopK pattern and stays a full stable sort of [B, K * V] every step (~50x).
         # One barrier per output: a barrier over the (values, indices) tuple crashes XLA:CPU's
         # compiler in a multi-device (shard_map) program
         top, idx = map(jax.lax.optimization_barrier, jax.lax.top_k(g_c, k + 1))  # [B, K + 1]
-        kappa = jnp.maximum(state["kappa"], top[:, k])
+        kappa = jnp.maximum(state.kappa, top[:, k])
         g_new, idx = top[:, :k], idx[:, :k]
         parent, tok = idx // v, (idx % v).astype(jnp.int32)
-        phi = _take(phi_c.reshape(b, k * v), idx)
-        par_single = _take(single, parent)
-        ended = _take(state["ended"], parent) | ((tok == EOS_ID) & ~forced[:, None])
-        lp = jnp.where(par_single, 0.0, _take(logp.reshape(b, k * v), idx))
-        tl = jnp.where(par_single, 0.0, _take(tlp.reshape(b, k * v), idx))
-        pl = jnp.where(par_single, 0.0, _take(plp.reshape(b, k * v), idx))
+        phi = take_along(phi_c.reshape(b, k * v), idx)
+        par_single = take_along(single, parent)
+        ended = take_along(state.ended, parent) | ((tok == EOS_ID) & ~forced[:, None])
+        lp = jnp.where(par_single, 0.0, take_along(logp.reshape(b, k * v), idx))
+        tl = jnp.where(par_single, 0.0, take_along(tlp.reshape(b, k * v), idx))
+        pl = jnp.where(par_single, 0.0, take_along(plp.reshape(b, k * v), idx))
         rows = (jnp.arange(b)[:, None] * k + parent).reshape(-1)
-        new = {
-            "carry": gather_rows(carry, rows),
-            "last": tok,
-            "phi": phi,
-            "g": g_new,
-            "ended": ended,
-            "kappa": kappa,
-            "cstate": None,
-        }
+        cstate = None
         ys = {"tok": tok, "parent": parent, "lp": lp, "tlp": tl, "plp": pl}
         if constraint is not None:
-            new["cstate"] = con.advance(constraint, _take(state["cstate"], parent), tok)
-            ys["cm"] = jnp.where(par_single, 0.0, _take(cm, parent))
+            cstate = con.advance(constraint, take_along(state.cstate, parent), tok)
+            ys["cm"] = jnp.where(par_single, 0.0, take_along(cm, parent))
+        new = StochasticBeamState(gather_rows(carry, rows), tok, phi, g_new, ended, kappa, cstate)
         return new, ys
 
-    def skip_step(state: dict, xs: tuple) -> tuple[dict, dict]:
-        zeros = jnp.zeros((b, k), jnp.float32)
-        ys = {
-            "tok": jnp.full((b, k), PAD_ID, jnp.int32),
-            "parent": jnp.broadcast_to(jnp.arange(k, dtype=jnp.int32), (b, k)),
-            "lp": zeros,
-            "tlp": zeros,
-            "plp": zeros,
-        }
-        if constraint is not None:
-            ys["cm"] = zeros
-        return state, ys
+    zeros = jnp.zeros((b, k), jnp.float32)
+    idle = {
+        "tok": jnp.full((b, k), PAD_ID, jnp.int32),
+        "parent": jnp.broadcast_to(jnp.arange(k, dtype=jnp.int32), (b, k)),
+        "lp": zeros,
+        "tlp": zeros,
+        "plp": zeros,
+    } | ({} if constraint is None else {"cm": zeros})
 
-    def body(state: dict, xs: tuple) -> tuple[dict, dict]:
-        finished = state["ended"] | ~jnp.isfinite(state["g"])
-        return jax.lax.cond(jnp.all(finished), skip_step, live_step, state, xs)
+    def finished(state: StochasticBeamState) -> jax.Array:
+        return jnp.all(state.ended | ~jnp.isfinite(state.g))
 
-    state, ys = jax.lax.scan(body, state, (jnp.arange(t_max), prompts.T))
+    xs = (jnp.arange(t_max), prompts.T)
+    state, ys = run_loop(step, state, xs, finished=finished, idle=idle, loop=loop)
+    return _outputs(state, ys, prompt_lengths)
+
+
+def _outputs(state: StochasticBeamState, ys: dict, prompt_lengths: jax.Array) -> DecodeOutput:
+    """The K sampled sequences of each prompt from the back-pointers ys ([T, B, K] each), with
+    their perturbed scores, kappa and inclusion probabilities."""
+    b, k = state.g.shape
+    t_max = ys["tok"].shape[0]
+    plen = prompt_lengths
     slot = jnp.broadcast_to(jnp.arange(k), (b, k))
     full = jnp.full((b, k), t_max)
     tokens, lp = backtrack(ys["tok"], ys["parent"], ys["lp"], slot, full)  # [B, K, T]
     _, tlp = backtrack(ys["tok"], ys["parent"], ys["tlp"], slot, full)
     _, plp = backtrack(ys["tok"], ys["parent"], ys["plp"], slot, full)
     cmass = None
-    if constraint is not None:
+    if "cm" in ys:
         _, cmass = backtrack(ys["tok"], ys["parent"], ys["cm"], slot, full)
-        cmass = jnp.where(jnp.isfinite(state["g"])[..., None], cmass, 0.0)
-    valid = jnp.isfinite(state["g"])  # [B, K]
-    ended = state["ended"] & valid
+        cmass = jnp.where(jnp.isfinite(state.g)[..., None], cmass, 0.0)
+    valid = jnp.isfinite(state.g)  # [B, K]
+    ended = state.ended & valid
     pos = jnp.arange(t_max)
     gen = pos[None, None, :] >= plen[:, None, None]
     at_eos = (tokens == EOS_ID) & gen & ended[..., None]  # [B, K, T]
@@ -188,8 +216,8 @@ def _stochastic_beam_program(
     lp = jnp.where(at_eos | ~valid[..., None], 0.0, lp)
     tlp = jnp.where(at_eos | ~valid[..., None], 0.0, tlp)
     plp = jnp.where(at_eos | ~valid[..., None], 0.0, plp)
-    kappa = state["kappa"]
-    q = -jnp.expm1(-jnp.exp(state["phi"] - kappa[:, None]))
+    kappa = state.kappa
+    q = -jnp.expm1(-jnp.exp(state.phi - kappa[:, None]))
     q = jnp.where(valid, jnp.where(jnp.isfinite(kappa)[:, None], q, 1.0), 0.0)
     return DecodeOutput(
         tokens=tokens,
@@ -202,29 +230,15 @@ def _stochastic_beam_program(
         eos_logprob=eos_lp,
         eos_tempered_logprob=eos_tlp,
         eos_processed_logprob=eos_plp,
-        scores=state["g"],
-        gumbel_scores=state["g"],
+        scores=state.g,
+        gumbel_scores=state.g,
         kappa=kappa,
         inclusion_probs=q,
         constraint_logmass=cmass,
     )
 
 
-def stochastic_beam(
-    step_fn: StepFn,
-    params: Any,
-    init_carry: Any,
-    prompts: Any = None,
-    prompt_lengths: Any = None,
-    *,
-    max_len: int,
-    vocab_size: int,
-    key: Any = None,
-    cfg: Any = None,
-    num_samples: int = 1,
-    prompt_ids: Any = None,
-    constraint: con.Constraint | None = None,
-) -> DecodeOutput:
+def stochastic_beam(req: DecodeRequest) -> DecodeOutput:
     """K = `beam_size` distinct sequences per prompt, sampled without replacement from the
     temperature-t model by stochastic beam search (see the module docstring), sorted by their
     perturbed log-prob G (= `scores` = `gumbel_scores`), with `kappa` and `inclusion_probs`.
@@ -233,30 +247,20 @@ def stochastic_beam(
     (the K beams are the samples); the sampling processors other than temperature and
     min-length do not apply.
     """
-    del num_samples
-    validate_config(cfg, "stochastic_beam", vocab_size)
-    prep = prepare(
-        init_carry,
-        prompts,
-        prompt_lengths,
-        max_len=max_len,
-        num_samples=1,
-        vocab_size=vocab_size,
-        key=key,
-        prompt_ids=prompt_ids,
-        constraint=constraint,
-    )
+    validate_config(req.cfg, "stochastic_beam", req.vocab_size)
+    prep = prepare(req)
     return _stochastic_beam_program(
-        params,
-        init_carry,
+        req.params,
+        req.init_carry,
         prep.prompts,
         prep.prompt_lengths,
         prep.prompt_ids,
         prep.key,
-        traced_knobs(cfg),
-        constraint,
-        step_fn=step_fn,
-        max_len=max_len,
-        vocab_size=vocab_size,
-        beam_size=int(get(cfg, "beam_size")),
+        traced_knobs(req.cfg),
+        req.constraint,
+        step_fn=req.step_fn,
+        max_len=req.max_len,
+        vocab_size=req.vocab_size,
+        beam_size=int(get(req.cfg, "beam_size")),
+        loop=resolve_loop(req.loop),
     )
