@@ -93,3 +93,19 @@ def test_git_commit_only_from_a_checkout(tmp_path):
 
     assert proc.stdout.strip() == str({"seqgen_version": seqgen.__version__, "git_commit": None})
     assert run_provenance()["seqgen_version"] == seqgen.__version__
+
+
+def test_ci_script_overrides_are_valid_for_the_current_schema():
+    """`.ci/run` calls the installed `seqgen` with overrides; a key retired from the schema (as
+    `data.max_len` was) must fail here, in the suite, not first in CI."""
+    import shlex
+
+    from conftest import compose
+
+    from seqgen.config import validate_config
+
+    text = (ROOT / ".ci" / "run").read_text().replace("\\\n", " ")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip().startswith("seqgen data=")]
+    assert lines, "the .ci/run smoke command was not found"
+    overrides = [a for a in shlex.split(lines[0])[1:] if not a.startswith("hydra.")]
+    validate_config(compose(overrides))  # test_config checks that a retired key is refused
