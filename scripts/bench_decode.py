@@ -19,6 +19,10 @@ For each decoder (greedy, sample with top_p=0.9, beam K=4 and K=16) and batch si
 - (c) limit: the bare matrix products of one decode step (embedding projection, recurrent
   projection, output head) for the same rows, in a scan of max_len steps and timed alone; the
   decoder's fraction of it is limit_s / decode_s;
+- (d) step: the model's own step function in a bare scan, fed its argmax and nothing else (no
+  scores, no EOS or prompt bookkeeping, one output); the decoder's fraction of it, step_s /
+  decode_s, is the share the decoder's own work leaves, and (c) / (d) the model's work beyond
+  its matrix products (embedding gather, gate nonlinearities, the head's bias and mask);
 - peak memory: RSS growth during the warm call (CPU), or device peak bytes (GPU).
 A second table compares beam search with K beams at batch B to sampling at batch B x K.
 `--sharded` prints instead, per decoder and batch, one device against the rows split over every
@@ -27,7 +31,8 @@ machine's cores, set before JAX starts). `--profile DIR` writes a JAX profiler t
 calls of one decoder to DIR (open it in TensorBoard / XProf or Perfetto) and prints the XLA
 operations that took the most time (self time, summed over the calls, from the trace's xplane).
 `--loops` prints, per batch, greedy / sample top_p=0.9 / beam K=4 under every `decode.loop`
-variant (and top-p's sort-based set beside its bisection), with the limit timed in the same run.
+variant (and top-p's sort-based set beside its bisection), with the limit and the bare step
+timed in the same run.
 Timings are for this machine only; they are printed, never asserted.
 """
 
@@ -297,6 +302,26 @@ def matmul_limit(rows: int, hidden: int, max_len: int, repeats: int) -> float:
     return timed(lambda: _matmuls(*args, x, h, max_len=max_len), repeats)[1]
 
 
+@partial(jax.jit, static_argnames=("step_fn", "max_len"))
+def _bare_steps(params, carry, tok, *, step_fn, max_len):
+    def body(state, _):
+        carry, tok = state
+        carry, logits = step_fn(params, carry, tok)
+        return (carry, jnp.argmax(logits, axis=-1).astype(tok.dtype)), None
+
+    return jax.lax.scan(body, (carry, tok), None, length=max_len)[0][1]
+
+
+def model_step_time(step_fn, params, init_carry, rows: int, max_len: int, repeats: int) -> float:
+    """(d) the model's own step in a bare scan: `step_fn` fed its argmax, nothing else (no
+    scores, no EOS or prompt bookkeeping, no outputs but the last token). The decoder's fraction
+    of it is what the decoder's own work costs; the limit's fraction of it, the model's work
+    beyond its matrix products (embedding gather, gate nonlinearities, the head's bias)."""
+    carry, tok = init_carry(rows), jnp.full((rows,), BOS_ID, jnp.int32)
+    run = lambda: _bare_steps(params, carry, tok, step_fn=step_fn, max_len=max_len)  # noqa: E731
+    return timed(run, repeats)[1]
+
+
 # ----- the benchmark -----
 
 
@@ -374,18 +399,23 @@ def loops_table(step_fn, params, init_carry, batches, max_len, hidden, args) -> 
     and top-p's two set methods (bisect, sort), side by side in one run: for each batch the
     bare-matmul limit is timed between the variants (best of all), so a busy spell on a shared
     machine hits them alike."""
-    cols = ["decoder", "batch", "rows", "loop", "compile s", "decode s", "tok/s", "% of limit"]
+    cols = ["decoder", "batch", "rows", "loop", "compile s", "decode s", "tok/s", "% of limit",
+            "% of step"]  # fmt: skip
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     print(lines[0], flush=True)
     cells = [(n, lp, "bisect") for n in list(DECODERS)[:3] for lp in LOOPS[1:]]
     cells.append(("sample top_p=0.9", "scan", "sort"))
     default_method = processors.NUCLEUS_METHOD.get(jax.default_backend(), "bisect")
     for batch in batches:
-        results, limits = [], {}
+        results, limits, steps = [], {}, {}
         for name, loop, method in cells:
             cfg, k, _ = DECODERS[name]
             rows, carry = batch * k, init_carry(batch)
             limit = min(limits.get(rows, np.inf), matmul_limit(rows, hidden, max_len, 1))
+            steps[rows] = min(
+                steps.get(rows, np.inf),
+                model_step_time(step_fn, params, init_carry, rows, max_len, 1),
+            )
             processors.NUCLEUS_METHOD[jax.default_backend()] = method
             jax.clear_caches()  # top_p reads the method when it is traced
             first, warm, _ = timed(
@@ -401,7 +431,8 @@ def loops_table(step_fn, params, init_carry, batches, max_len, hidden, args) -> 
         processors.NUCLEUS_METHOD[jax.default_backend()] = default_method
         for name, rows, label, first, warm in results:  # each against the best limit of its rows
             row = [name, str(batch), str(rows), label, fmt(first, 2), fmt(warm, 3),
-                   fmt(rows * max_len / warm), fmt(100 * limits[rows] / warm, 0)]  # fmt: skip
+                   fmt(rows * max_len / warm), fmt(100 * limits[rows] / warm, 0),
+                   fmt(100 * steps[rows] / warm, 0)]  # fmt: skip
             lines.append("| " + " | ".join(row) + " |")
             print(lines[-1], flush=True)
     return lines
@@ -533,12 +564,15 @@ def main() -> None:
         "x torch",
         "(c) limit tok/s",
         "% of limit",
+        "(d) step tok/s",
+        "% of step",
         "peak MB",
     ]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     print(lines[0], flush=True)
     decode_s: dict[tuple[str, int], float] = {}
     limits: dict[int, float] = {}
+    steps: dict[int, float] = {}
     for batch in batches:
         for name, (cfg, k, rule) in DECODERS.items():
             rows = batch * k
@@ -581,6 +615,10 @@ def main() -> None:
                     lambda rows=rows, rule=rule: torch_run(rows, max_len, rule, pick=False), 1
                 )[1]
             limits[rows] = min(limits[rows], matmul_limit(rows, hidden, max_len, args.repeats))
+            steps[rows] = min(
+                steps.get(rows, np.inf),
+                model_step_time(step_fn, params, init_carry, rows, max_len, args.repeats),
+            )
             cells = [
                 name,
                 str(batch),
@@ -594,6 +632,8 @@ def main() -> None:
                 fmt(torch_s / warm, 1),
                 fmt(rows * max_len / limits[rows]),
                 fmt(100 * limits[rows] / warm, 0),
+                fmt(rows * max_len / steps[rows]),
+                fmt(100 * steps[rows] / warm, 0),
                 fmt(peak / 2**20, 1),
             ]
             line = "| " + " | ".join(cells) + " |"

@@ -163,30 +163,29 @@ def _sample_program(
         if flags.no_repeat_ngram_size > 0:
             history = jax.lax.dynamic_update_slice_in_dim(state.history, out_tok[:, None], t, 1)
             new = new.replace(history=history)
-        ys = {
-            "tok": out_tok,
-            "lp": jnp.where(gen, lp, 0.0),
-            "tlp": jnp.where(gen, tlp, 0.0),
-            "plp": jnp.where(gen, plp, 0.0),
-            "alive": alive,
-            "eos": is_eos,
-        }
+        ys = {"tok": out_tok, "lp": jnp.where(gen, lp, 0.0), "alive": alive, "eos": is_eos}
+        if not greedy:  # greedy's tempered log-prob is lp and its processed one 0 (_outputs)
+            ys |= {"tlp": jnp.where(gen, tlp, 0.0), "plp": jnp.where(gen, plp, 0.0)}
         if constraint is not None:
             ys["cmass"] = jnp.where(gen, con.allowed_logmass(logits, ok), 0.0)
         return new, ys
 
     zeros, false = jnp.zeros((r,), jnp.float32), jnp.zeros((r,), bool)
-    idle = {"tok": jnp.full((r,), PAD_ID, jnp.int32), "lp": zeros, "tlp": zeros, "plp": zeros}
-    idle |= {"alive": false, "eos": false} | ({} if constraint is None else {"cmass": zeros})
+    idle = {"tok": jnp.full((r,), PAD_ID, jnp.int32), "lp": zeros, "alive": false, "eos": false}
+    idle |= {} if greedy else {"tlp": zeros, "plp": zeros}
+    idle |= {} if constraint is None else {"cmass": zeros}
     xs = (jnp.arange(t_max), jnp.repeat(prompts, n, axis=0).T)  # [T], [T, R]
     state, ys = run_loop(step, state, xs, finished=lambda s: jnp.all(s.ended), idle=idle, loop=loop)
     return _outputs(ys, state.ended, prompt_lengths, n)
 
 
 def _outputs(ys: dict, ended: jax.Array, prompt_lengths: jax.Array, n: int) -> DecodeOutput:
-    """The DecodeOutput of the per-step outputs ys ([T, R] each) and the final `ended` [R]."""
+    """The DecodeOutput of the per-step outputs ys ([T, R] each) and the final `ended` [R].
+    Without "tlp" / "plp" (greedy, which does not write them per step) they are lp and 0."""
     b, t_max = prompt_lengths.shape[0], ys["tok"].shape[0]
     ys = jax.tree.map(lambda x: x.T.reshape(b, n, t_max), ys)  # [B, N, T] each
+    ys.setdefault("tlp", ys["lp"])
+    ys.setdefault("plp", jnp.zeros_like(ys["lp"]))
     eos = ys["eos"]
 
     def split_eos(x: jax.Array) -> tuple[jax.Array, jax.Array]:
