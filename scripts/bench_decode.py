@@ -31,7 +31,8 @@ machine's cores, set before JAX starts). `--profile DIR` writes a JAX profiler t
 calls of one decoder to DIR (open it in TensorBoard / XProf or Perfetto) and prints the XLA
 operations that took the most time (self time, summed over the calls, from the trace's xplane).
 `--loops` prints, per batch, greedy / sample top_p=0.9 / beam K=4 under every `decode.loop`
-variant (and top-p's sort-based set beside its bisection), with the limit and the bare step
+variant (and top-p's other set methods, `processors.NUCLEUS_METHODS`, beside its bisection),
+with the limit and the bare step
 timed in the same run.
 Timings are for this machine only; they are printed, never asserted.
 """
@@ -396,40 +397,44 @@ def sharded_table(step_fn, params, init_carry, batches, max_len, args) -> list[s
 
 def loops_table(step_fn, params, init_carry, batches, max_len, hidden, args) -> list[str]:
     """Every loop variant (`decode(..., loop=...)`) of greedy, sample top_p=0.9 and beam K=4,
-    and top-p's two set methods (bisect, sort), side by side in one run: for each batch the
-    bare-matmul limit is timed between the variants (best of all), so a busy spell on a shared
-    machine hits them alike."""
+    and top-p's other set methods beside bisection. Per batch every cell is compiled first, then
+    timed round-robin (`--repeats` rounds, one call of each cell, the limit and the bare step per
+    round; best of the rounds), so a busy spell on a shared machine hits every cell alike."""
     cols = ["decoder", "batch", "rows", "loop", "compile s", "decode s", "tok/s", "% of limit",
             "% of step"]  # fmt: skip
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     print(lines[0], flush=True)
     cells = [(n, lp, "bisect") for n in list(DECODERS)[:3] for lp in LOOPS[1:]]
-    cells.append(("sample top_p=0.9", "scan", "sort"))
-    default_method = processors.NUCLEUS_METHOD.get(jax.default_backend(), "bisect")
+    cells += [("sample top_p=0.9", "scan", m) for m in processors.NUCLEUS_METHODS if m != "bisect"]
+    backend, default_method = jax.default_backend(), processors.nucleus_method()
     for batch in batches:
-        results, limits, steps = [], {}, {}
+        runs = []
         for name, loop, method in cells:
             cfg, k, _ = DECODERS[name]
-            rows, carry = batch * k, init_carry(batch)
-            limit = min(limits.get(rows, np.inf), matmul_limit(rows, hidden, max_len, 1))
-            steps[rows] = min(
-                steps.get(rows, np.inf),
-                model_step_time(step_fn, params, init_carry, rows, max_len, 1),
-            )
-            processors.NUCLEUS_METHOD[jax.default_backend()] = method
-            jax.clear_caches()  # top_p reads the method when it is traced
-            first, warm, _ = timed(
-                lambda cfg=cfg, carry=carry, loop=loop: (
-                    decode(step_fn, params, carry, cfg=cfg, max_len=max_len, key=0,
-                           vocab_size=VOCAB, loop=loop).tokens
-                ),
-                args.repeats,
-            )  # fmt: skip
-            limits[rows] = min(limit, matmul_limit(rows, hidden, max_len, 1))
-            label = loop if method == "bisect" else f"{loop}, top-p by sort"
-            results.append((name, rows, label, first, warm))
-        processors.NUCLEUS_METHOD[jax.default_backend()] = default_method
-        for name, rows, label, first, warm in results:  # each against the best limit of its rows
+            carry = init_carry(batch)
+
+            def run(cfg=cfg, carry=carry, loop=loop, method=method):
+                processors.NUCLEUS_METHOD[backend] = method  # read when decode builds its flags
+                return decode(step_fn, params, carry, cfg=cfg, max_len=max_len, key=0,
+                              vocab_size=VOCAB, loop=loop).tokens  # fmt: skip
+
+            first = timed(run, 0)[0]  # compile (and one call)
+            runs.append((name, batch * k, loop if method == "bisect" else f"{loop}, top-p by "
+                         f"{method}", first, run))  # fmt: skip
+        best = {(r[0], r[2]): np.inf for r in runs}
+        limits = {rows: np.inf for _, rows, *_ in runs}
+        steps = dict(limits)
+        for _ in range(args.repeats):
+            for rows in limits:
+                limits[rows] = min(limits[rows], matmul_limit(rows, hidden, max_len, 1))
+                steps[rows] = min(
+                    steps[rows], model_step_time(step_fn, params, init_carry, rows, max_len, 1)
+                )
+            for name, _, label, _, run in runs:
+                best[(name, label)] = min(best[(name, label)], timed(run, 1)[1])
+        processors.NUCLEUS_METHOD[backend] = default_method
+        for name, rows, label, first, _ in runs:
+            warm = best[(name, label)]
             row = [name, str(batch), str(rows), label, fmt(first, 2), fmt(warm, 3),
                    fmt(rows * max_len / warm), fmt(100 * limits[rows] / warm, 0),
                    fmt(100 * steps[rows] / warm, 0)]  # fmt: skip
@@ -580,26 +585,23 @@ def main() -> None:
                 print(f"| {name} | {batch} | {rows} | skipped (--max-rows {args.max_rows}) |")
                 continue
             carry = init_carry(batch)
-            # the bare-matmul limit is timed between the decoder's repeats (best of each), so a
-            # busy spell on a shared machine hits both alike
-            limits[rows] = min(
-                limits.get(rows, np.inf), matmul_limit(rows, hidden, max_len, args.repeats)
-            )
-            first, warm, peak = timed(
-                lambda cfg=cfg, carry=carry: (
-                    decode(
-                        step_fn,
-                        params,
-                        carry,
-                        cfg=cfg,
-                        max_len=max_len,
-                        num_samples=1,
-                        key=0,
-                        vocab_size=VOCAB,
-                    ).tokens
-                ),
-                args.repeats,
-            )
+
+            def run(cfg=cfg, carry=carry):
+                return decode(step_fn, params, carry, cfg=cfg, max_len=max_len, num_samples=1,
+                              key=0, vocab_size=VOCAB).tokens  # fmt: skip
+
+            # the decoder, the bare-matmul limit and the bare step take turns, one call each per
+            # round (best of the rounds), so a busy spell on a shared machine hits all alike
+            first, warm, peak = timed(run, 0)
+            limits.setdefault(rows, np.inf)
+            steps.setdefault(rows, np.inf)
+            for _ in range(args.repeats):
+                limits[rows] = min(limits[rows], matmul_limit(rows, hidden, max_len, 1))
+                steps[rows] = min(
+                    steps[rows], model_step_time(step_fn, params, init_carry, rows, max_len, 1)
+                )
+                _, once, mem = timed(run, 1)
+                warm, peak = min(warm, once), max(peak, mem)
             decode_s[(name, batch)] = warm
             tok_s = rows * max_len / warm
             loop_s = timed(
@@ -614,11 +616,6 @@ def main() -> None:
                 torch_s = timed(
                     lambda rows=rows, rule=rule: torch_run(rows, max_len, rule, pick=False), 1
                 )[1]
-            limits[rows] = min(limits[rows], matmul_limit(rows, hidden, max_len, args.repeats))
-            steps[rows] = min(
-                steps.get(rows, np.inf),
-                model_step_time(step_fn, params, init_carry, rows, max_len, args.repeats),
-            )
             cells = [
                 name,
                 str(batch),

@@ -1019,7 +1019,8 @@ def test_decoders_dict_and_bad_prompts():
 
 
 def test_top_p_and_typical_match_the_sorted_prefix_definition():
-    """`keep_by_mass` (bisection, no sort) keeps exactly the sorted-prefix sets, ties included."""
+    """`keep_by_mass` (every method: 2-ary and 16-ary search, sort) keeps exactly the
+    sorted-prefix sets, ties included."""
     from seqgen.decoding import processors as proc
 
     rng = np.random.default_rng(0)
@@ -1039,17 +1040,18 @@ def test_top_p_and_typical_match_the_sorted_prefix_definition():
             keep[r] = order_key[r] >= bound
         return keep
 
-    for mass in (0.1, 0.5, 0.77, 0.95):
-        m = jnp.float32(mass)
-        got_p = np.isfinite(np.asarray(proc.top_p(jnp.asarray(x), m)))
-        np.testing.assert_array_equal(got_p, prefix_set(x, mass) & np.isfinite(x))
-        got_t = np.isfinite(np.asarray(proc.typical_p(jnp.asarray(x), m)))
-        np.testing.assert_array_equal(got_t, prefix_set(-dev, mass) & np.isfinite(x))
+    for method in proc.NUCLEUS_METHODS:
+        for mass in (0.1, 0.5, 0.77, 0.95):
+            m = jnp.float32(mass)
+            got_p = np.isfinite(np.asarray(proc.top_p(jnp.asarray(x), m, method=method)))
+            np.testing.assert_array_equal(got_p, prefix_set(x, mass) & np.isfinite(x), method)
+            got_t = np.isfinite(np.asarray(proc.typical_p(jnp.asarray(x), m, method=method)))
+            np.testing.assert_array_equal(got_t, prefix_set(-dev, mass) & np.isfinite(x), method)
 
 
-def test_nucleus_bisection_and_sort_give_the_same_sets():
-    """top-p's two ways to find its set (bisection over the keys' bit patterns, one sort per
-    row) keep the same tokens, on continuous logits and on logits with many ties."""
+def test_nucleus_methods_give_the_same_sets():
+    """top-p's ways to find its set (2-ary and 16-ary search over the keys' bit patterns, one
+    sort per row) keep the same tokens, on continuous logits and on logits with many ties."""
     from seqgen.decoding import processors as proc
 
     rng = np.random.default_rng(1)
@@ -1061,6 +1063,7 @@ def test_nucleus_bisection_and_sort_give_the_same_sets():
         for mass in (0.05, 0.3, 0.5, 0.9, 0.99):
             m = jnp.float32(mass)
             a = np.asarray(proc.top_p(x, m, method="bisect"))
-            b = np.asarray(proc.top_p(x, m, method="sort"))
-            np.testing.assert_array_equal(np.isfinite(a), np.isfinite(b))
+            for other in set(proc.NUCLEUS_METHODS) - {"bisect"}:
+                b = np.asarray(proc.top_p(x, m, method=other))
+                np.testing.assert_array_equal(np.isfinite(a), np.isfinite(b), other)
             assert 0 < np.isfinite(a).sum() < np.isfinite(np.asarray(x)).sum()

@@ -20,6 +20,7 @@ traced (see `seqgen.decoding.common`).
 
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -59,6 +60,7 @@ class ProcessorFlags(NamedTuple):
     min_tokens_to_keep: int = 1  # every truncation keeps at least this many tokens
     top_n_sigma: bool = False
     mirostat: bool = False  # needs the [R] running surprise bound mu (sampling.py)
+    mass_method: str | None = None  # how top-p / typical-p find their set; None: the backend's
 
 
 def flags_from_cfg(get) -> ProcessorFlags:  # noqa: ANN001 - get(name) -> value
@@ -79,6 +81,8 @@ def flags_from_cfg(get) -> ProcessorFlags:  # noqa: ANN001 - get(name) -> value
         min_tokens_to_keep=int(get("min_tokens_to_keep")),
         top_n_sigma=float(get("top_n_sigma")) > 0.0,
         mirostat=float(get("mirostat_tau")) > 0.0,
+        # the backend's method, read here so that it is part of the program's static key
+        mass_method=nucleus_method(),
     )
 
 
@@ -187,25 +191,38 @@ def _ordered_bits(x: jax.Array) -> jax.Array:
     return jnp.where(u >> 31 == 1, ~u, u | jnp.uint32(0x80000000))
 
 
-def keep_by_mass(key: jax.Array, probs: jax.Array, mass: jax.Array) -> jax.Array:
+def keep_by_mass(key: jax.Array, probs: jax.Array, mass: jax.Array, ways: int = 2) -> jax.Array:
     """Keep {v : key_v >= kappa}, kappa the LARGEST threshold whose kept mass
     sum_{u : key_u >= kappa} P_u is >= mass. This is the smallest "best first" prefix with
     mass >= `mass`, ties at its boundary kept (top-p: key = logit; typical: key = -deviation).
 
-    Exact without a sort: bisection over the 2^32 order-preserving bit patterns of the keys
-    (32 rounds of a compare and a masked sum over [R, V]).  # [R, V] bool
+    Exact without a sort: a `ways`-ary search over the 2^32 order-preserving bit patterns of
+    the keys. Each round tests `ways - 1` thresholds at once (a compare and a masked sum over
+    [R, ways - 1, V]) and keeps the sub-range of the largest one that still holds the mass;
+    ceil(32 / log2(ways)) rounds: 32 for bisection (ways=2), 8 for ways=16 (fewer, larger
+    kernels for the same set).  # [R, V] bool
     """
+    if ways < 2 or ways & (ways - 1):
+        raise ValueError(f"ways={ways}; expected a power of 2 >= 2")
     bits = _ordered_bits(key)  # [R, V]
-    lo = jnp.min(bits, axis=-1, keepdims=True)  # kept mass is everything: >= mass
+    # invariant: kappa in [lo, hi]; the kept mass at lo (everything at first) is >= mass
+    lo = jnp.min(bits, axis=-1, keepdims=True)  # [R, 1]
     hi = jnp.max(bits, axis=-1, keepdims=True)
+    j = jnp.arange(1, ways, dtype=jnp.uint32)  # [W-1]
+    rounds = -(-32 // (ways.bit_length() - 1))
 
     def body(_: int, bounds: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
         lo, hi = bounds
-        mid = lo + (hi - lo + 1) // 2
-        ok = jnp.sum(jnp.where(bits >= mid, probs, 0.0), axis=-1, keepdims=True) >= mass
-        return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid - 1)
+        step = (hi - lo) // ways + 1  # ceil((hi - lo + 1) / ways) without overflow
+        mids = jnp.minimum(lo + j * step, hi)  # [R, W-1]; <= hi + W, below 2^32 for floats
+        kept = jnp.where(bits[:, None, :] >= mids[:, :, None], probs[:, None, :], 0.0)
+        ok = jnp.sum(kept, axis=-1) >= mass  # [R, W-1], a prefix of True (mass is monotone)
+        c = jnp.sum(jnp.cumprod(ok, axis=-1), axis=-1, keepdims=True).astype(jnp.uint32)
+        new_lo = lo + c * step  # the largest tested threshold that holds the mass (or lo)
+        new_hi = jnp.where(c == ways - 1, hi, jnp.minimum(new_lo + step - 1, hi))
+        return jnp.minimum(new_lo, hi), new_hi
 
-    lo, _ = jax.lax.fori_loop(0, 32, body, (lo, hi))
+    lo, _ = jax.lax.fori_loop(0, rounds, body, (lo, hi))
     return bits >= lo
 
 
@@ -221,10 +238,26 @@ def keep_by_mass_sorted(key: jax.Array, probs: jax.Array, mass: jax.Array) -> ja
     return key >= jnp.take_along_axis(sorted_key, first, axis=-1)
 
 
-# backend -> how top-p finds its set, by measurement (`scripts/bench_decode.py --top-p`, README);
+# How top-p and typical-p find their set (the same set every way, tested): a search over the
+# keys' bit patterns, 2-ary (32 rounds) or 16-ary (8 rounds of 15 thresholds), or one sort.
+NUCLEUS_METHODS = {
+    "bisect": keep_by_mass,
+    "search16": partial(keep_by_mass, ways=16),
+    "sort": keep_by_mass_sorted,
+}
+# backend -> method, by measurement (`scripts/bench_decode.py --loops`, README's benchmarks);
 # a backend not listed bisects
 NUCLEUS_METHOD = {"cpu": "bisect"}
-NUCLEUS_METHODS = {"bisect": keep_by_mass, "sort": keep_by_mass_sorted}
+
+
+def nucleus_method() -> str:
+    """The default backend's entry of NUCLEUS_METHOD (a backend not listed bisects)."""
+    return NUCLEUS_METHOD.get(jax.default_backend(), "bisect")
+
+
+def mass_set(key: jax.Array, probs: jax.Array, mass: jax.Array, method: str | None) -> jax.Array:
+    """`keep_by_mass`'s set by `method` (one of NUCLEUS_METHODS; None = `nucleus_method()`)."""
+    return NUCLEUS_METHODS[method or nucleus_method()](key, probs, mass)
 
 
 def top_p(
@@ -237,31 +270,32 @@ def top_p(
     with P_v >= the smallest kept probability is kept too (ties at the boundary kept).
     Equivalently V^(p) = {v : x_v >= kappa} with kappa the largest threshold whose kept mass is
     >= p, which `keep_by_mass` finds without a sort (on CPU a per-row sort costs more) and
-    `keep_by_mass_sorted` with one; `method` (bisect | sort; None = NUCLEUS_METHOD of the
-    backend) picks one. The `min_keep` most probable tokens are always kept.
+    `keep_by_mass_sorted` with one; `method` (one of NUCLEUS_METHODS; None = NUCLEUS_METHOD of
+    the backend) picks one. The `min_keep` most probable tokens are always kept.
     """
-    method = method or NUCLEUS_METHOD.get(jax.default_backend(), "bisect")
     probs = jax.nn.softmax(logits, axis=-1)
-    keep = NUCLEUS_METHODS[method](logits, probs, p)
+    keep = mass_set(logits, probs, p, method)
     if min_keep > 1:
         keep = _keep_at_least(keep, logits, min_keep)
     return jnp.where(keep, logits, NEG_INF)
 
 
-def typical_p(logits: jax.Array, mass: jax.Array, min_keep: int = 1) -> jax.Array:
+def typical_p(
+    logits: jax.Array, mass: jax.Array, min_keep: int = 1, method: str | None = None
+) -> jax.Array:
     """Locally typical sampling (Meister et al. 2023, "Locally typical sampling", TACL, eq. 7-9).
 
     With H = -sum_v P(v) log P(v), sort tokens by |-log P(v) - H| (increasing) and keep the
     smallest prefix whose probability mass is >= `mass` (tau); every token whose deviation is <=
     the largest kept deviation is kept (ties kept). Tokens with P = 0 are never kept.
-    Computed without a sort by `keep_by_mass` on the key -deviation.
+    Computed as `keep_by_mass`'s set on the key -deviation (`method` as for `top_p`).
     The set always holds the `min_keep` tokens of smallest deviation (Hugging Face's
     `TypicalLogitsWarper`), NOT necessarily the most probable token: when the argmax is
     atypical (its surprisal far below H), it is dropped.
     """
     logp = jax.nn.log_softmax(logits, axis=-1)
     dev = jnp.where(jnp.isfinite(logp), jnp.abs(-logp - _entropy(logp)), jnp.inf)  # [R, V]
-    keep = keep_by_mass(-dev, jnp.exp(logp), mass)
+    keep = mass_set(-dev, jnp.exp(logp), mass, method)
     if min_keep > 1:
         keep = _keep_at_least(keep, -dev, min_keep)
     keep = keep & jnp.isfinite(dev)
@@ -364,9 +398,9 @@ def truncate(logits: jax.Array, knobs: dict[str, jax.Array], flags: ProcessorFla
     if flags.top_k:
         logits = top_k(logits, flags.top_k, m)
     if flags.top_p:
-        logits = top_p(logits, knobs["top_p"], m)
+        logits = top_p(logits, knobs["top_p"], m, flags.mass_method)
     if flags.typical_p:
-        logits = typical_p(logits, knobs["typical_p"], m)
+        logits = typical_p(logits, knobs["typical_p"], m, flags.mass_method)
     if flags.min_p:
         logits = min_p(logits, knobs["min_p"], m)
     if flags.epsilon:
