@@ -32,8 +32,7 @@ calls of one decoder to DIR (open it in TensorBoard / XProf or Perfetto) and pri
 operations that took the most time (self time, summed over the calls, from the trace's xplane).
 `--loops` prints, per batch, greedy / sample top_p=0.9 / beam K=4 under every `decode.loop`
 variant (and top-p's other set methods, `processors.NUCLEUS_METHODS`, beside its bisection),
-with the limit and the bare step
-timed in the same run.
+with the limit and the bare step timed in the same run.
 Timings are for this machine only; they are printed, never asserted.
 """
 
@@ -421,7 +420,7 @@ def loops_table(step_fn, params, init_carry, batches, max_len, hidden, args) -> 
             first = timed(run, 0)[0]  # compile (and one call)
             runs.append((name, batch * k, loop if method == "bisect" else f"{loop}, top-p by "
                          f"{method}", first, run))  # fmt: skip
-        best = {(r[0], r[2]): np.inf for r in runs}
+        best = [np.inf] * len(runs)
         limits = {rows: np.inf for _, rows, *_ in runs}
         steps = dict(limits)
         for _ in range(args.repeats):
@@ -430,11 +429,10 @@ def loops_table(step_fn, params, init_carry, batches, max_len, hidden, args) -> 
                 steps[rows] = min(
                     steps[rows], model_step_time(step_fn, params, init_carry, rows, max_len, 1)
                 )
-            for name, _, label, _, run in runs:
-                best[(name, label)] = min(best[(name, label)], timed(run, 1)[1])
+            for i, (*_, run) in enumerate(runs):
+                best[i] = min(best[i], timed(run, 1)[1])
         processors.NUCLEUS_METHOD[backend] = default_method
-        for name, rows, label, first, _ in runs:
-            warm = best[(name, label)]
+        for (name, rows, label, first, _), warm in zip(runs, best, strict=True):
             row = [name, str(batch), str(rows), label, fmt(first, 2), fmt(warm, 3),
                    fmt(rows * max_len / warm), fmt(100 * limits[rows] / warm, 0),
                    fmt(100 * steps[rows] / warm, 0)]  # fmt: skip
