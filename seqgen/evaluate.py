@@ -306,7 +306,7 @@ def decode_all(
             p_len,
             cfg=dec,
             max_len=max_len,
-            num_samples=n_out if dec.name == "sample" else int(cfg.decode.num_samples),
+            num_samples=int(cfg.decode.num_samples),  # rows of the decoders that sample
             key=key,
             vocab_size=model.vocab_size,
             prompt_ids=np.arange(start, start + len(chunk), dtype=np.int32),
@@ -419,38 +419,28 @@ def evaluate_decoders(
 
 
 def _search_metrics(dec: Any, out: dict, gen: dict, search: dict) -> dict[str, float]:
-    """exact: `search/exact_proven`, `search/expansions_mean`; mbr: `mbr/*`. Notes the beam
-    decoders' best log-probs per prompt (-inf when not ended) in `search` for
-    `search/beam_error`."""
-    from seqgen.metrics.search import exact_proven_rate
-    from seqgen.metrics.utility import mbr_summary
-
-    if registry.SPECS[dec.name].mode_search or dec.name == "exact":
+    """The metrics only this decoder has (`registry.search_metrics`: exact's proof rate, MBR's
+    utilities). Notes the mode-search decoders' best log-probs per prompt (-inf when not
+    ended) in `search` for `search/beam_error`, and the exact mode's."""
+    spec = registry.spec(dec)
+    if spec.mode_search or spec.finds_mode:
         best = [np.sum(lp) + e for lp, e in zip(gen["model_logprobs"], gen["eos_model_logprobs"])]
         best = np.where(gen["ended"], np.array(best), -np.inf)
-        if dec.name != "exact":
+        if spec.finds_mode:
+            search["mode"] = (best, out["proven"])
+        else:
             search.setdefault("beams", []).append(best)  # in the order of their result rows
-    if dec.name == "exact":
-        search["exact"] = (best, out["proven"])
-        empty = [len(t) == 0 and e for t, e in zip(gen["sequences"], gen["ended"])]
-        return {
-            "search/exact_proven": exact_proven_rate(out["proven"]),
-            "search/expansions_mean": float(np.mean(out["expansions"])),
-            "search/exact_empty": float(np.mean(empty)),  # the mode is EOS at once
-        }
-    if dec.name == "mbr":
-        return mbr_summary(out["scores"])
-    return {}
+    return registry.search_metrics(dec, out, gen)
 
 
 def _add_beam_error(results: list[dict], search: dict) -> None:
     """`search/beam_error` for each beam, diverse beam and greedy row decoded beside exact."""
     from seqgen.metrics.search import beam_error_rate
 
-    if "exact" not in search:
+    if "mode" not in search:
         return
-    mode, proven = search["exact"]
-    rows = [r for r in results if registry.SPECS[r["decoder"]["name"]].mode_search]
+    mode, proven = search["mode"]
+    rows = [r for r in results if registry.spec(r["decoder"]).mode_search]
     for i, res in enumerate(rows):
         res["metrics"]["search/beam_error"] = beam_error_rate(search["beams"][i], mode, proven)
 
@@ -469,7 +459,7 @@ def generations(
     out = {**out, "prompt_lengths": np.array([len(p) for p in prompts], np.int32)}
     best_only = _kept_per_prompt(cfg, dec, out["tokens"].shape[1]) == 1
     gen = decode_output_inputs(out, best_only=best_only)
-    if not registry.SPECS[dec.name].nbest:  # search/mode_found is about n-best lists
+    if not registry.spec(dec).nbest:  # search/mode_found is about n-best lists
         gen = {k: v for k, v in gen.items() if not k.startswith("best_")}
     texts = [
         corpus.vocab.decode(np.concatenate([p, t]))
@@ -498,18 +488,10 @@ def sample_records(
 
 
 def _kept_per_prompt(cfg: Any, dec: Any, n: int) -> int:
-    """How many of a prompt's N outputs count as its generations in the metrics.
-
-    n-best decoders (greedy, beam, diverse beam): the best one. Stochastic beam: its K samples
-    without replacement when there is no prompt (one prompt, K distinct sequences), else the
-    top one by perturbed log-prob, so that every decoder and the human row have one
-    continuation per prompt. Sampling: all `decode.num_samples`.
-    """
-    if registry.SPECS[dec.name].nbest:
-        return 1
-    if dec.name == "stochastic_beam" and cfg.decode.prompts not in (None, "none"):
-        return 1
-    return n
+    """How many of a prompt's N outputs count as its generations in the metrics
+    (`registry.kept_per_prompt`: n-best decoders their best; stochastic beam its best when there
+    are prompts, so every decoder and the human row have one continuation per prompt)."""
+    return registry.kept_per_prompt(dec, n, prompted=cfg.decode.prompts not in (None, "none"))
 
 
 def _warn_impossible_prompts(oracle: Any, prompts: list[np.ndarray]) -> None:

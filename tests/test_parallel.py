@@ -146,7 +146,7 @@ DECODE_SCRIPT = textwrap.dedent(
     from types import SimpleNamespace as NS
     from seqgen.decoding import decode
     from seqgen.decoding.sampling import _sample_program
-    from seqgen.decoding import processors as proc
+    from seqgen.decoding import processor_table as table
     from seqgen.decoding.common import DecodeRequest, get, prepare, traced_knobs
     from seqgen.evaluate import decode_all
     from seqgen.metrics import compute_metrics, decode_output_inputs, decode_output_records
@@ -216,7 +216,7 @@ DECODE_SCRIPT = textwrap.dedent(
     hlo = _sample_program.lower_sharded(
         mesh, params, jnp.zeros((B, H)), prep.prompts, prep.prompt_lengths, prep.prompt_ids,
         prep.key, traced_knobs(cfg), step_fn=step_fn, max_len=T, num_samples=N, vocab_size=V,
-        flags=proc.flags_from_cfg(lambda k: get(cfg, k)), greedy=False, loop="scan",
+        flags=table.flags_from_cfg(lambda k: get(cfg, k)), greedy=False, loop="scan",
     ).compile().as_text()
     out["collectives"] = sorted(set(re.findall(
         r"all-reduce|all-gather|collective-permute|all-to-all|reduce-scatter", hlo)))

@@ -39,12 +39,10 @@ from seqgen.decoding.beam import beam
 from seqgen.decoding.common import (
     DecodeOutput,
     DecodeRequest,
+    Prepared,
     StepFn,
     get,
-    prepare,
-    validate_config,
 )
-from seqgen.errors import UserError
 from seqgen.tokens import BOS_ID, EOS_ID, PAD_ID
 
 
@@ -283,13 +281,13 @@ def exact(req: DecodeRequest) -> DecodeOutput:
     complete hypothesis found, never worse than beam's. Deterministic: `key`, `num_samples`
     and `prompt_ids` are ignored. Static: `max_expansions`, `expansions_per_step`, `max_len`.
     """
-    validate_config(req.cfg, "exact", req.vocab_size)
-    if req.constraint is not None:
-        raise UserError(
-            "decoder=exact is not supported with a constraint; allowed: constraint=none, or "
-            "greedy, sample, beam, stochastic_beam, diverse_beam, mbr"
-        )
-    prep = prepare(req, keyed=False)
+    from seqgen.decoding.registry import run
+
+    return run("exact", req)
+
+
+def launch(req: DecodeRequest, prep: Prepared) -> DecodeOutput:
+    """Run the search for a validated request: beam's best first, then branch and bound."""
     bcfg = {"name": "beam", "beam_size": int(get(req.cfg, "beam_size")), "length_penalty": "none"}
     start = beam(
         dataclasses.replace(req, prompts=prep.prompts, prompt_lengths=prep.prompt_lengths, cfg=bcfg)
