@@ -201,7 +201,10 @@ def register_configs() -> None:
     global DecoderConfig
     if {f.name for f in fields(DecoderConfig)} != {"name", "label", *KNOBS}:
         DecoderConfig = GROUP_SCHEMAS["decoder"] = _decoder_config()
-    ConfigStore.instance().store(name="config_schema", node=Config)
+    store = ConfigStore.instance()
+    store.store(name="config_schema", node=Config)
+    for name in registry.registered():  # `decoder=NAME` for a user's decoder
+        store.store(group="decoder", name=name, node={"name": name})
 
 
 # ---------------------------------------------------------------------------------------------

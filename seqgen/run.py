@@ -102,7 +102,8 @@ def _explain(exc: BaseException, overrides: list[str] = ()) -> str:
     if "Unexpected type for root: NoneType" in text and any(
         o.lstrip("+").startswith("decoder.") for o in overrides
     ):
-        return f"decoder.* knobs need a decoder: add decoder=NAME (one of: {', '.join(registry.names())})"
+        names = ", ".join(registry.names())
+        return f"decoder.* knobs need a decoder: add decoder=NAME (one of: {names})"
     text = re.sub(r"\s*Config search path:.*$", "", text)
     text = text.replace(" Available options in", "; available options in")
     return text

@@ -4,6 +4,8 @@ transition table, a 16-unit LSTM, a position-aware table."""
 
 from __future__ import annotations
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -92,3 +94,23 @@ def brute_force_logprob(table_lp, prompt, seq, ended) -> float:
         total += table_lp[prev, tok]
         prev = tok
     return total + (table_lp[prev, EOS_ID] if ended else 0.0)
+
+
+@contextlib.contextmanager
+def restored_tables():
+    """Give back the processor table, the knobs and the decoder registry as they were, so a
+    test's registrations do not reach the other tests of the session."""
+    from seqgen.decoding import processor_table, registry
+    from seqgen.decoding.common import DEFAULTS
+    from seqgen.decoding.knobs import KNOBS
+
+    tables = (processor_table.PROCESSORS, KNOBS, DEFAULTS, registry.SPECS)
+    saved = [dict(t) for t in tables]
+    order = list(processor_table.ORDER)
+    try:
+        yield
+    finally:
+        for t, s in zip(tables, saved):
+            t.clear()
+            t.update(s)
+        processor_table.ORDER[:] = order

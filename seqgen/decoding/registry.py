@@ -248,9 +248,17 @@ SPECS: dict[str, DecoderSpec] = {
 }
 
 
+BUILTIN: tuple[str, ...] = tuple(SPECS)
+
+
 def names() -> tuple[str, ...]:
     """The decoder names, built-in and registered."""
     return tuple(SPECS)
+
+
+def registered() -> tuple[str, ...]:
+    """The decoders a user added (`register_decoder`): they have no `conf/decoder/*.yaml`."""
+    return tuple(n for n in SPECS if n not in BUILTIN)
 
 
 def spec(dec: Any, where: str = "decoder") -> DecoderSpec:
