@@ -111,3 +111,46 @@ def test_decoder_table_and_bad_prompts():
             max_len=8,
             vocab_size=10,
         )
+
+
+def test_score_unit_follows_what_each_decoder_ranks_by():
+    """The unit of `score/mean` for every built-in: power and MBR had none or a wrong one."""
+    from seqgen.decoding.registry import score_unit
+
+    want = {
+        ("beam", "none"): "mean log-prob (nats per sequence)",
+        ("beam", "average"): "mean log-prob / length (nats per token)",
+        ("beam", "gnmt"): "mean log-prob / ((5+L)/6)^alpha (nats)",
+        ("beam", "power"): "mean log-prob / L^alpha (nats)",
+        ("diverse_beam", "power"): "mean log-prob / L^alpha (nats)",
+        # samplers and exact search ignore the length penalty: their scores are log-probs
+        ("sample", "average"): "mean log-prob (nats per sequence)",
+        ("greedy", "gnmt"): "mean log-prob (nats per sequence)",
+        ("exact", "none"): "mean log-prob (nats per sequence)",
+        ("stochastic_beam", "average"): "mean perturbed log-prob G (nats per sequence)",
+    }
+    for (name, lp), unit in want.items():
+        assert score_unit({"name": name, "length_penalty": lp}) == unit, (name, lp)
+    assert score_unit({"name": "mbr", "utility": "bleu"}) == "mean expected utility, bleu (0-1)"
+    assert set(SPECS) <= {n for n in SPECS if score_unit({"name": n})}  # every decoder has one
+
+
+def test_registry_facts_drive_the_pipeline():
+    """Constraint support, nesting and rows kept per prompt are read from the rows."""
+    from seqgen.decoding import registry
+
+    with pytest.raises(UserError, match="exact is not supported with a constraint"):
+        registry.check_constraint({"name": "exact"}, "compare[1]")
+    registry.check_constraint({"name": "beam"})
+    for bad in ("exact", "mbr"):
+        with pytest.raises(UserError, match="is not allowed; use a sampler or beam"):
+            registry.validate_decoder({"name": "mbr", "candidates": {"name": bad}})
+    with pytest.raises(UserError, match="decoder.references.top_p"):
+        registry.validate_decoder({"name": "mbr", "references": {"top_p": 2.0}})
+    kept = registry.kept_per_prompt
+    assert kept({"name": "beam"}, 5, prompted=False) == 1
+    assert kept({"name": "sample"}, 5, prompted=True) == 5
+    assert kept({"name": "stochastic_beam"}, 5, prompted=False) == 5
+    assert kept({"name": "stochastic_beam"}, 5, prompted=True) == 1
+    assert registry.rows_per_prompt({"name": "diverse_beam", "beam_size": 6}, 3) == 6
+    assert registry.rows_per_prompt({"name": "sample"}, 3) == 3

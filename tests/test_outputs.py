@@ -96,12 +96,3 @@ def test_slug_keeps_files_inside_their_folder(label, want):
     from seqgen.outputs import slug
 
     assert slug(label) == want
-
-
-def test_score_kind_names_the_unit_of_score_mean():
-    from seqgen.outputs import SCORE_UNITS, score_kind
-
-    assert score_kind({"name": "beam", "length_penalty": "gnmt"}) == "gnmt"
-    assert score_kind({"name": "sample"}) == "none"
-    assert score_kind({"name": "stochastic_beam", "length_penalty": "average"}) == "gumbel"
-    assert {"none", "gnmt", "gumbel"} <= set(SCORE_UNITS)
