@@ -110,6 +110,18 @@ def _miro_update(mu: jax.Array, logits_in: jax.Array, tok: jax.Array, knobs: Map
 
 
 _KEEP = ("min_tokens_to_keep",)
+
+
+def _truncation(fn: Callable, mass_method: bool = False, **facts: Any) -> Processor:
+    """A truncation row: `fn(logits, knob, min_keep[, method])`, named like its knob."""
+    name = fn.__name__
+    if mass_method:
+        run = lambda x, c: fn(x, c.knobs[name], _m(c), c.mass_method)  # noqa: E731
+    else:
+        run = lambda x, c: fn(x, c.knobs[name], _m(c))  # noqa: E731
+    return Processor(name, "truncation", run, (name, *_KEEP), doc=fn.__doc__, **facts)
+
+
 _BUILTIN = (
     Processor("min_length", "penalty", _min_length, ("min_length",), doc=P.min_length.__doc__),
     Processor(
@@ -145,56 +157,16 @@ _BUILTIN = (
         ("temperature",),
         doc=P.temperature.__doc__,
     ),
-    Processor(
-        "top_k",
-        "truncation",
-        lambda x, c: P.top_k(x, c.knobs["top_k"], _m(c)),
-        ("top_k", *_KEEP),
+    _truncation(
+        P.top_k,
         is_on=lambda get, v: 0 < int(get("top_k")) and (v is None or int(get("top_k")) < v),
-        doc=P.top_k.__doc__,
     ),
-    Processor(
-        "top_p",
-        "truncation",
-        lambda x, c: P.top_p(x, c.knobs["top_p"], _m(c), c.mass_method),
-        ("top_p", *_KEEP),
-        doc=P.top_p.__doc__,
-    ),
-    Processor(
-        "typical_p",
-        "truncation",
-        lambda x, c: P.typical_p(x, c.knobs["typical_p"], _m(c), c.mass_method),
-        ("typical_p", *_KEEP),
-        doc=P.typical_p.__doc__,
-    ),
-    Processor(
-        "min_p",
-        "truncation",
-        lambda x, c: P.min_p(x, c.knobs["min_p"], _m(c)),
-        ("min_p", *_KEEP),
-        doc=P.min_p.__doc__,
-    ),
-    Processor(
-        "epsilon",
-        "truncation",
-        lambda x, c: P.epsilon(x, c.knobs["epsilon"], _m(c)),
-        ("epsilon", *_KEEP),
-        doc=P.epsilon.__doc__,
-    ),
-    Processor(
-        "eta",
-        "truncation",
-        lambda x, c: P.eta(x, c.knobs["eta"], _m(c)),
-        ("eta", *_KEEP),
-        doc=P.eta.__doc__,
-    ),
-    Processor(
-        "top_n_sigma",
-        "truncation",
-        lambda x, c: P.top_n_sigma(x, c.knobs["top_n_sigma"], _m(c)),
-        ("top_n_sigma", *_KEEP),
-        doc=P.top_n_sigma.__doc__,
-    ),
+    _truncation(P.top_p, mass_method=True),
+    _truncation(P.typical_p, mass_method=True),
+    _truncation(P.min_p),
+    _truncation(P.epsilon),
+    _truncation(P.eta),
+    _truncation(P.top_n_sigma),
     Processor(
         "mirostat",
         "post",
