@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from conftest import ROOT
 
 from seqgen.decoding import processor_table as table
 from seqgen.decoding.common import DEFAULTS
 from seqgen.decoding.knobs import KNOBS
 from seqgen.decoding.registry import SPECS
+from seqgen.errors import UserError
 
 # a valid value away from each switch knob's neutral value
 AWAY = {
@@ -94,3 +96,19 @@ def test_sampling_decoders_read_the_rows_knobs():
         for k in table.PROCESSORS[n].knobs
     }  # fmt: skip
     assert set(SPECS["greedy"].knobs) == penalty
+
+
+def test_an_order_is_data_and_checked():
+    swapped = list(BUILTIN_ORDER)
+    i, j = swapped.index("top_k"), swapped.index("top_p")
+    swapped[i], swapped[j] = swapped[j], swapped[i]
+    f = table.flags_from_cfg(
+        lambda k: {"top_k": 5, "top_p": 0.9}.get(k, DEFAULTS[k]), order=swapped
+    )
+    assert f.order == ("min_length", "temperature", "top_p", "top_k")
+    bad = list(BUILTIN_ORDER)
+    bad.remove("temperature")
+    with pytest.raises(UserError, match="every processor once"):
+        table.check_order(bad)
+    with pytest.raises(UserError, match="earlier stage"):
+        table.check_order(["temperature", *[n for n in BUILTIN_ORDER if n != "temperature"]])

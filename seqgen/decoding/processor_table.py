@@ -28,7 +28,7 @@ State a row may need (the sampler keeps it only when a row that is on needs it):
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -200,12 +200,37 @@ class ProcessorFlags(NamedTuple):
         return tuple(n for n in self.order if PROCESSORS[n].init is not None)
 
 
+def check_order(order: Sequence[str], where: str = "order") -> tuple[str, ...]:
+    """A processor order given as data (a permutation of `ORDER`'s rows, each once, stages
+    never going back: penalties before temperature before truncations before post), or one
+    `UserError` line naming what is wrong."""
+    order = tuple(order)
+    unknown = [n for n in order if n not in PROCESSORS]
+    if unknown or sorted(order) != sorted(ORDER):
+        raise UserError(
+            f"{where}={list(order)} must name every processor once (unknown: {unknown}); "
+            f"allowed: an order of {', '.join(ORDER)}"
+        )
+    ranks = [STAGES.index(PROCESSORS[n].stage) for n in order]
+    if ranks != sorted(ranks):
+        raise UserError(
+            f"{where}: a processor runs before one of an earlier stage; allowed: "
+            f"stages in the order {' -> '.join(STAGES)}"
+        )
+    return order
+
+
 def flags_from_cfg(
-    get: Callable[[str], Any], vocab_size: int | None = None, stages: tuple[str, ...] = STAGES
+    get: Callable[[str], Any],
+    vocab_size: int | None = None,
+    stages: tuple[str, ...] = STAGES,
+    order: Sequence[str] | None = None,
 ) -> ProcessorFlags:
-    """Switch on exactly the rows of `stages` that are on for the knob values `get(name)`."""
+    """Switch on exactly the rows of `stages` that are on for the knob values `get(name)`, in
+    `order` (`check_order`; None: the table's)."""
+    names = ORDER if order is None else check_order(order)
     order = tuple(
-        n for n in ORDER if PROCESSORS[n].stage in stages and PROCESSORS[n].on(get, vocab_size)
+        n for n in names if PROCESSORS[n].stage in stages and PROCESSORS[n].on(get, vocab_size)
     )
     static = {
         k: KNOBS[k].type(get(k)) for n in order for k in PROCESSORS[n].knobs if not KNOBS[k].traced
