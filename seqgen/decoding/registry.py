@@ -284,7 +284,7 @@ def check_constraint(dec: Any, where: str = "decoder") -> None:
     if not spec(dec, where).constraints:
         ok = ", ".join(n for n, s in SPECS.items() if s.constraints)
         raise UserError(
-            f"{where}: decoder={get(dec, 'name')} is not supported with a constraint; "
+            f"{where}.name={get(dec, 'name')} is not supported with a constraint; "
             f"allowed: constraint=none, or {ok}"
         )
 
