@@ -497,6 +497,13 @@ def beam(req: DecodeRequest) -> DecodeOutput:
     sequence or an EOS-ended prefix of it that scores higher (with a normalizer it may also go
     on past greedy's EOS). EOS is forbidden before `min_length` continuation tokens.
     Deterministic: `key`, `num_samples` and `prompt_ids` are ignored.
+
+    A toolkit's conventions instead of seqgen's (static knobs; `Conventions`): `eos_rule=top_k`
+    admits an EOS candidate only when it ranks < K among the 2K (Hugging Face, fairseq);
+    `finalize=finished_first` returns every finished hypothesis before every cut one (t5x,
+    praxis); `early_stop=k_finished` stops a row once K hypotheses have finished (fairseq,
+    Hugging Face's `early_stopping=True`); `force_eos_at_max_len` allows only EOS at the last
+    position (fairseq), so every hypothesis ends.
     """
     return _run_beam("beam", req, num_groups=1)
 
