@@ -21,6 +21,7 @@ import numpy as np
 
 from seqgen.decoding import processor_table as table
 from seqgen.decoding.beam import launch as launch_beam
+from seqgen.decoding.beam import launch_diverse
 from seqgen.decoding.common import (
     DEFAULTS,
     DecodeOutput,
@@ -172,7 +173,10 @@ def _mbr_unit(get_: Get) -> str:
     return f"mean expected utility, {get_('utility')} (0-1)"
 
 
-_BEAM = ("beam_size", "length_penalty", "alpha", "min_length")
+# the toolkit conventions (eos_rule, finalize, early_stop, force_eos_at_max_len) name a row only
+# when they differ from seqgen's default, so existing labels stay as they were
+_CONVENTIONS = ("eos_rule", "finalize", "early_stop", "force_eos_at_max_len")
+_BEAM = ("beam_size", "length_penalty", "alpha", "min_length", *_CONVENTIONS)
 
 SPECS: dict[str, DecoderSpec] = {
     "greedy": DecoderSpec(
@@ -192,7 +196,8 @@ SPECS: dict[str, DecoderSpec] = {
         _BEAM,
         "beam_size",
         True,
-        ("beam_size", "length_penalty", "alpha", "no_repeat_ngram_size", "min_length"),
+        ("beam_size", "length_penalty", "alpha", "no_repeat_ngram_size", "min_length")
+        + _CONVENTIONS,
         label_always=("beam_size",),
         keyed=False,
         mode_search=True,
@@ -209,11 +214,12 @@ SPECS: dict[str, DecoderSpec] = {
         score_unit=lambda get_: "mean perturbed log-prob G (nats per sequence)",
     ),
     "diverse_beam": DecoderSpec(
-        launch_beam,
+        launch_diverse,
         (*_BEAM, "num_groups", "diversity_penalty"),
         "beam_size",
         True,
-        ("beam_size", "num_groups", "diversity_penalty", "length_penalty", "min_length"),
+        ("beam_size", "num_groups", "diversity_penalty", "length_penalty", "min_length")
+        + _CONVENTIONS,
         label_always=("beam_size",),
         keyed=False,
         mode_search=True,
