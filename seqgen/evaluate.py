@@ -382,6 +382,7 @@ def evaluate_decoders(
         "oracle": corpus.oracle,
         "self_bleu_max": int(cfg.metrics.self_bleu_max),
         "abc_subset": int(cfg.metrics.abc_subset),
+        "abc_timeout_s": float(cfg.metrics.abc_timeout_s),
     }
     for i, dec in enumerate(decoders):
         label = decoder_label(dec)
@@ -389,12 +390,15 @@ def evaluate_decoders(
         key = decoder_key(int(cfg.seed), i)
         out = decode_all(cfg, dec, model, pr.prompts, key, constraint)
         t_dec = time.time() - t0
+        log.info("decoded %-28s %5d rows in %.1f s", label, len(out["tokens"]), t_dec)
         gen, rec, texts = generations(cfg, dec, corpus, pr.prompts, out)
+        t0 = time.time()
         metrics = compute_metrics(
             **gen,
             abc_texts=texts if is_abc else None,
             max_len=[int(cfg.decode.max_len) - len(p) for p in gen["prompts"]],
             **_reference_scores(reference, gen["prompts"], gen["sequences"], gen["ended"]),
+            label=label,
             **common,
         )
         metrics["score/mean"] = float(np.mean(rec["score"]))
@@ -405,14 +409,18 @@ def evaluate_decoders(
             metrics.update(constraint_metrics(rec["constraint_logmass"]))
             metrics["constraint/prompts_left_out"] = left_out
         metrics["time/decode_s"] = t_dec
-        log.info("decoded %-28s %5d sequences in %.1f s", label, len(gen["sequences"]), t_dec)
+        log.info(
+            "metrics %-28s %5d sequences in %.1f s", label, len(gen["sequences"]), time.time() - t0
+        )
         results.append({"decoder": {**to_dict(dec), "label": label}, "metrics": metrics})
         first = len(samples)
         samples += sample_records(label, gen, rec, texts, corpus.vocab)
         if on_result is not None:
             on_result(results[-1], samples[first:])
     _add_beam_error(results, search)  # needs every decoder; write_outputs rewrites results.jsonl
+    t0 = time.time()
     results.append(human_row(cfg, corpus, model, pr, common, is_abc, reference))
+    log.info("metrics %-28s %5d sequences in %.1f s", "human", len(pr.human), time.time() - t0)
     if on_result is not None:
         on_result(results[-1], [])
     return results, samples
@@ -549,6 +557,7 @@ def human_row(
         max_len=[int(cfg.decode.max_len) - len(p) for p in pr.human_prompts],
         prompts=pr.human_prompts,
         **_reference_scores(reference, pr.human_prompts, pr.human, pr.human_ended),
+        label="human",
         **common,
     )
     return {"decoder": {"name": "human", "label": "human"}, "metrics": metrics}

@@ -314,8 +314,19 @@ def run_experiment(cfg: Any, out_dir: str | Path | None = None) -> dict[str, Any
         listen: list[str] = []
 
         def on_result(result: dict[str, Any], rows: list[dict[str, Any]]) -> None:
-            listen.extend(map(str, write_decoder(cfg, corpus, result, rows, out_dir)))
+            t_write = time.time()
+            files = write_decoder(cfg, corpus, result, rows, out_dir)
+            listen.extend(map(str, files))
             finished.append(result["decoder"]["label"])
+            if not rows:  # the human row: a line of results.jsonl only
+                return
+            log.info(
+                "wrote   %-28s %5d samples, %d tune files in %.1f s",
+                result["decoder"]["label"],
+                len(rows),
+                len(files),
+                time.time() - t_write,
+            )
 
         try:
             results, samples = evaluate_decoders(cfg, corpus, model, reference, on_result)
@@ -326,10 +337,11 @@ def run_experiment(cfg: Any, out_dir: str | Path | None = None) -> dict[str, Any
                 out_dir,
             )
             raise
+        t_write = time.time()
         outputs = write_outputs(cfg, results, samples, out_dir, tracker)
         report = write_report(out_dir, vocab=corpus.vocab)  # `vocab` marks the prompts in it
         tracker.log_html("report", report)
-        log.info("report: %s", report)
+        log.info("wrote results, plots and report in %.1f s", time.time() - t_write)
         outputs = {**outputs, "report": str(report), "listen": listen}
         tracker.log_summary(model_metrics)
         wall = time.time() - t0
@@ -342,6 +354,7 @@ def run_experiment(cfg: Any, out_dir: str | Path | None = None) -> dict[str, Any
         )
         print_results_table(results, model_metrics)
         log.info("done in %.1f s -> %s", wall, out_dir)
+        log.info("report: open %s", report.resolve().as_uri())
     except BaseException:
         tracker.finish(exit_code=1)
         raise

@@ -2,20 +2,85 @@
 
 Input is decoded ABC text (one tune per string: `M:`, `L:`, `K:` headers and a body), not
 token ids, because validity is a property of the notation. Parsing is slow (~5-50 ms a
-tune), so the metrics run on a seeded random subset (default 200 tunes).
+tune), so the metrics run on a seeded random subset (default 200 tunes); and music21 can take
+minutes on one odd generated tune (`bestTimeSignature` on an unbalanced tuplet), so every tune
+gets `ABC_TIMEOUT_S` seconds (`metrics.abc_timeout_s`) and one that runs out counts as not parsed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import io
+import logging
 import math
+import threading
+import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import numpy as np
 
 ABC_SUBSET = 200
+ABC_TIMEOUT_S = 10.0
+HEARTBEAT_S = 30.0  # a log line at least this often while a long ABC check runs
+
+log = logging.getLogger("seqgen")
+T = TypeVar("T")
+
+
+class TuneTimeout(BaseException):
+    """Raised inside a music21 call that ran past its deadline. A BaseException, so music21's
+    own `except Exception` handlers do not swallow it."""
+
+
+def _async_raise(thread_id: int, exc: type[BaseException] | None) -> None:
+    # CPython delivers it at the thread's next bytecode; None clears a pending one
+    obj = ctypes.py_object(exc) if exc is not None else None
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), obj)
+
+
+def call_with_deadline(fn: Callable[[], T], seconds: float) -> tuple[T | None, bool]:
+    """`(fn(), False)`, or `(None, True)` when `fn` ran past `seconds` (then it is stopped).
+
+    A watchdog thread raises `TuneTimeout` in the calling thread (any thread, the main one or a
+    worker's) at the deadline and again every second until `fn` has left (a bare `except:` in
+    the callee cannot keep it running); the watchdog ends before this returns, and a pending
+    exception that arrived too late is cleared, so nothing outlives the call. Pure-Python work
+    only: a long C call is interrupted when it returns to Python.
+    """
+    if not (seconds > 0 and math.isfinite(seconds)):
+        return fn(), False
+    caller = threading.get_ident()
+    lock = threading.Lock()
+    left = threading.Event()
+    fired = [False]
+
+    def watch() -> None:
+        wait = seconds
+        while not left.wait(wait):
+            with lock:
+                if left.is_set():
+                    return
+                fired[0] = True
+                _async_raise(caller, TuneTimeout)
+            wait = 1.0
+
+    watchdog = threading.Thread(target=watch, name="seqgen-abc-deadline", daemon=True)
+    try:
+        try:
+            watchdog.start()
+            result = fn()
+        finally:
+            with lock:
+                left.set()
+                if fired[0]:
+                    _async_raise(caller, None)
+            watchdog.join()
+    except TuneTimeout:
+        return None, True
+    return (None, True) if fired[0] else (result, False)
 
 
 def _with_x_header(text: str) -> str:
@@ -90,31 +155,68 @@ def bars_ok(score) -> bool | None:
     return True
 
 
+def check_tune(text: str) -> tuple[bool, bool | None]:
+    """(parses, bars OK or None without a meter) of one tune: `parse_abc`, then `bars_ok`."""
+    score = parse_abc(text)
+    return (False, None) if score is None else (True, bars_ok(score))
+
+
+class Heartbeat:
+    """A log line at most every `every` seconds while a long loop runs (`beat(done)`), and the
+    time since it started (`elapsed`)."""
+
+    def __init__(self, what: str, total: int, every: float = HEARTBEAT_S):
+        self.what, self.total, self.every = what, total, every
+        self.t0 = self.last = time.perf_counter()
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def beat(self, done: int) -> None:
+        now = time.perf_counter()
+        if now - self.last >= self.every:
+            self.last = now
+            log.info("%s: %d/%d after %.0f s", self.what, done, self.total, now - self.t0)
+
+
 def abc_metrics(
-    texts: Sequence[str], *, subset: int = ABC_SUBSET, seed: int = 0
+    texts: Sequence[str],
+    *,
+    subset: int = ABC_SUBSET,
+    seed: int = 0,
+    timeout_s: float = ABC_TIMEOUT_S,
+    what: str = "ABC checks",
 ) -> dict[str, float]:
     """`abc/parse_rate` and `abc/bar_ok_rate` on a seeded random subset of the tunes.
 
     - subset: min(len(texts), subset) tunes drawn without replacement by
       `np.random.default_rng(seed)`;
-    - abc/parse_rate = (# tunes that `parse_abc`) / (# tunes in the subset);
+    - abc/parse_rate = (# tunes that `parse_abc` within `timeout_s` seconds, parse and bar
+      check together) / (# tunes in the subset); a tune that runs out counts as not parsed;
     - abc/bar_ok_rate = (# parsed tunes with a meter whose bars are all OK, see `bars_ok`)
       / (# parsed tunes with a meter); NaN when no parsed tune has a meter.
+    The log gets one line with the time taken and how many tunes ran out (`what` names them),
+    and a line every `HEARTBEAT_S` seconds while it runs.
     """
     if len(texts) == 0:
         return {"abc/parse_rate": math.nan, "abc/bar_ok_rate": math.nan}
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(len(texts), size=min(len(texts), subset), replace=False))
-    parsed = ok = checkable = 0
-    for i in chosen:
-        score = parse_abc(texts[int(i)])
-        if score is None:
+    parsed = ok = checkable = timed_out = 0
+    beat = Heartbeat(what, chosen.size)
+    for n, i in enumerate(chosen):
+        beat.beat(n)
+        verdict, late = call_with_deadline(lambda t=texts[int(i)]: check_tune(t), timeout_s)
+        timed_out += late
+        if verdict is None or not verdict[0]:
             continue
         parsed += 1
-        verdict = bars_ok(score)
-        if verdict is not None:
+        if verdict[1] is not None:
             checkable += 1
-            ok += int(verdict)
+            ok += int(verdict[1])
+    late = f"; {timed_out} ran past {timeout_s:g} s and count as unparsed" if timed_out else ""
+    log.info("%s: %d tunes in %.1f s%s", what, chosen.size, beat.elapsed, late)
     return {
         "abc/parse_rate": parsed / chosen.size,
         "abc/bar_ok_rate": ok / checkable if checkable else math.nan,

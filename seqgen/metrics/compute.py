@@ -15,7 +15,7 @@ import numpy as np
 
 from seqgen.errors import UserError
 from seqgen.metrics._packed import SequencesLike, pack
-from seqgen.metrics.abc import ABC_SUBSET, abc_metrics
+from seqgen.metrics.abc import ABC_SUBSET, ABC_TIMEOUT_S, abc_metrics
 from seqgen.metrics.diversity import SELF_BLEU_SAMPLES, ZIPF_TOP_TYPES, diversity_metrics
 from seqgen.metrics.oracle import oracle_metrics
 from seqgen.metrics.perplexity import generation_perplexity
@@ -59,6 +59,8 @@ def compute_metrics(
     best_prompts: SequencesLike | None = None,
     abc_texts: Sequence[str] | None = None,
     abc_subset: int = ABC_SUBSET,
+    abc_timeout_s: float = ABC_TIMEOUT_S,
+    label: str = "",
     seed: int = 0,
     self_bleu_max: int = SELF_BLEU_SAMPLES,
     zipf_top: int = ZIPF_TOP_TYPES,
@@ -80,7 +82,8 @@ def compute_metrics(
       / `best_prompts`, the top beam per prompt and that prompt (-> `search/mode_found`;
       `best_ended` and `best_prompts` default to `ended` and `prompts` when `best_sequences`
       has one entry per sequence, i.e. the generations are themselves the best beams);
-    - `abc_texts`: decoded ABC tunes (-> `abc/*`, on a seeded subset of `abc_subset`);
+    - `abc_texts`: decoded ABC tunes (-> `abc/*`, on a seeded subset of `abc_subset`, each
+      tune given `abc_timeout_s` seconds of music21; `label` names them in the log line);
     - `seed`: Self-BLEU's hypothesis subset (at most `self_bleu_max`) and the ABC subset;
     - `max_len` (int or one per sequence): the continuation budget, only checked
       (a continuation longer than its budget is an error).
@@ -133,7 +136,10 @@ def compute_metrics(
             )
         )
     if abc_texts is not None:
-        out.update(abc_metrics(abc_texts, subset=abc_subset, seed=seed))
+        what = f"ABC checks {label}".rstrip()
+        out.update(
+            abc_metrics(abc_texts, subset=abc_subset, seed=seed, timeout_s=abc_timeout_s, what=what)
+        )
     return out
 
 
