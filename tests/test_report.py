@@ -79,8 +79,13 @@ def test_sweep_page_links_jobs_and_splits_scores_by_length_penalty(tmp_path):
     summary = write_summary(tmp_path)
     page = (tmp_path / "report.html").read_text()
     links = re.findall(r'<a href="([^"]+)">', page)
-    assert links == [f"{r['job']}/report.html" for r in summary["rows"]]
+    gen = [r for r in summary["rows"] if r["decoder"] != "human"]
+    assert links == [f"{r['job']}/report.html" for r in gen]
     assert all((tmp_path / link).exists() for link in links)
+    # the same human row in every job: shown once, first, naming the jobs it stands for
+    rows = re.findall(r'<tr class="([^"]*)">(.*?)</tr>', page, flags=re.S)
+    assert [cls for cls, _ in rows] == ["human"] + [""] * len(gen)
+    assert "4 jobs: 0-3" in rows[0][1]
     # unnormalized (nats) and length-normalized (nats/token) scores: two panels, never one
     score = imread(tmp_path / "plots" / "score_mean.png")
     ppl = imread(tmp_path / "plots" / "gen_ppl.png")
