@@ -507,9 +507,26 @@ def _pattern(name: str) -> re.Pattern[str]:
     return re.compile(rf"(<!-- render:{n} -->)(.*?)(<!-- /render:{n} -->)", re.S)
 
 
+VALUE = re.compile(r"(<!-- render:value (\S+) (\S+) (\S+) -->)(.*?)(<!-- /render:value -->)")
+
+
+def value(path: str, key: str, fmt: str) -> str:
+    """One number quoted in prose: `<!-- render:value PATH KEY FORMAT -->`, KEY being
+    `LABEL#metric` in a `results.jsonl`, a dotted path in a `metrics.json`."""
+    if path.endswith(".jsonl"):
+        label, metric = key.split("#")
+        return num(results(path)[label][metric], fmt)
+    v: Any = metrics(path)
+    for part in key.split("."):
+        v = v[part]
+    return num(v, fmt)
+
+
 def render(readme: str, text: str) -> str:
-    """`text` (the README `readme`) with every block of `BLOCKS` rendered anew. A block that
-    spans lines (a table) sits on lines of its own; an inline one (a number) stays inline."""
+    """`text` (the README `readme`) with every block of `BLOCKS` and every quoted value rendered
+    anew. A block that spans lines (a table) sits on lines of its own; an inline one (a number)
+    stays inline."""
+    text = VALUE.sub(lambda m: m[1] + value(m[2], m[3], m[4]) + m[6], text)
     for (path, name), fn in BLOCKS.items():
         if path != readme:
             continue

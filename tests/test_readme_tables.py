@@ -39,3 +39,13 @@ def test_every_readme_with_a_results_folder_is_rendered():
     experiments = {p.parent.name for p in ROOT.glob("experiments/*/results")}
     rendered = {Path(r).parent.name for r in render_tables.readmes() if r.startswith("experiments")}
     assert experiments == rendered
+
+
+def test_a_number_quoted_in_prose_is_rendered_back():
+    readme = "experiments/degeneration/README.md"
+    text = (ROOT / readme).read_text()
+    ppl = render_tables.metrics("experiments/degeneration/results/metrics.json")["ppl/valid"]
+    quoted = f" ppl/valid .2f -->{ppl:.2f}<!-- /render:value -->"
+    assert quoted in text
+    edited = text.replace(quoted, " ppl/valid .2f -->1.23<!-- /render:value -->")
+    assert edited != text and render_tables.render(readme, edited) == text

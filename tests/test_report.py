@@ -137,7 +137,7 @@ def test_folk_report_marks_every_prompt_and_needs_no_network(folk_run):
 @pytest.mark.skipif(
     shutil.which("chromium") is None, reason="needs Chromium (apt-get install chromium)"
 )
-def test_folk_report_renders_every_tune_in_chromium(folk_run):
+def test_folk_report_renders_every_tune_in_chromium(folk_run, tmp_path):
     out, _ = folk_run
     proc = subprocess.run(
         [
@@ -145,6 +145,12 @@ def test_folk_report_renders_every_tune_in_chromium(folk_run):
             "--headless",
             "--disable-gpu",
             "--no-sandbox",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'chromium'}",
             "--virtual-time-budget=10000",
             "--dump-dom",
             (out / "report.html").as_uri(),
@@ -166,3 +172,10 @@ def test_folk_report_renders_every_tune_in_chromium(folk_run):
     assert len(blocks) == 2 * NUM_LISTEN and all("<svg" in b for b in blocks)
     assert all("abcjs-note" in b for b in blocks[NUM_LISTEN:])
     assert int(attrs["notes"]) == sum("abcjs-note" in b for b in blocks)
+    # tunes wrap into lines of a few bars (abcjs numbers the bars of each line from 0)
+    assert max(int(m) for m in re.findall(r"abcjs-m(\d+)", proc.stdout)) < 9
+    # a contents entry per decoder; every card but each decoder's first closed once drawn
+    cards = re.findall(r'<details class="tune"([^>]*)>', proc.stdout)
+    assert len(cards) == 2 * NUM_LISTEN
+    assert [c.endswith(' open=""') for c in cards] == [True, False, False] * 2
+    assert all(f'href="#dec-{d}"' in proc.stdout for d in ("greedy", "top-k_8"))

@@ -23,8 +23,8 @@ from typing import TypeVar
 import numpy as np
 
 ABC_SUBSET = 200
-ABC_TIMEOUT_S = 10.0
-HEARTBEAT_S = 30.0  # a log line at least this often while a long ABC check runs
+ABC_TIMEOUT_S = 30.0  # ~1000x a typical tune: only a pathological one (or a loaded CPU) hits it
+HEARTBEAT_S = 20.0  # a log line at least this often while a long ABC check runs
 
 log = logging.getLogger("seqgen")
 T = TypeVar("T")
