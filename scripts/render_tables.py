@@ -25,6 +25,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from seqgen.outputs import TABLE_COLUMNS
+
 ROOT = Path(__file__).resolve().parent.parent
 EXP = "experiments"
 
@@ -96,20 +98,8 @@ def by_label(
 # README.md: the default run (docs/default_run/, made by `python -m seqgen.run` on this code)
 
 DEFAULT = "docs/default_run"
-DEFAULT_COLUMNS = [
-    (k, k, ".3f")
-    for k in (
-        "gen/ppl",
-        "diversity/self_bleu4",
-        "diversity/distinct_2",
-        "repetition/seq_rep_4",
-        "repetition/rep_pct",
-        "zipf",
-        "length/mean",
-        "abc/parse_rate",
-        "abc/bar_ok_rate",
-    )
-]
+# the console table's columns, then the folk run's ABC checks
+DEFAULT_COLUMNS = [(k, k, ".3f") for k in (*TABLE_COLUMNS, "abc/parse_rate", "abc/bar_ok_rate")]
 
 
 def default_model() -> str:

@@ -24,6 +24,7 @@ from seqgen.metrics import (
     decode_output_records,
     human_metrics,
 )
+from seqgen.progress import still_running
 from seqgen.scoring import score_sequences
 
 log = logging.getLogger("seqgen")
@@ -388,7 +389,8 @@ def evaluate_decoders(
         label = decoder_label(dec)
         t0 = time.time()
         key = decoder_key(int(cfg.seed), i)
-        out = decode_all(cfg, dec, model, pr.prompts, key, constraint)
+        with still_running(f"decoding {label}"):  # a compile or one long chunk: not silent
+            out = decode_all(cfg, dec, model, pr.prompts, key, constraint)
         t_dec = time.time() - t0
         log.info("decoded %-28s %5d rows in %.1f s", label, len(out["tokens"]), t_dec)
         gen, rec, texts = generations(cfg, dec, corpus, pr.prompts, out)

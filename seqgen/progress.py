@@ -10,14 +10,41 @@ off then).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+import threading
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 log = logging.getLogger("seqgen")
 
 EVERY_S = 30.0  # a plain line at least this often, so no phase is silent for a minute
+
+
+@contextlib.contextmanager
+def still_running(
+    what: str, status: Callable[[], str] | None = None, every: float = EVERY_S
+) -> Iterator[None]:
+    """While the block runs (one long call: a compile, a jitted decode, music21), a line
+    `what: still running after N s (status())` every `every` seconds from a watcher thread,
+    which ends with the block."""
+    done = threading.Event()
+    t0 = time.perf_counter()
+
+    def beat() -> None:
+        while not done.wait(every):
+            extra = f" ({status()})" if status is not None else ""
+            log.info("%s: still running after %.0f s%s", what, time.perf_counter() - t0, extra)
+
+    watcher = threading.Thread(target=beat, name="seqgen-still-running", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
 
 
 def clock(seconds: float) -> str:
@@ -41,6 +68,8 @@ class Progress:
         self.bar = None
         self._handlers: list[tuple[logging.StreamHandler, Any]] = []
         log.info("%s: compiling the first step (%d of %d steps to go)", what, total - start, total)
+        self._compiling = still_running(f"{what}: compiling")
+        self._compiling.__enter__()
         if enabled and sys.stdout.isatty():
             self._start_bar()
 
@@ -88,6 +117,7 @@ class Progress:
 
     def compiled(self, step: int) -> None:
         """The first step (and its compile) is done: time the rate from here."""
+        self._end_compiling()
         self.t_steps, self.step_steps, self.step = time.perf_counter(), step, step
         log.info("%s: compiled and ran the first step in %.1f s", self.what, self.t_steps - self.t0)
         if self.bar is not None:
@@ -120,7 +150,13 @@ class Progress:
         stats += [f"ETA {clock(eta)}"] if eta is not None and self.step < self.total else []
         return parts[0] + ": " + ", ".join(stats)
 
+    def _end_compiling(self) -> None:
+        if self._compiling is not None:
+            self._compiling.__exit__(None, None, None)
+            self._compiling = None
+
     def close(self) -> None:
+        self._end_compiling()
         if self.bar is not None:
             self.bar.stop()
             for h, stream in self._handlers:

@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import io
 import logging
 import math
+import sys
 import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
+
+from seqgen.progress import still_running
 
 ABC_SUBSET = 200
 ABC_TIMEOUT_S = 30.0  # ~1000x a typical tune: only a pathological one (or a loaded CPU) hits it
@@ -41,6 +45,19 @@ def _async_raise(thread_id: int, exc: type[BaseException] | None) -> None:
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), obj)
 
 
+def _quiet_about_timeouts(previous: Callable[[Any], None]) -> Callable[[Any], None]:
+    """An unraisable-exception hook that drops a `TuneTimeout` that landed where Python cannot
+    raise (a `__del__`, a weakref callback) instead of printing a traceback; the watchdog fires
+    again a second later."""
+
+    def hook(unraisable: Any) -> None:
+        if not isinstance(unraisable.exc_value, TuneTimeout):
+            previous(unraisable)
+
+    hook.quiets_timeouts = True  # type: ignore[attr-defined]
+    return hook
+
+
 def call_with_deadline(fn: Callable[[], T], seconds: float) -> tuple[T | None, bool]:
     """`(fn(), False)`, or `(None, True)` when `fn` ran past `seconds` (then it is stopped).
 
@@ -48,7 +65,8 @@ def call_with_deadline(fn: Callable[[], T], seconds: float) -> tuple[T | None, b
     worker's) at the deadline and again every second until `fn` has left (a bare `except:` in
     the callee cannot keep it running); the watchdog ends before this returns, and a pending
     exception that arrived too late is cleared, so nothing outlives the call. Pure-Python work
-    only: a long C call is interrupted when it returns to Python.
+    only: a long C call is interrupted when it returns to Python. The garbage collector is off
+    meanwhile, so the exception cannot land in a collection callback (JAX has one) and be lost.
     """
     if not (seconds > 0 and math.isfinite(seconds)):
         return fn(), False
@@ -67,9 +85,13 @@ def call_with_deadline(fn: Callable[[], T], seconds: float) -> tuple[T | None, b
                 _async_raise(caller, TuneTimeout)
             wait = 1.0
 
+    if not getattr(sys.unraisablehook, "quiets_timeouts", False):
+        sys.unraisablehook = _quiet_about_timeouts(sys.unraisablehook)
     watchdog = threading.Thread(target=watch, name="seqgen-abc-deadline", daemon=True)
+    collecting = gc.isenabled()
     try:
         try:
+            gc.disable()
             watchdog.start()
             result = fn()
         finally:
@@ -78,6 +100,8 @@ def call_with_deadline(fn: Callable[[], T], seconds: float) -> tuple[T | None, b
                 if fired[0]:
                     _async_raise(caller, None)
             watchdog.join()
+            if collecting:
+                gc.enable()
     except TuneTimeout:
         return None, True
     return (None, True) if fired[0] else (result, False)
@@ -161,25 +185,6 @@ def check_tune(text: str) -> tuple[bool, bool | None]:
     return (False, None) if score is None else (True, bars_ok(score))
 
 
-class Heartbeat:
-    """A log line at most every `every` seconds while a long loop runs (`beat(done)`), and the
-    time since it started (`elapsed`)."""
-
-    def __init__(self, what: str, total: int, every: float = HEARTBEAT_S):
-        self.what, self.total, self.every = what, total, every
-        self.t0 = self.last = time.perf_counter()
-
-    @property
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.t0
-
-    def beat(self, done: int) -> None:
-        now = time.perf_counter()
-        if now - self.last >= self.every:
-            self.last = now
-            log.info("%s: %d/%d after %.0f s", self.what, done, self.total, now - self.t0)
-
-
 def abc_metrics(
     texts: Sequence[str],
     *,
@@ -204,19 +209,20 @@ def abc_metrics(
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(len(texts), size=min(len(texts), subset), replace=False))
     parsed = ok = checkable = timed_out = 0
-    beat = Heartbeat(what, chosen.size)
-    for n, i in enumerate(chosen):
-        beat.beat(n)
-        verdict, late = call_with_deadline(lambda t=texts[int(i)]: check_tune(t), timeout_s)
-        timed_out += late
-        if verdict is None or not verdict[0]:
-            continue
-        parsed += 1
-        if verdict[1] is not None:
-            checkable += 1
-            ok += int(verdict[1])
+    t0, done = time.perf_counter(), [0]
+    with still_running(what, lambda: f"{done[0]}/{chosen.size} tunes", every=HEARTBEAT_S):
+        for i in chosen:
+            verdict, late = call_with_deadline(lambda t=texts[int(i)]: check_tune(t), timeout_s)
+            done[0] += 1
+            timed_out += late
+            if verdict is None or not verdict[0]:
+                continue
+            parsed += 1
+            if verdict[1] is not None:
+                checkable += 1
+                ok += int(verdict[1])
     late = f"; {timed_out} ran past {timeout_s:g} s and count as unparsed" if timed_out else ""
-    log.info("%s: %d tunes in %.1f s%s", what, chosen.size, beat.elapsed, late)
+    log.info("%s: %d tunes in %.1f s%s", what, chosen.size, time.perf_counter() - t0, late)
     return {
         "abc/parse_rate": parsed / chosen.size,
         "abc/bar_ok_rate": ok / checkable if checkable else math.nan,
