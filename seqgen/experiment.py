@@ -310,30 +310,13 @@ def run_experiment(cfg: Any, out_dir: str | Path | None = None) -> dict[str, Any
             json.dumps({**model_metrics, "model": model.info}, indent=2, default=str)
         )
         reference = load_reference(cfg, corpus)
-        finished: list[str] = []
-        listen: list[str] = []
-
-        def on_result(result: dict[str, Any], rows: list[dict[str, Any]]) -> None:
-            t_write = time.time()
-            files = write_decoder(cfg, corpus, result, rows, out_dir)
-            listen.extend(map(str, files))
-            finished.append(result["decoder"]["label"])
-            if not rows:  # the human row: a line of results.jsonl only
-                return
-            log.info(
-                "wrote   %-28s %5d samples, %d tune files in %.1f s",
-                result["decoder"]["label"],
-                len(rows),
-                len(files),
-                time.time() - t_write,
-            )
-
+        writer = _DecoderWriter(cfg, corpus, out_dir)
         try:
-            results, samples = evaluate_decoders(cfg, corpus, model, reference, on_result)
+            results, samples = evaluate_decoders(cfg, corpus, model, reference, writer)
         except BaseException:
             log.warning(
                 "decoders finished before the failure: %s (their results and samples are in %s)",
-                ", ".join(finished) or "none",
+                ", ".join(writer.finished) or "none",
                 out_dir,
             )
             raise
@@ -342,7 +325,7 @@ def run_experiment(cfg: Any, out_dir: str | Path | None = None) -> dict[str, Any
         report = write_report(out_dir, vocab=corpus.vocab)  # `vocab` marks the prompts in it
         tracker.log_html("report", report)
         log.info("wrote results, plots and report in %.1f s", time.time() - t_write)
-        outputs = {**outputs, "report": str(report), "listen": listen}
+        outputs = {**outputs, "report": str(report), "listen": writer.listen}
         tracker.log_summary(model_metrics)
         wall = time.time() - t0
         (out_dir / "metrics.json").write_text(
@@ -360,6 +343,31 @@ def run_experiment(cfg: Any, out_dir: str | Path | None = None) -> dict[str, Any
         raise
     tracker.finish(exit_code=0)
     return {"metrics": model_metrics, "results": results, "out_dir": str(out_dir)}
+
+
+class _DecoderWriter:
+    """`evaluate_decoders`'s `on_result`: each decoder's result, samples and tunes written as
+    soon as it finishes (so a later failure loses none of them), with the time it took."""
+
+    def __init__(self, cfg: Any, corpus: Any, out_dir: Path):
+        self.cfg, self.corpus, self.out_dir = cfg, corpus, out_dir
+        self.finished: list[str] = []
+        self.listen: list[str] = []
+
+    def __call__(self, result: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+        t0 = time.time()
+        files = write_decoder(self.cfg, self.corpus, result, rows, self.out_dir)
+        self.listen.extend(map(str, files))
+        label = result["decoder"]["label"]
+        self.finished.append(label)
+        if rows:  # the human row has no samples: a line of results.jsonl only
+            log.info(
+                "wrote   %-28s %5d samples, %d tune files in %.1f s",
+                label,
+                len(rows),
+                len(files),
+                time.time() - t0,
+            )
 
 
 def enable_compilation_cache(path: Path) -> None:

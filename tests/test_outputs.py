@@ -69,7 +69,7 @@ def test_write_decoder_appends_a_row_and_its_samples_as_they_exist(tmp_path):
 
     from seqgen.outputs import MODEL_MARK, reset_outputs, write_decoder
 
-    cfg = OmegaConf.create({"output": {"num_listen": 0}})
+    cfg = OmegaConf.create({"output": {"num_listen": 0}, "metrics": {"abc_timeout_s": 30.0}})
     corpus = type("C", (), {"name": "text"})()
     result = {"decoder": {"name": "sample", "label": "t=0.7/x"}, "metrics": {"gen/ppl": math.nan}}
     samples = [

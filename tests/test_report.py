@@ -175,7 +175,7 @@ def test_folk_report_renders_every_tune_in_chromium(folk_run, tmp_path):
     # tunes wrap into lines of a few bars (abcjs numbers the bars of each line from 0)
     assert max(int(m) for m in re.findall(r"abcjs-m(\d+)", proc.stdout)) < 9
     # a contents entry per decoder; every card but each decoder's first closed once drawn
-    cards = re.findall(r'<details class="tune"([^>]*)>', proc.stdout)
+    cards = re.findall(r'<details class="tune[^"]*"([^>]*)>', proc.stdout)
     assert len(cards) == 2 * NUM_LISTEN
     assert [c.endswith(' open=""') for c in cards] == [True, False, False] * 2
     assert all(f'href="#dec-{d}"' in proc.stdout for d in ("greedy", "top-k_8"))
