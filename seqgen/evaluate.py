@@ -421,7 +421,8 @@ def evaluate_decoders(
             on_result(results[-1], samples[first:])
     _add_beam_error(results, search)  # needs every decoder; write_outputs rewrites results.jsonl
     t0 = time.time()
-    results.append(human_row(cfg, corpus, model, pr, common, is_abc, reference))
+    with still_running("scoring the human row"):
+        results.append(human_row(cfg, corpus, model, pr, common, is_abc, reference))
     log.info("metrics %-28s %5d sequences in %.1f s", "human", len(pr.human), time.time() - t0)
     if on_result is not None:
         on_result(results[-1], [])

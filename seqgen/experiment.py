@@ -31,6 +31,7 @@ from seqgen.outputs import print_results_table, reset_outputs, write_decoder, wr
 from seqgen.parallel import maybe_initialize_distributed
 from seqgen.paths import cache_root
 from seqgen.preflight import check_divergence, check_environment, check_run
+from seqgen.progress import still_running
 from seqgen.report import write_report
 from seqgen.scoring import LoadedModel
 from seqgen.tracking import make_tracker
@@ -356,9 +357,10 @@ class _DecoderWriter:
 
     def __call__(self, result: dict[str, Any], rows: list[dict[str, Any]]) -> None:
         t0 = time.time()
-        files = write_decoder(self.cfg, self.corpus, result, rows, self.out_dir)
-        self.listen.extend(map(str, files))
         label = result["decoder"]["label"]
+        with still_running(f"writing {label}"):  # MIDI: up to metrics.abc_timeout_s a tune
+            files = write_decoder(self.cfg, self.corpus, result, rows, self.out_dir)
+        self.listen.extend(map(str, files))
         self.finished.append(label)
         if rows:  # the human row has no samples: a line of results.jsonl only
             log.info(

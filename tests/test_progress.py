@@ -65,3 +65,23 @@ def test_without_progress_a_first_and_a_last_line(fake_clock, caplog):
         "train: compiled and ran the first step in 0.0 s",
         "train step 20/20 (100%): loss 1.5000, 100 tok/s, elapsed 0:20",
     ]
+
+
+def test_still_running_speaks_during_one_long_call_and_ends_with_it(caplog):
+    import threading
+    import time
+
+    from seqgen.progress import still_running
+
+    caplog.set_level(logging.INFO, logger="seqgen")
+    before = threading.active_count()
+    done = [0]
+    with still_running("decoding greedy", lambda: f"{done[0]} done", every=0.05):
+        time.sleep(0.5)  # one long call: no loop of ours to print from
+        done[0] = 3
+        time.sleep(0.5)
+    lines = [m for m in _lines(caplog) if m.startswith("decoding greedy: still running after")]
+    assert len(lines) >= 3 and lines[0].endswith("(0 done)") and lines[-1].endswith("(3 done)")
+    assert threading.active_count() == before
+    time.sleep(0.15)
+    assert len([m for m in _lines(caplog) if "still running" in m]) == len(lines)  # none after
