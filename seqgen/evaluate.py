@@ -418,7 +418,7 @@ def metric_settings(cfg: Any, corpus: Any, pr: Prompts) -> dict[str, Any]:
         "seed": int(cfg.seed),
         "self_bleu_max": int(cfg.metrics.self_bleu_max),
         "abc_subset": int(cfg.metrics.abc_subset),
-        "corpus": corpus.name,
+        "dataset": corpus.name,
         "vocab": corpus.vocab,
         "oracle": corpus.oracle,
         "reference": pr.human,

@@ -37,7 +37,7 @@ class Generations:
       `sequences` under softmax(logits / t) before truncation, the model (t = 1), a reference
       model; `eos_*` float[N]: the EOS log-prob of ended sequences (others ignored);
     - `reference`: the human continuations of the same prompts (the human row), token ids;
-    - `vocab`, `texts` (prompt + continuation, decoded), `corpus` (the corpus' name, e.g. "folk":
+    - `vocab`, `texts` (prompt + continuation, decoded), `dataset` (`data.name`, e.g. "folk":
       the texts are ABC tunes);
     - `oracle`: the true distribution (synthetic data, `seqgen.metrics.oracle`);
     - `best_sequences`, `best_ended`, `best_prompts`: an n-best decoder's top sequence per
@@ -68,7 +68,7 @@ class Generations:
     reference: SequencesLike | None = None
     vocab: Any = None
     texts: Sequence[str] | None = None
-    corpus: str | None = None
+    dataset: str | None = None
     oracle: Any = None
     best_sequences: SequencesLike | None = None
     best_ended: Sequence[bool] | np.ndarray | None = None

@@ -261,7 +261,7 @@ METRICS: list[Metric] = [
             _k("abc/bar_ok_rate", "parsed tunes with bars in time", SHARE, "higher", PLOT, REPORT),
         ),
         lambda g: abc_rates(g.texts, subset=g.abc_subset, seed=g.seed),
-        lambda g: g.corpus == "folk" and g.texts is not None,  # the texts are ABC tunes
+        lambda g: g.dataset == "folk" and g.texts is not None,  # the texts are ABC tunes
     ),
     Metric(
         (_k("score/mean", "mean score", SCORE, "higher", REPORT, SUMMARY),),
