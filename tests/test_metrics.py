@@ -490,3 +490,15 @@ def test_decode_output_inputs_cuts_prompts_and_padding():
     assert [s.tolist() for s in as_dict["sequences"]] == [[5, 6], [7], [5, 5, 5, 5, 5], [6]]
     best = decode_output_inputs(out, best_only=True)
     assert [s.tolist() for s in best["sequences"]] == [[5, 6], [5, 5, 5, 5, 5]]
+
+
+def test_the_compute_docstring_example_holds():
+    import doctest
+
+    from seqgen.metrics import table
+
+    runner = doctest.DocTestRunner()
+    for test in doctest.DocTestFinder().find(table.compute, "compute", globs={}):
+        runner.run(test)
+    assert runner.summarize(verbose=False).attempted >= 4
+    assert runner.summarize(verbose=False).failed == 0

@@ -249,3 +249,16 @@ def test_a_wrong_unit_breaks_the_range_check(monkeypatch):
     monkeypatch.setattr(table, "METRICS", rows)
     with pytest.raises(AssertionError, match="rep_pct"):
         test_every_row_applies_to_a_full_bundle_and_every_value_lies_in_its_unit()
+
+
+def test_the_readme_metrics_table_gives_every_key_its_unit_and_direction():
+    from conftest import ROOT
+
+    from seqgen.metrics import table
+
+    lines = (ROOT / "README.md").read_text().splitlines()
+    rows = [line.split(" | ") for line in lines if line.startswith("| `")]
+    for key, spec in table.all_keys().items():
+        row = next((r for r in rows if f"`{key}`" in r[0]), None)
+        assert row is not None, f"README's metrics table has no row for {key}"
+        assert spec.unit.name in row[1] and spec.better in row[2], key
