@@ -23,15 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from seqgen.errors import UserError
+from seqgen.metrics import diversity
 from seqgen.metrics.abc import abc_rates
 from seqgen.metrics.constraint import mass_removed
-from seqgen.metrics.diversity import (
-    distinct_n,
-    ngram_entropy,
-    self_bleu,
-    unique_sequences,
-    zipf_coefficient,
-)
 from seqgen.metrics.generations import Generations
 from seqgen.metrics.length import eos_rate, length_stats
 from seqgen.metrics.oracle import (
@@ -158,6 +152,7 @@ def _k(name: str, what: str, unit: Unit, better: str, *show: str) -> Key:
 
 
 _H = "human"
+_RS = (REPORT, SUMMARY)
 METRICS: list[Metric] = [
     Metric(
         (_k("gen/ppl", "perplexity under softmax(logits/t)", PPL, _H, *EVERYWHERE),),
@@ -176,7 +171,7 @@ METRICS: list[Metric] = [
     ),
     Metric(
         (_k("diversity/self_bleu4", "Self-BLEU-4", SHARE, _H, *EVERYWHERE),),
-        lambda g: self_bleu(g.packed, num_samples=g.self_bleu_max, seed=g.seed),
+        lambda g: diversity.self_bleu(g.packed, num_samples=g.self_bleu_max, seed=g.seed),
     ),
     Metric(
         (
@@ -185,15 +180,15 @@ METRICS: list[Metric] = [
             _k("diversity/distinct_3", "distinct 3-grams / all", SHARE, _H),
             _k("diversity/distinct_4", "distinct 4-grams / all", SHARE, _H, PLOT),
         ),
-        lambda g: tuple(distinct_n(g.packed, n) for n in (1, 2, 3, 4)),
+        lambda g: tuple(diversity.distinct_n(g.packed, n) for n in (1, 2, 3, 4)),
     ),
     Metric(
         (_k("diversity/ent_4", "4-gram entropy", NATS, _H),),
-        lambda g: ngram_entropy(g.packed, 4),
+        lambda g: diversity.ngram_entropy(g.packed, 4),
     ),
     Metric(
         (_k("diversity/unique_seq", "unique sequences / all", SHARE, _H),),
-        lambda g: unique_sequences(g.packed),
+        lambda g: diversity.unique_sequences(g.packed),
     ),
     Metric(
         (_k("repetition/seq_rep_4", "repeated 4-grams / all", SHARE, _H, *EVERYWHERE),),
@@ -212,7 +207,7 @@ METRICS: list[Metric] = [
     ),
     Metric(
         (_k("zipf", "Zipf coefficient", SLOPE, _H, *EVERYWHERE),),
-        lambda g: zipf_coefficient(g.packed, top=g.zipf_top),
+        lambda g: diversity.zipf_coefficient(g.packed, top=g.zipf_top),
     ),
     Metric(
         (
@@ -228,7 +223,7 @@ METRICS: list[Metric] = [
     ),
     Metric(
         (
-            _k("oracle/nll", "NLL under the true DPFSA", NATS_PER_TOKEN, "lower", REPORT, SUMMARY),
+            _k("oracle/nll", "NLL under the true DPFSA", NATS_PER_TOKEN, "lower", *_RS),
             _k("oracle/ppl", "perplexity under the true DPFSA", PPL, "lower"),
             _k("oracle/entropy", "entropy of the true DPFSA", NATS_PER_TOKEN, "none"),
             _k("oracle/mode_logprob", "log-prob of the true mode", LOGPROB, "none"),
@@ -242,16 +237,7 @@ METRICS: list[Metric] = [
         lambda g: g.oracle is not None and g.prompts is not None,
     ),
     Metric(
-        (
-            _k(
-                "search/mode_found",
-                "best sequences that are the mode",
-                SHARE,
-                "higher",
-                REPORT,
-                SUMMARY,
-            ),
-        ),
+        (_k("search/mode_found", "best beams that are the mode", SHARE, "higher", *_RS),),
         _mode_found,
         lambda g: g.oracle is not None and g.best_sequences is not None,
     ),
@@ -264,7 +250,7 @@ METRICS: list[Metric] = [
         lambda g: g.dataset == "folk" and g.texts is not None,  # the texts are ABC tunes
     ),
     Metric(
-        (_k("score/mean", "mean score", SCORE, "higher", REPORT, SUMMARY),),
+        (_k("score/mean", "mean score", SCORE, "higher", *_RS),),
         lambda g: float(np.mean(np.asarray(g.scores, np.float64))),
         _has("scores"),
     ),
