@@ -57,6 +57,9 @@ def test_registering_mistakes_are_one_line_errors(user_metric):
     with pytest.raises(UserError, match="returned 1 values"):
         compute(Generations([[5]]))
     table.METRICS.remove(two)
+    register_metric("user/none", lambda g: None, unit="0-1", better="none")
+    with pytest.raises(UserError, match="one number per key"):
+        compute(Generations([[5]]))
 
 
 def test_a_registered_metric_runs_through_the_pipeline(user_metric, cache_dir, tmp_path, capsys):

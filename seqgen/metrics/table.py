@@ -105,9 +105,11 @@ class Metric:
     def values(self, g: Generations) -> dict[str, float]:
         got = self.fn(g)
         vals = tuple(got) if isinstance(got, tuple | list | np.ndarray) else (got,)
+        names = ", ".join(k.name for k in self.keys)
         if len(vals) != len(self.keys):
-            names = ", ".join(k.name for k in self.keys)
             raise UserError(f"metric ({names}) returned {len(vals)} values for its keys")
+        if not all(isinstance(v, int | float | np.number) for v in vals):
+            raise UserError(f"metric ({names}) returned {vals!r}; allowed: one number per key")
         return {k.name: float(v) for k, v in zip(self.keys, vals)}
 
 
@@ -385,8 +387,9 @@ def register_metric(
     the range its values lie in); `better`: "higher", "lower", "human" (the human row's value
     is the target) or "none"; `what`: what it counts, for axis labels (default: the key);
     `applies(generations)`: when it is computed (default: always); `show`: any of "table",
-    "plot", "report", "summary". Register before `seqgen.run`'s `run_experiment` (e.g. at the
-    top of the script or notebook that runs it). Example (a file of your own)::
+    "plot", "report", "summary". A metric registered in the process that runs the experiment
+    (the script or notebook that calls `run_experiment`, before it does) is computed for every
+    decoder and the human row. Example (a file of your own)::
 
         import numpy as np
         from seqgen.metrics import Generations, register_metric
