@@ -28,11 +28,7 @@ from seqgen.metrics.abc import abc_rates
 from seqgen.metrics.constraint import mass_removed
 from seqgen.metrics.generations import Generations
 from seqgen.metrics.length import eos_rate, length_stats
-from seqgen.metrics.oracle import (
-    impossible_prompt_rate,
-    mode_found_rate,
-    oracle_summary,
-)
+from seqgen.metrics.oracle import impossible_prompt_rate, mode_found_rate, oracle_summary
 from seqgen.metrics.perplexity import generation_perplexity
 from seqgen.metrics.repetition import REP_WINDOWS, rep_l, repetition_percent, seq_rep_n
 from seqgen.metrics.search import beam_error_rate, exact_proven_rate
