@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from seqgen.outputs import TABLE_COLUMNS
+from seqgen.metrics import table as metric_table
 
 ROOT = Path(__file__).resolve().parent.parent
 EXP = "experiments"
@@ -99,7 +99,10 @@ def by_label(
 
 DEFAULT = "docs/default_run"
 # the console table's columns, then the folk run's ABC checks
-DEFAULT_COLUMNS = [(k, k, ".3f") for k in (*TABLE_COLUMNS, "abc/parse_rate", "abc/bar_ok_rate")]
+DEFAULT_COLUMNS = [
+    (k, k, ".3f")
+    for k in (*metric_table.shown(metric_table.TABLE), "abc/parse_rate", "abc/bar_ok_rate")
+]
 
 
 def default_model() -> str:

@@ -27,18 +27,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from seqgen.outputs import METRIC_UNITS, TABLE_COLUMNS, slug
-
-# the console table's columns, then what folk, oracle and search runs add when they have it
-REPORT_COLUMNS = (
-    *TABLE_COLUMNS,
-    "abc/parse_rate",
-    "abc/bar_ok_rate",
-    "oracle/nll",
-    "search/mode_found",
-    "score/mean",
-    "time/decode_s",
-)
+from seqgen.metrics import table as metric_table
+from seqgen.outputs import slug
 
 
 def _static(name: str) -> str:
@@ -134,7 +124,7 @@ def _table(columns: list[str], rows: list[list[str]], row_classes: list[str]) ->
     ]
     cls = [' class="text"' if t else "" for t in text]
     head = "".join(
-        f'<th{cls[j]} title="{_esc(METRIC_UNITS.get(c, c))}">{_header(c)}</th>'
+        f'<th{cls[j]} title="{_esc(metric_table.label_of(c))}">{_header(c)}</th>'
         for j, c in enumerate(columns)
     )
     body = "".join(
@@ -219,7 +209,8 @@ def write_report(out_dir: str | Path, vocab: Any = None) -> Path:
     num_listen = int(cfg.get("output", {}).get("num_listen", 5))
     labels = [_label(r) for r in results if r["decoder"]["name"] != "human"]
 
-    columns = [c for c in REPORT_COLUMNS if any(_finite(r["metrics"].get(c)) for r in results)]
+    shown = metric_table.shown(metric_table.REPORT)  # those a run has, in the table's order
+    columns = [c for c in shown if any(_finite(r["metrics"].get(c)) for r in results)]
     table = _table(
         ["decoder", *columns],
         [[_esc(_label(r))] + [_num(r["metrics"].get(c)) for c in columns] for r in results],

@@ -185,15 +185,15 @@ def check_tune(text: str) -> tuple[bool, bool | None]:
     return (False, None) if score is None else (True, bars_ok(score))
 
 
-def abc_metrics(
+def abc_rates(
     texts: Sequence[str],
     *,
     subset: int = ABC_SUBSET,
     seed: int = 0,
     timeout_s: float = ABC_TIMEOUT_S,
     what: str = "ABC checks",
-) -> dict[str, float]:
-    """`abc/parse_rate` and `abc/bar_ok_rate` on a seeded random subset of the tunes.
+) -> tuple[float, float]:
+    """(`abc/parse_rate`, `abc/bar_ok_rate`) on a seeded random subset of the tunes.
 
     - subset: min(len(texts), subset) tunes drawn without replacement by
       `np.random.default_rng(seed)`;
@@ -205,7 +205,7 @@ def abc_metrics(
     and a line every `HEARTBEAT_S` seconds while it runs.
     """
     if len(texts) == 0:
-        return {"abc/parse_rate": math.nan, "abc/bar_ok_rate": math.nan}
+        return math.nan, math.nan
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(len(texts), size=min(len(texts), subset), replace=False))
     parsed = ok = checkable = timed_out = 0
@@ -223,7 +223,4 @@ def abc_metrics(
                 ok += int(verdict[1])
     late = f"; {timed_out} ran past {timeout_s:g} s and count as unparsed" if timed_out else ""
     log.info("%s: %d tunes in %.1f s%s", what, chosen.size, time.perf_counter() - t0, late)
-    return {
-        "abc/parse_rate": parsed / chosen.size,
-        "abc/bar_ok_rate": ok / checkable if checkable else math.nan,
-    }
+    return parsed / chosen.size, ok / checkable if checkable else math.nan
