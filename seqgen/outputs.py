@@ -11,46 +11,11 @@ import re
 from pathlib import Path
 from typing import Any
 
+from seqgen.metrics import table as metric_table
+from seqgen.metrics.abc import ABC_TIMEOUT_S, call_with_deadline
+
 log = logging.getLogger("seqgen")
 
-TABLE_COLUMNS = (
-    "gen/ppl",
-    "diversity/self_bleu4",
-    "diversity/distinct_2",
-    "repetition/seq_rep_4",
-    "repetition/rep_pct",
-    "zipf",
-    "length/mean",
-)
-PLOT_METRICS = TABLE_COLUMNS + (
-    "diversity/distinct_4",
-    "length/eos_rate",
-    "abc/parse_rate",
-    "abc/bar_ok_rate",
-)
-
-# Each metric's y-axis label: what it counts, in which unit (README "Metrics" has the papers).
-METRIC_UNITS = {
-    "gen/ppl": "perplexity (per token)",
-    "diversity/self_bleu4": "Self-BLEU-4 (0-1)",
-    "diversity/distinct_1": "distinct unigrams / all (0-1)",
-    "diversity/distinct_2": "distinct bigrams / all (0-1)",
-    "diversity/distinct_3": "distinct 3-grams / all (0-1)",
-    "diversity/distinct_4": "distinct 4-grams / all (0-1)",
-    "diversity/ent_4": "4-gram entropy (nats)",
-    "diversity/unique_seq": "unique sequences / all (0-1)",
-    "repetition/seq_rep_4": "repeated 4-grams / all (0-1)",
-    "repetition/rep_pct": "% of generations ending in a loop",
-    "zipf": "Zipf coefficient (-slope, log-log)",
-    "length/mean": "continuation length (tokens)",
-    "length/std": "continuation length std (tokens)",
-    "length/eos_rate": "share ending with EOS (0-1)",
-    "abc/parse_rate": "share of tunes music21 parses (0-1)",
-    "abc/bar_ok_rate": "share of parsed tunes with bars in time (0-1)",
-    "oracle/nll": "NLL under the true DPFSA (nats per token)",
-    "search/mode_found": "share of best sequences that are the exact mode (0-1)",
-    "time/decode_s": "decode wall time (s)",
-}
 # In samples/<decoder>.txt, between the prompt and what the model wrote after it.
 MODEL_MARK = "<<model>>"
 
@@ -86,7 +51,13 @@ def write_decoder(
     `output.num_listen` tunes as `.abc`/`.mid`. Returns the tune files."""
     with open(out_dir / "results.jsonl", "a") as f:
         f.write(json.dumps(_clean(result)) + "\n")
-    return write_samples(corpus.name, samples, out_dir, int(cfg.output.num_listen))
+    return write_samples(
+        corpus.name,
+        samples,
+        out_dir,
+        int(cfg.output.num_listen),
+        timeout_s=float(cfg.metrics.abc_timeout_s),
+    )
 
 
 def write_outputs(
@@ -132,7 +103,11 @@ def sample_separator(corpus_name: str) -> str:
 
 
 def write_samples(
-    corpus_name: str, samples: list[dict[str, Any]], out_dir: Path, num_listen: int
+    corpus_name: str,
+    samples: list[dict[str, Any]],
+    out_dir: Path,
+    num_listen: int,
+    timeout_s: float = ABC_TIMEOUT_S,
 ) -> list[Path]:
     """Append `samples` to `samples.jsonl` and write `samples/<decoder>.txt` (`MODEL_MARK`
     where each prompt ends) and, for folk tunes, the first `num_listen` of each decoder as
@@ -153,19 +128,28 @@ def write_samples(
         marked = (marked_text(r.get("prompt", ""), r["text"]) for r in rows)
         (sample_dir / f"{slug(label)}.txt").write_text(sep.join(marked) + "\n")
         if corpus_name == "folk" and num_listen > 0:
-            listen += write_tunes(sample_dir / slug(label), rows[:num_listen])
+            listen += write_tunes(sample_dir / slug(label), rows[:num_listen], timeout_s)
     return listen
 
 
-def write_tunes(folder: Path, rows: list[dict[str, Any]]) -> list[Path]:
-    """The first tunes of a decoder as `.abc` files and, for every one that parses, `.mid`.
+def _tune_midi(abc: str, path: Path) -> tuple[Path | None, str | None]:
+    """`write_midi` of a parsed tune; `(None, None)` when music21 does not parse it."""
+    from seqgen.metrics.abc import parse_abc
+
+    score = parse_abc(abc)
+    return (None, None) if score is None else write_midi(score, path)
+
+
+def write_tunes(
+    folder: Path, rows: list[dict[str, Any]], timeout_s: float = ABC_TIMEOUT_S
+) -> list[Path]:
+    """The first tunes of a decoder as `.abc` files and, for every one that music21 parses
+    within `timeout_s` seconds (parse and MIDI together), `.mid`.
 
     The log says how many `.mid` were written, how many play their repeats once (music21 could
     not expand them) and why any tune has none.
     """
     from collections import Counter
-
-    from seqgen.metrics.abc import parse_abc
 
     folder.mkdir(parents=True, exist_ok=True)
     written = []
@@ -175,11 +159,16 @@ def write_tunes(folder: Path, rows: list[dict[str, Any]]) -> list[Path]:
         path = folder / f"tune_{i + 1:02d}.abc"
         path.write_text(abc)
         written.append(path)
-        score = parse_abc(abc)
-        if score is None:  # a generated tune need not be valid ABC
+        done, late = call_with_deadline(
+            lambda abc=abc, path=path: _tune_midi(abc, path.with_suffix(".mid")), timeout_s
+        )
+        if late:
+            outcome[f"music21 ran past {timeout_s:g} s"] += 1
+            continue
+        midi, how = done
+        if how is None:  # a generated tune need not be valid ABC
             outcome["not ABC that music21 parses"] += 1
             continue
-        midi, how = write_midi(score, path.with_suffix(".mid"))
         if midi is not None:
             written.append(midi)
         outcome[how] += 1
@@ -228,6 +217,24 @@ def write_midi(score: Any, path: Path) -> tuple[Path | None, str]:
 _CONDUCTOR_CLASSES = ("TimeSignature", "KeySignature", "MetronomeMark")
 
 
+def plain_numbers(ax: Any) -> None:
+    """Tick labels that read as the values themselves: no offset or multiplier text (matplotlib
+    writes `1e-7-1.83498` for values that agree to 7 digits), and a flat line's axis widened
+    to +-5% of its value so its ticks differ in the first digits."""
+    from matplotlib.ticker import ScalarFormatter
+
+    if ax.get_yscale() != "linear":
+        return
+    lo, hi = ax.get_ylim()
+    mid = (lo + hi) / 2
+    if hi - lo <= 1e-6 * max(abs(mid), 1e-12):
+        pad = 0.05 * abs(mid) or 1.0
+        ax.set_ylim(mid - pad, mid + pad)
+    fmt = ScalarFormatter(useOffset=False)
+    fmt.set_scientific(False)
+    ax.yaxis.set_major_formatter(fmt)
+
+
 def plot_decoders(results: list[dict[str, Any]], folder: Path) -> list[Path]:
     """One panel per metric: a bar per decoder, the human row as a dashed line."""
     import matplotlib
@@ -238,7 +245,8 @@ def plot_decoders(results: list[dict[str, Any]], folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     gen = [r for r in results if r["decoder"]["name"] != "human"]
     human = next((r for r in results if r["decoder"]["name"] == "human"), None)
-    metrics = [m for m in PLOT_METRICS if any(_finite(r["metrics"].get(m)) for r in results)]
+    shown = metric_table.shown(metric_table.PLOT)
+    metrics = [m for m in shown if any(_finite(r["metrics"].get(m)) for r in results)]
     if not metrics or not gen:
         return []
     ncols = 3
@@ -253,11 +261,14 @@ def plot_decoders(results: list[dict[str, Any]], folder: Path) -> list[Path]:
             ax.axhline(human["metrics"][m], color="tab:red", linestyle="--", label="human")
             ax.legend(fontsize=7)
         ax.set_title(m, fontsize=10)
-        ax.set_ylabel(METRIC_UNITS.get(m, m), fontsize=8)
+        ax.set_ylabel(metric_table.label_of(m), fontsize=8)
         ax.set_xticks(range(len(vals)))
         ax.set_xticklabels(labels, rotation=35, ha="right", fontsize=7)
-        if m == "gen/ppl" and max(vals, default=0) > 50 * max(min(vals, default=1), 1e-9):
+        if metric_table.log_scale(m) and max(vals, default=0) > 50 * max(
+            min(vals, default=1), 1e-9
+        ):
             ax.set_yscale("log")
+        plain_numbers(ax)
     for ax in list(axes.flat)[len(metrics) :]:
         ax.axis("off")
     fig.tight_layout()
@@ -281,12 +292,13 @@ def print_results_table(results: list[dict[str, Any]], model_metrics: dict[str, 
         title += f"  (model ppl/valid {model_metrics['ppl/valid']:.3f})"
     table = Table(title=title)
     table.add_column("decoder", style="bold")
-    for c in TABLE_COLUMNS:
+    columns = metric_table.shown(metric_table.TABLE)
+    for c in columns:
         table.add_column(c, justify="right")
     for r in results:
         label = r["decoder"].get("label") or r["decoder"]["name"]
         cells = []
-        for c in TABLE_COLUMNS:
+        for c in columns:
             v = r["metrics"].get(c)
             cells.append(f"{v:.3f}" if _finite(v) else "-")
         table.add_row(label, *cells, style="italic" if label == "human" else None)

@@ -21,7 +21,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from seqgen.decoding.registry import score_unit
-from seqgen.outputs import METRIC_UNITS, TABLE_COLUMNS
+from seqgen.metrics import table as metric_table
+from seqgen.outputs import plain_numbers
 from seqgen.report import write_sweep_report
 from seqgen.tracking import make_tracker
 
@@ -30,8 +31,8 @@ log = logging.getLogger(__name__)
 # Failed jobs of the multirun in this process (seqgen.run exits 1 when any failed).
 FAILED_JOBS: list[dict[str, Any]] = []
 
-# the console table's columns, then what sweeps over search and oracle settings plot
-SUMMARY_METRICS = (*TABLE_COLUMNS, "score/mean", "oracle/nll", "search/mode_found")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+LINESTYLES = ("-", "--", "-.", ":")
 
 
 def record_failure(out_dir: Path, cfg: Any, exc: BaseException) -> None:
@@ -110,7 +111,8 @@ def _fmt(v: Any) -> str:
 
 def write_summary(sweep_dir: Path, *, plots: bool = True) -> dict[str, Any]:
     rows, failed, swept = collect(sweep_dir)
-    metric_keys = [k for k in SUMMARY_METRICS if any(k in r for r in rows)]
+    shown = metric_table.shown(metric_table.SUMMARY)  # those the jobs have, in the table's order
+    metric_keys = [k for k in shown if any(k in r for r in rows)]
     columns = ["job", *swept, "decoder", *metric_keys]
     with open(sweep_dir / "summary.csv", "w", newline="") as f:
         all_cols = columns + sorted({k for r in rows for k in r} - set(columns))
@@ -156,7 +158,7 @@ def _plot(sweep_dir: Path, rows: list[dict], swept: list[str], metrics: list[str
     for metric in metrics:
         # score/mean: one panel per score unit (`registry.score_unit`: length penalty, Gumbel, ...)
         kinds: list[str | None] = [None]
-        if metric == "score/mean":
+        if metric_table.unit_of(metric) is metric_table.SCORE:
             kinds = list(dict.fromkeys(r["score/unit"] for r in gen if "score/unit" in r))
         fig, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 3.8), squeeze=False)
         drawn = False
@@ -167,12 +169,21 @@ def _plot(sweep_dir: Path, rows: list[dict], swept: list[str], metrics: list[str
                     continue
                 hue = r.get(hue_key) if hue_key else None
                 groups.setdefault((hue, r["decoder"] if several_decoders else None), []).append(r)
-            for (hue, dec), rs in groups.items():
+            for n, ((hue, dec), rs) in enumerate(groups.items()):
                 rs = sorted(rs, key=lambda r: r.get(x_key) if numeric_x else str(r.get(x_key)))
                 xs = [r.get(x_key) if numeric_x else str(r.get(x_key)) for r in rs]
                 parts = [f"{hue_key.split('.')[-1]}={hue}"] if hue_key else []
                 label = ", ".join(parts + ([dec] if dec else [])) or None
-                ax.plot(xs, [r[metric] for r in rs], marker="o", label=label)
+                # each line its own marker, later ones smaller: equal lines stay visible
+                ax.plot(
+                    xs,
+                    [r[metric] for r in rs],
+                    marker=MARKERS[n % len(MARKERS)],
+                    markersize=max(3.0, 9.0 - 1.5 * n),
+                    linestyle=LINESTYLES[n % len(LINESTYLES)],
+                    alpha=0.85,
+                    label=label,
+                )
                 drawn = True
             hv = [r[metric] for r in human if r.get(metric) is not None] if kind is None else []
             if hv:
@@ -180,10 +191,11 @@ def _plot(sweep_dir: Path, rows: list[dict], swept: list[str], metrics: list[str
             if numeric_x and x_key.endswith("beam_size"):
                 ax.set_xscale("log", base=2)
             ax.set_xlabel(x_key)
-            ax.set_ylabel(kind or METRIC_UNITS.get(metric, metric))
+            ax.set_ylabel(kind or metric_table.label_of(metric))
             title = f"{metric} vs {x_key.split('.')[-1]}"
             ax.set_title(title + (f" ({kind})" if kind and len(kinds) > 1 else ""))
             ax.grid(alpha=0.3)
+            plain_numbers(ax)
             if groups and (len(groups) > 1 or hv or hue_key):
                 ax.legend(fontsize=8)
         if not drawn:
@@ -216,6 +228,7 @@ class SweepSummary(Callback):
         for fj in summary["failed"]:
             log.error("failed job %s: %s", fj["job"], fj["error"])
         self._log_wandb(config, sweep_dir, summary)
+        log.info("sweep report: open %s", Path(summary["report"]).resolve().as_uri())
 
     @staticmethod
     def _log_wandb(config: DictConfig, sweep_dir: Path, summary: dict[str, Any]) -> None:

@@ -17,8 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from seqgen.decoding import processor_table as table
 from seqgen.decoding.beam import launch as launch_beam
 from seqgen.decoding.beam import launch_diverse
@@ -84,8 +82,9 @@ class DecoderSpec:
                  finds a better sequence. `finds_mode`: its result is that exact mode.
     check:       `check(get, where)`: the rules between its knobs; one `UserError` line.
     score_unit:  `score_unit(get) -> str`, the unit of its `scores`.
-    metrics:     `metrics(out, gen) -> {key: value}`, metrics only it has (`out`: the decode
-                 outputs as arrays, `gen`: the generations of `evaluate.generations`).
+    metric_inputs: `metric_inputs(out) -> {Generations field: value}`, what only its outputs
+                 mean (`out`: the decode outputs as arrays; MBR's scores are its candidates'
+                 expected utilities, which `mbr/*` read).
     """
 
     fn: Launch
@@ -103,7 +102,7 @@ class DecoderSpec:
     finds_mode: bool = False
     check: Callable[[Get, str], None] | None = None
     score_unit: Callable[[Get], str] = _logprob_unit
-    metrics: Callable[[dict, dict], dict[str, float]] | None = None
+    metric_inputs: Callable[[dict], dict[str, Any]] | None = None
 
     @property
     def knobs(self) -> tuple[str, ...]:
@@ -150,23 +149,6 @@ def _check_mbr(get_: Get, where: str) -> None:
     cfg = {f: get_(f) for f in NESTED_FIELDS}
     for f in NESTED_FIELDS:
         validate_decoder(nested_config(cfg, f, where), f"{where}.{f}")
-
-
-def _exact_metrics(out: dict, gen: dict) -> dict[str, float]:
-    from seqgen.metrics.search import exact_proven_rate
-
-    empty = [len(t) == 0 and e for t, e in zip(gen["sequences"], gen["ended"])]
-    return {
-        "search/exact_proven": exact_proven_rate(out["proven"]),
-        "search/expansions_mean": float(np.mean(out["expansions"])),
-        "search/exact_empty": float(np.mean(empty)),  # the mode is EOS at once
-    }
-
-
-def _mbr_metrics(out: dict, gen: dict) -> dict[str, float]:
-    from seqgen.metrics.utility import mbr_summary
-
-    return mbr_summary(out["scores"])
 
 
 def _mbr_unit(get_: Get) -> str:
@@ -238,7 +220,6 @@ SPECS: dict[str, DecoderSpec] = {
         nestable=False,
         finds_mode=True,
         check=_check_exact,
-        metrics=_exact_metrics,
     ),
     "mbr": DecoderSpec(
         launch_mbr,
@@ -249,7 +230,7 @@ SPECS: dict[str, DecoderSpec] = {
         nestable=False,
         check=_check_mbr,
         score_unit=_mbr_unit,
-        metrics=_mbr_metrics,
+        metric_inputs=lambda out: {"expected_utility": out["scores"]},
     ),
 }
 
@@ -350,10 +331,10 @@ def score_unit(dec: Any) -> str:
     return spec(dec).score_unit(lambda k: get(dec, k))
 
 
-def search_metrics(dec: Any, out: dict, gen: dict) -> dict[str, float]:
-    """The metrics only decoder `dec` has (exact's proof rate, MBR's utilities)."""
+def metric_inputs(dec: Any, out: dict) -> dict[str, Any]:
+    """What only decoder `dec`'s outputs mean, for the metrics (MBR's expected utilities)."""
     row = spec(dec)
-    return {} if row.metrics is None else row.metrics(out, gen)
+    return {} if row.metric_inputs is None else row.metric_inputs(out)
 
 
 def label(dec: dict[str, Any]) -> str:
