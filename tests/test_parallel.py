@@ -260,7 +260,7 @@ def test_sharded_decode_equals_one_device(decode_result, name):
     assert {"tokens", "lengths", "ended", "prompt_lengths"} <= set(r["exact"])
     # floats: the same -inf slots; finite values equal up to float32 rounding (XLA's CPU
     # matrix products round differently for a per-device batch of 1 or 2 and of 5, the same
-    # tolerance as the chunking invariance test in test_decoding.py)
+    # tolerance as the chunking invariance test in test_decoding_sampling.py)
     for field, diff in r["float_diff"].items():
         assert diff != "inf mismatch", field
         assert diff < 1e-5, (field, diff)
