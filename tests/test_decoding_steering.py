@@ -30,7 +30,8 @@ V = 9
 TABLE = markov_table(V, 3, scale=1.0)
 
 
-def _run(name: str, n: int = 64, max_len: int = 12, **knobs):
+def _run(name: str, n: int = 64, max_len: int = 12, decode_kw: dict | None = None, **knobs):
+    """Decode the Markov model from PROMPTS with decoder `name` and its `knobs`."""
     return to_numpy(
         decode(
             markov_step,
@@ -43,6 +44,7 @@ def _run(name: str, n: int = 64, max_len: int = 12, **knobs):
             num_samples=n,
             key=5,
             vocab_size=V,
+            **(decode_kw or {}),
         )
     )
 
@@ -283,31 +285,11 @@ def test_raw_logprobs_equal_teacher_forced_scoring():
 def test_logprobs_mistakes_are_one_line(kw, msg):
     name = kw.pop("name", "sample")
     with pytest.raises(UserError, match=msg):
-        decode(
-            markov_step,
-            jnp.asarray(TABLE),
-            jnp.zeros(1),
-            cfg=NS(name=name),
-            max_len=2,
-            vocab_size=V,
-            **kw,
-        )
+        _run(name, max_len=2, decode_kw=kw)
 
 
 def test_prompt_logprobs_equal_teacher_forced_scoring():
-    out = to_numpy(
-        decode(
-            markov_step,
-            jnp.asarray(TABLE),
-            jnp.zeros(3),
-            PROMPTS,
-            PROMPT_LENGTHS,
-            cfg=NS(name="greedy"),
-            max_len=5,
-            vocab_size=V,
-            prompt_logprobs=True,
-        )
-    )
+    out = _run("greedy", max_len=5, decode_kw={"prompt_logprobs": True})
     lp = log_softmax64(TABLE)
     for b, p in enumerate(PROMPTS):
         prompt = p[: PROMPT_LENGTHS[b]].tolist()
