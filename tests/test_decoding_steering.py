@@ -175,6 +175,14 @@ def test_text_is_tokenized_with_the_vocabulary_and_unknown_symbols_are_named():
     got = resolve(dec, vocab)
     assert got["stop"] == [vocab.encode("ab")] and got["bad_words"] == [[5], vocab.encode("c")]
     assert got["logit_bias"] == {vocab.id_of("a"): 1.0}
+    from omegaconf import DictConfig, OmegaConf
+
+    from seqgen.config import DecoderConfig
+
+    typed = OmegaConf.merge(OmegaConf.structured(DecoderConfig), dec)  # as the pipeline has it
+    got = resolve(typed, vocab)
+    assert isinstance(got, DictConfig) and got.logit_bias == {vocab.id_of("a"): 1.0}
+    assert resolve(OmegaConf.structured(DecoderConfig), vocab).stop == []  # nothing to resolve
     with pytest.raises(UserError, match="'z', not in the"):
         resolve({"stop": ["az"]}, vocab)
     with pytest.raises(UserError, match="allowed_tokens: 'ab' is 2 tokens"):

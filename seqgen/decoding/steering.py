@@ -28,12 +28,14 @@ none of these knobs and refuse them (`check_unread`).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from omegaconf import DictConfig
 
 from seqgen.errors import UserError
 from seqgen.tokens import EOS_ID
@@ -115,10 +117,10 @@ def freeze(name: str, value: Any) -> Any:
     return tuple(sorted({_ids(e, name) for e in value}))
 
 
-def resolve(dec: Any, vocab: Any) -> dict[str, Any]:
-    """The decoder config `dec` as a dict whose steering texts are token ids of `vocab` (a
-    `seqgen.data.vocab.Vocab`); a symbol the vocabulary lacks is one `UserError` line."""
-    out = {k: dec[k] for k in dec} if isinstance(dec, Mapping) else dict(vars(dec))
+def resolve(dec: Any, vocab: Any) -> Any:
+    """The decoder config `dec` with its steering texts as token ids of `vocab` (a
+    `seqgen.data.vocab.Vocab`): `dec` itself when it has none, else a copy of the same kind
+    (a DictConfig stays one); a symbol the vocabulary lacks is one `UserError` line."""
 
     def ids(x: Any, name: str, one: bool = False) -> Any:
         if not isinstance(x, str):
@@ -134,17 +136,26 @@ def resolve(dec: Any, vocab: Any) -> dict[str, Any]:
             raise UserError(f"decoder.{name}: {x!r} is {len(got)} tokens; allowed: one token")
         return got[0] if one else got
 
+    get = dec.get if isinstance(dec, Mapping) else lambda k: getattr(dec, k, None)
+    changes: dict[str, Any] = {}
     for name in KNOB_NAMES:
-        value = out.get(name)
+        value = get(name)
         if not value:
             continue
         if name == "logit_bias":
-            out[name] = {ids(k, name, one=True): b for k, b in value.items()}
+            changes[name] = {ids(k, name, one=True): b for k, b in value.items()}
         elif name == "sequence_bias":
-            out[name] = [[ids(p[0], name), p[1]] for p in value]
+            changes[name] = [[ids(p[0], name), p[1]] for p in value]
         else:
-            out[name] = [ids(e, name, one=name == "allowed_tokens") for e in value]
-    return out
+            changes[name] = [ids(e, name, one=name == "allowed_tokens") for e in value]
+    if not changes:
+        return dec
+    if isinstance(dec, DictConfig):
+        out = copy.deepcopy(dec)
+        for k, v in changes.items():
+            out[k] = v
+        return out
+    return {**(dict(dec) if isinstance(dec, Mapping) else vars(dec)), **changes}
 
 
 def check_unread(read: Sequence[str], get: Any, decoder: str, where: str = "decoder") -> None:
