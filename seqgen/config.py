@@ -27,6 +27,7 @@ from seqgen.decoding.loop import LOOPS
 from seqgen.decoding.registry import validate_decoder
 from seqgen.errors import UserError
 from seqgen.models import CELLS
+from seqgen.models.recurrence import BACKWARDS
 
 
 @dataclass
@@ -87,6 +88,7 @@ class TrainConfig:
     progress: bool = True
     patience: int = 0  # evaluations without a better validation loss before stopping; 0 = off
     end_lr_ratio: float = 0.0  # the cosine schedule ends at end_lr_ratio * lr
+    backward: str = "fused"  # recurrences' gradient: fused (hand-written) | autodiff (reference)
 
 
 def _decoder_field(knob: Any) -> tuple[str, Any, Any]:
@@ -201,6 +203,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "data.level": ("char", "word", "whitespace", "abc"),
     "data.unknown": ("error", "unk"),
     "model.cell": (*CELLS, "oracle"),
+    "train.backward": BACKWARDS,
     "decode.loop": LOOPS,
     "constraint.name": ("none", "regex", "meter"),
     "logger.name": ("none", "wandb"),
