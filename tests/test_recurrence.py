@@ -7,8 +7,8 @@ from flax import nnx
 
 from seqgen.data.batching import make_stream_examples
 from seqgen.models import LanguageModel
-from seqgen.models.recurrence import scan_layer
 from seqgen.models.lm import _RECURRENCES
+from seqgen.models.recurrence import scan_layer
 from seqgen.tokens import BOS_ID, NUM_SPECIAL, PAD_ID
 from seqgen.train import batch_loss
 
