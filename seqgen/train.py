@@ -496,7 +496,11 @@ class _Loop:
         self.saved_step = -1
 
     def step(self, state: TrainState, batch: Any) -> None:
-        """One update, then its log line, evaluation and checkpoint when they are due."""
+        """One update, then its log line, evaluation and checkpoint when they are due.
+
+        The update is dispatched asynchronously, so the next batch is built on the host while
+        it runs; the host waits for the device only for a log line, evaluation or checkpoint
+        (every `log_every` steps at most), never per step (`scripts/bench_train.py`)."""
         batch = _as_arrays(batch)
         ntok = float(batch[2].sum())
         if self.mesh is not None:
