@@ -8,11 +8,11 @@ returns the hidden states [T, B, H]. Its forward pass is always the same `lax.sc
 - ``"autodiff"``: JAX differentiates the scan (the reference). Its backward loop accumulates
   the recurrent weights' gradient inside the loop, one small matmul per time step.
 - ``"fused"``: the cuDNN-style backward (Appleyard et al., 2016, "Optimizing performance of
-  recurrent neural networks on GPUs"). The forward scan keeps only the carries; the gate
-  values are recomputed after it for all steps at once (one [T*B, H] x [H, G*H] matmul), the
-  backward scan propagates only dh (and dc) and emits the pre-activation gate gradients, and
-  the recurrent weights' gradient is one [H, T*B] x [T*B, G*H] matmul after the loop. Each
-  backward step is one fused elementwise kernel and one matmul, which is what XLA's loop on
+  recurrent neural networks on GPUs"). The forward scan also outputs each step's recurrent
+  pre-activation; the gate derivatives are computed from it after the loop for all steps at
+  once, the backward scan propagates only dh (and dc) and emits the pre-activation gate
+  gradients, and the recurrent weights' gradient is one [H, T*B] x [T*B, G*H] matmul after
+  the loop. Each backward step is one fused elementwise kernel and one matmul, which is what XLA's loop on
   CPU is slow at doing many of.
 
 Both compute the same gradients up to float32 rounding (summation order);
@@ -70,16 +70,28 @@ class _Cell:
         self.dense_h = self._Dense(weights[0], weights[1] if len(weights) > 1 else None)
 
 
-def _forward(recur, weights, carry0, xs):
-    """The reference forward scan; outputs every step's carry (the backward's residuals)."""
+def _forward(recur, weights, carry0, xs, pre=None):
+    """The reference forward scan; outputs every step's carry and, with `pre`, the recurrent
+    pre-activation `recur` computes (the same expression, so XLA computes it once)."""
     cell = _Cell(weights)
 
     def body(carry, x):
         new, _ = recur(cell, carry, x)
-        return new, new
+        return new, (new, None if pre is None else pre(weights, carry, x))
 
-    _, carries = jax.lax.scan(body, carry0, xs)
-    return carries
+    _, outs = jax.lax.scan(body, carry0, xs)
+    return outs
+
+
+def _lstm_pre(weights: tuple, carry: tuple, x: Array) -> Array:
+    return x + carry[1] @ weights[0] + weights[1]  # `_lstm_recur`'s y, gates before activation
+
+
+def _gru_pre(weights: tuple, carry: Array, x: Array) -> Array:
+    return carry @ weights[0]  # `_gru_recur`'s [hr, hz, hn]
+
+
+_PRE: dict[str, Callable[..., Array] | None] = {"rnn": None, "lstm": _lstm_pre, "gru": _gru_pre}
 
 
 def _hidden(cell_type: str, carries: Any) -> Array:
@@ -87,15 +99,15 @@ def _hidden(cell_type: str, carries: Any) -> Array:
 
 
 def _fused_impl(recur, cell_type, weights, carry0, xs):
-    return _hidden(cell_type, _forward(recur, weights, carry0, xs))
+    return _hidden(cell_type, _forward(recur, weights, carry0, xs)[0])
 
 
 _fused = jax.custom_vjp(_fused_impl, nondiff_argnums=(0, 1))
 
 
 def _fused_fwd(recur, cell_type, weights, carry0, xs):
-    carries = _forward(recur, weights, carry0, xs)
-    return _hidden(cell_type, carries), (weights, carry0, xs, carries)
+    carries, pre = _forward(recur, weights, carry0, xs, _PRE[cell_type])
+    return _hidden(cell_type, carries), (weights, carry0, xs, carries, pre)
 
 
 def _shifted(first: Array, seq: Array) -> Array:
@@ -104,8 +116,7 @@ def _shifted(first: Array, seq: Array) -> Array:
 
 
 def _fused_bwd(recur, cell_type, res, dhs):
-    weights, carry0, xs, carries = res
-    return _BACKWARD[cell_type](weights, carry0, xs, carries, dhs)
+    return _BACKWARD[cell_type](*res, dhs)
 
 
 _fused.defvjp(_fused_fwd, _fused_bwd)
@@ -120,13 +131,12 @@ def _weight_grad(h_prev: Array, dgates: Array) -> Array:
     return jnp.einsum("tbh,tbg->hg", h_prev, dgates)
 
 
-def _lstm_bwd(weights, carry0, xs, carries, dhs):
+def _lstm_bwd(weights, carry0, xs, carries, y, dhs):
     """Gradients of `_lstm_recur` (y = x + h W + b; c' = s(f) c + s(i) tanh(g);
     h' = s(o) tanh(c')) with respect to (W, b), carry0 = (c0, h0) and xs."""
-    kernel, bias = weights
+    kernel = weights[0]
     cs, hs = carries
     c_prev, h_prev = _shifted(carry0[0], cs), _shifted(carry0[1], hs)
-    y = xs + h_prev @ kernel + bias  # [T, B, 4H]: the gates, recomputed for all steps at once
     i, f, g, o = jnp.split(y, 4, axis=-1)
     si, sf, tg, so = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
     tc = jnp.tanh(cs)
@@ -151,14 +161,14 @@ def _lstm_bwd(weights, carry0, xs, carries, dhs):
     return dweights, (dc0, dh0), dy
 
 
-def _gru_bwd(weights, carry0, xs, carries, dhs):
+def _gru_bwd(weights, carry0, xs, carries, hw, dhs):
     """Gradients of `_gru_recur` ([hr, hz, hn] = h W; r = s(xr + hr), z = s(xz + hz),
     n = tanh(xn + r hn), h' = (1 - z) n + z h) with respect to W, h0 and xs."""
     (kernel,) = weights
     hs = carries
     h_prev = _shifted(carry0, hs)
     xr, xz, xn = jnp.split(xs, 3, axis=-1)
-    hr, hz, hn = jnp.split(h_prev @ kernel, 3, axis=-1)
+    hr, hz, hn = jnp.split(hw, 3, axis=-1)
     r, z = jax.nn.sigmoid(xr + hr), jax.nn.sigmoid(xz + hz)
     n = jnp.tanh(xn + r * hn)
     dn_dh = (1 - z) * (1 - n * n)  # d(pre-activation of n) / dh'
@@ -180,7 +190,7 @@ def _gru_bwd(weights, carry0, xs, carries, dhs):
     return (_weight_grad(h_prev, dhw),), dh0, dxs
 
 
-def _rnn_bwd(weights, carry0, xs, carries, dhs):
+def _rnn_bwd(weights, carry0, xs, carries, _, dhs):
     """Gradients of `_rnn_recur` (h' = tanh(x + h W)) with respect to W, h0 and xs."""
     (kernel,) = weights
     hs = carries
