@@ -88,7 +88,7 @@ class TrainConfig:
     progress: bool = True
     patience: int = 0  # evaluations without a better validation loss before stopping; 0 = off
     end_lr_ratio: float = 0.0  # the cosine schedule ends at end_lr_ratio * lr
-    backward: str = "fused"  # recurrences' gradient: fused (hand-written) | autodiff (reference)
+    backward: str = "autodiff"  # recurrences' gradient: autodiff | fused (hand-written backward)
 
 
 def _decoder_field(knob: Any) -> tuple[str, Any, Any]:

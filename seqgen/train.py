@@ -69,7 +69,7 @@ class TrainHParams(NamedTuple):
     warmup_steps: int
     clip_norm: float
     end_lr_ratio: float
-    backward: str = "fused"  # how the recurrences are differentiated (seqgen.models.recurrence)
+    backward: str = "autodiff"  # how the recurrences are differentiated (models.recurrence)
 
 
 # --------------------------------------------------------------------------------------------

@@ -206,13 +206,13 @@ class LanguageModel(nnx.Module):
         return tuple(zeros for _ in range(self.num_layers))
 
     def __call__(
-        self, tokens: Array, *, rngs: Array | None = None, backward: str = "fused"
+        self, tokens: Array, *, rngs: Array | None = None, backward: str = "autodiff"
     ) -> Array:
         """Teacher-forced logits [B, T, V] for int tokens [B, T], starting from a zero carry.
 
         `rngs`: optional dropout key (used only in train mode); without it the dropout layers
         draw from the stream given at construction. `backward`: how the recurrences are
-        differentiated, "fused" or "autodiff" (`seqgen.models.recurrence`; same forward).
+        differentiated, "autodiff" or "fused" (`seqgen.models.recurrence`; same forward).
         """
         batch, length = tokens.shape
         recur = _RECURRENCES[self.cell_type]
