@@ -6,13 +6,15 @@
 
 For each model (LSTM, AdamW, global-norm clipping, dropout as its experiment sets it) it times
 - seqgen: `seqgen.train`'s own loop step (`_Loop.step`: host batch, jitted update with the NaN
-  guard, the meter, a log line every `log_every` steps) with `train.backward=fused`;
-- seqgen autodiff: the same with `train.backward=autodiff` (JAX differentiates the scan);
+  guard, the meter, a log line every `log_every` steps) with `train.backward=autodiff`, the
+  default (JAX differentiates the scan);
+- seqgen fused: the same with `train.backward=fused` (`seqgen.models.recurrence`'s backward);
 - jax bare: a minimal JAX LSTM (hoisted input projections, `lax.scan`, `jax.value_and_grad`)
   with no optimizer, no dropout, no loop around it: what autodiff of a scan costs by itself;
 - torch: `torch.nn.LSTM` + Linear + cross-entropy, AdamW and `clip_grad_norm_`, the usual
   PyTorch loop (`pip install .[bench]`);
-- with `--breakdown`: seqgen's forward only (loss) and forward + backward (no optimizer).
+- with `--breakdown`: seqgen's forward only (loss) and forward + backward (no optimizer), and
+  the latter without dropout (dropout 0: the masks' threefry draw left out).
 The implementations are interleaved round-robin (each round times `--steps` steps of each, in
 a rotated order), so a machine loaded by other jobs slows all of them alike; the table shows
 the median tokens/s over rounds and the ratio to torch's. Both frameworks use `--threads`
@@ -96,7 +98,7 @@ def seqgen_step(size: Size, backward: str) -> Callable[[], Any]:
     return step
 
 
-def seqgen_parts(size: Size, grad: bool) -> Callable[[], Any]:
+def seqgen_parts(size: Size, grad: bool, backward: str = "autodiff") -> Callable[[], Any]:
     """seqgen's loss (forward) or its value and gradient (no optimizer), jitted."""
     model = _seqgen_model(size)
     model.train()
@@ -104,7 +106,7 @@ def seqgen_parts(size: Size, grad: bool) -> Callable[[], Any]:
     key = jax.random.key(0)
 
     def loss(p, batch):
-        return batch_loss(nnx.merge(graphdef, p, rest), batch, key, "fused")
+        return batch_loss(nnx.merge(graphdef, p, rest), batch, key, backward)
 
     fn = jax.jit(jax.value_and_grad(loss) if grad else loss)
     batches = _batches(size)
@@ -183,13 +185,14 @@ def torch_step(size: Size) -> Callable[[], Any]:
 
 def impls(size: Size, breakdown: bool, with_torch: bool) -> dict[str, Callable[[], Any]]:
     out = {
-        "seqgen": seqgen_step(size, "fused"),
-        "seqgen autodiff": seqgen_step(size, "autodiff"),
+        "seqgen": seqgen_step(size, "autodiff"),
+        "seqgen fused": seqgen_step(size, "fused"),
         "jax bare": jax_bare_step(size),
     }
     if breakdown:
         out["seqgen fwd"] = seqgen_parts(size, grad=False)
         out["seqgen fwd+bwd"] = seqgen_parts(size, grad=True)
+        out["seqgen fwd+bwd dropout 0"] = seqgen_parts(size._replace(dropout=0.0), grad=True)
     if with_torch:
         out["torch"] = torch_step(size)
     return out
