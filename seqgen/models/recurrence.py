@@ -12,9 +12,9 @@ returns the hidden states [T, B, H]. Its forward pass is always the same `lax.sc
   pre-activation; the gate derivatives are computed from it after the loop for all steps at
   once, the backward scan propagates only dh (and dc) and emits the pre-activation gate
   gradients, and the recurrent weights' gradient is one [H, T*B] x [T*B, G*H] matmul after
-  the loop. Its loop bodies are half the size of autodiff's, yet on a 2-core CPU (XLA:CPU,
-  jax 0.10.2) it measured 10-20% slower than autodiff (`scripts/bench_train.py`, README), so
-  autodiff is the default (`train.backward`); "fused" is there to measure on other backends.
+  the loop. Its loop bodies are half the size of autodiff's, yet on a loaded 2-core CPU
+  (XLA:CPU, jax 0.10.2) it did not measure faster than autodiff (README, "Training"), so
+  autodiff is the default (`train.backward`); "fused" is one override away to re-measure.
 
 Both compute the same gradients up to float32 rounding (summation order);
 `tests/test_recurrence.py` checks loss and every gradient against autodiff for all cells.
