@@ -41,7 +41,8 @@ import optax
 from flax import nnx
 
 from seqgen.models import LanguageModel
-from seqgen.train import TrainHParams, _Loop, _Progress, batch_loss, init_or_restore
+from seqgen.progress import Progress
+from seqgen.train import TrainHParams, _Loop, batch_loss, init_or_restore
 
 
 class Size(NamedTuple):
@@ -87,7 +88,7 @@ def seqgen_step(size: Size, backward: str) -> Callable[[], Any]:
     hp = TrainHParams(**HP, backward=backward)
     cfg = argparse.Namespace(eval_every=10**9, checkpoint_every=10**9, log_every=10, patience=0)
     loop = _Loop(model, hp, cfg, [], None, None, 0, False, None)
-    loop.bar = _Progress(False, hp.steps, 0)
+    loop.bar = Progress("train", hp.steps, 0, enabled=False)
     state = init_or_restore(model, hp, iter(()), None, None)
     batches = _batches(size)
 
