@@ -90,3 +90,21 @@ def test_fused_backward_of_the_initial_carry(cell):
     ):
         for x, y in zip(jax.tree.leaves(f), jax.tree.leaves(a), strict=True):
             np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6 * np.abs(y).max())
+
+
+def test_the_default_backward_keeps_the_model_cache_keys_of_before_the_knob():
+    from conftest import TINY, compose
+
+    from seqgen import experiment
+    from seqgen.checkpoint import ModelCache
+    from seqgen.config import to_dict
+    from seqgen.data.corpus import fingerprint, load_corpus
+
+    cfg = compose(TINY)
+    corpus = load_corpus(cfg.data, int(cfg.seed))
+    before = {k: v for k, v in to_dict(cfg.train).items() if k not in ("progress", "log_every")}
+    del before["backward"]  # a train config as it was hashed before `train.backward` existed
+    old_key = ModelCache.key(fingerprint(corpus), to_dict(cfg.model), before, int(cfg.seed))
+    assert experiment.model_cache_key(cfg, corpus) == old_key
+    fused = compose([*TINY, "train.backward=fused"])
+    assert experiment.model_cache_key(fused, corpus) != old_key  # other weights, other entry
