@@ -1,0 +1,109 @@
+"""oracle/trunc_precision, oracle/trunc_recall, oracle/off_support_rate (metrics/truncation.py)."""
+
+import dataclasses
+import functools
+
+import jax
+import numpy as np
+import pytest
+
+from seqgen.data.synthetic import DPFSA
+from seqgen.decoding import decode
+from seqgen.metrics import Generations, compute, decode_output_inputs
+from seqgen.metrics.truncation import kept_sets
+from seqgen.scoring import LoadedModel, step_logits
+from seqgen.tokens import EOS_ID, NUM_SPECIAL, UNK_ID
+
+A, B, C = NUM_SPECIAL, NUM_SPECIAL + 1, NUM_SPECIAL + 2
+V = NUM_SPECIAL + 3
+# state 0: a -> 1 (.5), b -> 0 (.3), c never, stop .2
+# state 1: a never, b -> 0 (.4), c -> 0 (.2), stop .4   (3 true next tokens in each state)
+ORACLE = DPFSA(
+    np.array([[1, 0, 0], [1, 0, 0]]),
+    np.array([[0.5, 0.3, 0.0], [0.0, 0.4, 0.2]]),
+    np.array([0.2, 0.4]),
+)
+
+
+def _rows(*kept: tuple[int, ...]) -> np.ndarray:
+    """Logits [steps, V]: 5 on each step's listed tokens, 0 elsewhere (top-2 keeps them)."""
+    out = np.zeros((len(kept), V), np.float32)
+    for j, toks in enumerate(kept):
+        out[j, list(toks)] = 5.0
+    return out
+
+
+def test_hand_built_logits_give_hand_computed_precision_recall_and_exits():
+    prompts = [[], [A], [UNK_ID]]
+    seqs, ended = [[A, C], [A], [B]], [True, False, False]
+    logits = [
+        _rows((A, C), (B, C), (EOS_ID, A)),  # states 0, 1, 0; the last step chose EOS
+        _rows((A, EOS_ID)),  # state 1 (after the prompt [a]); a is impossible there
+        _rows((B, C)),  # impossible prompt: left out
+    ]
+    got = compute(
+        Generations(
+            seqs,
+            ended=ended,
+            prompts=prompts,
+            oracle=ORACLE,
+            decoder={"name": "sample", "top_k": 2},
+            step_logits=lambda p, s, e: logits,
+        )
+    )
+    # precision per step: 1/2, 2/2, 2/2, 1/2; recall: .5, .4 + .2, .2 + .5, .4
+    assert got["oracle/trunc_precision"] == pytest.approx(0.75, rel=1e-12)
+    assert got["oracle/trunc_recall"] == pytest.approx((0.5 + 0.6 + 0.7 + 0.4) / 4, rel=1e-12)
+    assert got["oracle/off_support_rate"] == 0.5  # the second left the support, the first not
+
+
+def test_kept_sets_are_the_processor_tables_not_a_copy():
+    # min_p 0.5 after temperature 1: keeps tokens with p >= .5 * p_max
+    logits = [np.log(np.array([[0.05, 0.05, 0.4, 0.3, 0.15, 0.05, 0.0]], np.float32) + 1e-12)]
+    kept = kept_sets({"name": "sample", "min_p": 0.5}, logits)
+    assert kept[0].tolist() == [[False, False, True, True, False, False, False]]
+
+
+def test_top_k_of_the_support_size_on_the_oracle_itself_is_exact():
+    """A model equal to the oracle, truncated to k = |support| (3 in every state): it keeps
+    exactly the support, so precision = recall = 1 and no sequence leaves it."""
+    model = LoadedModel(ORACLE.step_fn, ORACLE.params(), ORACLE.init_carry, V)
+    dec = {"name": "sample", "top_k": 3}
+    prompts = np.array([[0], [A]], np.int32)
+    out = decode(
+        model.step_fn,
+        model.params,
+        model.init_carry(2),
+        prompts,
+        np.array([0, 1], np.int32),
+        cfg=dec,
+        max_len=8,
+        num_samples=4,
+        key=jax.random.key(0),
+        vocab_size=V,
+    )
+    out = {f.name: getattr(out, f.name) for f in dataclasses.fields(out)}
+    out = {k: np.asarray(v) for k, v in out.items() if v is not None}
+    out["prompt_lengths"] = np.array([0, 1], np.int32)
+    fields = decode_output_inputs(out)
+    fields = {k: v for k, v in fields.items() if not k.startswith("best_")}
+    gen = Generations(
+        **fields, oracle=ORACLE, decoder=dec, step_logits=functools.partial(step_logits, model)
+    )
+    got = compute(gen)
+    assert sum(len(s) for s in gen.sequences) > 0
+    assert got["oracle/trunc_precision"] == 1.0
+    assert got["oracle/trunc_recall"] == pytest.approx(1.0, rel=1e-6)
+    assert got["oracle/off_support_rate"] == 0.0
+    # top-2 drops a true token at every step: recall < 1, still on the support
+    narrow = compute(dataclasses.replace(gen, decoder={"name": "sample", "top_k": 2}))
+    assert narrow["oracle/trunc_recall"] < 1.0 and narrow["oracle/trunc_precision"] == 1.0
+
+
+def test_rows_that_do_not_apply():
+    base = dict(ended=[True], oracle=ORACLE, step_logits=lambda p, s, e: [_rows((A,), (B,))])
+    for dec in ({"name": "greedy"}, {"name": "sample", "temperature": 0.0}):
+        assert "oracle/trunc_recall" not in compute(Generations([[A]], decoder=dec, **base))
+    # a row with state the metric cannot rerun (repetition penalty reads token counts)
+    dec = {"name": "sample", "repetition_penalty": 1.3}
+    assert "oracle/trunc_recall" not in compute(Generations([[A]], decoder=dec, **base))
