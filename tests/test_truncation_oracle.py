@@ -4,6 +4,7 @@ import dataclasses
 import functools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -107,3 +108,46 @@ def test_rows_that_do_not_apply():
     # a row with state the metric cannot rerun (repetition penalty reads token counts)
     dec = {"name": "sample", "repetition_penalty": 1.3}
     assert "oracle/trunc_recall" not in compute(Generations([[A]], decoder=dec, **base))
+
+
+def _rnn_step(params, h, tok):
+    h = jnp.tanh(h @ params["w"] + params["e"][tok])
+    return h, h @ params["u"]
+
+
+def test_every_sampled_token_is_in_its_recomputed_kept_set():
+    """The teacher-forced logits are the ones the sampler saw: on a random RNN, each drawn
+    token (EOS included) lies in the kept set recomputed at its step, for truncations that
+    cut deep (top-p 0.6, eta 0.1, top-n-sigma 0.5 with min-p and temperature 0.8)."""
+    k = jax.random.split(jax.random.key(1), 3)
+    params = {
+        "w": 0.5 * jax.random.normal(k[0], (8, 8)),
+        "e": jax.random.normal(k[1], (V, 8)),
+        "u": 3.0 * jax.random.normal(k[2], (8, V)),
+    }
+    model = LoadedModel(_rnn_step, params, lambda b: jnp.zeros((b, 8)), V)
+    for dec in (
+        {"name": "sample", "top_p": 0.6},
+        {"name": "sample", "eta": 0.1},
+        {"name": "sample", "top_n_sigma": 0.5, "min_p": 0.1, "temperature": 0.8},
+    ):
+        out = decode(
+            _rnn_step,
+            params,
+            model.init_carry(1),
+            cfg=dec,
+            max_len=12,
+            num_samples=16,
+            key=jax.random.key(2),
+            vocab_size=V,
+        )
+        out = {f.name: getattr(out, f.name) for f in dataclasses.fields(out)}
+        out = {k: np.asarray(v) for k, v in out.items() if v is not None}
+        out["prompt_lengths"] = np.zeros(1, np.int32)
+        g = decode_output_inputs(out)
+        logits = step_logits(model, g["prompts"], g["sequences"], list(g["ended"]))
+        kept = kept_sets(dec, logits)
+        for seq, e, keep in zip(g["sequences"], g["ended"], kept):
+            toks = list(seq) + ([EOS_ID] if e else [])
+            assert all(keep[j, t] for j, t in enumerate(toks))
+            assert not keep.all()  # the truncation did cut
