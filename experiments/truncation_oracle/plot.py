@@ -36,6 +36,20 @@ def dominated(point: tuple, others: list[tuple]) -> bool:
     return any(o[1] >= point[1] and o[2] >= point[2] for o in others)
 
 
+def gap_at_recall(curve: list[tuple], points: list[tuple]) -> list[tuple[str, float, float]]:
+    """For each point inside the curve's recall range: (setting, recall, the point's precision
+    minus the curve's, linearly interpolated at the point's recall). > 0: the point is above."""
+    import numpy as np
+
+    xs = sorted((c[2], c[1]) for c in curve)
+    r, p = np.array([x[0] for x in xs]), np.array([x[1] for x in xs])
+    return [
+        (pt[0], pt[2], pt[1] - float(np.interp(pt[2], r, p)))
+        for pt in points
+        if r.min() <= pt[2] <= r.max()
+    ]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("results", nargs="+", type=Path)
@@ -66,6 +80,8 @@ def main() -> None:
             f"\n{path.stem}: {beaten}/{len(top_p)} top-p points weakly dominated by an eta point; "
             f"{beats}/{len(eta)} eta points weakly dominated by a top-p point\n"
         )
+        for s, r, gap in gap_at_recall(top_p, eta):
+            print(f"eta {s}: recall {r:.4f}, precision minus top-p's there {gap:+.4f}")
         ax.set(xlabel="oracle/trunc_recall (true mass kept, 0-1)", title=path.stem)
         ax.set(ylabel="oracle/trunc_precision (kept tokens p* allows, 0-1)")
         ax.legend(fontsize=7)
