@@ -208,6 +208,17 @@ def char_rnn_decoders() -> str:
     return by_label(results(f"{EXP}/char_rnn/results/results.jsonl"), cols)
 
 
+def truncation_oracle_table() -> str:
+    """top-p against eta (and pure sampling) on the truncation-oracle frontier, both sizes."""
+    keys = ("oracle/trunc_precision", "oracle/trunc_recall", "oracle/off_support_rate")
+    rows = []
+    for h in (16, 64):
+        src = results(f"{EXP}/truncation_oracle/results/hidden_{h}.jsonl")
+        for label in ("top-p 0.9", "top-p 0.95", "eta 0.05", "eta 0.02", "pure sampling"):
+            rows.append([f"hidden {h}", label, *(num(src[label][k], ".4f") for k in keys)])
+    return table(["model", "decoder", "precision", "recall", "off-support"], rows)
+
+
 def degeneration_table() -> str:
     keys = [
         "gen/ppl",
@@ -496,6 +507,7 @@ BLOCKS: dict[tuple[str, str], Callable[[], str]] = {
     (f"{EXP}/char_rnn/README.md", "decoders"): char_rnn_decoders,
     (f"{EXP}/degeneration/README.md", "params"): degeneration_params,
     (f"{EXP}/degeneration/README.md", "table"): degeneration_table,
+    (f"{EXP}/truncation_oracle/README.md", "table"): truncation_oracle_table,
     (f"{EXP}/exact_search/README.md", "synthetic"): exact_search_synthetic,
     (f"{EXP}/exact_search/README.md", "folk"): lambda: _search_grid("folk", "characters"),
     (f"{EXP}/exact_search/README.md", "text"): lambda: _search_grid("text", "characters"),
