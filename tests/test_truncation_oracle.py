@@ -65,29 +65,34 @@ def test_kept_sets_are_the_processor_tables_not_a_copy():
     assert kept[0].tolist() == [[False, False, True, True, False, False, False]]
 
 
-def test_top_k_of_the_support_size_on_the_oracle_itself_is_exact():
-    """A model equal to the oracle, truncated to k = |support| (3 in every state): it keeps
-    exactly the support, so precision = recall = 1 and no sequence leaves it."""
-    model = LoadedModel(ORACLE.step_fn, ORACLE.params(), ORACLE.init_carry, V)
-    dec = {"name": "sample", "top_k": 3}
-    prompts = np.array([[0], [A]], np.int32)
+def _sample(model: LoadedModel, dec: dict, prompts, lengths, *, max_len: int, n: int) -> dict:
+    """`Generations` fields (no `best_*`) of `decode` with sampler `dec` on `model`."""
+    b = 1 if prompts is None else len(prompts)
     out = decode(
         model.step_fn,
         model.params,
-        model.init_carry(2),
+        model.init_carry(b),
         prompts,
-        np.array([0, 1], np.int32),
+        None if lengths is None else np.array(lengths, np.int32),
         cfg=dec,
-        max_len=8,
-        num_samples=4,
+        max_len=max_len,
+        num_samples=n,
         key=jax.random.key(0),
         vocab_size=V,
     )
     out = {f.name: getattr(out, f.name) for f in dataclasses.fields(out)}
     out = {k: np.asarray(v) for k, v in out.items() if v is not None}
-    out["prompt_lengths"] = np.array([0, 1], np.int32)
+    out["prompt_lengths"] = np.zeros(b, np.int32) if lengths is None else np.array(lengths)
     fields = decode_output_inputs(out)
-    fields = {k: v for k, v in fields.items() if not k.startswith("best_")}
+    return {k: v for k, v in fields.items() if not k.startswith("best_")}
+
+
+def test_top_k_of_the_support_size_on_the_oracle_itself_is_exact():
+    """A model equal to the oracle, truncated to k = |support| (3 in every state): it keeps
+    exactly the support, so precision = recall = 1 and no sequence leaves it."""
+    model = LoadedModel(ORACLE.step_fn, ORACLE.params(), ORACLE.init_carry, V)
+    dec = {"name": "sample", "top_k": 3}
+    fields = _sample(model, dec, np.array([[0], [A]], np.int32), [0, 1], max_len=8, n=4)
     gen = Generations(
         **fields, oracle=ORACLE, decoder=dec, step_logits=functools.partial(step_logits, model)
     )
@@ -131,20 +136,7 @@ def test_every_sampled_token_is_in_its_recomputed_kept_set():
         {"name": "sample", "eta": 0.1},
         {"name": "sample", "top_n_sigma": 0.5, "min_p": 0.1, "temperature": 0.8},
     ):
-        out = decode(
-            _rnn_step,
-            params,
-            model.init_carry(1),
-            cfg=dec,
-            max_len=12,
-            num_samples=16,
-            key=jax.random.key(2),
-            vocab_size=V,
-        )
-        out = {f.name: getattr(out, f.name) for f in dataclasses.fields(out)}
-        out = {k: np.asarray(v) for k, v in out.items() if v is not None}
-        out["prompt_lengths"] = np.zeros(1, np.int32)
-        g = decode_output_inputs(out)
+        g = _sample(model, dec, None, None, max_len=12, n=16)
         logits = step_logits(model, g["prompts"], g["sequences"], list(g["ended"]))
         kept = kept_sets(dec, logits)
         for seq, e, keep in zip(g["sequences"], g["ended"], kept):
