@@ -42,7 +42,8 @@ import optax
 from flax import nnx
 
 from seqgen.checkpoint import TrainCheckpointer
-from seqgen.config import TrainConfig
+from seqgen.config import TrainConfig, check_train, schema_default
+from seqgen.config import setting as config_setting
 from seqgen.errors import TrainingInterrupted, UserError
 from seqgen.metrics.perplexity import LN2, perplexity_from_nll
 from seqgen.parallel import make_mesh, replicate, shard_batch
@@ -74,38 +75,24 @@ class TrainHParams(NamedTuple):
 # Optimizer
 
 
-_SCHEMA = TrainConfig()
-
-
 def setting(cfg: Any, name: str) -> Any:
     """One field of a train config; a field it leaves out (a partial config of a test or
     script) takes its `seqgen.config.TrainConfig` default, the one place defaults live."""
-    return getattr(cfg, name, getattr(_SCHEMA, name))
+    return config_setting(cfg, name, schema_default(TrainConfig, name))
 
 
 def hparams_from_cfg(cfg: Any) -> TrainHParams:
-    """The optimizer fields of a train config (missing ones: the schema's defaults)."""
-
-    def get(name: str) -> Any:
-        return setting(cfg, name)
-
-    hp = TrainHParams(
-        steps=int(get("steps")),
-        lr=float(get("lr")),
-        weight_decay=float(get("weight_decay")),
-        warmup_steps=int(get("warmup_steps")),
-        clip_norm=float(get("clip_norm") or 0.0),
-        end_lr_ratio=float(get("end_lr_ratio")),
+    """The optimizer fields of a train config (missing ones: the schema's defaults), checked
+    by `seqgen.config.check_train` (ranges, warmup_steps <= steps)."""
+    check_train(cfg)
+    return TrainHParams(
+        steps=int(setting(cfg, "steps")),
+        lr=float(setting(cfg, "lr")),
+        weight_decay=float(setting(cfg, "weight_decay")),
+        warmup_steps=int(setting(cfg, "warmup_steps")),
+        clip_norm=float(setting(cfg, "clip_norm")),
+        end_lr_ratio=float(setting(cfg, "end_lr_ratio")),
     )
-    if hp.steps < 0:
-        raise UserError(f"train.steps={hp.steps} must be >= 0")
-    if not hp.lr > 0:
-        raise UserError(f"train.lr={hp.lr} must be > 0")
-    if not 0 <= hp.warmup_steps <= max(hp.steps, 0):
-        raise UserError(
-            f"train.warmup_steps={hp.warmup_steps} must be between 0 and train.steps={hp.steps}"
-        )
-    return hp
 
 
 def lr_schedule(hp: TrainHParams) -> optax.Schedule:
