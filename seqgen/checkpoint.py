@@ -193,23 +193,40 @@ class ModelCache:
     @contextlib.contextmanager
     def lock(self, key: str) -> Iterator[None]:
         """Hold the inter-process lock of `key`; log whom we wait for when another job has it."""
-        lock = filelock.FileLock(str(self.root / f"{key}.lock"))
+        path = self.root / f"{key}.lock"
+        if path.exists() and not path.is_file():
+            raise UserError(
+                f"the model cache's lock {path} is not a file; allowed: a file (remove it, or "
+                "use another cache_dir)"
+            )
+        lock = filelock.FileLock(str(path))
         owner = self.root / f"{key}.lock.owner"
         try:
-            lock.acquire(timeout=0)
+            self._acquire(lock, 0)
         except filelock.Timeout:
             try:
                 holder = owner.read_text().strip() or "unknown"
             except OSError:
                 holder = "unknown"
             log.info("waiting for the cache lock (held by PID %s): %s", holder, self.path(key))
-            lock.acquire()
+            self._acquire(lock, -1)
         try:
             _atomic_write(owner, f"{os.getpid()} on {socket.gethostname()}")
             yield
         finally:
             owner.unlink(missing_ok=True)
             lock.release()
+
+    def _acquire(self, lock: filelock.FileLock, timeout: float) -> None:
+        try:
+            lock.acquire(timeout=timeout)
+        except filelock.Timeout:
+            raise
+        except OSError as exc:  # a read-only cache: loading needs no lock, training does
+            raise UserError(
+                f"the model cache {self.root} is not writable ({exc.strerror}), and a model must "
+                "be trained or repaired in it; allowed: a writable cache_dir"
+            ) from None
 
     def save_model(self, key: str, model: nnx.Module, vocab_json: str, meta: Mapping) -> Path:
         """Write the model's parameters, `vocab.json`, then `meta.json` (last, atomically).
@@ -221,6 +238,8 @@ class ModelCache:
         final = self.path(key)
         final.mkdir(parents=True, exist_ok=True)
         (final / "meta.json").unlink(missing_ok=True)  # incomplete until rewritten
+        for stale in final.glob(".model.*"):  # a killed save's temporary folder (we hold the lock)
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=".model.", dir=final))
         try:
             ckptr = ocp.StandardCheckpointer()

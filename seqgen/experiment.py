@@ -29,7 +29,7 @@ from seqgen.metrics import perplexity_from_nll
 from seqgen.models import LanguageModel, count_params, make_init_carry_fn, make_step_fn
 from seqgen.outputs import print_results_table, reset_outputs, write_decoder, write_outputs
 from seqgen.parallel import maybe_initialize_distributed
-from seqgen.paths import cache_root
+from seqgen.paths import cache_root, model_folder
 from seqgen.preflight import check_divergence, check_environment, check_run
 from seqgen.report import write_report
 from seqgen.scoring import LoadedModel
@@ -196,12 +196,7 @@ def load_reference(cfg: Any, corpus: Any) -> LoadedModel | None:
     ref = cfg.metrics.get("reference_checkpoint")
     if not ref:
         return None
-    path = Path(str(ref)).expanduser().absolute()
-    if not (path / "meta.json").exists():
-        raise UserError(
-            f"metrics.reference_checkpoint={ref} is not a cached model folder (no meta.json); "
-            "give a folder printed as 'model: ... cache <dir>' by an earlier run"
-        )
+    path = model_folder(str(ref), "metrics.reference_checkpoint").absolute()
     return load_model_dir(
         path, corpus, f"metrics.reference_checkpoint={ref}", {"reference": str(path)}
     )

@@ -3,8 +3,9 @@
 Two stages, both before any training or model loading:
 
 - `check_environment(cfg, out_dir)`: what needs no data -- the run and cache folders can be
-  written, `distributed=true` has a coordinator, `logger.mode=online` has a W&B API key.
-  `seqgen.run` calls it before Hydra starts (also for `hydra.run.dir`), `run_experiment` again.
+  written, the files and folders it reads are of the right kind, `distributed=true` has a
+  coordinator, `logger.mode=online` has a W&B API key. `seqgen.run` calls it before Hydra
+  starts (also for `hydra.run.dir`), `run_experiment` again.
 - `check_run(cfg, corpus)`: what depends on the vocabulary or the data, as soon as the corpus
   is loaded -- every decoder of the run (`decoder`, or each `compare[i]`, named so in the
   error), unique and path-safe labels, splits that are not empty, the prompts, and budgets
@@ -15,16 +16,20 @@ Two stages, both before any training or model loading:
 
 from __future__ import annotations
 
+import logging
 import math
 import netrc
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from seqgen.decoding.registry import rows_per_prompt, validate_decoder
 from seqgen.errors import UserError
-from seqgen.paths import cache_root
+from seqgen.paths import cache_root, model_folder, regular_file
+
+log = logging.getLogger("seqgen")
 
 # Environment variables from which `jax.distributed.initialize()` finds its coordinator.
 _CLUSTER_ENV = (
@@ -44,7 +49,9 @@ _CLUSTER_ENV = (
 
 
 def check_writable_dir(path: str | os.PathLike, what: str) -> None:
-    """`path` is a folder that exists or can be created, and this process may write into it."""
+    """`path` is a folder that exists or can be created, and this process may write into it:
+    tried by creating (and removing) a file in its nearest existing folder, since permission
+    bits say nothing of /proc, a read-only mount or a root user."""
     p = Path(path).expanduser().absolute()
     probe = p
     while not probe.exists():
@@ -54,11 +61,42 @@ def check_writable_dir(path: str | os.PathLike, what: str) -> None:
     if probe.exists() and not probe.is_dir():
         where = "is an existing file" if probe == p else f"is inside {probe}, which is a file"
         raise UserError(f"{what}={path} {where}; allowed: a folder that can be created or written")
-    if not os.access(probe, os.W_OK | os.X_OK):
+    try:
+        fd, name = tempfile.mkstemp(prefix=".seqgen-probe-", dir=probe)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
         raise UserError(
-            f"{what}={path} is not writable ({probe} does not allow writing); "
+            f"{what}={path} is not writable ({probe}: {exc.strerror}); "
             "allowed: a folder this user can write"
+        ) from None
+
+
+def check_cache_dir(path: Path, what: str) -> None:
+    """The model cache can be written, or is an existing read-only folder: models already in
+    it are loaded (without the lock); one that must be trained is refused then, in one line."""
+    try:
+        check_writable_dir(path, what)
+    except UserError:
+        if not (path / "models").is_dir():
+            raise
+        log.warning(
+            "%s=%s is read-only: models already in it are loaded, none can be trained", what, path
         )
+
+
+def check_input_paths(cfg: Any) -> None:
+    """Every file or folder the config names for reading exists and is of the right kind (a
+    FIFO or a device would block `open()` forever), before any data is read."""
+    data = cfg.get("data")
+    if data is not None and data.get("name") == "text":
+        for key in ("path", "train_path", "valid_path", "test_path"):
+            if data.get(key):
+                regular_file(data[key], f"data.{key}", "an existing UTF-8 text file")
+    metrics = cfg.get("metrics")
+    ref = metrics.get("reference_checkpoint") if metrics is not None else None
+    if ref:
+        model_folder(ref, "metrics.reference_checkpoint")
 
 
 def _wandb_api_key_present() -> bool:
@@ -78,8 +116,9 @@ def check_environment(
     """Folders, coordinator and credentials: everything that can fail before any data is read."""
     if out_dir is not None:
         check_writable_dir(out_dir, out_key)
+    check_input_paths(cfg)
     cache = cfg.get("cache_dir")
-    check_writable_dir(cache_root(cache), "cache_dir" if cache else "SEQGEN_CACHE")
+    check_cache_dir(cache_root(cache), "cache_dir" if cache else "SEQGEN_CACHE")
     if cfg.get("distributed") and not (
         cfg.get("coordinator_address") or any(os.environ.get(v) for v in _CLUSTER_ENV)
     ):
@@ -88,12 +127,12 @@ def check_environment(
             "set JAX_COORDINATOR_ADDRESS=host:port (with JAX_NUM_PROCESSES, JAX_PROCESS_ID); "
             "on one machine leave distributed=false"
         )
+    from seqgen.tracking import effective_mode
+
     logger = cfg.logger
-    env_mode = os.environ.get("WANDB_MODE", "")
     if (
         logger.name == "wandb"
-        and logger.mode == "online"
-        and env_mode not in ("offline", "disabled", "dryrun")
+        and effective_mode(logger) == "online"
         and not _wandb_api_key_present()
     ):
         raise UserError(

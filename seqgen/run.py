@@ -27,7 +27,7 @@ from omegaconf.errors import OmegaConfBaseException
 from seqgen import sweep
 from seqgen.config import register_configs, unknown_key_message, validate_config
 from seqgen.decoding.registry import DECODER_NAMES
-from seqgen.errors import TrainingInterrupted, UserError
+from seqgen.errors import TrainingInterrupted, UserError, storage_error_message
 from seqgen.experiment import run_experiment
 from seqgen.preflight import check_environment
 
@@ -69,6 +69,10 @@ def main(cfg: DictConfig) -> Any:
             return None
         sys.exit(2)
     except Exception as exc:
+        storage = storage_error_message(exc)
+        if storage is not None and not multirun:
+            _fail(storage)
+            sys.exit(2)
         if multirun:
             log.exception("job failed")
             sweep.record_failure(out_dir, cfg, exc)
@@ -178,6 +182,32 @@ def _check_variant(config_name: str, variant: list[str], multirun: bool, given: 
             validate_config(compose(config_name=config_name, overrides=[*variant, one]))
 
 
+# What each launcher of conf/hydra/launcher/ needs on this machine: a command on PATH.
+_LAUNCHER_COMMANDS = {"slurm": "sbatch"}
+
+
+def _check_launcher(parsed: list[Override], multirun: bool) -> None:
+    """A launcher runs the jobs of a multirun: without `-m` Hydra ignores it and starts one
+    full run here; `slurm` off a cluster would fail in submitit with a long traceback."""
+    import shutil
+
+    for o in parsed:
+        if o.key_or_group != "hydra/launcher":
+            continue
+        name = o.value()
+        if not multirun:
+            raise UserError(
+                f"hydra/launcher={name} only launches the jobs of a multirun; allowed: add -m "
+                f"(python -m seqgen.run -m hydra/launcher={name} ...)"
+            )
+        command = _LAUNCHER_COMMANDS.get(str(name))
+        if command and shutil.which(command) is None:
+            raise UserError(
+                f"hydra/launcher={name} submits with {command}, which is not on PATH here; "
+                "allowed: run it on a cluster's login node, or hydra/launcher=local|parallel"
+            )
+
+
 def _check_overrides(argv: list[str]) -> None:
     """Compose the config for each override value and validate it; exit 2 on a mistake."""
     split = _split_argv(argv)
@@ -191,6 +221,11 @@ def _check_overrides(argv: list[str]) -> None:
         _fail(_explain(exc))
         sys.exit(2)
     given = {o.key_or_group for o in parsed}
+    try:
+        _check_launcher(parsed, multirun)
+    except UserError as exc:
+        _fail(str(exc))
+        sys.exit(2)
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         for variant in _variants(parsed):
