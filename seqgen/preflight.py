@@ -85,6 +85,31 @@ def check_cache_dir(path: Path, what: str) -> None:
         )
 
 
+# Bytes a synthetic string takes on the host per sequence (a NumPy array and its list slot) and
+# per symbol (int32, and again in the training windows).
+_SEQ_BYTES, _SYMBOL_BYTES = 128, 8
+
+
+def check_data_memory(cfg: Any) -> None:
+    """data=synthetic draws data.num_train strings (and the held-out ones) of expected length
+    1 / data.stop_prob into host memory: refuse a number that cannot fit, before drawing."""
+    data = cfg.get("data")
+    if data is None or data.get("name") != "synthetic":
+        return
+    num_train, vf, tf = int(data.num_train), float(data.valid_fraction), float(data.test_fraction)
+    total = num_train / max(1e-9, 1.0 - vf - tf)
+    if data.get("max_sequences"):
+        total = min(total, int(data.max_sequences))
+    need = total * (_SEQ_BYTES + _SYMBOL_BYTES / float(data.stop_prob))
+    have = host_available_memory()
+    if have is not None and need > have:
+        raise UserError(
+            f"data.num_train={num_train} (with data.stop_prob={data.stop_prob}) needs about "
+            f"{_gib(need)} of host memory for its strings, more than the {_gib(have)} available; "
+            "lower data.num_train or cap it with data.max_sequences"
+        )
+
+
 def check_input_paths(cfg: Any) -> None:
     """Every file or folder the config names for reading exists and is of the right kind (a
     FIFO or a device would block `open()` forever), before any data is read."""
@@ -117,6 +142,7 @@ def check_environment(
     if out_dir is not None:
         check_writable_dir(out_dir, out_key)
     check_input_paths(cfg)
+    check_data_memory(cfg)
     cache = cfg.get("cache_dir")
     check_cache_dir(cache_root(cache), "cache_dir" if cache else "SEQGEN_CACHE")
     if cfg.get("distributed") and not (
@@ -224,22 +250,31 @@ def host_available_memory() -> int | None:
         return None
 
 
+# Floats kept per token and per layer of hidden size H for the backward pass, by cell: fitted
+# (rounded down) to XLA's memory analysis of the compiled train step, `scripts/
+# calibrate_memory.py` (LSTM 21.6, GRU 17.4, RNN 9.2 on CPU, jax 0.10.2): the gates, their
+# nonlinearities and derivatives, the carry, the layer input, dropout masks.
+_FLOATS_PER_LAYER_H = {"lstm": 21, "gru": 17, "rnn": 9}
+
+
 def training_bytes(model_cfg: Any, train_cfg: Any, vocab_size: int, n_devices: int = 1) -> int:
     """A lower estimate of one device's training memory, float32 throughout.
 
     Parameters, gradients and AdamW's two moments: 4 copies of P parameters. Activations kept
     for the backward pass, per token of a [batch_size / devices, seq_len] batch: the embedding
-    (E), per layer the gates (g*H, g = 4 LSTM, 3 GRU, 1 RNN), cell and hidden state and the
-    layer input (3H), and the logits, their log-softmax and gradient (3V).
+    and its gradient (2E), per layer `_FLOATS_PER_LAYER_H[cell]` x H, and the logits, their
+    softmax, gradient and the cross-entropy's intermediates (6V). Within 0.8-1.2 of what XLA
+    allocates for the sizes `scripts/calibrate_memory.py` compiles.
     """
     V, E, H = vocab_size, int(model_cfg.embed_size), int(model_cfg.hidden_size)
     L = int(model_cfg.num_layers)
-    g = {"lstm": 4, "gru": 3, "rnn": 1}.get(str(model_cfg.cell), 4)
+    cell = str(model_cfg.cell)
+    g = {"lstm": 4, "gru": 3, "rnn": 1}.get(cell, 4)
     e_in = V if model_cfg.one_hot_input else E
     params = (0 if model_cfg.one_hot_input else V * E) + H * V + V
     params += g * H * (e_in + H + 2) + (L - 1) * g * H * (2 * H + 2)
     rows = math.ceil(int(train_cfg.batch_size) / max(1, n_devices))
-    per_token = E + L * (g + 3) * H + 3 * V
+    per_token = 2 * E + L * _FLOATS_PER_LAYER_H.get(cell, 21) * H + 6 * V
     return 4 * (4 * params + rows * int(train_cfg.seq_len) * per_token)
 
 
@@ -256,10 +291,12 @@ def check_training_memory(cfg: Any, vocab_size: int) -> None:
     need = training_bytes(cfg.model, cfg.train, vocab_size, n_dev)
     have, where = available_memory()
     if have is not None and need > have:
+        m, t = cfg.model, cfg.train
         raise UserError(
-            f"train.batch_size={cfg.train.batch_size} with train.seq_len={cfg.train.seq_len} "
-            f"needs at least {_gib(need)} per device to train, more than the {_gib(have)} of "
-            f"{where} available; lower train.batch_size or train.seq_len"
+            f"train.batch_size={t.batch_size} x train.seq_len={t.seq_len} with model."
+            f"num_layers={m.num_layers} x model.hidden_size={m.hidden_size} needs at least "
+            f"{_gib(need)} per device to train, more than the {_gib(have)} of {where} "
+            "available; lower one of them"
         )
 
 
