@@ -9,9 +9,10 @@ validation loss). No pickle anywhere.
 `ModelCache(root)` stores trained models under `root/<sha256 key>/` with `model/` (orbax),
 `vocab.json` and `meta.json`; `meta.json` is written last, so its presence means "complete".
 The key hashes the data fingerprint, model and train configs, seed, seqgen's version and
-`MODEL_FORMAT`; `meta.json` records the last two and the sha256 of every file of `model/` and
-of `vocab.json`. `load_model` verifies all of it (and the vocabulary against the corpus's)
-before it reads an array: a damaged entry raises `DamagedCacheEntry`, never a half-loaded model.
+`MODEL_FORMAT`; `meta.json` records the last two, the sha256 of every file of `model/` and
+of `vocab.json`, and its own sha256 (`meta_sha256`, over every other field). `load_model`
+verifies all of it (and the vocabulary against the corpus's) before it reads an array: a
+damaged entry raises `DamagedCacheEntry`, never a half-loaded model.
 A `filelock.FileLock` per key makes concurrent jobs train a given model only once; the holder's
 PID is written beside the lock so a waiting job can say whom it waits for.
 """
@@ -40,7 +41,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 import seqgen
 from seqgen.data.text import sha256_file
 from seqgen.errors import UserError
-from seqgen.paths import cache_root
+from seqgen.paths import cache_root, regular_file
 
 log = logging.getLogger("seqgen")
 
@@ -153,6 +154,36 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(_plain(obj), sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
+# meta.json's own checksum: the sha256 of its canonical JSON without this key, so that every
+# field (the data, model and train configs seqgen-sample rebuilds the model from) is covered.
+META_SHA256 = "meta_sha256"
+
+
+def _meta_digest(meta: Mapping[str, Any]) -> str:
+    body = {k: v for k, v in meta.items() if k != META_SHA256}
+    return hashlib.sha256(canonical_json(body).encode()).hexdigest()
+
+
+def read_json_object(path: Path, what: str, required: Mapping[str, type] = {}) -> dict:
+    """The JSON object in the regular file `path`, with each `required` key of its type;
+    one `UserError` line naming `what` otherwise (missing, a FIFO or folder, unreadable, not
+    JSON, not an object, a key missing or of another type)."""
+    regular_file(path, what, "a regular file")
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{what} ({path}) is not readable JSON ({type(exc).__name__})") from None
+    if not isinstance(obj, dict):
+        raise UserError(f"{what} ({path}) holds a JSON {type(obj).__name__}, not an object")
+    for key, kind in required.items():
+        if not isinstance(obj.get(key), kind):
+            raise UserError(
+                f"{what} ({path}) has no {key!r} of type {kind.__name__}; it is incomplete or "
+                "was written by another program"
+            )
+    return obj
+
+
 class DamagedCacheEntry(UserError):
     """A cache entry that cannot be trusted: unreadable, incomplete, altered or of another
     format. With `cache_on_damage=retrain` (the default) it is retrained, else reported."""
@@ -252,6 +283,7 @@ class ModelCache:
             shutil.rmtree(tmp, ignore_errors=True)
         _atomic_write(final / "vocab.json", vocab_json)
         full = {**_plain(meta), **_code_version(), "sha256": _entry_hashes(final)}
+        full[META_SHA256] = _meta_digest(full)
         _atomic_write(final / "meta.json", json.dumps(full, indent=2, sort_keys=True))
         return final
 
@@ -268,11 +300,13 @@ class ModelCache:
             return DamagedCacheEntry(f"model cache entry {path} is damaged: {reason}")
 
         try:
-            meta = json.loads((path / "meta.json").read_text())
-        except (OSError, ValueError) as exc:
-            raise damaged(f"meta.json is unreadable ({type(exc).__name__})") from None
-        if not isinstance(meta, dict) or not isinstance(meta.get("sha256"), dict):
+            meta = read_json_object(path / "meta.json", "meta.json")
+        except UserError as exc:
+            raise damaged(str(exc)) from None
+        if not isinstance(meta.get("sha256"), dict) or META_SHA256 not in meta:
             raise damaged("meta.json holds no checksums (written by an older seqgen?)")
+        if meta[META_SHA256] != _meta_digest(meta):
+            raise damaged("meta.json does not match its own sha256 (it was edited)")
         if meta.get("model_format") != MODEL_FORMAT:
             raise damaged(
                 f"model format {meta.get('model_format')!r}, this seqgen reads {MODEL_FORMAT}"

@@ -370,3 +370,108 @@ def check_divergence(metrics: dict[str, float], vocab_size: int) -> None:
                 f"token, above {DIVERGENCE_FACTOR:g} x log V = {bound:.2f} for V={vocab_size}); "
                 "the model was not cached; lower train.lr or raise train.warmup_steps"
             )
+
+
+# ---------------------------------------------------------------------------------------------
+# seqgen-sample: its sources (a run folder or a model-cache entry) and the folder it writes.
+
+# The file seqgen-sample writes first into a folder of its own; a folder without it that holds
+# anything (a run's folder above all) is never written into.
+SAMPLE_OWNER_MARK = ".seqgen-sample"
+
+
+def _load_yaml_mapping(path: Path, what: str) -> Any:
+    from omegaconf import DictConfig, OmegaConf
+
+    regular_file(path, what, "a regular file")
+    try:
+        node = OmegaConf.load(path)
+    except Exception as exc:  # yaml's and OmegaConf's parse errors
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"{what} ({path}) is not a readable YAML config: {first}") from None
+    if not isinstance(node, DictConfig):
+        raise UserError(f"{what} ({path}) holds a YAML {type(node).__name__}, not a mapping")
+    return node
+
+
+def merge_saved_config(saved: Any, what: str, base: Any = None) -> Any:
+    """`base` (default: the schema's config) with a saved one merged in (retired keys dropped);
+    one line when a key is unknown or a value of the wrong type (a damaged or foreign file)."""
+    from omegaconf import OmegaConf
+
+    from seqgen.config import Config, drop_retired
+
+    base = OmegaConf.structured(Config) if base is None else base
+    try:
+        return OmegaConf.merge(base, drop_retired(saved))
+    except Exception as exc:
+        key = getattr(exc, "full_key", "") or ""
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"{what} does not fit the config schema ({key}: {first})") from None
+
+
+def read_run_source(run: str) -> tuple[Any, Path | None]:
+    """A finished run folder's config (`config.yaml`) and model-cache entry (`metrics.json`;
+    None for the DPFSA oracle), each checked for its shape."""
+    from seqgen.checkpoint import read_json_object
+
+    folder = Path(run).expanduser()
+    if not folder.is_dir():
+        raise UserError(f"run={run} is not a folder; allowed: a run folder ('done ... -> DIR')")
+    if not (folder / "config.yaml").exists() or not (folder / "metrics.json").exists():
+        raise UserError(
+            f"run={run} is not a finished run dir (it needs config.yaml and metrics.json, "
+            "written once the model is ready)"
+        )
+    saved = _load_yaml_mapping(folder / "config.yaml", f"run={run}: config.yaml")
+    cfg = merge_saved_config(saved, f"run={run}: config.yaml")
+    metrics = read_json_object(folder / "metrics.json", f"run={run}: metrics.json", {"model": dict})
+    info = metrics["model"]
+    if info.get("oracle") is True:
+        return cfg, None
+    if not isinstance(info.get("cache_dir"), str):
+        raise UserError(
+            f"run={run}: metrics.json names no model-cache entry (model.cache_dir); it is "
+            "incomplete or was written by another program"
+        )
+    return cfg, model_folder(info["cache_dir"], f"the model of run={run} (model.cache_dir)")
+
+
+def read_model_source(model_dir: str) -> tuple[dict[str, Any], Path]:
+    """A model-cache entry's verified `meta.json` (every field under its checksum) as the
+    trained config `{data, model, train, seed}`, and the entry's folder."""
+    from seqgen.checkpoint import ModelCache
+
+    path = model_folder(model_dir, "model_dir").absolute()
+    try:
+        meta = ModelCache(path.parent).check(path.name)
+    except UserError as exc:
+        raise UserError(f"model_dir={model_dir}: {exc}") from None
+    if "data_cfg" not in meta:
+        raise UserError(
+            f"model_dir={model_dir} was cached before entries recorded their data; "
+            "give the run dir that trained it (run=...)"
+        )
+    kinds = {"data_cfg": dict, "model": dict, "train_cfg": dict, "seed": int}
+    for key, kind in kinds.items():
+        if not isinstance(meta.get(key), kind):
+            raise UserError(f"model_dir={model_dir}: meta.json has no {key!r} {kind.__name__}")
+    trained = {"data": meta["data_cfg"], "model": meta["model"], "train": meta["train_cfg"]}
+    return {**trained, "seed": meta["seed"]}, path
+
+
+def check_sample_out(out: str) -> Path:
+    """The folder `seqgen-sample out=` writes: new, empty, or one it wrote before (it holds
+    `SAMPLE_OWNER_MARK`), and writable; checked before decoding, so a run's folder is never
+    overwritten and no decode is lost to a bad path."""
+    path = Path(out).expanduser()
+    check_writable_dir(path, "out")
+    if path.is_dir() and not (path / SAMPLE_OWNER_MARK).is_file():
+        held = sorted(p.name for p in path.iterdir())
+        if held:
+            shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
+            raise UserError(
+                f"out={out} is a folder seqgen-sample did not write (it holds {shown}); "
+                "allowed: a new or empty folder, or one an earlier seqgen-sample wrote"
+            )
+    return path
