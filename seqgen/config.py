@@ -294,9 +294,19 @@ def _check_constraint(cfg: Any) -> None:
             raise UserError("constraint=regex needs constraint.pattern=REGEX; allowed: a regex")
         if level != "char":
             raise UserError(f"constraint=regex needs data.level=char (got {level}); allowed: char")
-        from seqgen.decoding.regex import compile_pattern
+        from seqgen.decoding.regex import shortest_match
 
-        compile_pattern(str(con.pattern))
+        shortest, max_len = shortest_match(str(con.pattern)), int(cfg.decode.max_len)
+        if shortest is None:
+            raise UserError(
+                f"constraint.pattern={con.pattern!r} matches no string; allowed: a pattern "
+                "that some text fully matches"
+            )
+        if shortest > max_len:
+            raise UserError(
+                f"constraint.pattern={con.pattern!r} needs at least {shortest} characters, more "
+                f"than decode.max_len={max_len}; allowed: decode.max_len >= {shortest}"
+            )
     if con.name == "meter" and (cfg.data.name != "folk" or level != "abc"):
         raise UserError(
             f"constraint=meter needs data=folk with data.level=abc (got {cfg.data.name}, "

@@ -28,6 +28,7 @@ from urllib.parse import urlparse
 from seqgen.decoding.registry import rows_per_prompt, validate_decoder
 from seqgen.errors import UserError
 from seqgen.paths import cache_root, model_folder, regular_file
+from seqgen.tokens import NUM_SPECIAL, SPECIAL_TOKENS
 
 log = logging.getLogger("seqgen")
 
@@ -221,6 +222,28 @@ def check_splits(corpus: Any) -> None:
     )
 
 
+def check_vocabulary(cfg: Any, corpus: Any) -> None:
+    """A vocabulary of nothing but the reserved symbols (every symbol rarer than
+    data.min_count, say) would train and decode `<unk>` alone."""
+    if len(corpus.vocab) <= NUM_SPECIAL:
+        data = cfg.data
+        raise UserError(
+            f"the vocabulary has no symbol besides {', '.join(SPECIAL_TOKENS)} (data.min_count="
+            f"{data.get('min_count')}, data.max_vocab={data.get('max_vocab')}); allowed: a lower "
+            "data.min_count or a larger data.max_vocab"
+        )
+
+
+def check_constraint_prompts(cfg: Any, corpus: Any, prompts: Any) -> None:
+    """The constraint accepts at least one prompt as a prefix (a meter needs each prompt's
+    M:/L: header), before any training rather than after."""
+    from seqgen.evaluate import accepted_prompts, build_constraint
+
+    constraint = build_constraint(cfg, corpus, prompts.prompts)
+    if constraint is not None:
+        accepted_prompts(constraint, prompts)
+
+
 def available_memory() -> tuple[int | None, str]:
     """Bytes one accelerator (or, on CPU, the host) can still give this process, and where."""
     import jax
@@ -333,9 +356,11 @@ def check_run(cfg: Any, corpus: Any) -> None:
     from seqgen.evaluate import make_prompts
 
     vocab_size = len(corpus.vocab)
+    check_vocabulary(cfg, corpus)
     check_decoders(cfg, vocab_size)
     check_splits(corpus)
     prompts = make_prompts(cfg, corpus)  # unknown symbols, prompt lengths, held-out prompts
+    check_constraint_prompts(cfg, corpus, prompts)
     check_decode_budget(cfg, len(prompts.prompts))
     check_training_memory(cfg, vocab_size)
 
