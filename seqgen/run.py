@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from seqgen import sweep
-from seqgen.config import register_configs, unknown_key_message, validate_config
+from seqgen.config import DecoderConfig, register_configs, unknown_key_message, validate_config
 from seqgen.decoding.registry import DECODER_NAMES
 from seqgen.errors import TrainingInterrupted, UserError, storage_error_message
 from seqgen.experiment import run_experiment
@@ -98,6 +98,8 @@ def _explain(exc: BaseException, overrides: list[str] = ()) -> str:
         full_key = str(getattr(err, "full_key", "") or "")
         if not (isinstance(err, OmegaConfBaseException) and full_key):
             continue
+        if getattr(err, "object_type", None) is DecoderConfig and "." not in full_key:
+            full_key = _locate_decoder_key(full_key, overrides)
         msg = str(err).splitlines()[0]
         if "not in '" in msg:
             return unknown_key_message(full_key)
@@ -112,6 +114,24 @@ def _explain(exc: BaseException, overrides: list[str] = ()) -> str:
     text = re.sub(r"\s*Config search path:.*$", "", text)
     text = text.replace(" Available options in", "; available options in")
     return text
+
+
+def _locate_decoder_key(key: str, overrides: list[str]) -> str:
+    """`compare[i].key` (or `decoder.key`) for a key OmegaConf reports without its place,
+    found in the override that sets a whole decoder or list of decoders."""
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except Exception:
+        return key
+    for o in parsed:
+        value = o.value()
+        if o.key_or_group == "compare" and isinstance(value, list):
+            for i, dec in enumerate(value):
+                if isinstance(dec, dict) and key in dec:
+                    return f"compare[{i}].{key}"
+        if o.key_or_group == "decoder" and isinstance(value, dict) and key in value:
+            return f"decoder.{key}"
+    return key
 
 
 def _split_argv(argv: list[str]) -> tuple[list[str], str] | None:
