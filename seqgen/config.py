@@ -338,8 +338,8 @@ def check_knobs_read(dec: Any, where: str = "decoder") -> None:
         value = get(dec, knob.name)
         if knob.name not in reads and value != knob.default:
             raise UserError(
-                f"{where}.{knob.name}={value!r} is not read by decoder {name}; "
-                f"{name} reads: {', '.join(reads)}"
+                f"{where}.{knob.name}={value!r} is not read by decoder {name}; allowed: the "
+                f"knobs {name} reads: {', '.join(reads)}"
             )
 
 
@@ -397,7 +397,7 @@ def check_data(data: Any) -> None:
             if f.default_factory is not MISSING and list(value) == f.default_factory():
                 continue
             raise UserError(
-                f"data.{f.name}={value} is not read by data={name}; "
+                f"data.{f.name}={value} is not read by data={name}; allowed: the keys "
                 f"data={name} reads: {', '.join(KEYS_READ[name])}"
             )
 
