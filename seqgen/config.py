@@ -419,7 +419,7 @@ def check_model(model: Any, data_name: str | None = None) -> None:
         if embed != hidden:
             raise UserError(
                 "model.tie_weights=true needs model.embed_size == model.hidden_size "
-                f"(got {embed} and {hidden})"
+                f"(got {embed} and {hidden}); allowed: equal sizes, or model.tie_weights=false"
             )
 
 
