@@ -183,12 +183,15 @@ def _variants(parsed: list[Override]) -> list[list[str]]:
     return variants
 
 
-def _check_variant(config_name: str, variant: list[str], multirun: bool, given: set[str]) -> None:
+def _check_variant(
+    config_name: str, variant: list[str], multirun: bool, given: set[str]
+) -> list[DictConfig]:
     """Compose one variant and validate it, and each value of the sweeps its experiment file
     sets (`hydra.sweeper.params`, parsed by Hydra's grammar like the command line's) that the
-    command line does not override (`given`: the keys it sets)."""
+    command line does not override (`given`: the keys it sets); return the configs."""
     cfg = compose(config_name=config_name, overrides=variant, return_hydra_config=True)
     validate_config(cfg)
+    cfgs = [cfg]
     # folders, coordinator, credentials: before Hydra creates the run dir
     out_key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     check_environment(cfg, OmegaConf.select(cfg, out_key), out_key)
@@ -199,7 +202,27 @@ def _check_variant(config_name: str, variant: list[str], multirun: bool, given: 
         if override.is_sweep_override():
             values = _sweep_choices(override) or []
         for one in values:
-            validate_config(compose(config_name=config_name, overrides=[*variant, one]))
+            cfgs.append(compose(config_name=config_name, overrides=[*variant, one]))
+            validate_config(cfgs[-1])
+    return cfgs
+
+
+def _check_jobs_with_data(cfgs: list[DictConfig]) -> None:
+    """The checks that need the corpus (prompts, decode budgets, training memory), for every
+    job of a sweep before the first one runs, each corpus loaded once: a later job's bad value
+    is found before earlier jobs spend their time."""
+    import json
+
+    from seqgen.config import to_dict
+    from seqgen.data.corpus import load_corpus
+    from seqgen.preflight import check_run
+
+    corpora: dict[str, Any] = {}
+    for cfg in cfgs:
+        key = json.dumps([to_dict(cfg.data), int(cfg.seed)], sort_keys=True, default=str)
+        if key not in corpora:
+            corpora[key] = load_corpus(cfg.data, int(cfg.seed))
+        check_run(cfg, corpora[key])
 
 
 # What each launcher of conf/hydra/launcher/ needs on this machine: a command on PATH.
@@ -248,14 +271,21 @@ def _check_overrides(argv: list[str]) -> None:
         sys.exit(2)
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        jobs: list[DictConfig] = []
         for variant in _variants(parsed):
             try:
-                _check_variant(config_name, variant, multirun, given)
+                jobs += _check_variant(config_name, variant, multirun, given)
             except UserError as exc:
                 _fail(str(exc))
                 sys.exit(2)
             except Exception as exc:
                 _fail(_explain(exc, variant))
+                sys.exit(2)
+        if multirun and len(jobs) > 1:
+            try:
+                _check_jobs_with_data(jobs)
+            except UserError as exc:
+                _fail(str(exc))
                 sys.exit(2)
     GlobalHydra.instance().clear()
 

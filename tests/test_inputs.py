@@ -315,6 +315,18 @@ def test_prompts_the_run_cannot_continue_are_found_before_training(tmp_path, pro
     _refused(lambda: preflight.check_run(cfg, corpus), needle)
 
 
+def test_a_later_jobs_data_dependent_mistake_stops_the_sweep_before_its_first_job(capsys):
+    from seqgen import run
+
+    argv = ["-m", "data=synthetic", "data.num_train=300", "decoder=greedy"]
+    with pytest.raises(SystemExit) as exit_:  # the second job's openings cannot be 100 long
+        run._check_overrides([*argv, "decode.prompts=heldout", "decode.prompt_len=4,100"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1, err
+    assert err[0].startswith("error: no held-out opening qualifies for decode.prompt_len=100")
+    run._check_overrides([*argv, "decode.prompts=heldout", "decode.prompt_len=3,4"])  # both fit
+
+
 # ---------------------------------------------------------------------------------------------
 # Lost work and the cache's leftovers.
 
