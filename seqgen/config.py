@@ -358,6 +358,7 @@ def _check_decoders(cfg: Any) -> None:
                     KNOBS[key].check(value, f"{where}.{sub}")
             if "name" in nested:
                 validate_decoder({"name": nested["name"]}, f"{where}.{sub}")
+            check_knobs_read(nested, f"{where}.{sub}")
         _check_min_length(cfg, dec, where)
 
 

@@ -20,7 +20,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from seqgen.checkpoint import DamagedCacheEntry, ModelCache
-from seqgen.config import to_dict
+from seqgen.config import to_dict, validate_config
 from seqgen.data.batching import batch_iterator, eval_batches
 from seqgen.data.corpus import fingerprint, load_corpus
 from seqgen.errors import UserError
@@ -268,6 +268,7 @@ def run_experiment(cfg: Any, out_dir: str | Path | None = None) -> dict[str, Any
     if not isinstance(cfg, DictConfig):
         cfg = OmegaConf.structured(cfg)
     out_dir = Path(out_dir or Path.cwd())
+    validate_config(cfg)  # a notebook's or script's config gets the command line's checks
     check_environment(cfg, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     reset_outputs(out_dir)

@@ -230,6 +230,22 @@ def test_settings_that_would_be_silently_ignored_or_wrong_are_refused(overrides,
     _refused(lambda: validate_config(compose(overrides)), needle)
 
 
+def test_mbrs_nested_sampler_reads_only_its_own_knobs():
+    from omegaconf import OmegaConf
+
+    from seqgen.config import Config
+
+    def cfg(candidates):
+        dec = {"name": "mbr", "candidates": candidates}
+        return OmegaConf.merge(OmegaConf.structured(Config), {"decoder": dec})
+
+    validate_config(cfg({"top_p": 0.9}))  # the nested sampler defaults to sample
+    _refused(
+        lambda: validate_config(cfg({"name": "greedy", "top_p": 0.9})),
+        r"^decoder\.candidates\.top_p=0\.9 is not read by decoder greedy",
+    )
+
+
 def test_the_decoders_own_knobs_and_label_pass():
     for overrides in (
         ["decoder=greedy", "decoder.repetition_penalty=1.2"],
