@@ -299,6 +299,13 @@ def cli() -> None:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)
+    except OSError as exc:  # a full disk or read-only file system while writing out=
+        from seqgen.errors import storage_error_message
+
+        if storage_error_message(exc) is None:
+            raise
+        print(f"error: {storage_error_message(exc)}", file=sys.stderr, flush=True)
+        sys.exit(2)
     from seqgen.outputs import sample_separator
 
     print(sample_separator(result["corpus"]).join(s["text"] for s in result["samples"]))
