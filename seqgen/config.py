@@ -27,6 +27,7 @@ from seqgen.decoding.knobs import DEFAULT_NAME, KNOBS, NESTED_KNOBS, Knob
 from seqgen.decoding.loop import LOOPS
 from seqgen.decoding.registry import validate_decoder
 from seqgen.errors import UserError
+from seqgen.metrics.abc import ABC_SUBSET, ABC_TIMEOUT_S
 from seqgen.models import CELLS
 from seqgen.settings import setting
 
@@ -174,7 +175,9 @@ class LoggerConfig:
 @dataclass
 class MetricsConfig:
     self_bleu_max: int = _int(1000, 2)  # hypotheses scored by Self-BLEU
-    abc_subset: int = _int(200, 0)  # tunes parsed by music21 for abc/* metrics
+    abc_subset: int = _int(ABC_SUBSET, 0)  # tunes parsed by music21 for abc/* metrics
+    # music21's time per tune; a tune that runs out is unparsed
+    abc_timeout_s: float = _float(ABC_TIMEOUT_S, 0, lo_open=True)
     reference_checkpoint: str | None = None  # a cached model dir giving gen/ref_ppl
 
 

@@ -160,7 +160,11 @@ class WandbTracker:
         self.run.log({key: self._wandb.Html(Path(path).read_text(), inject=False)})
 
     def finish(self, exit_code: int = 0) -> None:
+        offline = self.run.offline
+        where = self.run.settings.sync_dir
         self.run.finish(exit_code=exit_code)
+        if offline:  # nothing reached W&B: say how to send it
+            log.info("W&B offline run: upload it with `wandb sync %s`", where)
 
 
 # The values of the WANDB_MODE environment variable W&B knows ("dryrun" is offline's old name).
