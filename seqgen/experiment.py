@@ -275,11 +275,10 @@ def run_experiment(cfg: Any, out_dir: str | Path | None = None) -> dict[str, Any
     reset_outputs(out_dir)
     maybe_initialize_distributed(cfg)
     enable_compilation_cache(cache_root(cfg.cache_dir) / "jax_compile")
-    resolved = to_dict(cfg)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     tracker = make_tracker(
         cfg.logger,
-        config=resolved,
+        config=to_dict(cfg),
         out_dir=out_dir,
         default_group=_group(cfg),
         default_name=_run_name(out_dir),
