@@ -29,6 +29,7 @@ from seqgen.decoding.loop import LOOPS
 from seqgen.errors import UserError
 from seqgen.metrics.abc import ABC_SUBSET, ABC_TIMEOUT_S
 from seqgen.models import CELLS
+from seqgen.models.recurrence import BACKWARDS
 from seqgen.settings import setting
 
 MAX_LEN = 1_000_000  # the largest decode.max_len (see DecodeConfig)
@@ -114,6 +115,8 @@ class TrainConfig:
     progress: bool = True
     patience: int = _int(0, 0)  # evaluations without a better validation loss before stopping
     end_lr_ratio: float = _float(0.0, 0, 1)  # the cosine schedule ends at end_lr_ratio * lr
+    # recurrences' gradient: autodiff | fused (hand-written backward)
+    backward: str = _one_of("autodiff", BACKWARDS)
 
 
 def _decoder_field(knob: Any) -> tuple[str, Any, Any]:
