@@ -20,7 +20,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from seqgen.checkpoint import DamagedCacheEntry, ModelCache
-from seqgen.config import to_dict
+from seqgen.config import to_dict, validate_config
 from seqgen.data.batching import batch_iterator, eval_batches
 from seqgen.data.corpus import fingerprint, load_corpus
 from seqgen.errors import UserError
@@ -29,7 +29,7 @@ from seqgen.metrics import perplexity_from_nll
 from seqgen.models import LanguageModel, count_params, make_init_carry_fn, make_step_fn
 from seqgen.outputs import print_results_table, reset_outputs, write_decoder, write_outputs
 from seqgen.parallel import maybe_initialize_distributed
-from seqgen.paths import cache_root
+from seqgen.paths import cache_root, model_folder
 from seqgen.preflight import check_divergence, check_environment, check_run
 from seqgen.progress import still_running
 from seqgen.report import write_report
@@ -199,12 +199,7 @@ def load_reference(cfg: Any, corpus: Any) -> LoadedModel | None:
     ref = cfg.metrics.get("reference_checkpoint")
     if not ref:
         return None
-    path = Path(str(ref)).expanduser().absolute()
-    if not (path / "meta.json").exists():
-        raise UserError(
-            f"metrics.reference_checkpoint={ref} is not a cached model folder (no meta.json); "
-            "give a folder printed as 'model: ... cache <dir>' by an earlier run"
-        )
+    path = model_folder(str(ref), "metrics.reference_checkpoint").absolute()
     return load_model_dir(
         path, corpus, f"metrics.reference_checkpoint={ref}", {"reference": str(path)}
     )
@@ -276,16 +271,16 @@ def run_experiment(cfg: Any, out_dir: str | Path | None = None) -> dict[str, Any
     if not isinstance(cfg, DictConfig):
         cfg = OmegaConf.structured(cfg)
     out_dir = Path(out_dir or Path.cwd())
+    validate_config(cfg)  # a notebook's or script's config gets the command line's checks
     check_environment(cfg, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     reset_outputs(out_dir)
     maybe_initialize_distributed(cfg)
     enable_compilation_cache(cache_root(cfg.cache_dir) / "jax_compile")
-    resolved = to_dict(cfg)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     tracker = make_tracker(
         cfg.logger,
-        config=resolved,
+        config=to_dict(cfg),
         out_dir=out_dir,
         default_group=_group(cfg),
         default_name=_run_name(out_dir),

@@ -98,41 +98,16 @@ def _compose(overrides: list[str]) -> DictConfig:
 
 
 def _source(opts: SampleOptions) -> tuple[DictConfig, Path | None]:
-    """The trained model's config and its cache entry (None for the DPFSA oracle)."""
-    from seqgen.config import Config, drop_retired
+    """The trained model's config and its cache entry (None for the DPFSA oracle), each source
+    file checked for its shape and, for a cache entry, its checksums (`seqgen.preflight`)."""
+    from seqgen.preflight import merge_saved_config, read_model_source, read_run_source
 
     if bool(opts.run) == bool(opts.model_dir):
         raise UserError("give run=<run dir> or model_dir=<model-cache entry> (one of them)")
     if opts.run:
-        run = Path(opts.run).expanduser()
-        if not (run / "config.yaml").exists() or not (run / "metrics.json").exists():
-            raise UserError(
-                f"run={opts.run} is not a finished run dir (it needs config.yaml and "
-                "metrics.json, written once the model is ready)"
-            )
-        cfg = OmegaConf.merge(
-            OmegaConf.structured(Config), drop_retired(OmegaConf.load(run / "config.yaml"))
-        )
-        info = json.loads((run / "metrics.json").read_text()).get("model", {})
-        if info.get("oracle"):
-            return cfg, None
-        return cfg, Path(info["cache_dir"])
-    path = Path(opts.model_dir).expanduser()
-    if not (path / "meta.json").exists():
-        raise UserError(f"model_dir={opts.model_dir} is no model-cache entry (no meta.json)")
-    meta = json.loads((path / "meta.json").read_text())
-    if "data_cfg" not in meta:
-        raise UserError(
-            f"model_dir={opts.model_dir} was cached before entries recorded their data; "
-            "give the run dir that trained it (run=...)"
-        )
-    trained = {
-        "data": meta["data_cfg"],
-        "model": meta["model"],
-        "train": meta["train_cfg"],
-        "seed": int(meta["seed"]),
-    }
-    return OmegaConf.merge(_compose([]), drop_retired(trained)), path
+        return read_run_source(opts.run)
+    trained, path = read_model_source(opts.model_dir)
+    return merge_saved_config(trained, f"model_dir={opts.model_dir}: meta.json", _compose([])), path
 
 
 def _decoder(cfg: DictConfig, name: str | None, knobs: list[str]) -> DictConfig:
@@ -161,7 +136,7 @@ def sample(argv: list[str]) -> dict[str, Any]:
     Returns `{"samples": [one samples.jsonl object per sequence], "corpus": name,
     "decoder": {...}, "cfg": the config decoded with}`; with `out=DIR` also writes the files.
     """
-    from seqgen.config import to_dict, validate_config
+    from seqgen.config import Config, field_knobs, to_dict, validate_config
     from seqgen.data.corpus import load_corpus
     from seqgen.evaluate import (
         accepted_prompts,
@@ -178,6 +153,12 @@ def sample(argv: list[str]) -> dict[str, Any]:
         enable_compilation_cache,
         load_model_dir,
     )
+    from seqgen.preflight import (
+        SAMPLE_OWNER_MARK,
+        check_decode_budget,
+        check_decoders,
+        check_sample_out,
+    )
 
     opts, name, knobs = parse_args(argv)
     cfg, model_dir = _source(opts)
@@ -192,18 +173,20 @@ def sample(argv: list[str]) -> dict[str, Any]:
             cfg.decode[key] = getattr(opts, key)
     decode_seed = int(cfg.seed) if opts.seed is None else opts.seed
     validate_config(cfg)
+    field_knobs(Config)["seed"].check(decode_seed)  # unsigned 32-bit, like the run's seed
+    out_dir = check_sample_out(opts.out) if opts.out else None  # before any decoding
 
     enable_compilation_cache(cache_root(cfg.cache_dir) / "jax_compile")
     corpus = load_corpus(cfg.data, int(cfg.seed))  # the model's seed: its splits and vocabulary
+    check_decoders(cfg, len(corpus.vocab))  # the knobs bounded by the vocabulary
+    pr = make_prompts(cfg, corpus)
+    check_decode_budget(cfg, len(pr.prompts))  # rows x max_len within budget and memory
     if model_dir is None:
         model = _oracle_model(corpus)
     else:
-        if not (model_dir / "meta.json").exists():
-            raise UserError(f"the run's model {model_dir} is no longer in the cache")
         model = load_model_dir(model_dir, corpus, f"the model {model_dir}")
     dec = cfg.decoder
     label = decoder_label(dec)
-    pr = make_prompts(cfg, corpus)
     t0 = time.time()
     constraint = build_constraint(cfg, corpus, pr.prompts)  # the run's constraint, if any
     if constraint is not None:
@@ -212,11 +195,11 @@ def sample(argv: list[str]) -> dict[str, Any]:
     gen, rec, texts = generations(cfg, dec, corpus, pr.prompts, out)
     records = sample_records(label, gen, rec, texts, corpus.vocab)
     log.info("decoded %s: %d sequences in %.1f s", label, len(records), time.time() - t0)
-    if opts.out:
+    if out_dir is not None:
         from seqgen.outputs import reset_outputs, write_samples
 
-        out_dir = Path(opts.out).expanduser()
         out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / SAMPLE_OWNER_MARK).write_text("written by seqgen-sample\n")
         (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         reset_outputs(out_dir)
         write_samples(corpus.name, records, out_dir, num_listen=len(records))
@@ -227,6 +210,11 @@ def sample(argv: list[str]) -> dict[str, Any]:
 def list_models(cache_dir: str | None = None) -> list[dict[str, Any]]:
     """The cached models, newest first: path, data, model, steps, ppl/valid, when."""
     root = cache_root(cache_dir) / "models"
+    if not root.is_dir():
+        raise UserError(
+            f"no model cache at {root.parent} (no models/ folder); allowed: cache_dir=<a seqgen "
+            "cache> (default $SEQGEN_CACHE, else ~/.cache/seqgen)"
+        )
     rows = []
     for meta_path in root.glob("*/meta.json"):
         try:
@@ -310,6 +298,13 @@ def cli() -> None:
         result = sample(argv)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except OSError as exc:  # a full disk or read-only file system while writing out=
+        from seqgen.errors import storage_error_message
+
+        if storage_error_message(exc) is None:
+            raise
+        print(f"error: {storage_error_message(exc)}", file=sys.stderr, flush=True)
         sys.exit(2)
     from seqgen.outputs import sample_separator
 

@@ -111,27 +111,15 @@ class LanguageModel(nnx.Module):
         predict_eos: bool = True,
         rngs: nnx.Rngs,
     ):
+        from seqgen.config import check_model  # the ranges and rules of `model.*`, once
+
         if cell not in CELLS:
             raise UserError(f"model.cell={cell!r} is not supported; allowed: {', '.join(CELLS)}")
-        if vocab_size < 1 or hidden_size < 1 or num_layers < 1:
-            raise UserError(
-                f"vocab_size={vocab_size}, hidden_size={hidden_size}, num_layers={num_layers}: "
-                "each must be >= 1"
-            )
-        if not 0.0 <= dropout < 1.0:
-            raise UserError(f"model.dropout={dropout} is out of range; allowed: 0 <= dropout < 1")
-        if one_hot_input and tie_weights:
-            raise UserError(
-                "model.tie_weights=true needs an embedding; "
-                "it cannot be combined with one_hot_input=true"
-            )
-        if tie_weights and embed_size != hidden_size:
-            raise UserError(
-                f"model.tie_weights=true needs embed_size == hidden_size "
-                f"(got embed_size={embed_size}, hidden_size={hidden_size})"
-            )
-        if not one_hot_input and embed_size < 1:
-            raise UserError(f"model.embed_size={embed_size} must be >= 1")
+        if vocab_size < 1:
+            raise UserError(f"vocab_size={vocab_size} must be >= 1")
+        arch = dict(embed_size=embed_size, hidden_size=hidden_size, num_layers=num_layers)
+        arch.update(dropout=dropout, tie_weights=tie_weights, one_hot_input=one_hot_input)
+        check_model(arch)
         self.vocab_size = vocab_size
         self.cell_type = cell
         self.hidden_size = hidden_size
