@@ -24,6 +24,7 @@ from seqgen.metrics import (
     decode_output_records,
     human_metrics,
 )
+from seqgen.parallel import is_lead
 from seqgen.scoring import score_sequences
 
 log = logging.getLogger("seqgen")
@@ -280,7 +281,7 @@ def decode_all(
     or None.
     """
     from seqgen.decoding import decode
-    from seqgen.parallel import make_mesh, replicate
+    from seqgen.parallel import describe_devices, make_mesh, replicate
 
     mesh = make_mesh() if cfg.decode.shard and jax.device_count() > 1 else None
     params = model.params if mesh is None else replicate(model.params, mesh)  # once, not per call
@@ -289,6 +290,12 @@ def decode_all(
     n_out = registry.rows_per_prompt(dec, int(cfg.decode.num_samples))
     per_call = max(1, int(cfg.decode.batch_size) // max(1, n_out))
     n_chunks = -(-len(prompts) // per_call)
+    log.info(
+        "decoding %s: %d rows on %s",
+        decoder_label(dec),
+        len(prompts) * n_out,
+        describe_devices(mesh),
+    )
     outs = []
     t0 = time.time()
     for start in range(0, len(prompts), per_call):
@@ -389,6 +396,8 @@ def evaluate_decoders(
         key = decoder_key(int(cfg.seed), i)
         out = decode_all(cfg, dec, model, pr.prompts, key, constraint)
         t_dec = time.time() - t0
+        if not is_lead():  # every process decodes its rows; process 0 has them all and scores
+            continue
         gen, rec, texts = generations(cfg, dec, corpus, pr.prompts, out)
         metrics = compute_metrics(
             **gen,
@@ -411,6 +420,8 @@ def evaluate_decoders(
         samples += sample_records(label, gen, rec, texts, corpus.vocab)
         if on_result is not None:
             on_result(results[-1], samples[first:])
+    if not is_lead():
+        return [], []
     _add_beam_error(results, search)  # needs every decoder; write_outputs rewrites results.jsonl
     results.append(human_row(cfg, corpus, model, pr, common, is_abc, reference))
     if on_result is not None:

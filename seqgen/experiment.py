@@ -28,7 +28,7 @@ from seqgen.evaluate import evaluate_decoders
 from seqgen.metrics import perplexity_from_nll
 from seqgen.models import LanguageModel, count_params, make_init_carry_fn, make_step_fn
 from seqgen.outputs import print_results_table, reset_outputs, write_decoder, write_outputs
-from seqgen.parallel import maybe_initialize_distributed
+from seqgen.parallel import is_lead, maybe_initialize_distributed
 from seqgen.paths import cache_root
 from seqgen.preflight import check_divergence, check_environment, check_run
 from seqgen.report import write_report
@@ -274,10 +274,12 @@ def run_experiment(cfg: Any, out_dir: str | Path | None = None) -> dict[str, Any
         cfg = OmegaConf.structured(cfg)
     out_dir = Path(out_dir or Path.cwd())
     check_environment(cfg, out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    reset_outputs(out_dir)
     maybe_initialize_distributed(cfg)
     enable_compilation_cache(cache_root(cfg.cache_dir) / "jax_compile")
+    if not is_lead():
+        return _follow(cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    reset_outputs(out_dir)
     resolved = to_dict(cfg)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     tracker = make_tracker(
@@ -347,6 +349,16 @@ def run_experiment(cfg: Any, out_dir: str | Path | None = None) -> dict[str, Any
         raise
     tracker.finish(exit_code=0)
     return {"metrics": model_metrics, "results": results, "out_dir": str(out_dir)}
+
+
+def _follow(cfg: Any) -> dict[str, Any]:
+    """A process other than 0 of a multi-process run: its part of the collective work (training,
+    decoding); process 0 computes the metrics over every row and writes the run folder."""
+    corpus = load_corpus(cfg.data, int(cfg.seed))
+    check_run(cfg, corpus)
+    model = get_model(cfg, corpus)
+    evaluate_decoders(cfg, corpus, model, load_reference(cfg, corpus))
+    return {"metrics": dict(model.metrics), "results": [], "out_dir": None}
 
 
 def enable_compilation_cache(path: Path) -> None:

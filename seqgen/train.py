@@ -45,7 +45,7 @@ from seqgen.checkpoint import TrainCheckpointer
 from seqgen.config import TrainConfig
 from seqgen.errors import TrainingInterrupted, UserError
 from seqgen.metrics.perplexity import LN2, perplexity_from_nll
-from seqgen.parallel import make_mesh, replicate, shard_batch
+from seqgen.parallel import describe_devices, make_mesh, replicate, shard_batch
 
 log = logging.getLogger("seqgen")
 
@@ -633,6 +633,7 @@ def train(
     mesh = make_mesh() if setting(cfg, "data_parallel") else None
     if mesh is not None and mesh.size == 1:
         mesh = None
+    log.info("training on %s", describe_devices(mesh))
 
     ckpt = TrainCheckpointer(ckpt_dir) if ckpt_dir is not None else None
     loop = _Loop(model, hp, cfg, valid, ckpt, tracker, seed, progress, mesh)
@@ -641,7 +642,9 @@ def train(
 
     params = state.params
     if mesh is not None:  # hand back single-device arrays (decoding does not use the mesh)
-        params = jax.device_put(params, jax.local_devices()[0])
+        # a replica this process holds: under multi-host the global array is not addressable
+        local = jax.tree.map(lambda x: x.addressable_data(0), params)
+        params = jax.device_put(local, jax.local_devices()[0])
     nnx.update(model, params)
     model.eval()
     summary: dict[str, Any] = {
