@@ -15,7 +15,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import logging
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from typing import Any
@@ -112,6 +114,18 @@ def maybe_initialize_distributed(cfg: Any) -> bool:
         coordinator_address=getattr(cfg, "coordinator_address", None), **given
     )
     return True
+
+
+def exit_process(code: int) -> None:
+    """Exit with `code`; in a multi-process run at once, skipping JAX's exit barrier, which
+    waits for every peer to shut down while the peers wait in a collective for this process.
+    The launcher (`seqgen.launch`, or `srun --kill-on-bad-exit=1`) then stops the others."""
+    if not jax.distributed.is_initialized():
+        sys.exit(code)
+    logging.shutdown()  # flush the run log
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def is_lead() -> bool:

@@ -29,6 +29,7 @@ from seqgen.config import register_configs, unknown_key_message, validate_config
 from seqgen.decoding.registry import DECODER_NAMES
 from seqgen.errors import TrainingInterrupted, UserError
 from seqgen.experiment import run_experiment
+from seqgen.parallel import exit_process
 from seqgen.preflight import check_environment
 
 log = logging.getLogger("seqgen")
@@ -58,21 +59,25 @@ def main(cfg: DictConfig) -> Any:
         return run_experiment(cfg, out_dir=out_dir)
     except TrainingInterrupted as exc:  # SIGINT / SIGTERM: checkpoint saved; stop the sweep too
         print(exc, file=sys.stderr, flush=True)
-        sys.exit(exc.exit_code)
+        exit_process(exc.exit_code)
     except KeyboardInterrupt:  # a second Ctrl-C, or one outside training
         print("interrupted", file=sys.stderr, flush=True)
-        sys.exit(130)
+        exit_process(130)
     except UserError as exc:
         _fail(str(exc))
         if multirun:  # keep the other jobs of the sweep going; the summary lists this one
             sweep.record_failure(out_dir, cfg, exc)
             return None
-        sys.exit(2)
+        exit_process(2)
     except Exception as exc:
         if multirun:
             log.exception("job failed")
             sweep.record_failure(out_dir, cfg, exc)
             return None
+        if cfg.get("distributed"):  # the traceback in the log, one line, no wait for the peers
+            log.debug("failed", exc_info=True)
+            _fail(f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
+            exit_process(1)
         raise
 
 
