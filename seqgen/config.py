@@ -130,6 +130,9 @@ class DecodeConfig:
     # the most token positions one decoder's outputs may hold (rows x decode.max_len); a larger
     # decode is refused before any work: 1e8 positions are ~1.6 GB of ids and log-probs
     max_tokens: int = 100_000_000
+    # a decoder with more rows (kept generations) than this is a study: its samples go to disk
+    # chunk by chunk and its token metrics are counted in chunks of this many rows
+    stream_rows: int = 16384
 
 
 @dataclass
@@ -243,6 +246,7 @@ _RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "decode.prompt_len": (1, None, False, False),
     "decode.batch_size": (1, None, False, False),
     "decode.max_tokens": (1, None, False, False),
+    "decode.stream_rows": (1, None, False, False),
     "metrics.self_bleu_max": (2, None, False, False),
     "metrics.abc_subset": (0, None, False, False),
     "output.num_listen": (0, None, False, False),

@@ -27,7 +27,13 @@ from seqgen.errors import UserError
 from seqgen.evaluate import evaluate_decoders
 from seqgen.metrics import perplexity_from_nll
 from seqgen.models import LanguageModel, count_params, make_init_carry_fn, make_step_fn
-from seqgen.outputs import print_results_table, reset_outputs, write_decoder, write_outputs
+from seqgen.outputs import (
+    print_results_table,
+    reset_outputs,
+    write_decoder,
+    write_outputs,
+    write_samples,
+)
 from seqgen.parallel import is_lead, maybe_initialize_distributed
 from seqgen.paths import cache_root
 from seqgen.preflight import check_divergence, check_environment, check_run
@@ -319,8 +325,14 @@ def run_experiment(cfg: Any, out_dir: str | Path | None = None) -> dict[str, Any
             listen.extend(map(str, write_decoder(cfg, corpus, result, rows, out_dir)))
             finished.append(result["decoder"]["label"])
 
+        def on_samples(rows: list[dict[str, Any]], continued: bool) -> None:
+            listen_to = 0 if continued else int(cfg.output.num_listen)
+            listen.extend(map(str, write_samples(corpus.name, rows, out_dir, listen_to, continued)))
+
         try:
-            results, samples = evaluate_decoders(cfg, corpus, model, reference, on_result)
+            results, samples = evaluate_decoders(
+                cfg, corpus, model, reference, on_result, on_samples
+            )
         except BaseException:
             log.warning(
                 "decoders finished before the failure: %s (their results and samples are in %s)",
