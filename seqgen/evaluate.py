@@ -410,14 +410,13 @@ def evaluate_decoders(
         label = decoder_label(dec)
         t0 = time.time()
         key = decoder_key(int(cfg.seed), i)
-        n_out = registry.rows_per_prompt(dec, int(cfg.decode.num_samples))
-        if len(pr.prompts) * _kept_per_prompt(cfg, dec, n_out) > int(cfg.decode.stream_rows):
+        if _study_rows(cfg, dec, len(pr.prompts)) > int(cfg.decode.stream_rows):
             _warn_study_metrics(cfg, dec, corpus, reference, constraint)
             study = (cfg, dec, corpus, model, pr.prompts, key, constraint)
             result, first_rows = study_decoder(*study, on_samples)
-            if is_lead():
+            if is_lead():  # its samples are on disk; the first ones for the tracker's table
                 results.append(result)
-                samples += first_rows  # for the tracker's table; all are on disk already
+                samples += first_rows
                 if on_result is not None:
                     on_result(result, [])
             continue
@@ -476,8 +475,7 @@ def study_decoder(
     `gen/ppl_model`, `length/*` and `score/mean` are pooled sums. Returns the result and the
     first `TRACKER_SAMPLES` samples."""
     label, rows = decoder_label(dec), int(cfg.decode.stream_rows)
-    n_out = registry.rows_per_prompt(dec, int(cfg.decode.num_samples))
-    total = len(prompts) * _kept_per_prompt(cfg, dec, n_out)
+    total = _study_rows(cfg, dec, len(prompts))
     diversity = DiversityCounts(
         total,
         seed=int(cfg.seed),
@@ -508,6 +506,12 @@ def study_decoder(
     metrics["time/decode_s"] = time.time() - t0  # decoding, metrics and writing together
     log.info("studied %-28s %5d sequences in %.1f s", label, total, metrics["time/decode_s"])
     return {"decoder": {**to_dict(dec), "label": label}, "metrics": metrics}, kept
+
+
+def _study_rows(cfg: Any, dec: Any, num_prompts: int) -> int:
+    """The generations a decoder keeps for its metrics (`_kept_per_prompt` per prompt)."""
+    n_out = registry.rows_per_prompt(dec, int(cfg.decode.num_samples))
+    return num_prompts * _kept_per_prompt(cfg, dec, n_out)
 
 
 class StudySums:

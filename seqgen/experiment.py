@@ -318,21 +318,9 @@ def run_experiment(cfg: Any, out_dir: str | Path | None = None) -> dict[str, Any
             json.dumps({**model_metrics, "model": model.info}, indent=2, default=str)
         )
         reference = load_reference(cfg, corpus)
-        finished: list[str] = []
-        listen: list[str] = []
-
-        def on_result(result: dict[str, Any], rows: list[dict[str, Any]]) -> None:
-            listen.extend(map(str, write_decoder(cfg, corpus, result, rows, out_dir)))
-            finished.append(result["decoder"]["label"])
-
-        def on_samples(rows: list[dict[str, Any]], continued: bool) -> None:
-            listen_to = 0 if continued else int(cfg.output.num_listen)
-            listen.extend(map(str, write_samples(corpus.name, rows, out_dir, listen_to, continued)))
-
+        finished, listen, writers = _writers(cfg, corpus, out_dir)
         try:
-            results, samples = evaluate_decoders(
-                cfg, corpus, model, reference, on_result, on_samples
-            )
+            results, samples = evaluate_decoders(cfg, corpus, model, reference, *writers)
         except BaseException:
             log.warning(
                 "decoders finished before the failure: %s (their results and samples are in %s)",
@@ -361,6 +349,23 @@ def run_experiment(cfg: Any, out_dir: str | Path | None = None) -> dict[str, Any
         raise
     tracker.finish(exit_code=0)
     return {"metrics": model_metrics, "results": results, "out_dir": str(out_dir)}
+
+
+def _writers(cfg: Any, corpus: Any, out_dir: Path) -> tuple[list[str], list[str], tuple]:
+    """`evaluate_decoders`'s `on_result` and `on_samples`, writing into `out_dir` as each decoder
+    (or a study's chunk) finishes; with the lists of finished decoders and tune files."""
+    finished: list[str] = []
+    listen: list[str] = []
+
+    def on_result(result: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+        listen.extend(map(str, write_decoder(cfg, corpus, result, rows, out_dir)))
+        finished.append(result["decoder"]["label"])
+
+    def on_samples(rows: list[dict[str, Any]], continued: bool) -> None:
+        listen_to = 0 if continued else int(cfg.output.num_listen)
+        listen.extend(map(str, write_samples(corpus.name, rows, out_dir, listen_to, continued)))
+
+    return finished, listen, (on_result, on_samples)
 
 
 def _follow(cfg: Any) -> dict[str, Any]:
