@@ -153,9 +153,16 @@ class DiversityCounts:
         base = self.vocab_size or int(packed.flat.max(initial=0)) + 1
         if self.vocab_size is None and first + n_seq < self.num_sequences:
             raise ValueError("DiversityCounts needs vocab_size to count in several chunks")
-        for n, table in enumerate(self.grams, start=1):
-            keys, starts = ngram_keys(packed, n, base)
-            table.add(keys, packed.seq_index[starts] + first)
+        whole = first == 0 and n_seq == self.num_sequences  # one chunk: share its tables
+        for n in range(1, self.max_n + 1):
+            cached = packed.cache.get(("ngram_counts", n, base)) if whole else None
+            if cached is None:
+                keys, starts = ngram_keys(packed, n, base)
+                self.grams[n - 1].add(keys, packed.seq_index[starts] + first)
+                if whole:
+                    packed.cache[("ngram_counts", n, base)] = self.grams[n - 1]
+            else:  # counted by another metric of the same set (the table's, one by one)
+                self.grams[n - 1] = cached
         self.tokens = _add_counts(self.tokens, np.bincount(packed.flat))
         self.length_hist = _add_counts(self.length_hist, np.bincount(packed.lengths))
         for i in range(n_seq):
