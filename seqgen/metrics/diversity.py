@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
 
 import numpy as np
 
@@ -228,7 +227,7 @@ class DiversityCounts:
         return self.hyps, bleu_from_matches(matches, hyp_len, closest, self.epsilon)
 
     def metrics(self) -> dict[str, float]:
-        """`diversity/*` keys and `zipf` (`diversity_metrics`)."""
+        """`diversity/*` keys and `zipf`, as the metric table names them (a study's)."""
         out = {f"diversity/distinct_{n}": self.distinct(n) for n in range(1, 5)}
         _, scores = self.self_bleu_scores()
         out["diversity/self_bleu4"] = float(scores.mean()) if scores.size else math.nan
@@ -264,17 +263,3 @@ def bleu_from_matches(
         )
     scores = bp * np.exp(log_p.sum(axis=-1) / max_n)
     return np.where(matches[..., 0] == 0, 0.0, scores)
-
-
-def diversity_metrics(
-    sequences: SequencesLike | Packed,
-    *,
-    seed: int = 0,
-    self_bleu_samples: int = SELF_BLEU_SAMPLES,
-    zipf_top: int = ZIPF_TOP_TYPES,
-    lengths: Sequence[int] | np.ndarray | None = None,
-) -> dict[str, float]:
-    """`diversity/*` keys and `zipf` for one set of generations."""
-    return _counts(
-        sequences, lengths, 4, seed=seed, self_bleu_samples=self_bleu_samples, zipf_top=zipf_top
-    ).metrics()

@@ -126,13 +126,6 @@ def repetition_percent(
     return 100.0 * float(rep.mean()) if rep.size else math.nan
 
 
-def repetition_metrics(sequences: SequencesLike | Packed, *, lengths=None) -> dict[str, float]:
-    """`repetition/*` keys for one set of generations."""
-    counts = RepetitionCounts()
-    counts.add(sequences, lengths)
-    return counts.metrics()
-
-
 class RepetitionCounts:
     """The `repetition/*` metrics over generations added chunk by chunk: every one of them is
     a sum over continuations, so a chunk's sums are all that is kept (the same numbers as
