@@ -6,10 +6,11 @@ starts `--processes` copies of `python -m seqgen.run distributed=true OVERRIDES`
 process with `--devices` virtual CPU devices (`--xla_force_host_platform_device_count`), joined
 by `jax.distributed` through a coordinator on 127.0.0.1 (a free port) with gloo collectives:
 the program a SLURM job runs with one task per GPU, here on CPU. All processes share one
-`hydra.run.dir`; process 0 writes it and prints the log, the others print only warnings and
-errors. When a process fails, the launcher stops the others at once (their collectives would
-wait for the failed one until JAX's heartbeat timeout, 100 s) and exits with the failed
-process's status, after one line naming it: what `srun --kill-on-bad-exit=1` does on a cluster.
+`hydra.run.dir`; process 0 writes it and prints the log. When a process fails, the launcher
+stops the others at once (their collectives would wait for the failed one until JAX's timeouts)
+and exits with the failed process's status, after one line naming it (preceded, for a process
+other than 0, by the last line it wrote to stderr): what `srun --kill-on-bad-exit=1` does on a
+cluster.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 
@@ -73,8 +75,10 @@ def launch(
         if rank > 0 and seqgen_run:
             args += FOLLOWER_OVERRIDES
         env = process_env(rank, processes, devices, port)
-        stdout = None if rank == 0 else subprocess.DEVNULL  # process 0 logs for all
-        procs.append(subprocess.Popen(args, env=env, stdout=stdout))
+        # process 0 logs for all; the others' errors are shown when one of them fails first
+        out = None if rank == 0 else subprocess.DEVNULL
+        err = None if rank == 0 else tempfile.TemporaryFile("w+")
+        procs.append(subprocess.Popen(args, env=env, stdout=out, stderr=err))
     try:
         return _wait(procs)
     except KeyboardInterrupt:
@@ -89,6 +93,11 @@ def _wait(procs: list[subprocess.Popen]) -> int:
         if failed:
             rank, code = failed[0]
             _stop(procs)
+            if rank > 0:  # its own `error:` line (or traceback's last line) says why
+                procs[rank].stderr.seek(0)
+                lines = procs[rank].stderr.read().strip().splitlines()
+                if lines:
+                    print(lines[-1], file=sys.stderr)
             print(
                 f"error: process {rank} of {len(procs)} exited with status {code}; "
                 "stopped the others",
