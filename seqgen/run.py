@@ -50,6 +50,14 @@ def _fail(message: str) -> None:
     print(f"error: {message}", file=sys.stderr, flush=True)
 
 
+def _traceback_to_log_file() -> None:
+    """The exception being handled, with its traceback, in the run's log file only."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "failed", None, sys.exc_info())
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
 def main(cfg: DictConfig) -> Any:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
@@ -74,8 +82,8 @@ def main(cfg: DictConfig) -> Any:
             log.exception("job failed")
             sweep.record_failure(out_dir, cfg, exc)
             return None
-        if cfg.get("distributed"):  # the traceback in the log, one line, no wait for the peers
-            log.debug("failed", exc_info=True)
+        if cfg.get("distributed"):  # the traceback in the log file, one line, no wait for peers
+            _traceback_to_log_file()
             _fail(f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
             exit_process(1)
         raise
