@@ -347,16 +347,10 @@ def decode_chunks(
             )
 
 
-def decode_all(
-    cfg: Any,
-    dec: Any,
-    model: Any,
-    prompts: list[np.ndarray],
-    key: jax.Array,
-    constraint: Any = None,
-) -> dict[str, Any]:
-    """Every output of `decode_chunks`, concatenated over the chunks."""
-    outs = [out for _, out in decode_chunks(cfg, dec, model, prompts, key, constraint)]
+def decode_all(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Every output of `decode_chunks(cfg, dec, model, prompts, key, constraint=None)`,
+    concatenated over the chunks."""
+    outs = [out for _, out in decode_chunks(*args, **kwargs)]
     return {f: np.concatenate([o[f] for o in outs], axis=0) for f in outs[0]}
 
 
