@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from typing import Any
 
 # Hydra settings of the processes other than 0: no second `.hydra/` or log file in the run folder.
 FOLLOWER_OVERRIDES = ("hydra.output_subdir=null", "hydra.job_logging.root.handlers=[console]")
@@ -69,7 +70,7 @@ def launch(
         # `${now:...}` could differ between processes started a second apart
         stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
         overrides.append(f"hydra.run.dir=outputs/${{experiment_name}}/{stamp}")
-    procs = []
+    procs, errors = [], []
     for rank in range(processes):
         args = [sys.executable, *program, "distributed=true", *overrides]
         if rank > 0 and seqgen_run:
@@ -77,16 +78,16 @@ def launch(
         env = process_env(rank, processes, devices, port)
         # process 0 logs for all; the others' errors are shown when one of them fails first
         out = None if rank == 0 else subprocess.DEVNULL
-        err = None if rank == 0 else tempfile.TemporaryFile("w+")
-        procs.append(subprocess.Popen(args, env=env, stdout=out, stderr=err))
+        errors.append(None if rank == 0 else tempfile.TemporaryFile("w+"))
+        procs.append(subprocess.Popen(args, env=env, stdout=out, stderr=errors[-1]))
     try:
-        return _wait(procs)
+        return _wait(procs, errors)
     except KeyboardInterrupt:
         _stop(procs)
         return 130
 
 
-def _wait(procs: list[subprocess.Popen]) -> int:
+def _wait(procs: list[subprocess.Popen], errors: list[Any]) -> int:
     while True:
         codes = [p.poll() for p in procs]
         failed = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
@@ -94,8 +95,8 @@ def _wait(procs: list[subprocess.Popen]) -> int:
             rank, code = failed[0]
             _stop(procs)
             if rank > 0:  # its own `error:` line (or traceback's last line) says why
-                procs[rank].stderr.seek(0)
-                lines = procs[rank].stderr.read().strip().splitlines()
+                errors[rank].seek(0)
+                lines = errors[rank].read().strip().splitlines()
                 if lines:
                     print(lines[-1], file=sys.stderr)
             print(

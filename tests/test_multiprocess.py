@@ -112,6 +112,7 @@ def test_two_processes_equal_one(tmp_path):
 
 FAIL = textwrap.dedent(
     """
+    import sys
     import jax
     from jax.experimental import multihost_utils
     from seqgen.parallel import exit_process, maybe_initialize_distributed
@@ -120,8 +121,9 @@ FAIL = textwrap.dedent(
         distributed = True
 
     maybe_initialize_distributed(Cfg())
-    if jax.process_index() == 1:
-        exit_process(3)  # how seqgen.run ends a failed process (a crash in this one only)
+    if jax.process_index() == 1:  # a crash in this one only, ended as seqgen.run ends it
+        print("error: what went wrong in process 1", file=sys.stderr, flush=True)
+        exit_process(3)
     multihost_utils.sync_global_devices("never reached by process 1")  # waits for it
     """
 )
@@ -133,7 +135,8 @@ def test_a_failure_in_one_process_ends_both(tmp_path):
     code = f"import seqgen.launch as L; raise SystemExit(L.launch([], program=[{str(script)!r}]))"
     res = _run(["-c", code], tmp_path / "cache", timeout=120)  # a hang fails, not waits
     assert res.returncode == 3, res.stderr[-2000:]
-    assert res.stderr.strip().splitlines()[-1:] == [
-        "error: process 1 of 2 exited with status 3; stopped the others"
+    assert res.stderr.strip().splitlines()[-2:] == [
+        "error: what went wrong in process 1",  # the failed process's reason, then the launcher's
+        "error: process 1 of 2 exited with status 3; stopped the others",
     ]
     assert "Traceback" not in res.stderr  # process 0 was stopped, not left to time out
