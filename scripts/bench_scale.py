@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -126,7 +127,9 @@ def run_in_process(size: int, prompts: int, max_len: int) -> dict:
         cfg, cfg.decoder, corpus, model, pr.prompts, decoder_key(0, 0), None, on_samples
     )
     wall = time.perf_counter() - t0
-    written = sum(1 for _ in open(out_dir / "samples.jsonl"))
+    with open(out_dir / "samples.jsonl") as f:
+        written = sum(1 for _ in f)
+    shutil.rmtree(out_dir)
     mib = 2**20
     return {
         "size": written,
