@@ -120,7 +120,7 @@ def run_in_process(size: int, prompts: int, max_len: int) -> dict:
 
     def on_samples(rows, continued):
         with meter.inside("writing"):
-            write_samples(corpus.name, rows, out_dir, 0, continued)
+            write_samples(corpus.name, rows, out_dir, 0, append=continued)
 
     t0 = time.perf_counter()
     result, _ = study_decoder(
