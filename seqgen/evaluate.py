@@ -7,6 +7,7 @@ cut to the same length limit, and continuing the same prompts when prompts are u
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +19,7 @@ import numpy as np
 
 from seqgen.config import to_dict
 from seqgen.decoding import registry
+from seqgen.decoding.steering import resolve as resolve_steering
 from seqgen.errors import UserError
 from seqgen.metrics import Generations, compute, decode_output_inputs, decode_output_records
 from seqgen.metrics.diversity import DiversityCounts
@@ -26,7 +28,7 @@ from seqgen.metrics.perplexity import perplexity_from_nll, pooled_logprob
 from seqgen.metrics.repetition import RepetitionCounts
 from seqgen.parallel import is_lead
 from seqgen.progress import still_running
-from seqgen.scoring import score_sequences
+from seqgen.scoring import score_sequences, step_logits
 
 log = logging.getLogger("seqgen")
 
@@ -279,6 +281,10 @@ OUTPUT_FIELDS = (
     "proven",
     "expansions",
     "constraint_logmass",
+    "stopped",
+    "top_ids",
+    "top_logprobs",
+    "prompt_logprobs",
 )
 
 
@@ -333,6 +339,9 @@ def decode_chunks(
             constraint=constraint,
             mesh=mesh,
             loop=cfg.decode.get("loop", "auto"),
+            logprobs=int(cfg.decode.get("logprobs", 0)),
+            logprobs_mode=str(cfg.decode.get("logprobs_mode", "raw")),
+            prompt_logprobs=bool(cfg.decode.get("prompt_logprobs", False)),
         )
         fields = {f: getattr(out, f, None) for f in OUTPUT_FIELDS}
         yield start, {f: np.asarray(v) for f, v in fields.items() if v is not None}
@@ -407,13 +416,16 @@ def evaluate_decoders(
                     on_result(result, [])
             continue
         with still_running(f"decoding {label}"):  # a compile or one long chunk: not silent
-            out = decode_all(cfg, dec, model, pr.prompts, key, constraint)
+            steered = resolve_steering(dec, corpus.vocab)  # texts as the vocabulary's ids
+            out = decode_all(cfg, steered, model, pr.prompts, key, constraint)
         t_dec = time.time() - t0
         if not is_lead():  # every process decodes its rows; process 0 has them all and scores
             continue
         fields = {
             "decode_s": t_dec,
             "prompts_left_out": left_out,
+            "decoder": dec,  # with step_logits: the sampler's kept sets (oracle/trunc_*)
+            "step_logits": functools.partial(step_logits, model),
             **registry.metric_inputs(dec, out),
         }
         fields["label"] = label
@@ -480,7 +492,8 @@ def study_decoder(
     pending: list[np.ndarray] = []
     kept: list[dict[str, Any]] = []
     t0 = time.time()
-    for start, out in decode_chunks(cfg, dec, model, prompts, key, constraint):
+    steered = resolve_steering(dec, corpus.vocab)  # texts as the vocabulary's ids
+    for start, out in decode_chunks(cfg, steered, model, prompts, key, constraint):
         if not is_lead():
             continue
         chunk = prompts[start : start + out["tokens"].shape[0]]
@@ -626,9 +639,23 @@ def sample_records(
             "text": texts[j],
             "score": rec["score"][j],
             "logprob": float(np.sum(gen.model_logprobs[j]) + gen.eos_model_logprobs[j]),
+            **_logprob_records(rec, j),
         }
         for j in range(len(gen.sequences))
     ]
+
+
+def _logprob_records(rec: dict[str, list], j: int) -> dict[str, Any]:
+    """`top_logprobs` (decode.logprobs=K): per generated token (EOS's included when the row
+    ended at EOS) the K most probable [token id, log-prob] pairs, most probable first;
+    `prompt_logprobs` (decode.prompt_logprobs=true): the model's log-prob of each prompt token."""
+    out = {}
+    if "prompt_logprobs" in rec:
+        out["prompt_logprobs"] = [round(lp, 6) for lp in rec["prompt_logprobs"][j].tolist()]
+    if "top_ids" in rec:
+        pairs = zip(rec["top_ids"][j].tolist(), rec["top_logprobs"][j].tolist())
+        out["top_logprobs"] = [[[i, round(lp, 6)] for i, lp in zip(*p)] for p in pairs]
+    return out
 
 
 def _kept_per_prompt(cfg: Any, dec: Any, n: int) -> int:
