@@ -34,6 +34,7 @@ from typing import Any
 
 import filelock
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -52,6 +53,12 @@ MODEL_FORMAT = 2
 
 # --------------------------------------------------------------------------------------------
 # Training checkpoints
+
+
+def _this_process_only() -> ocp.options.MultiprocessingOptions:
+    """Orbax options for a file that this process alone writes or reads (the model cache)."""
+    me = jax.process_index()
+    return ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
 
 
 def _abstract(tree: Any) -> Any:
@@ -272,9 +279,12 @@ class ModelCache:
         for stale in final.glob(".model.*"):  # a killed save's temporary folder (we hold the lock)
             shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=".model.", dir=final))
+        params = nnx.state(model, nnx.Param)
+        if jax.process_count() > 1:  # process 0 alone writes: host copies, no barrier with others
+            params = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), params)
         try:
-            ckptr = ocp.StandardCheckpointer()
-            ckptr.save(tmp / "model", nnx.state(model, nnx.Param))
+            ckptr = ocp.StandardCheckpointer(multiprocessing_options=_this_process_only())
+            ckptr.save(tmp / "model", params)
             ckptr.wait_until_finished()
             ckptr.close()
             shutil.rmtree(final / "model", ignore_errors=True)
@@ -341,7 +351,7 @@ class ModelCache:
             raise FileNotFoundError(f"no complete cached model {key} under {self.root}")
         meta = self.check(key, vocab_json)
         target = _abstract(nnx.state(model_template, nnx.Param))
-        ckptr = ocp.StandardCheckpointer()
+        ckptr = ocp.StandardCheckpointer(multiprocessing_options=_this_process_only())
         try:
             params = ckptr.restore(path / "model", target)
         except Exception as exc:  # shapes or tree of another model: not this config's entry
@@ -375,6 +385,10 @@ class ModelCache:
         vocabulary) is discarded and retrained with one warning line, or, unless
         `retrain_damaged`, raises `DamagedCacheEntry`. Returns (model, meta, trained_here).
         """
+        if jax.process_count() > 1:
+            return self._get_or_train_together(
+                key, model_template, train_fn, vocab_json, retrain_damaged
+            )
         if self.exists(key):
             # a damaged or vanishing entry is dealt with under the lock, below
             with contextlib.suppress(DamagedCacheEntry, FileNotFoundError):
@@ -393,6 +407,52 @@ class ModelCache:
             model, vocab, meta = train_fn()
             self.save_model(key, model, vocab, meta)
             return model, self.check(key), True
+
+    def _get_or_train_together(
+        self,
+        key: str,
+        model_template: nnx.Module,
+        train_fn: Callable[[], tuple[nnx.Module, str, Mapping]],
+        vocab_json: str | None,
+        retrain_damaged: bool,
+    ) -> tuple[nnx.Module, dict, bool]:
+        """`get_or_train` for the processes of one multi-process run, which all call it.
+
+        Process 0 alone takes the lock (other jobs wait for it; the run's own processes must
+        not, since training needs them all) and decides whether the entry loads; the decision
+        is broadcast, then every process restores the entry, or all train together
+        (data-parallel) and process 0 writes the entry once while the others wait.
+        """
+        from jax.experimental import multihost_utils
+
+        lead = jax.process_index() == 0
+        with self.lock(key) if lead else contextlib.nullcontext():
+            action, why = _TRAIN, ""
+            if lead and self.exists(key):
+                try:
+                    self.check(key, vocab_json)
+                    action = _LOAD
+                except DamagedCacheEntry as exc:
+                    why = f"{exc}; delete it, or rerun with cache_on_damage=retrain"
+                    if retrain_damaged:
+                        log.warning("%s; retraining it", exc)
+                        self.discard(key)
+                    else:
+                        action = _DAMAGED
+            action = int(multihost_utils.broadcast_one_to_all(np.int32(action)))
+            if action == _DAMAGED:
+                raise DamagedCacheEntry(why or f"model cache entry {self.path(key)} is damaged")
+            if action == _LOAD:
+                return (*self.load_model(key, model_template, vocab_json), False)
+            model, vocab, meta = train_fn()
+            if lead:
+                self.save_model(key, model, vocab, meta)
+            multihost_utils.sync_global_devices(f"seqgen model cache {key}")
+            return model, self.check(key), True
+
+
+# What process 0 of a multi-process run decided for a cache entry (broadcast to the others).
+_TRAIN, _LOAD, _DAMAGED = 0, 1, 2
 
 
 def _code_version() -> dict[str, Any]:

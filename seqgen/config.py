@@ -171,7 +171,9 @@ class DecodeConfig:
     loop: str = _one_of("auto", LOOPS)  # same outputs, speed differs
     # the most token positions one decoder's outputs may hold (rows x decode.max_len); a larger
     # decode is refused before any work: 1e8 positions are ~1.6 GB of ids and log-probs
-    max_tokens: int = _int(100_000_000, 1)
+    # a decoder with more rows (kept generations) than this is a study: its samples go to disk
+    # chunk by chunk and its token metrics are counted in chunks of this many rows
+    stream_rows: int = _int(16384, 1)
     # the K most probable alternatives of every generated token in samples.jsonl (0 = none;
     # greedy and sample), from the model's distribution (raw) or the one sampled (processed)
     logprobs: int = _int(0, 0)

@@ -10,7 +10,7 @@ import dataclasses
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +22,11 @@ from seqgen.decoding import registry
 from seqgen.decoding.steering import resolve as resolve_steering
 from seqgen.errors import UserError
 from seqgen.metrics import Generations, compute, decode_output_inputs, decode_output_records
+from seqgen.metrics.diversity import DiversityCounts
+from seqgen.metrics.length import length_stats
+from seqgen.metrics.perplexity import perplexity_from_nll, pooled_logprob
+from seqgen.metrics.repetition import RepetitionCounts
+from seqgen.parallel import is_lead
 from seqgen.progress import still_running
 from seqgen.scoring import score_sequences, step_logits
 
@@ -263,15 +268,36 @@ def accepted_prompts(constraint: Any, pr: Prompts) -> tuple[Prompts, float]:
     )
 
 
-def decode_all(
+OUTPUT_FIELDS = (
+    "tokens",
+    "lengths",
+    "ended",
+    "logprobs",
+    "tempered_logprobs",
+    "processed_logprobs",
+    "eos_logprob",
+    "eos_tempered_logprob",
+    "scores",
+    "proven",
+    "expansions",
+    "constraint_logmass",
+    "stopped",
+    "top_ids",
+    "top_logprobs",
+    "prompt_logprobs",
+)
+
+
+def decode_chunks(
     cfg: Any,
     dec: Any,
     model: Any,
     prompts: list[np.ndarray],
     key: jax.Array,
     constraint: Any = None,
-) -> dict[str, Any]:
-    """Decode every prompt with one decoder, in chunks of `decode.batch_size` rows.
+) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    """Decode every prompt with one decoder, in chunks of `decode.batch_size` rows: yields
+    `(index of the chunk's first prompt, its outputs as numpy)` as each compiled call ends.
 
     Each row's randomness is folded from its global prompt index and sample index, so chunking
     does not change what a row generates, nor does `decode.shard` (the rows of each call split
@@ -279,7 +305,7 @@ def decode_all(
     or None.
     """
     from seqgen.decoding import decode
-    from seqgen.parallel import make_mesh, replicate
+    from seqgen.parallel import describe_devices, make_mesh, replicate
 
     mesh = make_mesh() if cfg.decode.shard and jax.device_count() > 1 else None
     params = model.params if mesh is None else replicate(model.params, mesh)  # once, not per call
@@ -288,9 +314,10 @@ def decode_all(
     n_out = registry.rows_per_prompt(dec, int(cfg.decode.num_samples))
     per_call = max(1, int(cfg.decode.batch_size) // max(1, n_out))
     n_chunks = -(-len(prompts) // per_call)
-    outs = []
+    label = decoder_label(dec)
+    log.info("decoding %s: %d rows on %s", label, len(prompts) * n_out, describe_devices(mesh))
     t0 = time.time()
-    for start in range(0, len(prompts), per_call):
+    for done, start in enumerate(range(0, len(prompts), per_call), start=1):
         chunk = prompts[start : start + per_call]
         p_len = np.array([len(p) for p in chunk], np.int32)
         width = max(1, int(p_len.max()))
@@ -316,39 +343,25 @@ def decode_all(
             logprobs_mode=str(cfg.decode.get("logprobs_mode", "raw")),
             prompt_logprobs=bool(cfg.decode.get("prompt_logprobs", False)),
         )
-        outs.append(jax.tree.map(np.asarray, out))
+        fields = {f: getattr(out, f, None) for f in OUTPUT_FIELDS}
+        yield start, {f: np.asarray(v) for f, v in fields.items() if v is not None}
         if n_chunks > 1:  # progress of a long decode, one line per compiled call
             log.info(
                 "decoding %s: chunk %d/%d (%d of %d prompts) after %.1f s",
-                decoder_label(dec),
-                len(outs),
+                label,
+                done,
                 n_chunks,
                 min(start + per_call, len(prompts)),
                 len(prompts),
                 time.time() - t0,
             )
-    return {
-        f: np.concatenate([getattr(o, f) for o in outs], axis=0)
-        for f in (
-            "tokens",
-            "lengths",
-            "ended",
-            "logprobs",
-            "tempered_logprobs",
-            "processed_logprobs",
-            "eos_logprob",
-            "eos_tempered_logprob",
-            "scores",
-            "proven",
-            "expansions",
-            "constraint_logmass",
-            "stopped",
-            "top_ids",
-            "top_logprobs",
-            "prompt_logprobs",
-        )
-        if getattr(outs[0], f, None) is not None
-    }
+
+
+def decode_all(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Every output of `decode_chunks(cfg, dec, model, prompts, key, constraint=None)`,
+    concatenated over the chunks."""
+    outs = [out for _, out in decode_chunks(*args, **kwargs)]
+    return {f: np.concatenate([o[f] for o in outs], axis=0) for f in outs[0]}
 
 
 def _reference_scores(reference: Any, gen: Generations) -> Generations:
@@ -365,11 +378,14 @@ def evaluate_decoders(
     model: Any,
     reference: Any = None,
     on_result: Callable[[dict[str, Any], list[dict[str, Any]]], None] | None = None,
+    on_samples: Callable[[list[dict[str, Any]], bool], None] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Results (one per decoder, then `human`) and samples (one per generated sequence).
 
     `on_result(result, samples)` is called as soon as each decoder (then the human row, with no
-    samples) is done, so a caller can write it before the next decoder starts.
+    samples) is done, so a caller can write it before the next decoder starts. A study (a
+    decoder with more than `decode.stream_rows` rows, `study_decoder`) hands its samples to
+    `on_samples(samples, continued)` chunk by chunk instead, and returns only the first ones.
     """
     decoders = [cfg.decoder] if cfg.get("decoder") is not None else list(cfg.compare)
     if not decoders:
@@ -389,10 +405,22 @@ def evaluate_decoders(
         label = decoder_label(dec)
         t0 = time.time()
         key = decoder_key(int(cfg.seed), i)
+        if _study_rows(cfg, dec, len(pr.prompts)) > int(cfg.decode.stream_rows):
+            _warn_study_metrics(cfg, dec, corpus, reference, constraint)
+            study = (cfg, dec, corpus, model, pr.prompts, key, constraint)
+            result, first_rows = study_decoder(*study, on_samples)
+            if is_lead():  # its samples are on disk; the first ones for the tracker's table
+                results.append(result)
+                samples += first_rows
+                if on_result is not None:
+                    on_result(result, [])
+            continue
         with still_running(f"decoding {label}"):  # a compile or one long chunk: not silent
             steered = resolve_steering(dec, corpus.vocab)  # texts as the vocabulary's ids
             out = decode_all(cfg, steered, model, pr.prompts, key, constraint)
         t_dec = time.time() - t0
+        if not is_lead():  # every process decodes its rows; process 0 has them all and scores
+            continue
         fields = {
             "decode_s": t_dec,
             "prompts_left_out": left_out,
@@ -418,6 +446,8 @@ def evaluate_decoders(
         samples += sample_records(label, gen, rec, texts, corpus.vocab)
         if on_result is not None:
             on_result(results[-1], samples[first:])
+    if not is_lead():
+        return [], []
     if exact_mode is not None:  # rows that compare decoders; write_outputs rewrites the file
         for i, gen in beams:
             gen = dataclasses.replace(gen, exact_mode=exact_mode)
@@ -429,6 +459,125 @@ def evaluate_decoders(
     if on_result is not None:
         on_result(results[-1], [])
     return results, samples
+
+
+TRACKER_SAMPLES = 2000  # the samples a study keeps in memory, for the tracker's table
+
+
+def study_decoder(
+    cfg: Any,
+    dec: Any,
+    corpus: Any,
+    model: Any,
+    prompts: list[np.ndarray],
+    key: jax.Array,
+    constraint: Any,
+    on_samples: Callable[[list[dict[str, Any]], bool], None] | None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """One decoder's result for a study of many generations, in memory that does not grow
+    with their number: each decoded chunk's samples go to `on_samples` (process 0) and its
+    generations into the token metrics' counts (`DiversityCounts`, `RepetitionCounts`: the
+    same numbers as the metric table's), flushed every `decode.stream_rows` rows; `gen/ppl`,
+    `gen/ppl_model`, `length/*` and `score/mean` are pooled sums. Returns the result and the
+    first `TRACKER_SAMPLES` samples."""
+    label, rows = decoder_label(dec), int(cfg.decode.stream_rows)
+    total = _study_rows(cfg, dec, len(prompts))
+    diversity = DiversityCounts(
+        total,
+        seed=int(cfg.seed),
+        self_bleu_samples=int(cfg.metrics.self_bleu_max),
+        vocab_size=model.vocab_size,
+    )
+    repetition, pooled = RepetitionCounts(), StudySums()
+    pending: list[np.ndarray] = []
+    kept: list[dict[str, Any]] = []
+    t0 = time.time()
+    steered = resolve_steering(dec, corpus.vocab)  # texts as the vocabulary's ids
+    for start, out in decode_chunks(cfg, steered, model, prompts, key, constraint):
+        if not is_lead():
+            continue
+        chunk = prompts[start : start + out["tokens"].shape[0]]
+        gen, rec, texts = generations(cfg, dec, corpus, chunk, out)
+        rec["prompt_index"] = [start + i for i in rec["prompt_index"]]
+        pooled.add(gen, rec["score"])
+        pending += list(gen.sequences)
+        if len(pending) >= rows or diversity.seen + len(pending) == total:
+            diversity.add(pending)
+            repetition.add(pending)
+            pending = []
+        records = sample_records(label, gen, rec, texts, corpus.vocab)
+        if on_samples is not None:
+            on_samples(records, bool(kept))
+        kept += records[: TRACKER_SAMPLES - len(kept)]
+    metrics = {**pooled.metrics(), **diversity.metrics(), **repetition.metrics()}
+    metrics["time/decode_s"] = time.time() - t0  # decoding, metrics and writing together
+    log.info("studied %-28s %5d sequences in %.1f s", label, total, metrics["time/decode_s"])
+    return {"decoder": {**to_dict(dec), "label": label}, "metrics": metrics}, kept
+
+
+def _study_rows(cfg: Any, dec: Any, num_prompts: int) -> int:
+    """The generations a decoder keeps for its metrics (`_kept_per_prompt` per prompt)."""
+    n_out = registry.rows_per_prompt(dec, int(cfg.decode.num_samples))
+    return num_prompts * _kept_per_prompt(cfg, dec, n_out)
+
+
+class StudySums:
+    """`gen/ppl`, `gen/ppl_model` (pooled over every token, EOS of ended sequences included),
+    `length/*` and `score/mean` of a study, from sums over its chunks."""
+
+    def __init__(self) -> None:
+        self.logprob = {"gen/ppl": [0.0, 0], "gen/ppl_model": [0.0, 0]}
+        self.lengths = np.zeros(0, np.int64)  # histogram: bounded by decode.max_len
+        self.ended = self.count = 0
+        self.score = 0.0
+
+    def add(self, gen: Generations, scores: list[float]) -> None:
+        for key, lps, eos in (
+            ("gen/ppl", gen.tempered_logprobs, gen.eos_tempered_logprobs),
+            ("gen/ppl_model", gen.model_logprobs, gen.eos_model_logprobs),
+        ):
+            if lps is not None:
+                total, count = pooled_logprob(lps, ended=gen.ended, eos_logprob=eos)
+                self.logprob[key][0] += total
+                self.logprob[key][1] += count
+        hist = np.bincount(gen.packed.lengths)
+        size = max(hist.size, self.lengths.size)
+        self.lengths = np.pad(self.lengths, (0, size - self.lengths.size))
+        self.lengths[: hist.size] += hist
+        self.ended += int(np.sum(gen.ended))
+        self.count += gen.num_sequences
+        self.score += float(np.sum(scores))
+
+    def metrics(self) -> dict[str, float]:
+        out = {k: perplexity_from_nll(-t, c)["ppl"] for k, (t, c) in self.logprob.items() if c}
+        lengths = np.repeat(np.arange(self.lengths.size), self.lengths)  # 8 bytes a sequence
+        out["length/mean"], out["length/std"] = length_stats(lengths)
+        out["length/eos_rate"] = self.ended / self.count
+        out["score/mean"] = self.score / self.count
+        return out
+
+
+def _warn_study_metrics(cfg: Any, dec: Any, corpus: Any, reference: Any, constraint: Any) -> None:
+    """A study counts the token metrics only: say which of the run's other metrics it skips."""
+    skipped = [
+        name
+        for name, applies in (
+            ("oracle/*", corpus.oracle is not None),
+            ("abc/*", corpus.name == "folk" and int(cfg.metrics.abc_subset) > 0),
+            ("gen/ref_ppl", reference is not None),
+            ("constraint/*", constraint is not None),
+            ("search/*", registry.SPECS[dec.name].mode_search or dec.name in ("exact", "mbr")),
+        )
+        if applies
+    ]
+    if skipped:
+        log.warning(
+            "%s has more than decode.stream_rows=%d rows: a study, whose samples are streamed "
+            "to disk; not computed: %s",
+            decoder_label(dec),
+            int(cfg.decode.stream_rows),
+            ", ".join(skipped),
+        )
 
 
 def metric_settings(cfg: Any, corpus: Any, pr: Prompts) -> dict[str, Any]:

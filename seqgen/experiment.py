@@ -27,8 +27,14 @@ from seqgen.errors import UserError
 from seqgen.evaluate import evaluate_decoders
 from seqgen.metrics import perplexity_from_nll
 from seqgen.models import LanguageModel, count_params, make_init_carry_fn, make_step_fn
-from seqgen.outputs import print_results_table, reset_outputs, write_decoder, write_outputs
-from seqgen.parallel import maybe_initialize_distributed
+from seqgen.outputs import (
+    print_results_table,
+    reset_outputs,
+    write_decoder,
+    write_outputs,
+    write_samples,
+)
+from seqgen.parallel import is_lead, maybe_initialize_distributed
 from seqgen.paths import cache_root, model_folder
 from seqgen.preflight import check_divergence, check_environment, check_run
 from seqgen.progress import still_running
@@ -273,14 +279,17 @@ def run_experiment(cfg: Any, out_dir: str | Path | None = None) -> dict[str, Any
     out_dir = Path(out_dir or Path.cwd())
     validate_config(cfg)  # a notebook's or script's config gets the command line's checks
     check_environment(cfg, out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    reset_outputs(out_dir)
     maybe_initialize_distributed(cfg)
     enable_compilation_cache(cache_root(cfg.cache_dir) / "jax_compile")
+    if not is_lead():
+        return _follow(cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    reset_outputs(out_dir)
+    resolved = to_dict(cfg)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     tracker = make_tracker(
         cfg.logger,
-        config=to_dict(cfg),
+        config=resolved,
         out_dir=out_dir,
         default_group=_group(cfg),
         default_name=_run_name(out_dir),
@@ -310,7 +319,9 @@ def run_experiment(cfg: Any, out_dir: str | Path | None = None) -> dict[str, Any
         reference = load_reference(cfg, corpus)
         writer = _DecoderWriter(cfg, corpus, out_dir)
         try:
-            results, samples = evaluate_decoders(cfg, corpus, model, reference, writer)
+            results, samples = evaluate_decoders(
+                cfg, corpus, model, reference, writer, writer.samples
+            )
         except BaseException:
             log.warning(
                 "decoders finished before the failure: %s (their results and samples are in %s)",
@@ -367,6 +378,25 @@ class _DecoderWriter:
                 len(files),
                 time.time() - t0,
             )
+
+    def samples(self, rows: list[dict[str, Any]], continued: bool) -> None:
+        """`evaluate_decoders`'s `on_samples`: a study's samples, chunk by chunk."""
+        listen_to = 0 if continued else int(self.cfg.output.num_listen)
+        timeout_s = float(self.cfg.metrics.abc_timeout_s)
+        files = write_samples(
+            self.corpus.name, rows, self.out_dir, listen_to, timeout_s, append=continued
+        )
+        self.listen.extend(map(str, files))
+
+
+def _follow(cfg: Any) -> dict[str, Any]:
+    """A process other than 0 of a multi-process run: its part of the collective work (training,
+    decoding); process 0 computes the metrics over every row and writes the run folder."""
+    corpus = load_corpus(cfg.data, int(cfg.seed))
+    check_run(cfg, corpus)
+    model = get_model(cfg, corpus)
+    evaluate_decoders(cfg, corpus, model, load_reference(cfg, corpus))
+    return {"metrics": dict(model.metrics), "results": [], "out_dir": None}
 
 
 def enable_compilation_cache(path: Path) -> None:

@@ -47,7 +47,7 @@ from seqgen.config import TrainConfig, check_train, schema_default
 from seqgen.config import setting as config_setting
 from seqgen.errors import TrainingInterrupted, UserError
 from seqgen.metrics.perplexity import LN2, perplexity_from_nll
-from seqgen.parallel import make_mesh, replicate, shard_batch
+from seqgen.parallel import describe_devices, make_mesh, replicate, shard_batch
 from seqgen.progress import Progress
 
 log = logging.getLogger("seqgen")
@@ -606,6 +606,7 @@ def train(
     mesh = make_mesh() if setting(cfg, "data_parallel") else None
     if mesh is not None and mesh.size == 1:
         mesh = None
+    log.info("training on %s", describe_devices(mesh))
 
     ckpt = TrainCheckpointer(ckpt_dir) if ckpt_dir is not None else None
     loop = _Loop(model, hp, cfg, valid, ckpt, tracker, seed, progress, mesh)
@@ -614,7 +615,9 @@ def train(
 
     params = state.params
     if mesh is not None:  # hand back single-device arrays (decoding does not use the mesh)
-        params = jax.device_put(params, jax.local_devices()[0])
+        # a replica this process holds: under multi-host the global array is not addressable
+        local = jax.tree.map(lambda x: x.addressable_data(0), params)
+        params = jax.device_put(local, jax.local_devices()[0])
     nnx.update(model, params)
     model.eval()
     summary: dict[str, Any] = {
