@@ -26,7 +26,7 @@ from seqgen.decoding.knobs import DEFAULT_NAME, KNOBS, NESTED_KNOBS
 from seqgen.decoding.loop import LOOPS
 from seqgen.decoding.registry import validate_decoder
 from seqgen.errors import UserError
-from seqgen.models import CELLS
+from seqgen.models import CELL_CHOICES, check_model
 
 
 @dataclass
@@ -61,13 +61,18 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    cell: str = "lstm"  # lstm | gru | rnn | oracle (the DPFSA's exact distribution)
-    embed_size: int = 64
-    hidden_size: int = 128
+    # a row of seqgen.models.MODELS (lstm | gru | rnn | transformer | a registered model), or
+    # oracle (the DPFSA's exact distribution); each cell reads the fields its row names
+    cell: str = "lstm"
+    embed_size: int = 64  # recurrent cells; the Transformer embeds in hidden_size
+    hidden_size: int = 128  # the Transformer's d_model
     num_layers: int = 2
     dropout: float = 0.1
     tie_weights: bool = False
-    one_hot_input: bool = False
+    one_hot_input: bool = False  # recurrent cells
+    num_heads: int = 4  # Transformer: attention heads (divide hidden_size)
+    positions: str = "learned"  # Transformer: learned | rope
+    context: int = 512  # Transformer: positions it has (train.seq_len, decode.max_len fit)
 
 
 @dataclass
@@ -200,7 +205,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "data.name": ("folk", "text", "synthetic"),
     "data.level": ("char", "word", "whitespace", "abc"),
     "data.unknown": ("error", "unk"),
-    "model.cell": (*CELLS, "oracle"),
+    "model.cell": CELL_CHOICES,
     "decode.loop": LOOPS,
     "constraint.name": ("none", "regex", "meter"),
     "logger.name": ("none", "wandb"),
@@ -389,11 +394,7 @@ def validate_config(cfg: Any) -> None:
         raise UserError(
             "model=oracle decodes the DPFSA's true distribution and needs data=synthetic"
         )
-    if model.tie_weights and model.embed_size != model.hidden_size and not model.one_hot_input:
-        raise UserError(
-            "model.tie_weights=true needs model.embed_size == model.hidden_size "
-            f"(got {model.embed_size} and {model.hidden_size})"
-        )
+    check_model(model, cfg.train.seq_len, cfg.decode.max_len)
     prompts = cfg.decode.prompts
     is_list = isinstance(prompts, ListConfig | list)
     if (prompts not in ("none", "heldout", None) and not is_list) or (is_list and not prompts):

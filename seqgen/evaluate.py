@@ -301,7 +301,7 @@ def decode_all(
         out = decode(
             model.step_fn,
             params,
-            model.init_carry(len(chunk)),
+            model.init_carry(len(chunk), max_len),  # a KV cache holds max_len steps
             arr,
             p_len,
             cfg=dec,

@@ -186,22 +186,13 @@ def host_available_memory() -> int | None:
 
 
 def training_bytes(model_cfg: Any, train_cfg: Any, vocab_size: int, n_devices: int = 1) -> int:
-    """A lower estimate of one device's training memory, float32 throughout.
+    """A lower estimate of one device's training memory, float32 throughout, for a
+    [batch_size / devices, seq_len] batch (`seqgen.models.training_bytes`: parameters counted
+    exactly, activations per token from the cell's row of the models table)."""
+    from seqgen.models import training_bytes as model_training_bytes
 
-    Parameters, gradients and AdamW's two moments: 4 copies of P parameters. Activations kept
-    for the backward pass, per token of a [batch_size / devices, seq_len] batch: the embedding
-    (E), per layer the gates (g*H, g = 4 LSTM, 3 GRU, 1 RNN), cell and hidden state and the
-    layer input (3H), and the logits, their log-softmax and gradient (3V).
-    """
-    V, E, H = vocab_size, int(model_cfg.embed_size), int(model_cfg.hidden_size)
-    L = int(model_cfg.num_layers)
-    g = {"lstm": 4, "gru": 3, "rnn": 1}.get(str(model_cfg.cell), 4)
-    e_in = V if model_cfg.one_hot_input else E
-    params = (0 if model_cfg.one_hot_input else V * E) + H * V + V
-    params += g * H * (e_in + H + 2) + (L - 1) * g * H * (2 * H + 2)
     rows = math.ceil(int(train_cfg.batch_size) / max(1, n_devices))
-    per_token = E + L * (g + 3) * H + 3 * V
-    return 4 * (4 * params + rows * int(train_cfg.seq_len) * per_token)
+    return model_training_bytes(model_cfg, int(train_cfg.seq_len), rows, vocab_size)
 
 
 def _gib(n: float) -> str:
