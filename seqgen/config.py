@@ -72,7 +72,7 @@ class ModelConfig:
     one_hot_input: bool = False  # recurrent cells
     num_heads: int = 4  # Transformer: attention heads (divide hidden_size)
     positions: str = "learned"  # Transformer: learned | rope
-    context: int = 512  # Transformer: positions it has (train.seq_len, decode.max_len fit)
+    context: int = 256  # Transformer: positions it has (train.seq_len, decode.max_len fit)
 
 
 @dataclass

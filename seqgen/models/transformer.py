@@ -89,7 +89,7 @@ class Transformer(nnx.Module):
         dropout: float = 0.0,
         tie_weights: bool = False,
         positions: str = "learned",
-        context: int = 512,
+        context: int = 256,
         predict_eos: bool = True,
         rngs: nnx.Rngs,
     ):
