@@ -81,6 +81,8 @@ def test_dropout_only_in_train_mode_and_causal():
     np.testing.assert_array_equal(model(tokens), a)
     probs = jax.nn.softmax(a, axis=-1)
     assert np.all(probs[..., PAD_ID] == 0) and np.all(probs[..., BOS_ID] == 0)
+    with pytest.raises(UserError, match="17 tokens is longer than model.context=16"):
+        model(jnp.zeros((1, 17), jnp.int32))  # never silently clamped to the last position
 
 
 @pytest.mark.parametrize(
@@ -177,7 +179,7 @@ def test_trains_caches_and_decodes_through_the_pipeline(cache_dir, tmp_path):
     from seqgen.experiment import run_experiment
 
     overrides = [*TINY, "model=transformer", "model.hidden_size=16", "model.num_heads=2"]
-    cfg = compose([*overrides, "model.context=32"])
+    cfg = compose([*overrides, "model.context=64"])  # train=tiny: seq_len 64
     res = run_experiment(cfg, tmp_path / "run")
     info = json.loads((tmp_path / "run" / "metrics.json").read_text())["model"]
     entry = json.loads((Path(info["cache_dir"]) / "meta.json").read_text())
@@ -189,12 +191,23 @@ def test_trains_caches_and_decodes_through_the_pipeline(cache_dir, tmp_path):
         "dropout": 0.1,
         "tie_weights": False,
         "positions": "learned",
-        "context": 32,
+        "context": 64,
     }
-    assert res["metrics"]["ppl/valid"] < 8  # learned something: uniform over the symbols is ~9
+    assert res["metrics"]["ppl/valid"] < 8  # learned: uniform over the 8 predictable ids is 8
+    # the cache entry loads back from disk (orbax) into the same parameters
+    from seqgen.data.corpus import load_corpus
+    from seqgen.experiment import _LOADED, load_model_dir
+
+    loaded = load_model_dir(Path(info["cache_dir"]), load_corpus(cfg.data, 0), "test")
+    trained = _LOADED[info["cache_dir"]].params
+    for a, b in zip(jax.tree.leaves(loaded.params), jax.tree.leaves(trained), strict=True):
+        np.testing.assert_array_equal(a, b)
     labels = [r["decoder"]["label"] for r in res["results"]]
     assert len(labels) == len(cfg.compare) + 1  # every decoder of the default set, then human
-    with pytest.raises(UserError, match=r"decode.max_len=64 is longer than model.context=32"):
-        from seqgen.config import validate_config
+    from seqgen.config import validate_config
 
-        validate_config(compose([*overrides, "model.context=32", "decode.max_len=64"]))
+    validate_config(cfg)
+    with pytest.raises(UserError, match=r"decode.max_len=65 is longer than model.context=64"):
+        validate_config(compose([*overrides, "model.context=64", "decode.max_len=65"]))
+    with pytest.raises(UserError, match=r"train.seq_len=64 is longer than model.context=63"):
+        validate_config(compose([*overrides, "model.context=63"]))

@@ -173,6 +173,11 @@ class Transformer(nnx.Module):
     def __call__(self, tokens: Array, *, rngs: Array | None = None) -> Array:
         """Teacher-forced logits [B, T, V] for int tokens [B, T] under a causal mask."""
         b, t = tokens.shape
+        if t > self.context:  # a static shape: refused before any work, never clamped
+            raise UserError(
+                f"a sequence of {t} tokens is longer than model.context={self.context}; "
+                "raise model.context or lower train.seq_len"
+            )
         pos = jnp.broadcast_to(jnp.arange(t), (b, t))
         keep = self._keep_masks(rngs, (b, t, self.embed.features))
         x = self._drop(self._inputs(tokens, pos), keep, 0)
