@@ -20,6 +20,7 @@ from seqgen.config import to_dict
 from seqgen.decoding import registry
 from seqgen.errors import UserError
 from seqgen.metrics import Generations, compute, decode_output_inputs, decode_output_records
+from seqgen.progress import still_running
 from seqgen.scoring import score_sequences
 
 log = logging.getLogger("seqgen")
@@ -379,9 +380,11 @@ def evaluate_decoders(
         label = decoder_label(dec)
         t0 = time.time()
         key = decoder_key(int(cfg.seed), i)
-        out = decode_all(cfg, dec, model, pr.prompts, key, constraint)
+        with still_running(f"decoding {label}"):  # a compile or one long chunk: not silent
+            out = decode_all(cfg, dec, model, pr.prompts, key, constraint)
         t_dec = time.time() - t0
         fields = {"decode_s": t_dec, "prompts_left_out": left_out, **_search_inputs(dec, out)}
+        fields["label"] = label
         gen, rec, texts = generations(cfg, dec, corpus, pr.prompts, out, **fields, **common)
         gen = _reference_scores(reference, gen)
         if registry.SPECS[dec.name].mode_search:
@@ -389,7 +392,11 @@ def evaluate_decoders(
         if gen.proven is not None:  # exact search: the mode each beam is held to
             exact_mode = (gen.sequence_logprobs(), gen.proven)
         log.info("decoded %-28s %5d sequences in %.1f s", label, gen.num_sequences, t_dec)
+        t0 = time.time()
         metrics = compute(gen)
+        log.info(
+            "metrics %-28s %5d sequences in %.1f s", label, gen.num_sequences, time.time() - t0
+        )
         results.append({"decoder": {**to_dict(dec), "label": label}, "metrics": metrics})
         first = len(samples)
         samples += sample_records(label, gen, rec, texts, corpus.vocab)
@@ -399,7 +406,10 @@ def evaluate_decoders(
         for i, gen in beams:
             gen = dataclasses.replace(gen, exact_mode=exact_mode)
             results[i]["metrics"].update(compute(gen, across=True))
-    results.append(human_row(cfg, corpus, model, pr, common, reference))
+    t0 = time.time()
+    with still_running("scoring the human row"):
+        results.append(human_row(cfg, corpus, model, pr, common, reference))
+    log.info("metrics %-28s %5d sequences in %.1f s", "human", len(pr.human), time.time() - t0)
     if on_result is not None:
         on_result(results[-1], [])
     return results, samples
@@ -418,6 +428,7 @@ def metric_settings(cfg: Any, corpus: Any, pr: Prompts) -> dict[str, Any]:
         "seed": int(cfg.seed),
         "self_bleu_max": int(cfg.metrics.self_bleu_max),
         "abc_subset": int(cfg.metrics.abc_subset),
+        "abc_timeout_s": float(cfg.metrics.abc_timeout_s),
         "dataset": corpus.name,
         "vocab": corpus.vocab,
         "oracle": corpus.oracle,
@@ -524,6 +535,7 @@ def human_row(
         eos_model_logprobs=eos,
         texts=texts,
         max_len=[int(cfg.decode.max_len) - len(p) for p in pr.human_prompts],
+        label="human",
         **common,
     )
     metrics = compute(_reference_scores(reference, gen))

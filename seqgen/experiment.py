@@ -36,6 +36,7 @@ from seqgen.outputs import print_results_table, reset_outputs, write_decoder, wr
 from seqgen.parallel import maybe_initialize_distributed
 from seqgen.paths import cache_root
 from seqgen.preflight import check_divergence, check_environment, check_run
+from seqgen.progress import still_running
 from seqgen.report import write_report
 from seqgen.scoring import LoadedModel
 from seqgen.tracking import make_tracker
@@ -300,27 +301,22 @@ def run_experiment(cfg: Any, out_dir: str | Path | None = None) -> dict[str, Any
             json.dumps({**model_metrics, "model": model.info}, indent=2, default=str)
         )
         reference = load_reference(cfg, corpus)
-        finished: list[str] = []
-        listen: list[str] = []
-
-        def on_result(result: dict[str, Any], rows: list[dict[str, Any]]) -> None:
-            listen.extend(map(str, write_decoder(cfg, corpus, result, rows, out_dir)))
-            finished.append(result["decoder"]["label"])
-
+        writer = _DecoderWriter(cfg, corpus, out_dir)
         try:
-            results, samples = evaluate_decoders(cfg, corpus, model, reference, on_result)
+            results, samples = evaluate_decoders(cfg, corpus, model, reference, writer)
         except BaseException:
             log.warning(
                 "decoders finished before the failure: %s (their results and samples are in %s)",
-                ", ".join(finished) or "none",
+                ", ".join(writer.finished) or "none",
                 out_dir,
             )
             raise
+        t_write = time.time()
         outputs = write_outputs(cfg, results, samples, out_dir, tracker)
         report = write_report(out_dir, vocab=corpus.vocab)  # `vocab` marks the prompts in it
         tracker.log_html("report", report)
-        log.info("report: %s", report)
-        outputs = {**outputs, "report": str(report), "listen": listen}
+        log.info("wrote results, plots and report in %.1f s", time.time() - t_write)
+        outputs = {**outputs, "report": str(report), "listen": writer.listen}
         tracker.log_summary(model_metrics)
         wall = time.time() - t0
         (out_dir / "metrics.json").write_text(
@@ -332,11 +328,38 @@ def run_experiment(cfg: Any, out_dir: str | Path | None = None) -> dict[str, Any
         )
         print_results_table(results, model_metrics)
         log.info("done in %.1f s -> %s", wall, out_dir)
+        log.info("report: open %s", report.resolve().as_uri())
     except BaseException:
         tracker.finish(exit_code=1)
         raise
     tracker.finish(exit_code=0)
     return {"metrics": model_metrics, "results": results, "out_dir": str(out_dir)}
+
+
+class _DecoderWriter:
+    """`evaluate_decoders`'s `on_result`: each decoder's result, samples and tunes written as
+    soon as it finishes (so a later failure loses none of them), with the time it took."""
+
+    def __init__(self, cfg: Any, corpus: Any, out_dir: Path):
+        self.cfg, self.corpus, self.out_dir = cfg, corpus, out_dir
+        self.finished: list[str] = []
+        self.listen: list[str] = []
+
+    def __call__(self, result: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+        t0 = time.time()
+        label = result["decoder"]["label"]
+        with still_running(f"writing {label}"):  # MIDI: up to metrics.abc_timeout_s a tune
+            files = write_decoder(self.cfg, self.corpus, result, rows, self.out_dir)
+        self.listen.extend(map(str, files))
+        self.finished.append(label)
+        if rows:  # the human row has no samples: a line of results.jsonl only
+            log.info(
+                "wrote   %-28s %5d samples, %d tune files in %.1f s",
+                label,
+                len(rows),
+                len(files),
+                time.time() - t0,
+            )
 
 
 def enable_compilation_cache(path: Path) -> None:
