@@ -54,6 +54,8 @@ _TRAIN_DISPLAY_ONLY = ("progress", "log_every")
 
 def model_cache_key(cfg: Any, corpus: Any) -> str:
     train_cfg = {k: v for k, v in to_dict(cfg.train).items() if k not in _TRAIN_DISPLAY_ONLY}
+    if train_cfg.get("backward") == "autodiff":  # what every model cached before the knob
+        del train_cfg["backward"]  # was trained with: their keys stay, and they still load
     model_cfg = model_identity(cfg.model)  # only the fields the cell reads
     return ModelCache.key(fingerprint(corpus), model_cfg, train_cfg, int(cfg.seed))
 

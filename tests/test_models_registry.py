@@ -36,7 +36,7 @@ class Bigram(nnx.Module):
         self.out = nnx.Linear(embed_size, vocab_size, rngs=rngs)
         self.never = never_predicted(predict_eos)
 
-    def __call__(self, tokens: jax.Array, *, rngs: jax.Array | None = None) -> jax.Array:
+    def __call__(self, tokens: jax.Array, *, rngs=None, backward="autodiff") -> jax.Array:
         return mask_logits(self.out(self.embed(tokens)), self.never)
 
     def init_carry(self, batch_size: int, max_len: int | None = None) -> jax.Array:

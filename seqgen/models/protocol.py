@@ -2,8 +2,9 @@
 
 A model is an NNX module with three methods (`SequenceModel`):
 
-- `__call__(tokens[B, T], *, rngs=None) -> logits[B, T, V]`: teacher forcing, for training and
-  held-out perplexity (`rngs`: the dropout key of a train step; used only in train mode);
+- `__call__(tokens[B, T], *, rngs=None, backward="autodiff") -> logits[B, T, V]`: teacher
+  forcing, for training and held-out perplexity (`rngs`: the dropout key of a train step, used
+  only in train mode; `backward`: `train.backward`, which a model without a recurrence ignores);
 - `init_carry(batch_size, max_len=None) -> carry`: the decode state before BOS, a pytree whose
   every leaf has leading axis B (the decoders repeat, gather and shard rows along it).
   `max_len` is the most steps the carry will take (the decode budget, static): a recurrent
@@ -58,7 +59,9 @@ def mask_logits(logits: Array, never: tuple[int, ...]) -> Array:
 class SequenceModel(Protocol):
     """What every model module provides (see the module docstring)."""
 
-    def __call__(self, tokens: Array, *, rngs: Array | None = None) -> Array: ...
+    def __call__(
+        self, tokens: Array, *, rngs: Array | None = None, backward: str = "autodiff"
+    ) -> Array: ...
 
     def init_carry(self, batch_size: int, max_len: int | None = None) -> Carry: ...
 

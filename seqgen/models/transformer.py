@@ -170,8 +170,11 @@ class Transformer(nnx.Module):
             "pos": jnp.zeros((batch_size,), jnp.int32),
         }
 
-    def __call__(self, tokens: Array, *, rngs: Array | None = None) -> Array:
-        """Teacher-forced logits [B, T, V] for int tokens [B, T] under a causal mask."""
+    def __call__(
+        self, tokens: Array, *, rngs: Array | None = None, backward: str = "autodiff"
+    ) -> Array:
+        """Teacher-forced logits [B, T, V] for int tokens [B, T] under a causal mask.
+        `backward` (`train.backward`) is for recurrences: a Transformer is always autodiff."""
         b, t = tokens.shape
         if t > self.context:  # a static shape: refused before any work, never clamped
             raise UserError(
