@@ -29,7 +29,8 @@ from seqgen.decoding.knobs import DEFAULT_NAME, KNOBS, NESTED_FIELDS, Knob
 from seqgen.decoding.loop import LOOPS
 from seqgen.errors import UserError
 from seqgen.metrics.abc import ABC_SUBSET, ABC_TIMEOUT_S
-from seqgen.models import CELLS
+from seqgen.models import CELL_CHOICES
+from seqgen.models import check_model as check_cell
 from seqgen.models.recurrence import BACKWARDS
 from seqgen.settings import setting
 
@@ -53,7 +54,8 @@ def _float(default: float, low=-_INF, high=_INF, *, lo_open=False, hi_open=False
 
 def _one_of(default: str, choices: tuple[str, ...]) -> Any:
     """A field holding one of `choices`."""
-    return field(default=default, metadata={"knob": {"type": str, "choices": tuple(choices)}})
+    # a tuple, or a sequence read when checked (model.cell: the models table, registered rows too)
+    return field(default=default, metadata={"knob": {"type": str, "choices": choices}})
 
 
 # Every field's range or choices sits beside it (`_int`, `_float`, `_one_of`) and is checked by
@@ -90,13 +92,18 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    cell: str = _one_of("lstm", (*CELLS, "oracle"))  # oracle: the DPFSA's exact distribution
-    embed_size: int = _int(64, 1)
-    hidden_size: int = _int(128, 1)
+    # a row of seqgen.models.MODELS (lstm | gru | rnn | transformer | a registered model), or
+    # oracle (the DPFSA's exact distribution); each cell reads the fields its row names
+    cell: str = _one_of("lstm", CELL_CHOICES)
+    embed_size: int = _int(64, 1)  # recurrent cells; the Transformer embeds in hidden_size
+    hidden_size: int = _int(128, 1)  # the Transformer's d_model
     num_layers: int = _int(2, 1)
     dropout: float = _float(0.1, 0, 1, hi_open=True)
     tie_weights: bool = False
-    one_hot_input: bool = False
+    one_hot_input: bool = False  # recurrent cells
+    num_heads: int = 4  # Transformer: attention heads (divide hidden_size)
+    positions: str = "learned"  # Transformer: learned | rope
+    context: int = 256  # Transformer: positions it has (train.seq_len, decode.max_len fit)
 
 
 @dataclass
@@ -485,6 +492,7 @@ def validate_config(cfg: Any) -> None:
     _check_constraint(cfg)
     check_data(cfg.data)
     check_model(cfg.model, cfg.data.name)
+    check_cell(cfg.model, cfg.train.seq_len, cfg.decode.max_len)  # the cell's row's own rules
     check_train(cfg.train)
     _check_prompts(cfg)
 

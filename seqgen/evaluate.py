@@ -327,7 +327,7 @@ def decode_chunks(
         out = decode(
             model.step_fn,
             params,
-            model.init_carry(len(chunk)),
+            model.init_carry(len(chunk), max_len),  # a KV cache holds max_len steps
             arr,
             p_len,
             cfg=dec,

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-from flax import nnx
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -26,7 +25,13 @@ from seqgen.data.corpus import fingerprint, load_corpus
 from seqgen.errors import UserError
 from seqgen.evaluate import evaluate_decoders
 from seqgen.metrics import perplexity_from_nll
-from seqgen.models import LanguageModel, count_params, make_init_carry_fn, make_step_fn
+from seqgen.models import (
+    build_model,
+    count_params,
+    make_init_carry_fn,
+    make_step_fn,
+    model_identity,
+)
 from seqgen.outputs import (
     print_results_table,
     reset_outputs,
@@ -53,27 +58,12 @@ _TRAIN_DISPLAY_ONLY = ("progress", "log_every")
 # Model: the DPFSA oracle, or an NNX language model trained once per (data, model, train, seed).
 
 
-def build_model(model_cfg: Any, vocab_size: int, seed: int, predict_eos: bool = True):
-    """The configured LM; `predict_eos=False` for a text stream without EOS (see LanguageModel)."""
-    return LanguageModel(
-        vocab_size,
-        cell=model_cfg.cell,
-        embed_size=model_cfg.embed_size,
-        hidden_size=model_cfg.hidden_size,
-        num_layers=model_cfg.num_layers,
-        dropout=model_cfg.dropout,
-        tie_weights=model_cfg.tie_weights,
-        one_hot_input=model_cfg.one_hot_input,
-        predict_eos=predict_eos,
-        rngs=nnx.Rngs(seed),
-    )
-
-
 def model_cache_key(cfg: Any, corpus: Any) -> str:
     train_cfg = {k: v for k, v in to_dict(cfg.train).items() if k not in _TRAIN_DISPLAY_ONLY}
     if train_cfg.get("backward") == "autodiff":  # what every model cached before the knob
         del train_cfg["backward"]  # was trained with: their keys stay, and they still load
-    return ModelCache.key(fingerprint(corpus), to_dict(cfg.model), train_cfg, int(cfg.seed))
+    model_cfg = model_identity(cfg.model)  # only the fields the cell reads
+    return ModelCache.key(fingerprint(corpus), model_cfg, train_cfg, int(cfg.seed))
 
 
 # Models loaded in this process, by cache entry (folder): the jobs of a multirun share one step
@@ -157,7 +147,7 @@ def _train_model(
         "metrics": metrics,
         "train": result.summary,
         "params": count_params(result.model),
-        "model": to_dict(cfg.model),
+        "model": model_identity(cfg.model),
         "train_cfg": to_dict(cfg.train),
         "data": corpus.name,
         "data_cfg": to_dict(cfg.data),  # with `seed`: what seqgen-sample reloads

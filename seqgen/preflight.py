@@ -273,32 +273,14 @@ def host_available_memory() -> int | None:
         return None
 
 
-# Floats kept per token and per layer of hidden size H for the backward pass, by cell: fitted
-# (rounded down) to XLA's memory analysis of the compiled train step, `scripts/
-# calibrate_memory.py` (LSTM 21.6, GRU 17.4, RNN 9.2 on CPU, jax 0.10.2): the gates, their
-# nonlinearities and derivatives, the carry, the layer input, dropout masks.
-_FLOATS_PER_LAYER_H = {"lstm": 21, "gru": 17, "rnn": 9}
-
-
 def training_bytes(model_cfg: Any, train_cfg: Any, vocab_size: int, n_devices: int = 1) -> int:
-    """A lower estimate of one device's training memory, float32 throughout.
+    """A lower estimate of one device's training memory, float32 throughout, for a
+    [batch_size / devices, seq_len] batch (`seqgen.models.training_bytes`: parameters counted
+    exactly, activations per token from the cell's row of the models table)."""
+    from seqgen.models import training_bytes as model_training_bytes
 
-    Parameters, gradients and AdamW's two moments: 4 copies of P parameters. Activations kept
-    for the backward pass, per token of a [batch_size / devices, seq_len] batch: the embedding
-    and its gradient (2E), per layer `_FLOATS_PER_LAYER_H[cell]` x H, and the logits, their
-    softmax, gradient and the cross-entropy's intermediates (6V). Within 0.8-1.2 of what XLA
-    allocates for the sizes `scripts/calibrate_memory.py` compiles.
-    """
-    V, E, H = vocab_size, int(model_cfg.embed_size), int(model_cfg.hidden_size)
-    L = int(model_cfg.num_layers)
-    cell = str(model_cfg.cell)
-    g = {"lstm": 4, "gru": 3, "rnn": 1}.get(cell, 4)
-    e_in = V if model_cfg.one_hot_input else E
-    params = (0 if model_cfg.one_hot_input else V * E) + H * V + V
-    params += g * H * (e_in + H + 2) + (L - 1) * g * H * (2 * H + 2)
     rows = math.ceil(int(train_cfg.batch_size) / max(1, n_devices))
-    per_token = 2 * E + L * _FLOATS_PER_LAYER_H.get(cell, 21) * H + 6 * V
-    return 4 * (4 * params + rows * int(train_cfg.seq_len) * per_token)
+    return model_training_bytes(model_cfg, int(train_cfg.seq_len), rows, vocab_size)
 
 
 def _gib(n: float) -> str:

@@ -121,7 +121,7 @@ def test_added_keys_seeds_and_empty_prompts_are_user_errors(overrides, needle):
         (["model.hidden_size=0"], "model.hidden_size=0 is out of range"),
         (["model.hidden_siz=3"], "unknown key 'model.hidden_siz'"),
         (["+model.hidden_siz=3"], "(did you mean 'model.hidden_size'?)"),
-        (["model=transformer"], "model/transformer"),
+        (["model=mamba"], "model/mamba"),  # a config group option that does not exist
         (["-m", "decoder=beam", "decoder.beam_size=2,0"], "decoder.beam_size=0"),
     ],
 )
