@@ -303,7 +303,7 @@ def decode_all(
             p_len,
             cfg=dec,
             max_len=max_len,
-            num_samples=n_out if dec.name == "sample" else int(cfg.decode.num_samples),
+            num_samples=int(cfg.decode.num_samples),  # rows of the decoders that sample
             key=key,
             vocab_size=model.vocab_size,
             prompt_ids=np.arange(start, start + len(chunk), dtype=np.int32),
@@ -383,13 +383,17 @@ def evaluate_decoders(
         with still_running(f"decoding {label}"):  # a compile or one long chunk: not silent
             out = decode_all(cfg, dec, model, pr.prompts, key, constraint)
         t_dec = time.time() - t0
-        fields = {"decode_s": t_dec, "prompts_left_out": left_out, **_search_inputs(dec, out)}
+        fields = {
+            "decode_s": t_dec,
+            "prompts_left_out": left_out,
+            **registry.metric_inputs(dec, out),
+        }
         fields["label"] = label
         gen, rec, texts = generations(cfg, dec, corpus, pr.prompts, out, **fields, **common)
         gen = _reference_scores(reference, gen)
-        if registry.SPECS[dec.name].mode_search:
+        if registry.spec(dec).mode_search:
             beams.append((len(results), gen))
-        if gen.proven is not None:  # exact search: the mode each beam is held to
+        if registry.spec(dec).finds_mode:  # exact search: the mode each beam is held to
             exact_mode = (gen.sequence_logprobs(), gen.proven)
         log.info("decoded %-28s %5d sequences in %.1f s", label, gen.num_sequences, t_dec)
         t0 = time.time()
@@ -413,12 +417,6 @@ def evaluate_decoders(
     if on_result is not None:
         on_result(results[-1], [])
     return results, samples
-
-
-def _search_inputs(dec: Any, out: dict) -> dict[str, Any]:
-    """MBR's scores are its candidates' expected utilities (`mbr/*`); exact search's proof
-    flags come with its output (`decode_output_inputs`)."""
-    return {"expected_utility": out["scores"]} if dec.name == "mbr" else {}
 
 
 def metric_settings(cfg: Any, corpus: Any, pr: Prompts) -> dict[str, Any]:
@@ -455,7 +453,7 @@ def generations(
     out = {**out, "prompt_lengths": np.array([len(p) for p in prompts], np.int32)}
     best_only = _kept_per_prompt(cfg, dec, out["tokens"].shape[1]) == 1
     gen = decode_output_inputs(out, best_only=best_only)
-    if not registry.SPECS[dec.name].nbest:  # search/mode_found is about n-best lists
+    if not registry.spec(dec).nbest:  # search/mode_found is about n-best lists
         gen = {k: v for k, v in gen.items() if not k.startswith("best_")}
     texts = [
         corpus.vocab.decode(np.concatenate([p, t]))
@@ -486,18 +484,10 @@ def sample_records(
 
 
 def _kept_per_prompt(cfg: Any, dec: Any, n: int) -> int:
-    """How many of a prompt's N outputs count as its generations in the metrics.
-
-    n-best decoders (greedy, beam, diverse beam): the best one. Stochastic beam: its K samples
-    without replacement when there is no prompt (one prompt, K distinct sequences), else the
-    top one by perturbed log-prob, so that every decoder and the human row have one
-    continuation per prompt. Sampling: all `decode.num_samples`.
-    """
-    if registry.SPECS[dec.name].nbest:
-        return 1
-    if dec.name == "stochastic_beam" and cfg.decode.prompts not in (None, "none"):
-        return 1
-    return n
+    """How many of a prompt's N outputs count as its generations in the metrics
+    (`registry.kept_per_prompt`: n-best decoders their best; stochastic beam its best when there
+    are prompts, so every decoder and the human row have one continuation per prompt)."""
+    return registry.kept_per_prompt(dec, n, prompted=cfg.decode.prompts not in (None, "none"))
 
 
 def _warn_impossible_prompts(oracle: Any, prompts: list[np.ndarray]) -> None:
