@@ -93,6 +93,8 @@ class TrainConfig:
 def _decoder_field(knob: Any) -> tuple[str, Any, Any]:
     if knob.type is dict:
         return knob.name, dict[str, Any], field(default_factory=dict)
+    if knob.type is tuple:  # a list in the config; read as a tuple (hashable: a static key)
+        return knob.name, list[knob.item], field(default_factory=lambda: list(knob.default))
     return knob.name, knob.type, field(default=knob.default)
 
 

@@ -186,4 +186,8 @@ def test_impossible_orders_are_one_line():
         with pytest.raises(UserError, match=msg) as err:
             validate_decoder({"name": "sample", "order": order})
         assert "decoder.order" in str(err.value) and "\n" not in str(err.value)
-    assert table.check_order(["xtc", "temperature"])[-3:] == ("top_n_sigma", "temperature", "mirostat")
+    assert table.check_order(["xtc", "temperature"])[-3:] == (
+        "top_n_sigma",
+        "temperature",
+        "mirostat",
+    )

@@ -35,12 +35,17 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from seqgen.decoding import llama_samplers as L
 from seqgen.decoding import processors as P
 from seqgen.decoding.common import DEFAULTS
 from seqgen.decoding.knobs import CONFIG_FIELDS, KNOBS, Knob, add_knob
 from seqgen.errors import UserError
 
 STAGES = ("penalty", "temperature", "truncation", "post")
+# Where a stage may go in a user's order (`check_order`): penalties first (greedy applies only
+# them), Mirostat's post stage last (it reads the final distribution); temperature and the
+# truncations interleave freely, as in llama.cpp's chain (which puts temperature last).
+ORDER_RANK = {"penalty": 0, "temperature": 1, "truncation": 1, "post": 2}
 SHARED_STATE = ("counts", "history", "key")
 PENALTY_STAGES = ("penalty",)  # greedy applies only these
 
@@ -70,6 +75,7 @@ class Processor:
     needs:  shared state from SHARED_STATE.
     init, update: its own state (both or neither), see the module docstring.
     is_on:  `(get, vocab_size) -> bool` instead of the neutral-value rule (top-k: k >= V is off).
+    before: rows it must run before in any order (dynatemp: temperature, whose x / t it rescales).
     doc:    the paper or toolkit and the definition it implements.
     """
 
@@ -81,6 +87,7 @@ class Processor:
     init: Callable[[int, Mapping[str, Any]], Any] | None = None
     update: Callable[[Any, jax.Array, jax.Array, Mapping[str, Any]], Any] | None = None
     is_on: Callable[[Callable[[str], Any], int | None], bool] | None = None
+    before: tuple[str, ...] = ()
     doc: str = ""
 
     def on(self, get: Callable[[str], Any], vocab_size: int | None = None) -> bool:
@@ -110,6 +117,20 @@ def _miro_update(mu: jax.Array, logits_in: jax.Array, tok: jax.Array, knobs: Map
 
 
 _KEEP = ("min_tokens_to_keep",)
+# the penalties' knobs and state: `penalty_last_n` > 0 counts the last n tokens of the history
+_PENALTY = ("penalize_prompt", "penalty_last_n")
+_PENALTY_NEEDS = ("counts", "history")
+
+
+def _counts(c: Context) -> jax.Array:
+    """The token counts the penalties read: all so far, or the last `penalty_last_n`."""
+    last_n = c.knobs["penalty_last_n"]
+    if not last_n:
+        return c.counts
+    first = jnp.zeros(c.history.shape[:1], jnp.int32)
+    if c.generated is not None:  # the prompt ends where the continuation starts
+        first = jnp.where(c.knobs["penalize_prompt"] > 0.5, first, c.t - c.generated)
+    return L.window_counts(c.history, c.t, first, last_n, c.counts.shape[-1])
 
 
 def _truncation(fn: Callable, mass_method: bool = False, **facts: Any) -> Processor:
@@ -127,19 +148,19 @@ _BUILTIN = (
     Processor(
         "repetition_penalty",
         "penalty",
-        lambda x, c: P.repetition_penalty(x, c.counts, c.knobs["repetition_penalty"]),
-        ("repetition_penalty", "penalize_prompt"),
-        ("counts",),
+        lambda x, c: P.repetition_penalty(x, _counts(c), c.knobs["repetition_penalty"]),
+        ("repetition_penalty", *_PENALTY),
+        _PENALTY_NEEDS,
         doc=P.repetition_penalty.__doc__,
     ),
     Processor(
         "presence_frequency_penalty",
         "penalty",
         lambda x, c: P.presence_frequency_penalty(
-            x, c.counts, c.knobs["presence_penalty"], c.knobs["frequency_penalty"]
+            x, _counts(c), c.knobs["presence_penalty"], c.knobs["frequency_penalty"]
         ),
-        ("presence_penalty", "frequency_penalty", "penalize_prompt"),
-        ("counts",),
+        ("presence_penalty", "frequency_penalty", *_PENALTY),
+        _PENALTY_NEEDS,
         doc=P.presence_frequency_penalty.__doc__,
     ),
     Processor(
@@ -149,6 +170,32 @@ _BUILTIN = (
         ("no_repeat_ngram_size",),
         ("history",),
         doc=P.no_repeat_ngram.__doc__,
+    ),
+    Processor(
+        "dry",
+        "penalty",
+        lambda x, c: L.dry(
+            x,
+            c.history,
+            c.t,
+            c.knobs["dry_multiplier"],
+            c.knobs["dry_base"],
+            c.knobs["dry_allowed_length"],
+            c.knobs["dry_sequence_breakers"],
+        ),
+        ("dry_multiplier", "dry_base", "dry_allowed_length", "dry_sequence_breakers"),
+        ("history",),
+        doc=L.dry.__doc__,
+    ),
+    Processor(
+        "dynatemp",
+        "temperature",
+        lambda x, c: L.dynatemp(
+            x, c.knobs["temperature"], c.knobs["dynatemp_range"], c.knobs["dynatemp_exponent"]
+        ),
+        ("dynatemp_range", "dynatemp_exponent", "temperature"),
+        before=("temperature",),
+        doc=L.dynatemp_factor.__doc__,
     ),
     Processor(
         "temperature",
@@ -167,6 +214,14 @@ _BUILTIN = (
     _truncation(P.epsilon),
     _truncation(P.eta),
     _truncation(P.top_n_sigma),
+    Processor(
+        "xtc",
+        "truncation",
+        lambda x, c: L.xtc(x, c.keys, c.knobs["xtc_threshold"], c.knobs["xtc_probability"], _m(c)),
+        ("xtc_threshold", "xtc_probability", *_KEEP),
+        ("key",),
+        doc=L.xtc.__doc__,
+    ),
     Processor(
         "mirostat",
         "post",
@@ -201,23 +256,33 @@ class ProcessorFlags(NamedTuple):
 
 
 def check_order(order: Sequence[str], where: str = "order") -> tuple[str, ...]:
-    """A processor order given as data (a permutation of `ORDER`'s rows, each once, stages
-    never going back: penalties before temperature before truncations before post), or one
-    `UserError` line naming what is wrong."""
+    """The full order a user's `order` gives (llama.cpp's sampler chain), or one `UserError`
+    line naming what is wrong. The named rows take, in the given order, the places the table
+    gives them; the rows not named keep theirs. An order is impossible with an unknown or a
+    repeated name, a stage before an earlier one (`ORDER_RANK`: penalties first, post last,
+    temperature and truncations in any order), or a row after one it must precede (`before`)."""
     order = tuple(order)
     unknown = [n for n in order if n not in PROCESSORS]
-    if unknown or sorted(order) != sorted(ORDER):
+    twice = sorted({n for n in order if order.count(n) > 1})
+    if unknown or twice:
+        what = f"{unknown} unknown" if unknown else f"{twice} twice"
         raise UserError(
-            f"{where}={list(order)} must name every processor once (unknown: {unknown}); "
-            f"allowed: an order of {', '.join(ORDER)}"
+            f"{where}={list(order)} names {what}; allowed: each of {', '.join(ORDER)} at most once"
         )
-    ranks = [STAGES.index(PROCESSORS[n].stage) for n in order]
-    if ranks != sorted(ranks):
-        raise UserError(
-            f"{where}: a processor runs before one of an earlier stage; allowed: "
-            f"stages in the order {' -> '.join(STAGES)}"
-        )
-    return order
+    named = iter(order)
+    full = tuple(next(named) if n in order else n for n in ORDER)
+    for a, b in zip(full, full[1:]):
+        if ORDER_RANK[PROCESSORS[b].stage] < ORDER_RANK[PROCESSORS[a].stage]:
+            raise UserError(
+                f"{where}: {b} ({PROCESSORS[b].stage}) cannot run after {a} "
+                f"({PROCESSORS[a].stage}); allowed: the penalty rows first, then temperature and "
+                "the truncations in any order, then post"
+            )
+    for n in full:
+        late = [b for b in PROCESSORS[n].before if full.index(b) < full.index(n)]
+        if late:
+            raise UserError(f"{where}: {n} must run before {', '.join(late)}")
+    return full
 
 
 def flags_from_cfg(
@@ -227,8 +292,8 @@ def flags_from_cfg(
     order: Sequence[str] | None = None,
 ) -> ProcessorFlags:
     """Switch on exactly the rows of `stages` that are on for the knob values `get(name)`, in
-    `order` (`check_order`; None: the table's)."""
-    names = ORDER if order is None else check_order(order)
+    `order` (`check_order`; None: the `order` knob's, whose default [] is the table's)."""
+    names = check_order(get("order") if order is None else order)
     order = tuple(
         n for n in names if PROCESSORS[n].stage in stages and PROCESSORS[n].on(get, vocab_size)
     )

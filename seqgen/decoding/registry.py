@@ -163,7 +163,7 @@ _BEAM = ("beam_size", "length_penalty", "alpha", "min_length", *_CONVENTIONS)
 SPECS: dict[str, DecoderSpec] = {
     "greedy": DecoderSpec(
         launch_greedy,
-        (),
+        ("order",),
         1,
         True,
         ("min_length",),
@@ -171,7 +171,7 @@ SPECS: dict[str, DecoderSpec] = {
         keyed=False,
         mode_search=True,
     ),
-    "sample": DecoderSpec(launch_sample, (), None, False, processors=table.STAGES),
+    "sample": DecoderSpec(launch_sample, ("order",), None, False, processors=table.STAGES),
     # beam names a row by no_repeat_ngram_size too, although its program does not read it
     "beam": DecoderSpec(
         launch_beam,
@@ -262,6 +262,7 @@ def validate_decoder(dec: Any, where: str = "decoder", vocab_size: int | None = 
     corpus is read) the vocabulary bound is left out."""
     row = spec(dec, where)
     validate_knobs(dec, vocab_size, where)
+    table.check_order(get(dec, "order"), f"{where}.order")
     if row.check is not None:
         row.check(lambda k: get(dec, k), where)
 
@@ -303,6 +304,7 @@ def run(name: str, req: DecodeRequest) -> DecodeOutput:
     row = spec({"name": name})
     resolve_loop(req.loop)  # an unknown loop is a UserError before any work
     validate_knobs(req.cfg, req.vocab_size)
+    table.check_order(get(req.cfg, "order"), "decoder.order")
     if row.check is not None:
         row.check(lambda k: get(req.cfg, k), "decoder")
     if req.constraint is not None:
