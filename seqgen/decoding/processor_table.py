@@ -143,6 +143,22 @@ def _truncation(fn: Callable, mass_method: bool = False, **facts: Any) -> Proces
     return Processor(name, "truncation", run, (name, *_KEEP), doc=fn.__doc__, **facts)
 
 
+# the shared state a `_positional` row's function takes after the logits, per entry of `needs`
+_STATE_ARGS = {"history": lambda c: (c.history, c.t), "key": lambda c: (c.keys,)}
+_DRY_KNOBS = ("dry_multiplier", "dry_base", "dry_allowed_length", "dry_sequence_breakers")
+
+
+def _positional(fn: Callable, stage: str, knobs: tuple[str, ...], needs=(), **facts) -> Processor:
+    """A row named like `fn`, calling `fn(logits, *its needs' state, *its knobs' values)`."""
+
+    def run(x: jax.Array, c: Context) -> jax.Array:
+        state = [a for s in needs for a in _STATE_ARGS[s](c)]
+        return fn(x, *state, *(c.knobs[k] for k in knobs))
+
+    facts.setdefault("doc", fn.__doc__)
+    return Processor(fn.__name__, stage, run, knobs, tuple(needs), **facts)
+
+
 _BUILTIN = (
     Processor("min_length", "penalty", _min_length, ("min_length",), doc=P.min_length.__doc__),
     Processor(
@@ -171,29 +187,11 @@ _BUILTIN = (
         ("history",),
         doc=P.no_repeat_ngram.__doc__,
     ),
-    Processor(
-        "dry",
-        "penalty",
-        lambda x, c: L.dry(
-            x,
-            c.history,
-            c.t,
-            c.knobs["dry_multiplier"],
-            c.knobs["dry_base"],
-            c.knobs["dry_allowed_length"],
-            c.knobs["dry_sequence_breakers"],
-        ),
-        ("dry_multiplier", "dry_base", "dry_allowed_length", "dry_sequence_breakers"),
-        ("history",),
-        doc=L.dry.__doc__,
-    ),
-    Processor(
-        "dynatemp",
+    _positional(L.dry, "penalty", _DRY_KNOBS, ("history",)),
+    _positional(
+        L.dynatemp,
         "temperature",
-        lambda x, c: L.dynatemp(
-            x, c.knobs["temperature"], c.knobs["dynatemp_range"], c.knobs["dynatemp_exponent"]
-        ),
-        ("dynatemp_range", "dynatemp_exponent", "temperature"),
+        ("temperature", "dynatemp_range", "dynatemp_exponent"),
         before=("temperature",),
         doc=L.dynatemp_factor.__doc__,
     ),
@@ -214,14 +212,7 @@ _BUILTIN = (
     _truncation(P.epsilon),
     _truncation(P.eta),
     _truncation(P.top_n_sigma),
-    Processor(
-        "xtc",
-        "truncation",
-        lambda x, c: L.xtc(x, c.keys, c.knobs["xtc_threshold"], c.knobs["xtc_probability"], _m(c)),
-        ("xtc_threshold", "xtc_probability", *_KEEP),
-        ("key",),
-        doc=L.xtc.__doc__,
-    ),
+    _positional(L.xtc, "truncation", ("xtc_threshold", "xtc_probability", *_KEEP), ("key",)),
     Processor(
         "mirostat",
         "post",
