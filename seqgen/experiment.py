@@ -65,6 +65,8 @@ def build_model(model_cfg: Any, vocab_size: int, seed: int, predict_eos: bool = 
 
 def model_cache_key(cfg: Any, corpus: Any) -> str:
     train_cfg = {k: v for k, v in to_dict(cfg.train).items() if k not in _TRAIN_DISPLAY_ONLY}
+    if train_cfg.get("backward") == "autodiff":  # what every model cached before the knob
+        del train_cfg["backward"]  # was trained with: their keys stay, and they still load
     return ModelCache.key(fingerprint(corpus), to_dict(cfg.model), train_cfg, int(cfg.seed))
 
 
