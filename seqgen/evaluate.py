@@ -7,6 +7,7 @@ cut to the same length limit, and continuing the same prompts when prompts are u
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from seqgen.decoding import registry
 from seqgen.errors import UserError
 from seqgen.metrics import Generations, compute, decode_output_inputs, decode_output_records
 from seqgen.progress import still_running
-from seqgen.scoring import score_sequences
+from seqgen.scoring import score_sequences, step_logits
 
 log = logging.getLogger("seqgen")
 
@@ -386,6 +387,8 @@ def evaluate_decoders(
         fields = {
             "decode_s": t_dec,
             "prompts_left_out": left_out,
+            "decoder": dec,  # with step_logits: the sampler's kept sets (oracle/trunc_*)
+            "step_logits": functools.partial(step_logits, model),
             **registry.metric_inputs(dec, out),
         }
         fields["label"] = label

@@ -9,7 +9,7 @@ bundle from a decoder's `DecodeOutput` (duck-typed, `[B, N, T]` arrays) and
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +50,9 @@ class Generations:
     - `constraint_logmass`: per sequence, log of the allowed mass at each generated step
       (EOS step included); `prompts_left_out`: share of prompts the constraint rejected;
     - `decode_s`: the decode's wall time;
+    - `decoder`: the decoder's config, `step_logits(prompts, sequences, ended)`: the model's raw
+      logits [len + ended, V] at each generated step (`seqgen.scoring.step_logits`); with an
+      `oracle`, `oracle/trunc_*` rerun the sampler's processors on them;
     - `max_len` (int or one per sequence): the continuation budget, only checked;
     - `seed`, `self_bleu_max`, `zipf_top`, `abc_subset`, `abc_timeout_s` (music21's time per
       tune): the metrics' settings; `label` names the generations in log lines.
@@ -81,6 +84,8 @@ class Generations:
     constraint_logmass: Rows | None = None
     prompts_left_out: float | None = None
     decode_s: float | None = None
+    decoder: Any = None
+    step_logits: Callable[..., Rows] | None = None
     max_len: int | Sequence[int] | np.ndarray | None = None
     seed: int = 0
     self_bleu_max: int = SELF_BLEU_SAMPLES
