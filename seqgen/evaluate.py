@@ -19,6 +19,7 @@ import numpy as np
 
 from seqgen.config import to_dict
 from seqgen.decoding import registry
+from seqgen.decoding.steering import resolve as resolve_steering
 from seqgen.errors import UserError
 from seqgen.metrics import Generations, compute, decode_output_inputs, decode_output_records
 from seqgen.progress import still_running
@@ -311,6 +312,9 @@ def decode_all(
             constraint=constraint,
             mesh=mesh,
             loop=cfg.decode.get("loop", "auto"),
+            logprobs=int(cfg.decode.get("logprobs", 0)),
+            logprobs_mode=str(cfg.decode.get("logprobs_mode", "raw")),
+            prompt_logprobs=bool(cfg.decode.get("prompt_logprobs", False)),
         )
         outs.append(jax.tree.map(np.asarray, out))
         if n_chunks > 1:  # progress of a long decode, one line per compiled call
@@ -338,6 +342,10 @@ def decode_all(
             "proven",
             "expansions",
             "constraint_logmass",
+            "stopped",
+            "top_ids",
+            "top_logprobs",
+            "prompt_logprobs",
         )
         if getattr(outs[0], f, None) is not None
     }
@@ -382,7 +390,8 @@ def evaluate_decoders(
         t0 = time.time()
         key = decoder_key(int(cfg.seed), i)
         with still_running(f"decoding {label}"):  # a compile or one long chunk: not silent
-            out = decode_all(cfg, dec, model, pr.prompts, key, constraint)
+            steered = resolve_steering(dec, corpus.vocab)  # texts as the vocabulary's ids
+            out = decode_all(cfg, steered, model, pr.prompts, key, constraint)
         t_dec = time.time() - t0
         fields = {
             "decode_s": t_dec,
@@ -481,9 +490,23 @@ def sample_records(
             "text": texts[j],
             "score": rec["score"][j],
             "logprob": float(np.sum(gen.model_logprobs[j]) + gen.eos_model_logprobs[j]),
+            **_logprob_records(rec, j),
         }
         for j in range(len(gen.sequences))
     ]
+
+
+def _logprob_records(rec: dict[str, list], j: int) -> dict[str, Any]:
+    """`top_logprobs` (decode.logprobs=K): per generated token (EOS's included when the row
+    ended at EOS) the K most probable [token id, log-prob] pairs, most probable first;
+    `prompt_logprobs` (decode.prompt_logprobs=true): the model's log-prob of each prompt token."""
+    out = {}
+    if "prompt_logprobs" in rec:
+        out["prompt_logprobs"] = [round(lp, 6) for lp in rec["prompt_logprobs"][j].tolist()]
+    if "top_ids" in rec:
+        pairs = zip(rec["top_ids"][j].tolist(), rec["top_logprobs"][j].tolist())
+        out["top_logprobs"] = [[[i, round(lp, 6)] for i, lp in zip(*p)] for p in pairs]
+    return out
 
 
 def _kept_per_prompt(cfg: Any, dec: Any, n: int) -> int:

@@ -254,10 +254,13 @@ def check_decode_budget(cfg: Any, num_prompts: int) -> None:
 
 def check_run(cfg: Any, corpus: Any) -> None:
     """Everything that depends on the corpus, before training or loading a model."""
+    from seqgen.decoding.steering import resolve
     from seqgen.evaluate import make_prompts
 
     vocab_size = len(corpus.vocab)
     check_decoders(cfg, vocab_size)
+    for _, dec in run_decoders(cfg):
+        resolve(dec, corpus.vocab)  # a steering text's symbol missing from the vocabulary
     check_splits(corpus)
     prompts = make_prompts(cfg, corpus)  # unknown symbols, prompt lengths, held-out prompts
     check_decode_budget(cfg, len(prompts.prompts))

@@ -32,11 +32,16 @@ AWAY = {
     "dry_multiplier": 0.8,
     "xtc_probability": 0.5,
     "dynatemp_range": 0.5,
+    "allowed_tokens": [4, 5],
+    "bad_words": [[4, 5]],
+    "logit_bias": {4: 1.0},
+    "sequence_bias": [[[4, 5], -1.0]],
 }
 BUILTIN_ORDER = (
-    "min_length", "repetition_penalty", "presence_frequency_penalty", "no_repeat_ngram", "dry",
-    "dynatemp", "temperature", "top_k", "top_p", "typical_p", "min_p", "epsilon", "eta",
-    "top_n_sigma", "xtc", "mirostat",
+    "min_length", "allowed_tokens", "bad_words", "logit_bias", "sequence_bias",
+    "repetition_penalty", "presence_frequency_penalty", "no_repeat_ngram", "dry", "dynatemp",
+    "temperature", "top_k", "top_p", "typical_p", "min_p", "epsilon", "eta", "top_n_sigma",
+    "xtc", "mirostat",
 )  # fmt: skip
 
 
@@ -97,12 +102,12 @@ def test_static_key_holds_sizes_not_traced_values():
 
 def test_sampling_decoders_read_the_rows_knobs():
     rows = {k for n in table.ORDER for k in table.PROCESSORS[n].knobs}
-    assert set(SPECS["sample"].knobs) == rows | {"order"}
+    assert set(SPECS["sample"].knobs) == rows | {"stop", "include_stop", "order"}  # the loop's
     penalty = {
         k for n in table.ORDER if table.PROCESSORS[n].stage == "penalty"
         for k in table.PROCESSORS[n].knobs
     }  # fmt: skip
-    assert set(SPECS["greedy"].knobs) == penalty | {"order"}
+    assert set(SPECS["greedy"].knobs) == penalty | {"stop", "include_stop", "order"}
 
 
 def test_an_order_is_data_and_checked():
