@@ -134,6 +134,8 @@ def _decoder_field(knob: Any) -> tuple[str, Any, Any]:
         return knob.name, dict[keys, Any], field(default_factory=dict)
     if knob.type is list:
         return knob.name, list[Any], field(default_factory=list)
+    if knob.type is tuple:  # a list in the config; read as a tuple (hashable: a static key)
+        return knob.name, list[knob.item], field(default_factory=lambda: list(knob.default))
     return knob.name, knob.type, field(default=knob.default)
 
 
