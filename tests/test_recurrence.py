@@ -99,12 +99,13 @@ def test_the_default_backward_keeps_the_model_cache_keys_of_before_the_knob():
     from seqgen.checkpoint import ModelCache
     from seqgen.config import to_dict
     from seqgen.data.corpus import fingerprint, load_corpus
+    from seqgen.models import model_identity
 
     cfg = compose(TINY)
     corpus = load_corpus(cfg.data, int(cfg.seed))
     before = {k: v for k, v in to_dict(cfg.train).items() if k not in ("progress", "log_every")}
     del before["backward"]  # a train config as it was hashed before `train.backward` existed
-    old_key = ModelCache.key(fingerprint(corpus), to_dict(cfg.model), before, int(cfg.seed))
+    old_key = ModelCache.key(fingerprint(corpus), model_identity(cfg.model), before, int(cfg.seed))
     assert experiment.model_cache_key(cfg, corpus) == old_key
     fused = compose([*TINY, "train.backward=fused"])
     assert experiment.model_cache_key(fused, corpus) != old_key  # other weights, other entry
