@@ -9,340 +9,19 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-import jax
 import numpy as np
 
 from seqgen.config import to_dict
 from seqgen.decoding import registry
+from seqgen.driver import decode_all, decoder_key, decoder_label, generations, sample_records
 from seqgen.errors import UserError
-from seqgen.metrics import (
-    compute_metrics,
-    decode_output_inputs,
-    decode_output_records,
-    human_metrics,
-)
+from seqgen.metrics import compute_metrics, human_metrics
+from seqgen.prompts import Prompts
 from seqgen.scoring import score_sequences
 
 log = logging.getLogger("seqgen")
-
-
-@dataclass
-class Prompts:
-    prompts: list[np.ndarray]  # token ids without BOS
-    human: list[np.ndarray]  # held-out continuations (the human row), cut to the budget
-    human_prompts: list[np.ndarray]  # the prompt each human continuation follows
-    human_ended: list[bool]
-
-
-def decoder_label(dec: Any) -> str:
-    """A short display name: the label, else the name and the knobs that differ from default."""
-    return registry.label(to_dict(dec))
-
-
-def make_prompts(cfg: Any, corpus: Any) -> Prompts:
-    """The prompts to decode and the human row (held-out continuations) that matches them.
-
-    `decode.prompts=heldout` takes openings of held-out (test, else valid) data, at most
-    `decode.num_prompts`, each a distinct prompt, in held-out order (`_openings`):
-
-    - sequences (DPFSA strings): the first `decode.prompt_len` tokens of a sequence longer
-      than that;
-    - folk tunes: the tune's whole header (M:, L:, K: lines) plus its first
-      `decode.prompt_len` tokens of music (characters at level char, ABC tokens at level
-      abc), from tunes with music left after it and a prompt shorter than `decode.max_len`;
-    - text streams: `decode.prompt_len` tokens from a line start, followed in the text by the
-      full budget of `decode.max_len` minus the prompt (or, with EOS in the stream, by the
-      end of its line); the spans of different prompts do not overlap.
-
-    When fewer than `decode.num_prompts` qualify, one warning says how many and why. The
-    human row continues the chosen openings first, then further held-out openings (as many
-    sequences as the generations), each cut at the generations' budget.
-    """
-    dcfg = cfg.decode
-    max_len = int(dcfg.max_len)
-    held = [np.asarray(s, np.int32) for s in corpus.test] or [
-        np.asarray(s, np.int32) for s in corpus.valid
-    ]
-    if not held:
-        raise UserError("the held-out split is empty: use a larger corpus or data.test_fraction")
-    mode = dcfg.prompts
-    n_samples = _samples_per_prompt(cfg)
-    if mode in (None, "none"):
-        prompts = [np.zeros((0,), np.int32)]
-        human_src = _openings(corpus, held, 0, max_len)
-    elif mode == "heldout":
-        plen = int(dcfg.prompt_len)
-        if plen >= max_len:
-            raise UserError(
-                f"decode.prompt_len={plen} must be < decode.max_len={max_len} to leave room "
-                "for a continuation"
-            )
-        openings = _openings(corpus, held, plen, max_len)
-        distinct = _distinct(openings)
-        if not distinct:
-            raise UserError(
-                f"no held-out opening qualifies for decode.prompt_len={plen} and "
-                f"decode.max_len={max_len} ({_why(corpus, plen, max_len)}); lower "
-                "decode.prompt_len or raise decode.max_len"
-            )
-        want = int(dcfg.num_prompts)
-        if len(distinct) < want:
-            log.warning(
-                "decode.num_prompts=%d, but only %d distinct held-out openings qualify (%s): "
-                "decoding %d prompts",
-                want,
-                len(distinct),
-                _why(corpus, plen, max_len),
-                len(distinct),
-            )
-        chosen = distinct[:want]
-        prompts = [openings[i][0] for i in chosen]
-        # the prompts' own continuations first, then other held-out openings' continuations
-        taken = set(chosen)
-        human_src = [openings[i] for i in chosen]
-        human_src += [o for i, o in enumerate(openings) if i not in taken]
-    else:
-        prompts = []
-        for text in list(mode):
-            # a literal "\n" typed on the command line is a line break (ABC headers need them)
-            text = str(text).replace("\\n", "\n")
-            ids = corpus.vocab.encode(text, unknown=cfg.data.unknown)
-            if len(ids) > max_len:
-                raise UserError(
-                    f"prompt {str(text)[:30]!r} is {len(ids)} tokens, longer than "
-                    f"decode.max_len={max_len}"
-                )
-            prompts.append(np.asarray(ids, np.int32))
-        human_src = _openings(corpus, held, 0, max_len)
-    human_src = human_src[: len(prompts) * n_samples]
-    return Prompts(
-        prompts,
-        [c for _, c, _ in human_src],
-        [p for p, _, _ in human_src],
-        [e for _, _, e in human_src],
-    )
-
-
-def _why(corpus: Any, plen: int, max_len: int) -> str:
-    """Why an opening qualifies, in words, for the warning and the error."""
-    if corpus.stream:
-        follow = "the end of its line or " if corpus.has_eos else ""
-        return (
-            f"{plen} tokens from a line start followed by {follow}{max_len - plen} more "
-            "tokens, not overlapping another opening"
-        )
-    if corpus.name == "folk":
-        return (
-            f"a tune's header plus {plen} tokens of music, with music after it and the "
-            f"prompt shorter than decode.max_len={max_len}"
-        )
-    return f"a sequence longer than decode.prompt_len={plen} tokens"
-
-
-def _openings(
-    corpus: Any, held: list[np.ndarray], plen: int, max_len: int
-) -> list[tuple[np.ndarray, np.ndarray, bool]]:
-    """(prompt, human continuation, ended) for every qualifying held-out opening, in order.
-
-    The continuation is cut at the budget `max_len - len(prompt)`; `ended` says that EOS
-    follows it within the budget.
-    """
-    if corpus.stream:
-        out = _stream_openings(corpus, held, plen, max_len)
-    else:
-        out = []
-        for s in held:
-            head = _header_length(corpus, s) if plen > 0 else 0
-            p, c = s[: head + plen], s[head + plen :]
-            if plen > 0 and (len(c) == 0 or len(p) >= max_len):
-                continue
-            budget = max_len - len(p)
-            out.append((p, c[:budget], len(c) < budget))
-    return out
-
-
-def _distinct(openings: list[tuple[np.ndarray, np.ndarray, bool]]) -> list[int]:
-    """Indices of the first opening of each distinct prompt."""
-    first: dict[bytes, int] = {}
-    for i, (p, _, _) in enumerate(openings):
-        first.setdefault(p.tobytes(), i)
-    return list(first.values())
-
-
-def _header_length(corpus: Any, seq: np.ndarray) -> int:
-    """Folk tunes: tokens of the tune's header (M:, L:, K:); other sequences have none."""
-    if corpus.name != "folk":
-        return 0
-    from seqgen.data.folk import header_length
-
-    return header_length(corpus.vocab.decode_symbols(seq), corpus.vocab.level)
-
-
-def _stream_openings(
-    corpus: Any, held: list[np.ndarray], plen: int, max_len: int
-) -> list[tuple[np.ndarray, np.ndarray, bool]]:
-    """Openings of a text stream: line starts (a run's start, or after a newline / EOS) of
-    non-empty lines, each followed by the full budget of text, or with EOS in the stream by
-    the end of its line within the budget; scanned in order, spans never overlap."""
-    from seqgen.tokens import EOS_ID
-
-    newline = {EOS_ID}
-    if "\n" in corpus.vocab:
-        newline.add(corpus.vocab.id_of("\n"))
-    out = []
-    for s in held:
-        breaks = np.isin(s, list(newline))
-        starts = np.flatnonzero(np.concatenate([[True], breaks[:-1]]) & ~breaks)
-        eos_at = np.flatnonzero(s == EOS_ID)
-        free = 0  # the next opening starts at or after this position
-        for j in map(int, starts):
-            if j < free:
-                continue
-            c0 = j + plen
-            k = int(np.searchsorted(eos_at, j))
-            nxt = int(eos_at[k]) if k < len(eos_at) else len(s) + max_len  # the line's EOS
-            if nxt < j + max_len:
-                if nxt <= c0:  # the line ends inside the prompt
-                    continue
-                cont, ended, free = s[c0:nxt], True, nxt + 1
-            elif j + max_len <= len(s):
-                cont, ended, free = s[c0 : j + max_len], False, j + max_len
-            else:
-                continue
-            out.append((s[j:c0], cont, ended))
-    return out
-
-
-def _samples_per_prompt(cfg: Any) -> int:
-    return int(cfg.decode.num_samples)
-
-
-def build_constraint(cfg: Any, corpus: Any, prompts: list[np.ndarray]) -> Any:
-    """The `constraint` config as an automaton over the corpus' vocabulary (None for none)."""
-    con = cfg.get("constraint")
-    name = "none" if con is None else con.name
-    if name == "regex":
-        from seqgen.decoding.regex import regex_constraint
-
-        return regex_constraint(str(con.pattern), corpus.vocab.symbols)
-    if name == "meter":
-        from seqgen.data.meter import meter_constraint
-
-        return meter_constraint(corpus.vocab.symbols, prompts)
-    return None
-
-
-def accepted_prompts(constraint: Any, pr: Prompts) -> tuple[Prompts, float]:
-    """The prompts (and human rows) whose prompt the constraint accepts as a prefix, and the
-    share of prompts left out (a held-out opening may break the constraint, e.g. a short bar)."""
-    from seqgen.decoding.constraint import prefix_state
-
-    def ok(p: np.ndarray) -> bool:
-        return prefix_state(constraint, p) >= 0
-
-    keep = [p for p in pr.prompts if ok(p)]
-    if not keep:
-        raise UserError(
-            "the constraint rejects every prompt; allowed: prompts it accepts as a prefix "
-            "(a smaller decode.prompt_len, or prompts that follow it)"
-        )
-    human = [i for i, p in enumerate(pr.human_prompts) if ok(p)]
-    left_out = 1.0 - len(keep) / len(pr.prompts)
-    if left_out > 0:
-        log.warning("the constraint rejects %.1f%% of the prompts: left out", 100 * left_out)
-    return (
-        Prompts(
-            prompts=keep,
-            human=[pr.human[i] for i in human],
-            human_prompts=[pr.human_prompts[i] for i in human],
-            human_ended=[pr.human_ended[i] for i in human],
-        ),
-        left_out,
-    )
-
-
-def decode_all(
-    cfg: Any,
-    dec: Any,
-    model: Any,
-    prompts: list[np.ndarray],
-    key: jax.Array,
-    constraint: Any = None,
-) -> dict[str, Any]:
-    """Decode every prompt with one decoder, in chunks of `decode.batch_size` rows.
-
-    Each row's randomness is folded from its global prompt index and sample index, so chunking
-    does not change what a row generates, nor does `decode.shard` (the rows of each call split
-    over every device of every host when there is more than one). `constraint`: a `Constraint`
-    or None.
-    """
-    from seqgen.decoding import decode
-    from seqgen.parallel import make_mesh, replicate
-
-    mesh = make_mesh() if cfg.decode.shard and jax.device_count() > 1 else None
-    params = model.params if mesh is None else replicate(model.params, mesh)  # once, not per call
-
-    max_len = int(cfg.decode.max_len)
-    n_out = registry.rows_per_prompt(dec, int(cfg.decode.num_samples))
-    per_call = max(1, int(cfg.decode.batch_size) // max(1, n_out))
-    n_chunks = -(-len(prompts) // per_call)
-    outs = []
-    t0 = time.time()
-    for start in range(0, len(prompts), per_call):
-        chunk = prompts[start : start + per_call]
-        p_len = np.array([len(p) for p in chunk], np.int32)
-        width = max(1, int(p_len.max()))
-        arr = np.zeros((len(chunk), width), np.int32)
-        for i, p in enumerate(chunk):
-            arr[i, : len(p)] = p
-        out = decode(
-            model.step_fn,
-            params,
-            model.init_carry(len(chunk)),
-            arr,
-            p_len,
-            cfg=dec,
-            max_len=max_len,
-            num_samples=n_out if dec.name == "sample" else int(cfg.decode.num_samples),
-            key=key,
-            vocab_size=model.vocab_size,
-            prompt_ids=np.arange(start, start + len(chunk), dtype=np.int32),
-            constraint=constraint,
-            mesh=mesh,
-            loop=cfg.decode.get("loop", "auto"),
-        )
-        outs.append(jax.tree.map(np.asarray, out))
-        if n_chunks > 1:  # progress of a long decode, one line per compiled call
-            log.info(
-                "decoding %s: chunk %d/%d (%d of %d prompts) after %.1f s",
-                decoder_label(dec),
-                len(outs),
-                n_chunks,
-                min(start + per_call, len(prompts)),
-                len(prompts),
-                time.time() - t0,
-            )
-    return {
-        f: np.concatenate([getattr(o, f) for o in outs], axis=0)
-        for f in (
-            "tokens",
-            "lengths",
-            "ended",
-            "logprobs",
-            "tempered_logprobs",
-            "processed_logprobs",
-            "eos_logprob",
-            "eos_tempered_logprob",
-            "scores",
-            "proven",
-            "expansions",
-            "constraint_logmass",
-        )
-        if getattr(outs[0], f, None) is not None
-    }
 
 
 def _reference_scores(reference: Any, prompts, conts, ended) -> dict[str, Any]:
@@ -354,46 +33,46 @@ def _reference_scores(reference: Any, prompts, conts, ended) -> dict[str, Any]:
 
 
 def evaluate_decoders(
-    cfg: Any,
+    decoders: list[Any],
     corpus: Any,
     model: Any,
+    pr: Prompts,
+    decode_cfg: Any,
+    metrics_cfg: Any,
+    seed: int,
     reference: Any = None,
     on_result: Callable[[dict[str, Any], list[dict[str, Any]]], None] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Results (one per decoder, then `human`) and samples (one per generated sequence).
 
-    `on_result(result, samples)` is called as soon as each decoder (then the human row, with no
-    samples) is done, so a caller can write it before the next decoder starts.
+    `decoders`: the run's decoder configs (`preflight.run_decoders`), decoded in order, the
+    i-th with `decoder_key(seed, i)`; `pr`: the run's prompts (`prompts.prepare_prompts`, with
+    its constraint). `on_result(result, samples)` is called as soon as each decoder (then the
+    human row, with no samples) is done, so a caller can write it before the next one starts.
     """
-    decoders = [cfg.decoder] if cfg.get("decoder") is not None else list(cfg.compare)
     if not decoders:
         raise UserError("nothing to decode: give decoder=NAME or a non-empty `compare` list")
-    pr = make_prompts(cfg, corpus)
-    if corpus.oracle is not None:
-        _warn_impossible_prompts(corpus.oracle, pr.prompts)
-    constraint = build_constraint(cfg, corpus, pr.prompts)
-    if constraint is not None:
-        pr, left_out = accepted_prompts(constraint, pr)
+    constraint = pr.constraint
     is_abc = corpus.name == "folk"
     results, samples = [], []
     search: dict = {}  # best log-prob per prompt of the n-best decoders (search/beam_error)
     common = {
-        "seed": int(cfg.seed),
+        "seed": int(seed),
         "oracle": corpus.oracle,
-        "self_bleu_max": int(cfg.metrics.self_bleu_max),
-        "abc_subset": int(cfg.metrics.abc_subset),
+        "self_bleu_max": int(metrics_cfg.self_bleu_max),
+        "abc_subset": int(metrics_cfg.abc_subset),
     }
     for i, dec in enumerate(decoders):
         label = decoder_label(dec)
         t0 = time.time()
-        key = decoder_key(int(cfg.seed), i)
-        out = decode_all(cfg, dec, model, pr.prompts, key, constraint)
+        key = decoder_key(int(seed), i)
+        out = decode_all(decode_cfg, dec, model, pr.prompts, key, constraint)
         t_dec = time.time() - t0
-        gen, rec, texts = generations(cfg, dec, corpus, pr.prompts, out)
+        gen, rec, texts = generations(decode_cfg, dec, corpus, pr.prompts, out)
         metrics = compute_metrics(
             **gen,
             abc_texts=texts if is_abc else None,
-            max_len=[int(cfg.decode.max_len) - len(p) for p in gen["prompts"]],
+            max_len=[int(decode_cfg.max_len) - len(p) for p in gen["prompts"]],
             **_reference_scores(reference, gen["prompts"], gen["sequences"], gen["ended"]),
             **common,
         )
@@ -403,7 +82,7 @@ def evaluate_decoders(
             from seqgen.metrics.constraint import constraint_metrics
 
             metrics.update(constraint_metrics(rec["constraint_logmass"]))
-            metrics["constraint/prompts_left_out"] = left_out
+            metrics["constraint/prompts_left_out"] = pr.left_out
         metrics["time/decode_s"] = t_dec
         log.info("decoded %-28s %5d sequences in %.1f s", label, len(gen["sequences"]), t_dec)
         results.append({"decoder": {**to_dict(dec), "label": label}, "metrics": metrics})
@@ -412,7 +91,7 @@ def evaluate_decoders(
         if on_result is not None:
             on_result(results[-1], samples[first:])
     _add_beam_error(results, search)  # needs every decoder; write_outputs rewrites results.jsonl
-    results.append(human_row(cfg, corpus, model, pr, common, is_abc, reference))
+    results.append(human_row(decode_cfg, corpus, model, pr, common, is_abc, reference))
     if on_result is not None:
         on_result(results[-1], [])
     return results, samples
@@ -455,78 +134,8 @@ def _add_beam_error(results: list[dict], search: dict) -> None:
         res["metrics"]["search/beam_error"] = beam_error_rate(search["beams"][i], mode, proven)
 
 
-def decoder_key(seed: int, index: int) -> jax.Array:
-    """The PRNG key of the `index`-th decoder of a run (0 for a run with one `decoder=`)."""
-    return jax.random.fold_in(jax.random.key(int(seed)), index)
-
-
-def generations(
-    cfg: Any, dec: Any, corpus: Any, prompts: list[np.ndarray], out: dict[str, Any]
-) -> tuple[dict[str, Any], dict[str, list], list[str]]:
-    """A decode's generations as the metrics count them (`compute_metrics` arguments, the
-    n-best decoders' `best_*` only for them), their records (`decode_output_records`) and
-    their texts (prompt included)."""
-    out = {**out, "prompt_lengths": np.array([len(p) for p in prompts], np.int32)}
-    best_only = _kept_per_prompt(cfg, dec, out["tokens"].shape[1]) == 1
-    gen = decode_output_inputs(out, best_only=best_only)
-    if not registry.SPECS[dec.name].nbest:  # search/mode_found is about n-best lists
-        gen = {k: v for k, v in gen.items() if not k.startswith("best_")}
-    texts = [
-        corpus.vocab.decode(np.concatenate([p, t]))
-        for p, t in zip(gen["prompts"], gen["sequences"])
-    ]
-    return gen, decode_output_records(out, best_only=best_only), texts
-
-
-def sample_records(
-    label: str, gen: dict[str, Any], rec: dict[str, list], texts: list[str], vocab: Any
-) -> list[dict[str, Any]]:
-    """One `samples.jsonl` object per generated sequence (`prompt`: the prompt's text)."""
-    return [
-        {
-            "decoder": label,
-            "prompt_index": rec["prompt_index"][j],
-            "sample_index": rec["sample_index"][j],
-            "token_ids": gen["sequences"][j].tolist(),
-            "prompt": vocab.decode(gen["prompts"][j]),
-            "text": texts[j],
-            "score": rec["score"][j],
-            "logprob": float(np.sum(gen["model_logprobs"][j]) + gen["eos_model_logprobs"][j]),
-        }
-        for j in range(len(gen["sequences"]))
-    ]
-
-
-def _kept_per_prompt(cfg: Any, dec: Any, n: int) -> int:
-    """How many of a prompt's N outputs count as its generations in the metrics.
-
-    n-best decoders (greedy, beam, diverse beam): the best one. Stochastic beam: its K samples
-    without replacement when there is no prompt (one prompt, K distinct sequences), else the
-    top one by perturbed log-prob, so that every decoder and the human row have one
-    continuation per prompt. Sampling: all `decode.num_samples`.
-    """
-    if registry.SPECS[dec.name].nbest:
-        return 1
-    if dec.name == "stochastic_beam" and cfg.decode.prompts not in (None, "none"):
-        return 1
-    return n
-
-
-def _warn_impossible_prompts(oracle: Any, prompts: list[np.ndarray]) -> None:
-    from seqgen.metrics.oracle import IMPOSSIBLE, prompt_states
-
-    bad = int((prompt_states(oracle, prompts, len(prompts)) == IMPOSSIBLE).sum())
-    if bad:
-        log.warning(
-            "%d of %d prompts have probability 0 under the DPFSA: their continuations are left "
-            "out of oracle/* and search/mode_found (see oracle/impossible_prompt_rate)",
-            bad,
-            len(prompts),
-        )
-
-
 def human_row(
-    cfg: Any,
+    decode_cfg: Any,
     corpus: Any,
     model: Any,
     pr: Prompts,
@@ -546,7 +155,7 @@ def human_row(
         logprobs=lps,
         eos_logprobs=eos,
         abc_texts=texts if is_abc else None,
-        max_len=[int(cfg.decode.max_len) - len(p) for p in pr.human_prompts],
+        max_len=[int(decode_cfg.max_len) - len(p) for p in pr.human_prompts],
         prompts=pr.human_prompts,
         **_reference_scores(reference, pr.human_prompts, pr.human, pr.human_ended),
         **common,

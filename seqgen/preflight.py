@@ -5,10 +5,12 @@ Two stages, both before any training or model loading:
 - `check_environment(cfg, out_dir)`: what needs no data -- the run and cache folders can be
   written, `distributed=true` has a coordinator, `logger.mode=online` has a W&B API key.
   `seqgen.run` calls it before Hydra starts (also for `hydra.run.dir`), `run_experiment` again.
-- `check_run(cfg, corpus)`: what depends on the vocabulary or the data, as soon as the corpus
-  is loaded -- every decoder of the run (`decoder`, or each `compare[i]`, named so in the
-  error), unique and path-safe labels, splits that are not empty, the prompts, and budgets
-  (training activations vs memory, decode outputs vs `decode.max_tokens` and memory).
+- `check_corpus(cfg, corpus)` and `check_budgets(cfg, vocab_size, num_prompts)`: what depends
+  on the vocabulary or the data, as soon as the corpus is loaded -- every decoder of the run
+  (`decoder`, or each `compare[i]`, named so in the error), unique and path-safe labels,
+  splits that are not empty; then, on the prompts the pipeline built once
+  (`prompts.prepare_prompts`), budgets (training activations vs memory, decode outputs vs
+  `decode.max_tokens` and memory).
 
 `check_divergence` is the rule that a trained model is not a divergence (never cached).
 """
@@ -115,7 +117,7 @@ def run_decoders(cfg: Any) -> list[tuple[str, Any]]:
 
 def check_decoders(cfg: Any, vocab_size: int) -> list[str]:
     """Validate every decoder's knobs (as `decode()` will) and labels; return the labels."""
-    from seqgen.evaluate import decoder_label
+    from seqgen.driver import decoder_label
     from seqgen.outputs import slug
 
     decoders = run_decoders(cfg)
@@ -252,15 +254,17 @@ def check_decode_budget(cfg: Any, num_prompts: int) -> None:
             )
 
 
-def check_run(cfg: Any, corpus: Any) -> None:
-    """Everything that depends on the corpus, before training or loading a model."""
-    from seqgen.evaluate import make_prompts
-
-    vocab_size = len(corpus.vocab)
-    check_decoders(cfg, vocab_size)
+def check_corpus(cfg: Any, corpus: Any) -> None:
+    """Every decoder of the run against the vocabulary, and the splits: before the prompts."""
+    check_decoders(cfg, len(corpus.vocab))
     check_splits(corpus)
-    prompts = make_prompts(cfg, corpus)  # unknown symbols, prompt lengths, held-out prompts
-    check_decode_budget(cfg, len(prompts.prompts))
+
+
+def check_budgets(cfg: Any, vocab_size: int, num_prompts: int) -> None:
+    """The decode outputs of the run's `num_prompts` prompts (built once by the pipeline,
+    `prompts.prepare_prompts`, which also checks their symbols and lengths) and the training
+    memory, before training or loading a model."""
+    check_decode_budget(cfg, num_prompts)
     check_training_memory(cfg, vocab_size)
 
 

@@ -8,8 +8,9 @@ evaluation (what char-rnn's `sample.lua`, folk-rnn's sampler and nanoGPT's `samp
 
 The model comes from a run dir (its `config.yaml`, and the cache entry in its `metrics.json`) or
 from a model-cache entry (`model_dir=`, whose `meta.json` names the data it was trained on). The
-decoding is the pipeline's own (`make_prompts`, `decode_all`, `generations`), with the key a run
-with one `decoder=` uses, so the same seed, decoder and prompts give the run's own tokens.
+decoding is the Python API's (`seqgen.api.Model.decode_config`), which is the pipeline's own
+(`prepare_prompts`, `decode_all`, `generations`) with the key a run with one `decoder=` uses, so
+the same seed, decoder and prompts give the run's own tokens.
 """
 
 from __future__ import annotations
@@ -78,27 +79,10 @@ def parse_args(argv: list[str]) -> tuple[SampleOptions, str | None, list[str]]:
     return opts, name, knobs
 
 
-def _compose(overrides: list[str]) -> DictConfig:
-    """The primary config (conf/config.yaml) with overrides, as `seqgen` composes it."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from seqgen.run import CONF_DIR
-
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return compose(config_name="config", overrides=overrides)
-    except Exception as exc:
-        from seqgen.run import _explain
-
-        raise UserError(_explain(exc, overrides)) from None
-    finally:
-        GlobalHydra.instance().clear()
-
-
-def _source(opts: SampleOptions) -> tuple[DictConfig, Path | None]:
-    """The trained model's config and its cache entry (None for the DPFSA oracle)."""
+def read_source(opts: SampleOptions) -> tuple[DictConfig, Path | None]:
+    """The trained model's config and its cache entry (None for the DPFSA oracle), from
+    `opts.run` or `opts.model_dir` (`seqgen.load` reads a folder through here too)."""
+    from seqgen.compose import compose_config
     from seqgen.config import Config, drop_retired
 
     if bool(opts.run) == bool(opts.model_dir):
@@ -132,27 +116,26 @@ def _source(opts: SampleOptions) -> tuple[DictConfig, Path | None]:
         "train": meta["train_cfg"],
         "seed": int(meta["seed"]),
     }
-    return OmegaConf.merge(_compose([]), drop_retired(trained)), path
+    return OmegaConf.merge(compose_config([]), drop_retired(trained)), path
 
 
 def _decoder(cfg: DictConfig, name: str | None, knobs: list[str]) -> DictConfig:
     """`decoder=NAME` from conf/decoder/, else the run's own decoder, else pure sampling;
     then the `decoder.KNOB=V` overrides."""
+    from seqgen.api import decoder_config
+    from seqgen.compose import explain
     from seqgen.config import DecoderConfig
 
-    if name is not None:
-        base = _compose([f"decoder={name}"]).decoder
-    elif cfg.get("decoder") is not None:
-        base = cfg.decoder
-    else:
-        base = _compose(["decoder=sample"]).decoder
     try:
-        user = [OmegaConf.from_dotlist(knobs).decoder] if knobs else []
-        return OmegaConf.merge(OmegaConf.structured(DecoderConfig), base, *user)
+        user = OmegaConf.from_dotlist(knobs).decoder if knobs else {}
     except Exception as exc:
-        from seqgen.run import _explain
-
-        raise UserError(_explain(exc, knobs)) from None
+        raise UserError(explain(exc, knobs)) from None
+    if name is not None or cfg.get("decoder") is None:
+        return decoder_config(name or "sample", user)
+    try:
+        return OmegaConf.merge(OmegaConf.structured(DecoderConfig), cfg.decoder, user)
+    except Exception as exc:
+        raise UserError(explain(exc, knobs)) from None
 
 
 def sample(argv: list[str]) -> dict[str, Any]:
@@ -161,26 +144,11 @@ def sample(argv: list[str]) -> dict[str, Any]:
     Returns `{"samples": [one samples.jsonl object per sequence], "corpus": name,
     "decoder": {...}, "cfg": the config decoded with}`; with `out=DIR` also writes the files.
     """
+    from seqgen.api import Model
     from seqgen.config import to_dict, validate_config
-    from seqgen.data.corpus import load_corpus
-    from seqgen.evaluate import (
-        accepted_prompts,
-        build_constraint,
-        decode_all,
-        decoder_key,
-        decoder_label,
-        generations,
-        make_prompts,
-        sample_records,
-    )
-    from seqgen.experiment import (
-        _oracle_model,
-        enable_compilation_cache,
-        load_model_dir,
-    )
 
     opts, name, knobs = parse_args(argv)
-    cfg, model_dir = _source(opts)
+    cfg, model_dir = read_source(opts)
     cfg.decoder = _decoder(cfg, name, knobs)
     if opts.prompt:
         cfg.decode.prompts = list(opts.prompt)
@@ -193,25 +161,9 @@ def sample(argv: list[str]) -> dict[str, Any]:
     decode_seed = int(cfg.seed) if opts.seed is None else opts.seed
     validate_config(cfg)
 
-    enable_compilation_cache(cache_root(cfg.cache_dir) / "jax_compile")
-    corpus = load_corpus(cfg.data, int(cfg.seed))  # the model's seed: its splits and vocabulary
-    if model_dir is None:
-        model = _oracle_model(corpus)
-    else:
-        if not (model_dir / "meta.json").exists():
-            raise UserError(f"the run's model {model_dir} is no longer in the cache")
-        model = load_model_dir(model_dir, corpus, f"the model {model_dir}")
-    dec = cfg.decoder
-    label = decoder_label(dec)
-    pr = make_prompts(cfg, corpus)
-    t0 = time.time()
-    constraint = build_constraint(cfg, corpus, pr.prompts)  # the run's constraint, if any
-    if constraint is not None:
-        pr, _ = accepted_prompts(constraint, pr)
-    out = decode_all(cfg, dec, model, pr.prompts, decoder_key(decode_seed, 0), constraint)
-    gen, rec, texts = generations(cfg, dec, corpus, pr.prompts, out)
-    records = sample_records(label, gen, rec, texts, corpus.vocab)
-    log.info("decoded %s: %d sequences in %.1f s", label, len(records), time.time() - t0)
+    model = Model.from_source(cfg, model_dir)  # the corpus, then the model
+    records = model.decode_config(cfg, decode_seed).records
+    corpus, dec = model.corpus, cfg.decoder
     if opts.out:
         from seqgen.outputs import reset_outputs, write_samples
 

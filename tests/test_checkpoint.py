@@ -11,6 +11,7 @@ import textwrap
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -20,7 +21,7 @@ from flax import nnx
 
 import seqgen
 import seqgen.checkpoint
-from seqgen import experiment
+from seqgen import model_store
 from seqgen.checkpoint import DamagedCacheEntry, ModelCache
 from seqgen.errors import UserError
 from seqgen.models import LanguageModel
@@ -280,7 +281,13 @@ def test_waiting_for_the_lock_names_its_holder(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
-# The pipeline (experiment.get_model) goes through the verified cache.
+# The pipeline (model_store.get_model) goes through the verified cache.
+
+
+def _get_model(cfg, corpus):
+    """The model a run of `cfg` gets (`run_experiment`'s call)."""
+    spec = model_store.ModelSpec.of(cfg)
+    return model_store.get_model(spec, corpus, cfg.cache_dir, cfg.cache_on_damage == "retrain")
 
 
 @pytest.fixture
@@ -288,22 +295,22 @@ def pipeline(tmp_path, monkeypatch):
     """A tiny config with its own cache, its corpus, and the model trained into that cache."""
     from seqgen.data.corpus import load_corpus
 
-    monkeypatch.setattr(experiment, "_LOADED", {})  # no in-process reuse across calls
+    monkeypatch.setattr(model_store, "_LOADED", {})  # no in-process reuse across calls
     cfg = compose([*TINY, "decoder=greedy", f"cache_dir={tmp_path}"])
     corpus = load_corpus(cfg.data, int(cfg.seed))
-    first = experiment.get_model(cfg, corpus)
-    experiment._LOADED.clear()
+    first = _get_model(cfg, corpus)
+    model_store._LOADED.clear()
     return cfg, corpus, first
 
 
 def test_pipeline_recomputes_the_metrics_of_a_loaded_model(pipeline, caplog):
     cfg, corpus, first = pipeline
-    meta_path = experiment.Path(first.info["cache_dir"]) / "meta.json"
+    meta_path = Path(first.info["cache_dir"]) / "meta.json"
     meta = json.loads(meta_path.read_text())
     meta["metrics"]["ppl/valid"] = 1.0  # meta.json is not what the numbers come from
     meta_path.write_text(json.dumps(meta))
     with caplog.at_level(logging.INFO, logger="seqgen"):
-        again = experiment.get_model(cfg, corpus)
+        again = _get_model(cfg, corpus)
     assert again.info["cached"] is True and first.info["cached"] is False
     assert again.metrics["ppl/valid"] == pytest.approx(first.metrics["ppl/valid"], rel=1e-6)
     assert again.metrics["ppl/valid"] != 1.0
@@ -312,13 +319,13 @@ def test_pipeline_recomputes_the_metrics_of_a_loaded_model(pipeline, caplog):
 
 def test_pipeline_retrains_a_damaged_entry_or_stops_with_one_line(pipeline, caplog):
     cfg, corpus, first = pipeline
-    entry = experiment.Path(first.info["cache_dir"])
+    entry = Path(first.info["cache_dir"])
     _flip_bytes(entry)
     with pytest.raises(UserError, match="damaged: model/.*cache_on_damage=retrain"):
-        experiment.get_model(compose([*TINY, "decoder=greedy", f"cache_dir={entry.parent.parent}",
+        _get_model(compose([*TINY, "decoder=greedy", f"cache_dir={entry.parent.parent}",
                                       "cache_on_damage=error"]), corpus)  # fmt: skip
     with caplog.at_level(logging.WARNING, logger="seqgen"):
-        again = experiment.get_model(cfg, corpus)
+        again = _get_model(cfg, corpus)
     assert again.info["cached"] is False  # retrained, not loaded
     assert any("damaged" in r.getMessage() for r in caplog.records)
     # the same config trains to the same model: the retrained numbers are the first ones

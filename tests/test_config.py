@@ -16,8 +16,8 @@ from seqgen.config import Config, DataConfig, DecoderConfig, TrainConfig, to_dic
 from seqgen.data.corpus import _get as corpus_get
 from seqgen.decoding.knobs import KNOBS
 from seqgen.decoding.registry import SPECS, validate_decoder
+from seqgen.driver import decoder_label
 from seqgen.errors import UserError
-from seqgen.evaluate import decoder_label
 from seqgen.train import hparams_from_cfg
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))

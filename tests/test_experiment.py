@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import TINY, compose
 
-from seqgen import experiment
+from seqgen import model_store
 from seqgen.decoding.registry import SPECS
 from seqgen.errors import UserError
 from seqgen.experiment import run_experiment
@@ -61,8 +61,8 @@ def test_second_run_loads_the_cached_model(first_run, tmp_path, monkeypatch):
     res, _ = first_run
     cfg = compose([*TINY, "decoder=greedy"])
     trainings = []
-    monkeypatch.setattr(experiment, "train", lambda *a, **k: trainings.append(a) or train(*a, **k))
-    monkeypatch.setattr(experiment, "_LOADED", {})  # from the disk cache, not this process's
+    monkeypatch.setattr(model_store, "train", lambda *a, **k: trainings.append(a) or train(*a, **k))
+    monkeypatch.setattr(model_store, "_LOADED", {})  # from the disk cache, not this process's
     res2 = run_experiment(cfg, out_dir=tmp_path)
     assert trainings == []
     meta = json.loads((tmp_path / "metrics.json").read_text())
@@ -146,10 +146,10 @@ def test_heldout_prompts_are_continued_and_the_human_row_matches(first_run, tmp_
     # the human row: as many held-out continuations as generations (5 prompts x 2 samples),
     # the first five continuing exactly the five prompts, each within the length budget
     from seqgen.data.corpus import load_corpus
-    from seqgen.evaluate import make_prompts
+    from seqgen.prompts import make_prompts
 
     corpus = load_corpus(cfg.data, int(cfg.seed))
-    pr = make_prompts(cfg, corpus)
+    pr = make_prompts(cfg.decode, corpus)
     assert len(pr.human) == 10 and len(pr.prompts) == 5
     for p, hp in zip(pr.prompts, pr.human_prompts[:5]):
         assert np.array_equal(p, hp)

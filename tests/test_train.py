@@ -333,7 +333,7 @@ def test_sigterm_from_the_command_line_exits_143_and_the_rerun_resumes(
 ):
     from conftest import ROOT, TINY, compose
 
-    from seqgen import experiment
+    from seqgen import model_store
     from seqgen.data.corpus import load_corpus
 
     args = [*TINY, "decoder=greedy", "train.checkpoint_every=20", f"cache_dir={tmp_path}/a"]
@@ -353,16 +353,17 @@ def test_sigterm_from_the_command_line_exits_143_and_the_rerun_resumes(
     assert not (tmp_path / "run" / "metrics.json").exists()
 
     # the rerun (in-process: the same pipeline) resumes; it ends where an uninterrupted run does
-    monkeypatch.setattr(experiment, "_LOADED", {})
+    monkeypatch.setattr(model_store, "_LOADED", {})
     cfg = compose(args)
     corpus = load_corpus(cfg.data, int(cfg.seed))
-    entry = tmp_path / "a" / "models" / experiment.model_cache_key(cfg, corpus)
+    spec = model_store.ModelSpec.of(cfg)
+    entry = tmp_path / "a" / "models" / model_store.model_cache_key(spec, corpus)
     assert TrainCheckpointer(entry / "train_ckpt").latest_step() == 6
     with caplog.at_level(logging.INFO, logger="seqgen"):
-        resumed = experiment.get_model(cfg, corpus)
+        resumed = model_store.get_model(spec, corpus, cfg.cache_dir)
     assert any(r.getMessage().startswith("resumed from step 6") for r in caplog.records)
-    experiment._LOADED.clear()
-    whole = experiment.get_model(compose([*args[:-1], f"cache_dir={tmp_path}/b"]), corpus)
+    model_store._LOADED.clear()
+    whole = model_store.get_model(spec, corpus, f"{tmp_path}/b")
     assert json.loads((entry / "meta.json").read_text())["train"]["steps"] == 20
     for a, b in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(whole.params)):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
