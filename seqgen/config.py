@@ -21,7 +21,6 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from seqgen.data.folk import DEFAULT_COLLECTIONS
 from seqgen.decoding.knobs import DEFAULT_NAME, KNOBS, NESTED_KNOBS
 from seqgen.decoding.loop import LOOPS
 from seqgen.decoding.registry import validate_decoder
@@ -32,8 +31,11 @@ from seqgen.models import CELLS
 @dataclass
 class DataConfig:
     name: str = "folk"  # folk | text | synthetic
-    # folk: music21's bundled ABC collections (public-domain ones by default)
-    collections: list[str] = field(default_factory=lambda: list(DEFAULT_COLLECTIONS))
+    # folk: music21's bundled ABC collections; by default its public-domain ones (the
+    # licenses: data/folk.COLLECTION_LICENSES)
+    collections: list[str] = field(
+        default_factory=lambda: ["oneills1850", "ryansMammoth", "airdsAirs", "miscFolk"]
+    )
     # text: a local UTF-8 file, or a named preset that is downloaded once and checksummed
     path: str | None = None
     preset: str | None = None

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import TINY, compose
 
-from seqgen import model_store
+from seqgen import experiment, model_store, tracking
 from seqgen.decoding.registry import SPECS
 from seqgen.errors import UserError
 from seqgen.experiment import run_experiment
@@ -116,10 +116,36 @@ def test_reference_must_be_a_cached_model(cache_dir, tmp_path):
         run_experiment(cfg, out_dir=tmp_path)
 
 
-def test_wandb_disabled_writes_nothing(first_run, tmp_path):
+def test_logger_wandb_runs_a_wandb_run_and_disabled_writes_nothing(
+    first_run, tmp_path, monkeypatch
+):
+    """The run makes the tracker the logger config asks for and finishes it: `logger=wandb`
+    (offline) is a W&B run in the run dir, finished with exit code 0; `logger.mode=disabled`
+    is no W&B run and writes nothing."""
+    made, finished = [], []
+    make = experiment.make_tracker
+    monkeypatch.setattr(
+        experiment, "make_tracker", lambda *a, **k: made.append(make(*a, **k)) or made[-1]
+    )
+    finish = tracking.WandbTracker.finish
+    monkeypatch.setattr(
+        tracking.WandbTracker,
+        "finish",
+        lambda t, exit_code=0: finished.append(exit_code) or finish(t, exit_code),
+    )
     cfg = compose([*TINY, "decoder=greedy", "logger=wandb", "logger.mode=disabled"])
-    run_experiment(cfg, out_dir=tmp_path)
-    assert not (tmp_path / "wandb").exists()
+    run_experiment(cfg, out_dir=tmp_path / "disabled")
+    assert isinstance(made[-1], tracking.NoOpTracker) and not finished
+    assert not (tmp_path / "disabled" / "wandb").exists()
+
+    for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(tracking, "_SET_FOR_JOB", {})
+    monkeypatch.setenv("WANDB_MODE", "offline")  # conftest disables W&B for every other test
+    cfg = compose([*TINY, "decoder=greedy", "logger=wandb", "logger.mode=offline"])
+    run_experiment(cfg, out_dir=tmp_path / "offline")
+    assert isinstance(made[-1], tracking.WandbTracker) and finished == [0]
+    assert len(list((tmp_path / "offline" / "wandb").glob("offline-run-*/run-*.wandb"))) == 1
 
 
 def test_heldout_prompts_are_continued_and_the_human_row_matches(first_run, tmp_path):
