@@ -75,32 +75,7 @@ def run_experiment(cfg: Any, out_dir: str | Path | None = None) -> dict[str, Any
         )
         _write_metrics(out_dir, model_metrics, model.info)
         reference = load_reference(cfg.metrics.get("reference_checkpoint"), corpus)
-        finished: list[str] = []
-        listen: list[str] = []
-
-        def on_result(result: dict[str, Any], rows: list[dict[str, Any]]) -> None:
-            listen.extend(map(str, write_decoder(cfg, corpus, result, rows, out_dir)))
-            finished.append(result["decoder"]["label"])
-
-        try:
-            results, samples = evaluate_decoders(
-                [dec for _, dec in run_decoders(cfg)],
-                corpus,
-                model,
-                prompts,
-                cfg.decode,
-                cfg.metrics,
-                int(cfg.seed),
-                reference,
-                on_result,
-            )
-        except BaseException:
-            log.warning(
-                "decoders finished before the failure: %s (their results and samples are in %s)",
-                ", ".join(finished) or "none",
-                out_dir,
-            )
-            raise
+        results, samples, listen = _evaluate(cfg, corpus, model, prompts, reference, out_dir)
         outputs = write_outputs(cfg, results, samples, out_dir, tracker)
         report = write_report(out_dir, vocab=corpus.vocab)  # `vocab` marks the prompts in it
         tracker.log_html("report", report)
@@ -116,6 +91,35 @@ def run_experiment(cfg: Any, out_dir: str | Path | None = None) -> dict[str, Any
         raise
     tracker.finish(exit_code=0)
     return {"metrics": model_metrics, "results": results, "out_dir": str(out_dir)}
+
+
+def _evaluate(
+    cfg: Any, corpus: Any, model: Any, prompts: Any, reference: Any, out_dir: Path
+) -> tuple[list[dict], list[dict], list[str]]:
+    """Every decoder of the run, each written as soon as it is done (`outputs.write_decoder`):
+    results, samples and the files to listen to. On a failure, the log names the decoders
+    whose results and samples are already in `out_dir`."""
+    finished: list[str] = []
+    listen: list[str] = []
+
+    def on_result(result: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+        listen.extend(map(str, write_decoder(cfg, corpus, result, rows, out_dir)))
+        finished.append(result["decoder"]["label"])
+
+    decoders = [dec for _, dec in run_decoders(cfg)]
+    try:
+        results, samples = evaluate_decoders(
+            decoders, corpus, model, prompts, cfg.decode, cfg.metrics, int(cfg.seed), reference,
+            on_result,
+        )  # fmt: skip
+    except BaseException:
+        log.warning(
+            "decoders finished before the failure: %s (their results and samples are in %s)",
+            ", ".join(finished) or "none",
+            out_dir,
+        )
+        raise
+    return results, samples, listen
 
 
 def _log_corpus(corpus: Any) -> None:

@@ -78,36 +78,7 @@ def make_prompts(decode_cfg: Any, corpus: Any, unknown: str = "error") -> Prompt
         prompts = [np.zeros((0,), np.int32)]
         human_src = _openings(corpus, held, 0, max_len)
     elif mode == "heldout":
-        plen = int(dcfg.prompt_len)
-        if plen >= max_len:
-            raise UserError(
-                f"decode.prompt_len={plen} must be < decode.max_len={max_len} to leave room "
-                "for a continuation"
-            )
-        openings = _openings(corpus, held, plen, max_len)
-        distinct = _distinct(openings)
-        if not distinct:
-            raise UserError(
-                f"no held-out opening qualifies for decode.prompt_len={plen} and "
-                f"decode.max_len={max_len} ({_why(corpus, plen, max_len)}); lower "
-                "decode.prompt_len or raise decode.max_len"
-            )
-        want = int(dcfg.num_prompts)
-        if len(distinct) < want:
-            log.warning(
-                "decode.num_prompts=%d, but only %d distinct held-out openings qualify (%s): "
-                "decoding %d prompts",
-                want,
-                len(distinct),
-                _why(corpus, plen, max_len),
-                len(distinct),
-            )
-        chosen = distinct[:want]
-        prompts = [openings[i][0] for i in chosen]
-        # the prompts' own continuations first, then other held-out openings' continuations
-        taken = set(chosen)
-        human_src = [openings[i] for i in chosen]
-        human_src += [o for i, o in enumerate(openings) if i not in taken]
+        prompts, human_src = _heldout_prompts(dcfg, corpus, held, max_len)
     else:
         prompts = []
         for text in list(mode):
@@ -128,6 +99,44 @@ def make_prompts(decode_cfg: Any, corpus: Any, unknown: str = "error") -> Prompt
         [p for p, _, _ in human_src],
         [e for _, _, e in human_src],
     )
+
+
+def _heldout_prompts(
+    dcfg: Any, corpus: Any, held: list[np.ndarray], max_len: int
+) -> tuple[list[np.ndarray], list[tuple[np.ndarray, np.ndarray, bool]]]:
+    """`decode.prompts=heldout`: the first `decode.num_prompts` distinct openings, and the human
+    row's sources (their own continuations first, then the other openings')."""
+    plen = int(dcfg.prompt_len)
+    if plen >= max_len:
+        raise UserError(
+            f"decode.prompt_len={plen} must be < decode.max_len={max_len} to leave room "
+            "for a continuation"
+        )
+    openings = _openings(corpus, held, plen, max_len)
+    distinct = _distinct(openings)
+    if not distinct:
+        raise UserError(
+            f"no held-out opening qualifies for decode.prompt_len={plen} and "
+            f"decode.max_len={max_len} ({_why(corpus, plen, max_len)}); lower "
+            "decode.prompt_len or raise decode.max_len"
+        )
+    want = int(dcfg.num_prompts)
+    if len(distinct) < want:
+        log.warning(
+            "decode.num_prompts=%d, but only %d distinct held-out openings qualify (%s): "
+            "decoding %d prompts",
+            want,
+            len(distinct),
+            _why(corpus, plen, max_len),
+            len(distinct),
+        )
+    chosen = distinct[:want]
+    prompts = [openings[i][0] for i in chosen]
+    # the prompts' own continuations first, then other held-out openings' continuations
+    taken = set(chosen)
+    human_src = [openings[i] for i in chosen]
+    human_src += [o for i, o in enumerate(openings) if i not in taken]
+    return prompts, human_src
 
 
 def _why(corpus: Any, plen: int, max_len: int) -> str:
