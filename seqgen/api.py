@@ -17,6 +17,7 @@ of a run's first decoder, `driver.generations`), and `seqgen-sample` decodes thr
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from dataclasses import dataclass
@@ -135,7 +136,7 @@ class Model:
         """
         from seqgen.config import validate_config
 
-        cfg = self.config.copy()
+        cfg = copy.deepcopy(self.config)  # the model's own config stays as loaded
         cfg.decoder = decoder_config(decoder, knobs)
         if prompts is None:
             cfg.decode.prompts = "none"

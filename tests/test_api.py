@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, TINY
+from conftest import ROOT, SAMPLE_DECODER, SAMPLE_PROMPTS, SAMPLE_RUN, TINY, read_samples
 
 import seqgen
 import seqgen.run  # the module: `seqgen.run(...)` must still be the API's function
@@ -18,17 +18,14 @@ from seqgen.errors import UserError
 from seqgen.sample import sample
 from seqgen.tokens import UNK_ID
 
-DECODER = ["decoder=sample", "decoder.top_p=0.9", "decoder.temperature=0.8"]
-PROMPTS = ["ab", "c"]
+DECODER, PROMPTS = SAMPLE_DECODER, SAMPLE_PROMPTS
 
 
 @pytest.fixture(scope="module")
 def api_run(cache_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("api_run")
-    prompts = "decode.prompts=[" + ",".join(PROMPTS) + "]"
-    res = seqgen.run([*TINY, *DECODER, prompts, "decode.num_samples=3"], out_dir=out)
-    rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
-    return res, out, rows
+    res = seqgen.run(SAMPLE_RUN, out_dir=out)  # the run test_sample makes with run_experiment
+    return res, out, read_samples(out)
 
 
 @pytest.fixture(scope="module")
