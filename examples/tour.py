@@ -41,6 +41,8 @@ overrides = [
     "model.num_layers=1",
     "train=tiny",
     "decoder=greedy",
+    "decode.prompts=none",  # the run's own decode: from the empty start
+    "decode.num_samples=8",
     "decode.max_len=24",
     "output.plots=false",
 ]
@@ -54,10 +56,12 @@ print({k: round(v, 3) for k, v in res["metrics"].items()})
 
 # %%
 model = seqgen.load(res["out_dir"])
+held_out = [model.vocab.decode(s) for s in model.corpus.test]  # strings the model never saw
+prompt = held_out[0][:2]  # a prefix the language allows
 outputs = {
-    "greedy": model.generate(["ab"], decoder="greedy"),
-    "beam 4": model.generate(["ab"], decoder="beam", beam_size=4),
-    "nucleus 0.9": model.generate(["ab"], decoder="sample", top_p=0.9, num_samples=8, seed=0),
+    "greedy": model.generate(prompt, decoder="greedy"),
+    "beam 4": model.generate(prompt, decoder="beam", beam_size=4),
+    "nucleus 0.9": model.generate(prompt, decoder="sample", top_p=0.9, num_samples=8, seed=0),
 }
 for name, gen in outputs.items():
     print(f"{name:12s} {gen.texts[0]!r:24s} log-prob {gen.logprobs[0]:.2f}")
@@ -68,7 +72,7 @@ for name, gen in outputs.items():
 # Scoring a generation gives back the log-probs its decoder reported.
 
 # %%
-scored = model.score(["abcab"])
+scored = model.score([held_out[1]])
 print("log-prob", scored.logprobs[0], "perplexity", scored.perplexity[0])
 gen = outputs["nucleus 0.9"]
 again = model.score(gen.token_ids, prompts=gen.prompts, ended=list(gen.ended))
@@ -98,4 +102,4 @@ ax.set_ylabel("gen/ppl (per token)")
 ax.set_title("decoders on a tiny DPFSA model")
 fig.tight_layout()
 fig.savefig(out / "tour.png")
-print("plot:", out / "tour.png", dict(zip(names, np.round(gen_ppl, 3))))
+print("plot:", out / "tour.png", {n: round(float(p), 3) for n, p in zip(names, gen_ppl)})

@@ -73,6 +73,7 @@ def test_default_root_honours_env(monkeypatch, tmp_path):
     assert ModelCache().root == tmp_path.absolute()
 
 
+@pytest.mark.slow
 def test_save_load_round_trip(tmp_path):
     cache = ModelCache(tmp_path)
     key = cache.key("abc", MODEL_CFG, TRAIN_CFG, 0)
@@ -303,6 +304,7 @@ def pipeline(tmp_path, monkeypatch):
     return cfg, corpus, first
 
 
+@pytest.mark.slow
 def test_pipeline_recomputes_the_metrics_of_a_loaded_model(pipeline, caplog):
     cfg, corpus, first = pipeline
     meta_path = Path(first.info["cache_dir"]) / "meta.json"
@@ -317,6 +319,7 @@ def test_pipeline_recomputes_the_metrics_of_a_loaded_model(pipeline, caplog):
     assert any("ppl/valid recomputed" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.slow
 def test_pipeline_retrains_a_damaged_entry_or_stops_with_one_line(pipeline, caplog):
     cfg, corpus, first = pipeline
     entry = Path(first.info["cache_dir"])

@@ -24,6 +24,7 @@ def first_run(cache_dir, tmp_path_factory):
     return run_experiment(cfg, out_dir=out), out
 
 
+@pytest.mark.slow
 def test_run_writes_every_output(first_run):
     res, out = first_run
     for name in ("config.yaml", "metrics.json", "results.jsonl", "samples.jsonl"):
@@ -51,12 +52,14 @@ def test_run_writes_every_output(first_run):
     assert all(t > 2 for s in samples for t in s["token_ids"])
 
 
+@pytest.mark.slow
 def test_greedy_gen_ppl_is_below_pure_sampling(first_run):
     res, _ = first_run
     m = {r["decoder"]["name"]: r["metrics"] for r in res["results"]}
     assert m["greedy"]["gen/ppl"] < m["sample"]["gen/ppl"]
 
 
+@pytest.mark.slow
 def test_second_run_loads_the_cached_model(first_run, tmp_path, monkeypatch):
     res, _ = first_run
     cfg = compose([*TINY, "decoder=greedy"])
@@ -74,6 +77,7 @@ ORACLE_COMPARE = "compare=[{name:greedy},{name:sample},{name:beam,beam_size:32}]
 HELDOUT = ["decode.prompts=heldout", "decode.num_prompts=6", "decode.prompt_len=2"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("prompts", [[], HELDOUT], ids=["unprompted", "heldout_prompts"])
 def test_oracle_model_scores_equal_the_oracle_metrics(cache_dir, tmp_path, prompts):
     # Decoding the DPFSA's own distribution: the decoder's log-probs (gen/ppl_model) and the
@@ -98,6 +102,7 @@ def test_unknown_prompt_symbol_is_a_user_error(cache_dir, tmp_path):
         run_experiment(cfg, out_dir=tmp_path)
 
 
+@pytest.mark.slow
 def test_reference_model_rescoring_equals_the_decoders_own_logprobs(first_run, tmp_path):
     # With the run's own model as the reference, teacher-forced rescoring of the generations
     # (gen/ref_ppl) must reproduce the log-probs the decoder recorded (gen/ppl_model).
@@ -116,6 +121,7 @@ def test_reference_must_be_a_cached_model(cache_dir, tmp_path):
         run_experiment(cfg, out_dir=tmp_path)
 
 
+@pytest.mark.slow
 def test_logger_wandb_runs_a_wandb_run_and_disabled_writes_nothing(
     first_run, tmp_path, monkeypatch
 ):
@@ -148,6 +154,7 @@ def test_logger_wandb_runs_a_wandb_run_and_disabled_writes_nothing(
     assert len(list((tmp_path / "offline" / "wandb").glob("offline-run-*/run-*.wandb"))) == 1
 
 
+@pytest.mark.slow
 def test_heldout_prompts_are_continued_and_the_human_row_matches(first_run, tmp_path):
     cfg = compose(
         [
@@ -182,6 +189,7 @@ def test_heldout_prompts_are_continued_and_the_human_row_matches(first_run, tmp_
     assert all(len(p) + len(h) <= cfg.decode.max_len for p, h in zip(pr.human_prompts, pr.human))
 
 
+@pytest.mark.slow
 def test_text_stream_model_never_emits_eos_and_marks_its_prompts(cache_dir, tmp_path):
     # A text stream has no EOS, so a model trained on it must not end a sequence: every
     # decoder runs to max_len. Three training steps leave EOS near its initial probability

@@ -13,6 +13,8 @@ import pytest
 
 from seqgen.parallel import maybe_initialize_distributed
 
+pytestmark = pytest.mark.slow  # 8 virtual devices in subprocesses
+
 SCRIPT = textwrap.dedent(
     """
     import json, math

@@ -239,6 +239,7 @@ def test_finished_decoders_are_kept_when_a_later_one_fails(monkeypatch, tmp_path
     assert "decoders finished before the failure: greedy" in caplog.text
 
 
+@pytest.mark.slow
 def test_long_decodes_show_progress_per_chunk(caplog):
     import jax
     import numpy as np

@@ -115,6 +115,7 @@ def folk_run(cache_dir, tmp_path_factory):
     return out, prompts
 
 
+@pytest.mark.slow
 def test_folk_report_marks_every_prompt_and_needs_no_network(folk_run):
     out, prompts = folk_run
     page = (out / "report.html").read_text()
@@ -129,6 +130,7 @@ def test_folk_report_marks_every_prompt_and_needs_no_network(folk_run):
     assert "data:image/png;base64," in page
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     shutil.which("chromium") is None, reason="needs Chromium (apt-get install chromium)"
 )

@@ -15,6 +15,8 @@ from seqgen.experiment import run_experiment
 from seqgen.outputs import slug
 from seqgen.sample import list_models, parse_args, sample
 
+pytestmark = pytest.mark.slow  # a trained run, and the command in a subprocess
+
 DECODER, PROMPTS = SAMPLE_DECODER, SAMPLE_PROMPTS
 
 

@@ -122,6 +122,7 @@ def full_run(tmp_path_factory):
     return before, result, tracker, d
 
 
+@pytest.mark.slow
 def test_training_lowers_valid_loss_and_reports_summary(full_run):
     before, (model, summary), tracker, _ = full_run
     assert summary["steps"] == 8
@@ -147,6 +148,7 @@ def test_evaluate_is_token_weighted():
     assert got["bits"] == pytest.approx(got["loss"] / math.log(2))
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_gives_the_same_parameters(full_run, tmp_path):
     _, (full_model, full_summary), _, _ = full_run
     cfg = Cfg()
@@ -160,6 +162,7 @@ def test_resume_after_interruption_gives_the_same_parameters(full_run, tmp_path)
     assert summary["valid/loss"] == pytest.approx(full_summary["valid/loss"], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_and_resume_continues(full_run, tmp_path):
     _, (full_model, _), _, _ = full_run
     cfg = replace(Cfg(), checkpoint_every=100)  # only the Ctrl-C handler writes "latest"
@@ -172,6 +175,7 @@ def test_ctrl_c_saves_and_resume_continues(full_run, tmp_path):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_best_and_latest_checkpoints_are_restorable(full_run):
     _, (model, summary), _, d = full_run
     ckpt = TrainCheckpointer(d)
@@ -236,6 +240,7 @@ def test_patience_stops_early_when_valid_loss_stalls():
     assert summary["best_step"] == 1
 
 
+@pytest.mark.slow
 def test_update_equals_plain_optax_adamw():
     """The jit step (injected lr, NaN guard, dropout key (seed, step)) is plain optax AdamW:
     clip by global norm 1, then AdamW with the warmup + cosine schedule, no decay on biases."""
@@ -271,6 +276,7 @@ def test_update_equals_plain_optax_adamw():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_saves_a_checkpoint_and_resume_continues(full_run, tmp_path, caplog, sig, code):
     """SIGTERM (schedulers) and SIGINT (Ctrl-C) finish the step in flight, save it, and stop."""
@@ -293,6 +299,7 @@ def test_signal_saves_a_checkpoint_and_resume_continues(full_run, tmp_path, capl
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_unreadable_training_checkpoint_restarts_from_step_zero(full_run, tmp_path, caplog):
     _, (full_model, _), _, _ = full_run
     cfg = Cfg()
@@ -328,6 +335,7 @@ runpy.run_module("seqgen.run", run_name="__main__", alter_sys=True)  # python -m
 """
 
 
+@pytest.mark.slow
 def test_sigterm_from_the_command_line_exits_143_and_the_rerun_resumes(
     tmp_path, monkeypatch, caplog
 ):
@@ -369,6 +377,7 @@ def test_sigterm_from_the_command_line_exits_143_and_the_rerun_resumes(
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_an_lr_sweep_compiles_one_train_step():
     """The lr is injected into the optimizer state (traced), not a compile-time constant."""
     from seqgen.train import _jitted
