@@ -16,7 +16,7 @@ from seqgen.errors import UserError
 @pytest.fixture()
 def no_training(monkeypatch, tmp_path):
     """A private, empty model cache and a `train` that fails the test if it is ever called."""
-    import seqgen.experiment
+    import seqgen.model_store
 
     cache = tmp_path / "cache"
     monkeypatch.setenv("SEQGEN_CACHE", str(cache))
@@ -24,7 +24,7 @@ def no_training(monkeypatch, tmp_path):
     def forbidden(*args, **kwargs):
         raise AssertionError("a training step ran")
 
-    monkeypatch.setattr(seqgen.experiment, "train", forbidden)
+    monkeypatch.setattr(seqgen.model_store, "train", forbidden)
     return cache
 
 
