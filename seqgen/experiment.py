@@ -76,7 +76,7 @@ def run_experiment(cfg: Any, out_dir: str | Path | None = None) -> dict[str, Any
         _write_metrics(out_dir, model_metrics, model.info)
         reference = load_reference(cfg.metrics.get("reference_checkpoint"), corpus)
         results, samples, listen = _evaluate(cfg, corpus, model, prompts, reference, out_dir)
-        outputs = write_outputs(cfg, results, samples, out_dir, tracker)
+        outputs = write_outputs(cfg.output, results, samples, out_dir, tracker)
         report = write_report(out_dir, vocab=corpus.vocab)  # `vocab` marks the prompts in it
         tracker.log_html("report", report)
         log.info("report: %s", report)
@@ -103,7 +103,7 @@ def _evaluate(
     listen: list[str] = []
 
     def on_result(result: dict[str, Any], rows: list[dict[str, Any]]) -> None:
-        listen.extend(map(str, write_decoder(cfg, corpus, result, rows, out_dir)))
+        listen.extend(map(str, write_decoder(cfg.output, corpus, result, rows, out_dir)))
         finished.append(result["decoder"]["label"])
 
     decoders = [dec for _, dec in run_decoders(cfg)]
