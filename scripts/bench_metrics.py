@@ -2,7 +2,7 @@
 
     python scripts/bench_metrics.py [--num 1000] [--len 256] [--vocab 5000] [--abc 20]
 
-Prints seconds per metric and the total of `compute_metrics` (ABC parsing timed separately,
+Prints seconds per metric and the total of `seqgen.metrics.compute` (ABC parsing timed separately,
 on `--abc` tunes, because music21 is slow and runs on a subset). Target: the token metrics
 for 1,000 x 256 in <= 10 s on a 2-core CPU. Results: scripts/bench_metrics_results.md.
 """
@@ -17,8 +17,9 @@ import time
 import numpy as np
 
 from seqgen.metrics import (
-    abc_metrics,
-    compute_metrics,
+    Generations,
+    abc_rates,
+    compute,
     distinct_n,
     generation_perplexity,
     ngram_entropy,
@@ -77,10 +78,10 @@ def main() -> None:
     timed("repetition/seq_rep_4", lambda: seq_rep_n(seqs, 4), r)
     timed("repetition/rep_pct", lambda: repetition_percent(seqs), r)
     timed("repetition/rep_16,32,128", lambda: rep_l(seqs), r)
-    kw = dict(ended=ended, tempered_logprobs=lps, eos_tempered_logprobs=eos)
-    timed("compute_metrics (all token metrics)", lambda: compute_metrics(seqs, **kw), r)
+    gen = dict(ended=ended, tempered_logprobs=lps, eos_tempered_logprobs=eos)
+    timed("compute (all token metrics)", lambda: compute(Generations(seqs, **gen)), r)
     tunes = [TUNE] * args.abc
-    timed(f"abc/* ({args.abc} tunes, music21)", lambda: abc_metrics(tunes, subset=args.abc), r)
+    timed(f"abc/* ({args.abc} tunes, music21)", lambda: abc_rates(tunes, subset=args.abc), r)
     cpus = os.cpu_count()
     print(f"# {args.num} sequences of length {args.len}, vocab {args.vocab}")
     print(f"# {platform.processor() or platform.machine()}, {cpus} CPUs, numpy {np.__version__}")

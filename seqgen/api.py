@@ -172,12 +172,12 @@ class Model:
         log.info("decoded %s: %d sequences in %.1f s", label, len(records), time.time() - t0)
         return GenerateOutput(
             texts=texts,
-            continuations=[corpus.vocab.decode(s) for s in gen["sequences"]],
+            continuations=[corpus.vocab.decode(s) for s in gen.sequences],
             prompts=[r["prompt"] for r in records],
-            token_ids=list(gen["sequences"]),
-            token_logprobs=list(gen["model_logprobs"]),
-            eos_logprobs=np.asarray(gen["eos_model_logprobs"], np.float64),
-            ended=np.asarray(gen["ended"], bool),
+            token_ids=list(gen.sequences),
+            token_logprobs=list(gen.model_logprobs),
+            eos_logprobs=np.asarray(gen.eos_model_logprobs, np.float64),
+            ended=np.asarray(gen.ended, bool),
             scores=np.asarray(rec["score"]),
             prompt_index=list(rec["prompt_index"]),
             sample_index=list(rec["sample_index"]),

@@ -17,7 +17,7 @@ import numpy as np
 
 from seqgen.config import to_dict
 from seqgen.decoding import registry
-from seqgen.metrics import decode_output_inputs, decode_output_records
+from seqgen.metrics import Generations, decode_output_inputs, decode_output_records
 
 log = logging.getLogger("seqgen")
 
@@ -114,11 +114,16 @@ def decoder_key(seed: int, index: int) -> jax.Array:
 
 
 def generations(
-    decode_cfg: Any, dec: Any, corpus: Any, prompts: list[np.ndarray], out: dict[str, Any]
-) -> tuple[dict[str, Any], dict[str, list], list[str]]:
-    """A decode's generations as the metrics count them (`compute_metrics` arguments, the
-    n-best decoders' `best_*` only for them), their records (`decode_output_records`) and
-    their texts (prompt included)."""
+    decode_cfg: Any,
+    dec: Any,
+    corpus: Any,
+    prompts: list[np.ndarray],
+    out: dict[str, Any],
+    **fields: Any,
+) -> tuple[Generations, dict[str, list], list[str]]:
+    """A decode's generations as the metrics count them (a `Generations` bundle with `fields`
+    added; the n-best decoders' `best_*` only for them), their records
+    (`decode_output_records`) and their texts (prompt included)."""
     out = {**out, "prompt_lengths": np.array([len(p) for p in prompts], np.int32)}
     best_only = _kept_per_prompt(decode_cfg, dec, out["tokens"].shape[1]) == 1
     gen = decode_output_inputs(out, best_only=best_only)
@@ -128,11 +133,13 @@ def generations(
         corpus.vocab.decode(np.concatenate([p, t]))
         for p, t in zip(gen["prompts"], gen["sequences"])
     ]
-    return gen, decode_output_records(out, best_only=best_only), texts
+    budget = [int(decode_cfg.max_len) - len(p) for p in gen["prompts"]]
+    bundle = Generations(**gen, texts=texts, max_len=budget, **fields)
+    return bundle, decode_output_records(out, best_only=best_only), texts
 
 
 def sample_records(
-    label: str, gen: dict[str, Any], rec: dict[str, list], texts: list[str], vocab: Any
+    label: str, gen: Generations, rec: dict[str, list], texts: list[str], vocab: Any
 ) -> list[dict[str, Any]]:
     """One `samples.jsonl` object per generated sequence (`prompt`: the prompt's text)."""
     return [
@@ -140,13 +147,13 @@ def sample_records(
             "decoder": label,
             "prompt_index": rec["prompt_index"][j],
             "sample_index": rec["sample_index"][j],
-            "token_ids": gen["sequences"][j].tolist(),
-            "prompt": vocab.decode(gen["prompts"][j]),
+            "token_ids": gen.sequences[j].tolist(),
+            "prompt": vocab.decode(gen.prompts[j]),
             "text": texts[j],
             "score": rec["score"][j],
-            "logprob": float(np.sum(gen["model_logprobs"][j]) + gen["eos_model_logprobs"][j]),
+            "logprob": float(np.sum(gen.model_logprobs[j]) + gen.eos_model_logprobs[j]),
         }
-        for j in range(len(gen["sequences"]))
+        for j in range(len(gen.sequences))
     ]
 
 

@@ -6,6 +6,7 @@ cut to the same length limit, and continuing the same prompts when prompts are u
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -17,19 +18,19 @@ from seqgen.config import to_dict
 from seqgen.decoding import registry
 from seqgen.driver import decode_all, decoder_key, decoder_label, generations, sample_records
 from seqgen.errors import UserError
-from seqgen.metrics import compute_metrics, human_metrics
+from seqgen.metrics import Generations, compute
 from seqgen.prompts import Prompts
 from seqgen.scoring import score_sequences
 
 log = logging.getLogger("seqgen")
 
 
-def _reference_scores(reference: Any, prompts, conts, ended) -> dict[str, Any]:
-    """`gen/ref_ppl` inputs: the continuations scored under the reference model."""
+def _reference_scores(reference: Any, gen: Generations) -> Generations:
+    """The generations with their log-probs under the reference model (`gen/ref_ppl`)."""
     if reference is None:
-        return {}
-    lps, eos = score_sequences(reference, list(prompts), list(conts), list(ended))
-    return {"ref_logprobs": lps, "ref_eos_logprobs": eos}
+        return gen
+    lps, eos = score_sequences(reference, list(gen.prompts), list(gen.sequences), list(gen.ended))
+    return dataclasses.replace(gen, ref_logprobs=lps, ref_eos_logprobs=eos)
 
 
 def evaluate_decoders(
@@ -52,112 +53,83 @@ def evaluate_decoders(
     """
     if not decoders:
         raise UserError("nothing to decode: give decoder=NAME or a non-empty `compare` list")
-    constraint = pr.constraint
-    is_abc = corpus.name == "folk"
     results, samples = [], []
-    search: dict = {}  # best log-prob per prompt of the n-best decoders (search/beam_error)
-    common = {
-        "seed": int(seed),
-        "oracle": corpus.oracle,
-        "self_bleu_max": int(metrics_cfg.self_bleu_max),
-        "abc_subset": int(metrics_cfg.abc_subset),
-    }
+    beams: list[tuple[int, Generations]] = []  # the mode-search rows, for search/beam_error
+    exact_mode = None
+    common = metric_settings(metrics_cfg, seed, corpus, pr)
     for i, dec in enumerate(decoders):
         label = decoder_label(dec)
         t0 = time.time()
-        key = decoder_key(int(seed), i)
-        out = decode_all(decode_cfg, dec, model, pr.prompts, key, constraint)
+        out = decode_all(decode_cfg, dec, model, pr.prompts, decoder_key(seed, i), pr.constraint)
         t_dec = time.time() - t0
-        gen, rec, texts = generations(decode_cfg, dec, corpus, pr.prompts, out)
-        metrics = compute_metrics(
-            **gen,
-            abc_texts=texts if is_abc else None,
-            max_len=[int(decode_cfg.max_len) - len(p) for p in gen["prompts"]],
-            **_reference_scores(reference, gen["prompts"], gen["sequences"], gen["ended"]),
-            **common,
-        )
-        metrics["score/mean"] = float(np.mean(rec["score"]))
-        metrics.update(_search_metrics(dec, out, gen, search))
-        if constraint is not None:
-            from seqgen.metrics.constraint import constraint_metrics
-
-            metrics.update(constraint_metrics(rec["constraint_logmass"]))
-            metrics["constraint/prompts_left_out"] = pr.left_out
-        metrics["time/decode_s"] = t_dec
-        log.info("decoded %-28s %5d sequences in %.1f s", label, len(gen["sequences"]), t_dec)
+        fields = {"decode_s": t_dec, "prompts_left_out": pr.left_out, **_search_inputs(dec, out)}
+        gen, rec, texts = generations(decode_cfg, dec, corpus, pr.prompts, out, **fields, **common)
+        gen = _reference_scores(reference, gen)
+        if registry.SPECS[dec.name].mode_search:
+            beams.append((len(results), gen))
+        if gen.proven is not None:  # exact search: the mode each beam is held to
+            exact_mode = (gen.sequence_logprobs(), gen.proven)
+        log.info("decoded %-28s %5d sequences in %.1f s", label, gen.num_sequences, t_dec)
+        metrics = compute(gen)
         results.append({"decoder": {**to_dict(dec), "label": label}, "metrics": metrics})
         first = len(samples)
         samples += sample_records(label, gen, rec, texts, corpus.vocab)
         if on_result is not None:
             on_result(results[-1], samples[first:])
-    _add_beam_error(results, search)  # needs every decoder; write_outputs rewrites results.jsonl
-    results.append(human_row(decode_cfg, corpus, model, pr, common, is_abc, reference))
+    if exact_mode is not None:  # rows that compare decoders; write_outputs rewrites the file
+        for i, gen in beams:
+            gen = dataclasses.replace(gen, exact_mode=exact_mode)
+            results[i]["metrics"].update(compute(gen, across=True))
+    results.append(human_row(decode_cfg, corpus, model, pr, common, reference))
     if on_result is not None:
         on_result(results[-1], [])
     return results, samples
 
 
-def _search_metrics(dec: Any, out: dict, gen: dict, search: dict) -> dict[str, float]:
-    """exact: `search/exact_proven`, `search/expansions_mean`; mbr: `mbr/*`. Notes the beam
-    decoders' best log-probs per prompt (-inf when not ended) in `search` for
-    `search/beam_error`."""
-    from seqgen.metrics.search import exact_proven_rate
-    from seqgen.metrics.utility import mbr_summary
-
-    if registry.SPECS[dec.name].mode_search or dec.name == "exact":
-        best = [np.sum(lp) + e for lp, e in zip(gen["model_logprobs"], gen["eos_model_logprobs"])]
-        best = np.where(gen["ended"], np.array(best), -np.inf)
-        if dec.name != "exact":
-            search.setdefault("beams", []).append(best)  # in the order of their result rows
-    if dec.name == "exact":
-        search["exact"] = (best, out["proven"])
-        empty = [len(t) == 0 and e for t, e in zip(gen["sequences"], gen["ended"])]
-        return {
-            "search/exact_proven": exact_proven_rate(out["proven"]),
-            "search/expansions_mean": float(np.mean(out["expansions"])),
-            "search/exact_empty": float(np.mean(empty)),  # the mode is EOS at once
-        }
-    if dec.name == "mbr":
-        return mbr_summary(out["scores"])
-    return {}
+def _search_inputs(dec: Any, out: dict) -> dict[str, Any]:
+    """MBR's scores are its candidates' expected utilities (`mbr/*`); exact search's proof
+    flags come with its output (`decode_output_inputs`)."""
+    return {"expected_utility": out["scores"]} if dec.name == "mbr" else {}
 
 
-def _add_beam_error(results: list[dict], search: dict) -> None:
-    """`search/beam_error` for each beam, diverse beam and greedy row decoded beside exact."""
-    from seqgen.metrics.search import beam_error_rate
-
-    if "exact" not in search:
-        return
-    mode, proven = search["exact"]
-    rows = [r for r in results if registry.SPECS[r["decoder"]["name"]].mode_search]
-    for i, res in enumerate(rows):
-        res["metrics"]["search/beam_error"] = beam_error_rate(search["beams"][i], mode, proven)
+def metric_settings(metrics_cfg: Any, seed: int, corpus: Any, pr: Prompts) -> dict[str, Any]:
+    """What every `Generations` bundle of a run shares: the metrics' settings (`metrics`
+    config, seed), the corpus' name, vocabulary and oracle, and the human continuations (the
+    reference)."""
+    return {
+        "seed": int(seed),
+        "self_bleu_max": int(metrics_cfg.self_bleu_max),
+        "abc_subset": int(metrics_cfg.abc_subset),
+        "dataset": corpus.name,
+        "vocab": corpus.vocab,
+        "oracle": corpus.oracle,
+        "reference": pr.human,
+    }
 
 
 def human_row(
-    decode_cfg: Any,
-    corpus: Any,
-    model: Any,
-    pr: Prompts,
-    common: dict,
-    is_abc: bool,
-    reference: Any = None,
+    decode_cfg: Any, corpus: Any, model: Any, pr: Prompts, common: dict, reference: Any = None
 ) -> dict[str, Any]:
-    """The human row: the held-out continuations (`make_prompts`) scored by the model
-    (teacher-forced log-probs: `gen/ppl` is the model's perplexity on them), `human_metrics`."""
+    """The human row: the metrics of the held-out continuations (`make_prompts`), scored by
+    the model (teacher-forced log-probs: `gen/ppl` and `gen/ppl_model` are the model's
+    perplexity on them, t = 1, as in Holtzman et al. 2020's Human row). Held-out text is no
+    n-best list and has no decoder score, so `search/mode_found` and `score/mean` do not
+    apply."""
     lps, eos = score_sequences(model, pr.human_prompts, pr.human, pr.human_ended)
     texts = [
         corpus.vocab.decode(np.concatenate([p, t])) for p, t in zip(pr.human_prompts, pr.human)
     ]
-    metrics = human_metrics(
+    gen = Generations(
         pr.human,
         ended=pr.human_ended,
-        logprobs=lps,
-        eos_logprobs=eos,
-        abc_texts=texts if is_abc else None,
-        max_len=[int(decode_cfg.max_len) - len(p) for p in pr.human_prompts],
         prompts=pr.human_prompts,
-        **_reference_scores(reference, pr.human_prompts, pr.human, pr.human_ended),
+        tempered_logprobs=lps,
+        eos_tempered_logprobs=eos,
+        model_logprobs=lps,
+        eos_model_logprobs=eos,
+        texts=texts,
+        max_len=[int(decode_cfg.max_len) - len(p) for p in pr.human_prompts],
         **common,
     )
+    metrics = compute(_reference_scores(reference, gen))
     return {"decoder": {"name": "human", "label": "human"}, "metrics": metrics}

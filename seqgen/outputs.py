@@ -11,46 +11,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+from seqgen.metrics import table as metric_table
+
 log = logging.getLogger("seqgen")
 
-TABLE_COLUMNS = (
-    "gen/ppl",
-    "diversity/self_bleu4",
-    "diversity/distinct_2",
-    "repetition/seq_rep_4",
-    "repetition/rep_pct",
-    "zipf",
-    "length/mean",
-)
-PLOT_METRICS = TABLE_COLUMNS + (
-    "diversity/distinct_4",
-    "length/eos_rate",
-    "abc/parse_rate",
-    "abc/bar_ok_rate",
-)
-
-# Each metric's y-axis label: what it counts, in which unit (README "Metrics" has the papers).
-METRIC_UNITS = {
-    "gen/ppl": "perplexity (per token)",
-    "diversity/self_bleu4": "Self-BLEU-4 (0-1)",
-    "diversity/distinct_1": "distinct unigrams / all (0-1)",
-    "diversity/distinct_2": "distinct bigrams / all (0-1)",
-    "diversity/distinct_3": "distinct 3-grams / all (0-1)",
-    "diversity/distinct_4": "distinct 4-grams / all (0-1)",
-    "diversity/ent_4": "4-gram entropy (nats)",
-    "diversity/unique_seq": "unique sequences / all (0-1)",
-    "repetition/seq_rep_4": "repeated 4-grams / all (0-1)",
-    "repetition/rep_pct": "% of generations ending in a loop",
-    "zipf": "Zipf coefficient (-slope, log-log)",
-    "length/mean": "continuation length (tokens)",
-    "length/std": "continuation length std (tokens)",
-    "length/eos_rate": "share ending with EOS (0-1)",
-    "abc/parse_rate": "share of tunes music21 parses (0-1)",
-    "abc/bar_ok_rate": "share of parsed tunes with bars in time (0-1)",
-    "oracle/nll": "NLL under the true DPFSA (nats per token)",
-    "search/mode_found": "share of best sequences that are the exact mode (0-1)",
-    "time/decode_s": "decode wall time (s)",
-}
 # score/mean is the score a decoder ranked by: its unit depends on the length penalty, so
 # scores with different penalties never share an axis.
 SCORE_UNITS = {
@@ -259,7 +223,8 @@ def plot_decoders(results: list[dict[str, Any]], folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     gen = [r for r in results if r["decoder"]["name"] != "human"]
     human = next((r for r in results if r["decoder"]["name"] == "human"), None)
-    metrics = [m for m in PLOT_METRICS if any(_finite(r["metrics"].get(m)) for r in results)]
+    shown = metric_table.shown(metric_table.PLOT)
+    metrics = [m for m in shown if any(_finite(r["metrics"].get(m)) for r in results)]
     if not metrics or not gen:
         return []
     ncols = 3
@@ -274,10 +239,12 @@ def plot_decoders(results: list[dict[str, Any]], folder: Path) -> list[Path]:
             ax.axhline(human["metrics"][m], color="tab:red", linestyle="--", label="human")
             ax.legend(fontsize=7)
         ax.set_title(m, fontsize=10)
-        ax.set_ylabel(METRIC_UNITS.get(m, m), fontsize=8)
+        ax.set_ylabel(metric_table.label_of(m), fontsize=8)
         ax.set_xticks(range(len(vals)))
         ax.set_xticklabels(labels, rotation=35, ha="right", fontsize=7)
-        if m == "gen/ppl" and max(vals, default=0) > 50 * max(min(vals, default=1), 1e-9):
+        if metric_table.log_scale(m) and max(vals, default=0) > 50 * max(
+            min(vals, default=1), 1e-9
+        ):
             ax.set_yscale("log")
     for ax in list(axes.flat)[len(metrics) :]:
         ax.axis("off")
@@ -302,12 +269,13 @@ def print_results_table(results: list[dict[str, Any]], model_metrics: dict[str, 
         title += f"  (model ppl/valid {model_metrics['ppl/valid']:.3f})"
     table = Table(title=title)
     table.add_column("decoder", style="bold")
-    for c in TABLE_COLUMNS:
+    columns = metric_table.shown(metric_table.TABLE)
+    for c in columns:
         table.add_column(c, justify="right")
     for r in results:
         label = r["decoder"].get("label") or r["decoder"]["name"]
         cells = []
-        for c in TABLE_COLUMNS:
+        for c in columns:
             v = r["metrics"].get(c)
             cells.append(f"{v:.3f}" if _finite(v) else "-")
         table.add_row(label, *cells, style="italic" if label == "human" else None)

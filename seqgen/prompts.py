@@ -26,7 +26,7 @@ class Prompts:
     human_prompts: list[np.ndarray]  # the prompt each human continuation follows
     human_ended: list[bool]
     constraint: Any = None  # the run's `Constraint` automaton (None without one)
-    left_out: float = 0.0  # share of the prompts the constraint rejected
+    left_out: float | None = None  # share of the prompts the constraint rejected (None: none)
 
 
 def prepare_prompts(

@@ -26,18 +26,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from seqgen.outputs import METRIC_UNITS, TABLE_COLUMNS, slug
-
-# the console table's columns, then what folk, oracle and search runs add when they have it
-REPORT_COLUMNS = (
-    *TABLE_COLUMNS,
-    "abc/parse_rate",
-    "abc/bar_ok_rate",
-    "oracle/nll",
-    "search/mode_found",
-    "score/mean",
-    "time/decode_s",
-)
+from seqgen.metrics import table as metric_table
+from seqgen.outputs import slug
 
 
 def _static(name: str) -> str:
@@ -113,7 +103,7 @@ def _page(title: str, body: str, *, abcjs: bool) -> str:
 
 def _table(columns: list[str], rows: list[list[str]], row_classes: list[str]) -> str:
     head = "".join(
-        f'<th title="{_esc(METRIC_UNITS.get(c, c))}">'
+        f'<th title="{_esc(metric_table.label_of(c))}">'
         + ("<small>{}/</small><br>{}".format(*map(_esc, c.split("/", 1))) if "/" in c else _esc(c))
         + "</th>"
         for c in columns
@@ -196,7 +186,8 @@ def write_report(out_dir: str | Path, vocab: Any = None) -> Path:
     num_listen = int(cfg.get("output", {}).get("num_listen", 5))
     labels = [_label(r) for r in results if r["decoder"]["name"] != "human"]
 
-    columns = [c for c in REPORT_COLUMNS if any(_finite(r["metrics"].get(c)) for r in results)]
+    shown = metric_table.shown(metric_table.REPORT)  # those a run has, in the table's order
+    columns = [c for c in shown if any(_finite(r["metrics"].get(c)) for r in results)]
     table = _table(
         ["decoder", *columns],
         [[_esc(_label(r))] + [_num(r["metrics"].get(c)) for c in columns] for r in results],

@@ -20,7 +20,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from seqgen.outputs import METRIC_UNITS, SCORE_UNITS, TABLE_COLUMNS, score_kind
+from seqgen.metrics import table as metric_table
+from seqgen.outputs import SCORE_UNITS, score_kind
 from seqgen.report import write_sweep_report
 from seqgen.tracking import make_tracker
 
@@ -28,9 +29,6 @@ log = logging.getLogger(__name__)
 
 # Failed jobs of the multirun in this process (seqgen.run exits 1 when any failed).
 FAILED_JOBS: list[dict[str, Any]] = []
-
-# the console table's columns, then what sweeps over search and oracle settings plot
-SUMMARY_METRICS = (*TABLE_COLUMNS, "score/mean", "oracle/nll", "search/mode_found")
 
 
 def record_failure(out_dir: Path, cfg: Any, exc: BaseException) -> None:
@@ -108,7 +106,8 @@ def _fmt(v: Any) -> str:
 
 def write_summary(sweep_dir: Path, *, plots: bool = True) -> dict[str, Any]:
     rows, failed, swept = collect(sweep_dir)
-    metric_keys = [k for k in SUMMARY_METRICS if any(k in r for r in rows)]
+    shown = metric_table.shown(metric_table.SUMMARY)  # those the jobs have, in the table's order
+    metric_keys = [k for k in shown if any(k in r for r in rows)]
     columns = ["job", *swept, "decoder", *metric_keys]
     with open(sweep_dir / "summary.csv", "w", newline="") as f:
         all_cols = columns + sorted({k for r in rows for k in r} - set(columns))
@@ -154,7 +153,7 @@ def _plot(sweep_dir: Path, rows: list[dict], swept: list[str], metrics: list[str
     for metric in metrics:
         # score/mean: one panel per score unit (none / average / gnmt length penalty, Gumbel)
         kinds: list[str | None] = [None]
-        if metric == "score/mean":
+        if metric_table.unit_of(metric) is metric_table.SCORE:
             seen = {r.get("score/kind", "none") for r in gen}
             kinds = [k for k in SCORE_UNITS if k in seen] + sorted(seen - set(SCORE_UNITS))
         fig, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 3.8), squeeze=False)
@@ -179,7 +178,7 @@ def _plot(sweep_dir: Path, rows: list[dict], swept: list[str], metrics: list[str
             if numeric_x and x_key.endswith("beam_size"):
                 ax.set_xscale("log", base=2)
             ax.set_xlabel(x_key)
-            ax.set_ylabel(SCORE_UNITS.get(kind, kind) if kind else METRIC_UNITS.get(metric, metric))
+            ax.set_ylabel(SCORE_UNITS.get(kind, kind) if kind else metric_table.label_of(metric))
             title = f"{metric} vs {x_key.split('.')[-1]}"
             ax.set_title(title + (f" ({kind})" if kind and len(kinds) > 1 else ""))
             ax.grid(alpha=0.3)

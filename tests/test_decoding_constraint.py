@@ -17,7 +17,7 @@ from seqgen.config import validate_config
 from seqgen.decoding import decode
 from seqgen.decoding.regex import regex_constraint
 from seqgen.errors import UserError
-from seqgen.metrics.constraint import constraint_metrics
+from seqgen.metrics import Generations, compute
 from seqgen.tokens import BOS_ID, EOS_ID, SPECIAL_TOKENS
 
 SYMS = [*SPECIAL_TOKENS, "a", "b", "1"]
@@ -115,7 +115,8 @@ def test_removed_mass_is_the_hand_computed_one():
     expect = [math.log(p[BOS_ID, 6]), math.log(p[6, 4] + p[6, 5]), math.log(p[second, EOS_ID])]
     np.testing.assert_allclose(np.asarray(out.constraint_logmass[0, 0, :3]), expect, rtol=1e-5)
     assert np.all(np.asarray(out.constraint_logmass[0, 0, 3:]) == 0)
-    m = constraint_metrics([np.log([0.5, 0.8]), np.log([1.0])])
+    # 1 - .5 * .8 = .6 and 0 removed; per step (.5 + .2) / 2 and 0
+    m = compute(Generations([[5], []], constraint_logmass=[np.log([0.5, 0.8]), np.log([1.0])]))
     assert m["constraint/mass_removed"] == pytest.approx(((1 - 0.4) + 0) / 2)
     assert m["constraint/step_mass_removed"] == pytest.approx(((0.5 + 0.2) / 2 + 0) / 2)
 

@@ -135,17 +135,17 @@ def _decode_output():
 
 
 def test_generations_cut_each_continuation_and_keep_the_best_of_an_nbest_list():
-    cfg = OmegaConf.create({"decode": {"prompts": "none"}})
+    cfg = OmegaConf.create({"decode": {"prompts": "none", "max_len": 5}})
     prompts = [np.array([5], np.int32), np.zeros(0, np.int32)]
     corpus = type("C", (), {"vocab": _Vocab()})()
     sample = OmegaConf.create({"name": "sample"})
     gen, rec, texts = generations(cfg.decode, sample, corpus, prompts, _decode_output())
-    assert [s.tolist() for s in gen["sequences"]] == [[6, 7], [4], [6], [7, 7, 7, 7]]
-    assert [p.tolist() for p in gen["prompts"]] == [[5], [5], [], []]
+    assert [s.tolist() for s in gen.sequences] == [[6, 7], [4], [6], [7, 7, 7, 7]]
+    assert [p.tolist() for p in gen.prompts] == [[5], [5], [], []]
     assert texts == ["bcd", "ba", "c", "dddd"]
     assert rec["prompt_index"] == [0, 0, 1, 1] and rec["sample_index"] == [0, 1, 0, 1]
     assert rec["score"] == [-4.0, -1.0, -4.5, -4.0]
-    assert not any(k.startswith("best_") for k in gen)  # samples are not an n-best list
+    assert gen.best_sequences is None  # samples are not an n-best list
     rows = sample_records("s", gen, rec, texts, _Vocab())
     # sum of the continuation's log-probs, plus EOS's where it ended
     assert [r["logprob"] for r in rows] == [-4.0, -1.0, -4.0, -4.0]
@@ -153,9 +153,9 @@ def test_generations_cut_each_continuation_and_keep_the_best_of_an_nbest_list():
 
     beam = OmegaConf.create({"name": "beam"})
     gen, rec, texts = generations(cfg.decode, beam, corpus, prompts, _decode_output())
-    assert [s.tolist() for s in gen["sequences"]] == [[6, 7], [6]]  # the best of each prompt
-    assert [s.tolist() for s in gen["best_sequences"]] == [[6, 7], [6]]
-    assert gen["eos_tempered_logprobs"].tolist() == [-1.0, -1.5]
+    assert [s.tolist() for s in gen.sequences] == [[6, 7], [6]]  # the best of each prompt
+    assert [s.tolist() for s in gen.best_sequences] == [[6, 7], [6]]
+    assert gen.eos_tempered_logprobs.tolist() == [-1.0, -1.5]
     assert rec["sample_index"] == [0, 0] and texts == ["bcd", "c"]
 
 
@@ -194,7 +194,7 @@ def test_human_row_under_a_uniform_model_has_perplexity_v():
     cfg = OmegaConf.create({"decode": {"max_len": 3}})
     corpus = type("C", (), {"vocab": _Vocab()})()
     common = {"seed": 0, "oracle": None, "self_bleu_max": 10, "abc_subset": 10}
-    row = human_row(cfg.decode, corpus, model, pr, common, is_abc=False)
+    row = human_row(cfg.decode, corpus, model, pr, common)
     m = row["metrics"]
     assert row["decoder"] == {"name": "human", "label": "human"}
     assert m["gen/ppl"] == pytest.approx(v, rel=1e-6) and m["gen/ppl_model"] == m["gen/ppl"]

@@ -11,19 +11,17 @@ from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
 from seqgen.data.synthetic import DPFSA
 from seqgen.errors import UserError
 from seqgen.metrics import (
-    abc_metrics,
+    Generations,
+    abc_rates,
     bars_ok,
-    compute_metrics,
+    compute,
     decode_output_inputs,
     distinct_n,
     end_repeats,
     generation_perplexity,
-    human_metrics,
     is_repetition,
-    length_metrics,
     mode_found_rate,
     ngram_entropy,
-    oracle_metrics,
     parse_abc,
     perplexity_from_nll,
     rep_l,
@@ -254,8 +252,9 @@ def test_rep_pct_matches_reference_rule_on_random_sequences():
 
 
 def test_length_metrics_hand_computed():
-    out = length_metrics([2, 4], [True, False])
-    assert out == {"length/mean": 3.0, "length/std": 1.0, "length/eos_rate": 0.5}
+    # lengths 2 and 4: mean 3, population std sqrt(((2-3)^2 + (4-3)^2) / 2) = 1; one of two ended
+    out = compute(Generations([[5, 6], [5, 6, 7, 8]], ended=[True, False]))
+    assert (out["length/mean"], out["length/std"], out["length/eos_rate"]) == (3.0, 1.0, 0.5)
 
 
 class FakeOracle:
@@ -285,12 +284,14 @@ class FakeOracle:
 def test_oracle_metrics_hand_computed():
     # seq 5 6 ended: 2 ln .5 + ln .25 = ln(1/16); seq 5 cut: ln .5. 4 tokens (EOS once):
     # nll = ln 32 / 4 = (5/4) ln 2, ppl = 2^(5/4)
-    out = oracle_metrics(
-        FakeOracle(),
-        [[5, 6], [5]],
-        [True, False],
-        best_sequences=[[5, 6], [5, 6], [5], [5, 6, 7]],
-        best_ended=[True, False, True, True],
+    out = compute(
+        Generations(
+            [[5, 6], [5]],
+            ended=[True, False],
+            oracle=FakeOracle(),
+            best_sequences=[[5, 6], [5, 6], [5], [5, 6, 7]],
+            best_ended=[True, False, True, True],
+        )
     )
     assert out["oracle/nll"] == pytest.approx(1.25 * LN(2))
     assert out["oracle/ppl"] == pytest.approx(2**1.25)
@@ -312,7 +313,7 @@ def test_oracle_metrics_condition_on_each_prompt():
     a = NUM_SPECIAL
     prompts = [[a], [], [UNK_ID]]
     seqs, ended = [[a], [a], [a]], [True, True, True]
-    out = compute_metrics(seqs, ended=ended, oracle=d, prompts=prompts, best_sequences=seqs)
+    out = compute(Generations(seqs, ended=ended, oracle=d, prompts=prompts, best_sequences=seqs))
     # given [a]: ln .1 + ln .6; given []: ln .5 + ln .6; the impossible prompt is left out
     assert out["oracle/nll"] == pytest.approx(-LN(0.1 * 0.6 * 0.5 * 0.6) / 4, rel=1e-12)
     assert out["oracle/impossible_prompt_rate"] == pytest.approx(1 / 3)
@@ -327,7 +328,7 @@ def test_oracle_metrics_condition_on_each_prompt():
     # unconditional scoring would count every row from the start state
     assert mode_found_rate(d, seqs, ended) == 1.0
     with pytest.raises(UserError, match="best_prompts"):
-        compute_metrics(
+        Generations(
             seqs, ended=ended, oracle=d, prompts=prompts, best_sequences=seqs[:1], best_ended=[True]
         )
 
@@ -364,13 +365,17 @@ def test_abc_bar_check_correct_and_wrong():
 
 def test_abc_metrics_rates():
     # parsed: GOOD, WRONG, NO_METER (3 of 5); bars checkable: GOOD, WRONG -> 1/2 OK
-    out = abc_metrics([GOOD_TUNE, INVALID, WRONG_BARS, NO_NOTES, NO_METER], subset=200)
-    assert out == {"abc/parse_rate": pytest.approx(3 / 5), "abc/bar_ok_rate": 0.5}
-    small = abc_metrics([GOOD_TUNE, INVALID] * 5, subset=4, seed=1)
-    assert small["abc/parse_rate"] in (0.0, 0.25, 0.5, 0.75, 1.0)
+    tunes = [GOOD_TUNE, INVALID, WRONG_BARS, NO_NOTES, NO_METER]
+    assert abc_rates(tunes, subset=200) == (pytest.approx(3 / 5), 0.5)
+    small = abc_rates([GOOD_TUNE, INVALID] * 5, subset=4, seed=1)
+    assert small[0] in (0.0, 0.25, 0.5, 0.75, 1.0)
+    # through the table: folk texts only
+    out = compute(Generations([[5]] * 5, texts=tunes, dataset="folk", abc_subset=200))
+    assert (out["abc/parse_rate"], out["abc/bar_ok_rate"]) == (pytest.approx(3 / 5), 0.5)
+    assert "abc/parse_rate" not in compute(Generations([[5]] * 5, texts=tunes, dataset="text"))
 
 
-# ---------------------------------------------------------------- compute_metrics
+# ---------------------------------------------------------------- compute
 
 TOKEN_KEYS = {
     *(f"diversity/distinct_{n}" for n in range(1, 5)),
@@ -388,26 +393,29 @@ TOKEN_KEYS = {
 }
 
 
-def test_compute_metrics_keys_follow_inputs_and_layouts_agree():
+def test_compute_keys_follow_inputs_and_layouts_agree():
     rng = np.random.default_rng(0)
     seqs = [rng.integers(4, 12, size=k) for k in (5, 9, 7)]
     lps = [np.log(rng.uniform(0.1, 1, size=s.size)) for s in seqs]
     ended = np.array([True, False, True])
     eos = np.log([0.5, 0.3, 0.2])
-    assert set(compute_metrics(seqs)) == TOKEN_KEYS
-    out = compute_metrics(
-        seqs,
-        ended=ended,
-        tempered_logprobs=lps,
-        eos_tempered_logprobs=eos,
-        model_logprobs=lps,
-        eos_model_logprobs=eos,
-        ref_logprobs=lps,
-        ref_eos_logprobs=eos,
-        oracle=FakeOracle(),
-        best_sequences=[[5, 6]],
-        best_ended=[True],
-        abc_texts=[GOOD_TUNE],
+    assert set(compute(seqs)) == TOKEN_KEYS
+    out = compute(
+        Generations(
+            seqs,
+            ended=ended,
+            tempered_logprobs=lps,
+            eos_tempered_logprobs=eos,
+            model_logprobs=lps,
+            eos_model_logprobs=eos,
+            ref_logprobs=lps,
+            ref_eos_logprobs=eos,
+            oracle=FakeOracle(),
+            best_sequences=[[5, 6]],
+            best_ended=[True],
+            texts=[GOOD_TUNE] * 3,
+            dataset="folk",
+        )
     )
     assert set(out) == TOKEN_KEYS | {
         "gen/ppl",
@@ -429,34 +437,27 @@ def test_compute_metrics_keys_follow_inputs_and_layouts_agree():
     padded_lp = np.zeros((3, 9))
     for i, (s, lp) in enumerate(zip(seqs, lps)):
         padded[i, : s.size], padded_lp[i, : s.size] = s, lp
-    out_padded = compute_metrics(
-        padded,
-        lengths=[5, 9, 7],
-        ended=ended,
-        tempered_logprobs=padded_lp,
-        eos_tempered_logprobs=eos,
+    out_padded = compute(
+        Generations(
+            padded,
+            lengths=[5, 9, 7],
+            ended=ended,
+            tempered_logprobs=padded_lp,
+            eos_tempered_logprobs=eos,
+        )
     )
     for key in TOKEN_KEYS | {"gen/ppl", "length/eos_rate"}:
         assert out_padded[key] == pytest.approx(out[key], rel=1e-12, nan_ok=True), key
 
 
-def test_compute_metrics_best_ended_defaults_to_ended_and_max_len_is_checked():
+def test_best_ended_defaults_to_ended_and_max_len_is_checked():
     seqs = [[5, 6], [5, 6], [5]]
-    out = compute_metrics(
+    gen = Generations(
         seqs, ended=[True, False, True], oracle=FakeOracle(), best_sequences=seqs, max_len=[2, 3, 1]
     )
-    assert out["search/mode_found"] == pytest.approx(1 / 3)  # only the first is the mode
+    assert compute(gen)["search/mode_found"] == pytest.approx(1 / 3)  # only the first is the mode
     with pytest.raises(ValueError):
-        compute_metrics(seqs, max_len=1)
-
-
-def test_human_metrics_has_no_gen_ppl_without_logprobs():
-    seqs = [[5, 6, 7], [5, 6, 8, 9]]
-    out = human_metrics(seqs)
-    assert "gen/ppl" not in out and out["length/eos_rate"] == 1.0
-    lps = [np.log([0.5, 0.5, 0.5]), np.log([0.5, 0.5, 0.5, 0.5])]
-    out = human_metrics(seqs, logprobs=lps, eos_logprobs=np.log([0.5, 0.5]))
-    assert out["gen/ppl"] == pytest.approx(2.0) and out["gen/ppl_model"] == pytest.approx(2.0)
+        Generations(seqs, max_len=1)
 
 
 def test_decode_output_inputs_cuts_prompts_and_padding():
@@ -481,7 +482,7 @@ def test_decode_output_inputs_cuts_prompts_and_padding():
     assert [p.tolist() for p in kw["prompts"]] == [[9], [9], [], []]
     assert [p.tolist() for p in kw["best_prompts"]] == [[9], []]
     assert "tempered_logprobs" not in kw and len(kw["model_logprobs"]) == 4
-    metrics = compute_metrics(**kw)
+    metrics = compute(Generations(**kw))
     # 9 tokens at -1 plus 3 EOS at -2: ppl = exp(15 / 12)
     assert metrics["gen/ppl_model"] == pytest.approx(math.exp(15 / 12))
     assert kw["eos_model_logprobs"].tolist() == [-2.0] * 4 and "eos_tempered_logprobs" not in kw
@@ -489,3 +490,15 @@ def test_decode_output_inputs_cuts_prompts_and_padding():
     assert [s.tolist() for s in as_dict["sequences"]] == [[5, 6], [7], [5, 5, 5, 5, 5], [6]]
     best = decode_output_inputs(out, best_only=True)
     assert [s.tolist() for s in best["sequences"]] == [[5, 6], [5, 5, 5, 5, 5]]
+
+
+def test_the_compute_docstring_example_holds():
+    import doctest
+
+    from seqgen.metrics import table
+
+    runner = doctest.DocTestRunner()
+    for test in doctest.DocTestFinder().find(table.compute, "compute", globs={}):
+        runner.run(test)
+    assert runner.summarize(verbose=False).attempted >= 4
+    assert runner.summarize(verbose=False).failed == 0

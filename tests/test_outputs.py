@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 
+import numpy as np
 import pytest
 
 pytest.importorskip("music21")
@@ -99,9 +100,165 @@ def test_slug_keeps_files_inside_their_folder(label, want):
 
 
 def test_score_kind_names_the_unit_of_score_mean():
-    from seqgen.outputs import SCORE_UNITS, score_kind
+    from seqgen.outputs import score_kind
 
     assert score_kind({"name": "beam", "length_penalty": "gnmt"}) == "gnmt"
     assert score_kind({"name": "sample"}) == "none"
     assert score_kind({"name": "stochastic_beam", "length_penalty": "average"}) == "gumbel"
-    assert {"none", "gnmt", "gumbel"} <= set(SCORE_UNITS)
+
+
+# ---------------------------------------------------------------- the metric table
+
+GOOD_TUNE = "M:6/8\nL:1/8\nK:D\nA|dfa afd|e2f gfe|dfa afd|e3 d2:|\n"  # parses, bars in time
+
+
+def _full_bundle():
+    """Generations for which every row of the table applies, with values worked out by hand.
+
+    Continuations 5 6 7 5 6 7 (ends in 2 copies of a 3-token block: a loop), 5 6 (cut at
+    max_len), 8 8 8 8 (4 copies of a 1-token block: no loop by Holtzman's rule), the empty
+    string; 12 tokens and 3 EOS. Every token and EOS has p = 1/2 tempered, 1/4 under the
+    model, 1/8 under the reference model.
+    """
+    from seqgen.data.synthetic import DPFSA
+    from seqgen.metrics import Generations
+    from seqgen.tokens import UNK_ID
+
+    seqs = [[5, 6, 7, 5, 6, 7], [5, 6], [8, 8, 8, 8], []]
+    ended = [True, False, True, True]
+
+    def lps(p):
+        return [np.full(len(s), math.log(p)) for s in seqs], np.full(4, math.log(p))
+
+    (tlp, teos), (mlp, meos), (rlp, reos) = lps(1 / 2), lps(1 / 4), lps(1 / 8)
+    # one state, symbols 4..8 with p = .1 each, stop .5: the mode is the empty string
+    oracle = DPFSA(np.zeros((1, 5), np.int64), np.full((1, 5), 0.1), np.array([0.5]))
+    return Generations(
+        seqs,
+        ended=ended,
+        prompts=[[], [], [UNK_ID], []],  # the third is impossible under the DPFSA
+        scores=[-1.0, -2.0, -3.0, -6.0],
+        tempered_logprobs=tlp,
+        eos_tempered_logprobs=teos,
+        model_logprobs=mlp,
+        eos_model_logprobs=meos,
+        ref_logprobs=rlp,
+        ref_eos_logprobs=reos,
+        reference=[[5, 6]],
+        texts=[GOOD_TUNE] * 4,
+        dataset="folk",
+        oracle=oracle,
+        best_sequences=[[], [5]],
+        best_ended=[True, True],
+        best_prompts=[[], []],
+        proven=np.array([True, False]),
+        expansions=np.array([3, 5]),
+        expected_utility=np.array([[0.6, 0.2], [0.8, 0.4]]),
+        exact_mode=(np.array([-100.0, 0.0, 0.0, -1.0]), np.array([True, True, False, True])),
+        constraint_logmass=[np.log([0.5, 0.8]), np.log([1.0]), np.zeros(0), np.log([0.5])],
+        prompts_left_out=0.25,
+        decode_s=1.5,
+        max_len=6,
+    )
+
+
+HAND = {
+    "gen/ppl": 2.0,  # 15 tokens at p = 1/2
+    "gen/ppl_model": 4.0,
+    "gen/ref_ppl": 8.0,
+    "diversity/distinct_1": 4 / 12,  # types 5 6 7 8 over 12 tokens
+    "diversity/unique_seq": 1.0,
+    "repetition/rep_pct": 25.0,  # one loop in four
+    "length/mean": 3.0,
+    "length/eos_rate": 0.75,
+    "oracle/impossible_prompt_rate": 0.25,
+    "oracle/mode_logprob": math.log(0.5),  # the empty string, from the one state
+    "search/mode_found": 0.5,  # [] is the mode, [5] is not
+    "abc/parse_rate": 1.0,
+    "abc/bar_ok_rate": 1.0,
+    "score/mean": -3.0,
+    "search/exact_proven": 0.5,
+    "search/expansions_mean": 4.0,
+    "search/exact_empty": 0.25,  # the empty string that ended
+    "mbr/expected_utility": 0.7,  # (.6 + .8) / 2
+    "mbr/utility_spread": 0.2,  # std of {.6, .2} and of {.8, .4}: .2 each
+    "constraint/mass_removed": (0.6 + 0 + 0 + 0.5) / 4,  # 1 - .5 * .8, 0, 0 (no step), .5
+    "constraint/prompts_left_out": 0.25,
+    "time/decode_s": 1.5,
+    # proven prompts 0, 1, 3: 7 ln(1/4) > -100; -inf (not ended) < 0; ln(1/4) < -1: 2 of 3
+    "search/beam_error": 2 / 3,
+}
+
+
+def _all_values():
+    from seqgen.metrics import compute
+
+    gen = _full_bundle()
+    within, across = compute(gen), compute(gen, across=True)
+    assert not set(within) & set(across)
+    return {**within, **across}
+
+
+def test_every_key_of_the_table_has_a_unit_a_direction_and_known_places():
+    from seqgen.metrics import table
+
+    keys = [k for row in table.METRICS for k in row.keys]
+    assert len({k.name for k in keys}) == len(keys)  # a key is defined once
+    for k in keys:
+        assert k.unit.name and k.unit.lo < k.unit.hi, k.name
+        assert k.better in table.BETTER, k.name
+        assert set(k.show) <= set(table.PLACES), k.name
+        assert table.label_of(k.name) == f"{k.what} ({k.unit.name})"
+    # what the console table shows, the report and the sweep summary show too
+    for place in (table.REPORT, table.SUMMARY):
+        assert set(table.shown(table.TABLE)) <= set(table.shown(place))
+
+
+def test_every_row_applies_to_a_full_bundle_and_every_value_lies_in_its_unit():
+    from seqgen.metrics import table
+
+    values = _all_values()
+    assert set(values) == set(table.all_keys())  # every key any row produces, and no other
+    for key, spec in table.all_keys().items():
+        v = values[key]
+        assert math.isnan(v) or spec.unit.lo <= v <= spec.unit.hi, (key, v, spec.unit)
+    assert max(values["repetition/rep_pct"], values["search/expansions_mean"]) > 1  # not shares
+
+
+def test_hand_computed_values_through_the_table():
+    values = _all_values()
+    for key, want in HAND.items():
+        assert values[key] == pytest.approx(want, rel=1e-12), key
+    # the third row's prompt is impossible: rows 1, 2, 4 hold 6 + 2 + 0 tokens at p = .1 and
+    # 2 EOS at p = .5 (row 2 was cut)
+    nll = -(8 * math.log(0.1) + 2 * math.log(0.5)) / 10
+    assert values["oracle/nll"] == pytest.approx(nll, rel=1e-12)
+    assert values["oracle/ppl"] == pytest.approx(math.exp(nll), rel=1e-12)
+
+
+def test_a_wrong_unit_breaks_the_range_check(monkeypatch):
+    """The range check above can fail: rep_pct labelled a share (0-1) is caught."""
+    import dataclasses
+
+    from seqgen.metrics import table
+
+    rows = list(table.METRICS)
+    i = next(i for i, r in enumerate(rows) if r.keys[0].name == "repetition/rep_pct")
+    wrong = dataclasses.replace(rows[i].keys[0], unit=table.SHARE)
+    rows[i] = dataclasses.replace(rows[i], keys=(wrong,))
+    monkeypatch.setattr(table, "METRICS", rows)
+    with pytest.raises(AssertionError, match="rep_pct"):
+        test_every_row_applies_to_a_full_bundle_and_every_value_lies_in_its_unit()
+
+
+def test_the_readme_metrics_table_gives_every_key_its_unit_and_direction():
+    from conftest import ROOT
+
+    from seqgen.metrics import table
+
+    lines = (ROOT / "README.md").read_text().splitlines()
+    rows = [line.split(" | ") for line in lines if line.startswith("| `")]
+    for key, spec in table.all_keys().items():
+        row = next((r for r in rows if f"`{key}`" in r[0]), None)
+        assert row is not None, f"README's metrics table has no row for {key}"
+        assert spec.unit.name in row[1] and spec.better in row[2], key

@@ -151,7 +151,7 @@ DECODE_SCRIPT = textwrap.dedent(
     from seqgen.decoding import processors as proc
     from seqgen.decoding.common import DecodeRequest, get, prepare, traced_knobs
     from seqgen.driver import decode_all
-    from seqgen.metrics import compute_metrics, decode_output_inputs, decode_output_records
+    from seqgen.metrics import Generations, compute, decode_output_inputs, decode_output_records
     from seqgen.parallel import make_mesh
 
     assert jax.device_count() == 8, jax.devices()
@@ -237,7 +237,7 @@ DECODE_SCRIPT = textwrap.dedent(
         res = decode_all(pcfg, dec, model, plist, jax.random.key(3))
         res["prompt_lengths"] = lengths
         gen = decode_output_inputs(res)
-        m = compute_metrics(**gen, max_len=[T - len(p) for p in gen["prompts"]])
+        m = compute(Generations(**gen, max_len=[T - len(p) for p in gen["prompts"]]))
         metrics[shard] = {"tokens": [t.tolist() for t in gen["sequences"]], "metrics": m,
                           "score": decode_output_records(res)["score"]}
     out["pipeline"] = metrics

@@ -40,7 +40,7 @@ processors do not apply (tempered/processed log-probs equal the model's).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -64,6 +64,19 @@ from seqgen.decoding.common import (
 from seqgen.decoding.loop import resolve_loop, run_loop
 from seqgen.parallel import row_parallel
 from seqgen.tokens import BOS_ID, EOS_ID, PAD_ID
+
+
+class Conventions(NamedTuple):
+    """Which toolkit's beam-search conventions to follow (static; see `beam`). The defaults are
+    seqgen's: they return the best-scoring hypotheses the search found."""
+
+    eos_rule: str = "any"
+    finalize: str = "score"
+    early_stop: str = "exact"
+    force_eos_at_max_len: bool = False
+
+
+SEQGEN = Conventions()
 
 
 @struct.dataclass
@@ -139,20 +152,27 @@ def _candidates(
     generated: jax.Array,  # [B * K] continuation tokens before this one
     min_len: jax.Array,
     constraint: con.Constraint | None,
+    eos_only: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(cand [B, K, V] = live sum + log p(v) of every extension, logp [B, K, V] the model's
     log-probs, cm [B, K] log allowed mass): a forced position allows only the prompt token,
-    min-length removes EOS, a constraint the tokens its automaton forbids."""
+    min-length removes EOS, a constraint the tokens its automaton forbids; where `eos_only`
+    (a scalar, `force_eos_at_max_len` at the last position) only EOS, with its model log-prob
+    and whatever `min_length` says (the constraint still applies)."""
     b, k = state.last.shape
     v = logits.shape[-1]
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1).reshape(b, k, v)
     forced_lp = jnp.where(jnp.arange(v)[None, :] == ptok[:, None], 0.0, -jnp.inf)  # [B, V]
-    open_lp = proc.min_length(logp.reshape(b * k, v), generated, min_len)
+    base = logp.reshape(b * k, v)
     cm = jnp.zeros((b, k), jnp.float32)
     if constraint is not None:
         ok = con.allowed(constraint, state.cstate.reshape(-1))  # [B * K, V]
-        open_lp = con.mask_logits(open_lp, ok)
+        base = con.mask_logits(base, ok)
         cm = con.allowed_logmass(logits.astype(jnp.float32), ok).reshape(b, k)
+    open_lp = proc.min_length(base, generated, min_len)
+    if eos_only is not None:
+        only = jnp.where(jnp.arange(v)[None, :] == EOS_ID, base, -jnp.inf)
+        open_lp = jnp.where(eos_only, only, open_lp)
     cand_lp = jnp.where(forced[:, None, None], forced_lp[:, None, :], open_lp.reshape(b, k, v))
     return state.live[..., None] + cand_lp, logp, cm
 
@@ -204,11 +224,16 @@ def _update_finished(
     gen_len: jax.Array,  # [B, 1, 1] generated tokens incl. this one
     length_penalty: str,
     alpha: jax.Array,
+    eos_rule: str = "any",
 ) -> Finished:
-    """Every EOS candidate among the 2Kg (t5x's rule) enters its group's pool, which keeps the
-    Kg best by normalized score (ties: the hypothesis already in the pool)."""
+    """The EOS candidates enter their group's pool, which keeps the Kg best by normalized score
+    (ties: the hypothesis already in the pool). `eos_rule` any: every EOS candidate among the
+    2Kg (t5x's rule); top_k: only those ranked < Kg among them (Hugging Face's
+    `BeamSearchScorer.process`, fairseq's `eos_mask[:, :beam_size]`)."""
     kg = fin.score.shape[-1]
     enters = c.is_eos & jnp.isfinite(c.raw)
+    if eos_rule == "top_k":
+        enters = enters & (jnp.arange(2 * kg) < kg)
     score = jnp.where(enters, length_norm(c.raw, gen_len, length_penalty, alpha), -jnp.inf)
     slot = c.beam + (jnp.arange(c.beam.shape[1]) * kg)[None, :, None]  # global slot
     fresh = Finished(
@@ -239,6 +264,18 @@ def _update_live(
     return live, parent, tok, jnp.where(forced[:, None, None], 0.0, lp)
 
 
+def _best_first(
+    score: jax.Array, finished: jax.Array, n: int, tier: bool
+) -> tuple[jax.Array, jax.Array]:
+    """The n best of the last axis, best first: (scores, indices). By score alone (ties: the
+    lower index), or with `tier` the finished entries first, each tier by score (a stable sort,
+    so ties keep the lower index there too)."""
+    if not tier:
+        return _top_k(score, n)
+    idx = jnp.lexsort((-score, ~finished), axis=-1)[..., :n]
+    return take_along(score, idx), idx
+
+
 def _init_state(
     init_carry: Any, b: int, k: int, g_num: int, constraint: con.Constraint | None
 ) -> BeamState:
@@ -265,6 +302,7 @@ def _init_state(
         "num_groups",
         "length_penalty",
         "loop",
+        "conventions",
     ),
 )
 def _beam_program(
@@ -282,6 +320,7 @@ def _beam_program(
     num_groups: int,
     length_penalty: str,
     loop: str,
+    conventions: Conventions = SEQGEN,
 ) -> DecodeOutput:
     b, k, g_num, t_max = prompt_lengths.shape[0], beam_size, num_groups, max_len
     kg = k // g_num  # beams per group
@@ -298,19 +337,25 @@ def _beam_program(
         carry, logits = step_fn(params, state.carry, state.last.reshape(-1))
         forced = t < plen  # [B]
         generated = jnp.repeat(t - plen, k)
+        eos_only = (t == t_max - 1) if conventions.force_eos_at_max_len else None
         cand, logp, cm = _candidates(
-            logits, state, forced, ptok, generated, knobs["min_length"], constraint
+            logits, state, forced, ptok, generated, knobs["min_length"], constraint, eos_only
         )
         c = _select(groups(cand), forced, diversity)
         gen_len = (t - plen + 1)[:, None, None]
         fin = jax.tree.map(groups, state.fin)
         fresh_fin = _update_finished(
             fin, c, groups(logp[..., EOS_ID]), groups(cm) if has_cm else None,
-            t, gen_len, length_penalty, alpha,
+            t, gen_len, length_penalty, alpha, conventions.eos_rule,
         )  # fmt: skip
         live, parent, tok, lp = _update_live(c, logp, forced)
-        bound = length_norm(jnp.max(live, axis=-1), lmax[:, None], length_penalty, alpha)
-        done = state.done | (bound <= jnp.min(fresh_fin.score, axis=-1))  # [B, G]
+        worst = jnp.min(fresh_fin.score, axis=-1)  # [B, G] -inf until the pool is full
+        if conventions.early_stop == "k_finished":  # fairseq: K finished, whatever is live
+            stop = jnp.isfinite(worst)
+        else:
+            bound = length_norm(jnp.max(live, axis=-1), lmax[:, None], length_penalty, alpha)
+            stop = bound <= worst
+        done = state.done | stop  # [B, G]
         frozen = state.done[..., None]  # [B, G, 1] a done group keeps everything
         keep = lambda old, new: jnp.where(frozen, old, new).reshape(b, k)  # noqa: E731
         own = groups(jnp.broadcast_to(jnp.arange(k), (b, k)))
@@ -347,7 +392,9 @@ def _beam_program(
         idle=idle,
         loop=loop,
     )
-    return _n_best(state, ys, prompt_lengths, t_max, g_num, length_penalty, alpha)
+    return _n_best(
+        state, ys, prompt_lengths, t_max, g_num, length_penalty, alpha, conventions.finalize
+    )
 
 
 def _n_best(
@@ -358,11 +405,14 @@ def _n_best(
     g_num: int,
     length_penalty: str,
     alpha: jax.Array,
+    finalize: str = "score",
 ) -> DecodeOutput:
     """Each group's Kg best of its finished and cut hypotheses by one normalized score (a done
     group's live beams cannot beat its pool and are left out, so the stopping rule is exact
     per group), then all groups' picks best first; empty slots last. top_k puts the lower
-    index first among equal scores: finished (the first K) before cut."""
+    index first among equal scores: finished (the first K) before cut. `finalize`
+    finished_first (t5x, praxis): every finished hypothesis before every cut one, each tier
+    by score (`_best_first`)."""
     b, k = state.live.shape
     kg = k // g_num
     fin = state.fin
@@ -371,10 +421,14 @@ def _n_best(
     live_score = length_norm(state.live, lmax[:, None], length_penalty, alpha)
     live_score = jnp.where(live_ok, live_score, -jnp.inf)
     groups = lambda x: x.reshape(b, g_num, kg)  # noqa: E731
-    top, idx = _top_k(jnp.concatenate([groups(fin.score), groups(live_score)], axis=-1), kg)
+    tier = finalize == "finished_first"
+    both = jnp.concatenate([groups(fin.score), groups(live_score)], axis=-1)  # [B, G, 2Kg]
+    first = jnp.arange(2 * kg) < kg  # the finished half
+    top, idx = _best_first(both, first & jnp.isfinite(both), kg, tier)
     offset = (jnp.arange(g_num) * kg)[None, :, None]
     picked = jnp.where(idx < kg, offset + idx, k + offset + idx - kg)  # index into [fin, live]
-    best, pos = jax.lax.top_k(top.reshape(b, k), k)  # [B, K] best first
+    top, from_fin = top.reshape(b, k), (idx < kg).reshape(b, k)
+    best, pos = _best_first(top, from_fin & jnp.isfinite(top), k, tier)  # [B, K] best first
     order = take_along(picked.reshape(b, k), pos)
     real = jnp.isfinite(best)
     ended = real & (order < k)
@@ -425,6 +479,9 @@ def _run_beam(name: str, req: DecodeRequest, num_groups: int) -> DecodeOutput:
         num_groups=num_groups,
         length_penalty=str(get(req.cfg, "length_penalty")),
         loop=resolve_loop(req.loop),
+        conventions=Conventions(
+            *(type(d)(get(req.cfg, f)) for f, d in Conventions._field_defaults.items())
+        ),
     )
 
 
@@ -440,6 +497,13 @@ def beam(req: DecodeRequest) -> DecodeOutput:
     sequence or an EOS-ended prefix of it that scores higher (with a normalizer it may also go
     on past greedy's EOS). EOS is forbidden before `min_length` continuation tokens.
     Deterministic: `key`, `num_samples` and `prompt_ids` are ignored.
+
+    A toolkit's conventions instead of seqgen's (static knobs; `Conventions`): `eos_rule=top_k`
+    admits an EOS candidate only when it ranks < K among the 2K (Hugging Face, fairseq);
+    `finalize=finished_first` returns every finished hypothesis before every cut one (t5x,
+    praxis); `early_stop=k_finished` stops a row once K hypotheses have finished (fairseq,
+    Hugging Face's `early_stopping=True`); `force_eos_at_max_len` allows only EOS at the last
+    position (fairseq), so every hypothesis ends.
     """
     return _run_beam("beam", req, num_groups=1)
 

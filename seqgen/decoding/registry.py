@@ -84,7 +84,10 @@ class DecoderSpec:
         return tuple(k for k in self.knobs if KNOBS[k].traced)
 
 
-_BEAM = ("beam_size", "length_penalty", "alpha", "min_length")
+# the toolkit conventions (eos_rule, finalize, early_stop, force_eos_at_max_len) name a row only
+# when they differ from seqgen's default, so existing labels stay as they were
+_CONVENTIONS = ("eos_rule", "finalize", "early_stop", "force_eos_at_max_len")
+_BEAM = ("beam_size", "length_penalty", "alpha", "min_length", *_CONVENTIONS)
 
 SPECS: dict[str, DecoderSpec] = {
     "greedy": DecoderSpec(
@@ -97,7 +100,8 @@ SPECS: dict[str, DecoderSpec] = {
         _BEAM,
         "beam_size",
         True,
-        ("beam_size", "length_penalty", "alpha", "no_repeat_ngram_size", "min_length"),
+        ("beam_size", "length_penalty", "alpha", "no_repeat_ngram_size", "min_length")
+        + _CONVENTIONS,
         label_always=("beam_size",),
         mode_search=True,
     ),
@@ -114,7 +118,8 @@ SPECS: dict[str, DecoderSpec] = {
         (*_BEAM, "num_groups", "diversity_penalty"),
         "beam_size",
         True,
-        ("beam_size", "num_groups", "diversity_penalty", "length_penalty", "min_length"),
+        ("beam_size", "num_groups", "diversity_penalty", "length_penalty", "min_length")
+        + _CONVENTIONS,
         label_always=("beam_size",),
         mode_search=True,
     ),

@@ -90,10 +90,10 @@ def bars_ok(score) -> bool | None:
     return True
 
 
-def abc_metrics(
+def abc_rates(
     texts: Sequence[str], *, subset: int = ABC_SUBSET, seed: int = 0
-) -> dict[str, float]:
-    """`abc/parse_rate` and `abc/bar_ok_rate` on a seeded random subset of the tunes.
+) -> tuple[float, float]:
+    """(`abc/parse_rate`, `abc/bar_ok_rate`) on a seeded random subset of the tunes.
 
     - subset: min(len(texts), subset) tunes drawn without replacement by
       `np.random.default_rng(seed)`;
@@ -102,7 +102,7 @@ def abc_metrics(
       / (# parsed tunes with a meter); NaN when no parsed tune has a meter.
     """
     if len(texts) == 0:
-        return {"abc/parse_rate": math.nan, "abc/bar_ok_rate": math.nan}
+        return math.nan, math.nan
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(len(texts), size=min(len(texts), subset), replace=False))
     parsed = ok = checkable = 0
@@ -115,7 +115,4 @@ def abc_metrics(
         if verdict is not None:
             checkable += 1
             ok += int(verdict)
-    return {
-        "abc/parse_rate": parsed / chosen.size,
-        "abc/bar_ok_rate": ok / checkable if checkable else math.nan,
-    }
+    return parsed / chosen.size, ok / checkable if checkable else math.nan

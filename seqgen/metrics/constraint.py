@@ -15,8 +15,9 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def constraint_metrics(logmass: Sequence[np.ndarray]) -> dict[str, float]:
-    """Over the generated sequences (one array of log m_t per sequence):
+def mass_removed(logmass: Sequence[np.ndarray]) -> tuple[float, float]:
+    """(`constraint/mass_removed`, `constraint/step_mass_removed`) over the generated sequences
+    (one array of log m_t per sequence):
 
     - constraint/mass_removed = mean over sequences of 1 - prod_t m_t: the probability that the
       unconstrained model, run on this sequence's prefixes, would have left the allowed set at
@@ -26,10 +27,7 @@ def constraint_metrics(logmass: Sequence[np.ndarray]) -> dict[str, float]:
     NaN when there are no sequences.
     """
     if len(logmass) == 0:
-        return {"constraint/mass_removed": math.nan, "constraint/step_mass_removed": math.nan}
+        return math.nan, math.nan
     seq = [1.0 - math.exp(float(np.sum(lm))) for lm in logmass]
     step = [float(np.mean(-np.expm1(lm))) if len(lm) else 0.0 for lm in logmass]
-    return {
-        "constraint/mass_removed": float(np.mean(seq)),
-        "constraint/step_mass_removed": float(np.mean(step)),
-    }
+    return float(np.mean(seq)), float(np.mean(step))

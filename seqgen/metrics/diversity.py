@@ -9,7 +9,6 @@ exact integer n-gram ids (`_packed.ngram_ids`), vectorized in numpy.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import numpy as np
 
@@ -185,21 +184,3 @@ def bleu_from_matches(
         )
     scores = bp * np.exp(log_p.sum(axis=-1) / max_n)
     return np.where(matches[..., 0] == 0, 0.0, scores)
-
-
-def diversity_metrics(
-    sequences: SequencesLike | Packed,
-    *,
-    seed: int = 0,
-    self_bleu_samples: int = SELF_BLEU_SAMPLES,
-    zipf_top: int = ZIPF_TOP_TYPES,
-    lengths: Sequence[int] | np.ndarray | None = None,
-) -> dict[str, float]:
-    """`diversity/*` keys and `zipf` for one set of generations."""
-    packed = pack(sequences, lengths)
-    out = {f"diversity/distinct_{n}": distinct_n(packed, n) for n in range(1, 5)}
-    out["diversity/self_bleu4"] = self_bleu(packed, num_samples=self_bleu_samples, seed=seed)
-    out["diversity/ent_4"] = ngram_entropy(packed, 4)
-    out["diversity/unique_seq"] = unique_sequences(packed)
-    out["zipf"] = zipf_coefficient(packed, top=zipf_top)
-    return out

@@ -120,18 +120,23 @@ def mode_found_rate(
     return float(np.mean(hits)) if hits else math.nan
 
 
-def oracle_metrics(
+def impossible_prompt_rate(oracle: Any, prompts: SequencesLike) -> float:
+    """`oracle/impossible_prompt_rate`: share of the sequences whose prompt has probability 0
+    under p* (they are left out of every other oracle value); 0 for no sequences."""
+    states = prompt_states(oracle, prompts, len(prompts))
+    return float(np.mean(states == IMPOSSIBLE)) if len(prompts) else 0.0
+
+
+def oracle_summary(
     oracle: Any,
     sequences: SequencesLike,
     ended: Sequence[bool] | np.ndarray,
     *,
     lengths=None,
     prompts: SequencesLike | None = None,
-    best_sequences: SequencesLike | None = None,
-    best_ended: Sequence[bool] | np.ndarray | None = None,
-    best_prompts: SequencesLike | None = None,
-) -> dict[str, float]:
-    """Oracle metrics of continuations of `prompts` (one per sequence; None: unconditional).
+) -> tuple[float, float, float, float]:
+    """(`oracle/nll`, `oracle/ppl`, `oracle/entropy`, `oracle/mode_logprob`) of continuations
+    of `prompts` (one per sequence; None: unconditional).
 
     - `oracle/nll`, `oracle/ppl`: `oracle_nll` and its exp.
     - `oracle/entropy`: the exact entropy per token of p*( . | prompt), pooled over the
@@ -140,9 +145,7 @@ def oracle_metrics(
       The floor in expectation of `oracle/nll` for (uncut) samples from p* itself.
     - `oracle/mode_logprob`: mean over the sequences' possible prompts of log p*(mode | prompt),
       the exact conditional mode from Dijkstra (Stahlberg & Byrne 2019's global best).
-    - `oracle/impossible_prompt_rate` (only with `prompts`): share of sequences whose prompt
-      has probability 0 under p*; they are excluded from the values above.
-    - `search/mode_found` (when the best continuation per prompt is given): `mode_found_rate`.
+    `impossible_prompt_rate` and `mode_found_rate` are the other two oracle metrics.
     """
     n = pack(sequences, lengths).num_sequences
     states = prompt_states(oracle, prompts, n)
@@ -154,18 +157,5 @@ def oracle_metrics(
             c * oracle.expected_length(int(q)) for q, c in zip(used, counts)
         )
         mode_lp = sum(c * oracle.mode(int(q))[1] for q, c in zip(used, counts)) / counts.sum()
-    out = {
-        "oracle/nll": nll,
-        "oracle/ppl": math.nan if math.isnan(nll) else perplexity_from_nll(nll, 1)["ppl"],
-        "oracle/entropy": float(entropy),
-        "oracle/mode_logprob": float(mode_lp),
-    }
-    if prompts is not None:
-        out["oracle/impossible_prompt_rate"] = float(np.mean(states == IMPOSSIBLE)) if n else 0.0
-    if best_sequences is not None:
-        if best_ended is None:
-            raise UserError("search/mode_found needs best_ended together with best_sequences")
-        out["search/mode_found"] = mode_found_rate(
-            oracle, best_sequences, best_ended, best_prompts=best_prompts
-        )
-    return out
+    ppl = math.nan if math.isnan(nll) else perplexity_from_nll(nll, 1)["ppl"]
+    return nll, ppl, float(entropy), float(mode_lp)

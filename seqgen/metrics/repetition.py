@@ -113,13 +113,3 @@ def repetition_percent(
     `is_repetition` holds (a percentage in [0, 100], as the paper's Table 1 reports it)."""
     rep = is_repetition(sequences, max_n=max_n, lengths=lengths)
     return 100.0 * float(rep.mean()) if rep.size else math.nan
-
-
-def repetition_metrics(sequences: SequencesLike | Packed, *, lengths=None) -> dict[str, float]:
-    """`repetition/*` keys for one set of generations."""
-    packed = pack(sequences, lengths)
-    out = {"repetition/seq_rep_4": seq_rep_n(packed, 4)}
-    out["repetition/rep_pct"] = repetition_percent(packed)
-    for w, v in rep_l(packed).items():
-        out[f"repetition/rep_{w}"] = v
-    return out

@@ -120,13 +120,10 @@ def edit_similarity(hyps: Sequence, refs: Sequence) -> np.ndarray:
 UTILITY_FUNCTIONS = {"chrf": chrf, "bleu": sentence_bleu, "edit": edit_similarity}
 
 
-def mbr_summary(expected_utility: np.ndarray) -> dict[str, float]:
+def mbr_summary(expected_utility: np.ndarray) -> tuple[float, float]:
     """MBR's report from the candidates' expected utilities [B, N] (sorted best first, as
     `decoder=mbr` returns them): `mbr/expected_utility` = mean over prompts of the chosen
     candidate's (1/M) sum_j u(h, r_j); `mbr/utility_spread` = mean over prompts of the
     population std of the N candidates' expected utilities (how much the choice matters)."""
     eu = np.asarray(expected_utility, np.float64)
-    return {
-        "mbr/expected_utility": float(eu[:, 0].mean()),
-        "mbr/utility_spread": float(eu.std(axis=1).mean()),
-    }
+    return float(eu[:, 0].mean()), float(eu.std(axis=1).mean())
