@@ -129,7 +129,9 @@ class Model:
         `num_samples`: sequences per prompt for sampling (beams and greedy give their best
         one); `max_len`: prompt + continuation in tokens (default the run's `decode.max_len`);
         `seed`: the decoding seed (default the run's; row keys are per prompt and sample, so
-        a sequence does not depend on the batch it was decoded in).
+        a sequence does not depend on the batch it was decoded in). A run decoded under a
+        constraint (`constraint=regex|meter`) generates under it here too, as in
+        `seqgen-sample`.
 
             >>> out = model.generate("ab", decoder="beam", beam_size=4)  # doctest: +SKIP
             >>> out.continuations[0], out.scores[0]  # doctest: +SKIP
