@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import seqgen
-from seqgen.metrics import perplexity_from_nll
+from seqgen.metrics import compute
 
 out = Path(os.environ.get("TOUR_OUT") or tempfile.mkdtemp(prefix="seqgen-tour-"))
 
@@ -87,19 +87,17 @@ print("same log-probs as the decoder:", np.allclose(again.logprobs, gen.logprobs
 
 # %% [markdown]
 # ## Plot a metric
-# Each decoder's generation perplexity under the model (`gen/ppl`: the pooled per-token
-# perplexity of its continuations, EOS included where they ended).
+# Each generation carries the bundle the metric table scores (`seqgen.metrics.compute`): the
+# metrics a run reports, here each decoder's generation perplexity and distinct-2.
 
 # %%
-names = list(outputs)
-gen_ppl = [
-    perplexity_from_nll(-g.logprobs.sum(), sum(len(t) for t in g.token_ids) + g.ended.sum())["ppl"]
-    for g in outputs.values()
-]
-fig, ax = plt.subplots(figsize=(5, 3))
-ax.bar(names, gen_ppl)
-ax.set_ylabel("gen/ppl (per token)")
-ax.set_title("decoders on a tiny DPFSA model")
+metrics = {name: compute(gen.generations) for name, gen in outputs.items()}
+fig, axes = plt.subplots(1, 2, figsize=(8, 3))
+for ax, key in zip(axes, ("gen/ppl", "diversity/distinct_2")):
+    ax.bar(list(metrics), [m[key] for m in metrics.values()])
+    ax.set_title(key)
+axes[0].set_ylabel("per token")
+axes[1].set_ylabel("distinct bigrams / bigrams")
 fig.tight_layout()
 fig.savefig(out / "tour.png")
-print("plot:", out / "tour.png", {n: round(float(p), 3) for n, p in zip(names, gen_ppl)})
+print("plot:", out / "tour.png", {n: round(m["gen/ppl"], 3) for n, m in metrics.items()})

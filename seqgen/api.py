@@ -43,7 +43,9 @@ class GenerateOutput:
     `logprobs[i] = token_logprobs[i].sum() + eos_logprobs[i]` is the sequence's log-prob under
     the model. `scores[i]` is the decoder's ranking score (`DecodeOutput.scores`: the sequence
     log-prob for sampling and greedy, length-normalized for beams). `records` are the objects
-    `samples.jsonl` holds.
+    `samples.jsonl` holds. `generations` is the bundle the metric table scores, with the run's
+    metric settings and its human row as the reference: `seqgen.metrics.compute(
+    out.generations)` gives the metrics a run of this decoder reports.
     """
 
     texts: list[str]  # prompt + continuation
@@ -57,6 +59,7 @@ class GenerateOutput:
     prompt_index: list[int]
     sample_index: list[int]
     records: list[dict[str, Any]]
+    generations: Any  # seqgen.metrics.Generations
 
     @property
     def logprobs(self) -> np.ndarray:
@@ -160,6 +163,7 @@ class Model:
             generations,
             sample_records,
         )
+        from seqgen.evaluate import metric_settings
         from seqgen.prompts import prepare_prompts
 
         dec, corpus = cfg.decoder, self.corpus
@@ -169,7 +173,8 @@ class Model:
         out = decode_all(
             cfg.decode, dec, self.loaded, pr.prompts, decoder_key(seed, 0), pr.constraint
         )
-        gen, rec, texts = generations(cfg.decode, dec, corpus, pr.prompts, out)
+        settings = metric_settings(cfg.metrics, int(cfg.seed), corpus, pr)
+        gen, rec, texts = generations(cfg.decode, dec, corpus, pr.prompts, out, **settings)
         records = sample_records(label, gen, rec, texts, corpus.vocab)
         log.info("decoded %s: %d sequences in %.1f s", label, len(records), time.time() - t0)
         return GenerateOutput(
@@ -184,6 +189,7 @@ class Model:
             prompt_index=list(rec["prompt_index"]),
             sample_index=list(rec["sample_index"]),
             records=records,
+            generations=gen,
         )
 
     def score(

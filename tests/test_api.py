@@ -15,6 +15,7 @@ from conftest import ROOT, SAMPLE_DECODER, SAMPLE_PROMPTS, SAMPLE_RUN, TINY, rea
 import seqgen
 import seqgen.run  # the module: `seqgen.run(...)` must still be the API's function
 from seqgen.errors import UserError
+from seqgen.metrics import compute
 from seqgen.sample import sample
 from seqgen.tokens import UNK_ID
 
@@ -65,11 +66,16 @@ def test_run_returns_the_runs_results(api_run):
 
 @pytest.mark.slow
 def test_generate_gives_the_runs_and_seqgen_samples_tokens(api_run, model):
-    _, out, rows = api_run
+    res, out, rows = api_run
     got = model.generate(PROMPTS, "sample", num_samples=3, top_p=0.9, temperature=0.8)
     assert len(rows) == 6 and _ids(got.token_ids) == [r["token_ids"] for r in rows]
     assert got.texts == [r["text"] for r in rows] and got.prompts == ["ab"] * 3 + ["c"] * 3
     assert list(got.scores) == [r["score"] for r in rows]
+    # the metric table on the bundle gives the run's row (all but the decode's wall time)
+    run_row = res["results"][0]["metrics"]
+    got_row = compute(got.generations)
+    assert got_row.keys() == run_row.keys() - {"time/decode_s"}
+    np.testing.assert_array_equal([got_row[k] for k in got_row], [run_row[k] for k in got_row])
     args = [f"run={out}", *DECODER, *(f"prompt={p}" for p in PROMPTS), "num_samples=3"]
     assert _ids(got.token_ids) == [r["token_ids"] for r in sample(args)["samples"]]
     # the cache entry loads the same model (with the default decode.max_len: the run's is
