@@ -25,6 +25,7 @@ from seqgen.decoding.knobs import DEFAULT_NAME, KNOBS, NESTED_KNOBS
 from seqgen.decoding.loop import LOOPS
 from seqgen.decoding.registry import validate_decoder
 from seqgen.errors import UserError
+from seqgen.metrics.abc import ABC_SUBSET, ABC_TIMEOUT_S
 from seqgen.models import CELLS
 
 
@@ -148,7 +149,10 @@ class LoggerConfig:
 @dataclass
 class MetricsConfig:
     self_bleu_max: int = 1000  # hypotheses scored by Self-BLEU
-    abc_subset: int = 200  # tunes parsed by music21 for abc/* metrics
+    abc_subset: int = ABC_SUBSET  # tunes parsed by music21 for abc/* metrics
+    abc_timeout_s: float = (
+        ABC_TIMEOUT_S  # music21's time per tune; a tune that runs out is unparsed
+    )
     reference_checkpoint: str | None = None  # a cached model dir giving gen/ref_ppl
 
 
@@ -247,6 +251,7 @@ _RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "decode.max_tokens": (1, None, False, False),
     "metrics.self_bleu_max": (2, None, False, False),
     "metrics.abc_subset": (0, None, False, False),
+    "metrics.abc_timeout_s": (0, None, True, False),
     "output.num_listen": (0, None, False, False),
     "seed": (0, 2**32 - 1, False, False),  # numpy's and JAX's seeds are unsigned 32-bit
 }

@@ -19,6 +19,7 @@ from seqgen.decoding import registry
 from seqgen.driver import decode_all, decoder_key, decoder_label, generations, sample_records
 from seqgen.errors import UserError
 from seqgen.metrics import Generations, compute
+from seqgen.progress import still_running
 from seqgen.prompts import Prompts
 from seqgen.scoring import score_sequences
 
@@ -60,9 +61,13 @@ def evaluate_decoders(
     for i, dec in enumerate(decoders):
         label = decoder_label(dec)
         t0 = time.time()
-        out = decode_all(decode_cfg, dec, model, pr.prompts, decoder_key(seed, i), pr.constraint)
+        with still_running(f"decoding {label}"):  # a compile or one long chunk: not silent
+            out = decode_all(
+                decode_cfg, dec, model, pr.prompts, decoder_key(seed, i), pr.constraint
+            )
         t_dec = time.time() - t0
         fields = {"decode_s": t_dec, "prompts_left_out": pr.left_out, **_search_inputs(dec, out)}
+        fields["label"] = label
         gen, rec, texts = generations(decode_cfg, dec, corpus, pr.prompts, out, **fields, **common)
         gen = _reference_scores(reference, gen)
         if registry.SPECS[dec.name].mode_search:
@@ -70,7 +75,11 @@ def evaluate_decoders(
         if gen.proven is not None:  # exact search: the mode each beam is held to
             exact_mode = (gen.sequence_logprobs(), gen.proven)
         log.info("decoded %-28s %5d sequences in %.1f s", label, gen.num_sequences, t_dec)
+        t0 = time.time()
         metrics = compute(gen)
+        log.info(
+            "metrics %-28s %5d sequences in %.1f s", label, gen.num_sequences, time.time() - t0
+        )
         results.append({"decoder": {**to_dict(dec), "label": label}, "metrics": metrics})
         first = len(samples)
         samples += sample_records(label, gen, rec, texts, corpus.vocab)
@@ -80,7 +89,10 @@ def evaluate_decoders(
         for i, gen in beams:
             gen = dataclasses.replace(gen, exact_mode=exact_mode)
             results[i]["metrics"].update(compute(gen, across=True))
-    results.append(human_row(decode_cfg, corpus, model, pr, common, reference))
+    t0 = time.time()
+    with still_running("scoring the human row"):
+        results.append(human_row(decode_cfg, corpus, model, pr, common, reference))
+    log.info("metrics %-28s %5d sequences in %.1f s", "human", len(pr.human), time.time() - t0)
     if on_result is not None:
         on_result(results[-1], [])
     return results, samples
@@ -100,6 +112,7 @@ def metric_settings(metrics_cfg: Any, seed: int, corpus: Any, pr: Prompts) -> di
         "seed": int(seed),
         "self_bleu_max": int(metrics_cfg.self_bleu_max),
         "abc_subset": int(metrics_cfg.abc_subset),
+        "abc_timeout_s": float(metrics_cfg.abc_timeout_s),
         "dataset": corpus.name,
         "vocab": corpus.vocab,
         "oracle": corpus.oracle,
@@ -129,6 +142,7 @@ def human_row(
         eos_model_logprobs=eos,
         texts=texts,
         max_len=[int(decode_cfg.max_len) - len(p) for p in pr.human_prompts],
+        label="human",
         **common,
     )
     metrics = compute(_reference_scores(reference, gen))

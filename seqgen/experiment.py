@@ -27,6 +27,7 @@ from seqgen.outputs import print_results_table, reset_outputs, write_decoder, wr
 from seqgen.parallel import maybe_initialize_distributed
 from seqgen.paths import cache_root, enable_compilation_cache
 from seqgen.preflight import check_budgets, check_corpus, check_environment, run_decoders
+from seqgen.progress import still_running
 from seqgen.prompts import prepare_prompts
 from seqgen.report import write_report
 from seqgen.tracking import make_tracker
@@ -76,16 +77,18 @@ def run_experiment(cfg: Any, out_dir: str | Path | None = None) -> dict[str, Any
         _write_metrics(out_dir, model_metrics, model.info)
         reference = load_reference(cfg.metrics.get("reference_checkpoint"), corpus)
         results, samples, listen = _evaluate(cfg, corpus, model, prompts, reference, out_dir)
+        t_write = time.time()
         outputs = write_outputs(cfg.output, results, samples, out_dir, tracker)
         report = write_report(out_dir, vocab=corpus.vocab)  # `vocab` marks the prompts in it
         tracker.log_html("report", report)
-        log.info("report: %s", report)
+        log.info("wrote results, plots and report in %.1f s", time.time() - t_write)
         tracker.log_summary(model_metrics)
         wall = time.time() - t0
         outputs = {**outputs, "report": str(report), "listen": listen}
         _write_metrics(out_dir, model_metrics, model.info, wall_s=wall, outputs=outputs)
         print_results_table(results, model_metrics)
         log.info("done in %.1f s -> %s", wall, out_dir)
+        log.info("report: open %s", report.resolve().as_uri())
     except BaseException:
         tracker.finish(exit_code=1)
         raise
@@ -96,30 +99,53 @@ def run_experiment(cfg: Any, out_dir: str | Path | None = None) -> dict[str, Any
 def _evaluate(
     cfg: Any, corpus: Any, model: Any, prompts: Any, reference: Any, out_dir: Path
 ) -> tuple[list[dict], list[dict], list[str]]:
-    """Every decoder of the run, each written as soon as it is done (`outputs.write_decoder`):
+    """Every decoder of the run, each written as soon as it is done (`_DecoderWriter`):
     results, samples and the files to listen to. On a failure, the log names the decoders
     whose results and samples are already in `out_dir`."""
-    finished: list[str] = []
-    listen: list[str] = []
-
-    def on_result(result: dict[str, Any], rows: list[dict[str, Any]]) -> None:
-        listen.extend(map(str, write_decoder(cfg.output, corpus, result, rows, out_dir)))
-        finished.append(result["decoder"]["label"])
-
+    writer = _DecoderWriter(cfg, corpus, out_dir)
     decoders = [dec for _, dec in run_decoders(cfg)]
     try:
         results, samples = evaluate_decoders(
             decoders, corpus, model, prompts, cfg.decode, cfg.metrics, int(cfg.seed), reference,
-            on_result,
+            writer,
         )  # fmt: skip
     except BaseException:
         log.warning(
             "decoders finished before the failure: %s (their results and samples are in %s)",
-            ", ".join(finished) or "none",
+            ", ".join(writer.finished) or "none",
             out_dir,
         )
         raise
-    return results, samples, listen
+    return results, samples, writer.listen
+
+
+class _DecoderWriter:
+    """`evaluate_decoders`'s `on_result`: each decoder's result, samples and tunes written as
+    soon as it finishes (so a later failure loses none of them), with the time it took."""
+
+    def __init__(self, cfg: Any, corpus: Any, out_dir: Path):
+        self.output_cfg, self.corpus, self.out_dir = cfg.output, corpus, out_dir
+        self.abc_timeout_s = float(cfg.metrics.abc_timeout_s)
+        self.finished: list[str] = []
+        self.listen: list[str] = []
+
+    def __call__(self, result: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+        t0 = time.time()
+        label = result["decoder"]["label"]
+        with still_running(f"writing {label}"):  # MIDI: up to metrics.abc_timeout_s a tune
+            files = write_decoder(
+                self.output_cfg, self.corpus, result, rows, self.out_dir, self.abc_timeout_s
+            )
+        self.listen.extend(map(str, files))
+        self.finished.append(label)
+        if rows:  # the human row has no samples: a line of results.jsonl only
+            log.info(
+                "wrote   %-28s %5d samples, %d tune files in %.1f s",
+                label,
+                len(rows),
+                len(files),
+                time.time() - t0,
+            )
 
 
 def _log_corpus(corpus: Any) -> None:

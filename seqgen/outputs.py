@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from seqgen.metrics import table as metric_table
+from seqgen.metrics.abc import ABC_TIMEOUT_S, call_with_deadline
 
 log = logging.getLogger("seqgen")
 
@@ -65,13 +66,17 @@ def write_decoder(
     result: dict[str, Any],
     samples: list[dict[str, Any]],
     out_dir: Path,
+    abc_timeout_s: float = ABC_TIMEOUT_S,
 ) -> list[Path]:
     """Append one decoder's (or the human row's) result and samples as soon as they exist:
     `results.jsonl`, `samples.jsonl`, `samples/<label>.txt` and, for folk tunes, the first
-    `output.num_listen` tunes as `.abc`/`.mid`. Returns the tune files."""
+    `output.num_listen` tunes as `.abc`/`.mid` (music21 given `abc_timeout_s` a tune:
+    `metrics.abc_timeout_s`). Returns the tune files."""
     with open(out_dir / "results.jsonl", "a") as f:
         f.write(json.dumps(_clean(result)) + "\n")
-    return write_samples(corpus.name, samples, out_dir, int(output_cfg.num_listen))
+    return write_samples(
+        corpus.name, samples, out_dir, int(output_cfg.num_listen), timeout_s=abc_timeout_s
+    )
 
 
 def write_outputs(
@@ -117,7 +122,11 @@ def sample_separator(corpus_name: str) -> str:
 
 
 def write_samples(
-    corpus_name: str, samples: list[dict[str, Any]], out_dir: Path, num_listen: int
+    corpus_name: str,
+    samples: list[dict[str, Any]],
+    out_dir: Path,
+    num_listen: int,
+    timeout_s: float = ABC_TIMEOUT_S,
 ) -> list[Path]:
     """Append `samples` to `samples.jsonl` and write `samples/<decoder>.txt` (`MODEL_MARK`
     where each prompt ends) and, for folk tunes, the first `num_listen` of each decoder as
@@ -138,19 +147,28 @@ def write_samples(
         marked = (marked_text(r.get("prompt", ""), r["text"]) for r in rows)
         (sample_dir / f"{slug(label)}.txt").write_text(sep.join(marked) + "\n")
         if corpus_name == "folk" and num_listen > 0:
-            listen += write_tunes(sample_dir / slug(label), rows[:num_listen])
+            listen += write_tunes(sample_dir / slug(label), rows[:num_listen], timeout_s)
     return listen
 
 
-def write_tunes(folder: Path, rows: list[dict[str, Any]]) -> list[Path]:
-    """The first tunes of a decoder as `.abc` files and, for every one that parses, `.mid`.
+def _tune_midi(abc: str, path: Path) -> tuple[Path | None, str | None]:
+    """`write_midi` of a parsed tune; `(None, None)` when music21 does not parse it."""
+    from seqgen.metrics.abc import parse_abc
+
+    score = parse_abc(abc)
+    return (None, None) if score is None else write_midi(score, path)
+
+
+def write_tunes(
+    folder: Path, rows: list[dict[str, Any]], timeout_s: float = ABC_TIMEOUT_S
+) -> list[Path]:
+    """The first tunes of a decoder as `.abc` files and, for every one that music21 parses
+    within `timeout_s` seconds (parse and MIDI together), `.mid`.
 
     The log says how many `.mid` were written, how many play their repeats once (music21 could
     not expand them) and why any tune has none.
     """
     from collections import Counter
-
-    from seqgen.metrics.abc import parse_abc
 
     folder.mkdir(parents=True, exist_ok=True)
     written = []
@@ -160,11 +178,16 @@ def write_tunes(folder: Path, rows: list[dict[str, Any]]) -> list[Path]:
         path = folder / f"tune_{i + 1:02d}.abc"
         path.write_text(abc)
         written.append(path)
-        score = parse_abc(abc)
-        if score is None:  # a generated tune need not be valid ABC
+        done, late = call_with_deadline(
+            lambda abc=abc, path=path: _tune_midi(abc, path.with_suffix(".mid")), timeout_s
+        )
+        if late:
+            outcome[f"music21 ran past {timeout_s:g} s"] += 1
+            continue
+        midi, how = done
+        if how is None:  # a generated tune need not be valid ABC
             outcome["not ABC that music21 parses"] += 1
             continue
-        midi, how = write_midi(score, path.with_suffix(".mid"))
         if midi is not None:
             written.append(midi)
         outcome[how] += 1
@@ -213,6 +236,24 @@ def write_midi(score: Any, path: Path) -> tuple[Path | None, str]:
 _CONDUCTOR_CLASSES = ("TimeSignature", "KeySignature", "MetronomeMark")
 
 
+def plain_numbers(ax: Any) -> None:
+    """Tick labels that read as the values themselves: no offset or multiplier text (matplotlib
+    writes `1e-7-1.83498` for values that agree to 7 digits), and a flat line's axis widened
+    to +-5% of its value so its ticks differ in the first digits."""
+    from matplotlib.ticker import ScalarFormatter
+
+    if ax.get_yscale() != "linear":
+        return
+    lo, hi = ax.get_ylim()
+    mid = (lo + hi) / 2
+    if hi - lo <= 1e-6 * max(abs(mid), 1e-12):
+        pad = 0.05 * abs(mid) or 1.0
+        ax.set_ylim(mid - pad, mid + pad)
+    fmt = ScalarFormatter(useOffset=False)
+    fmt.set_scientific(False)
+    ax.yaxis.set_major_formatter(fmt)
+
+
 def plot_decoders(results: list[dict[str, Any]], folder: Path) -> list[Path]:
     """One panel per metric: a bar per decoder, the human row as a dashed line."""
     import matplotlib
@@ -246,6 +287,7 @@ def plot_decoders(results: list[dict[str, Any]], folder: Path) -> list[Path]:
             min(vals, default=1), 1e-9
         ):
             ax.set_yscale("log")
+        plain_numbers(ax)
     for ax in list(axes.flat)[len(metrics) :]:
         ax.axis("off")
     fig.tight_layout()

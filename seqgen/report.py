@@ -21,6 +21,7 @@ import base64
 import html
 import json
 import math
+import re
 import struct
 from importlib import resources
 from pathlib import Path
@@ -101,16 +102,36 @@ def _page(title: str, body: str, *, abcjs: bool) -> str:
 """
 
 
+_NUMBER = re.compile(r"^(-|nan|inf|[-+]?[\d,]*\.?\d+(e[-+]?\d+)?)?$")
+
+
+def _header(name: str) -> str:
+    """A column name as two short lines: `group/` or `decoder.` above the rest (which may
+    break after `_`), so a wide table fits the page."""
+    for sep in ("/", "."):
+        if sep in name:
+            head, rest = name.rsplit(sep, 1) if sep == "." else name.split(sep, 1)
+            return f"<small>{_esc(head)}{sep}</small><br>{_esc(rest).replace('_', '_<wbr>')}"
+    return _esc(name).replace("_", "_<wbr>")
+
+
 def _table(columns: list[str], rows: list[list[str]], row_classes: list[str]) -> str:
+    """Numbers right-aligned, text columns (any cell not a number) left-aligned; the first
+    column stays in view when the table scrolls sideways."""
+    text = [
+        any(not _NUMBER.match(re.sub(r"<[^>]*>", "", row[j]).strip()) for row in rows)
+        for j in range(len(columns))
+    ]
+    cls = [' class="text"' if t else "" for t in text]
     head = "".join(
-        f'<th title="{_esc(metric_table.label_of(c))}">'
-        + ("<small>{}/</small><br>{}".format(*map(_esc, c.split("/", 1))) if "/" in c else _esc(c))
-        + "</th>"
-        for c in columns
+        f'<th{cls[j]} title="{_esc(metric_table.label_of(c))}">{_header(c)}</th>'
+        for j, c in enumerate(columns)
     )
     body = "".join(
-        f'<tr class="{cls}">' + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>"
-        for row, cls in zip(rows, row_classes)
+        f'<tr class="{rc}">'
+        + "".join(f"<td{cls[j]}>{cell}</td>" for j, cell in enumerate(row))
+        + "</tr>"
+        for row, rc in zip(rows, row_classes)
     )
     table = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
     return f'<div class="scroll">{table}</div>'
@@ -121,7 +142,9 @@ def _plots(folder: Path) -> str:
     if not pngs:
         return ""
     cls = "plots" if len(pngs) == 1 else "plots two"
-    return f'<h2>Plots</h2><div class="{cls}">' + "".join(_img(p) for p in pngs) + "</div>"
+    return (
+        f'<h2 id="plots">Plots</h2><div class="{cls}">' + "".join(_img(p) for p in pngs) + "</div>"
+    )
 
 
 def _config_brief(cfg: dict[str, Any], metrics: dict[str, Any], labels: list[str]) -> str:
@@ -194,19 +217,67 @@ def write_report(out_dir: str | Path, vocab: Any = None) -> Path:
         ["human" if r["decoder"]["name"] == "human" else "" for r in results],
     )
     exp = cfg.get("experiment_name", "run")
+    plots = _plots(out_dir / "plots")
+    samples_html, shown = _samples_html(samples, labels, out_dir, vocab, is_folk, num_listen)
+    sections = [("config", "Config"), ("results", "Results")] + ([("plots", "Plots")] * bool(plots))
     parts = [
         f"<h1>seqgen: {_esc(exp)} <small>{_esc(out_dir.name)}</small></h1>",
+        _contents(sections, shown),
+        "<h2 id='config'>Config</h2>",
         _config_brief(cfg, metrics, labels),
-        "<h2>Results</h2>",
+        "<h2 id='results'>Results</h2>",
         table,
         '<p class="note">Hover a column name for its unit. The human row scores held-out data '
         "with the same metrics.</p>",
-        _plots(out_dir / "plots"),
-        _samples_html(samples, labels, out_dir, vocab, is_folk, num_listen),
+        plots,
+        samples_html,
     ]
     path = out_dir / "report.html"
     path.write_text(_page(f"seqgen {exp}: {out_dir.name}", "\n".join(parts), abcjs=is_folk))
     return path
+
+
+def _anchor(label: str, i: int | None = None) -> str:
+    return f"dec-{slug(label)}" + ("" if i is None else f"-{i + 1}")
+
+
+def _contents(sections: list[tuple[str, str]], shown: dict[str, int]) -> str:
+    """The contents list: the page's sections, then each decoder with a link to each card."""
+    items = [f'<li><a href="#{a}">{_esc(t)}</a></li>' for a, t in sections]
+    if shown:
+        decs = "".join(
+            f'<li><a href="#{_anchor(lb)}">{_esc(lb)}</a> '
+            + " ".join(f'<a class="num" href="#{_anchor(lb, i)}">{i + 1}</a>' for i in range(n))
+            + "</li>"
+            for lb, n in shown.items()
+        )
+        items.append(f'<li><a href="#samples">Samples</a><ul>{decs}</ul></li>')
+    return f'<nav class="toc"><b>Contents</b><ul>{"".join(items)}</ul></nav>'
+
+
+def _card(label: str, i: int, row: dict[str, Any], out_dir: Path, vocab: Any, is_folk: bool) -> str:
+    """One sample as a collapsible card; a folk tune with its sheet music, play button and
+    files (the page's script collapses every card but each decoder's first once drawn)."""
+    prompt, cont = split_prompt(row, vocab)
+    pre = f'<pre><span class="prompt">{_esc(prompt)}</span>{_esc(cont)}</pre>'
+    meta = f"prompt {row.get('prompt_index')}, sample {row.get('sample_index')}"
+    head = f'<span class="num">#{i + 1}</span> {_esc(label)} &middot; {meta}'
+    ident = f'id="{_anchor(label, i)}" data-first="{int(i == 0)}"'
+    if not is_folk:
+        return f'<details class="sample" {ident} open><summary>{head}</summary>{pre}</details>'
+    abc = f"X:{i + 1}\n{row['text'].strip()}\n"
+    stem = f"samples/{slug(label)}/tune_{i + 1:02d}"
+    links = " ".join(
+        f'<a href="{_esc(stem + ext)}">{ext[1:]}</a>'
+        for ext in (".abc", ".mid")
+        if (out_dir / (stem + ext)).exists()
+    )
+    return (
+        f'<details class="tune" {ident} data-abc="{_esc(abc)}" open>'
+        f"<summary>{head} {links}</summary>"
+        '<div class="tune-head"><button class="play" type="button">&#9654; play</button></div>'
+        f'<div class="notation"></div>{pre}</details>'
+    )
 
 
 def _samples_html(
@@ -216,48 +287,40 @@ def _samples_html(
     vocab: Any,
     is_folk: bool,
     num_listen: int,
-) -> str:
+) -> tuple[str, dict[str, int]]:
+    """The samples section, and how many cards each decoder has (for the contents list)."""
     by_decoder: dict[str, list[dict[str, Any]]] = {}
     for s in samples:
         by_decoder.setdefault(s["decoder"], []).append(s)
     if not by_decoder or num_listen <= 0:
-        return ""
+        return "", {}
     what = "tunes" if is_folk else "samples"
     out = [
-        f"<h2>Samples</h2><p class='note'>The first {num_listen} {what} of each decoder; "
-        '<span class="prompt">the prompt</span> is marked, the rest is the continuation.'
+        f"<h2 id='samples'>Samples</h2><p class='note'>The first {num_listen} {what} of each "
+        'decoder, one card each (click a title to open or close it); <span class="prompt">the '
+        "prompt</span> is marked, the rest is the continuation."
         + (
-            " Each tune is drawn by abcjs; &#9654; plays it with a plain synthesized tone "
-            "(offline, no soundfont); the .abc and .mid links open the files of this run."
+            " Each tune is drawn by abcjs, a few bars a line; &#9654; plays it with a plain "
+            "synthesized tone (offline, no soundfont); the .abc and .mid links open the files "
+            "of this run."
             if is_folk
             else ""
         )
         + "</p>"
     ]
+    shown = {}
     for label in [lb for lb in labels if lb in by_decoder]:
-        out.append(f"<section><h3>{_esc(label)}</h3>")
-        for i, row in enumerate(by_decoder[label][:num_listen]):
-            prompt, cont = split_prompt(row, vocab)
-            pre = f'<pre><span class="prompt">{_esc(prompt)}</span>{_esc(cont)}</pre>'
-            meta = f"prompt {row.get('prompt_index')}, sample {row.get('sample_index')}"
-            if is_folk:
-                abc = f"X:{i + 1}\n{row['text'].strip()}\n"
-                stem = f"samples/{slug(label)}/tune_{i + 1:02d}"
-                links = " ".join(
-                    f'<a href="{_esc(stem + ext)}">{ext[1:]}</a>'
-                    for ext in (".abc", ".mid")
-                    if (out_dir / (stem + ext)).exists()
-                )
-                out.append(
-                    f'<div class="tune" data-abc="{_esc(abc)}">'
-                    f'<div class="tune-head"><button class="play" type="button">&#9654; play'
-                    f"</button> <span>#{i + 1} &middot; {meta}</span> {links}</div>"
-                    f'<div class="notation"></div>{pre}</div>'
-                )
-            else:
-                out.append(f'<div class="sample"><div class="tune-head">{meta}</div>{pre}</div>')
-        out.append("</section>")
-    return "\n".join(out)
+        rows = by_decoder[label][:num_listen]
+        shown[label] = len(rows)
+        out.append(
+            f'<section id="{_anchor(label)}"><h3>{_esc(label)} '
+            '<button class="toggle" type="button" data-open="1">open all</button> '
+            '<button class="toggle" type="button" data-open="0">close all</button></h3>'
+            '<div class="cards">'
+        )
+        out += [_card(label, i, row, out_dir, vocab, is_folk) for i, row in enumerate(rows)]
+        out.append("</div></section>")
+    return "\n".join(out), shown
 
 
 def write_sweep_report(
@@ -276,13 +339,17 @@ def write_sweep_report(
             return f'<a href="{_esc(r["job"])}/report.html">{_esc(r["job"])}</a>'
         return _esc(fmt(r.get(c)))
 
+    human, shown = _human_once(rows, columns)
     parts = [
         f"<h1>seqgen sweep <small>{_esc(sweep_dir)}</small></h1>",
-        f"<p>{len({r['job'] for r in rows})} jobs; each job links to its own page.</p>",
+        f"<p>{len({r['job'] for r in rows})} jobs; each job links to its own page. The human "
+        "row (held-out data, the same in every job that decodes the same prompts) is shown once "
+        "for each distinct set of values, with the jobs it stands for.</p>",
         _table(
             columns,
-            [[cell(r, c) for c in columns] for r in rows],
-            ["human" if r.get("decoder") == "human" else "" for r in rows],
+            [[_esc(jobs)] + [cell(r, c) for c in columns[1:]] for r, jobs in human]
+            + [[cell(r, c) for c in columns] for r in shown],
+            ["human"] * len(human) + [""] * len(shown),
         ),
     ]
     if failed:
@@ -293,6 +360,38 @@ def write_sweep_report(
     path = sweep_dir / "report.html"
     path.write_text(_page(f"seqgen sweep {sweep_dir.name}", "\n".join(parts), abcjs=False))
     return path
+
+
+def _human_once(
+    rows: list[dict[str, Any]], columns: list[str]
+) -> tuple[list[tuple[dict[str, Any], str]], list[dict[str, Any]]]:
+    """The human rows, one per distinct set of metric values with the jobs it stands for (its
+    swept-knob cells blank where the jobs differ), and the other rows."""
+    metric_cols = columns[columns.index("decoder") + 1 :] if "decoder" in columns else columns
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        if r.get("decoder") == "human":
+            key = json.dumps([r.get(c) for c in metric_cols], default=str)
+            groups.setdefault(key, []).append(r)
+    human = []
+    for group in groups.values():
+        merged = {c: v for c, v in group[0].items() if all(g.get(c) == v for g in group)}
+        jobs = [str(g["job"]) for g in group]
+        human.append((merged, jobs[0] if len(jobs) == 1 else f"{len(jobs)} jobs: {_span(jobs)}"))
+    return human, [r for r in rows if r.get("decoder") != "human"]
+
+
+def _span(jobs: list[str]) -> str:
+    """`0-3, 7` for numbered job folders; the names joined otherwise."""
+    if not all(j.isdigit() for j in jobs):
+        return ", ".join(jobs)
+    nums, runs = sorted(map(int, jobs)), []
+    for n in nums:
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
 def _finite(v: Any) -> bool:
@@ -357,8 +456,11 @@ _RENDER_JS = """
   }
   tunes.forEach(function (el, i) {
     try {
+      // a few bars a line, as printed tunes are: abcjs breaks lines itself (wrap needs a
+      // staff width; 'resize' then scales that to the card)
       var vis = ABCJS.renderAbc(el.querySelector('.notation'), el.dataset.abc, {
-        responsive: 'resize', add_classes: true,
+        responsive: 'resize', add_classes: true, staffwidth: 720,
+        wrap: { minSpacing: 1.8, maxSpacing: 2.7, preferredMeasuresPerLine: 5 },
         paddingtop: 4, paddingbottom: 4, paddingleft: 0, paddingright: 0
       })[0];
       var btn = el.querySelector('button.play');
@@ -380,6 +482,22 @@ _RENDER_JS = """
   });
   var svgs = 0;
   tunes.forEach(function (el) { if (el.querySelector('.notation svg')) svgs += 1; });
+  // drawn while open (a closed card has no size to lay out in); now each decoder's first
+  // card stays open and the others close
+  document.querySelectorAll('details[data-first="0"]').forEach(function (d) { d.open = false; });
+  document.querySelectorAll('button.toggle').forEach(function (b) {
+    b.addEventListener('click', function () {
+      b.closest('section').querySelectorAll('details').forEach(function (d) {
+        d.open = b.dataset.open === '1';
+      });
+    });
+  });
+  function openTarget() {
+    var t = location.hash && document.getElementById(location.hash.slice(1));
+    if (t && t.tagName === 'DETAILS') { t.open = true; t.scrollIntoView(); }
+  }
+  window.addEventListener('hashchange', openTarget);
+  openTarget();
   var status = document.getElementById('render-status');
   status.dataset.tunes = tunes.length;
   status.dataset.svgs = svgs;
@@ -396,42 +514,57 @@ _CSS = """
 * { box-sizing: border-box; }
 body { margin: 0; color: var(--ink); background: #fff;
        font: 15px/1.5 -apple-system, "Segoe UI", "Helvetica Neue", Arial, sans-serif; }
-main { max-width: 1180px; margin: 0 auto; padding: 24px 28px 48px; }
+main { max-width: 1240px; margin: 0 auto; padding: 24px 28px 48px; }
 h1 { font-size: 24px; margin: 0 0 12px; }
 h1 small { color: var(--muted); font-weight: normal; font-size: 15px; margin-left: 8px; }
 h2 { font-size: 19px; margin: 32px 0 10px; padding-bottom: 4px;
      border-bottom: 1px solid var(--line); }
 h3 { font-size: 16px; margin: 22px 0 8px; }
+h3 button.toggle { font: inherit; font-size: 12px; font-weight: normal; padding: 1px 8px;
+                   margin-left: 6px; border: 1px solid var(--line); border-radius: 4px;
+                   background: var(--band); color: var(--muted); cursor: pointer; }
+nav.toc { font-size: 14px; background: var(--band); border: 1px solid var(--line);
+          border-radius: 6px; padding: 8px 14px; display: inline-block; }
+nav.toc ul { margin: 4px 0 0; padding-left: 18px; }
+nav.toc ul ul { columns: 2; column-gap: 28px; }
+nav.toc a.num { font-size: 12px; margin-left: 2px; }
 dl { display: grid; grid-template-columns: max-content 1fr; gap: 3px 16px; margin: 0; }
 dt { color: var(--muted); }
 dd { margin: 0; }
 .note { color: var(--muted); font-size: 13px; }
-.scroll { overflow-x: auto; }
-table { border-collapse: collapse; font-size: 13px; font-variant-numeric: tabular-nums; }
-th, td { padding: 5px 10px; border-bottom: 1px solid var(--line); white-space: nowrap; }
-th { background: var(--band); text-align: right; cursor: help; font-weight: 600;
-     vertical-align: bottom; line-height: 1.25; }
+.scroll { overflow-x: auto; max-width: 100%; }
+table { border-collapse: separate; border-spacing: 0; font-size: 12.5px;
+        font-variant-numeric: tabular-nums; }
+th, td { padding: 4px 7px; border-bottom: 1px solid var(--line); white-space: nowrap;
+         text-align: right; background: #fff; }
+th { background: var(--band); cursor: help; font-weight: 600; vertical-align: bottom;
+     line-height: 1.2; white-space: normal; min-width: 3.5em; }
 th small { color: var(--muted); font-weight: normal; }
-td { text-align: right; }
-th:first-child, td:first-child { text-align: left; }
-tbody tr:nth-child(even) { background: #fbfcfd; }
-tr.human td { font-style: italic; background: #f3f0ff; }
+th.text, td.text { text-align: left; }
+th:first-child, td:first-child { position: sticky; left: 0; z-index: 1;
+                                 border-right: 1px solid var(--line); }
+tbody tr:nth-child(even) td { background: #fbfcfd; }
+tr.human td { font-style: italic; background: #f3f0ff !important; }
 .plots { display: flex; flex-wrap: wrap; gap: 12px; align-items: flex-start; }
 .plots img { max-width: 100%; border: 1px solid var(--line); border-radius: 6px; }
 .plots.two img { max-width: calc(50% - 6px); }
 .plots.two img.wide { max-width: 100%; }
-.tune, .sample { border: 1px solid var(--line); border-radius: 6px; padding: 10px 14px;
-                 margin: 10px 0; }
-.tune-head { font-size: 13px; color: var(--muted); margin-bottom: 4px; }
-.tune-head a { color: var(--accent); margin-left: 6px; }
+.cards { display: flex; flex-direction: column; gap: 8px; max-width: 920px; }
+.tune, .sample { border: 1px solid var(--line); border-radius: 6px; padding: 6px 12px;
+                 min-width: 0; }
+.tune[open], .sample[open] { padding-bottom: 10px; }
+summary { cursor: pointer; font-size: 13px; color: var(--muted); }
+summary .num { font-weight: 600; color: var(--ink); }
+summary a { color: var(--accent); margin-left: 6px; }
+.tune-head { margin: 4px 0; }
 button.play { font: inherit; font-size: 13px; padding: 2px 10px; border: 1px solid var(--line);
               border-radius: 4px; background: var(--band); cursor: pointer; color: var(--ink); }
 button.play:hover { border-color: var(--accent); }
 .notation svg { max-width: 100%; }
-.tune.empty .notation { display: none; }
-.tune.empty .tune-head::after { content: " \00b7  no notes to draw"; }
+.tune.empty .notation, .tune.empty .tune-head { display: none; }
+.tune.empty summary::after { content: " \00b7  no notes to draw"; }
 button.play:disabled { opacity: 0.45; cursor: default; }
-pre { font: 12.5px/1.45 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace;
+pre { font: 12px/1.45 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace;
       white-space: pre-wrap; word-break: break-all; background: var(--band);
       padding: 8px 10px; border-radius: 4px; margin: 6px 0 0; }
 .prompt { background: var(--prompt); border-bottom: 2px solid #d4a72c; }

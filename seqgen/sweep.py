@@ -21,7 +21,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from seqgen.metrics import table as metric_table
-from seqgen.outputs import SCORE_UNITS, score_kind
+from seqgen.outputs import SCORE_UNITS, plain_numbers, score_kind
 from seqgen.report import write_sweep_report
 from seqgen.tracking import make_tracker
 
@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 
 # Failed jobs of the multirun in this process (seqgen.run exits 1 when any failed).
 FAILED_JOBS: list[dict[str, Any]] = []
+
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+LINESTYLES = ("-", "--", "-.", ":")
 
 
 def record_failure(out_dir: Path, cfg: Any, exc: BaseException) -> None:
@@ -165,12 +168,21 @@ def _plot(sweep_dir: Path, rows: list[dict], swept: list[str], metrics: list[str
                     continue
                 hue = r.get(hue_key) if hue_key else None
                 groups.setdefault((hue, r["decoder"] if several_decoders else None), []).append(r)
-            for (hue, dec), rs in groups.items():
+            for n, ((hue, dec), rs) in enumerate(groups.items()):
                 rs = sorted(rs, key=lambda r: r.get(x_key) if numeric_x else str(r.get(x_key)))
                 xs = [r.get(x_key) if numeric_x else str(r.get(x_key)) for r in rs]
                 parts = [f"{hue_key.split('.')[-1]}={hue}"] if hue_key else []
                 label = ", ".join(parts + ([dec] if dec else [])) or None
-                ax.plot(xs, [r[metric] for r in rs], marker="o", label=label)
+                # each line its own marker, later ones smaller: equal lines stay visible
+                ax.plot(
+                    xs,
+                    [r[metric] for r in rs],
+                    marker=MARKERS[n % len(MARKERS)],
+                    markersize=max(3.0, 9.0 - 1.5 * n),
+                    linestyle=LINESTYLES[n % len(LINESTYLES)],
+                    alpha=0.85,
+                    label=label,
+                )
                 drawn = True
             hv = [r[metric] for r in human if r.get(metric) is not None] if kind is None else []
             if hv:
@@ -182,6 +194,7 @@ def _plot(sweep_dir: Path, rows: list[dict], swept: list[str], metrics: list[str
             title = f"{metric} vs {x_key.split('.')[-1]}"
             ax.set_title(title + (f" ({kind})" if kind and len(kinds) > 1 else ""))
             ax.grid(alpha=0.3)
+            plain_numbers(ax)
             if groups and (len(groups) > 1 or hv or hue_key):
                 ax.legend(fontsize=8)
         if not drawn:
@@ -214,6 +227,7 @@ class SweepSummary(Callback):
         for fj in summary["failed"]:
             log.error("failed job %s: %s", fj["job"], fj["error"])
         self._log_wandb(config, sweep_dir, summary)
+        log.info("sweep report: open %s", Path(summary["report"]).resolve().as_uri())
 
     @staticmethod
     def _log_wandb(config: DictConfig, sweep_dir: Path, summary: dict[str, Any]) -> None:

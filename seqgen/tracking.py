@@ -159,7 +159,11 @@ class WandbTracker:
         self.run.log({key: self._wandb.Html(Path(path).read_text(), inject=False)})
 
     def finish(self, exit_code: int = 0) -> None:
+        offline = self.run.offline
+        where = self.run.settings.sync_dir
         self.run.finish(exit_code=exit_code)
+        if offline:  # nothing reached W&B: say how to send it
+            log.info("W&B offline run: upload it with `wandb sync %s`", where)
 
 
 def make_tracker(

@@ -29,7 +29,6 @@ import logging
 import math
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -46,6 +45,7 @@ from seqgen.config import TrainConfig
 from seqgen.errors import TrainingInterrupted, UserError
 from seqgen.metrics.perplexity import LN2, perplexity_from_nll
 from seqgen.parallel import make_mesh, replicate, shard_batch
+from seqgen.progress import Progress
 
 log = logging.getLogger("seqgen")
 
@@ -265,56 +265,6 @@ def _as_arrays(batch: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 # The loop
 
 
-class _Progress:
-    """A rich progress bar with loss and tokens/s on a TTY; elsewhere (a log file, a cluster
-    job) a log line at every tenth of the run; nothing when disabled."""
-
-    def __init__(self, enabled: bool, total: int, start: int):
-        self.bar = None
-        self.total = total
-        self.lines = enabled and not sys.stdout.isatty()
-        self.next_line = start + max(1, total // 10)
-        if enabled and sys.stdout.isatty():
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-            )
-
-            self.bar = Progress(
-                TextColumn("[bold]train"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]}"),
-                TextColumn("{task.fields[tps]} tok/s"),
-                TimeRemainingColumn(),
-            )
-            self.bar.start()
-            self.task = self.bar.add_task("train", total=total, completed=start, loss="-", tps="-")
-
-    def update(self, step: int, loss: float | None = None, tps: float | None = None) -> None:
-        if self.lines and loss is not None and (step >= self.next_line or step == self.total):
-            self.next_line = step + max(1, self.total // 10)
-            rate = f", {tps:,.0f} tok/s" if tps is not None else ""
-            logging.getLogger("seqgen").info(
-                "train step %d/%d: loss %.4f%s", step, self.total, loss, rate
-            )
-        if self.bar is None:
-            return
-        fields = {}
-        if loss is not None:
-            fields["loss"] = f"{loss:.4f}"
-        if tps is not None:
-            fields["tps"] = f"{tps:,.0f}"
-        self.bar.update(self.task, completed=step, **fields)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-
 class _StopSignals:
     """While active (main thread only), SIGINT and SIGTERM record their number in `signum`
     instead of interrupting; a second one raises `KeyboardInterrupt`. The previous handlers
@@ -501,7 +451,10 @@ class _Loop:
         )  # fmt: skip
         state.step += 1
         state.data_position = state.step  # one batch per step
+        compiling = self.meter.first
         self.meter.add(m["loss"], ntok)
+        if compiling:  # `add` waited for the first step, its compile included
+            self.bar.compiled(state.step)
         last = state.step == self.hp.steps
         if state.step % self.log_every == 0 or last:
             self.log(state, m)
@@ -577,7 +530,7 @@ class _Loop:
     def run(self, state: TrainState, train_batches: Iterator, restore_best: bool) -> None:
         """Step until `hp.steps` (or an early stop); then the best parameters, if asked."""
         self.saved_step = state.step
-        self.bar = _Progress(self.progress, self.hp.steps, state.step)
+        self.bar = Progress("train", self.hp.steps, state.step, enabled=self.progress)
         try:
             self.stop.install()
             while state.step < self.hp.steps and not state.stopped_early:

@@ -1,7 +1,10 @@
 """Metrics: hand-computed values (worked out in the comments), Self-BLEU == nltk, the
 Holtzman repetition rule, Zipf on exact power laws, ABC parse and bar checks."""
 
+import logging
 import math
+import threading
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -32,6 +35,7 @@ from seqgen.metrics import (
     zipf_coefficient,
 )
 from seqgen.metrics._packed import ngram_ids, pack
+from seqgen.metrics.abc import call_with_deadline
 from seqgen.tokens import NUM_SPECIAL, UNK_ID
 
 LN = math.log
@@ -374,6 +378,52 @@ def test_abc_metrics_rates():
     assert (out["abc/parse_rate"], out["abc/bar_ok_rate"]) == (pytest.approx(3 / 5), 0.5)
     assert "abc/parse_rate" not in compute(Generations([[5]] * 5, texts=tunes, dataset="text"))
 
+
+# music21 spends minutes in `bestTimeSignature` on this generated tune (101 s on a loaded CPU)
+SLOW_TUNE = "M:6/8\nL:1/8\nK:Gmin\nd/2-c/2 | (BAG) f (F BAA E3432|d>a|BBBF d)3dG"
+
+
+@pytest.mark.parametrize("where", ["main thread", "worker thread"])
+def test_abc_rates_count_a_tune_past_its_deadline_as_unparsed(where, caplog):
+    from concurrent.futures import ThreadPoolExecutor
+
+    parse_abc(GOOD_TUNE)  # music21's import is not part of any tune's time
+    before = threading.active_count()
+
+    def run() -> tuple[float, float]:
+        return abc_rates([GOOD_TUNE, SLOW_TUNE, WRONG_BARS], timeout_s=2.0)
+
+    with caplog.at_level(logging.INFO, logger="seqgen"):
+        if where == "main thread":
+            out = run()
+        else:
+            with ThreadPoolExecutor(1) as pool:
+                out = pool.submit(run).result()
+    # the slow tune counts as unparsed; GOOD and WRONG are judged as without a deadline
+    assert out == (pytest.approx(2 / 3), 0.5)
+    assert "3 tunes in" in caplog.text and "1 ran past 2 s and count as unparsed" in caplog.text
+    assert threading.active_count() == before  # every watchdog has ended
+
+
+def test_call_with_deadline_stops_a_loop_that_catches_exception_and_nothing_arrives_later():
+    def busy() -> int:
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < 60:
+            try:
+                sum(range(100))
+            except Exception:  # as music21's handlers do: must not swallow the timeout
+                pass
+        return 1
+
+    t0 = time.perf_counter()
+    assert call_with_deadline(busy, 0.2) == (None, True)
+    assert time.perf_counter() - t0 < 30  # stopped, not run to its 60 s
+    assert call_with_deadline(lambda: 7, 0.05) == (7, False)
+    time.sleep(0.3)  # past that call's deadline: no late TuneTimeout may arrive here
+    assert call_with_deadline(lambda: 8, math.inf) == (8, False)
+
+
+# ---------------------------------------------------------------- compute_metrics
 
 # ---------------------------------------------------------------- compute
 

@@ -107,6 +107,41 @@ def test_score_kind_names_the_unit_of_score_mean():
     assert score_kind({"name": "stochastic_beam", "length_penalty": "average"}) == "gumbel"
 
 
+def test_plain_numbers_on_lines_that_agree_to_seven_digits():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from seqgen.outputs import plain_numbers
+
+    fig, (raw, plain) = plt.subplots(1, 2)
+    ys = [1.8349800, 1.8349801]  # two sweep values that score the same to 7 digits
+    for ax in (raw, plain):
+        ax.plot([1, 2], ys, marker="o")
+    plain_numbers(plain)
+    fig.canvas.draw()
+    assert raw.yaxis.get_offset_text().get_text()  # matplotlib's default: an offset like 1e-7
+    assert plain.yaxis.get_offset_text().get_text() == ""
+    ticks = [float(t.get_text().replace("\u2212", "-")) for t in plain.get_yticklabels()]
+    lo, hi = plain.get_ylim()
+    assert lo < ys[0] < ys[1] < hi and hi - lo >= 0.05 * ys[0]  # widened to +-5%, so ...
+    assert len({round(t, 2) for t in ticks}) == len(ticks)  # ... ticks differ in 2 decimals
+    plt.close(fig)
+
+
+def test_write_tunes_gives_up_midi_for_a_tune_past_its_deadline(tmp_path, caplog):
+    # music21 spends minutes in `bestTimeSignature` on this generated tune
+    slow = "M:6/8\nL:1/8\nK:Gmin\nd/2-c/2 | (BAG) f (F BAA E3432|d>a|BBBF d)3dG"
+    good = "M:6/8\nL:1/8\nK:D\nA|dfa afd|e2f gfe|dfa afd|e3 d2:|\n"
+    parse_abc(good)  # music21's import is not part of any tune's time
+    rows = [{"decoder": "d", "text": t} for t in (good, slow)]
+    with caplog.at_level(logging.INFO, logger="seqgen"):
+        written = write_tunes(tmp_path / "d", rows, timeout_s=2.0)
+    assert sorted(p.name for p in written) == ["tune_01.abc", "tune_01.mid", "tune_02.abc"]
+    assert "d: 2 tunes, 1 .mid (1 music21 ran past 2 s)" in caplog.text
+
+
 # ---------------------------------------------------------------- the metric table
 
 GOOD_TUNE = "M:6/8\nL:1/8\nK:D\nA|dfa afd|e2f gfe|dfa afd|e3 d2:|\n"  # parses, bars in time

@@ -79,8 +79,13 @@ def test_sweep_page_links_jobs_and_splits_scores_by_length_penalty(tmp_path):
     summary = write_summary(tmp_path)
     page = (tmp_path / "report.html").read_text()
     links = re.findall(r'<a href="([^"]+)">', page)
-    assert links == [f"{r['job']}/report.html" for r in summary["rows"]]
+    gen = [r for r in summary["rows"] if r["decoder"] != "human"]
+    assert links == [f"{r['job']}/report.html" for r in gen]
     assert all((tmp_path / link).exists() for link in links)
+    # the same human row in every job: shown once, first, naming the jobs it stands for
+    rows = re.findall(r'<tr class="([^"]*)">(.*?)</tr>', page, flags=re.S)
+    assert [cls for cls, _ in rows] == ["human"] + [""] * len(gen)
+    assert "4 jobs: 0-3" in rows[0][1]
     # unnormalized (nats) and length-normalized (nats/token) scores: two panels, never one
     score = imread(tmp_path / "plots" / "score_mean.png")
     ppl = imread(tmp_path / "plots" / "gen_ppl.png")
@@ -134,7 +139,7 @@ def test_folk_report_marks_every_prompt_and_needs_no_network(folk_run):
 @pytest.mark.skipif(
     shutil.which("chromium") is None, reason="needs Chromium (apt-get install chromium)"
 )
-def test_folk_report_renders_every_tune_in_chromium(folk_run):
+def test_folk_report_renders_every_tune_in_chromium(folk_run, tmp_path):
     out, _ = folk_run
     proc = subprocess.run(
         [
@@ -142,6 +147,12 @@ def test_folk_report_renders_every_tune_in_chromium(folk_run):
             "--headless",
             "--disable-gpu",
             "--no-sandbox",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'chromium'}",
             "--virtual-time-budget=10000",
             "--dump-dom",
             (out / "report.html").as_uri(),
@@ -163,3 +174,10 @@ def test_folk_report_renders_every_tune_in_chromium(folk_run):
     assert len(blocks) == 2 * NUM_LISTEN and all("<svg" in b for b in blocks)
     assert all("abcjs-note" in b for b in blocks[NUM_LISTEN:])
     assert int(attrs["notes"]) == sum("abcjs-note" in b for b in blocks)
+    # tunes wrap into lines of a few bars (abcjs numbers the bars of each line from 0)
+    assert max(int(m) for m in re.findall(r"abcjs-m(\d+)", proc.stdout)) < 9
+    # a contents entry per decoder; every card but each decoder's first closed once drawn
+    cards = re.findall(r'<details class="tune[^"]*"([^>]*)>', proc.stdout)
+    assert len(cards) == 2 * NUM_LISTEN
+    assert [c.endswith(' open=""') for c in cards] == [True, False, False] * 2
+    assert all(f'href="#dec-{d}"' in proc.stdout for d in ("greedy", "top-k_8"))

@@ -1,6 +1,8 @@
 """Trackers: W&B offline runs write into their own job's folder, also in one process."""
 
+import logging
 import os
+from pathlib import Path
 
 import pytest
 
@@ -16,16 +18,20 @@ def clean_wandb_env(monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
 
 
-def test_two_jobs_in_one_process_write_into_their_own_folders(tmp_path, clean_wandb_env):
-    """An in-process multirun: job 1's files land in job 1's folder, not job 0's."""
+def test_two_jobs_in_one_process_write_into_their_own_folders(tmp_path, clean_wandb_env, caplog):
+    """An in-process multirun: job 1's files land in job 1's folder, not job 0's; each offline
+    run ends with the `wandb sync` command that uploads it."""
     dirs = []
     for job in ("0", "1"):
         tracker = WandbTracker(config={"job": job}, project="p", out_dir=tmp_path / job)
         dirs.append(tracker.run.dir)
         tracker.log({"x": 1.0}, step=1)
-        tracker.finish()
+        with caplog.at_level(logging.INFO, logger="seqgen"):
+            tracker.finish()
     for job, run_dir in zip(("0", "1"), dirs):
         assert os.path.realpath(run_dir).startswith(os.path.realpath(tmp_path / job / "wandb"))
+        sync_dir = Path(run_dir).parent  # <out_dir>/wandb/offline-run-.../files -> the run
+        assert f"upload it with `wandb sync {sync_dir}`" in caplog.text
     assert "WANDB_DIR" not in os.environ
     assert os.environ["WANDB_DATA_DIR"] == str(tmp_path / "1" / "wandb" / ".data")
 

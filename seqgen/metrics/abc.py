@@ -2,20 +2,109 @@
 
 Input is decoded ABC text (one tune per string: `M:`, `L:`, `K:` headers and a body), not
 token ids, because validity is a property of the notation. Parsing is slow (~5-50 ms a
-tune), so the metrics run on a seeded random subset (default 200 tunes).
+tune), so the metrics run on a seeded random subset (default 200 tunes); and music21 can take
+minutes on one odd generated tune (`bestTimeSignature` on an unbalanced tuplet), so every tune
+gets `ABC_TIMEOUT_S` seconds (`metrics.abc_timeout_s`) and one that runs out counts as not parsed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import gc
 import io
+import logging
 import math
+import sys
+import threading
+import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 
+from seqgen.progress import still_running
+
 ABC_SUBSET = 200
+ABC_TIMEOUT_S = 30.0  # ~1000x a typical tune: only a pathological one (or a loaded CPU) hits it
+HEARTBEAT_S = 20.0  # a log line at least this often while a long ABC check runs
+
+log = logging.getLogger("seqgen")
+T = TypeVar("T")
+
+
+class TuneTimeout(BaseException):
+    """Raised inside a music21 call that ran past its deadline. A BaseException, so music21's
+    own `except Exception` handlers do not swallow it."""
+
+
+def _async_raise(thread_id: int, exc: type[BaseException] | None) -> None:
+    # CPython delivers it at the thread's next bytecode; None clears a pending one
+    obj = ctypes.py_object(exc) if exc is not None else None
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), obj)
+
+
+def _quiet_about_timeouts(previous: Callable[[Any], None]) -> Callable[[Any], None]:
+    """An unraisable-exception hook that drops a `TuneTimeout` that landed where Python cannot
+    raise (a `__del__`, a weakref callback) instead of printing a traceback; the watchdog fires
+    again a second later."""
+
+    def hook(unraisable: Any) -> None:
+        if not isinstance(unraisable.exc_value, TuneTimeout):
+            previous(unraisable)
+
+    hook.quiets_timeouts = True  # type: ignore[attr-defined]
+    return hook
+
+
+def call_with_deadline(fn: Callable[[], T], seconds: float) -> tuple[T | None, bool]:
+    """`(fn(), False)`, or `(None, True)` when `fn` ran past `seconds` (then it is stopped).
+
+    A watchdog thread raises `TuneTimeout` in the calling thread (any thread, the main one or a
+    worker's) at the deadline and again every second until `fn` has left (a bare `except:` in
+    the callee cannot keep it running); the watchdog ends before this returns, and a pending
+    exception that arrived too late is cleared, so nothing outlives the call. Pure-Python work
+    only: a long C call is interrupted when it returns to Python. The garbage collector is off
+    meanwhile, so the exception cannot land in a collection callback (JAX has one) and be lost.
+    """
+    if not (seconds > 0 and math.isfinite(seconds)):
+        return fn(), False
+    caller = threading.get_ident()
+    lock = threading.Lock()
+    left = threading.Event()
+    fired = [False]
+
+    def watch() -> None:
+        wait = seconds
+        while not left.wait(wait):
+            with lock:
+                if left.is_set():
+                    return
+                fired[0] = True
+                _async_raise(caller, TuneTimeout)
+            wait = 1.0
+
+    if not getattr(sys.unraisablehook, "quiets_timeouts", False):
+        sys.unraisablehook = _quiet_about_timeouts(sys.unraisablehook)
+    watchdog = threading.Thread(target=watch, name="seqgen-abc-deadline", daemon=True)
+    collecting = gc.isenabled()
+    try:
+        try:
+            gc.disable()
+            watchdog.start()
+            result = fn()
+        finally:
+            with lock:
+                left.set()
+                if fired[0]:
+                    _async_raise(caller, None)
+            watchdog.join()
+            if collecting:
+                gc.enable()
+    except TuneTimeout:
+        return None, True
+    return (None, True) if fired[0] else (result, False)
 
 
 def _with_x_header(text: str) -> str:
@@ -90,29 +179,48 @@ def bars_ok(score) -> bool | None:
     return True
 
 
+def check_tune(text: str) -> tuple[bool, bool | None]:
+    """(parses, bars OK or None without a meter) of one tune: `parse_abc`, then `bars_ok`."""
+    score = parse_abc(text)
+    return (False, None) if score is None else (True, bars_ok(score))
+
+
 def abc_rates(
-    texts: Sequence[str], *, subset: int = ABC_SUBSET, seed: int = 0
+    texts: Sequence[str],
+    *,
+    subset: int = ABC_SUBSET,
+    seed: int = 0,
+    timeout_s: float = ABC_TIMEOUT_S,
+    what: str = "ABC checks",
 ) -> tuple[float, float]:
     """(`abc/parse_rate`, `abc/bar_ok_rate`) on a seeded random subset of the tunes.
 
     - subset: min(len(texts), subset) tunes drawn without replacement by
       `np.random.default_rng(seed)`;
-    - abc/parse_rate = (# tunes that `parse_abc`) / (# tunes in the subset);
+    - abc/parse_rate = (# tunes that `parse_abc` within `timeout_s` seconds, parse and bar
+      check together) / (# tunes in the subset); a tune that runs out counts as not parsed;
     - abc/bar_ok_rate = (# parsed tunes with a meter whose bars are all OK, see `bars_ok`)
       / (# parsed tunes with a meter); NaN when no parsed tune has a meter.
+    The log gets one line with the time taken and how many tunes ran out (`what` names them),
+    and a line every `HEARTBEAT_S` seconds while it runs.
     """
     if len(texts) == 0:
         return math.nan, math.nan
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(len(texts), size=min(len(texts), subset), replace=False))
-    parsed = ok = checkable = 0
-    for i in chosen:
-        score = parse_abc(texts[int(i)])
-        if score is None:
-            continue
-        parsed += 1
-        verdict = bars_ok(score)
-        if verdict is not None:
-            checkable += 1
-            ok += int(verdict)
+    parsed = ok = checkable = timed_out = 0
+    t0, done = time.perf_counter(), [0]
+    with still_running(what, lambda: f"{done[0]}/{chosen.size} tunes", every=HEARTBEAT_S):
+        for i in chosen:
+            verdict, late = call_with_deadline(lambda t=texts[int(i)]: check_tune(t), timeout_s)
+            done[0] += 1
+            timed_out += late
+            if verdict is None or not verdict[0]:
+                continue
+            parsed += 1
+            if verdict[1] is not None:
+                checkable += 1
+                ok += int(verdict[1])
+    late = f"; {timed_out} ran past {timeout_s:g} s and count as unparsed" if timed_out else ""
+    log.info("%s: %d tunes in %.1f s%s", what, chosen.size, time.perf_counter() - t0, late)
     return parsed / chosen.size, ok / checkable if checkable else math.nan

@@ -17,7 +17,7 @@ import numpy as np
 
 from seqgen.errors import UserError
 from seqgen.metrics._packed import Packed, SequencesLike, pack
-from seqgen.metrics.abc import ABC_SUBSET
+from seqgen.metrics.abc import ABC_SUBSET, ABC_TIMEOUT_S
 from seqgen.metrics.diversity import SELF_BLEU_SAMPLES, ZIPF_TOP_TYPES
 
 Rows = Sequence[np.ndarray]  # one 1-D array per sequence
@@ -51,7 +51,8 @@ class Generations:
       (EOS step included); `prompts_left_out`: share of prompts the constraint rejected;
     - `decode_s`: the decode's wall time;
     - `max_len` (int or one per sequence): the continuation budget, only checked;
-    - `seed`, `self_bleu_max`, `zipf_top`, `abc_subset`: the metrics' settings.
+    - `seed`, `self_bleu_max`, `zipf_top`, `abc_subset`, `abc_timeout_s` (music21's time per
+      tune): the metrics' settings; `label` names the generations in log lines.
     """
 
     sequences: SequencesLike
@@ -85,6 +86,8 @@ class Generations:
     self_bleu_max: int = SELF_BLEU_SAMPLES
     zipf_top: int = ZIPF_TOP_TYPES
     abc_subset: int = ABC_SUBSET
+    abc_timeout_s: float = ABC_TIMEOUT_S
+    label: str = ""
 
     def __post_init__(self) -> None:
         n = self.packed.num_sequences

@@ -244,7 +244,13 @@ METRICS: list[Metric] = [
             _k("abc/parse_rate", "tunes music21 parses", SHARE, "higher", PLOT, REPORT),
             _k("abc/bar_ok_rate", "parsed tunes with bars in time", SHARE, "higher", PLOT, REPORT),
         ),
-        lambda g: abc_rates(g.texts, subset=g.abc_subset, seed=g.seed),
+        lambda g: abc_rates(
+            g.texts,
+            subset=g.abc_subset,
+            seed=g.seed,
+            timeout_s=g.abc_timeout_s,
+            what=f"ABC checks {g.label}".rstrip(),
+        ),
         lambda g: g.dataset == "folk" and g.texts is not None,  # the texts are ABC tunes
     ),
     Metric(
