@@ -129,6 +129,7 @@ def greedy_path_endings(table_lp: np.ndarray, out, i: int, max_len: int) -> list
     return cands
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["lstm", "markov"])
 def test_greedy_equals_sample_t0_and_beam1_extends_greedy(model):
     if model == "lstm":
@@ -491,6 +492,7 @@ def test_diverse_beam_hamming_penalty_value(lam, want):
 # ----- the loop variants: the same bits from every decoder -----
 
 
+@pytest.mark.slow
 def test_every_loop_variant_gives_the_same_bits():
     """Every decoder, every `loop` (scan, unrolled scan, masked scan, while loop) returns the
     same outputs bit for bit; EOS is likely, so the batch ends before max_len and the variants
@@ -533,6 +535,7 @@ def test_unknown_loop_is_a_user_error():
 # ----- min_length: no EOS before it, for every decoder -----
 
 
+@pytest.mark.slow
 def test_min_length_for_every_decoder():
     """EOS is the most probable token from every state, so without min_length every decoder
     would stop at once; with min_length = 3 none ends before 3 continuation tokens, greedy
@@ -748,6 +751,7 @@ def proc_defaults() -> dict:
 # ----- stochastic beam: distinct samples without replacement, unbiased estimator -----
 
 
+@pytest.mark.slow
 def test_stochastic_beam_is_sampling_without_replacement():
     v, k, rows = 6, 3, 4000
     table = markov_table(v, 3, scale=1.0)
@@ -801,6 +805,7 @@ def test_stochastic_beam_is_sampling_without_replacement():
 # ----- keys, batch invariance, reproducibility -----
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["sample", "stochastic_beam"])
 def test_row_is_batch_invariant_and_reproducible(name):
     params = lstm_params(eos_bias=-1.0)
@@ -822,6 +827,7 @@ def test_row_is_batch_invariant_and_reproducible(name):
 # ----- penalties -----
 
 
+@pytest.mark.slow
 def test_no_repeat_ngram_and_penalties():
     from seqgen.decoding import processors as proc
 

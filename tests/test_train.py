@@ -190,6 +190,7 @@ def test_best_and_latest_checkpoints_are_restorable(full_run):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_nan_batch_stops_with_clear_error_and_keeps_last_good_checkpoint(tmp_path):
     cfg = replace(Cfg(), checkpoint_every=2, log_every=1, eval_every=100)
     with pytest.raises(NonFiniteLossError, match="at step 4") as err:
