@@ -89,6 +89,7 @@ def test_save_load_round_trip(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_concurrent_requests_train_once(tmp_path):
     cache = ModelCache(tmp_path / "cache")
     key = cache.key("abc", MODEL_CFG, TRAIN_CFG, 0)

@@ -115,6 +115,7 @@ def test_reference_model_rescoring_equals_the_decoders_own_logprobs(first_run, t
         assert m["gen/ref_ppl"] == pytest.approx(m["gen/ppl_model"], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_reference_must_be_a_cached_model(cache_dir, tmp_path):
     cfg = compose([*TINY, "decoder=greedy", f"metrics.reference_checkpoint={tmp_path}"])
     with pytest.raises(UserError, match="reference_checkpoint"):

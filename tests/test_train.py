@@ -202,6 +202,7 @@ def test_nan_batch_stops_with_clear_error_and_keeps_last_good_checkpoint(tmp_pat
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
 
 
+@pytest.mark.slow
 def test_absurd_learning_rate_is_caught(tmp_path):
     cfg = replace(Cfg(), lr=1e38, eval_every=100)
     with pytest.raises(NonFiniteLossError, match="train.lr"):
