@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from seqgen.config import register_configs, unknown_key_message, validate_config
-from seqgen.decoding.registry import DECODER_NAMES
+from seqgen.decoding import registry
 from seqgen.errors import UserError
 from seqgen.preflight import check_environment
 
@@ -74,9 +74,8 @@ def explain(exc: BaseException, overrides: list[str] = ()) -> str:
     if "Unexpected type for root: NoneType" in text and any(
         o.lstrip("+").startswith("decoder.") for o in overrides
     ):
-        return (
-            f"decoder.* knobs need a decoder: add decoder=NAME (one of: {', '.join(DECODER_NAMES)})"
-        )
+        names = ", ".join(registry.names())
+        return f"decoder.* knobs need a decoder: add decoder=NAME (one of: {names})"
     text = re.sub(r"\s*Config search path:.*$", "", text)
     text = text.replace(" Available options in", "; available options in")
     return text

@@ -21,9 +21,9 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from seqgen.decoding.knobs import DEFAULT_NAME, KNOBS, NESTED_KNOBS
+from seqgen.decoding import registry
+from seqgen.decoding.knobs import DEFAULT_NAME, KNOBS
 from seqgen.decoding.loop import LOOPS
-from seqgen.decoding.registry import validate_decoder
 from seqgen.errors import UserError
 from seqgen.metrics.abc import ABC_SUBSET, ABC_TIMEOUT_S
 from seqgen.models import CELLS
@@ -98,17 +98,23 @@ def _decoder_field(knob: Any) -> tuple[str, Any, Any]:
     return knob.name, knob.type, field(default=knob.default)
 
 
-# One decoder: its name, every knob of `seqgen.decoding.knobs.KNOBS` with its default, and a
-# display name for tables and plots (default: derived, `seqgen.decoding.registry.label`).
-DecoderConfig = make_dataclass(
-    "DecoderConfig",
-    [
-        ("name", str, field(default=DEFAULT_NAME)),
-        *(_decoder_field(k) for k in KNOBS.values()),
-        ("label", str | None, field(default=None)),
-    ],
-)
-DecoderConfig.__module__ = __name__
+def _decoder_config() -> type:
+    """One decoder: its name, every knob of `seqgen.decoding.knobs.KNOBS` with its default, and
+    a display name for tables and plots (default: derived, `seqgen.decoding.registry.label`).
+    Built again by `register_configs` when a user's processor or decoder added knobs."""
+    cls = make_dataclass(
+        "DecoderConfig",
+        [
+            ("name", str, field(default=DEFAULT_NAME)),
+            *(_decoder_field(k) for k in KNOBS.values()),
+            ("label", str | None, field(default=None)),
+        ],
+    )
+    cls.__module__ = __name__
+    return cls
+
+
+DecoderConfig = _decoder_config()
 
 
 @dataclass
@@ -195,8 +201,16 @@ GROUP_SCHEMAS: dict[str, type] = {
 
 
 def register_configs() -> None:
-    """Register the schema so `conf/config.yaml` can list `config_schema` first."""
-    ConfigStore.instance().store(name="config_schema", node=Config)
+    """Register the schema so `conf/config.yaml` can list `config_schema` first (with the knobs
+    of every processor and decoder registered by then: `Config`'s annotations name
+    `DecoderConfig`, which OmegaConf resolves in this module when it reads them)."""
+    global DecoderConfig
+    if {f.name for f in fields(DecoderConfig)} != {"name", "label", *KNOBS}:
+        DecoderConfig = GROUP_SCHEMAS["decoder"] = _decoder_config()
+    store = ConfigStore.instance()
+    store.store(name="config_schema", node=Config)
+    for name in registry.registered():  # `decoder=NAME` for a user's decoder
+        store.store(group="decoder", name=name, node={"name": name})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -347,11 +361,8 @@ def _check_constraint(cfg: Any) -> None:
             f"constraint=meter needs data=folk with data.level=abc (got {cfg.data.name}, "
             f"{level}); allowed: data=folk data.level=abc"
         )
-    names = [cfg.decoder.name] if cfg.get("decoder") is not None else [d.name for d in cfg.compare]
-    if "exact" in names:
-        raise UserError(
-            "decoder=exact is not supported with a constraint; allowed: constraint=none"
-        )
+    for where, dec in _all_decoders(cfg):
+        registry.check_constraint(dec, where)
 
 
 def _all_decoders(cfg: Any) -> list[tuple[str, Any]]:
@@ -368,18 +379,7 @@ def validate_config(cfg: Any) -> None:
             continue
         _check_value(key, value)
     for where, dec in _all_decoders(cfg):
-        validate_decoder(dec, where)
-        for sub in ("candidates", "references"):  # mbr's nested decoder knobs
-            nested = dec.get(sub) or {}
-            for key, value in nested.items():
-                if key not in NESTED_KNOBS and key not in ("name", "label"):
-                    raise UserError(
-                        f"{where}.{sub}.{key} is not a decoder knob; allowed: the decoder.* knobs"
-                    )
-                if key in KNOBS:
-                    KNOBS[key].check(value, f"{where}.{sub}")
-            if "name" in nested:
-                validate_decoder({"name": nested["name"]}, f"{where}.{sub}")
+        registry.validate_decoder(dec, where)  # knobs, rules between them, nested decoders
     _check_constraint(cfg)
     data, model = cfg.data, cfg.model
     if data.valid_fraction + data.test_fraction >= 1:

@@ -69,7 +69,7 @@ def decode_all(
             p_len,
             cfg=dec,
             max_len=max_len,
-            num_samples=n_out if dec.name == "sample" else int(decode_cfg.num_samples),
+            num_samples=int(decode_cfg.num_samples),  # rows of the decoders that sample
             key=key,
             vocab_size=model.vocab_size,
             prompt_ids=np.arange(start, start + len(chunk), dtype=np.int32),
@@ -127,7 +127,7 @@ def generations(
     out = {**out, "prompt_lengths": np.array([len(p) for p in prompts], np.int32)}
     best_only = _kept_per_prompt(decode_cfg, dec, out["tokens"].shape[1]) == 1
     gen = decode_output_inputs(out, best_only=best_only)
-    if not registry.SPECS[dec.name].nbest:  # search/mode_found is about n-best lists
+    if not registry.spec(dec).nbest:  # search/mode_found is about n-best lists
         gen = {k: v for k, v in gen.items() if not k.startswith("best_")}
     texts = [
         corpus.vocab.decode(np.concatenate([p, t]))
@@ -158,15 +158,7 @@ def sample_records(
 
 
 def _kept_per_prompt(decode_cfg: Any, dec: Any, n: int) -> int:
-    """How many of a prompt's N outputs count as its generations in the metrics.
-
-    n-best decoders (greedy, beam, diverse beam): the best one. Stochastic beam: its K samples
-    without replacement when there is no prompt (one prompt, K distinct sequences), else the
-    top one by perturbed log-prob, so that every decoder and the human row have one
-    continuation per prompt. Sampling: all `decode.num_samples`.
-    """
-    if registry.SPECS[dec.name].nbest:
-        return 1
-    if dec.name == "stochastic_beam" and decode_cfg.prompts not in (None, "none"):
-        return 1
-    return n
+    """How many of a prompt's N outputs count as its generations in the metrics
+    (`registry.kept_per_prompt`: n-best decoders their best; stochastic beam its best when there
+    are prompts, so every decoder and the human row have one continuation per prompt)."""
+    return registry.kept_per_prompt(dec, n, prompted=decode_cfg.prompts not in (None, "none"))

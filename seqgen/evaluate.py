@@ -66,13 +66,17 @@ def evaluate_decoders(
                 decode_cfg, dec, model, pr.prompts, decoder_key(seed, i), pr.constraint
             )
         t_dec = time.time() - t0
-        fields = {"decode_s": t_dec, "prompts_left_out": pr.left_out, **_search_inputs(dec, out)}
+        fields = {
+            "decode_s": t_dec,
+            "prompts_left_out": pr.left_out,
+            **registry.metric_inputs(dec, out),
+        }
         fields["label"] = label
         gen, rec, texts = generations(decode_cfg, dec, corpus, pr.prompts, out, **fields, **common)
         gen = _reference_scores(reference, gen)
-        if registry.SPECS[dec.name].mode_search:
+        if registry.spec(dec).mode_search:
             beams.append((len(results), gen))
-        if gen.proven is not None:  # exact search: the mode each beam is held to
+        if registry.spec(dec).finds_mode:  # exact search: the mode each beam is held to
             exact_mode = (gen.sequence_logprobs(), gen.proven)
         log.info("decoded %-28s %5d sequences in %.1f s", label, gen.num_sequences, t_dec)
         t0 = time.time()
@@ -96,12 +100,6 @@ def evaluate_decoders(
     if on_result is not None:
         on_result(results[-1], [])
     return results, samples
-
-
-def _search_inputs(dec: Any, out: dict) -> dict[str, Any]:
-    """MBR's scores are its candidates' expected utilities (`mbr/*`); exact search's proof
-    flags come with its output (`decode_output_inputs`)."""
-    return {"expected_utility": out["scores"]} if dec.name == "mbr" else {}
 
 
 def metric_settings(metrics_cfg: Any, seed: int, corpus: Any, pr: Prompts) -> dict[str, Any]:

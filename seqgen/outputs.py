@@ -16,23 +16,6 @@ from seqgen.metrics.abc import ABC_TIMEOUT_S, call_with_deadline
 
 log = logging.getLogger("seqgen")
 
-# score/mean is the score a decoder ranked by: its unit depends on the length penalty, so
-# scores with different penalties never share an axis.
-SCORE_UNITS = {
-    "none": "mean log-prob (nats per sequence)",
-    "average": "mean log-prob / length (nats per token)",
-    "gnmt": "mean log-prob / ((5+L)/6)^alpha (nats)",
-    "gumbel": "mean perturbed log-prob G (nats per sequence)",
-}
-
-
-def score_kind(decoder: dict[str, Any]) -> str:
-    """Which `SCORE_UNITS` entry a decoder's `score/mean` is in."""
-    if decoder.get("name") == "stochastic_beam":
-        return "gumbel"
-    return str(decoder.get("length_penalty") or "none")
-
-
 # In samples/<decoder>.txt, between the prompt and what the model wrote after it.
 MODEL_MARK = "<<model>>"
 

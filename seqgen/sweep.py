@@ -20,8 +20,9 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from seqgen.decoding.registry import score_unit
 from seqgen.metrics import table as metric_table
-from seqgen.outputs import SCORE_UNITS, plain_numbers, score_kind
+from seqgen.outputs import plain_numbers
 from seqgen.report import write_sweep_report
 from seqgen.tracking import make_tracker
 
@@ -89,7 +90,8 @@ def collect(sweep_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
                     **knobs,
                     "decoder": dec.get("label") or dec["name"],
                     **rec["metrics"],
-                    "score/kind": score_kind(dec),
+                    # the human row has no score of its own
+                    **({"score/unit": score_unit(dec)} if "score/mean" in rec["metrics"] else {}),
                 }
             )
     swept = []
@@ -154,17 +156,16 @@ def _plot(sweep_dir: Path, rows: list[dict], swept: list[str], metrics: list[str
         per_job.setdefault(r["job"], set()).add(r["decoder"])
     several_decoders = any(len(decs) > 1 for decs in per_job.values())
     for metric in metrics:
-        # score/mean: one panel per score unit (none / average / gnmt length penalty, Gumbel)
+        # score/mean: one panel per score unit (`registry.score_unit`: length penalty, Gumbel, ...)
         kinds: list[str | None] = [None]
         if metric_table.unit_of(metric) is metric_table.SCORE:
-            seen = {r.get("score/kind", "none") for r in gen}
-            kinds = [k for k in SCORE_UNITS if k in seen] + sorted(seen - set(SCORE_UNITS))
+            kinds = list(dict.fromkeys(r["score/unit"] for r in gen if "score/unit" in r))
         fig, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 3.8), squeeze=False)
         drawn = False
         for ax, kind in zip(axes.flat, kinds):
             groups: dict[Any, list[dict]] = {}
             for r in gen:
-                if r.get(metric) is None or (kind and r.get("score/kind", "none") != kind):
+                if r.get(metric) is None or (kind and r.get("score/unit") != kind):
                     continue
                 hue = r.get(hue_key) if hue_key else None
                 groups.setdefault((hue, r["decoder"] if several_decoders else None), []).append(r)
@@ -190,7 +191,7 @@ def _plot(sweep_dir: Path, rows: list[dict], swept: list[str], metrics: list[str
             if numeric_x and x_key.endswith("beam_size"):
                 ax.set_xscale("log", base=2)
             ax.set_xlabel(x_key)
-            ax.set_ylabel(SCORE_UNITS.get(kind, kind) if kind else metric_table.label_of(metric))
+            ax.set_ylabel(kind or metric_table.label_of(metric))
             title = f"{metric} vs {x_key.split('.')[-1]}"
             ax.set_title(title + (f" ({kind})" if kind and len(kinds) > 1 else ""))
             ax.grid(alpha=0.3)

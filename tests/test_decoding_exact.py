@@ -14,7 +14,7 @@ from seqgen.data.synthetic import DPFSA
 from seqgen.decoding import DecodeRequest, beam, decode
 from seqgen.metrics.search import beam_error_rate, exact_proven_rate
 from seqgen.tokens import BOS_ID, EOS_ID
-from tests.test_decoding import lstm_carry, lstm_params, lstm_step
+from tests.helpers_decoding import lstm_carry, lstm_params, lstm_step
 
 V, T = 7, 6  # symbols 4, 5, 6 (PAD, BOS, UNK impossible) + EOS
 PROMPTS = np.array([[4, 5, 6], [6, 0, 0], [0, 0, 0]], np.int32)

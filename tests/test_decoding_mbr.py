@@ -11,7 +11,7 @@ import pytest
 from seqgen.decoding import decode
 from seqgen.errors import UserError
 from seqgen.metrics.utility import UTILITY_FUNCTIONS
-from tests.test_decoding import markov_step, markov_table
+from tests.helpers_decoding import markov_step, markov_table
 
 V, T = 8, 8
 TABLE = jnp.asarray(markov_table(V, 5, scale=1.0))

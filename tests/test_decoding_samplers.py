@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 
 from seqgen.decoding import DecodeRequest, sample
+from seqgen.decoding import processor_table as table
 from seqgen.decoding import processors as proc
-from seqgen.decoding.common import DEFAULTS, TRACED_KNOBS
+from seqgen.decoding.common import DEFAULTS
+from seqgen.decoding.knobs import traced_names
 from seqgen.tokens import NUM_SPECIAL
-from tests.test_decoding import markov_step
+from tests.helpers_decoding import markov_step
 
 X = np.array([0.0, 1.0, 2.0, 3.0, 4.0, 10.0], np.float32)  # std = sqrt(95/9) = 3.249
 
@@ -21,11 +23,11 @@ X = np.array([0.0, 1.0, 2.0, 3.0, 4.0, 10.0], np.float32)  # std = sqrt(95/9) = 
 def kept(logits: np.ndarray, **knobs) -> set[int]:
     base = {
         k: DEFAULTS[k]
-        for k in (*TRACED_KNOBS, "top_k", "no_repeat_ngram_size", "min_tokens_to_keep")
+        for k in (*traced_names(), "top_k", "no_repeat_ngram_size", "min_tokens_to_keep")
     }
-    flags = proc.flags_from_cfg(lambda k: knobs.get(k, base[k]))
+    flags = table.flags_from_cfg(lambda k: knobs.get(k, base[k]))
     arrays = {k: jnp.float32(v) for k, v in {**base, **knobs}.items()}
-    out = np.asarray(proc.truncate(jnp.asarray(logits)[None], arrays, flags))[0]
+    out = np.asarray(table.process_logits(jnp.asarray(logits)[None], arrays, flags))[0]
     return {int(t) for t in np.flatnonzero(np.isfinite(out))}
 
 

@@ -170,10 +170,18 @@ def test_kept_per_prompt_follows_the_decoder_kind():
 
 
 def test_decoder_keys_differ_by_index_and_seed():
-    keys = [decoder_key(0, 0), decoder_key(0, 1), decoder_key(1, 0)]
-    data = {tuple(np.asarray(jax.random.key_data(k)).tolist()) for k in keys}
-    assert len(data) == 3
-    assert np.array_equal(jax.random.key_data(decoder_key(0, 1)), jax.random.key_data(keys[1]))
+    """Every (seed, index) pair gets its own stream: a key built from seed + index, seed * index
+    or seed ^ index would collide on this grid (e.g. (1, 2) and (2, 1))."""
+    grid = [(s, i) for s in range(6) for i in range(6)]
+    data = {tuple(np.asarray(jax.random.key_data(decoder_key(s, i))).tolist()) for s, i in grid}
+    assert len(data) == len(grid)
+    # the documented definition, fold_in(key(seed), index): a run with one `decoder=` uses
+    # index 0, so its draws are the first decoder's of a `compare` run with the same seed
+    for s, i in [(0, 0), (3, 2), (7, 5)]:
+        want = jax.random.fold_in(jax.random.key(s), i)
+        np.testing.assert_array_equal(
+            jax.random.key_data(decoder_key(s, i)), jax.random.key_data(want)
+        )
 
 
 def test_human_row_under_a_uniform_model_has_perplexity_v():

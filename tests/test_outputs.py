@@ -99,14 +99,6 @@ def test_slug_keeps_files_inside_their_folder(label, want):
     assert slug(label) == want
 
 
-def test_score_kind_names_the_unit_of_score_mean():
-    from seqgen.outputs import score_kind
-
-    assert score_kind({"name": "beam", "length_penalty": "gnmt"}) == "gnmt"
-    assert score_kind({"name": "sample"}) == "none"
-    assert score_kind({"name": "stochastic_beam", "length_penalty": "average"}) == "gumbel"
-
-
 def test_plain_numbers_on_lines_that_agree_to_seven_digits():
     import matplotlib
 

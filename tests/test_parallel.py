@@ -148,7 +148,7 @@ DECODE_SCRIPT = textwrap.dedent(
     from types import SimpleNamespace as NS
     from seqgen.decoding import decode
     from seqgen.decoding.sampling import _sample_program
-    from seqgen.decoding import processors as proc
+    from seqgen.decoding import processor_table as table
     from seqgen.decoding.common import DecodeRequest, get, prepare, traced_knobs
     from seqgen.driver import decode_all
     from seqgen.metrics import Generations, compute, decode_output_inputs, decode_output_records
@@ -218,7 +218,7 @@ DECODE_SCRIPT = textwrap.dedent(
     hlo = _sample_program.lower_sharded(
         mesh, params, jnp.zeros((B, H)), prep.prompts, prep.prompt_lengths, prep.prompt_ids,
         prep.key, traced_knobs(cfg), step_fn=step_fn, max_len=T, num_samples=N, vocab_size=V,
-        flags=proc.flags_from_cfg(lambda k: get(cfg, k)), greedy=False, loop="scan",
+        flags=table.flags_from_cfg(lambda k: get(cfg, k)), greedy=False, loop="scan",
     ).compile().as_text()
     out["collectives"] = sorted(set(re.findall(
         r"all-reduce|all-gather|collective-permute|all-to-all|reduce-scatter", hlo)))
@@ -262,7 +262,7 @@ def test_sharded_decode_equals_one_device(decode_result, name):
     assert {"tokens", "lengths", "ended", "prompt_lengths"} <= set(r["exact"])
     # floats: the same -inf slots; finite values equal up to float32 rounding (XLA's CPU
     # matrix products round differently for a per-device batch of 1 or 2 and of 5, the same
-    # tolerance as the chunking invariance test in test_decoding.py)
+    # tolerance as the chunking invariance test in test_decoding_sampling.py)
     for field, diff in r["float_diff"].items():
         assert diff != "inf mismatch", field
         assert diff < 1e-5, (field, diff)

@@ -1,12 +1,14 @@
 """Decoders for any step function `step_fn(params, carry, tokens[B]) -> (carry, logits[B, V])`.
 
-`decode(...)` validates the config (UserError before any compile) and dispatches on `cfg.name`
-through `DECODERS` (`registry.py`: each decoder's function, knobs, rows and labels). Each
+`decode(...)` takes the one entry path of `registry.run`: it validates the config (UserError
+before any compile), prepares the inputs and runs the program of the decoder `cfg.name`
+(`registry.py`: every fact about each decoder; `register_decoder` adds one). Each
 decoder is one `jax.jit` program around a `lax.scan` over `max_len` positions (BOS, then the
 forced prompt, then the continuation), run by the one loop driver of `loop.py` (`loop=`: scan,
 unrolled scan, masked scan or while loop, the same outputs); each decoder takes one
 `DecodeRequest`. See `knobs.py` for each knob's default, range and whether it is static or
-traced, `processors.py` for the processor order.
+traced, `processor_table.py` for the logits processors in their order (`register_processor`
+adds one).
 
     greedy            argmax after the penalties
     sample            ancestral sampling through the logits processors (Holtzman et al. 2020, ...)
@@ -22,23 +24,32 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from seqgen.decoding import processors
+from seqgen.decoding import processor_table, processors
 from seqgen.decoding.beam import beam, diverse_beam
 from seqgen.decoding.common import (
     DEFAULTS,
     DecodeOutput,
     DecodeRequest,
+    Prepared,
     StepFn,
     get,
-    validate_config,
+    validate_knobs,
 )
 from seqgen.decoding.constraint import Constraint, make_constraint
 from seqgen.decoding.exact import exact
-from seqgen.decoding.loop import LOOPS, resolve_loop
+from seqgen.decoding.knobs import Knob
+from seqgen.decoding.loop import LOOPS
 from seqgen.decoding.mbr import mbr
-from seqgen.decoding.processors import (
-    PROCESSOR_ORDER,
+from seqgen.decoding.processor_table import (
+    Context,
+    Processor,
     ProcessorFlags,
+    flags_from_cfg,
+    process_logits,
+    register_processor,
+    render_order,
+)
+from seqgen.decoding.processors import (
     epsilon,
     eta,
     min_p,
@@ -46,7 +57,6 @@ from seqgen.decoding.processors import (
     mirostat_update,
     no_repeat_ngram,
     presence_frequency_penalty,
-    process_logits,
     repetition_penalty,
     temperature,
     top_k,
@@ -54,7 +64,7 @@ from seqgen.decoding.processors import (
     top_p,
     typical_p,
 )
-from seqgen.decoding.registry import DECODER_NAMES, DECODERS, SPECS, Decoder, DecoderSpec
+from seqgen.decoding.registry import SPECS, Decoder, DecoderSpec, register_decoder, run
 from seqgen.decoding.sampling import greedy, sample
 from seqgen.decoding.stochastic_beam import stochastic_beam
 from seqgen.errors import UserError
@@ -78,7 +88,7 @@ def decode(
     mesh: Any = None,
     loop: str = "auto",
 ) -> DecodeOutput:
-    """Decode with the decoder named `cfg.name` (see DECODERS).
+    """Decode with the decoder named `cfg.name` (`registry.SPECS`, built-in or registered).
 
     step_fn:        pure `(params, carry, tokens[B]) -> (carry, logits[B, V])`; pass the SAME
                     function object each call, or the program is compiled again.
@@ -100,10 +110,6 @@ def decode(
     loop:           the loop variant, one of `loop.LOOPS` (`auto`: chosen per backend); every
                     variant gives the same outputs bit for bit, only the speed differs.
     """
-    name = get(cfg, "name")
-    if name not in DECODERS:
-        raise UserError(f"decoder.name={name!r} is unknown; allowed: {', '.join(DECODERS)}")
-    resolve_loop(loop)  # an unknown loop is a UserError before any work
     req = DecodeRequest(
         step_fn,
         params,
@@ -120,22 +126,23 @@ def decode(
         loop=loop,
     )
     with decode_mesh(mesh) if mesh is not None else contextlib.nullcontext():
-        return DECODERS[name](req)
+        return run(get(cfg, "name"), req)
 
 
 __all__ = [
-    "DECODERS",
     "SPECS",
     "Constraint",
+    "Context",
     "Decoder",
     "DecoderSpec",
+    "Knob",
     "make_constraint",
-    "DECODER_NAMES",
     "DEFAULTS",
     "LOOPS",
-    "PROCESSOR_ORDER",
     "DecodeOutput",
     "DecodeRequest",
+    "Prepared",
+    "Processor",
     "ProcessorFlags",
     "StepFn",
     "UserError",
@@ -145,6 +152,7 @@ __all__ = [
     "epsilon",
     "exact",
     "eta",
+    "flags_from_cfg",
     "greedy",
     "mbr",
     "min_p",
@@ -153,8 +161,13 @@ __all__ = [
     "no_repeat_ngram",
     "presence_frequency_penalty",
     "process_logits",
+    "processor_table",
     "processors",
+    "register_decoder",
+    "register_processor",
+    "render_order",
     "repetition_penalty",
+    "run",
     "sample",
     "stochastic_beam",
     "temperature",
@@ -162,5 +175,5 @@ __all__ = [
     "top_n_sigma",
     "top_p",
     "typical_p",
-    "validate_config",
+    "validate_knobs",
 ]

@@ -51,15 +51,14 @@ from seqgen.decoding import processors as proc
 from seqgen.decoding.common import (
     DecodeOutput,
     DecodeRequest,
+    Prepared,
     StepFn,
     gather_rows,
     get,
     length_norm,
-    prepare,
     repeat_rows,
     take_along,
     traced_knobs,
-    validate_config,
 )
 from seqgen.decoding.loop import resolve_loop, run_loop
 from seqgen.parallel import row_parallel
@@ -462,9 +461,9 @@ def _n_best(
     )
 
 
-def _run_beam(name: str, req: DecodeRequest, num_groups: int) -> DecodeOutput:
-    validate_config(req.cfg, name, req.vocab_size)
-    prep = prepare(req, keyed=False)
+def launch(req: DecodeRequest, prep: Prepared, *, diverse: bool = False) -> DecodeOutput:
+    """Run the beam program for a validated request (`num_groups` groups when `diverse`;
+    plain beam ignores the knob, as it ignores every diverse-beam knob)."""
     return _beam_program(
         req.params,
         req.init_carry,
@@ -476,13 +475,18 @@ def _run_beam(name: str, req: DecodeRequest, num_groups: int) -> DecodeOutput:
         max_len=req.max_len,
         vocab_size=req.vocab_size,
         beam_size=int(get(req.cfg, "beam_size")),
-        num_groups=num_groups,
+        num_groups=int(get(req.cfg, "num_groups")) if diverse else 1,
         length_penalty=str(get(req.cfg, "length_penalty")),
         loop=resolve_loop(req.loop),
         conventions=Conventions(
             *(type(d)(get(req.cfg, f)) for f, d in Conventions._field_defaults.items())
         ),
     )
+
+
+def launch_diverse(req: DecodeRequest, prep: Prepared) -> DecodeOutput:
+    """Run the diverse beam program for a validated request."""
+    return launch(req, prep, diverse=True)
 
 
 def beam(req: DecodeRequest) -> DecodeOutput:
@@ -505,7 +509,9 @@ def beam(req: DecodeRequest) -> DecodeOutput:
     Hugging Face's `early_stopping=True`); `force_eos_at_max_len` allows only EOS at the last
     position (fairseq), so every hypothesis ends.
     """
-    return _run_beam("beam", req, num_groups=1)
+    from seqgen.decoding.registry import run
+
+    return run("beam", req)
 
 
 def diverse_beam(req: DecodeRequest) -> DecodeOutput:
@@ -521,4 +527,6 @@ def diverse_beam(req: DecodeRequest) -> DecodeOutput:
     Each group is a beam search of its own (finished pool, stopping rule, finalization, as
     `beam`); the output is every group's K / G best, all sorted best first. G = 1 is `beam`.
     """
-    return _run_beam("diverse_beam", req, num_groups=int(get(req.cfg, "num_groups")))
+    from seqgen.decoding.registry import run
+
+    return run("diverse_beam", req)

@@ -21,7 +21,7 @@ import numpy as np
 from flax import struct
 
 from seqgen.decoding.constraint import check_prompts, check_vocab
-from seqgen.decoding.knobs import DEFAULT_NAME, KNOBS, TRACED_KNOBS
+from seqgen.decoding.knobs import DEFAULT_NAME, KNOBS, traced_names
 from seqgen.errors import UserError
 from seqgen.tokens import EOS_ID, PAD_ID
 
@@ -98,7 +98,7 @@ def get(cfg: Any, name: str) -> Any:
 
 def traced_knobs(cfg: Any) -> dict[str, jax.Array]:
     """The continuous knobs as float32 arrays: jit traces them, so new values reuse the program."""
-    return {k: jnp.asarray(float(get(cfg, k)), jnp.float32) for k in TRACED_KNOBS}
+    return {k: jnp.asarray(float(get(cfg, k)), jnp.float32) for k in traced_names()}
 
 
 @dataclass(frozen=True)
@@ -143,23 +143,13 @@ def _is_int(x: Any) -> bool:
     return isinstance(x, int | np.integer) and not isinstance(x, bool)
 
 
-def validate_config(cfg: Any, name: str, vocab_size: int | None, where: str = "decoder") -> None:
-    """Raise one UserError naming the first bad knob of decoder `name` (as `where.knob`) and
-    what is allowed, before any compile: every knob of `knobs.KNOBS`, then the rules between
-    knobs. Without a `vocab_size` (a config checked before its corpus is read) the vocabulary
-    bound is left out. The name itself is checked by `registry.validate_decoder`."""
-    for knob in KNOBS.values():
+def validate_knobs(cfg: Any, vocab_size: int | None, where: str = "decoder") -> None:
+    """Raise one UserError naming the first bad knob of `cfg` (as `where.knob`) and what is
+    allowed, before any compile. Without a `vocab_size` (a config checked before its corpus is
+    read) the vocabulary bound is left out. The name and the rules between knobs are the
+    registry's (`registry.validate_decoder`)."""
+    for knob in list(KNOBS.values()):
         knob.check(get(cfg, knob.name), where, vocab_size)
-    if name == "stochastic_beam" and float(get(cfg, "temperature")) == 0.0:
-        _fail(f"{where}.temperature=0 is not allowed for stochastic_beam; allowed: (0, inf)")
-    beam_size, num_groups = int(get(cfg, "beam_size")), int(get(cfg, "num_groups"))
-    if name == "diverse_beam" and beam_size % num_groups != 0:
-        _fail(
-            f"{where}.num_groups={num_groups} must divide {where}.beam_size={beam_size}; "
-            "allowed: a divisor of beam_size"
-        )
-    if name == "exact" and get(cfg, "length_penalty") != "none":
-        _fail(f"{where}.length_penalty must be none for exact (it finds argmax log p(y | x))")
 
 
 def prepare(req: DecodeRequest, *, num_samples: int = 1, keyed: bool = True) -> Prepared:

@@ -34,18 +34,40 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from flax import struct
 
 from seqgen.decoding.beam import beam
 from seqgen.decoding.common import (
     DecodeOutput,
     DecodeRequest,
+    Prepared,
     StepFn,
     get,
-    prepare,
-    validate_config,
 )
-from seqgen.errors import UserError
 from seqgen.tokens import BOS_ID, EOS_ID, PAD_ID
+
+
+@struct.dataclass
+class ExactState:
+    """The search's loop state: a pool of S slots per row b (slot 0 is the root: the prompt);
+    each slot holds a prefix, the carry after it and its sorted children (the frontier)."""
+
+    carry: Any  # every leaf [B * S, ...] the step function's carry after each slot's prefix
+    score: jax.Array  # [B, S] f32 log-prob of each slot's prefix (-inf: empty slot)
+    pos: jax.Array  # [B, S] int32 its length (prompt + generated tokens)
+    parent: jax.Array  # [B, S] int32 the slot it extends
+    tok: jax.Array  # [B, S] int32 its last token
+    lp: jax.Array  # [B, S] f32 that token's log-prob
+    slp: jax.Array  # [B, S, V] f32 its children's log-probs, sorted descending (-inf: none)
+    stok: jax.Array  # [B, S, V] int32 the children's tokens in that order
+    ptr: jax.Array  # [B, S] int32 the next unexpanded child
+    used: jax.Array  # [B] int32 slots in use
+    best: jax.Array  # [B] f32 the incumbent's log-prob (EOS included)
+    best_slot: jax.Array  # [B] int32 the slot it ends at with EOS (-1: beam's, not found)
+    best_eos: jax.Array  # [B] f32 its EOS log-prob
+    expansions: jax.Array  # [B] int32 step-function calls spent
+    done: jax.Array  # [B] bool the row stopped
+    iters: jax.Array  # int32 loop iterations
 
 
 def _rows(b: int, s: int, idx: jax.Array) -> jax.Array:
@@ -88,22 +110,22 @@ def _prime(
 
 
 def _outputs(
-    state: dict, proven: jax.Array, init: dict, prompts: jax.Array, prompt_lengths: jax.Array
+    state: ExactState, proven: jax.Array, init: dict, prompts: jax.Array, prompt_lengths: jax.Array
 ) -> DecodeOutput:
     """Follow parent pointers from the best slot (or keep beam's best when search found none)."""
     b, t_max = prompts.shape
     plen = prompt_lengths
-    found = state["best_slot"] >= 0  # [B]
-    cur0 = jnp.maximum(state["best_slot"], 0)
-    length = jnp.where(found, state["pos"][jnp.arange(b), cur0], init["length"])
+    found = state.best_slot >= 0  # [B]
+    cur0 = jnp.maximum(state.best_slot, 0)
+    length = jnp.where(found, state.pos[jnp.arange(b), cur0], init["length"])
 
     def back(cur: jax.Array, _: None) -> tuple[jax.Array, tuple]:
-        p = state["pos"][jnp.arange(b), cur]
+        p = state.pos[jnp.arange(b), cur]
         live = p > plen  # a generated token (slot 0 is the root at position plen)
-        return jnp.where(live, state["parent"][jnp.arange(b), cur], cur), (
+        return jnp.where(live, state.parent[jnp.arange(b), cur], cur), (
             jnp.where(live, p - 1, t_max),
-            state["tok"][jnp.arange(b), cur],
-            state["lp"][jnp.arange(b), cur],
+            state.tok[jnp.arange(b), cur],
+            state.lp[jnp.arange(b), cur],
         )
 
     _, (at, toks, lps) = jax.lax.scan(back, cur0, None, length=t_max)  # [T, B] each
@@ -115,8 +137,8 @@ def _outputs(
     s_tokens = jnp.where(jnp.arange(t_max) == length[:, None], EOS_ID, s_tokens)
     tokens = jnp.where(found[:, None], s_tokens, init["tokens"]).astype(jnp.int32)
     lps_out = jnp.where(found[:, None], s_lps, init["logprobs"])
-    eos_lp = jnp.where(found, state["best_eos"], init["eos_logprob"])
-    score = jnp.where(found, state["best"], init["raw_score"])
+    eos_lp = jnp.where(found, state.best_eos, init["eos_logprob"])
+    score = jnp.where(found, state.best, init["raw_score"])
     one = lambda x: x[:, None]  # noqa: E731  [B] -> [B, 1]
     return DecodeOutput(
         tokens=tokens[:, None],
@@ -131,7 +153,7 @@ def _outputs(
         eos_processed_logprob=one(eos_lp),
         scores=one(score),
         proven=proven,
-        expansions=state["expansions"],
+        expansions=state.expansions,
     )
 
 
@@ -146,58 +168,58 @@ def _children(logp: jax.Array, score: jax.Array, pos: jax.Array, t_max: int) -> 
 
 
 def _expand(
-    st: dict, params: Any, *, step_fn: StepFn, t_max: int, max_expansions: int, k: int
-) -> dict:
+    st: ExactState, params: Any, *, step_fn: StepFn, t_max: int, max_expansions: int, k: int
+) -> ExactState:
     """One iteration: the k best unexpanded frontier prefixes of each row that still beat the
     incumbent go through the step function in one call, into new slots of the pool; their EOS
     children are complete hypotheses that may replace the incumbent."""
-    b, s_num, v = st["slp"].shape
+    b, s_num, v = st.slp.shape
     ninf = -jnp.inf
     bi = jnp.arange(b)[:, None]
     j = jnp.arange(k)
-    idx = st["ptr"][..., None] + j  # [B, S, K]
-    vals = jnp.take_along_axis(st["slp"], jnp.minimum(idx, v - 1), axis=-1)
-    cand = jnp.where(idx < v, st["score"][..., None] + vals, ninf).reshape(b, s_num * k)
+    idx = st.ptr[..., None] + j  # [B, S, K]
+    vals = jnp.take_along_axis(st.slp, jnp.minimum(idx, v - 1), axis=-1)
+    cand = jnp.where(idx < v, st.score[..., None] + vals, ninf).reshape(b, s_num * k)
     top, flat = jax.lax.top_k(cand, k)  # [B, K] best first
-    allowance = jnp.minimum(k, max_expansions - st["expansions"])  # [B]
-    sel = (top > st["best"][:, None]) & (j[None, :] < allowance[:, None]) & ~st["done"][:, None]
+    allowance = jnp.minimum(k, max_expansions - st.expansions)  # [B]
+    sel = (top > st.best[:, None]) & (j[None, :] < allowance[:, None]) & ~st.done[:, None]
     parent = flat // k  # [B, K]
-    rank = st["ptr"][bi, parent] + flat % k
-    tok = st["stok"][bi, parent, jnp.minimum(rank, v - 1)]
-    lp = st["slp"][bi, parent, jnp.minimum(rank, v - 1)]
-    ptr = st["ptr"].at[bi, parent].add(sel.astype(jnp.int32))
-    carry_in = jax.tree.map(lambda x: x[_rows(b, s_num, parent)], st["carry"])
+    rank = st.ptr[bi, parent] + flat % k
+    tok = st.stok[bi, parent, jnp.minimum(rank, v - 1)]
+    lp = st.slp[bi, parent, jnp.minimum(rank, v - 1)]
+    ptr = st.ptr.at[bi, parent].add(sel.astype(jnp.int32))
+    carry_in = jax.tree.map(lambda x: x[_rows(b, s_num, parent)], st.carry)
     carry_out, logits = step_fn(params, carry_in, tok.reshape(-1))
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1).reshape(b, k, v)
-    pos = st["pos"][bi, parent] + 1
+    pos = st.pos[bi, parent] + 1
     slp, stok, eos_score = _children(logp, top, pos, t_max)
     n_sel = jnp.sum(sel, axis=1).astype(jnp.int32)  # sel is a prefix of the K picks
-    slot = jnp.where(sel, st["used"][:, None] + j, s_num)  # s_num: out of range, dropped
+    slot = jnp.where(sel, st.used[:, None] + j, s_num)  # s_num: out of range, dropped
     flat_slot = jnp.where(sel, _rows(b, s_num, slot).reshape(b, k), b * s_num).reshape(-1)
     put = lambda old, new: old.at[bi, slot].set(new, mode="drop")  # noqa: E731
     eos_score = jnp.where(sel, eos_score, ninf)
     e_best, e_arg = jnp.max(eos_score, axis=1), jnp.argmax(eos_score, axis=1)
-    better = e_best > st["best"]
-    return {
-        "carry": jax.tree.map(
-            lambda old, new: old.at[flat_slot].set(new, mode="drop"), st["carry"], carry_out
+    better = e_best > st.best
+    return ExactState(
+        carry=jax.tree.map(
+            lambda old, new: old.at[flat_slot].set(new, mode="drop"), st.carry, carry_out
         ),
-        "score": put(st["score"], top),
-        "pos": put(st["pos"], pos),
-        "parent": put(st["parent"], parent),
-        "tok": put(st["tok"], tok),
-        "lp": put(st["lp"], lp),
-        "slp": put(st["slp"], slp),
-        "stok": put(st["stok"], stok),
-        "ptr": ptr,
-        "used": st["used"] + n_sel,
-        "best": jnp.where(better, e_best, st["best"]),
-        "best_slot": jnp.where(better, st["used"] + e_arg, st["best_slot"]),
-        "best_eos": jnp.where(better, logp[jnp.arange(b), e_arg, EOS_ID], st["best_eos"]),
-        "expansions": st["expansions"] + n_sel,
-        "done": st["done"],
-        "iters": st["iters"] + 1,
-    }
+        score=put(st.score, top),
+        pos=put(st.pos, pos),
+        parent=put(st.parent, parent),
+        tok=put(st.tok, tok),
+        lp=put(st.lp, lp),
+        slp=put(st.slp, slp),
+        stok=put(st.stok, stok),
+        ptr=ptr,
+        used=st.used + n_sel,
+        best=jnp.where(better, e_best, st.best),
+        best_slot=jnp.where(better, st.used + e_arg, st.best_slot),
+        best_eos=jnp.where(better, logp[jnp.arange(b), e_arg, EOS_ID], st.best_eos),
+        expansions=st.expansions + n_sel,
+        done=st.done,
+        iters=st.iters + 1,
+    )
 
 
 @partial(
@@ -232,42 +254,42 @@ def _exact_program(
     zf = jnp.zeros((b, s_num), jnp.float32)
     zi = jnp.zeros((b, s_num), jnp.int32)
     root_better = eos0[:, 0] > init["score"]
-    state = {
-        "carry": pool_carry,
-        "score": jnp.full((b, s_num), ninf).at[:, 0].set(0.0),
-        "pos": zi.at[:, 0].set(plen),
-        "parent": zi,
-        "tok": zi,
-        "lp": zf,
-        "slp": jnp.full((b, s_num, v), ninf).at[:, 0].set(slp0[:, 0]),
-        "stok": jnp.zeros((b, s_num, v), jnp.int32).at[:, 0].set(stok0[:, 0]),
-        "ptr": zi,
-        "used": jnp.ones((b,), jnp.int32),
-        "best": jnp.where(root_better, eos0[:, 0], init["score"]),
-        "best_slot": jnp.where(root_better, 0, -1),
-        "best_eos": jnp.where(root_better, root_logp[:, EOS_ID], 0.0),
-        "expansions": jnp.zeros((b,), jnp.int32),
-        "done": jnp.zeros((b,), bool),
-        "iters": jnp.int32(0),
-    }
+    state = ExactState(
+        carry=pool_carry,
+        score=jnp.full((b, s_num), ninf).at[:, 0].set(0.0),
+        pos=zi.at[:, 0].set(plen),
+        parent=zi,
+        tok=zi,
+        lp=zf,
+        slp=jnp.full((b, s_num, v), ninf).at[:, 0].set(slp0[:, 0]),
+        stok=jnp.zeros((b, s_num, v), jnp.int32).at[:, 0].set(stok0[:, 0]),
+        ptr=zi,
+        used=jnp.ones((b,), jnp.int32),
+        best=jnp.where(root_better, eos0[:, 0], init["score"]),
+        best_slot=jnp.where(root_better, 0, -1),
+        best_eos=jnp.where(root_better, root_logp[:, EOS_ID], 0.0),
+        expansions=jnp.zeros((b,), jnp.int32),
+        done=jnp.zeros((b,), bool),
+        iters=jnp.int32(0),
+    )
 
-    def frontier_max(st: dict) -> jax.Array:
-        head = jnp.take_along_axis(st["slp"], jnp.minimum(st["ptr"], v - 1)[..., None], -1)[..., 0]
-        head = jnp.where(st["ptr"] < v, st["score"] + head, ninf)  # [B, S]
+    def frontier_max(st: ExactState) -> jax.Array:
+        head = jnp.take_along_axis(st.slp, jnp.minimum(st.ptr, v - 1)[..., None], -1)[..., 0]
+        head = jnp.where(st.ptr < v, st.score + head, ninf)  # [B, S]
         return jnp.max(head, axis=1)
 
-    def is_done(st: dict) -> jax.Array:
-        return ~(frontier_max(st) > st["best"]) | (st["expansions"] >= max_expansions)
+    def is_done(st: ExactState) -> jax.Array:
+        return ~(frontier_max(st) > st.best) | (st.expansions >= max_expansions)
 
-    def step(st: dict) -> dict:
+    def step(st: ExactState) -> ExactState:
         st = _expand(st, params, step_fn=step_fn, t_max=t_max, max_expansions=max_expansions, k=k)
-        return {**st, "done": st["done"] | is_done(st)}
+        return st.replace(done=st.done | is_done(st))
 
-    state = {**state, "done": is_done(state)}
+    state = state.replace(done=is_done(state))
     state = jax.lax.while_loop(
-        lambda st: ~jnp.all(st["done"]) & (st["iters"] <= max_expansions), step, state
+        lambda st: ~jnp.all(st.done) & (st.iters <= max_expansions), step, state
     )
-    proven = ~(frontier_max(state) > state["best"])
+    proven = ~(frontier_max(state) > state.best)
 
     return _outputs(state, proven, init, prompts, prompt_lengths)
 
@@ -283,13 +305,13 @@ def exact(req: DecodeRequest) -> DecodeOutput:
     complete hypothesis found, never worse than beam's. Deterministic: `key`, `num_samples`
     and `prompt_ids` are ignored. Static: `max_expansions`, `expansions_per_step`, `max_len`.
     """
-    validate_config(req.cfg, "exact", req.vocab_size)
-    if req.constraint is not None:
-        raise UserError(
-            "decoder=exact is not supported with a constraint; allowed: constraint=none, or "
-            "greedy, sample, beam, stochastic_beam, diverse_beam, mbr"
-        )
-    prep = prepare(req, keyed=False)
+    from seqgen.decoding.registry import run
+
+    return run("exact", req)
+
+
+def launch(req: DecodeRequest, prep: Prepared) -> DecodeOutput:
+    """Run the search for a validated request: beam's best first, then branch and bound."""
     bcfg = {"name": "beam", "beam_size": int(get(req.cfg, "beam_size")), "length_penalty": "none"}
     start = beam(
         dataclasses.replace(req, prompts=prep.prompts, prompt_lengths=prep.prompt_lengths, cfg=bcfg)

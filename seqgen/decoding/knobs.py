@@ -44,6 +44,9 @@ class Knob:
     vocab_high: bool = False
     choices: tuple[str, ...] = ()
     doc: str = ""
+    # the value at which its processor does nothing: the processor is compiled in only when
+    # one of its knobs is away from it (`processor_table`); None: the knob switches nothing
+    neutral: Any = None
 
     def check(self, value: Any, where: str = "decoder", vocab_size: int | None = None) -> None:
         """Raise one `UserError` line naming `where.name`, the value and what is allowed."""
@@ -90,9 +93,14 @@ def _f(name: str, default: float, low=-_INF, high=_INF, lo_open=False, hi_open=F
     return Knob(name, float, default, True, low, high, lo_open, hi_open, doc=doc)
 
 
-def _i(name: str, default: int, low: int, *, traced=False, vocab_high=False, doc=""):
+def _off(name: str, default: float, low=-_INF, high=_INF, lo_open=False, hi_open=False, doc=""):
+    """A traced float knob that switches its processor off at its default."""
+    return Knob(name, float, default, True, low, high, lo_open, hi_open, doc=doc, neutral=default)
+
+
+def _i(name: str, default: int, low: int, *, traced=False, vocab_high=False, doc="", neutral=None):
     """An integer knob (static unless `traced`)."""
-    return Knob(name, int, default, traced, low, vocab_high=vocab_high, doc=doc)
+    return Knob(name, int, default, traced, low, vocab_high=vocab_high, doc=doc, neutral=neutral)
 
 
 # In the order of the schema's fields (and so of every config dump).
@@ -100,19 +108,19 @@ KNOBS: dict[str, Knob] = {
     k.name: k
     for k in (
         _f("temperature", 1.0, 0.0, hi_open=True, doc="0 = greedy"),
-        _i("top_k", 0, 0, doc="0 = off; >= V keeps every token (Fan et al. 2018)"),
-        _f("top_p", 1.0, 0.0, 1.0, lo_open=True, doc="nucleus (Holtzman et al. 2020)"),
-        _f("typical_p", 1.0, 0.0, 1.0, lo_open=True, doc="locally typical (Meister et al. 2023)"),
-        _f("min_p", 0.0, 0.0, 1.0, doc="min-p (Nguyen et al. 2024)"),
-        _f("epsilon", 0.0, 0.0, 1.0, hi_open=True, doc="epsilon sampling (Hewitt et al. 2022)"),
-        _f("eta", 0.0, 0.0, 1.0, hi_open=True, doc="eta sampling (Hewitt et al. 2022)"),
+        _i("top_k", 0, 0, neutral=0, doc="0 = off; >= V keeps every token (Fan et al. 2018)"),
+        _off("top_p", 1.0, 0.0, 1.0, lo_open=True, doc="nucleus (Holtzman et al. 2020)"),
+        _off("typical_p", 1.0, 0.0, 1.0, lo_open=True, doc="locally typical (Meister et al. 2023)"),
+        _off("min_p", 0.0, 0.0, 1.0, doc="min-p (Nguyen et al. 2024)"),
+        _off("epsilon", 0.0, 0.0, 1.0, hi_open=True, doc="epsilon sampling (Hewitt et al. 2022)"),
+        _off("eta", 0.0, 0.0, 1.0, hi_open=True, doc="eta sampling (Hewitt et al. 2022)"),
         _i("min_tokens_to_keep", 1, 1, vocab_high=True, doc="every truncation keeps this many"),
         _i("min_length", 0, 0, traced=True, doc="EOS forbidden before this many new tokens"),
-        _f("repetition_penalty", 1.0, 0.0, lo_open=True, hi_open=True, doc="CTRL; 1 = off"),
+        _off("repetition_penalty", 1.0, 0.0, lo_open=True, hi_open=True, doc="CTRL; 1 = off"),
         Knob("penalize_prompt", bool, True, traced=True, doc="prompt tokens count for penalties"),
-        _f("presence_penalty", 0.0, lo_open=True, hi_open=True),
-        _f("frequency_penalty", 0.0, lo_open=True, hi_open=True),
-        _i("no_repeat_ngram_size", 0, 0, doc="0 = off"),
+        _off("presence_penalty", 0.0, lo_open=True, hi_open=True),
+        _off("frequency_penalty", 0.0, lo_open=True, hi_open=True),
+        _i("no_repeat_ngram_size", 0, 0, neutral=0, doc="0 = off"),
         _i("beam_size", 4, 1),
         Knob("length_penalty", str, "none", choices=("none", "average", "gnmt", "power")),
         _f("alpha", 0.6, 0.0, hi_open=True, doc="exponent of gnmt and power"),
@@ -145,8 +153,8 @@ KNOBS: dict[str, Knob] = {
         ),
         _i("num_groups", 1, 1, doc="diverse beam: groups, dividing beam_size"),
         _f("diversity_penalty", 0.0, 0.0, hi_open=True, doc="diverse beam: Hamming lambda"),
-        _f("top_n_sigma", 0.0, 0.0, hi_open=True, doc="0 = off (Tang et al. 2024)"),
-        _f("mirostat_tau", 0.0, 0.0, hi_open=True, doc="target surprise, bits; 0 = off (v2)"),
+        _off("top_n_sigma", 0.0, 0.0, hi_open=True, doc="0 = off (Tang et al. 2024)"),
+        _off("mirostat_tau", 0.0, 0.0, hi_open=True, doc="target surprise, bits; 0 = off (v2)"),
         _f("mirostat_lr", 0.1, 0.0, lo_open=True, hi_open=True, doc="Mirostat's eta"),
         _i("max_expansions", 2000, 1, doc="exact: node budget per prompt"),
         _i("expansions_per_step", 16, 1, doc="exact: frontier nodes per batched step"),
@@ -160,8 +168,27 @@ KNOBS: dict[str, Knob] = {
 
 DEFAULT_NAME = "sample"  # the decoder of a config that names none
 
-# The continuous knobs passed into the compiled program as traced float32 scalars.
-TRACED_KNOBS: tuple[str, ...] = tuple(k.name for k in KNOBS.values() if k.traced)
+# A decoder config's fields beside the knobs.
+CONFIG_FIELDS = ("name", "label")
 
-# mbr's nested samplers (`candidates`, `references`) take every knob but these.
-NESTED_KNOBS: tuple[str, ...] = tuple(k for k in KNOBS if k not in ("candidates", "references"))
+# mbr's nested decoder configs, which take every knob but themselves.
+NESTED_FIELDS = ("candidates", "references")
+
+
+def traced_names() -> tuple[str, ...]:
+    """The knobs passed into the compiled program as traced float32 scalars (a user's
+    processor may have added some, so this is read when a program is built)."""
+    return tuple(k.name for k in KNOBS.values() if k.traced)
+
+
+def nested_knobs() -> tuple[str, ...]:
+    """The knobs mbr's nested decoder configs (`candidates`, `references`) accept."""
+    return tuple(k for k in KNOBS if k not in NESTED_FIELDS)
+
+
+def add_knob(knob: Knob) -> None:
+    """Add a user's knob (`processor_table.register_processor` validates it first): the
+    schema, the validation and the accessors read `KNOBS` when they run, so it is one of them."""
+    if knob.name in KNOBS or knob.name in CONFIG_FIELDS:
+        raise UserError(f"knob {knob.name!r} already exists; choose another name")
+    KNOBS[knob.name] = knob

@@ -22,37 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seqgen.decoding.common import (
-    DEFAULTS,
-    DecodeOutput,
-    DecodeRequest,
-    get,
-    prepare,
-    validate_config,
-)
-from seqgen.errors import UserError
-
-NOT_NESTABLE = ("exact", "mbr")
-
-
-def sampler_config(cfg: Any, field: str) -> dict[str, Any]:
-    """The nested decoder config `decoder.<field>` (candidates / references) as a dict with
-    name `sample` unless given; unknown keys are a UserError."""
-    raw = get(cfg, field)
-    nested = dict(raw.items()) if hasattr(raw, "items") else None
-    if nested is None:
-        raise UserError(f"decoder.{field}={raw!r}; allowed: a dict of decoder knobs")
-    nested.setdefault("name", "sample")
-    for k in nested:
-        if k not in DEFAULTS:
-            raise UserError(
-                f"decoder.{field}.{k} is not a decoder knob; allowed: {', '.join(DEFAULTS)}"
-            )
-    if nested["name"] in NOT_NESTABLE:
-        raise UserError(
-            f"decoder.{field}.name={nested['name']!r} is not allowed; use a sampler or beam decoder"
-        )
-    return nested
+from seqgen.decoding.common import DecodeOutput, DecodeRequest, Prepared, get
 
 
 def mbr(req: DecodeRequest) -> DecodeOutput:
@@ -67,15 +37,19 @@ def mbr(req: DecodeRequest) -> DecodeOutput:
     the candidates' draw order. `num_samples` is ignored. A `constraint` applies to the
     candidates and the references alike (both are drawn with it).
     """
+    from seqgen.decoding.registry import run
+
+    return run("mbr", req)
+
+
+def launch(req: DecodeRequest, prep: Prepared) -> DecodeOutput:
+    """Draw the candidates and references, rank the candidates by expected utility."""
     from seqgen.decoding import decode
+    from seqgen.decoding.registry import nested_config
     from seqgen.metrics.utility import UTILITY_FUNCTIONS
 
     cfg = req.cfg
-    validate_config(cfg, "mbr", req.vocab_size)
-    nested = {f: sampler_config(cfg, f) for f in ("candidates", "references")}
-    for sub in nested.values():
-        validate_config(sub, sub["name"], req.vocab_size)
-    prep = prepare(req)
+    nested = {f: nested_config(cfg, f) for f in ("candidates", "references")}
     draws = {}
     for i, (f, n_field) in enumerate(
         (("candidates", "num_candidates"), ("references", "num_references"))

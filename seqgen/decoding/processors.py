@@ -1,89 +1,28 @@
 """Logits processors: pure functions `logits[R, V] -> logits[R, V]` (removed tokens get -inf).
 
-`process_logits` applies them in ONE fixed order, the order of `PROCESSOR_ORDER`:
-
-    min-length -> repetition penalty -> presence/frequency penalties -> no-repeat n-gram
-    -> temperature -> top-k -> top-p -> typical-p -> min-p -> epsilon -> eta -> top-n-sigma
-    [-> Mirostat v2]
-
-Every truncation works on the distribution left by the processors before it (softmax of the
-current logits, i.e. renormalised over the surviving tokens), as in Hugging Face's warpers.
+Their order, stages, knobs and state are rows of ONE table, `processor_table.py` (its
+`render_order()` gives the order; the README shows it). Every truncation works on the
+distribution left by the processors before it (softmax of the current logits, i.e.
+renormalised over the surviving tokens), as in Hugging Face's warpers.
 None of them can empty the distribution: each keeps at least `min_tokens_to_keep` tokens
 (Hugging Face's knob, default 1) -- top-k, top-p, min-p, epsilon and eta the most probable ones,
 so they always keep the most probable token; typical-p the ones whose surprisal is closest to the
 entropy, so it can drop the most probable token (as in Hugging Face and in Meister et al.).
 Ties at a set's boundary are kept (a set is defined by a threshold, not by a sort order), so a
 set can exceed `top_k` or `min_tokens_to_keep` when tokens tie there.
-Only processors switched on in `ProcessorFlags` (static) are compiled in; their knob values are
-traced (see `seqgen.decoding.common`).
+Only the rows switched on in `processor_table.ProcessorFlags` (static) are compiled in; their
+continuous knob values are traced (see `seqgen.decoding.knobs`).
 """
 
 from __future__ import annotations
 
 from functools import partial
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from seqgen.decoding.common import NEG_INF
 from seqgen.tokens import EOS_ID
-
-PROCESSOR_ORDER = (
-    "min_length",
-    "repetition_penalty",
-    "presence_frequency_penalty",
-    "no_repeat_ngram",
-    "temperature",
-    "top_k",
-    "top_p",
-    "typical_p",
-    "min_p",
-    "epsilon",
-    "eta",
-    "top_n_sigma",
-    "mirostat",
-)
-
-
-class ProcessorFlags(NamedTuple):
-    """Which processors are compiled in (static). Sizes are static too."""
-
-    penalties: bool = False  # repetition / presence / frequency (needs the [R, V] count buffer)
-    no_repeat_ngram_size: int = 0  # needs the [R, max_len] token history buffer
-    top_k: int = 0
-    top_p: bool = False
-    typical_p: bool = False
-    min_p: bool = False
-    epsilon: bool = False
-    eta: bool = False
-    min_tokens_to_keep: int = 1  # every truncation keeps at least this many tokens
-    top_n_sigma: bool = False
-    mirostat: bool = False  # needs the [R] running surprise bound mu (sampling.py)
-    mass_method: str | None = None  # how top-p / typical-p find their set; None: the backend's
-
-
-def flags_from_cfg(get) -> ProcessorFlags:  # noqa: ANN001 - get(name) -> value
-    """Switch on exactly the processors whose knob is away from its neutral value."""
-    return ProcessorFlags(
-        penalties=(
-            float(get("repetition_penalty")) != 1.0
-            or float(get("presence_penalty")) != 0.0
-            or float(get("frequency_penalty")) != 0.0
-        ),
-        no_repeat_ngram_size=int(get("no_repeat_ngram_size")),
-        top_k=int(get("top_k")),
-        top_p=float(get("top_p")) < 1.0,
-        typical_p=float(get("typical_p")) < 1.0,
-        min_p=float(get("min_p")) > 0.0,
-        epsilon=float(get("epsilon")) > 0.0,
-        eta=float(get("eta")) > 0.0,
-        min_tokens_to_keep=int(get("min_tokens_to_keep")),
-        top_n_sigma=float(get("top_n_sigma")) > 0.0,
-        mirostat=float(get("mirostat_tau")) > 0.0,
-        # the backend's method, read here so that it is part of the program's static key
-        mass_method=nucleus_method(),
-    )
 
 
 def _entropy(logp: jax.Array) -> jax.Array:
@@ -366,60 +305,3 @@ def mirostat_update(mu: jax.Array, surprise: jax.Array, tau: jax.Array, lr: jax.
     renormalised P instead), e = s - tau and mu <- mu - lr * e. mu starts at 2 * tau.
     """
     return mu - lr * (surprise - tau)
-
-
-def penalize(
-    logits: jax.Array,
-    knobs: dict[str, jax.Array],
-    flags: ProcessorFlags,
-    counts: jax.Array | None,
-    history: jax.Array | None,
-    t: jax.Array,
-    generated: jax.Array | None = None,
-) -> jax.Array:
-    """The processors before temperature (min-length when `generated` [R] is given, penalties,
-    n-gram blocking); greedy applies only these."""
-    if generated is not None:
-        logits = min_length(logits, generated, knobs["min_length"])
-    if flags.penalties:
-        logits = repetition_penalty(logits, counts, knobs["repetition_penalty"])
-        logits = presence_frequency_penalty(
-            logits, counts, knobs["presence_penalty"], knobs["frequency_penalty"]
-        )
-    if flags.no_repeat_ngram_size > 0:
-        logits = no_repeat_ngram(logits, history, t, flags.no_repeat_ngram_size)
-    return logits
-
-
-def truncate(logits: jax.Array, knobs: dict[str, jax.Array], flags: ProcessorFlags) -> jax.Array:
-    """Temperature then the truncations, in PROCESSOR_ORDER."""
-    logits = temperature(logits, knobs["temperature"])
-    m = flags.min_tokens_to_keep
-    if flags.top_k:
-        logits = top_k(logits, flags.top_k, m)
-    if flags.top_p:
-        logits = top_p(logits, knobs["top_p"], m, flags.mass_method)
-    if flags.typical_p:
-        logits = typical_p(logits, knobs["typical_p"], m, flags.mass_method)
-    if flags.min_p:
-        logits = min_p(logits, knobs["min_p"], m)
-    if flags.epsilon:
-        logits = epsilon(logits, knobs["epsilon"], m)
-    if flags.eta:
-        logits = eta(logits, knobs["eta"], m)
-    if flags.top_n_sigma:
-        logits = top_n_sigma(logits, knobs["top_n_sigma"], m)
-    return logits
-
-
-def process_logits(
-    logits: jax.Array,
-    knobs: dict[str, jax.Array],
-    flags: ProcessorFlags,
-    counts: jax.Array | None = None,
-    history: jax.Array | None = None,
-    t: jax.Array | int = 0,
-    generated: jax.Array | None = None,
-) -> jax.Array:
-    """All processors in PROCESSOR_ORDER. logits [R, V] -> processed logits [R, V]."""
-    return truncate(penalize(logits, knobs, flags, counts, history, t, generated), knobs, flags)

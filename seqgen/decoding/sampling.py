@@ -16,19 +16,19 @@ import jax.numpy as jnp
 from flax import struct
 
 from seqgen.decoding import constraint as con
+from seqgen.decoding import processor_table as table
 from seqgen.decoding import processors as proc
 from seqgen.decoding.common import (
     DecodeOutput,
     DecodeRequest,
+    Prepared,
     StepFn,
     get,
     gumbel_noise,
     key_words,
-    prepare,
     repeat_rows,
     row_keys,
     traced_knobs,
-    validate_config,
 )
 from seqgen.decoding.loop import resolve_loop, run_loop
 from seqgen.parallel import row_parallel
@@ -42,9 +42,9 @@ class SampleState:
     carry: Any  # the step function's carry, every leaf [R, ...]
     last: jax.Array  # [R] int32 the next input token
     ended: jax.Array  # [R] bool the row emitted EOS
-    counts: jax.Array | None  # [R, V] int32 token counts so far (penalties only)
-    history: jax.Array | None  # [R, T] int32 tokens so far (no-repeat n-gram only)
-    mu: jax.Array | None  # [R] f32 Mirostat v2's surprise bound, bits (mirostat only)
+    counts: jax.Array | None  # [R, V] int32 token counts so far (a row that needs "counts")
+    history: jax.Array | None  # [R, T] int32 tokens so far (a row that needs "history")
+    own: dict[str, Any]  # each stateful row's state, leaves [R, ...] (Mirostat's mu [R] f32)
     cstate: jax.Array | None  # [R] int32 the automaton's state (constraint only)
 
 
@@ -64,33 +64,53 @@ def _choose(
     plen: jax.Array,  # [R]
     words: jax.Array,  # [R, 2] the rows' key words
     knobs: dict[str, jax.Array],
-    flags: proc.ProcessorFlags,
+    flags: table.ProcessorFlags,
     greedy: bool,
     constraint: con.Constraint | None,
 ) -> tuple:
     """The token each row chooses at position t (before prompt forcing): (tok [R], its
-    processed log-prob [R], the logits before Mirostat [R, V], the automaton's allowed set)."""
+    processed log-prob [R], each stateful row's input logits {name: [R, V]}, the automaton's
+    allowed set)."""
     r, v = logits.shape
     temp = knobs["temperature"]
-    generated = t - plen  # [R] continuation tokens before this one (min_length)
     masked, ok = logits, None
     if constraint is not None:  # forbidden tokens go before every processor
         ok = con.allowed(constraint, state.cstate)
         masked = con.mask_logits(logits, ok)
-    pen = proc.penalize(masked, knobs, flags, state.counts, state.history, t, generated)
+    run = {  # the state every stage sees
+        "t": t,
+        "generated": t - plen,  # [R] continuation tokens before this one (min_length)
+        "counts": state.counts,
+        "history": state.history,
+        "words": words,
+        "states": state.own,
+    }
+    pen, _ = table.apply(masked, flags, knobs, table.PENALTY_STAGES, **run)
     if greedy:
-        return jnp.argmax(pen, axis=-1), jnp.zeros((r,), jnp.float32), None, ok
-    processed = proc.truncate(pen, knobs, flags)  # [R, V]
-    before_miro = processed
-    if flags.mirostat:
-        processed = proc.mirostat_truncate(processed, state.mu)
+        return jnp.argmax(pen, axis=-1), jnp.zeros((r,), jnp.float32), {}, ok
+    later = tuple(s for s in table.STAGES if s not in table.PENALTY_STAGES)
+    processed, inputs = table.apply(pen, flags, knobs, later, **run)  # [R, V]
     noise = gumbel_noise(words, t, (v,))  # [R, V]
     sampled = jnp.argmax(processed + noise, axis=-1)  # Gumbel-max
     # t = 0: greedy, the t -> 0 limit (typical-p may drop the argmax at t = 1, never
     # in that limit, where the tempered distribution is a point mass on it)
     tok = jnp.where(temp > 0, sampled, jnp.argmax(pen, axis=-1))
     plp = jnp.where(temp > 0, _pick_logprob(processed, tok), 0.0)
-    return tok, plp, before_miro, ok
+    return tok, plp, inputs, ok
+
+
+def _update_own(
+    state: SampleState, inputs: dict, tok: jax.Array, live: jax.Array, knobs: dict, flags
+) -> dict[str, Any]:
+    """Each stateful row's `update` after the token `tok`, where `live` [R] (else unchanged)."""
+    all_knobs = {**knobs, **dict(flags.static)}
+    own = {}
+    for name, old in state.own.items():
+        new = table.PROCESSORS[name].update(old, inputs[name], tok, all_knobs)
+        own[name] = jax.tree.map(
+            lambda n, o: jnp.where(live.reshape((-1,) + (1,) * (n.ndim - 1)), n, o), new, old
+        )
+    return own
 
 
 @row_parallel(
@@ -110,7 +130,7 @@ def _sample_program(
     max_len: int,
     num_samples: int,
     vocab_size: int,
-    flags: proc.ProcessorFlags,
+    flags: table.ProcessorFlags,
     greedy: bool,
     loop: str,
 ) -> DecodeOutput:
@@ -123,10 +143,9 @@ def _sample_program(
         carry=repeat_rows(init_carry, n),
         last=jnp.full((r,), BOS_ID, jnp.int32),
         ended=jnp.zeros((r,), bool),
-        counts=jnp.zeros((r, v), jnp.int32) if flags.penalties else None,
-        history=jnp.zeros((r, t_max), jnp.int32) if flags.no_repeat_ngram_size > 0 else None,
-        # mu_0 = 2 tau (Basu et al. 2021)
-        mu=jnp.full((r,), 2.0, jnp.float32) * knobs["mirostat_tau"] if flags.mirostat else None,
+        counts=jnp.zeros((r, v), jnp.int32) if flags.needs("counts") else None,
+        history=jnp.zeros((r, t_max), jnp.int32) if flags.needs("history") else None,
+        own={n: table.PROCESSORS[n].init(r, knobs) for n in flags.stateful()},
         cstate=None if constraint is None else jnp.full((r,), constraint.start, jnp.int32),
     )
 
@@ -134,7 +153,7 @@ def _sample_program(
         t, forced_tok = xs  # scalar, [R]
         carry, logits = step_fn(params, state.carry, state.last)
         logits = logits.astype(jnp.float32)  # [R, V]
-        tok, plp, before_miro, ok = _choose(
+        tok, plp, inputs, ok = _choose(
             state, logits, t, plen, words, knobs, flags, greedy, constraint
         )
         forced = t < plen  # [R]
@@ -150,17 +169,13 @@ def _sample_program(
         if constraint is not None:
             nxt = con.advance(constraint, state.cstate, tok)
             new = new.replace(cstate=jnp.where(ended, state.cstate, nxt))
-        if flags.mirostat and not greedy:
-            surprise = -_pick_logprob(before_miro, tok) / proc.LOG2
-            mu = proc.mirostat_update(
-                state.mu, surprise, knobs["mirostat_tau"], knobs["mirostat_lr"]
-            )
-            new = new.replace(mu=jnp.where(gen & (temp > 0), mu, state.mu))
-        if flags.penalties:
+        if state.own and not greedy:
+            new = new.replace(own=_update_own(state, inputs, tok, gen & (temp > 0), knobs, flags))
+        if flags.needs("counts"):
             count_it = alive & (~forced | (knobs["penalize_prompt"] > 0.5))
             one_hot = jax.nn.one_hot(tok, v, dtype=jnp.int32) * count_it[:, None]
             new = new.replace(counts=state.counts + one_hot)
-        if flags.no_repeat_ngram_size > 0:
+        if flags.needs("history"):
             history = jax.lax.dynamic_update_slice_in_dim(state.history, out_tok[:, None], t, 1)
             new = new.replace(history=history)
         ys = {"tok": out_tok, "lp": jnp.where(gen, lp, 0.0), "alive": alive, "eos": is_eos}
@@ -210,15 +225,11 @@ def _outputs(ys: dict, ended: jax.Array, prompt_lengths: jax.Array, n: int) -> D
     )
 
 
-def _run(name: str, req: DecodeRequest) -> DecodeOutput:
-    validate_config(req.cfg, name, req.vocab_size)
-    num_samples = req.num_samples if name == "sample" else 1
-    prep = prepare(req, num_samples=num_samples)
-    flags = proc.flags_from_cfg(lambda k: get(req.cfg, k))
-    if flags.top_k >= req.vocab_size:  # no truncation: the program of top_k=0, not a new compile
-        flags = flags._replace(top_k=0)
-    if name == "greedy":  # truncation cannot change the argmax
-        flags = proc.ProcessorFlags(flags.penalties, flags.no_repeat_ngram_size)
+def _launch(req: DecodeRequest, prep: Prepared, *, greedy: bool) -> DecodeOutput:
+    """Run the sampling program for a validated request (`registry.run` is the entry path)."""
+    stages = table.PENALTY_STAGES if greedy else table.STAGES  # truncation cannot move an argmax
+    flags = table.flags_from_cfg(lambda k: get(req.cfg, k), req.vocab_size, stages)
+    num_samples = 1 if greedy else req.num_samples
     return _sample_program(
         req.params,
         req.init_carry,
@@ -233,9 +244,17 @@ def _run(name: str, req: DecodeRequest) -> DecodeOutput:
         num_samples=num_samples,
         vocab_size=req.vocab_size,
         flags=flags,
-        greedy=name == "greedy",
+        greedy=greedy,
         loop=resolve_loop(req.loop),
     )
+
+
+def launch_greedy(req: DecodeRequest, prep: Prepared) -> DecodeOutput:
+    return _launch(req, prep, greedy=True)
+
+
+def launch_sample(req: DecodeRequest, prep: Prepared) -> DecodeOutput:
+    return _launch(req, prep, greedy=False)
 
 
 def greedy(req: DecodeRequest) -> DecodeOutput:
@@ -246,15 +265,17 @@ def greedy(req: DecodeRequest) -> DecodeOutput:
     Deterministic, so N = 1 whatever `num_samples` is (ties: the lowest token id).
     processed_logprobs are 0 (a point mass); tempered_logprobs use t = 1.
     """
-    return _run("greedy", req)
+    from seqgen.decoding.registry import run
+
+    return run("greedy", req)
 
 
 def sample(req: DecodeRequest) -> DecodeOutput:
     """Ancestral sampling: y_t ~ softmax(process(x_t)), `num_samples` rows per prompt.
 
-    `process` applies the processors of `seqgen.decoding.processors` in PROCESSOR_ORDER
-    (min-length, penalties, no-repeat n-gram, temperature, top-k, top-p, typical-p, min-p,
-    epsilon, eta).
+    `process` applies the rows of `processor_table` that are on, in its order
+    (`processor_table.render_order()`: min-length, the penalties, temperature, the
+    truncations, Mirostat, and any registered by a user).
     Sampling is Gumbel-max, argmax_v(x'_v + g_v) with g_v ~ Gumbel(0, 1), which draws exactly
     from softmax(x') (Gumbel 1954; Maddison et al. 2014). temperature = 0 is greedy (the argmax
     after min-length and the penalties, the t -> 0 limit of every truncation).
@@ -262,4 +283,6 @@ def sample(req: DecodeRequest) -> DecodeOutput:
     Threefry counters (t, v) under that key (`common.gumbel_noise`), so a row's output does not
     depend on the batch around it.
     """
-    return _run("sample", req)
+    from seqgen.decoding.registry import run
+
+    return run("sample", req)

@@ -35,17 +35,16 @@ from seqgen.decoding.beam import backtrack
 from seqgen.decoding.common import (
     DecodeOutput,
     DecodeRequest,
+    Prepared,
     StepFn,
     gather_rows,
     get,
     gumbel_noise,
     key_words,
-    prepare,
     repeat_rows,
     row_keys,
     take_along,
     traced_knobs,
-    validate_config,
 )
 from seqgen.decoding.loop import resolve_loop, run_loop
 from seqgen.parallel import row_parallel
@@ -247,8 +246,13 @@ def stochastic_beam(req: DecodeRequest) -> DecodeOutput:
     (the K beams are the samples); the sampling processors other than temperature and
     min-length do not apply.
     """
-    validate_config(req.cfg, "stochastic_beam", req.vocab_size)
-    prep = prepare(req)
+    from seqgen.decoding.registry import run
+
+    return run("stochastic_beam", req)
+
+
+def launch(req: DecodeRequest, prep: Prepared) -> DecodeOutput:
+    """Run the stochastic beam program for a validated request."""
     return _stochastic_beam_program(
         req.params,
         req.init_carry,

@@ -63,7 +63,7 @@ TOKENS = Unit("tokens", 0.0)
 SLOPE = Unit("-slope, log-log")
 SECONDS = Unit("s", 0.0)
 CALLS = Unit("step calls", 0.0)
-SCORE = Unit("the decoder's score: see score/kind")
+SCORE = Unit("the decoder's score: see score/unit")
 
 
 @dataclass(frozen=True)
@@ -356,7 +356,7 @@ def label_of(key: str) -> str:
 
 def unit_of(key: str) -> Unit | None:
     """A key's unit (None when unknown). `SCORE` is the decoder's own: its name comes from
-    the decoder (`seqgen.outputs.score_kind`), so scores of different units never share an
+    the decoder (`seqgen.decoding.registry.score_unit`), so scores of different units never share an
     axis."""
     spec = all_keys().get(key)
     return None if spec is None else spec.unit
