@@ -27,6 +27,7 @@ from seqgen.decoding.loop import LOOPS
 from seqgen.errors import UserError
 from seqgen.metrics.abc import ABC_SUBSET, ABC_TIMEOUT_S
 from seqgen.models import CELLS
+from seqgen.models.recurrence import BACKWARDS
 
 
 @dataclass
@@ -90,6 +91,7 @@ class TrainConfig:
     progress: bool = True
     patience: int = 0  # evaluations without a better validation loss before stopping; 0 = off
     end_lr_ratio: float = 0.0  # the cosine schedule ends at end_lr_ratio * lr
+    backward: str = "autodiff"  # recurrences' gradient: autodiff | fused (hand-written backward)
 
 
 def _decoder_field(knob: Any) -> tuple[str, Any, Any]:
@@ -221,6 +223,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "data.level": ("char", "word", "whitespace", "abc"),
     "data.unknown": ("error", "unk"),
     "model.cell": (*CELLS, "oracle"),
+    "train.backward": BACKWARDS,
     "decode.loop": LOOPS,
     "constraint.name": ("none", "regex", "meter"),
     "logger.name": ("none", "wandb"),

@@ -73,6 +73,8 @@ class ModelSpec:
 
 def model_cache_key(spec: ModelSpec, corpus: Any) -> str:
     train_cfg = {k: v for k, v in to_dict(spec.train).items() if k not in _TRAIN_DISPLAY_ONLY}
+    if train_cfg.get("backward") == "autodiff":  # what every model cached before the knob
+        del train_cfg["backward"]  # was trained with: their keys stay, and they still load
     return ModelCache.key(fingerprint(corpus), to_dict(spec.model), train_cfg, int(spec.seed))
 
 

@@ -44,6 +44,7 @@ from seqgen.checkpoint import TrainCheckpointer
 from seqgen.config import TrainConfig
 from seqgen.errors import TrainingInterrupted, UserError
 from seqgen.metrics.perplexity import LN2, perplexity_from_nll
+from seqgen.models.recurrence import BACKWARDS
 from seqgen.parallel import make_mesh, replicate, shard_batch
 from seqgen.progress import Progress
 
@@ -68,6 +69,7 @@ class TrainHParams(NamedTuple):
     warmup_steps: int
     clip_norm: float
     end_lr_ratio: float
+    backward: str = "autodiff"  # how the recurrences are differentiated (models.recurrence)
 
 
 # --------------------------------------------------------------------------------------------
@@ -96,7 +98,10 @@ def hparams_from_cfg(cfg: Any) -> TrainHParams:
         warmup_steps=int(get("warmup_steps")),
         clip_norm=float(get("clip_norm") or 0.0),
         end_lr_ratio=float(get("end_lr_ratio")),
+        backward=str(get("backward")),
     )
+    if hp.backward not in BACKWARDS:
+        raise UserError(f"train.backward={hp.backward!r}; allowed: {', '.join(BACKWARDS)}")
     if hp.steps < 0:
         raise UserError(f"train.steps={hp.steps} must be >= 0")
     if not hp.lr > 0:
@@ -162,6 +167,13 @@ def masked_cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array)
     return ce * mask
 
 
+def batch_loss(model: nnx.Module, batch: Any, key: jax.Array | None, backward: str) -> jax.Array:
+    """Masked-mean token cross-entropy of `model` on one (inputs, targets, mask) batch."""
+    inputs, targets, mask = batch
+    logits = model(inputs, rngs=key, backward=backward)
+    return jnp.sum(masked_cross_entropy(logits, targets, mask)) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
 def _all_finite(tree: Any) -> jax.Array:
     leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
@@ -176,14 +188,10 @@ def _train_step(graphdef, compile_key, params, opt_state, rest, batch, key_data,
     every update is skipped. The learning rate is the one in `opt_state` (`make_optimizer`).
     """
     tx = make_optimizer(compile_key)
-    inputs, targets, mask = batch
+    key = jax.random.wrap_key_data(key_data, impl="threefry2x32")
 
     def loss_fn(p):
-        model = nnx.merge(graphdef, p, rest)
-        logits = model(inputs, rngs=jax.random.wrap_key_data(key_data, impl="threefry2x32"))
-        return jnp.sum(masked_cross_entropy(logits, targets, mask)) / jnp.maximum(
-            jnp.sum(mask), 1.0
-        )
+        return batch_loss(nnx.merge(graphdef, p, rest), batch, key, compile_key.backward)
 
     loss, grads = jax.value_and_grad(loss_fn)(params)
     updates, new_opt_state = tx.update(grads, opt_state, params)
@@ -438,7 +446,11 @@ class _Loop:
         self.saved_step = -1
 
     def step(self, state: TrainState, batch: Any) -> None:
-        """One update, then its log line, evaluation and checkpoint when they are due."""
+        """One update, then its log line, evaluation and checkpoint when they are due.
+
+        The update is dispatched asynchronously, so the next batch is built on the host while
+        it runs; the host waits for the device only for a log line, evaluation or checkpoint
+        (every `log_every` steps at most), never per step (`scripts/bench_train.py`)."""
         batch = _as_arrays(batch)
         ntok = float(batch[2].sum())
         if self.mesh is not None:

@@ -203,7 +203,10 @@ def test_row_labels_name_the_knobs_that_differ(dec, want):
 def test_partial_configs_take_the_schema_defaults():
     hp = hparams_from_cfg(SimpleNamespace(steps=70))
     schema = TrainConfig()
-    assert hp == (70, schema.lr, schema.weight_decay, schema.warmup_steps, schema.clip_norm, 0.0)
+    assert hp == (
+        70, schema.lr, schema.weight_decay, schema.warmup_steps, schema.clip_norm, 0.0,
+        schema.backward,
+    )  # fmt: skip
     for f in fields(DataConfig):
         assert corpus_get({}, f.name) == getattr(DataConfig(), f.name), f.name
 

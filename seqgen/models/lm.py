@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from seqgen.errors import UserError
+from seqgen.models.recurrence import scan_layer
 from seqgen.tokens import BOS_ID, EOS_ID, PAD_ID
 
 Array = jax.Array
@@ -204,11 +205,14 @@ class LanguageModel(nnx.Module):
             return tuple((zeros, zeros) for _ in range(self.num_layers))
         return tuple(zeros for _ in range(self.num_layers))
 
-    def __call__(self, tokens: Array, *, rngs: Array | None = None) -> Array:
+    def __call__(
+        self, tokens: Array, *, rngs: Array | None = None, backward: str = "autodiff"
+    ) -> Array:
         """Teacher-forced logits [B, T, V] for int tokens [B, T], starting from a zero carry.
 
         `rngs`: optional dropout key (used only in train mode); without it the dropout layers
-        draw from the stream given at construction.
+        draw from the stream given at construction. `backward`: how the recurrences are
+        differentiated, "autodiff" or "fused" (`seqgen.models.recurrence`; same forward).
         """
         batch, length = tokens.shape
         recur = _RECURRENCES[self.cell_type]
@@ -219,12 +223,10 @@ class LanguageModel(nnx.Module):
             if layer > 0:
                 x = self._drop(layer - 1, x, keep)
             proj = self._input_proj(layer, x, tokens)  # [B, T, G*H]
-            cell = self.cells[layer]
-
-            def body(carry, p, cell=cell):
-                return recur(cell, carry, p)
-
-            _, hs = jax.lax.scan(body, carry0[layer], jnp.swapaxes(proj, 0, 1))  # [T, B, H]
+            hs = scan_layer(  # [T, B, H]
+                recur, self.cell_type, self.cells[layer], carry0[layer],
+                jnp.swapaxes(proj, 0, 1), backward,
+            )  # fmt: skip
             x = jnp.swapaxes(hs, 0, 1)  # [B, T, H]
         x = self._drop(self.num_layers - 1, x, keep)
         return self._head(x)
