@@ -170,8 +170,9 @@ class Model:
         label = decoder_label(dec)
         pr = prepare_prompts(cfg.decode, corpus, cfg.get("constraint"), cfg.data.unknown)
         t0 = time.time()
+        steered = resolve_steering(dec, corpus.vocab)  # texts as the vocabulary's ids, as a run
         out = decode_all(
-            cfg.decode, dec, self.loaded, pr.prompts, decoder_key(seed, 0), pr.constraint
+            cfg.decode, steered, self.loaded, pr.prompts, decoder_key(seed, 0), pr.constraint
         )
         settings = metric_settings(cfg.metrics, int(cfg.seed), corpus, pr)
         gen, rec, texts = generations(cfg.decode, dec, corpus, pr.prompts, out, **settings)

@@ -22,6 +22,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from seqgen.decoding import registry
+from seqgen.decoding.common import LOGPROBS_MODES
 from seqgen.decoding.knobs import DEFAULT_NAME, KNOBS
 from seqgen.decoding.loop import LOOPS
 from seqgen.errors import UserError
@@ -96,7 +97,10 @@ class TrainConfig:
 
 def _decoder_field(knob: Any) -> tuple[str, Any, Any]:
     if knob.type is dict:
-        return knob.name, dict[str, Any], field(default_factory=dict)
+        keys = Any if knob.steer else str  # logit_bias: token ids or symbols
+        return knob.name, dict[keys, Any], field(default_factory=dict)
+    if knob.type is list:
+        return knob.name, list[Any], field(default_factory=list)
     return knob.name, knob.type, field(default=knob.default)
 
 
@@ -141,6 +145,11 @@ class DecodeConfig:
     # the most token positions one decoder's outputs may hold (rows x decode.max_len); a larger
     # decode is refused before any work: 1e8 positions are ~1.6 GB of ids and log-probs
     max_tokens: int = 100_000_000
+    # the K most probable alternatives of every generated token in samples.jsonl (0 = none;
+    # greedy and sample), from the model's distribution (raw) or the one sampled (processed)
+    logprobs: int = 0
+    logprobs_mode: str = "raw"
+    prompt_logprobs: bool = False  # the model's log-prob of each prompt token in samples.jsonl
 
 
 @dataclass
@@ -225,6 +234,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "model.cell": (*CELLS, "oracle"),
     "train.backward": BACKWARDS,
     "decode.loop": LOOPS,
+    "decode.logprobs_mode": LOGPROBS_MODES,
     "constraint.name": ("none", "regex", "meter"),
     "logger.name": ("none", "wandb"),
     "logger.mode": ("online", "offline", "disabled"),
@@ -234,6 +244,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 # key -> (low, high, low_open, high_open); None = unbounded
 _RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "data.window": (2, None, False, False),
+    "decode.logprobs": (0, None, False, False),
     "data.valid_fraction": (0, 1, True, True),
     "data.test_fraction": (0, 1, True, True),
     "data.max_sequences": (3, None, False, False),

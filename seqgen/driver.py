@@ -76,6 +76,9 @@ def decode_all(
             constraint=constraint,
             mesh=mesh,
             loop=decode_cfg.get("loop", "auto"),
+            logprobs=int(decode_cfg.get("logprobs", 0)),
+            logprobs_mode=str(decode_cfg.get("logprobs_mode", "raw")),
+            prompt_logprobs=bool(decode_cfg.get("prompt_logprobs", False)),
         )
         outs.append(jax.tree.map(np.asarray, out))
         if n_chunks > 1:  # progress of a long decode, one line per compiled call
@@ -103,6 +106,10 @@ def decode_all(
             "proven",
             "expansions",
             "constraint_logmass",
+            "stopped",
+            "top_ids",
+            "top_logprobs",
+            "prompt_logprobs",
         )
         if getattr(outs[0], f, None) is not None
     }
@@ -152,9 +159,23 @@ def sample_records(
             "text": texts[j],
             "score": rec["score"][j],
             "logprob": float(np.sum(gen.model_logprobs[j]) + gen.eos_model_logprobs[j]),
+            **_logprob_records(rec, j),
         }
         for j in range(len(gen.sequences))
     ]
+
+
+def _logprob_records(rec: dict[str, list], j: int) -> dict[str, Any]:
+    """`top_logprobs` (decode.logprobs=K): per generated token (EOS's included when the row
+    ended at EOS) the K most probable [token id, log-prob] pairs, most probable first;
+    `prompt_logprobs` (decode.prompt_logprobs=true): the model's log-prob of each prompt token."""
+    out = {}
+    if "prompt_logprobs" in rec:
+        out["prompt_logprobs"] = [round(lp, 6) for lp in rec["prompt_logprobs"][j].tolist()]
+    if "top_ids" in rec:
+        pairs = zip(rec["top_ids"][j].tolist(), rec["top_logprobs"][j].tolist())
+        out["top_logprobs"] = [[[i, round(lp, 6)] for i, lp in zip(*p)] for p in pairs]
+    return out
 
 
 def _kept_per_prompt(decode_cfg: Any, dec: Any, n: int) -> int:

@@ -7,6 +7,7 @@ cut to the same length limit, and continuing the same prompts when prompts are u
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -16,12 +17,13 @@ import numpy as np
 
 from seqgen.config import to_dict
 from seqgen.decoding import registry
+from seqgen.decoding.steering import resolve as resolve_steering
 from seqgen.driver import decode_all, decoder_key, decoder_label, generations, sample_records
 from seqgen.errors import UserError
 from seqgen.metrics import Generations, compute
 from seqgen.progress import still_running
 from seqgen.prompts import Prompts
-from seqgen.scoring import score_sequences
+from seqgen.scoring import score_sequences, step_logits
 
 log = logging.getLogger("seqgen")
 
@@ -62,13 +64,16 @@ def evaluate_decoders(
         label = decoder_label(dec)
         t0 = time.time()
         with still_running(f"decoding {label}"):  # a compile or one long chunk: not silent
+            steered = resolve_steering(dec, corpus.vocab)  # texts as the vocabulary's ids
             out = decode_all(
-                decode_cfg, dec, model, pr.prompts, decoder_key(seed, i), pr.constraint
+                decode_cfg, steered, model, pr.prompts, decoder_key(seed, i), pr.constraint
             )
         t_dec = time.time() - t0
         fields = {
             "decode_s": t_dec,
             "prompts_left_out": pr.left_out,
+            "decoder": dec,  # with step_logits: the sampler's kept sets (oracle/trunc_*)
+            "step_logits": functools.partial(step_logits, model),
             **registry.metric_inputs(dec, out),
         }
         fields["label"] = label

@@ -256,7 +256,11 @@ def check_decode_budget(cfg: Any, num_prompts: int) -> None:
 
 def check_corpus(cfg: Any, corpus: Any) -> None:
     """Every decoder of the run against the vocabulary, and the splits: before the prompts."""
+    from seqgen.decoding.steering import resolve
+
     check_decoders(cfg, len(corpus.vocab))
+    for _, dec in run_decoders(cfg):
+        resolve(dec, corpus.vocab)  # a steering text's symbol missing from the vocabulary
     check_splits(corpus)
 
 

@@ -39,15 +39,7 @@ def score_sequences(
     n = len(conts)
     if n == 0:
         return [], []
-    full = [np.concatenate([p, c]).astype(np.int32) for p, c in zip(prompts, conts)]
-    t = max(len(f) for f in full) + 1
-    inputs = np.zeros((n, t), np.int32)
-    targets = np.zeros((n, t), np.int32)
-    for i, f in enumerate(full):
-        inputs[i, 0] = BOS_ID
-        inputs[i, 1 : len(f) + 1] = f
-        targets[i, : len(f)] = f
-        targets[i, len(f)] = EOS_ID
+    inputs, targets = _teacher_inputs(prompts, conts)
     lp = np.asarray(
         _score_jit(
             model.step_fn,
@@ -74,3 +66,49 @@ def _score_jit(step_fn, params, carry, inputs, targets):  # [N, T] -> [N, T]
 
     _, lp = jax.lax.scan(body, carry, (inputs.T, targets.T))
     return lp.T
+
+
+def _teacher_inputs(
+    prompts: list[np.ndarray], conts: list[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """int32 [N, T] inputs (BOS, prompt, continuation, PAD) and targets (prompt,
+    continuation, EOS, PAD): position k's logits predict targets[k]."""
+    full = [np.concatenate([p, c]).astype(np.int32) for p, c in zip(prompts, conts)]
+    t = max(len(f) for f in full) + 1
+    inputs = np.zeros((len(full), t), np.int32)
+    targets = np.zeros((len(full), t), np.int32)
+    for i, f in enumerate(full):
+        inputs[i, 0] = BOS_ID
+        inputs[i, 1 : len(f) + 1] = f
+        targets[i, : len(f)] = f
+        targets[i, len(f)] = EOS_ID
+    return inputs, targets
+
+
+def step_logits(
+    model: LoadedModel, prompts: list[np.ndarray], conts: list[np.ndarray], ended: list[bool]
+) -> list[np.ndarray]:
+    """float32 [len(c) + ended, V] per continuation c: the model's raw logits at each step that
+    chose a continuation token (the last one EOS where it ended), teacher-forced with the same
+    step function and parameters as the decoders (`oracle/trunc_*` rerun the sampler's
+    processors on them)."""
+    if not conts:
+        return []
+    inputs, _ = _teacher_inputs(prompts, conts)
+    logits = np.asarray(
+        _logits_jit(model.step_fn, model.params, model.init_carry(len(conts)), inputs)
+    )
+    return [
+        logits[i, len(p) : len(p) + len(c) + int(e)]
+        for i, (p, c, e) in enumerate(zip(prompts, conts, ended))
+    ]
+
+
+@jax.jit(static_argnums=0)
+def _logits_jit(step_fn, params, carry, inputs):  # [N, T] -> [N, T, V]
+    def body(carry, tok):
+        carry, logits = step_fn(params, carry, tok)
+        return carry, logits.astype(np.float32)
+
+    _, out = jax.lax.scan(body, carry, inputs.T)
+    return jnp.swapaxes(out, 0, 1)

@@ -29,9 +29,14 @@ AWAY = {
     "no_repeat_ngram_size": 2,
     "top_n_sigma": 1.0,
     "mirostat_tau": 3.0,
+    "allowed_tokens": [4, 5],
+    "bad_words": [[4, 5]],
+    "logit_bias": {4: 1.0},
+    "sequence_bias": [[[4, 5], -1.0]],
 }
 BUILTIN_ORDER = (
-    "min_length", "repetition_penalty", "presence_frequency_penalty", "no_repeat_ngram",
+    "min_length", "allowed_tokens", "bad_words", "logit_bias", "sequence_bias",
+    "repetition_penalty", "presence_frequency_penalty", "no_repeat_ngram",
     "temperature", "top_k", "top_p", "typical_p", "min_p", "epsilon", "eta", "top_n_sigma",
     "mirostat",
 )  # fmt: skip
@@ -90,12 +95,12 @@ def test_static_key_holds_sizes_not_traced_values():
 
 def test_sampling_decoders_read_the_rows_knobs():
     rows = {k for n in table.ORDER for k in table.PROCESSORS[n].knobs}
-    assert set(SPECS["sample"].knobs) == rows
+    assert set(SPECS["sample"].knobs) == rows | {"stop", "include_stop"}  # the loop's
     penalty = {
         k for n in table.ORDER if table.PROCESSORS[n].stage == "penalty"
         for k in table.PROCESSORS[n].knobs
     }  # fmt: skip
-    assert set(SPECS["greedy"].knobs) == penalty
+    assert set(SPECS["greedy"].knobs) == penalty | {"stop", "include_stop"}
 
 
 def test_an_order_is_data_and_checked():

@@ -3,6 +3,7 @@ and the log counts what was written."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 
@@ -186,7 +187,13 @@ def _full_bundle():
         prompts_left_out=0.25,
         decode_s=1.5,
         max_len=6,
+        decoder={"name": "sample", "top_k": 2},
+        step_logits=lambda p, s, e: [_UNK_AND_5[: len(x) + int(f)] for x, f in zip(s, e)],
     )
+
+
+_UNK_AND_5 = np.zeros((8, 9), np.float32)  # logits: top-2 keeps UNK (3) and 5 at every step
+_UNK_AND_5[:, [3, 5]] = 1.0
 
 
 HAND = {
@@ -212,6 +219,9 @@ HAND = {
     "constraint/mass_removed": (0.6 + 0 + 0 + 0.5) / 4,  # 1 - .5 * .8, 0, 0 (no step), .5
     "constraint/prompts_left_out": 0.25,
     "time/decode_s": 1.5,
+    "oracle/trunc_precision": 0.5,  # {UNK, 5}: 5 is allowed, UNK never
+    "oracle/trunc_recall": 0.1,  # p*(5) in the one state
+    "oracle/off_support_rate": 0.0,  # every token is a symbol, every EOS allowed
     # proven prompts 0, 1, 3: 7 ln(1/4) > -100; -inf (not ended) < 0; ln(1/4) < -1: 2 of 3
     "search/beam_error": 2 / 3,
 }
@@ -223,7 +233,10 @@ def _all_values():
     gen = _full_bundle()
     within, across = compute(gen), compute(gen, across=True)
     assert not set(within) & set(across)
-    return {**within, **across}
+    # a constraint masks before the processors, so the kept sets need a bundle without one
+    trunc = compute(dataclasses.replace(gen, constraint_logmass=None))
+    trunc = {k: v for k, v in trunc.items() if k not in within}
+    return {**within, **across, **trunc}
 
 
 def test_every_key_of_the_table_has_a_unit_a_direction_and_known_places():

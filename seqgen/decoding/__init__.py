@@ -87,6 +87,9 @@ def decode(
     constraint: Constraint | None = None,
     mesh: Any = None,
     loop: str = "auto",
+    logprobs: int = 0,
+    logprobs_mode: str = "raw",
+    prompt_logprobs: bool = False,
 ) -> DecodeOutput:
     """Decode with the decoder named `cfg.name` (`registry.SPECS`, built-in or registered).
 
@@ -109,6 +112,12 @@ def decode(
                     decode (a decoder that calls decode, like a reranker), else one device.
     loop:           the loop variant, one of `loop.LOOPS` (`auto`: chosen per backend); every
                     variant gives the same outputs bit for bit, only the speed differs.
+    logprobs:       K > 0: at every position the K most probable tokens and their log-probs
+                    (`DecodeOutput.top_ids`, `top_logprobs`); greedy and sample only.
+    logprobs_mode:  `raw` (default, vLLM's): the model's distribution, log softmax(logits);
+                    `processed`: the one actually sampled, after the processors (penalties,
+                    temperature, truncation; greedy: after its penalties).
+    prompt_logprobs: the model's log-prob of every prompt token (`DecodeOutput`).
     """
     req = DecodeRequest(
         step_fn,
@@ -124,6 +133,9 @@ def decode(
         prompt_ids=prompt_ids,
         constraint=constraint,
         loop=loop,
+        logprobs=logprobs,
+        logprobs_mode=logprobs_mode,
+        prompt_logprobs=prompt_logprobs,
     )
     with decode_mesh(mesh) if mesh is not None else contextlib.nullcontext():
         return run(get(cfg, "name"), req)

@@ -64,6 +64,16 @@ class DecodeOutput:
                        log of the model's (t = 1, unmodified) probability of the tokens the
                        automaton allowed at position t, at every generated position (the EOS
                        position included); 0 on prompt and PAD positions (`decoding.constraint`).
+    top_ids, top_logprobs: with `logprobs=K` only (None otherwise): int32 / f32[B, N, T, K]
+                       the K most probable tokens at each generated position (EOS's
+                       included) and their log-probs under the `logprobs_mode` distribution,
+                       most probable first; PAD / 0 at prompt and PAD positions.
+    prompt_logprobs:   with `prompt_logprobs=True` only (None otherwise): f32[B, T] the model's
+                       log p(x_t | BOS, x_<t) of each prompt token (vLLM `prompt_logprobs`,
+                       here defined for the first token too: it follows BOS); 0 elsewhere.
+    stopped:           with `decoder.stop` only (None otherwise): bool[B, N] the row ended at a
+                       stop sequence (`ended` too; `decoding.steering`). It has no EOS token:
+                       PAD follows the kept tokens, and eos_* are 0.
     """
 
     tokens: jax.Array  # [B, N, T]
@@ -83,6 +93,10 @@ class DecodeOutput:
     proven: jax.Array | None = None  # [B]
     expansions: jax.Array | None = None  # [B]
     constraint_logmass: jax.Array | None = None  # [B, N, T]
+    stopped: jax.Array | None = None  # [B, N]
+    top_ids: jax.Array | None = None  # [B, N, T, K]
+    top_logprobs: jax.Array | None = None  # [B, N, T, K]
+    prompt_logprobs: jax.Array | None = None  # [B, T]
 
 
 def get(cfg: Any, name: str) -> Any:
@@ -122,6 +136,25 @@ class DecodeRequest:
     prompt_ids: Any = None  # int[B] global prompt indices for the row keys (None = 0..B-1)
     constraint: Any = None  # a `constraint.Constraint`, or None
     loop: str = "auto"  # the loop variant (`seqgen.decoding.loop.LOOPS`); outputs are the same
+    logprobs: int = 0  # K: the top-K alternatives and their log-probs per position (0 = none)
+    logprobs_mode: str = "raw"  # raw: the model's distribution; processed: the one sampled
+    prompt_logprobs: bool = False  # the model's log-prob of every prompt token (greedy, sample)
+
+
+LOGPROBS_MODES = ("raw", "processed")
+
+
+def check_logprobs(req: DecodeRequest, decoder: str, supported: bool) -> None:
+    """`decode.logprobs`, `decode.logprobs_mode`, `decode.prompt_logprobs`: one `UserError`
+    line when wrong."""
+    k, mode, vocab_size = req.logprobs, req.logprobs_mode, req.vocab_size
+    if not _is_int(k) or not 0 <= k <= vocab_size:
+        _fail(f"decode.logprobs={k!r} is out of range; allowed: an integer in [0, {vocab_size}]")
+    if mode not in LOGPROBS_MODES:
+        _fail(f"decode.logprobs_mode={mode!r} is unknown; allowed: {', '.join(LOGPROBS_MODES)}")
+    if (k or req.prompt_logprobs) and not supported:
+        what = f"decode.logprobs={k}" if k else "decode.prompt_logprobs=true"
+        _fail(f"{what} is not supported by decoder {decoder}; allowed: greedy, sample")
 
 
 @dataclass(frozen=True)

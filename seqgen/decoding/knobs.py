@@ -47,11 +47,17 @@ class Knob:
     # the value at which its processor does nothing: the processor is compiled in only when
     # one of its knobs is away from it (`processor_table`); None: the knob switches nothing
     neutral: Any = None
+    # a steering knob (`steering`): token-id entries or text, checked and frozen there
+    steer: bool = False
 
     def check(self, value: Any, where: str = "decoder", vocab_size: int | None = None) -> None:
         """Raise one `UserError` line naming `where.name`, the value and what is allowed."""
         key = f"{where}.{self.name}"
-        if self.choices:
+        if self.steer:
+            from seqgen.decoding.steering import check_value  # it imports JAX; this file not
+
+            check_value(self.name, value, where, vocab_size)
+        elif self.choices:
             if value not in self.choices:
                 raise UserError(f"{key}={value!r} is unknown; allowed: {', '.join(self.choices)}")
         elif self.type is bool:
@@ -85,6 +91,8 @@ class Knob:
         if self.type is float:
             lb, rb = "(" if self.low_open else "[", ")" if self.high_open else "]"
             return f"{lb}{float(self.low)}, {float(self.high)}{rb}"
+        if self.steer:
+            return "token ids or text (see seqgen.decoding.steering)"
         return "a dict of decoder knobs"
 
 
@@ -102,6 +110,22 @@ def _i(name: str, default: int, low: int, *, traced=False, vocab_high=False, doc
     """An integer knob (static unless `traced`)."""
     return Knob(name, int, default, traced, low, vocab_high=vocab_high, doc=doc, neutral=neutral)
 
+
+def _steer(name: str, type_: type, doc: str, switch: bool = True) -> Knob:
+    """A steering knob: empty by default (its processor row off), static (part of the
+    program's key). `switch=False`: a knob of no processor row (the loop's `stop`)."""
+    return Knob(name, type_, type_(), doc=doc, neutral=type_() if switch else None, steer=True)
+
+
+# greedy and sample read these (`steering`); the beams refuse them
+_STEERING = (
+    _steer("stop", list, "stop sequences: token ids or text (HF stop_strings, vLLM stop)", False),
+    Knob("include_stop", bool, False, doc="keep a matched stop sequence in the output"),
+    _steer("bad_words", list, "sequences never generated (vLLM bad_words, HF bad_words_ids)"),
+    _steer("allowed_tokens", list, "only these tokens and EOS (vLLM allowed_token_ids)"),
+    _steer("logit_bias", dict, "{token: bias} added to the logits (vLLM logit_bias)"),
+    _steer("sequence_bias", list, "[[sequence, bias], ...] (HF sequence_bias)"),
+)
 
 # In the order of the schema's fields (and so of every config dump).
 KNOBS: dict[str, Knob] = {
@@ -121,6 +145,7 @@ KNOBS: dict[str, Knob] = {
         _off("presence_penalty", 0.0, lo_open=True, hi_open=True),
         _off("frequency_penalty", 0.0, lo_open=True, hi_open=True),
         _i("no_repeat_ngram_size", 0, 0, neutral=0, doc="0 = off"),
+        *_STEERING,
         _i("beam_size", 4, 1),
         Knob("length_penalty", str, "none", choices=("none", "average", "gnmt", "power")),
         _f("alpha", 0.6, 0.0, hi_open=True, doc="exponent of gnmt and power"),

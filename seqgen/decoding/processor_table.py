@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from seqgen.decoding import processors as P
+from seqgen.decoding import steering as S
 from seqgen.decoding.common import DEFAULTS
 from seqgen.decoding.knobs import CONFIG_FIELDS, KNOBS, Knob, add_knob
 from seqgen.errors import UserError
@@ -122,8 +123,38 @@ def _truncation(fn: Callable, mass_method: bool = False, **facts: Any) -> Proces
     return Processor(name, "truncation", run, (name, *_KEEP), doc=fn.__doc__, **facts)
 
 
+def _steer(name: str, fn: Callable, doc: str, needs: tuple[str, ...] = ()) -> Processor:
+    """A steering row (`steering`), on when its knob is not empty: `fn(logits, value, ctx)`."""
+    return Processor(
+        name,
+        "penalty",
+        lambda x, c: fn(x, c.knobs[name], c),
+        (name,),
+        needs,
+        doc=doc,
+    )
+
+
+def _bad_words(x: jax.Array, words: Any, c: Context) -> jax.Array:
+    """vLLM `bad_words`, HF `bad_words_ids`: a sequence bias of -inf on each word."""
+    return S.sequence_bias(x, c.history, c.t, tuple((w, -float("inf")) for w in words))
+
+
+_STEERING = (
+    _steer("allowed_tokens", lambda x, v, c: S.allowed_tokens(x, v), S.allowed_tokens.__doc__),
+    _steer("bad_words", _bad_words, _bad_words.__doc__, ("history",)),
+    _steer("logit_bias", lambda x, v, c: S.logit_bias(x, v), S.logit_bias.__doc__),
+    _steer(
+        "sequence_bias",
+        lambda x, v, c: S.sequence_bias(x, c.history, c.t, v),
+        S.sequence_bias.__doc__,
+        ("history",),
+    ),
+)
+
 _BUILTIN = (
     Processor("min_length", "penalty", _min_length, ("min_length",), doc=P.min_length.__doc__),
+    *_STEERING,
     Processor(
         "repetition_penalty",
         "penalty",
@@ -220,6 +251,11 @@ def check_order(order: Sequence[str], where: str = "order") -> tuple[str, ...]:
     return order
 
 
+def _static(knob: Knob, value: Any) -> Any:
+    """A static knob's value as part of the program's (hashable) key."""
+    return S.freeze(knob.name, value) if knob.steer else knob.type(value)
+
+
 def flags_from_cfg(
     get: Callable[[str], Any],
     vocab_size: int | None = None,
@@ -233,7 +269,10 @@ def flags_from_cfg(
         n for n in names if PROCESSORS[n].stage in stages and PROCESSORS[n].on(get, vocab_size)
     )
     static = {
-        k: KNOBS[k].type(get(k)) for n in order for k in PROCESSORS[n].knobs if not KNOBS[k].traced
+        k: _static(KNOBS[k], get(k))
+        for n in order
+        for k in PROCESSORS[n].knobs
+        if not KNOBS[k].traced
     }
     # the backend's method, read here so that it is part of the program's static key
     return ProcessorFlags(order, tuple(static.items()), P.nucleus_method())

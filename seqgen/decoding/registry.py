@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from seqgen.decoding import processor_table as table
+from seqgen.decoding import steering
 from seqgen.decoding.beam import launch as launch_beam
 from seqgen.decoding.beam import launch_diverse
 from seqgen.decoding.common import (
@@ -25,6 +26,7 @@ from seqgen.decoding.common import (
     DecodeOutput,
     DecodeRequest,
     Prepared,
+    check_logprobs,
     get,
     prepare,
     validate_knobs,
@@ -103,6 +105,7 @@ class DecoderSpec:
     check: Callable[[Get, str], None] | None = None
     score_unit: Callable[[Get], str] = _logprob_unit
     metric_inputs: Callable[[dict], dict[str, Any]] | None = None
+    logprobs: bool = False  # it returns the top-K alternatives (`decode(logprobs=K)`)
 
     @property
     def knobs(self) -> tuple[str, ...]:
@@ -160,18 +163,23 @@ def _mbr_unit(get_: Get) -> str:
 _CONVENTIONS = ("eos_rule", "finalize", "early_stop", "force_eos_at_max_len")
 _BEAM = ("beam_size", "length_penalty", "alpha", "min_length", *_CONVENTIONS)
 
+_STOP = ("stop", "include_stop")  # the sampling loop's end condition (`steering`)
+
 SPECS: dict[str, DecoderSpec] = {
     "greedy": DecoderSpec(
         launch_greedy,
-        (),
+        _STOP,
         1,
         True,
         ("min_length",),
         processors=table.PENALTY_STAGES,
         keyed=False,
         mode_search=True,
+        logprobs=True,
     ),
-    "sample": DecoderSpec(launch_sample, (), None, False, processors=table.STAGES),
+    "sample": DecoderSpec(
+        launch_sample, _STOP, None, False, processors=table.STAGES, logprobs=True
+    ),
     # beam names a row by no_repeat_ngram_size too, although its program does not read it
     "beam": DecoderSpec(
         launch_beam,
@@ -262,6 +270,7 @@ def validate_decoder(dec: Any, where: str = "decoder", vocab_size: int | None = 
     corpus is read) the vocabulary bound is left out."""
     row = spec(dec, where)
     validate_knobs(dec, vocab_size, where)
+    steering.check_unread(row.knobs, lambda k: get(dec, k), get(dec, "name"), where)
     if row.check is not None:
         row.check(lambda k: get(dec, k), where)
 
@@ -303,6 +312,8 @@ def run(name: str, req: DecodeRequest) -> DecodeOutput:
     row = spec({"name": name})
     resolve_loop(req.loop)  # an unknown loop is a UserError before any work
     validate_knobs(req.cfg, req.vocab_size)
+    steering.check_unread(row.knobs, lambda k: get(req.cfg, k), name)
+    check_logprobs(req, name, row.logprobs)
     if row.check is not None:
         row.check(lambda k: get(req.cfg, k), "decoder")
     if req.constraint is not None:

@@ -18,6 +18,7 @@ from flax import struct
 from seqgen.decoding import constraint as con
 from seqgen.decoding import processor_table as table
 from seqgen.decoding import processors as proc
+from seqgen.decoding import steering
 from seqgen.decoding.common import (
     DecodeOutput,
     DecodeRequest,
@@ -46,6 +47,7 @@ class SampleState:
     history: jax.Array | None  # [R, T] int32 tokens so far (a row that needs "history")
     own: dict[str, Any]  # each stateful row's state, leaves [R, ...] (Mirostat's mu [R] f32)
     cstate: jax.Array | None  # [R] int32 the automaton's state (constraint only)
+    recent: jax.Array | None  # [R, W] int32 the last W tokens, newest last (stop sequences)
 
 
 def _pick(x: jax.Array, tok: jax.Array) -> jax.Array:
@@ -70,7 +72,7 @@ def _choose(
 ) -> tuple:
     """The token each row chooses at position t (before prompt forcing): (tok [R], its
     processed log-prob [R], each stateful row's input logits {name: [R, V]}, the automaton's
-    allowed set)."""
+    allowed set, the processed logits [R, V] (greedy: after the penalties))."""
     r, v = logits.shape
     temp = knobs["temperature"]
     masked, ok = logits, None
@@ -87,7 +89,7 @@ def _choose(
     }
     pen, _ = table.apply(masked, flags, knobs, table.PENALTY_STAGES, **run)
     if greedy:
-        return jnp.argmax(pen, axis=-1), jnp.zeros((r,), jnp.float32), {}, ok
+        return jnp.argmax(pen, axis=-1), jnp.zeros((r,), jnp.float32), {}, ok, pen
     later = tuple(s for s in table.STAGES if s not in table.PENALTY_STAGES)
     processed, inputs = table.apply(pen, flags, knobs, later, **run)  # [R, V]
     noise = gumbel_noise(words, t, (v,))  # [R, V]
@@ -96,7 +98,7 @@ def _choose(
     # in that limit, where the tempered distribution is a point mass on it)
     tok = jnp.where(temp > 0, sampled, jnp.argmax(pen, axis=-1))
     plp = jnp.where(temp > 0, _pick_logprob(processed, tok), 0.0)
-    return tok, plp, inputs, ok
+    return tok, plp, inputs, ok, processed
 
 
 def _update_own(
@@ -114,7 +116,20 @@ def _update_own(
 
 
 @row_parallel(
-    static_argnames=("step_fn", "max_len", "num_samples", "vocab_size", "flags", "greedy", "loop"),
+    static_argnames=(
+        "step_fn",
+        "max_len",
+        "num_samples",
+        "vocab_size",
+        "flags",
+        "greedy",
+        "loop",
+        "stops",
+        "include_stop",
+        "logprobs",
+        "logprobs_mode",
+        "prompt_logprobs",
+    ),
 )
 def _sample_program(
     params: Any,
@@ -133,6 +148,11 @@ def _sample_program(
     flags: table.ProcessorFlags,
     greedy: bool,
     loop: str,
+    stops: tuple[tuple[int, ...], ...] = (),
+    include_stop: bool = False,
+    logprobs: int = 0,
+    logprobs_mode: str = "raw",
+    prompt_logprobs: bool = False,
 ) -> DecodeOutput:
     b, n, t_max, v = prompt_lengths.shape[0], num_samples, max_len, vocab_size
     r = b * n
@@ -147,13 +167,14 @@ def _sample_program(
         history=jnp.zeros((r, t_max), jnp.int32) if flags.needs("history") else None,
         own={n: table.PROCESSORS[n].init(r, knobs) for n in flags.stateful()},
         cstate=None if constraint is None else jnp.full((r,), constraint.start, jnp.int32),
+        recent=jnp.zeros((r, steering.stop_width(stops)), jnp.int32) if stops else None,
     )
 
     def step(state: SampleState, xs: tuple) -> tuple[SampleState, dict]:
         t, forced_tok = xs  # scalar, [R]
         carry, logits = step_fn(params, state.carry, state.last)
         logits = logits.astype(jnp.float32)  # [R, V]
-        tok, plp, inputs, ok = _choose(
+        tok, plp, inputs, ok, processed = _choose(
             state, logits, t, plen, words, knobs, flags, greedy, constraint
         )
         forced = t < plen  # [R]
@@ -166,6 +187,11 @@ def _sample_program(
         gen = ~forced & ~ended  # a generated token (EOS included)
         out_tok = jnp.where(ended, PAD_ID, tok)
         new = state.replace(carry=carry, last=out_tok, ended=ended | is_eos)
+        if stops:  # the row ends as at EOS once a stop sequence completes (`_outputs` cuts it)
+            recent = jnp.concatenate([state.recent[:, 1:], tok[:, None]], axis=1)  # [R, W]
+            stop_len = steering.stop_match(recent, t - plen + 1, stops)  # [R]
+            stop_len = jnp.where(gen & ~is_eos, stop_len, 0)
+            new = new.replace(recent=recent, ended=new.ended | (stop_len > 0))
         if constraint is not None:
             nxt = con.advance(constraint, state.cstate, tok)
             new = new.replace(cstate=jnp.where(ended, state.cstate, nxt))
@@ -183,24 +209,63 @@ def _sample_program(
             ys |= {"tlp": jnp.where(gen, tlp, 0.0), "plp": jnp.where(gen, plp, 0.0)}
         if constraint is not None:
             ys["cmass"] = jnp.where(gen, con.allowed_logmass(logits, ok), 0.0)
+        if stops:
+            ys["stop"] = stop_len
+        if prompt_logprobs:  # the model's log-prob of each forced prompt token
+            ys["prompt_lp"] = jnp.where(forced, lp, 0.0)
+        if logprobs:
+            dist = processed if logprobs_mode == "processed" else logits
+            top_lp, top_id = jax.lax.top_k(jax.nn.log_softmax(dist, axis=-1), logprobs)  # [R, K]
+            ys["top_lp"] = jnp.where(gen[:, None], top_lp, 0.0)
+            ys["top_id"] = jnp.where(gen[:, None], top_id, PAD_ID)
         return new, ys
 
     zeros, false = jnp.zeros((r,), jnp.float32), jnp.zeros((r,), bool)
     idle = {"tok": jnp.full((r,), PAD_ID, jnp.int32), "lp": zeros, "alive": false, "eos": false}
     idle |= {} if greedy else {"tlp": zeros, "plp": zeros}
     idle |= {} if constraint is None else {"cmass": zeros}
+    idle |= {"stop": jnp.zeros((r,), jnp.int32)} if stops else {}
+    idle |= {"prompt_lp": zeros} if prompt_logprobs else {}
+    if logprobs:
+        idle |= {
+            "top_lp": jnp.zeros((r, logprobs), jnp.float32),
+            "top_id": jnp.full((r, logprobs), PAD_ID, jnp.int32),
+        }
     xs = (jnp.arange(t_max), jnp.repeat(prompts, n, axis=0).T)  # [T], [T, R]
     state, ys = run_loop(step, state, xs, finished=lambda s: jnp.all(s.ended), idle=idle, loop=loop)
-    return _outputs(ys, state.ended, prompt_lengths, n)
+    return _outputs(ys, state.ended, prompt_lengths, n, include_stop)
 
 
-def _outputs(ys: dict, ended: jax.Array, prompt_lengths: jax.Array, n: int) -> DecodeOutput:
+def _cut_stops(ys: dict) -> dict:
+    """A row ended by a stop sequence of m tokens without `include_stop`: its last m tokens
+    become PAD with log-probs 0 and leave the length, so length, log-probs and score are those
+    of the returned sequence, as for a row ended at EOS. ys [B, N, T] each."""
+    pos = jnp.arange(ys["tok"].shape[-1])  # [T]
+    end = jnp.sum(ys["alive"], axis=-1, keepdims=True)  # [B, N, 1] the length before the cut
+    m = jnp.sum(ys["stop"], axis=-1, keepdims=True)  # [B, N, 1]
+    cut = (pos >= end - m) & (pos < end) & (m > 0)  # [B, N, T]
+    ys = {k: jnp.where(cut, 0.0, x) if k in ("lp", "tlp", "plp") else x for k, x in ys.items()}
+    return ys | {"tok": jnp.where(cut, PAD_ID, ys["tok"]), "alive": ys["alive"] & ~cut}
+
+
+def _outputs(
+    ys: dict, ended: jax.Array, prompt_lengths: jax.Array, n: int, include_stop: bool = False
+) -> DecodeOutput:
     """The DecodeOutput of the per-step outputs ys ([T, R] each) and the final `ended` [R].
     Without "tlp" / "plp" (greedy, which does not write them per step) they are lp and 0."""
     b, t_max = prompt_lengths.shape[0], ys["tok"].shape[0]
+    top = {k: ys.pop(k) for k in ("top_lp", "top_id") if k in ys}  # [T, R, K]
+    prompt_lp = ys.pop("prompt_lp", None)  # [T, R]: the same in a prompt's N rows
+    prompt_lp = None if prompt_lp is None else prompt_lp.T.reshape(b, n, t_max)[:, 0]
+    top = {k: jnp.moveaxis(x, 0, 1).reshape(b, n, t_max, -1) for k, x in top.items()}
     ys = jax.tree.map(lambda x: x.T.reshape(b, n, t_max), ys)  # [B, N, T] each
     ys.setdefault("tlp", ys["lp"])
     ys.setdefault("plp", jnp.zeros_like(ys["lp"]))
+    if "stop" in ys and not include_stop:
+        ys = _cut_stops(ys)
+    if top:  # positions the cut emptied (PAD) hold no alternatives either
+        kept = (ys["tok"] != PAD_ID)[..., None]
+        top = {k: jnp.where(kept, x, 0 if k == "top_lp" else PAD_ID) for k, x in top.items()}
     eos = ys["eos"]
 
     def split_eos(x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -222,6 +287,10 @@ def _outputs(ys: dict, ended: jax.Array, prompt_lengths: jax.Array, n: int) -> D
         eos_processed_logprob=eos_plp,
         scores=jnp.sum(lp, axis=-1) + eos_lp,
         constraint_logmass=ys.get("cmass"),
+        stopped=None if "stop" not in ys else jnp.any(ys["stop"] > 0, axis=-1),
+        top_ids=top.get("top_id"),
+        top_logprobs=top.get("top_lp"),
+        prompt_logprobs=prompt_lp,
     )
 
 
@@ -246,6 +315,11 @@ def _launch(req: DecodeRequest, prep: Prepared, *, greedy: bool) -> DecodeOutput
         flags=flags,
         greedy=greedy,
         loop=resolve_loop(req.loop),
+        stops=steering.freeze("stop", get(req.cfg, "stop")),
+        include_stop=bool(get(req.cfg, "include_stop")),
+        logprobs=int(req.logprobs),
+        logprobs_mode=str(req.logprobs_mode),
+        prompt_logprobs=bool(req.prompt_logprobs),
     )
 
 

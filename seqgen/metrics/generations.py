@@ -9,7 +9,7 @@ bundle from a decoder's `DecodeOutput` (duck-typed, `[B, N, T]` arrays) and
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +50,9 @@ class Generations:
     - `constraint_logmass`: per sequence, log of the allowed mass at each generated step
       (EOS step included); `prompts_left_out`: share of prompts the constraint rejected;
     - `decode_s`: the decode's wall time;
+    - `decoder`: the decoder's config, `step_logits(prompts, sequences, ended)`: the model's raw
+      logits [len + ended, V] at each generated step (`seqgen.scoring.step_logits`); with an
+      `oracle`, `oracle/trunc_*` rerun the sampler's processors on them;
     - `max_len` (int or one per sequence): the continuation budget, only checked;
     - `seed`, `self_bleu_max`, `zipf_top`, `abc_subset`, `abc_timeout_s` (music21's time per
       tune): the metrics' settings; `label` names the generations in log lines.
@@ -81,6 +84,8 @@ class Generations:
     constraint_logmass: Rows | None = None
     prompts_left_out: float | None = None
     decode_s: float | None = None
+    decoder: Any = None
+    step_logits: Callable[..., Rows] | None = None
     max_len: int | Sequence[int] | np.ndarray | None = None
     seed: int = 0
     self_bleu_max: int = SELF_BLEU_SAMPLES
@@ -191,11 +196,24 @@ def decode_output_inputs(out: Any, *, best_only: bool = False) -> dict[str, Any]
 
 def decode_output_records(out: Any, *, best_only: bool = False) -> dict[str, list]:
     """What a decoder's output says of each generation besides the metrics' inputs, in the
-    order of `decode_output_inputs`: `prompt_index`, `sample_index` (its column) and `score`
-    (of `scores [B, N]`)."""
+    order of `decode_output_inputs`: `prompt_index`, `sample_index` (its column), `score`
+    (of `scores [B, N]`) and, when the output has them, `prompt_logprobs` and `top_ids` /
+    `top_logprobs` (`decode.prompt_logprobs`, `decode.logprobs`)."""
     get, columns, b, n, cut = _output_reader(out, best_only)
-    return {
+    records: dict[str, list] = {
         "prompt_index": [i // n for i in range(b * n)],
         "sample_index": [i % n for i in range(b * n)],
         "score": [float(s) for s in get("scores")[:, columns].reshape(-1)],
     }
+    if get("prompt_logprobs") is not None:  # [B, T] -> per row its prompt's [P]
+        plp, plen = get("prompt_logprobs"), get("prompt_lengths")
+        records["prompt_logprobs"] = [plp[i // n, : plen[i // n]] for i in range(b * n)]
+    if get("top_ids") is not None:  # [B, N, T, K] -> per row [L, K] (decode.logprobs)
+        eos_step = get("ended")[:, columns].reshape(-1).astype(bool)
+        if get("stopped") is not None:  # a stop sequence ends a row without an EOS step
+            eos_step = eos_step & ~get("stopped")[:, columns].reshape(-1)
+        for name in ("top_ids", "top_logprobs"):
+            arr = get(name)
+            per_k = [cut(arr[..., k], eos_step.astype(np.int64)) for k in range(arr.shape[-1])]
+            records[name] = [np.stack([c[i] for c in per_k], -1) for i in range(b * n)]
+    return records

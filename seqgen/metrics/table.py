@@ -32,6 +32,7 @@ from seqgen.metrics.oracle import impossible_prompt_rate, mode_found_rate, oracl
 from seqgen.metrics.perplexity import generation_perplexity
 from seqgen.metrics.repetition import REP_WINDOWS, rep_l, repetition_percent, seq_rep_n
 from seqgen.metrics.search import beam_error_rate, exact_proven_rate
+from seqgen.metrics.truncation import truncation_applies, truncation_metrics
 from seqgen.metrics.utility import mbr_summary
 
 # where a key appears besides results.jsonl (which holds every key computed)
@@ -233,6 +234,21 @@ METRICS: list[Metric] = [
         (_k("oracle/impossible_prompt_rate", "prompts impossible under p*", SHARE, "none"),),
         lambda g: impossible_prompt_rate(g.oracle, g.prompts),
         lambda g: g.oracle is not None and g.prompts is not None,
+    ),
+    Metric(
+        (
+            _k("oracle/trunc_precision", "kept tokens p* allows, per step", SHARE, "higher"),
+            _k("oracle/trunc_recall", "p* mass the truncation keeps, per step", SHARE, "higher"),
+            _k("oracle/off_support_rate", "sequences leaving p*'s support", SHARE, "lower"),
+        ),
+        lambda g: truncation_metrics(
+            g.oracle, g.decoder, g.step_logits, g.sequences, g.ended, g.prompts
+        ),
+        lambda g: (
+            g.oracle is not None
+            and g.constraint_logmass is None  # a constraint masks before the processors
+            and truncation_applies(g.decoder, g.step_logits)
+        ),
     ),
     Metric(
         (_k("search/mode_found", "best beams that are the mode", SHARE, "higher", *_RS),),
