@@ -156,6 +156,7 @@ class Model:
     def decode_config(self, cfg: DictConfig, seed: int) -> GenerateOutput:
         """Decode as `cfg` says (`decoder`, `decode`, `constraint`, `data.unknown`), with the
         key of a run's first decoder for `seed`: what `generate` and `seqgen-sample` run."""
+        from seqgen.decoding.steering import resolve as resolve_steering
         from seqgen.driver import (
             decode_all,
             decoder_key,
