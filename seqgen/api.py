@@ -18,6 +18,7 @@ of a run's first decoder, `driver.generations`), and `seqgen-sample` decodes thr
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -166,6 +167,7 @@ class Model:
         )
         from seqgen.evaluate import metric_settings
         from seqgen.prompts import prepare_prompts
+        from seqgen.scoring import step_logits
 
         dec, corpus = cfg.decoder, self.corpus
         label = decoder_label(dec)
@@ -176,6 +178,8 @@ class Model:
             cfg.decode, steered, self.loaded, pr.prompts, decoder_key(seed, 0), pr.constraint
         )
         settings = metric_settings(cfg.metrics, int(cfg.seed), corpus, pr)
+        # what evaluate_decoders adds for the sampler's kept sets (oracle/trunc_*)
+        settings.update(decoder=dec, step_logits=functools.partial(step_logits, self.loaded))
         gen, rec, texts = generations(cfg.decode, dec, corpus, pr.prompts, out, **settings)
         records = sample_records(label, gen, rec, texts, corpus.vocab)
         log.info("decoded %s: %d sequences in %.1f s", label, len(records), time.time() - t0)
