@@ -6,8 +6,9 @@
     python scripts/bench_decode.py --loops [--batches 1,64]    # every decode.loop, top-p method
 
 Model: `seqgen.models.LanguageModel` (LSTM, hidden 512, embedding 128, vocabulary 100, random
-weights) through `make_step_fn`. EOS is masked out of the logits for every decoder and every
-reference, so each row decodes exactly max_len tokens and the work is the same everywhere.
+weights) through `make_step_fn` (`bench_timing.build`, beside the timing helpers every mode
+shares). EOS is masked out of the logits for every decoder and every reference, so each row
+decodes exactly max_len tokens and the work is the same everywhere.
 For each decoder (greedy, sample with top_p=0.9, beam K=4 and K=16) and batch size it prints
 - compile s: tracing + lowering + XLA compile of the first call (jax.monitoring events);
   decode s: best warm call; tok/s: rows x max_len / s
@@ -39,12 +40,9 @@ Timings are for this machine only; they are printed, never asserted.
 from __future__ import annotations
 
 import argparse
+import glob
 import os
-import platform
-import subprocess
-import threading
 import time
-from collections.abc import Callable
 from functools import partial
 from types import SimpleNamespace as NS
 from typing import Any
@@ -52,133 +50,23 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from bench_timing import (
+    DECODERS,
+    EMBED,
+    HIDDEN,
+    VOCAB,
+    Table,
+    build,
+    decoder_call,
+    fmt,
+    machine,
+    round_robin,
+    timed,
+)
 
-from seqgen.decoding import LOOPS, decode, processors
+from seqgen.decoding import LOOPS, processors
 from seqgen.parallel import make_mesh, replicate
 from seqgen.tokens import BOS_ID, EOS_ID
-
-VOCAB, EMBED, HIDDEN = 100, 128, 512
-
-
-# ----- model and the EOS-free step function shared by every decoder -----
-
-
-def _hand_lstm(hidden: int, seed: int) -> tuple[Callable, Any, Callable]:
-    """The same math as LanguageModel(cell="lstm") for when seqgen.models cannot be imported
-    (e.g. another flax version on an accelerator machine)."""
-    rng = np.random.default_rng(seed)
-
-    def w(*shape: int) -> jax.Array:
-        return jnp.asarray(rng.normal(size=shape) / np.sqrt(shape[0]), jnp.float32)
-
-    params = {
-        "embed": w(VOCAB, EMBED),
-        "w_i": w(EMBED, 4 * hidden),
-        "w_h": w(hidden, 4 * hidden),
-        "b": jnp.zeros(4 * hidden, jnp.float32),
-        "w_o": w(hidden, VOCAB),
-        "b_o": jnp.zeros(VOCAB, jnp.float32),
-    }
-
-    def step_fn(params: Any, carry: Any, tokens: jax.Array) -> tuple[Any, jax.Array]:
-        ((c, h),) = carry
-        y = params["embed"][tokens] @ params["w_i"] + h @ params["w_h"] + params["b"]
-        i, f, g, o = jnp.split(y, 4, axis=-1)
-        c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-        h = jax.nn.sigmoid(o) * jnp.tanh(c)
-        return ((c, h),), h @ params["w_o"] + params["b_o"]
-
-    def init_carry(batch: int) -> Any:
-        zeros = jnp.zeros((batch, hidden), jnp.float32)
-        return ((zeros, zeros),)
-
-    return step_fn, params, init_carry
-
-
-def build(hidden: int, seed: int = 0) -> tuple[Callable, Any, Callable, str]:
-    try:
-        from flax import nnx
-
-        from seqgen.models import LanguageModel, make_init_carry_fn, make_step_fn
-
-        model = LanguageModel(
-            VOCAB, cell="lstm", embed_size=EMBED, hidden_size=hidden, rngs=nnx.Rngs(seed)
-        )
-        step_fn, params = make_step_fn(model)
-        init_carry, source = make_init_carry_fn(model), "seqgen.models.LanguageModel"
-    except Exception as err:  # noqa: BLE001 - any import/version problem: same math by hand
-        step_fn, params, init_carry = _hand_lstm(hidden, seed)
-        source = f"hand-written LSTM step ({type(err).__name__} importing seqgen.models)"
-
-    def bench_step(params: Any, carry: Any, tokens: jax.Array) -> tuple[Any, jax.Array]:
-        carry, logits = step_fn(params, carry, tokens)
-        return carry, logits.at[:, EOS_ID].set(-1e9)  # no row stops early
-
-    return bench_step, params, init_carry, source
-
-
-# ----- measurement helpers -----
-
-
-class PeakMemory:
-    """Peak RSS growth (CPU, sampled every 2 ms) or device peak bytes (GPU) inside a block."""
-
-    def __enter__(self) -> PeakMemory:
-        self.dev = jax.devices()[0]
-        self.gpu = self.dev.platform != "cpu"
-        self.peak = 0
-        if self.gpu:
-            return self
-        import psutil
-
-        self.proc = psutil.Process()
-        self.base = self.proc.memory_info().rss
-        self.stop = threading.Event()
-
-        def watch() -> None:
-            while not self.stop.is_set():
-                self.peak = max(self.peak, self.proc.memory_info().rss - self.base)
-                time.sleep(0.002)
-
-        self.thread = threading.Thread(target=watch, daemon=True)
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.gpu:
-            stats = self.dev.memory_stats() or {}
-            self.peak = int(stats.get("peak_bytes_in_use", 0))
-        else:
-            self.stop.set()
-            self.thread.join()
-            self.peak = max(self.peak, self.proc.memory_info().rss - self.base)
-
-
-COMPILE_S = [0.0]  # trace + lowering + XLA compile time, from jax.monitoring events
-
-
-def _on_event(event: str, duration: float, **kwargs: Any) -> None:
-    if event.startswith("/jax/core/compile/") or "backend_compile" in event:
-        COMPILE_S[0] += duration
-
-
-jax.monitoring.register_event_duration_secs_listener(_on_event)
-
-
-def timed(fn: Callable[[], Any], repeats: int) -> tuple[float, float, int]:
-    """(compile s of the first call, best warm call s, peak memory bytes of a warm call)."""
-    COMPILE_S[0] = 0.0
-    jax.block_until_ready(fn())
-    first = COMPILE_S[0]
-    best, peak = np.inf, 0
-    for _ in range(repeats):
-        with PeakMemory() as mem:
-            t0 = time.perf_counter()
-            jax.block_until_ready(fn())
-            best = min(best, time.perf_counter() - t0)
-        peak = max(peak, mem.peak)
-    return first, best, peak
-
 
 # ----- (a) the per-token jitted Python loop -----
 
@@ -203,8 +91,11 @@ def _loop_beam_token(params, carry, tok, scores, *, step_fn, k):
     return carry, (idx % VOCAB).reshape(-1).astype(jnp.int32), scores
 
 
-def loop_decode(step_fn, params, init_carry, rows, max_len, rule, k=1):
-    carry = init_carry(rows)
+def loop_decode(bench: Any, rows: int, rule: str, k: int = 1) -> jax.Array:
+    """(a) the same model and rule as a per-token `jax.jit` step in a Python loop that checks
+    for EOS on the host after every token (the usual hand-written decoder)."""
+    step_fn, params, max_len = bench.step_fn, bench.params, bench.max_len
+    carry = bench.init_carry(rows)
     tok = jnp.full((rows,), BOS_ID, jnp.int32)
     key = jax.random.key(0)
     scores = jnp.where(jnp.arange(k) == 0, 0.0, -jnp.inf)[None].repeat(rows // k, 0)
@@ -276,169 +167,115 @@ def torch_decoder(hidden: int):
     return run
 
 
-# ----- (c) the bare matrix products of a decode step -----
+# ----- the modes -----
+
+THROUGHPUT_COLUMNS = ["decoder", "batch", "rows", "compile s", "decode s", "tok/s",
+                      "(a) loop tok/s", "x loop", "(b) torch tok/s", "x torch", "(c) limit tok/s",
+                      "% of limit", "(d) step tok/s", "% of step", "peak MB"]  # fmt: skip
 
 
-@partial(jax.jit, static_argnames=("max_len",))
-def _matmuls(w_i, w_h, w_o, x, h, *, max_len):
-    def body(carry, _):
-        x, h = carry
-        gates = x @ w_i + h @ w_h  # [R, 4H]
-        h = gates[:, : h.shape[1]]
-        logits = h @ w_o  # [R, V]
-        return (x + logits[:, :1], h), None
-
-    return jax.lax.scan(body, (x, h), None, length=max_len)[0]
-
-
-def matmul_limit(rows: int, hidden: int, max_len: int, repeats: int) -> float:
-    rng = np.random.default_rng(0)
-    args = [
-        jnp.asarray(rng.normal(size=s) * 0.01, jnp.float32)
-        for s in [(EMBED, 4 * hidden), (hidden, 4 * hidden), (hidden, VOCAB)]
-    ]
-    x = jnp.ones((rows, EMBED), jnp.float32)
-    h = jnp.ones((rows, hidden), jnp.float32)
-    return timed(lambda: _matmuls(*args, x, h, max_len=max_len), repeats)[1]
+def throughput(bench: Any, args: Any) -> list[str]:
+    """Every decoder at every batch against the four references, then beam vs sampling."""
+    torch_run = torch_decoder(bench.hidden)
+    table, decode_s = Table(THROUGHPUT_COLUMNS), {}
+    for batch in bench.batches:
+        for name, (_, k, _) in DECODERS.items():
+            if batch * k > args.max_rows:
+                table.row(
+                    [name, str(batch), str(batch * k), f"skipped (--max-rows {args.max_rows})"]
+                )
+                continue
+            decode_s[(name, batch)] = throughput_row(bench, args, table, name, batch, torch_run)
+    return table.lines + beam_vs_sample(bench, args, decode_s)
 
 
-@partial(jax.jit, static_argnames=("step_fn", "max_len"))
-def _bare_steps(params, carry, tok, *, step_fn, max_len):
-    def body(state, _):
-        carry, tok = state
-        carry, logits = step_fn(params, carry, tok)
-        return (carry, jnp.argmax(logits, axis=-1).astype(tok.dtype)), None
-
-    return jax.lax.scan(body, (carry, tok), None, length=max_len)[0][1]
-
-
-def model_step_time(step_fn, params, init_carry, rows: int, max_len: int, repeats: int) -> float:
-    """(d) the model's own step in a bare scan: `step_fn` fed its argmax, nothing else (no
-    scores, no EOS or prompt bookkeeping, no outputs but the last token). The decoder's fraction
-    of it is what the decoder's own work costs; the limit's fraction of it, the model's work
-    beyond its matrix products (embedding gather, gate nonlinearities, the head's bias)."""
-    carry, tok = init_carry(rows), jnp.full((rows,), BOS_ID, jnp.int32)
-    run = lambda: _bare_steps(params, carry, tok, step_fn=step_fn, max_len=max_len)  # noqa: E731
-    return timed(run, repeats)[1]
-
-
-# ----- the benchmark -----
+def throughput_row(bench, args, table, name: str, batch: int, torch_run) -> float:
+    """One decoder and batch: the decoder, limit and step in turns, then (a) and (b)."""
+    cfg, k, rule = DECODERS[name]
+    rows, max_len = batch * k, bench.max_len
+    run = decoder_call(bench, cfg, batch, num_samples=1)
+    first = timed(run, 0)[0]
+    (warm,), limits, steps, (peak,) = round_robin(bench, [run], [rows], args.repeats)
+    loop_s = timed(lambda: loop_decode(bench, rows, rule, k), 1)[1]
+    torch_s = np.nan
+    if torch_run is not None and rule != "beam":
+        torch_run(rows, 16, rule)  # warm-up and thread choice, untimed
+        torch_s = timed(lambda: torch_run(rows, max_len, rule, pick=False), 1)[1]
+    tok = rows * max_len
+    table.row([name, str(batch), str(rows), fmt(first, 2), fmt(warm, 3), fmt(tok / warm),
+               fmt(tok / loop_s), fmt(loop_s / warm, 1), fmt(tok / torch_s),
+               fmt(torch_s / warm, 1), fmt(tok / limits[rows]), fmt(100 * limits[rows] / warm),
+               fmt(tok / steps[rows]), fmt(100 * steps[rows] / warm),
+               fmt(peak / 2**20, 1)])  # fmt: skip
+    return warm
 
 
-def machine() -> str:
-    dev = jax.devices()[0]
-    if dev.platform != "cpu":
-        return f"{dev.device_kind} ({dev.platform})"
-    model = platform.processor() or "cpu"
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name"):
-                model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return f"{os.cpu_count()}-core CPU, {model}"
+def beam_vs_sample(bench: Any, args: Any, decode_s: dict) -> list[str]:
+    """Beam search with K beams at batch B against sampling at batch B x K."""
+    print()
+    table = Table(["beam", "batch", "beam s", "sample s at batch x K", "ratio"])
+    sample = DECODERS["sample top_p=0.9"][0]
+    for (name, batch), warm in decode_s.items():
+        _, k, rule = DECODERS[name]
+        if rule != "beam" or batch * k > args.max_rows:
+            continue
+        ref = decode_s.get(("sample top_p=0.9", batch * k))
+        if ref is None:
+            ref = timed(decoder_call(bench, sample, batch * k), args.repeats)[1]
+        table.row([name, str(batch), f"{warm:.3f}", f"{ref:.3f}", f"{warm / ref:.2f}"])
+    return ["", *table.lines]
 
 
-DECODERS = {
-    "greedy": (NS(name="greedy"), 1, "greedy"),
-    "sample top_p=0.9": (NS(name="sample", top_p=0.9), 1, "sample"),
-    "beam K=4": (NS(name="beam", beam_size=4), 4, "beam"),
-    "beam K=16": (NS(name="beam", beam_size=16), 16, "beam"),
-}
+def loops(bench: Any, args: Any) -> list[str]:
+    """Every loop variant (`decode(..., loop=...)`) of greedy, sample top_p=0.9 and beam K=4,
+    and top-p's other set methods beside bisection. Per batch every cell is compiled first,
+    then all are timed round-robin with the limit and the bare step."""
+    table = Table(["decoder", "batch", "rows", "loop", "compile s", "decode s", "tok/s",
+                   "% of limit", "% of step"])  # fmt: skip
+    cells = [(n, lp, "bisect") for n in list(DECODERS)[:3] for lp in LOOPS[1:]]
+    cells += [("sample top_p=0.9", "scan", m) for m in processors.NUCLEUS_METHODS if m != "bisect"]
+    backend, default_method = jax.default_backend(), processors.nucleus_method()
+    for batch in bench.batches:
+        runs, firsts = [], []
+        for name, loop, method in cells:
+            call = decoder_call(bench, DECODERS[name][0], batch, loop=loop)
+
+            def run(call=call, method=method):
+                processors.NUCLEUS_METHOD[backend] = method  # read when decode builds its flags
+                return call()
+
+            runs.append(run)
+            firsts.append(timed(run, 0)[0])  # compile (and one call)
+        rows = [batch * DECODERS[name][1] for name, _, _ in cells]
+        best, limits, steps, _ = round_robin(bench, runs, set(rows), args.repeats)
+        processors.NUCLEUS_METHOD[backend] = default_method
+        for (name, loop, method), r, first, warm in zip(cells, rows, firsts, best, strict=True):
+            label = loop if method == "bisect" else f"{loop}, top-p by {method}"
+            table.row([name, str(batch), str(r), label, fmt(first, 2), fmt(warm, 3),
+                       fmt(r * bench.max_len / warm), fmt(100 * limits[r] / warm),
+                       fmt(100 * steps[r] / warm)])  # fmt: skip
+    return table.lines
 
 
-def fmt(x: float, digits: int = 0) -> str:
-    if x is None or not np.isfinite(x):
-        return "-"
-    return f"{x:,.{digits}f}"
-
-
-def sharded_table(step_fn, params, init_carry, batches, max_len, args) -> list[str]:
+def sharded(bench: Any, args: Any) -> list[str]:
     """One device against the rows split over every device, per decoder and batch."""
     mesh = make_mesh()
-    n_dev = mesh.size
-    on_mesh = replicate(params, mesh)  # once, as the pipeline does (not a per-call copy)
-    cols = ["decoder", "batch", "rows", "devices", "1 device s", "sharded s", "1 device tok/s"]
-    cols += ["sharded tok/s", "speed-up", "sharded compile s"]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    print(lines[0], flush=True)
-    for batch in batches:
+    on_mesh = replicate(bench.params, mesh)  # once, as the pipeline does (not a per-call copy)
+    table = Table(["decoder", "batch", "rows", "devices", "1 device s", "sharded s",
+                   "1 device tok/s", "sharded tok/s", "speed-up", "sharded compile s"])  # fmt: skip
+    for batch in bench.batches:
         for name, (cfg, k, _) in DECODERS.items():
             rows = batch * k
             if rows > args.max_rows:
                 continue
-            carry = init_carry(batch)
-            times = {}
-            for label, m in (("one", None), ("sharded", mesh)):
-                times[label] = timed(
-                    lambda cfg=cfg, carry=carry, m=m: (
-                        decode(
-                            step_fn,
-                            params if m is None else on_mesh,
-                            carry,
-                            cfg=cfg,
-                            max_len=max_len,
-                            key=0,
-                            vocab_size=VOCAB,
-                            mesh=m,
-                        ).tokens
-                    ),
-                    args.repeats,
-                )
-            one, sh = times["one"][1], times["sharded"][1]
-            cells = [name, str(batch), str(rows), str(n_dev), fmt(one, 3), fmt(sh, 3)]
-            cells += [fmt(rows * max_len / one), fmt(rows * max_len / sh), fmt(one / sh, 2)]
-            cells += [fmt(times["sharded"][0], 2)]
-            lines.append("| " + " | ".join(cells) + " |")
-            print(lines[-1], flush=True)
-    return lines
-
-
-def loops_table(step_fn, params, init_carry, batches, max_len, hidden, args) -> list[str]:
-    """Every loop variant (`decode(..., loop=...)`) of greedy, sample top_p=0.9 and beam K=4,
-    and top-p's other set methods beside bisection. Per batch every cell is compiled first, then
-    timed round-robin (`--repeats` rounds, one call of each cell, the limit and the bare step per
-    round; best of the rounds), so a busy spell on a shared machine hits every cell alike."""
-    cols = ["decoder", "batch", "rows", "loop", "compile s", "decode s", "tok/s", "% of limit",
-            "% of step"]  # fmt: skip
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    print(lines[0], flush=True)
-    cells = [(n, lp, "bisect") for n in list(DECODERS)[:3] for lp in LOOPS[1:]]
-    cells += [("sample top_p=0.9", "scan", m) for m in processors.NUCLEUS_METHODS if m != "bisect"]
-    backend, default_method = jax.default_backend(), processors.nucleus_method()
-    for batch in batches:
-        runs = []
-        for name, loop, method in cells:
-            cfg, k, _ = DECODERS[name]
-            carry = init_carry(batch)
-
-            def run(cfg=cfg, carry=carry, loop=loop, method=method):
-                processors.NUCLEUS_METHOD[backend] = method  # read when decode builds its flags
-                return decode(step_fn, params, carry, cfg=cfg, max_len=max_len, key=0,
-                              vocab_size=VOCAB, loop=loop).tokens  # fmt: skip
-
-            first = timed(run, 0)[0]  # compile (and one call)
-            runs.append((name, batch * k, loop if method == "bisect" else f"{loop}, top-p by "
-                         f"{method}", first, run))  # fmt: skip
-        best = [np.inf] * len(runs)
-        limits = {rows: np.inf for _, rows, *_ in runs}
-        steps = dict(limits)
-        for _ in range(args.repeats):
-            for rows in limits:
-                limits[rows] = min(limits[rows], matmul_limit(rows, hidden, max_len, 1))
-                steps[rows] = min(
-                    steps[rows], model_step_time(step_fn, params, init_carry, rows, max_len, 1)
-                )
-            for i, (*_, run) in enumerate(runs):
-                best[i] = min(best[i], timed(run, 1)[1])
-        processors.NUCLEUS_METHOD[backend] = default_method
-        for (name, rows, label, first, _), warm in zip(runs, best, strict=True):
-            row = [name, str(batch), str(rows), label, fmt(first, 2), fmt(warm, 3),
-                   fmt(rows * max_len / warm), fmt(100 * limits[rows] / warm, 0),
-                   fmt(100 * steps[rows] / warm, 0)]  # fmt: skip
-            lines.append("| " + " | ".join(row) + " |")
-            print(lines[-1], flush=True)
-    return lines
+            _, one, _ = timed(decoder_call(bench, cfg, batch), args.repeats)
+            first, sh, _ = timed(
+                decoder_call(bench, cfg, batch, params=on_mesh, mesh=mesh), args.repeats
+            )
+            tok = rows * bench.max_len
+            table.row([name, str(batch), str(rows), str(mesh.size), fmt(one, 3), fmt(sh, 3),
+                       fmt(tok / one), fmt(tok / sh), fmt(one / sh, 2), fmt(first, 2)])  # fmt: skip
+    return table.lines
 
 
 def self_times(xplane: str) -> dict[str, float]:
@@ -465,18 +302,11 @@ def self_times(xplane: str) -> dict[str, float]:
     return total
 
 
-def profile(step_fn, params, init_carry, batch, max_len, args) -> None:
-    import glob
-
+def profile(bench: Any, args: Any) -> list[str]:
+    """A profiler trace of warm calls of one decoder and the XLA operations that took longest."""
     cfg, k, _ = DECODERS[args.profile_decoder]
-    carry = init_carry(batch)
-    mesh = make_mesh() if args.sharded else None
-
-    def run() -> Any:
-        return decode(
-            step_fn, params, carry, cfg=cfg, max_len=max_len, key=0, vocab_size=VOCAB, mesh=mesh
-        ).tokens
-
+    batch, max_len = bench.batches[0], bench.max_len
+    run = decoder_call(bench, cfg, batch, mesh=make_mesh() if args.sharded else None)
     jax.block_until_ready(run())  # compile outside the trace
     calls = max(1, args.repeats)
     with jax.profiler.trace(args.profile):
@@ -491,25 +321,21 @@ def profile(step_fn, params, init_carry, batch, max_len, args) -> None:
     own = {n: t for n, t in own.items() if n not in runtime}
     busy = sum(own.values())
     print(
-        f"profile: {args.profile_decoder}, batch {batch} ({batch * k} rows), max_len {max_len}, "
-        f"{calls} warm calls, {1e3 * wall:.2f} ms per call under the profiler, "
+        f"profile: {args.profile_decoder}, batch {batch} ({batch * k} rows), max_len "
+        f"{max_len}, {calls} warm calls, {1e3 * wall:.2f} ms per call under the profiler, "
         f"{max_len} steps: {1e6 * wall / max_len:.1f} us per step; trace: {planes[-1]}"
     )
-    print(
-        f"operations: {busy / calls / 1e6:.2f} ms per call; CPU runtime (thunk executor, "
-        f"waits included): {sum(runtime.values()) / calls / 1e6:.2f} ms per call"
-    )
-    print("| XLA operation | self ms per call | us per step | % of op time |")
-    print("|---|---|---|---|")
+    print(f"operations: {busy / calls / 1e6:.2f} ms per call; CPU runtime (thunk executor, "
+          f"waits included): {sum(runtime.values()) / calls / 1e6:.2f} ms per call")  # fmt: skip
+    table = Table(["XLA operation", "self ms per call", "us per step", "% of op time"])
     for name, ns in sorted(own.items(), key=lambda x: -x[1])[: args.profile_top]:
         per_call = ns / calls
-        print(
-            f"| {name} | {per_call / 1e6:.3f} | {per_call / 1e3 / max_len:.2f} | "
-            f"{100 * ns / busy:.1f} |"
-        )
+        table.row([name, f"{per_call / 1e6:.3f}", f"{per_call / 1e3 / max_len:.2f}",
+                   f"{100 * ns / busy:.1f}"])  # fmt: skip
+    return table.lines
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="hidden 128, max_len 16, batches 1,8")
     ap.add_argument("--max-len", type=int, default=None)
@@ -523,150 +349,30 @@ def main() -> None:
     ap.add_argument("--profile-decoder", default="sample top_p=0.9", choices=list(DECODERS))
     ap.add_argument("--profile-top", type=int, default=15, help="operations to print")
     ap.add_argument("--loops", action="store_true", help="a row per loop variant and top-p method")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     if args.sharded:  # read when the CPU backend starts, i.e. at the first device query below
         flag = f"--xla_force_host_platform_device_count={args.cpu_devices}"
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
     hidden = 128 if args.quick else HIDDEN
-    max_len = args.max_len or (16 if args.quick else 128)
-    batches = [int(b) for b in (args.batches or ("1,8" if args.quick else "1,64,1024")).split(",")]
-
-    step_fn, params, init_carry, source = build(hidden)
+    bench = NS(hidden=hidden, max_len=args.max_len or (16 if args.quick else 128))
+    default = "1,8" if args.quick else "1,64,1024"
+    bench.batches = [int(b) for b in (args.batches or default).split(",")]
+    bench.step_fn, bench.params, bench.init_carry = build(hidden)
     head = (
-        f"machine: {machine()}; jax {jax.__version__}; {source}: LSTM hidden {hidden}, "
-        f"embedding {EMBED}, "
-        f"vocabulary {VOCAB}; max_len {max_len}; EOS masked (every row decodes max_len tokens)"
+        f"machine: {machine()}; jax {jax.__version__}; seqgen.models.LanguageModel: LSTM hidden "
+        f"{hidden}, embedding {EMBED}, vocabulary {VOCAB}; max_len {bench.max_len}; EOS masked "
+        "(every row decodes max_len tokens)"
     )
     print(head, flush=True)
-    if args.profile:
-        profile(step_fn, params, init_carry, batches[0], max_len, args)
-        return
-    if args.loops:
-        lines = loops_table(step_fn, params, init_carry, batches, max_len, hidden, args)
-        if args.out:
-            with open(args.out, "w") as f:
-                f.write(head + "\n\n" + "\n".join(lines) + "\n")
-        return
-    if args.sharded:
-        lines = sharded_table(step_fn, params, init_carry, batches, max_len, args)
-        if args.out:
-            with open(args.out, "w") as f:
-                f.write(head + "\n\n" + "\n".join(lines) + "\n")
-        return
-    torch_run = torch_decoder(hidden)
-    cols = [
-        "decoder",
-        "batch",
-        "rows",
-        "compile s",
-        "decode s",
-        "tok/s",
-        "(a) loop tok/s",
-        "x loop",
-        "(b) torch tok/s",
-        "x torch",
-        "(c) limit tok/s",
-        "% of limit",
-        "(d) step tok/s",
-        "% of step",
-        "peak MB",
-    ]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    print(lines[0], flush=True)
-    decode_s: dict[tuple[str, int], float] = {}
-    limits: dict[int, float] = {}
-    steps: dict[int, float] = {}
-    for batch in batches:
-        for name, (cfg, k, rule) in DECODERS.items():
-            rows = batch * k
-            if rows > args.max_rows:
-                print(f"| {name} | {batch} | {rows} | skipped (--max-rows {args.max_rows}) |")
-                continue
-            carry = init_carry(batch)
-
-            def run(cfg=cfg, carry=carry):
-                return decode(step_fn, params, carry, cfg=cfg, max_len=max_len, num_samples=1,
-                              key=0, vocab_size=VOCAB).tokens  # fmt: skip
-
-            # the decoder, the bare-matmul limit and the bare step take turns, one call each per
-            # round (best of the rounds), so a busy spell on a shared machine hits all alike
-            first, warm, peak = timed(run, 0)
-            limits.setdefault(rows, np.inf)
-            steps.setdefault(rows, np.inf)
-            for _ in range(args.repeats):
-                limits[rows] = min(limits[rows], matmul_limit(rows, hidden, max_len, 1))
-                steps[rows] = min(
-                    steps[rows], model_step_time(step_fn, params, init_carry, rows, max_len, 1)
-                )
-                _, once, mem = timed(run, 1)
-                warm, peak = min(warm, once), max(peak, mem)
-            decode_s[(name, batch)] = warm
-            tok_s = rows * max_len / warm
-            loop_s = timed(
-                lambda rows=rows, rule=rule, k=k: loop_decode(
-                    step_fn, params, init_carry, rows, max_len, rule, k
-                ),
-                1,
-            )[1]
-            torch_s = np.nan
-            if torch_run is not None and rule != "beam":
-                torch_run(rows, 16, rule)  # warm-up and thread choice, untimed
-                torch_s = timed(
-                    lambda rows=rows, rule=rule: torch_run(rows, max_len, rule, pick=False), 1
-                )[1]
-            cells = [
-                name,
-                str(batch),
-                str(rows),
-                fmt(first, 2),
-                fmt(warm, 3),
-                fmt(tok_s),
-                fmt(rows * max_len / loop_s),
-                fmt(loop_s / warm, 1),
-                fmt(rows * max_len / torch_s),
-                fmt(torch_s / warm, 1),
-                fmt(rows * max_len / limits[rows]),
-                fmt(100 * limits[rows] / warm, 0),
-                fmt(rows * max_len / steps[rows]),
-                fmt(100 * steps[rows] / warm, 0),
-                fmt(peak / 2**20, 1),
-            ]
-            line = "| " + " | ".join(cells) + " |"
-            lines.append(line)
-            print(line, flush=True)
-
-    # beam with K beams at batch B versus sampling at batch B x K
-    over = ["", "| beam | batch | beam s | sample s at batch x K | ratio |", "|---" * 5 + "|"]
-    sample_cfg = DECODERS["sample top_p=0.9"][0]
-    for (name, batch), warm in decode_s.items():
-        k = DECODERS[name][1]
-        if DECODERS[name][2] != "beam":
-            continue
-        ref = decode_s.get(("sample top_p=0.9", batch * k))
-        if ref is None:
-            if batch * k > args.max_rows:
-                continue
-            carry = init_carry(batch * k)
-            ref = timed(
-                lambda carry=carry: (
-                    decode(
-                        step_fn,
-                        params,
-                        carry,
-                        cfg=sample_cfg,
-                        max_len=max_len,
-                        key=0,
-                        vocab_size=VOCAB,
-                    ).tokens
-                ),
-                args.repeats,
-            )[1]
-        over.append(f"| {name} | {batch} | {warm:.3f} | {ref:.3f} | {warm / ref:.2f} |")
-    for line in over:
-        print(line, flush=True)
+    mode = profile if args.profile else loops if args.loops else sharded if args.sharded else None
+    lines = (mode or throughput)(bench, args)
     if args.out:
         with open(args.out, "w") as f:
-            f.write(head + "\n\n" + "\n".join(lines + over) + "\n")
+            f.write(head + "\n\n" + "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

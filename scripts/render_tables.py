@@ -364,6 +364,50 @@ def mbr_folk() -> str:
     return table(header + ["log p(y)", "length"], out)
 
 
+# ---------------------------------------------------------------------------------------------
+# experiments/architecture: LSTM vs Transformer (multiruns over model=lstm,transformer)
+
+ARCH = f"{EXP}/architecture/results"
+ARCH_RUNS = [  # (data shown, model shown, job folder)
+    ("folk", "LSTM", "folk/0"),
+    ("folk", "Transformer", "folk/1"),
+    ("Tiny Shakespeare", "LSTM", "tinyshakespeare/0"),
+    ("Tiny Shakespeare", "Transformer", "tinyshakespeare/1"),
+    ("Tiny Shakespeare", "Transformer, lr 3e-3", "tinyshakespeare_transformer_lr3e-3/0"),
+]
+
+
+def architecture_models() -> str:
+    rows = []
+    for data, model, job in ARCH_RUNS:
+        m = metrics(f"{ARCH}/{job}/metrics.json")
+        train = m["model"]["train"]
+        rows.append([data, model, f"{m['model']['params']:,}", num(m["ppl/valid"]),
+                     num(m["ppl/test"]), f"{train['tokens_per_s']:,.0f}",
+                     f"{train['wall_time_s']:.0f}"])  # fmt: skip
+    header = ["data", "model", "params", "ppl/valid", "ppl/test", "train tokens/s", "train s"]
+    return table(header, rows)
+
+
+def architecture_speed() -> str:
+    # model, params, decoder, batch, compile s, decode s, tokens/s (its separator row has colons)
+    rows = [r for r in md_table(f"{ARCH}/decode_speed.txt") if not r[0].startswith("-")]
+    speed = {(r[0], r[2], r[3]): r[6] for r in rows}
+    pairs = list(dict.fromkeys((r[0], r[2]) for r in rows))  # (model, decoder), in order
+    return table(
+        ["model", "decoder", "batch 1 tokens/s", "batch 64 tokens/s"],
+        [[m, d, speed[(m, d, "1")], speed[(m, d, "64")]] for m, d in pairs],
+    )
+
+
+def architecture_table(folder: str) -> str:
+    keys = ["gen/ppl", "diversity/self_bleu4", "diversity/distinct_2", "repetition/seq_rep_4",
+            "repetition/rep_pct", "zipf", "length/mean"]  # fmt: skip
+    rows = [[r["model"], r["decoder"], *(num(r[k]) for k in keys)]
+            for r in summary(f"{ARCH}/{folder}/summary.csv")]  # fmt: skip
+    return table(["model", "decoder", *keys], rows)
+
+
 def _rng(values: Sequence[float], fmt: str) -> str:
     lo, hi = f"{min(values):{fmt}}", f"{max(values):{fmt}}"
     return lo if lo == hi else f"{lo}-{hi}"
@@ -405,6 +449,11 @@ def overview() -> str:
     bars = {c: " / ".join(num(mt[c][d]["abc/bar_ok_rate"], ".2f") for d in decs) for c in mt}
     removed = [mt["meter"][d]["constraint/mass_removed"] for d in decs]
     ch = metrics(f"{EXP}/char_rnn/results/metrics.json")
+    arch = {i + 1: metrics(f"{ARCH}/{job}/metrics.json") for i, (_, _, job) in enumerate(ARCH_RUNS)}
+    greedy1 = {
+        r[0]: r[6] for r in md_table(f"{ARCH}/decode_speed.txt") if r[2:4] == ["greedy", "1"]
+    }
+    speed = [greedy1["lstm"], greedy1["transformer"]]
     to = {h: results(f"{EXP}/truncation_oracle/results/hidden_{h}.jsonl") for h in (16, 64)}
 
     def pr(h: int, label: str) -> str:
@@ -471,6 +520,16 @@ def overview() -> str:
             "fills bars with ornaments",
         ),
         (
+            "architecture",
+            "`experiments/architecture/run.sh` (`+experiment=architecture`, folk and Tiny "
+            "Shakespeare)",
+            f"LSTM {arch[1]['model']['params']:,} vs Transformer {arch[2]['model']['params']:,} "
+            f"parameters, 200 steps: held-out ppl {arch[1]['ppl/valid']:.2f} / "
+            f"{arch[2]['ppl/valid']:.2f} (folk), {arch[3]['ppl/valid']:.2f} / "
+            f"{arch[4]['ppl/valid']:.2f} (Tiny Shakespeare); greedy decodes "
+            f"{speed[0]} / {speed[1]} tokens/s at batch 1; the degeneration pattern on both",
+        ),
+        (
             "char_rnn",
             "`python -m seqgen.run +experiment=char_rnn_cpu data.preset=tinyshakespeare "
             "data.path=../shared/data/tinyshakespeare.txt`",
@@ -515,6 +574,10 @@ BLOCKS: dict[tuple[str, str], Callable[[], str]] = {
     (f"{EXP}/mbr/README.md", "synthetic"): mbr_synthetic,
     (f"{EXP}/mbr/README.md", "folk"): mbr_folk,
     (f"{EXP}/meter_constraint/README.md", "table"): meter_table,
+    (f"{EXP}/architecture/README.md", "models"): architecture_models,
+    (f"{EXP}/architecture/README.md", "speed"): architecture_speed,
+    (f"{EXP}/architecture/README.md", "folk"): lambda: architecture_table("folk"),
+    (f"{EXP}/architecture/README.md", "text"): lambda: architecture_table("tinyshakespeare"),
 }
 
 

@@ -9,9 +9,10 @@ validation loss). No pickle anywhere.
 `ModelCache(root)` stores trained models under `root/<sha256 key>/` with `model/` (orbax),
 `vocab.json` and `meta.json`; `meta.json` is written last, so its presence means "complete".
 The key hashes the data fingerprint, model and train configs, seed, seqgen's version and
-`MODEL_FORMAT`; `meta.json` records the last two and the sha256 of every file of `model/` and
-of `vocab.json`. `load_model` verifies all of it (and the vocabulary against the corpus's)
-before it reads an array: a damaged entry raises `DamagedCacheEntry`, never a half-loaded model.
+`MODEL_FORMAT`; `meta.json` records the last two, the sha256 of every file of `model/` and
+of `vocab.json`, and its own sha256 (`meta_sha256`, over every other field). `load_model`
+verifies all of it (and the vocabulary against the corpus's) before it reads an array: a
+damaged entry raises `DamagedCacheEntry`, never a half-loaded model.
 A `filelock.FileLock` per key makes concurrent jobs train a given model only once; the holder's
 PID is written beside the lock so a waiting job can say whom it waits for.
 """
@@ -33,6 +34,7 @@ from typing import Any
 
 import filelock
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -40,7 +42,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 import seqgen
 from seqgen.data.text import sha256_file
 from seqgen.errors import UserError
-from seqgen.paths import cache_root
+from seqgen.paths import cache_root, regular_file
 
 log = logging.getLogger("seqgen")
 
@@ -51,6 +53,12 @@ MODEL_FORMAT = 2
 
 # --------------------------------------------------------------------------------------------
 # Training checkpoints
+
+
+def _this_process_only() -> ocp.options.MultiprocessingOptions:
+    """Orbax options for a file that this process alone writes or reads (the model cache)."""
+    me = jax.process_index()
+    return ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
 
 
 def _abstract(tree: Any) -> Any:
@@ -153,6 +161,36 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(_plain(obj), sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
+# meta.json's own checksum: the sha256 of its canonical JSON without this key, so that every
+# field (the data, model and train configs seqgen-sample rebuilds the model from) is covered.
+META_SHA256 = "meta_sha256"
+
+
+def _meta_digest(meta: Mapping[str, Any]) -> str:
+    body = {k: v for k, v in meta.items() if k != META_SHA256}
+    return hashlib.sha256(canonical_json(body).encode()).hexdigest()
+
+
+def read_json_object(path: Path, what: str, required: Mapping[str, type] = {}) -> dict:
+    """The JSON object in the regular file `path`, with each `required` key of its type;
+    one `UserError` line naming `what` otherwise (missing, a FIFO or folder, unreadable, not
+    JSON, not an object, a key missing or of another type)."""
+    regular_file(path, what, "a regular file")
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{what} ({path}) is not readable JSON ({type(exc).__name__})") from None
+    if not isinstance(obj, dict):
+        raise UserError(f"{what} ({path}) holds a JSON {type(obj).__name__}, not an object")
+    for key, kind in required.items():
+        if not isinstance(obj.get(key), kind):
+            raise UserError(
+                f"{what} ({path}) has no {key!r} of type {kind.__name__}; it is incomplete or "
+                "was written by another program"
+            )
+    return obj
+
+
 class DamagedCacheEntry(UserError):
     """A cache entry that cannot be trusted: unreadable, incomplete, altered or of another
     format. With `cache_on_damage=retrain` (the default) it is retrained, else reported."""
@@ -193,23 +231,40 @@ class ModelCache:
     @contextlib.contextmanager
     def lock(self, key: str) -> Iterator[None]:
         """Hold the inter-process lock of `key`; log whom we wait for when another job has it."""
-        lock = filelock.FileLock(str(self.root / f"{key}.lock"))
+        path = self.root / f"{key}.lock"
+        if path.exists() and not path.is_file():
+            raise UserError(
+                f"the model cache's lock {path} is not a file; allowed: a file (remove it, or "
+                "use another cache_dir)"
+            )
+        lock = filelock.FileLock(str(path))
         owner = self.root / f"{key}.lock.owner"
         try:
-            lock.acquire(timeout=0)
+            self._acquire(lock, 0)
         except filelock.Timeout:
             try:
                 holder = owner.read_text().strip() or "unknown"
             except OSError:
                 holder = "unknown"
             log.info("waiting for the cache lock (held by PID %s): %s", holder, self.path(key))
-            lock.acquire()
+            self._acquire(lock, -1)
         try:
             _atomic_write(owner, f"{os.getpid()} on {socket.gethostname()}")
             yield
         finally:
             owner.unlink(missing_ok=True)
             lock.release()
+
+    def _acquire(self, lock: filelock.FileLock, timeout: float) -> None:
+        try:
+            lock.acquire(timeout=timeout)
+        except filelock.Timeout:
+            raise
+        except OSError as exc:  # a read-only cache: loading needs no lock, training does
+            raise UserError(
+                f"the model cache {self.root} is not writable ({exc.strerror}), and a model must "
+                "be trained or repaired in it; allowed: a writable cache_dir"
+            ) from None
 
     def save_model(self, key: str, model: nnx.Module, vocab_json: str, meta: Mapping) -> Path:
         """Write the model's parameters, `vocab.json`, then `meta.json` (last, atomically).
@@ -221,10 +276,15 @@ class ModelCache:
         final = self.path(key)
         final.mkdir(parents=True, exist_ok=True)
         (final / "meta.json").unlink(missing_ok=True)  # incomplete until rewritten
+        for stale in final.glob(".model.*"):  # a killed save's temporary folder (we hold the lock)
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=".model.", dir=final))
+        params = nnx.state(model, nnx.Param)
+        if jax.process_count() > 1:  # process 0 alone writes: host copies, no barrier with others
+            params = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), params)
         try:
-            ckptr = ocp.StandardCheckpointer()
-            ckptr.save(tmp / "model", nnx.state(model, nnx.Param))
+            ckptr = ocp.StandardCheckpointer(multiprocessing_options=_this_process_only())
+            ckptr.save(tmp / "model", params)
             ckptr.wait_until_finished()
             ckptr.close()
             shutil.rmtree(final / "model", ignore_errors=True)
@@ -233,6 +293,7 @@ class ModelCache:
             shutil.rmtree(tmp, ignore_errors=True)
         _atomic_write(final / "vocab.json", vocab_json)
         full = {**_plain(meta), **_code_version(), "sha256": _entry_hashes(final)}
+        full[META_SHA256] = _meta_digest(full)
         _atomic_write(final / "meta.json", json.dumps(full, indent=2, sort_keys=True))
         return final
 
@@ -249,11 +310,13 @@ class ModelCache:
             return DamagedCacheEntry(f"model cache entry {path} is damaged: {reason}")
 
         try:
-            meta = json.loads((path / "meta.json").read_text())
-        except (OSError, ValueError) as exc:
-            raise damaged(f"meta.json is unreadable ({type(exc).__name__})") from None
-        if not isinstance(meta, dict) or not isinstance(meta.get("sha256"), dict):
+            meta = read_json_object(path / "meta.json", "meta.json")
+        except UserError as exc:
+            raise damaged(str(exc)) from None
+        if not isinstance(meta.get("sha256"), dict) or META_SHA256 not in meta:
             raise damaged("meta.json holds no checksums (written by an older seqgen?)")
+        if meta[META_SHA256] != _meta_digest(meta):
+            raise damaged("meta.json does not match its own sha256 (it was edited)")
         if meta.get("model_format") != MODEL_FORMAT:
             raise damaged(
                 f"model format {meta.get('model_format')!r}, this seqgen reads {MODEL_FORMAT}"
@@ -288,7 +351,7 @@ class ModelCache:
             raise FileNotFoundError(f"no complete cached model {key} under {self.root}")
         meta = self.check(key, vocab_json)
         target = _abstract(nnx.state(model_template, nnx.Param))
-        ckptr = ocp.StandardCheckpointer()
+        ckptr = ocp.StandardCheckpointer(multiprocessing_options=_this_process_only())
         try:
             params = ckptr.restore(path / "model", target)
         except Exception as exc:  # shapes or tree of another model: not this config's entry
@@ -322,6 +385,10 @@ class ModelCache:
         vocabulary) is discarded and retrained with one warning line, or, unless
         `retrain_damaged`, raises `DamagedCacheEntry`. Returns (model, meta, trained_here).
         """
+        if jax.process_count() > 1:
+            return self._get_or_train_together(
+                key, model_template, train_fn, vocab_json, retrain_damaged
+            )
         if self.exists(key):
             # a damaged or vanishing entry is dealt with under the lock, below
             with contextlib.suppress(DamagedCacheEntry, FileNotFoundError):
@@ -340,6 +407,52 @@ class ModelCache:
             model, vocab, meta = train_fn()
             self.save_model(key, model, vocab, meta)
             return model, self.check(key), True
+
+    def _get_or_train_together(
+        self,
+        key: str,
+        model_template: nnx.Module,
+        train_fn: Callable[[], tuple[nnx.Module, str, Mapping]],
+        vocab_json: str | None,
+        retrain_damaged: bool,
+    ) -> tuple[nnx.Module, dict, bool]:
+        """`get_or_train` for the processes of one multi-process run, which all call it.
+
+        Process 0 alone takes the lock (other jobs wait for it; the run's own processes must
+        not, since training needs them all) and decides whether the entry loads; the decision
+        is broadcast, then every process restores the entry, or all train together
+        (data-parallel) and process 0 writes the entry once while the others wait.
+        """
+        from jax.experimental import multihost_utils
+
+        lead = jax.process_index() == 0
+        with self.lock(key) if lead else contextlib.nullcontext():
+            action, why = _TRAIN, ""
+            if lead and self.exists(key):
+                try:
+                    self.check(key, vocab_json)
+                    action = _LOAD
+                except DamagedCacheEntry as exc:
+                    why = f"{exc}; delete it, or rerun with cache_on_damage=retrain"
+                    if retrain_damaged:
+                        log.warning("%s; retraining it", exc)
+                        self.discard(key)
+                    else:
+                        action = _DAMAGED
+            action = int(multihost_utils.broadcast_one_to_all(np.int32(action)))
+            if action == _DAMAGED:
+                raise DamagedCacheEntry(why or f"model cache entry {self.path(key)} is damaged")
+            if action == _LOAD:
+                return (*self.load_model(key, model_template, vocab_json), False)
+            model, vocab, meta = train_fn()
+            if lead:
+                self.save_model(key, model, vocab, meta)
+            multihost_utils.sync_global_devices(f"seqgen model cache {key}")
+            return model, self.check(key), True
+
+
+# What process 0 of a multi-process run decided for a cache entry (broadcast to the others).
+_TRAIN, _LOAD, _DAMAGED = 0, 1, 2
 
 
 def _code_version() -> dict[str, Any]:

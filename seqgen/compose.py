@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -17,7 +18,7 @@ from hydra.core.override_parser.types import Override
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from seqgen.config import register_configs, unknown_key_message, validate_config
+from seqgen.config import DecoderConfig, register_configs, unknown_key_message, validate_config
 from seqgen.decoding import registry
 from seqgen.errors import UserError
 from seqgen.preflight import check_environment
@@ -66,6 +67,8 @@ def explain(exc: BaseException, overrides: list[str] = ()) -> str:
         full_key = str(getattr(err, "full_key", "") or "")
         if not (isinstance(err, OmegaConfBaseException) and full_key):
             continue
+        if getattr(err, "object_type", None) is DecoderConfig and "." not in full_key:
+            full_key = _locate_decoder_key(full_key, overrides)
         msg = str(err).splitlines()[0]
         if "not in '" in msg:
             return unknown_key_message(full_key)
@@ -79,6 +82,24 @@ def explain(exc: BaseException, overrides: list[str] = ()) -> str:
     text = re.sub(r"\s*Config search path:.*$", "", text)
     text = text.replace(" Available options in", "; available options in")
     return text
+
+
+def _locate_decoder_key(key: str, overrides: list[str]) -> str:
+    """`compare[i].key` (or `decoder.key`) for a key OmegaConf reports without its place,
+    found in the override that sets a whole decoder or list of decoders."""
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except Exception:
+        return key
+    for o in parsed:
+        value = o.value()
+        if o.key_or_group == "compare" and isinstance(value, list):
+            for i, dec in enumerate(value):
+                if isinstance(dec, dict) and key in dec:
+                    return f"compare[{i}].{key}"
+        if o.key_or_group == "decoder" and isinstance(value, dict) and key in value:
+            return f"decoder.{key}"
+    return key
 
 
 def _sweep_choices(override: Override) -> list[str] | None:
@@ -111,12 +132,15 @@ def _variants(parsed: list[Override]) -> list[list[str]]:
     return variants
 
 
-def _check_variant(config_name: str, variant: list[str], multirun: bool, given: set[str]) -> None:
+def _check_variant(
+    config_name: str, variant: list[str], multirun: bool, given: set[str]
+) -> list[DictConfig]:
     """Compose one variant and validate it, and each value of the sweeps its experiment file
     sets (`hydra.sweeper.params`, parsed by Hydra's grammar like the command line's) that the
-    command line does not override (`given`: the keys it sets)."""
+    command line does not override (`given`: the keys it sets); return the configs."""
     cfg = compose(config_name=config_name, overrides=variant, return_hydra_config=True)
     validate_config(cfg)
+    cfgs = [cfg]
     # folders, coordinator, credentials: before Hydra creates the run dir
     out_key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     check_environment(cfg, OmegaConf.select(cfg, out_key), out_key)
@@ -127,7 +151,53 @@ def _check_variant(config_name: str, variant: list[str], multirun: bool, given: 
         if override.is_sweep_override():
             values = _sweep_choices(override) or []
         for one in values:
-            validate_config(compose(config_name=config_name, overrides=[*variant, one]))
+            cfgs.append(compose(config_name=config_name, overrides=[*variant, one]))
+            validate_config(cfgs[-1])
+    return cfgs
+
+
+def _check_jobs_with_data(cfgs: list[DictConfig]) -> None:
+    """The checks that need the corpus (prompts, decode budgets, training memory), for every
+    job of a sweep before the first one runs, each corpus loaded once: a later job's bad value
+    is found before earlier jobs spend their time."""
+    import json
+
+    from seqgen.config import to_dict
+    from seqgen.data.corpus import load_corpus
+    from seqgen.preflight import check_run
+
+    corpora: dict[str, Any] = {}
+    for cfg in cfgs:
+        key = json.dumps([to_dict(cfg.data), int(cfg.seed)], sort_keys=True, default=str)
+        if key not in corpora:
+            corpora[key] = load_corpus(cfg.data, int(cfg.seed))
+        check_run(cfg, corpora[key])
+
+
+# What each launcher of conf/hydra/launcher/ needs on this machine: a command on PATH.
+_LAUNCHER_COMMANDS = {"slurm": "sbatch"}
+
+
+def _check_launcher(parsed: list[Override], multirun: bool) -> None:
+    """A launcher runs the jobs of a multirun: without `-m` Hydra ignores it and starts one
+    full run here; `slurm` off a cluster would fail in submitit with a long traceback."""
+    import shutil
+
+    for o in parsed:
+        if o.key_or_group != "hydra/launcher":
+            continue
+        name = o.value()
+        if not multirun:
+            raise UserError(
+                f"hydra/launcher={name} only launches the jobs of a multirun; allowed: add -m "
+                f"(python -m seqgen.run -m hydra/launcher={name} ...)"
+            )
+        command = _LAUNCHER_COMMANDS.get(str(name))
+        if command and shutil.which(command) is None:
+            raise UserError(
+                f"hydra/launcher={name} submits with {command}, which is not on PATH here; "
+                "allowed: run it on a cluster's login node, or hydra/launcher=local|parallel"
+            )
 
 
 def check_overrides(
@@ -140,15 +210,19 @@ def check_overrides(
     except Exception as exc:  # a syntax error in an override
         raise UserError(explain(exc)) from None
     given = {o.key_or_group for o in parsed}
+    _check_launcher(parsed, multirun)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            jobs: list[DictConfig] = []
             for variant in _variants(parsed):
                 try:
-                    _check_variant(config_name, variant, multirun, given)
+                    jobs += _check_variant(config_name, variant, multirun, given)
                 except UserError:
                     raise
                 except Exception as exc:
                     raise UserError(explain(exc, variant)) from None
+            if multirun and len(jobs) > 1:  # every job's corpus-dependent checks, first
+                _check_jobs_with_data(jobs)
     finally:
         GlobalHydra.instance().clear()

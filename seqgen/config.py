@@ -13,9 +13,10 @@ recompile; continuous knobs are traced and sweeping them reuses one compile.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
-from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass, make_dataclass
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -23,17 +24,44 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from seqgen.decoding import registry
 from seqgen.decoding.common import LOGPROBS_MODES
-from seqgen.decoding.knobs import DEFAULT_NAME, KNOBS
+from seqgen.decoding.knobs import DEFAULT_NAME, KNOBS, NESTED_FIELDS, Knob
 from seqgen.decoding.loop import LOOPS
 from seqgen.errors import UserError
 from seqgen.metrics.abc import ABC_SUBSET, ABC_TIMEOUT_S
-from seqgen.models import CELLS
+from seqgen.models import CELL_CHOICES
+from seqgen.models import check_model as check_cell
 from seqgen.models.recurrence import BACKWARDS
+from seqgen.settings import setting
+
+MAX_LEN = 1_000_000  # the largest decode.max_len (see DecodeConfig)
+CORPORA = ("folk", "text", "synthetic")
 
 
+_INF = math.inf
+
+
+def _int(default: int | None, low: float = -_INF, high: float = _INF) -> Any:
+    """A field holding an integer in [low, high] (None where the field is optional)."""
+    return field(default=default, metadata={"knob": {"type": int, "low": low, "high": high}})
+
+
+def _float(default: float, low=-_INF, high=_INF, *, lo_open=False, hi_open=False) -> Any:
+    """A field holding a finite float between `low` and `high` (`*_open`: bound excluded)."""
+    rng = {"low": low, "high": high, "low_open": lo_open, "high_open": hi_open}
+    return field(default=default, metadata={"knob": {"type": float, **rng}})
+
+
+def _one_of(default: str, choices: tuple[str, ...]) -> Any:
+    """A field holding one of `choices`."""
+    # a tuple, or a sequence read when checked (model.cell: the models table, registered rows too)
+    return field(default=default, metadata={"knob": {"type": str, "choices": choices}})
+
+
+# Every field's range or choices sits beside it (`_int`, `_float`, `_one_of`) and is checked by
+# `seqgen.decoding.knobs.Knob.check`, the decoder knobs' checker: one range language.
 @dataclass
 class DataConfig:
-    name: str = "folk"  # folk | text | synthetic
+    name: str = _one_of("folk", CORPORA)
     # folk: music21's bundled ABC collections; by default its public-domain ones (the
     # licenses: data/folk.COLLECTION_LICENSES)
     collections: list[str] = field(
@@ -46,53 +74,59 @@ class DataConfig:
     train_path: str | None = None  # instead of path
     valid_path: str | None = None
     test_path: str | None = None
-    level: str = "char"  # char | word | whitespace (pre-tokenized text) | abc
+    level: str = _one_of("char", ("char", "word", "whitespace", "abc"))
     line_eos: bool = False  # text: each newline is the end-of-sentence token EOS (PTB)
     unk_token: str = "<unk>"  # whitespace level: the corpus's own unknown marker, read as UNK
-    min_count: int = 1  # rarer training symbols become UNK
-    max_vocab: int | None = None  # at most this many types (EOS and UNK included)
-    window: int = 2048  # text: block size (tokens, cut at line ends) of the seeded split
-    valid_fraction: float = 0.05
-    test_fraction: float = 0.05
-    max_sequences: int | None = None  # cap the corpus (tiny runs, tests)
+    min_count: int = _int(1, 1)  # rarer training symbols become UNK
+    max_vocab: int | None = _int(None, 2)  # at most this many types (EOS and UNK included)
+    window: int = _int(2048, 2)  # text: block size (tokens, cut at line ends) of the seeded split
+    valid_fraction: float = _float(0.05, 0, 1, lo_open=True, hi_open=True)
+    test_fraction: float = _float(0.05, 0, 1, lo_open=True, hi_open=True)
+    max_sequences: int | None = _int(None, 3)  # cap the corpus (tiny runs, tests)
     # synthetic: a random deterministic probabilistic finite-state automaton (DPFSA)
-    num_states: int = 8
-    alphabet_size: int = 6
-    num_train: int = 2000
-    stop_prob: float = 0.15
+    num_states: int = _int(8, 1)
+    alphabet_size: int = _int(6, 1)
+    num_train: int = _int(2000, 3)
+    stop_prob: float = _float(0.15, 0, 1, lo_open=True)
     cache_dir: str | None = None  # download cache for presets
-    unknown: str = "error"  # what an unknown symbol in a user's prompt does: error | unk
+    unknown: str = _one_of("error", ("error", "unk"))  # an unknown symbol in a user's prompt
 
 
 @dataclass
 class ModelConfig:
-    cell: str = "lstm"  # lstm | gru | rnn | oracle (the DPFSA's exact distribution)
-    embed_size: int = 64
-    hidden_size: int = 128
-    num_layers: int = 2
-    dropout: float = 0.1
+    # a row of seqgen.models.MODELS (lstm | gru | rnn | transformer | a registered model), or
+    # oracle (the DPFSA's exact distribution); each cell reads the fields its row names
+    cell: str = _one_of("lstm", CELL_CHOICES)
+    embed_size: int = _int(64, 1)  # recurrent cells; the Transformer embeds in hidden_size
+    hidden_size: int = _int(128, 1)  # the Transformer's d_model
+    num_layers: int = _int(2, 1)
+    dropout: float = _float(0.1, 0, 1, hi_open=True)
     tie_weights: bool = False
-    one_hot_input: bool = False
+    one_hot_input: bool = False  # recurrent cells
+    num_heads: int = 4  # Transformer: attention heads (divide hidden_size)
+    positions: str = "learned"  # Transformer: learned | rope
+    context: int = 256  # Transformer: positions it has (train.seq_len, decode.max_len fit)
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 250
-    batch_size: int = 32
-    seq_len: int = 256
-    lr: float = 1e-2
-    weight_decay: float = 0.01
-    warmup_steps: int = 20
-    clip_norm: float = 1.0
-    eval_every: int = 125
-    eval_batches: int = 16
-    checkpoint_every: int = 125
-    log_every: int = 10
+    steps: int = _int(250, 0)
+    batch_size: int = _int(32, 1)
+    seq_len: int = _int(256, 2)
+    lr: float = _float(1e-2, 0, lo_open=True)
+    weight_decay: float = _float(0.01, 0)
+    warmup_steps: int = _int(20, 0)  # at most train.steps
+    clip_norm: float = _float(1.0, 0, lo_open=True)
+    eval_every: int = _int(125, 1)
+    eval_batches: int = _int(16, 1)
+    checkpoint_every: int = _int(125, 1)
+    log_every: int = _int(10, 1)
     data_parallel: bool = True
     progress: bool = True
-    patience: int = 0  # evaluations without a better validation loss before stopping; 0 = off
-    end_lr_ratio: float = 0.0  # the cosine schedule ends at end_lr_ratio * lr
-    backward: str = "autodiff"  # recurrences' gradient: autodiff | fused (hand-written backward)
+    patience: int = _int(0, 0)  # evaluations without a better validation loss before stopping
+    end_lr_ratio: float = _float(0.0, 0, 1)  # the cosine schedule ends at end_lr_ratio * lr
+    # recurrences' gradient: autodiff | fused (hand-written backward)
+    backward: str = _one_of("autodiff", BACKWARDS)
 
 
 def _decoder_field(knob: Any) -> tuple[str, Any, Any]:
@@ -128,54 +162,57 @@ class ConstraintConfig:
     # an automaton every decoded sequence follows (seqgen.decoding.constraint): none | regex
     # (character vocabularies: the text fully matches `pattern`) | meter (data.level=abc: every
     # full bar lasts what the tune's M: and L: say; seqgen.data.meter)
-    name: str = "none"
+    name: str = _one_of("none", ("none", "regex", "meter"))
     pattern: str | None = None  # regex: a Python regular expression (interegular's subset)
 
 
 @dataclass
 class DecodeConfig:
-    num_samples: int = 1  # sequences per prompt for sampling; beams give their best
-    max_len: int = 256  # prompt + continuation, in tokens
+    num_samples: int = _int(1, 1)  # sequences per prompt for sampling; beams give their best
+    # prompt + continuation, in tokens; at most MAX_LEN, since the positions are decoded one
+    # after another (1e6 steps of a small LSTM take minutes on a CPU; 1e7 would look hung)
+    max_len: int = _int(256, 1, MAX_LEN)
     prompts: Any = "heldout"  # none | heldout | a list of strings
-    num_prompts: int = 100  # held-out prompts (prompts=heldout)
-    prompt_len: int = 16  # tokens of each held-out prefix
-    batch_size: int = 256  # rows decoded per compiled call (over all devices)
+    num_prompts: int = _int(100, 1)  # held-out prompts (prompts=heldout)
+    prompt_len: int = _int(16, 1)  # tokens of each held-out prefix
+    batch_size: int = _int(256, 1)  # rows decoded per compiled call (over all devices)
     shard: bool = True  # split the rows over every device (and host) when there is more than one
-    loop: str = "auto"  # auto | scan | scan_unroll | masked | while: same outputs, speed differs
+    loop: str = _one_of("auto", LOOPS)  # same outputs, speed differs
     # the most token positions one decoder's outputs may hold (rows x decode.max_len); a larger
     # decode is refused before any work: 1e8 positions are ~1.6 GB of ids and log-probs
-    max_tokens: int = 100_000_000
+    # a decoder with more rows (kept generations) than this is a study: its samples go to disk
+    # chunk by chunk and its token metrics are counted in chunks of this many rows
+    stream_rows: int = _int(16384, 1)
     # the K most probable alternatives of every generated token in samples.jsonl (0 = none;
     # greedy and sample), from the model's distribution (raw) or the one sampled (processed)
-    logprobs: int = 0
-    logprobs_mode: str = "raw"
+    logprobs: int = _int(0, 0)
+    logprobs_mode: str = _one_of("raw", LOGPROBS_MODES)
     prompt_logprobs: bool = False  # the model's log-prob of each prompt token in samples.jsonl
 
 
 @dataclass
 class LoggerConfig:
-    name: str = "none"  # none | wandb
+    name: str = _one_of("none", ("none", "wandb"))
     project: str = "seqgen"
     entity: str | None = None
     group: str | None = None
     run_name: str | None = None
-    mode: str = "offline"  # online | offline | disabled
+    mode: str = _one_of("offline", ("online", "offline", "disabled"))
     tags: list[str] = field(default_factory=list)
 
 
 @dataclass
 class MetricsConfig:
-    self_bleu_max: int = 1000  # hypotheses scored by Self-BLEU
-    abc_subset: int = ABC_SUBSET  # tunes parsed by music21 for abc/* metrics
-    abc_timeout_s: float = (
-        ABC_TIMEOUT_S  # music21's time per tune; a tune that runs out is unparsed
-    )
+    self_bleu_max: int = _int(1000, 2)  # hypotheses scored by Self-BLEU
+    abc_subset: int = _int(ABC_SUBSET, 0)  # tunes parsed by music21 for abc/* metrics
+    # music21's time per tune; a tune that runs out is unparsed
+    abc_timeout_s: float = _float(ABC_TIMEOUT_S, 0, lo_open=True)
     reference_checkpoint: str | None = None  # a cached model dir giving gen/ref_ppl
 
 
 @dataclass
 class OutputConfig:
-    num_listen: int = 5  # tunes per decoder written as .abc and .mid
+    num_listen: int = _int(5, 0)  # tunes per decoder written as .abc and .mid
     plots: bool = True
 
 
@@ -191,9 +228,9 @@ class Config:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
-    seed: int = 0
+    seed: int = _int(0, 0, 2**32 - 1)  # numpy's and JAX's seeds are unsigned 32-bit
     cache_dir: str | None = None  # trained-model cache; default $SEQGEN_CACHE or ~/.cache/seqgen
-    cache_on_damage: str = "retrain"  # a damaged cache entry: retrain | error
+    cache_on_damage: str = _one_of("retrain", ("retrain", "error"))  # a damaged cache entry
     distributed: bool = False  # jax.distributed.initialize() for multi-host TPU pods / GPU clusters
     experiment_name: str = "default"
 
@@ -227,101 +264,31 @@ def register_configs() -> None:
 # ---------------------------------------------------------------------------------------------
 # Range and choice validation (types and keys are checked by OmegaConf while merging).
 
-_CHOICES: dict[str, tuple[str, ...]] = {
-    "data.name": ("folk", "text", "synthetic"),
-    "data.level": ("char", "word", "whitespace", "abc"),
-    "data.unknown": ("error", "unk"),
-    "model.cell": (*CELLS, "oracle"),
-    "train.backward": BACKWARDS,
-    "decode.loop": LOOPS,
-    "decode.logprobs_mode": LOGPROBS_MODES,
-    "constraint.name": ("none", "regex", "meter"),
-    "logger.name": ("none", "wandb"),
-    "logger.mode": ("online", "offline", "disabled"),
-    "cache_on_damage": ("retrain", "error"),
-}
 
-# key -> (low, high, low_open, high_open); None = unbounded
-_RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
-    "data.window": (2, None, False, False),
-    "decode.logprobs": (0, None, False, False),
-    "data.valid_fraction": (0, 1, True, True),
-    "data.test_fraction": (0, 1, True, True),
-    "data.max_sequences": (3, None, False, False),
-    "data.min_count": (1, None, False, False),
-    "data.max_vocab": (2, None, False, False),
-    "data.num_states": (1, None, False, False),
-    "data.alphabet_size": (1, None, False, False),
-    "data.num_train": (3, None, False, False),
-    "data.stop_prob": (0, 1, True, False),
-    "model.embed_size": (1, None, False, False),
-    "model.hidden_size": (1, None, False, False),
-    "model.num_layers": (1, None, False, False),
-    "model.dropout": (0, 1, False, True),
-    "train.steps": (0, None, False, False),
-    "train.batch_size": (1, None, False, False),
-    "train.seq_len": (2, None, False, False),
-    "train.lr": (0, None, True, False),
-    "train.weight_decay": (0, None, False, False),
-    "train.warmup_steps": (0, None, False, False),
-    "train.clip_norm": (0, None, True, False),
-    "train.eval_every": (1, None, False, False),
-    "train.eval_batches": (1, None, False, False),
-    "train.checkpoint_every": (1, None, False, False),
-    "train.log_every": (1, None, False, False),
-    "train.patience": (0, None, False, False),
-    "train.end_lr_ratio": (0, 1, False, False),
-    "decode.num_samples": (1, None, False, False),
-    "decode.max_len": (1, None, False, False),
-    "decode.num_prompts": (1, None, False, False),
-    "decode.prompt_len": (1, None, False, False),
-    "decode.batch_size": (1, None, False, False),
-    "decode.max_tokens": (1, None, False, False),
-    "metrics.self_bleu_max": (2, None, False, False),
-    "metrics.abc_subset": (0, None, False, False),
-    "metrics.abc_timeout_s": (0, None, True, False),
-    "output.num_listen": (0, None, False, False),
-    "seed": (0, 2**32 - 1, False, False),  # numpy's and JAX's seeds are unsigned 32-bit
-}
+@functools.cache
+def field_knobs(schema: type) -> dict[str, Knob]:
+    """The range or choices of each field of a schema dataclass that has one, as a `Knob`."""
+    return {
+        f.name: Knob(f.name, default=f.default, **f.metadata["knob"])
+        for f in fields(schema)
+        if "knob" in f.metadata
+    }
 
 
-def _describe_range(lo, hi, lo_open, hi_open) -> str:
-    if hi is None:
-        return f"{'>' if lo_open else '>='} {lo}"
-    left = "(" if lo_open else "["
-    right = ")" if hi_open else "]"
-    return f"in {left}{lo}, {hi}{right}"
+def check_fields(schema: type, node: Any, where: str = "") -> None:
+    """Check each field of `node` (a config group, a dataclass or a namespace) against the range
+    or choices beside it in `schema`; a field `node` leaves out or sets to None is not checked
+    (OmegaConf allows None only where the schema's type is optional)."""
+    for name, knob in field_knobs(schema).items():
+        value = setting(node, name, None)
+        if value is not None:
+            knob.check(value, where)
 
 
-def _check_value(key: str, value: Any) -> None:
-    """Check one leaf against its choices and range (the decoder knobs: `knobs.Knob.check`)."""
-    choices = _CHOICES.get(key)
-    if choices is not None and value not in choices:
-        raise UserError(f"{key}={value!r} is not allowed; choose one of: {', '.join(choices)}")
-    rng = _RANGES.get(key)
-    if rng is None or value is None or isinstance(value, bool):
-        return
-    lo, hi, lo_open, hi_open = rng
-    ok = not (isinstance(value, float) and math.isnan(value))
-    if ok and lo is not None:
-        ok = value > lo if lo_open else value >= lo
-    if ok and hi is not None:
-        ok = value < hi if hi_open else value <= hi
-    if not ok:
-        raise UserError(f"{key}={value} is out of range; allowed: {_describe_range(*rng)}")
-
-
-def _walk(prefix: str, node: Any):
-    if is_dataclass(node):
-        for f in fields(node):
-            yield from _walk(f"{prefix}.{f.name}" if prefix else f.name, getattr(node, f.name))
-    elif isinstance(node, DictConfig):
-        for k in node.keys():
-            if not prefix and k == "hydra":
-                continue
-            yield from _walk(f"{prefix}.{k}" if prefix else str(k), node[k])
-    else:
-        yield prefix, node
+def schema_default(schema: type, name: str) -> Any:
+    """The default of field `name` of a schema dataclass."""
+    f = schema.__dataclass_fields__[name]
+    return f.default_factory() if f.default_factory is not MISSING else f.default
 
 
 def unknown_key_message(full_key: str) -> str:
@@ -367,9 +334,19 @@ def _check_constraint(cfg: Any) -> None:
             raise UserError("constraint=regex needs constraint.pattern=REGEX; allowed: a regex")
         if level != "char":
             raise UserError(f"constraint=regex needs data.level=char (got {level}); allowed: char")
-        from seqgen.decoding.regex import compile_pattern
+        from seqgen.decoding.regex import shortest_match
 
-        compile_pattern(str(con.pattern))
+        shortest, max_len = shortest_match(str(con.pattern)), int(cfg.decode.max_len)
+        if shortest is None:
+            raise UserError(
+                f"constraint.pattern={con.pattern!r} matches no string; allowed: a pattern "
+                "that some text fully matches"
+            )
+        if shortest > max_len:
+            raise UserError(
+                f"constraint.pattern={con.pattern!r} needs at least {shortest} characters, more "
+                f"than decode.max_len={max_len}; allowed: decode.max_len >= {shortest}"
+            )
     if con.name == "meter" and (cfg.data.name != "folk" or level != "abc"):
         raise UserError(
             f"constraint=meter needs data=folk with data.level=abc (got {cfg.data.name}, "
@@ -385,36 +362,108 @@ def _all_decoders(cfg: Any) -> list[tuple[str, Any]]:
     return one + [(f"compare[{i}]", dec) for i, dec in enumerate(cfg.get("compare") or [])]
 
 
-def validate_config(cfg: Any) -> None:
-    """Check every choice and range in a composed config; raise `UserError` with one line."""
-    _check_known_keys(cfg)
-    for key, value in _walk("", cfg):
-        if isinstance(value, ListConfig | list) or key.startswith("decoder."):
-            continue
-        _check_value(key, value)
+def check_knobs_read(dec: Any, where: str = "decoder") -> None:
+    """A knob set away from its default on a decoder that does not read it (`decoder=greedy
+    decoder.top_p=0.5`) is a mistake, not a no-op: one line naming the knobs the decoder reads
+    (`seqgen.decoding.registry`)."""
+    from seqgen.decoding.common import get
+
+    name = get(dec, "name")
+    reads = registry.spec(dec, where).knobs
+    for knob in KNOBS.values():
+        value = get(dec, knob.name)
+        if knob.name not in reads and value != knob.default:
+            raise UserError(
+                f"{where}.{knob.name}={value!r} is not read by decoder {name}; allowed: the "
+                f"knobs {name} reads: {', '.join(reads)}"
+            )
+
+
+def _check_decoders(cfg: Any) -> None:
     for where, dec in _all_decoders(cfg):
         registry.validate_decoder(dec, where)  # knobs, rules between them, nested decoders
-    _check_constraint(cfg)
-    data, model = cfg.data, cfg.model
-    if data.valid_fraction + data.test_fraction >= 1:
+        check_knobs_read(dec, where)
+        for sub in NESTED_FIELDS:  # mbr's nested decoders read only their own knobs too
+            if dec.get(sub):
+                check_knobs_read(registry.nested_config(dec, sub, where), f"{where}.{sub}")
+        _check_min_length(cfg, dec, where)
+
+
+def _check_min_length(cfg: Any, dec: Any, where: str) -> None:
+    """EOS is forbidden for `min_length` new tokens; a budget without room for them and an EOS
+    would cut every sequence."""
+    from seqgen.decoding.common import get
+
+    max_len, min_length = int(cfg.decode.max_len), int(get(dec, "min_length"))
+    prompt = int(cfg.decode.prompt_len) if cfg.decode.prompts == "heldout" else 0
+    if min_length and prompt + min_length >= max_len:
         raise UserError(
-            "data.valid_fraction + data.test_fraction must be < 1 "
-            f"(got {data.valid_fraction} + {data.test_fraction})"
+            f"{where}.min_length={min_length} leaves no room for EOS within decode.max_len="
+            f"{max_len} (prompts of {prompt} tokens); allowed: min_length < {max_len - prompt}"
         )
-    if data.name == "text" and not (data.path or data.preset or data.train_path):
+
+
+def check_data(data: Any) -> None:
+    """The data group's ranges, the rules between its keys, and no key the corpus ignores."""
+    from seqgen.data.corpus import KEYS_READ
+
+    check_fields(DataConfig, data, "data")
+    name = setting(data, "name", "folk")
+    vf = setting(data, "valid_fraction", schema_default(DataConfig, "valid_fraction"))
+    tf = setting(data, "test_fraction", schema_default(DataConfig, "test_fraction"))
+    if vf + tf >= 1:
+        raise UserError(f"data.valid_fraction + data.test_fraction must be < 1 (got {vf} + {tf})")
+    has = [k for k in ("path", "preset", "train_path") if setting(data, k, None)]
+    if name == "text" and not has:
         raise UserError(
             "data=text needs data.path=/path/to/file.txt, data.train_path=... or "
             "data.preset=tinyshakespeare"
         )
-    if model.cell == "oracle" and data.name != "synthetic":
+    for f in fields(DataConfig):
+        value = setting(data, f.name, None)
+        if f.name not in ("name", *KEYS_READ[name]) and value not in (None, f.default):
+            if f.default_factory is not MISSING and list(value) == f.default_factory():
+                continue
+            raise UserError(
+                f"data.{f.name}={value} is not read by data={name}; allowed: the keys "
+                f"data={name} reads: {', '.join(KEYS_READ[name])}"
+            )
+
+
+def check_model(model: Any, data_name: str | None = None) -> None:
+    """The model group's ranges and the rules between its keys."""
+    check_fields(ModelConfig, model, "model")
+    if setting(model, "cell", "lstm") == "oracle" and data_name not in (None, "synthetic"):
         raise UserError(
             "model=oracle decodes the DPFSA's true distribution and needs data=synthetic"
         )
-    if model.tie_weights and model.embed_size != model.hidden_size and not model.one_hot_input:
+    if setting(model, "tie_weights", False):
+        embed = setting(model, "embed_size", schema_default(ModelConfig, "embed_size"))
+        hidden = setting(model, "hidden_size", schema_default(ModelConfig, "hidden_size"))
+        if setting(model, "one_hot_input", False):
+            raise UserError(
+                "model.tie_weights=true needs an embedding; allowed with model.one_hot_input=false"
+            )
+        if embed != hidden:
+            raise UserError(
+                "model.tie_weights=true needs model.embed_size == model.hidden_size "
+                f"(got {embed} and {hidden}); allowed: equal sizes, or model.tie_weights=false"
+            )
+
+
+def check_train(train: Any) -> None:
+    """The train group's ranges and the rules between its keys."""
+    check_fields(TrainConfig, train, "train")
+    steps = setting(train, "steps", schema_default(TrainConfig, "steps"))
+    warmup = setting(train, "warmup_steps", schema_default(TrainConfig, "warmup_steps"))
+    if warmup > steps:
         raise UserError(
-            "model.tie_weights=true needs model.embed_size == model.hidden_size "
-            f"(got {model.embed_size} and {model.hidden_size})"
+            f"train.warmup_steps={warmup} is more than train.steps={steps}; "
+            f"allowed: 0 <= warmup_steps <= {steps}"
         )
+
+
+def _check_prompts(cfg: Any) -> None:
     prompts = cfg.decode.prompts
     is_list = isinstance(prompts, ListConfig | list)
     if (prompts not in ("none", "heldout", None) and not is_list) or (is_list and not prompts):
@@ -422,6 +471,32 @@ def validate_config(cfg: Any) -> None:
             f"decode.prompts={prompts!r} is not allowed; use none, heldout, or a non-empty list "
             "of strings such as decode.prompts='[\"M:6/8 K:D\"]'"
         )
+
+
+def _check_experiment_name(name: str) -> None:
+    """`experiment_name` names a folder under outputs/ (and multirun/): one plain name."""
+    if not name or name in (".", "..") or re.search(r"[/\\\x00]", name):
+        raise UserError(
+            f"experiment_name={name!r} is not a plain folder name; allowed: a name without "
+            "'/', '\\' or NUL that is not '.' or '..' (it names the folder under outputs/)"
+        )
+
+
+def validate_config(cfg: Any) -> None:
+    """Check every choice, range and rule of a composed config; raise `UserError` with one
+    line. Each rule is checked here (and only here), before any data is read."""
+    _check_known_keys(cfg)
+    check_fields(Config, cfg)
+    for group in ("decode", "constraint", "logger", "metrics", "output"):
+        check_fields(GROUP_SCHEMAS[group], cfg.get(group), group)
+    _check_experiment_name(str(cfg.experiment_name))
+    _check_decoders(cfg)
+    _check_constraint(cfg)
+    check_data(cfg.data)
+    check_model(cfg.model, cfg.data.name)
+    check_cell(cfg.model, cfg.train.seq_len, cfg.decode.max_len)  # the cell's row's own rules
+    check_train(cfg.train)
+    _check_prompts(cfg)
 
 
 # Keys that configs saved by an older seqgen may hold and this schema no longer has (read by

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -27,15 +28,36 @@ def decoder_label(dec: Any) -> str:
     return registry.label(to_dict(dec))
 
 
-def decode_all(
+OUTPUT_FIELDS = (
+    "tokens",
+    "lengths",
+    "ended",
+    "logprobs",
+    "tempered_logprobs",
+    "processed_logprobs",
+    "eos_logprob",
+    "eos_tempered_logprob",
+    "scores",
+    "proven",
+    "expansions",
+    "constraint_logmass",
+    "stopped",
+    "top_ids",
+    "top_logprobs",
+    "prompt_logprobs",
+)
+
+
+def decode_chunks(
     decode_cfg: Any,
     dec: Any,
     model: Any,
     prompts: list[np.ndarray],
     key: jax.Array,
     constraint: Any = None,
-) -> dict[str, Any]:
-    """Decode every prompt with one decoder, in chunks of `decode.batch_size` rows.
+) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    """Decode every prompt with one decoder, in chunks of `decode.batch_size` rows: yields
+    `(index of the chunk's first prompt, its outputs as numpy)` as each compiled call ends.
 
     Each row's randomness is folded from its global prompt index and sample index, so chunking
     does not change what a row generates, nor does `decode.shard` (the rows of each call split
@@ -43,7 +65,7 @@ def decode_all(
     config; `constraint`: a `Constraint` or None.
     """
     from seqgen.decoding import decode
-    from seqgen.parallel import make_mesh, replicate
+    from seqgen.parallel import describe_devices, make_mesh, replicate
 
     mesh = make_mesh() if decode_cfg.shard and jax.device_count() > 1 else None
     params = model.params if mesh is None else replicate(model.params, mesh)  # once, not per call
@@ -52,9 +74,10 @@ def decode_all(
     n_out = registry.rows_per_prompt(dec, int(decode_cfg.num_samples))
     per_call = max(1, int(decode_cfg.batch_size) // max(1, n_out))
     n_chunks = -(-len(prompts) // per_call)
-    outs = []
+    label = decoder_label(dec)
+    log.info("decoding %s: %d rows on %s", label, len(prompts) * n_out, describe_devices(mesh))
     t0 = time.time()
-    for start in range(0, len(prompts), per_call):
+    for done, start in enumerate(range(0, len(prompts), per_call), start=1):
         chunk = prompts[start : start + per_call]
         p_len = np.array([len(p) for p in chunk], np.int32)
         width = max(1, int(p_len.max()))
@@ -64,7 +87,7 @@ def decode_all(
         out = decode(
             model.step_fn,
             params,
-            model.init_carry(len(chunk)),
+            model.init_carry(len(chunk), max_len),  # a KV cache holds max_len steps
             arr,
             p_len,
             cfg=dec,
@@ -80,39 +103,25 @@ def decode_all(
             logprobs_mode=str(decode_cfg.get("logprobs_mode", "raw")),
             prompt_logprobs=bool(decode_cfg.get("prompt_logprobs", False)),
         )
-        outs.append(jax.tree.map(np.asarray, out))
+        fields = {f: getattr(out, f, None) for f in OUTPUT_FIELDS}
+        yield start, {f: np.asarray(v) for f, v in fields.items() if v is not None}
         if n_chunks > 1:  # progress of a long decode, one line per compiled call
             log.info(
                 "decoding %s: chunk %d/%d (%d of %d prompts) after %.1f s",
-                decoder_label(dec),
-                len(outs),
+                label,
+                done,
                 n_chunks,
                 min(start + per_call, len(prompts)),
                 len(prompts),
                 time.time() - t0,
             )
-    return {
-        f: np.concatenate([getattr(o, f) for o in outs], axis=0)
-        for f in (
-            "tokens",
-            "lengths",
-            "ended",
-            "logprobs",
-            "tempered_logprobs",
-            "processed_logprobs",
-            "eos_logprob",
-            "eos_tempered_logprob",
-            "scores",
-            "proven",
-            "expansions",
-            "constraint_logmass",
-            "stopped",
-            "top_ids",
-            "top_logprobs",
-            "prompt_logprobs",
-        )
-        if getattr(outs[0], f, None) is not None
-    }
+
+
+def decode_all(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Every output of `decode_chunks(decode_cfg, dec, model, prompts, key, constraint=None)`,
+    concatenated over the chunks."""
+    outs = [out for _, out in decode_chunks(*args, **kwargs)]
+    return {f: np.concatenate([o[f] for o in outs], axis=0) for f in outs[0]}
 
 
 def decoder_key(seed: int, index: int) -> jax.Array:

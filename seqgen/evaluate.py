@@ -18,9 +18,22 @@ import numpy as np
 from seqgen.config import to_dict
 from seqgen.decoding import registry
 from seqgen.decoding.steering import resolve as resolve_steering
-from seqgen.driver import decode_all, decoder_key, decoder_label, generations, sample_records
+from seqgen.driver import (
+    _kept_per_prompt,
+    decode_all,
+    decode_chunks,
+    decoder_key,
+    decoder_label,
+    generations,
+    sample_records,
+)
 from seqgen.errors import UserError
 from seqgen.metrics import Generations, compute
+from seqgen.metrics.diversity import DiversityCounts
+from seqgen.metrics.length import length_stats
+from seqgen.metrics.perplexity import perplexity_from_nll, pooled_logprob
+from seqgen.metrics.repetition import RepetitionCounts
+from seqgen.parallel import is_lead
 from seqgen.progress import still_running
 from seqgen.prompts import Prompts
 from seqgen.scoring import score_sequences, step_logits
@@ -46,6 +59,7 @@ def evaluate_decoders(
     seed: int,
     reference: Any = None,
     on_result: Callable[[dict[str, Any], list[dict[str, Any]]], None] | None = None,
+    on_samples: Callable[[list[dict[str, Any]], bool], None] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Results (one per decoder, then `human`) and samples (one per generated sequence).
 
@@ -53,6 +67,9 @@ def evaluate_decoders(
     i-th with `decoder_key(seed, i)`; `pr`: the run's prompts (`prompts.prepare_prompts`, with
     its constraint). `on_result(result, samples)` is called as soon as each decoder (then the
     human row, with no samples) is done, so a caller can write it before the next one starts.
+    A study (a decoder with more than `decode.stream_rows` rows, `study_decoder`) hands its
+    samples to `on_samples(samples, continued)` chunk by chunk instead, and returns only the
+    first ones.
     """
     if not decoders:
         raise UserError("nothing to decode: give decoder=NAME or a non-empty `compare` list")
@@ -63,12 +80,23 @@ def evaluate_decoders(
     for i, dec in enumerate(decoders):
         label = decoder_label(dec)
         t0 = time.time()
+        key = decoder_key(seed, i)
+        if _study_rows(decode_cfg, dec, len(pr.prompts)) > int(decode_cfg.stream_rows):
+            _warn_study_metrics(decode_cfg, metrics_cfg, dec, corpus, reference, pr.constraint)
+            study = (decode_cfg, metrics_cfg, seed, dec, corpus, model, pr.prompts, key)
+            result, first_rows = study_decoder(*study, pr.constraint, on_samples)
+            if is_lead():  # its samples are on disk; the first ones for the tracker's table
+                results.append(result)
+                samples += first_rows
+                if on_result is not None:
+                    on_result(result, [])
+            continue
         with still_running(f"decoding {label}"):  # a compile or one long chunk: not silent
             steered = resolve_steering(dec, corpus.vocab)  # texts as the vocabulary's ids
-            out = decode_all(
-                decode_cfg, steered, model, pr.prompts, decoder_key(seed, i), pr.constraint
-            )
+            out = decode_all(decode_cfg, steered, model, pr.prompts, key, pr.constraint)
         t_dec = time.time() - t0
+        if not is_lead():  # every process decodes its rows; process 0 has them all and scores
+            continue
         fields = {
             "decode_s": t_dec,
             "prompts_left_out": pr.left_out,
@@ -94,6 +122,8 @@ def evaluate_decoders(
         samples += sample_records(label, gen, rec, texts, corpus.vocab)
         if on_result is not None:
             on_result(results[-1], samples[first:])
+    if not is_lead():
+        return [], []
     if exact_mode is not None:  # rows that compare decoders; write_outputs rewrites the file
         for i, gen in beams:
             gen = dataclasses.replace(gen, exact_mode=exact_mode)
@@ -105,6 +135,129 @@ def evaluate_decoders(
     if on_result is not None:
         on_result(results[-1], [])
     return results, samples
+
+
+TRACKER_SAMPLES = 2000  # the samples a study keeps in memory, for the tracker's table
+
+
+def study_decoder(
+    decode_cfg: Any,
+    metrics_cfg: Any,
+    seed: int,
+    dec: Any,
+    corpus: Any,
+    model: Any,
+    prompts: list[np.ndarray],
+    key: Any,
+    constraint: Any,
+    on_samples: Callable[[list[dict[str, Any]], bool], None] | None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """One decoder's result for a study of many generations, in memory that does not grow
+    with their number: each decoded chunk's samples go to `on_samples` (process 0) and its
+    generations into the token metrics' counts (`DiversityCounts`, `RepetitionCounts`: the
+    same numbers as the metric table's), flushed every `decode.stream_rows` rows; `gen/ppl`,
+    `gen/ppl_model`, `length/*` and `score/mean` are pooled sums. Returns the result and the
+    first `TRACKER_SAMPLES` samples."""
+    label, rows = decoder_label(dec), int(decode_cfg.stream_rows)
+    total = _study_rows(decode_cfg, dec, len(prompts))
+    diversity = DiversityCounts(
+        total,
+        seed=int(seed),
+        self_bleu_samples=int(metrics_cfg.self_bleu_max),
+        vocab_size=model.vocab_size,
+    )
+    repetition, pooled = RepetitionCounts(), StudySums()
+    pending: list[np.ndarray] = []
+    kept: list[dict[str, Any]] = []
+    t0 = time.time()
+    steered = resolve_steering(dec, corpus.vocab)  # texts as the vocabulary's ids
+    for start, out in decode_chunks(decode_cfg, steered, model, prompts, key, constraint):
+        if not is_lead():
+            continue
+        chunk = prompts[start : start + out["tokens"].shape[0]]
+        gen, rec, texts = generations(decode_cfg, dec, corpus, chunk, out)
+        rec["prompt_index"] = [start + i for i in rec["prompt_index"]]
+        pooled.add(gen, rec["score"])
+        pending += list(gen.sequences)
+        if len(pending) >= rows or diversity.seen + len(pending) == total:
+            diversity.add(pending)
+            repetition.add(pending)
+            pending = []
+        records = sample_records(label, gen, rec, texts, corpus.vocab)
+        if on_samples is not None:
+            on_samples(records, bool(kept))
+        kept += records[: TRACKER_SAMPLES - len(kept)]
+    metrics = {**pooled.metrics(), **diversity.metrics(), **repetition.metrics()}
+    metrics["time/decode_s"] = time.time() - t0  # decoding, metrics and writing together
+    log.info("studied %-28s %5d sequences in %.1f s", label, total, metrics["time/decode_s"])
+    return {"decoder": {**to_dict(dec), "label": label}, "metrics": metrics}, kept
+
+
+def _study_rows(decode_cfg: Any, dec: Any, num_prompts: int) -> int:
+    """The generations a decoder keeps for its metrics (`_kept_per_prompt` per prompt)."""
+    n_out = registry.rows_per_prompt(dec, int(decode_cfg.num_samples))
+    return num_prompts * _kept_per_prompt(decode_cfg, dec, n_out)
+
+
+class StudySums:
+    """`gen/ppl`, `gen/ppl_model` (pooled over every token, EOS of ended sequences included),
+    `length/*` and `score/mean` of a study, from sums over its chunks."""
+
+    def __init__(self) -> None:
+        self.logprob = {"gen/ppl": [0.0, 0], "gen/ppl_model": [0.0, 0]}
+        self.lengths = np.zeros(0, np.int64)  # histogram: bounded by decode.max_len
+        self.ended = self.count = 0
+        self.score = 0.0
+
+    def add(self, gen: Generations, scores: list[float]) -> None:
+        for key, lps, eos in (
+            ("gen/ppl", gen.tempered_logprobs, gen.eos_tempered_logprobs),
+            ("gen/ppl_model", gen.model_logprobs, gen.eos_model_logprobs),
+        ):
+            if lps is not None:
+                total, count = pooled_logprob(lps, ended=gen.ended, eos_logprob=eos)
+                self.logprob[key][0] += total
+                self.logprob[key][1] += count
+        hist = np.bincount(gen.packed.lengths)
+        size = max(hist.size, self.lengths.size)
+        self.lengths = np.pad(self.lengths, (0, size - self.lengths.size))
+        self.lengths[: hist.size] += hist
+        self.ended += int(np.sum(gen.ended))
+        self.count += gen.num_sequences
+        self.score += float(np.sum(scores))
+
+    def metrics(self) -> dict[str, float]:
+        out = {k: perplexity_from_nll(-t, c)["ppl"] for k, (t, c) in self.logprob.items() if c}
+        lengths = np.repeat(np.arange(self.lengths.size), self.lengths)  # 8 bytes a sequence
+        out["length/mean"], out["length/std"] = length_stats(lengths)
+        out["length/eos_rate"] = self.ended / self.count
+        out["score/mean"] = self.score / self.count
+        return out
+
+
+def _warn_study_metrics(
+    decode_cfg: Any, metrics_cfg: Any, dec: Any, corpus: Any, reference: Any, constraint: Any
+) -> None:
+    """A study counts the token metrics only: say which of the run's other metrics it skips."""
+    skipped = [
+        name
+        for name, applies in (
+            ("oracle/*", corpus.oracle is not None),
+            ("abc/*", corpus.name == "folk" and int(metrics_cfg.abc_subset) > 0),
+            ("gen/ref_ppl", reference is not None),
+            ("constraint/*", constraint is not None),
+            ("search/*", registry.SPECS[dec.name].mode_search or dec.name in ("exact", "mbr")),
+        )
+        if applies
+    ]
+    if skipped:
+        log.warning(
+            "%s has more than decode.stream_rows=%d rows: a study, whose samples are streamed "
+            "to disk; not computed: %s",
+            decoder_label(dec),
+            int(decode_cfg.stream_rows),
+            ", ".join(skipped),
+        )
 
 
 def metric_settings(metrics_cfg: Any, seed: int, corpus: Any, pr: Prompts) -> dict[str, Any]:

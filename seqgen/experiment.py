@@ -19,12 +19,18 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from seqgen.config import to_dict
+from seqgen.config import to_dict, validate_config
 from seqgen.data.corpus import load_corpus
 from seqgen.evaluate import evaluate_decoders
 from seqgen.model_store import ModelSpec, get_model, load_reference
-from seqgen.outputs import print_results_table, reset_outputs, write_decoder, write_outputs
-from seqgen.parallel import maybe_initialize_distributed
+from seqgen.outputs import (
+    print_results_table,
+    reset_outputs,
+    write_decoder,
+    write_outputs,
+    write_samples,
+)
+from seqgen.parallel import is_lead, maybe_initialize_distributed
 from seqgen.paths import cache_root, enable_compilation_cache
 from seqgen.preflight import check_budgets, check_corpus, check_environment, run_decoders
 from seqgen.progress import still_running
@@ -45,11 +51,14 @@ def run_experiment(cfg: Any, out_dir: str | Path | None = None) -> dict[str, Any
     if not isinstance(cfg, DictConfig):
         cfg = OmegaConf.structured(cfg)
     out_dir = Path(out_dir or Path.cwd())
+    validate_config(cfg)  # a notebook's or script's config gets the command line's checks
     check_environment(cfg, out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    reset_outputs(out_dir)
     maybe_initialize_distributed(cfg)
     enable_compilation_cache(cache_root(cfg.cache_dir) / "jax_compile")
+    if not is_lead():
+        return _follow(cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    reset_outputs(out_dir)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     tracker = make_tracker(
         cfg.logger,
@@ -62,10 +71,7 @@ def run_experiment(cfg: Any, out_dir: str | Path | None = None) -> dict[str, Any
     try:
         corpus = load_corpus(cfg.data, int(cfg.seed))
         _log_corpus(corpus)
-        # every decoder and data-dependent knob, before any training
-        check_corpus(cfg, corpus)
-        prompts = prepare_prompts(cfg.decode, corpus, cfg.get("constraint"), cfg.data.unknown)
-        check_budgets(cfg, len(corpus.vocab), len(prompts.prompts))
+        prompts = _checked_prompts(cfg, corpus)  # every data-dependent check, before training
         spec = ModelSpec.of(cfg)
         model = get_model(spec, corpus, cfg.cache_dir, cfg.cache_on_damage == "retrain", tracker)
         model_metrics = dict(model.metrics)
@@ -107,7 +113,7 @@ def _evaluate(
     try:
         results, samples = evaluate_decoders(
             decoders, corpus, model, prompts, cfg.decode, cfg.metrics, int(cfg.seed), reference,
-            writer,
+            writer, writer.samples,
         )  # fmt: skip
     except BaseException:
         log.warning(
@@ -146,6 +152,37 @@ class _DecoderWriter:
                 len(files),
                 time.time() - t0,
             )
+
+    def samples(self, rows: list[dict[str, Any]], continued: bool) -> None:
+        """`evaluate_decoders`'s `on_samples`: a study's samples, chunk by chunk."""
+        listen_to = 0 if continued else int(self.output_cfg.num_listen)
+        files = write_samples(
+            self.corpus.name, rows, self.out_dir, listen_to, self.abc_timeout_s, append=continued
+        )
+        self.listen.extend(map(str, files))
+
+
+def _follow(cfg: Any) -> dict[str, Any]:
+    """A process other than 0 of a multi-process run: its part of the collective work (training,
+    decoding); process 0 computes the metrics over every row and writes the run folder."""
+    corpus = load_corpus(cfg.data, int(cfg.seed))
+    prompts = _checked_prompts(cfg, corpus)
+    model = get_model(ModelSpec.of(cfg), corpus, cfg.cache_dir, cfg.cache_on_damage == "retrain")
+    reference = load_reference(cfg.metrics.get("reference_checkpoint"), corpus)
+    decoders = [dec for _, dec in run_decoders(cfg)]
+    evaluate_decoders(
+        decoders, corpus, model, prompts, cfg.decode, cfg.metrics, int(cfg.seed), reference
+    )
+    return {"metrics": dict(model.metrics), "results": [], "out_dir": None}
+
+
+def _checked_prompts(cfg: Any, corpus: Any) -> Any:
+    """The run's prompts, built once (`prompts.prepare_prompts`), after every decoder and
+    data-dependent knob is checked against the corpus and before the budgets on them."""
+    check_corpus(cfg, corpus)
+    prompts = prepare_prompts(cfg.decode, corpus, cfg.get("constraint"), cfg.data.unknown)
+    check_budgets(cfg, len(corpus.vocab), len(prompts.prompts))
+    return prompts
 
 
 def _log_corpus(corpus: Any) -> None:

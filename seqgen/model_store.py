@@ -14,7 +14,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from flax import nnx
 from omegaconf import OmegaConf
 
 from seqgen.checkpoint import DamagedCacheEntry, ModelCache
@@ -23,8 +22,14 @@ from seqgen.data.batching import batch_iterator, eval_batches
 from seqgen.data.corpus import fingerprint
 from seqgen.errors import UserError
 from seqgen.metrics import perplexity_from_nll
-from seqgen.models import LanguageModel, count_params, make_init_carry_fn, make_step_fn
-from seqgen.paths import cache_root
+from seqgen.models import (
+    build_model,
+    count_params,
+    make_init_carry_fn,
+    make_step_fn,
+    model_identity,
+)
+from seqgen.paths import cache_root, model_folder
 from seqgen.preflight import check_divergence
 from seqgen.scoring import LoadedModel
 from seqgen.train import evaluate, train
@@ -37,22 +42,6 @@ _TRAIN_DISPLAY_ONLY = ("progress", "log_every")
 
 # ---------------------------------------------------------------------------------------------
 # Model: the DPFSA oracle, or an NNX language model trained once per (data, model, train, seed).
-
-
-def build_model(model_cfg: Any, vocab_size: int, seed: int, predict_eos: bool = True):
-    """The configured LM; `predict_eos=False` for a text stream without EOS (see LanguageModel)."""
-    return LanguageModel(
-        vocab_size,
-        cell=model_cfg.cell,
-        embed_size=model_cfg.embed_size,
-        hidden_size=model_cfg.hidden_size,
-        num_layers=model_cfg.num_layers,
-        dropout=model_cfg.dropout,
-        tie_weights=model_cfg.tie_weights,
-        one_hot_input=model_cfg.one_hot_input,
-        predict_eos=predict_eos,
-        rngs=nnx.Rngs(seed),
-    )
 
 
 @dataclass(frozen=True)
@@ -75,7 +64,8 @@ def model_cache_key(spec: ModelSpec, corpus: Any) -> str:
     train_cfg = {k: v for k, v in to_dict(spec.train).items() if k not in _TRAIN_DISPLAY_ONLY}
     if train_cfg.get("backward") == "autodiff":  # what every model cached before the knob
         del train_cfg["backward"]  # was trained with: their keys stay, and they still load
-    return ModelCache.key(fingerprint(corpus), to_dict(spec.model), train_cfg, int(spec.seed))
+    model_cfg = model_identity(spec.model)  # only the fields the cell reads
+    return ModelCache.key(fingerprint(corpus), model_cfg, train_cfg, int(spec.seed))
 
 
 # Models loaded in this process, by cache entry (folder): the jobs of a multirun share one step
@@ -167,7 +157,7 @@ def _train_model(
         "metrics": metrics,
         "train": result.summary,
         "params": count_params(result.model),
-        "model": to_dict(spec.model),
+        "model": model_identity(spec.model),
         "train_cfg": to_dict(train_cfg),
         "data": corpus.name,
         "data_cfg": to_dict(spec.data),  # with `seed`: what seqgen-sample reloads
@@ -214,12 +204,7 @@ def load_reference(ref: str | None, corpus: Any) -> LoadedModel | None:
     """
     if not ref:
         return None
-    path = Path(str(ref)).expanduser().absolute()
-    if not (path / "meta.json").exists():
-        raise UserError(
-            f"metrics.reference_checkpoint={ref} is not a cached model folder (no meta.json); "
-            "give a folder printed as 'model: ... cache <dir>' by an earlier run"
-        )
+    path = model_folder(str(ref), "metrics.reference_checkpoint").absolute()
     return load_model_dir(
         path, corpus, f"metrics.reference_checkpoint={ref}", {"reference": str(path)}
     )

@@ -110,10 +110,12 @@ def write_samples(
     out_dir: Path,
     num_listen: int,
     timeout_s: float = ABC_TIMEOUT_S,
+    append: bool = False,
 ) -> list[Path]:
     """Append `samples` to `samples.jsonl` and write `samples/<decoder>.txt` (`MODEL_MARK`
     where each prompt ends) and, for folk tunes, the first `num_listen` of each decoder as
-    `.abc` and `.mid`; returns the tune files. `reset_outputs` starts a folder afresh."""
+    `.abc` and `.mid`; returns the tune files. `reset_outputs` starts a folder afresh.
+    `append`: the samples continue a decoder's earlier ones (a study written chunk by chunk)."""
     if not samples:
         return []
     with open(out_dir / "samples.jsonl", "a") as f:
@@ -128,7 +130,9 @@ def write_samples(
     sep = sample_separator(corpus_name)
     for label, rows in by_decoder.items():
         marked = (marked_text(r.get("prompt", ""), r["text"]) for r in rows)
-        (sample_dir / f"{slug(label)}.txt").write_text(sep.join(marked) + "\n")
+        # every separator starts with a line break, the one that already ends the file
+        with open(sample_dir / f"{slug(label)}.txt", "a" if append else "w") as f:
+            f.write((sep[1:] if append else "") + sep.join(marked) + "\n")
         if corpus_name == "folk" and num_listen > 0:
             listen += write_tunes(sample_dir / slug(label), rows[:num_listen], timeout_s)
     return listen

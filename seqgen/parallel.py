@@ -15,6 +15,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import logging
+import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from typing import Any
@@ -37,49 +40,97 @@ def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-    """Place every leaf of `tree` on all devices of `mesh` (fully replicated)."""
-    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+    """Place every leaf of `tree` on all devices of `mesh` (fully replicated).
+
+    Under multi-host every process passes the same values and places a copy on each of its own
+    devices (`device_put` would need every device addressable).
+    """
+    sharding = NamedSharding(mesh, PartitionSpec())
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def place(x: Any) -> jax.Array:
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            x = x.addressable_data(0)  # already replicated: this process's copy
+        devices = sharding.addressable_devices_indices_map(np.shape(x))
+        copies = [jax.device_put(x, d) for d in devices]
+        return jax.make_array_from_single_device_arrays(copies[0].shape, sharding, copies)
+
+    return jax.tree.map(place, tree)
 
 
 def shard_batch(batch: Any, mesh: Mesh) -> Any:
     """Split every leaf of `batch` (e.g. a `Batch` NamedTuple) along axis 0 over the mesh.
 
-    In a multi-process run each process passes its local slice of the global batch.
+    `batch` is the GLOBAL batch, the same on every process (seqgen's batch iterators are seeded
+    alike everywhere); each process places the rows its own devices own.
     """
     sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
     size = mesh.shape[DATA_AXIS]
-    local = size // jax.process_count()
     for leaf in jax.tree.leaves(batch):
-        if leaf.shape[0] % local:
+        if leaf.shape[0] % size:
             raise UserError(
-                f"batch size {leaf.shape[0]} is not divisible by the {local} local devices; "
+                f"batch size {leaf.shape[0]} is not divisible by the {size} devices; "
                 "set train.batch_size to a multiple of the device count or data_parallel=false"
             )
     if jax.process_count() > 1:
-        return jax.tree.map(
-            lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch
-        )
+        return shard_rows(batch, mesh)
     return jax.device_put(batch, sharding)
+
+
+def describe_devices(mesh: Mesh | None) -> str:
+    """Where a phase runs, for its log line: `8 devices (cpu), 2 processes` or `1 device (cpu)`."""
+    devices = [jax.local_devices()[0]] if mesh is None else list(mesh.devices.flat)
+    n, procs = len(devices), len({d.process_index for d in devices})
+    where = f"{n} device{'s' * (n != 1)} ({devices[0].platform})"
+    return where + (f", {procs} processes" if procs > 1 else "")
+
+
+# What `jax.distributed.initialize()` is given from the environment besides the coordinator
+# (which JAX reads itself from JAX_COORDINATOR_ADDRESS); SLURM and the others need none of them.
+DISTRIBUTED_ENV = {"num_processes": "JAX_NUM_PROCESSES", "process_id": "JAX_PROCESS_ID"}
 
 
 def maybe_initialize_distributed(cfg: Any) -> bool:
     """Call `jax.distributed.initialize()` only when `cfg.distributed` is true (opt-in).
 
-    Optional fields `coordinator_address`, `num_processes`, `process_id` are passed through
-    (None lets JAX detect them on SLURM / TPU / k8s). Must run before any other JAX call.
-    At most once per process: the later jobs of an in-process multirun find it initialized.
+    The coordinator's address comes from `JAX_COORDINATOR_ADDRESS` (or optional fields
+    `coordinator_address`, `num_processes`, `process_id` of `cfg`), the process count and
+    index from `JAX_NUM_PROCESSES` and `JAX_PROCESS_ID`; what is unset JAX detects on SLURM,
+    Open MPI, TPU pods and k8s. Must run before any other JAX call. On CPU the processes'
+    collectives go through gloo (JAX's default `jax_cpu_collectives_implementation`). At most
+    once per process: the later jobs of an in-process multirun find it initialized.
     Returns whether the process runs distributed.
     """
     if not getattr(cfg, "distributed", False):
         return False
     if jax.distributed.is_initialized():
         return True
+    given = {k: getattr(cfg, k, None) for k in ("num_processes", "process_id")}
+    for name, var in DISTRIBUTED_ENV.items():
+        if given[name] is None and os.environ.get(var):
+            given[name] = int(os.environ[var])
     jax.distributed.initialize(
-        coordinator_address=getattr(cfg, "coordinator_address", None),
-        num_processes=getattr(cfg, "num_processes", None),
-        process_id=getattr(cfg, "process_id", None),
+        coordinator_address=getattr(cfg, "coordinator_address", None), **given
     )
     return True
+
+
+def exit_process(code: int) -> None:
+    """Exit with `code`; in a multi-process run at once, skipping JAX's exit barrier, which
+    waits for every peer to shut down while the peers wait in a collective for this process.
+    The launcher (`seqgen.launch`, or `srun --kill-on-bad-exit=1`) then stops the others."""
+    if not jax.distributed.is_initialized():
+        sys.exit(code)
+    logging.shutdown()  # flush the run log
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def is_lead() -> bool:
+    """Process 0, the one that writes the run folder, computes the metrics and logs."""
+    return jax.process_index() == 0
 
 
 # The arguments of a decoder program whose leaves have the rows (prompts) on axis 0.

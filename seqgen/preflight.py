@@ -3,30 +3,37 @@
 Two stages, both before any training or model loading:
 
 - `check_environment(cfg, out_dir)`: what needs no data -- the run and cache folders can be
-  written, `distributed=true` has a coordinator, `logger.mode=online` has a W&B API key.
-  `seqgen.run` calls it before Hydra starts (also for `hydra.run.dir`), `run_experiment` again.
+  written, the files and folders it reads are of the right kind, `distributed=true` has a
+  coordinator, `logger.mode=online` has a W&B API key. `seqgen.run` calls it before Hydra
+  starts (also for `hydra.run.dir`), `run_experiment` again.
 - `check_corpus(cfg, corpus)` and `check_budgets(cfg, vocab_size, num_prompts)`: what depends
   on the vocabulary or the data, as soon as the corpus is loaded -- every decoder of the run
   (`decoder`, or each `compare[i]`, named so in the error), unique and path-safe labels,
   splits that are not empty; then, on the prompts the pipeline built once
-  (`prompts.prepare_prompts`), budgets (training activations vs memory, decode outputs vs
-  `decode.max_tokens` and memory).
+  (`prompts.prepare_prompts`, which also refuses a constraint that accepts no prompt), budgets
+  (training activations vs memory, decode outputs vs `decode.max_tokens` and memory).
+  `check_run(cfg, corpus)` is the three in a row (a sweep checks each job with it).
 
 `check_divergence` is the rule that a trained model is not a divergence (never cached).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import netrc
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from seqgen.decoding.registry import rows_per_prompt, validate_decoder
 from seqgen.errors import UserError
-from seqgen.paths import cache_root
+from seqgen.paths import cache_root, model_folder, regular_file
+from seqgen.tokens import NUM_SPECIAL, SPECIAL_TOKENS
+
+log = logging.getLogger("seqgen")
 
 # Environment variables from which `jax.distributed.initialize()` finds its coordinator.
 _CLUSTER_ENV = (
@@ -46,7 +53,9 @@ _CLUSTER_ENV = (
 
 
 def check_writable_dir(path: str | os.PathLike, what: str) -> None:
-    """`path` is a folder that exists or can be created, and this process may write into it."""
+    """`path` is a folder that exists or can be created, and this process may write into it:
+    tried by creating (and removing) a file in its nearest existing folder, since permission
+    bits say nothing of /proc, a read-only mount or a root user."""
     p = Path(path).expanduser().absolute()
     probe = p
     while not probe.exists():
@@ -56,11 +65,67 @@ def check_writable_dir(path: str | os.PathLike, what: str) -> None:
     if probe.exists() and not probe.is_dir():
         where = "is an existing file" if probe == p else f"is inside {probe}, which is a file"
         raise UserError(f"{what}={path} {where}; allowed: a folder that can be created or written")
-    if not os.access(probe, os.W_OK | os.X_OK):
+    try:
+        fd, name = tempfile.mkstemp(prefix=".seqgen-probe-", dir=probe)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
         raise UserError(
-            f"{what}={path} is not writable ({probe} does not allow writing); "
+            f"{what}={path} is not writable ({probe}: {exc.strerror}); "
             "allowed: a folder this user can write"
+        ) from None
+
+
+def check_cache_dir(path: Path, what: str) -> None:
+    """The model cache can be written, or is an existing read-only folder: models already in
+    it are loaded (without the lock); one that must be trained is refused then, in one line."""
+    try:
+        check_writable_dir(path, what)
+    except UserError:
+        if not (path / "models").is_dir():
+            raise
+        log.warning(
+            "%s=%s is read-only: models already in it are loaded, none can be trained", what, path
         )
+
+
+# Bytes a synthetic string takes on the host per sequence (a NumPy array and its list slot) and
+# per symbol (int32, and again in the training windows).
+_SEQ_BYTES, _SYMBOL_BYTES = 128, 8
+
+
+def check_data_memory(cfg: Any) -> None:
+    """data=synthetic draws data.num_train strings (and the held-out ones) of expected length
+    1 / data.stop_prob into host memory: refuse a number that cannot fit, before drawing."""
+    data = cfg.get("data")
+    if data is None or data.get("name") != "synthetic":
+        return
+    num_train, vf, tf = int(data.num_train), float(data.valid_fraction), float(data.test_fraction)
+    total = num_train / max(1e-9, 1.0 - vf - tf)
+    if data.get("max_sequences"):
+        total = min(total, int(data.max_sequences))
+    need = total * (_SEQ_BYTES + _SYMBOL_BYTES / float(data.stop_prob))
+    have = host_available_memory()
+    if have is not None and need > have:
+        raise UserError(
+            f"data.num_train={num_train} (with data.stop_prob={data.stop_prob}) needs about "
+            f"{_gib(need)} of host memory for its strings, more than the {_gib(have)} available; "
+            "lower data.num_train or cap it with data.max_sequences"
+        )
+
+
+def check_input_paths(cfg: Any) -> None:
+    """Every file or folder the config names for reading exists and is of the right kind (a
+    FIFO or a device would block `open()` forever), before any data is read."""
+    data = cfg.get("data")
+    if data is not None and data.get("name") == "text":
+        for key in ("path", "train_path", "valid_path", "test_path"):
+            if data.get(key):
+                regular_file(data[key], f"data.{key}", "an existing UTF-8 text file")
+    metrics = cfg.get("metrics")
+    ref = metrics.get("reference_checkpoint") if metrics is not None else None
+    if ref:
+        model_folder(ref, "metrics.reference_checkpoint")
 
 
 def _wandb_api_key_present() -> bool:
@@ -80,8 +145,10 @@ def check_environment(
     """Folders, coordinator and credentials: everything that can fail before any data is read."""
     if out_dir is not None:
         check_writable_dir(out_dir, out_key)
+    check_input_paths(cfg)
+    check_data_memory(cfg)
     cache = cfg.get("cache_dir")
-    check_writable_dir(cache_root(cache), "cache_dir" if cache else "SEQGEN_CACHE")
+    check_cache_dir(cache_root(cache), "cache_dir" if cache else "SEQGEN_CACHE")
     if cfg.get("distributed") and not (
         cfg.get("coordinator_address") or any(os.environ.get(v) for v in _CLUSTER_ENV)
     ):
@@ -90,12 +157,12 @@ def check_environment(
             "set JAX_COORDINATOR_ADDRESS=host:port (with JAX_NUM_PROCESSES, JAX_PROCESS_ID); "
             "on one machine leave distributed=false"
         )
+    from seqgen.tracking import effective_mode
+
     logger = cfg.logger
-    env_mode = os.environ.get("WANDB_MODE", "")
     if (
         logger.name == "wandb"
-        and logger.mode == "online"
-        and env_mode not in ("offline", "disabled", "dryrun")
+        and effective_mode(logger) == "online"
         and not _wandb_api_key_present()
     ):
         raise UserError(
@@ -158,6 +225,18 @@ def check_splits(corpus: Any) -> None:
     )
 
 
+def check_vocabulary(cfg: Any, corpus: Any) -> None:
+    """A vocabulary of nothing but the reserved symbols (every symbol rarer than
+    data.min_count, say) would train and decode `<unk>` alone."""
+    if len(corpus.vocab) <= NUM_SPECIAL:
+        data = cfg.data
+        raise UserError(
+            f"the vocabulary has no symbol besides {', '.join(SPECIAL_TOKENS)} (data.min_count="
+            f"{data.get('min_count')}, data.max_vocab={data.get('max_vocab')}); allowed: a lower "
+            "data.min_count or a larger data.max_vocab"
+        )
+
+
 def available_memory() -> tuple[int | None, str]:
     """Bytes one accelerator (or, on CPU, the host) can still give this process, and where."""
     import jax
@@ -188,22 +267,13 @@ def host_available_memory() -> int | None:
 
 
 def training_bytes(model_cfg: Any, train_cfg: Any, vocab_size: int, n_devices: int = 1) -> int:
-    """A lower estimate of one device's training memory, float32 throughout.
+    """A lower estimate of one device's training memory, float32 throughout, for a
+    [batch_size / devices, seq_len] batch (`seqgen.models.training_bytes`: parameters counted
+    exactly, activations per token from the cell's row of the models table)."""
+    from seqgen.models import training_bytes as model_training_bytes
 
-    Parameters, gradients and AdamW's two moments: 4 copies of P parameters. Activations kept
-    for the backward pass, per token of a [batch_size / devices, seq_len] batch: the embedding
-    (E), per layer the gates (g*H, g = 4 LSTM, 3 GRU, 1 RNN), cell and hidden state and the
-    layer input (3H), and the logits, their log-softmax and gradient (3V).
-    """
-    V, E, H = vocab_size, int(model_cfg.embed_size), int(model_cfg.hidden_size)
-    L = int(model_cfg.num_layers)
-    g = {"lstm": 4, "gru": 3, "rnn": 1}.get(str(model_cfg.cell), 4)
-    e_in = V if model_cfg.one_hot_input else E
-    params = (0 if model_cfg.one_hot_input else V * E) + H * V + V
-    params += g * H * (e_in + H + 2) + (L - 1) * g * H * (2 * H + 2)
     rows = math.ceil(int(train_cfg.batch_size) / max(1, n_devices))
-    per_token = E + L * (g + 3) * H + 3 * V
-    return 4 * (4 * params + rows * int(train_cfg.seq_len) * per_token)
+    return model_training_bytes(model_cfg, int(train_cfg.seq_len), rows, vocab_size)
 
 
 def _gib(n: float) -> str:
@@ -219,10 +289,12 @@ def check_training_memory(cfg: Any, vocab_size: int) -> None:
     need = training_bytes(cfg.model, cfg.train, vocab_size, n_dev)
     have, where = available_memory()
     if have is not None and need > have:
+        m, t = cfg.model, cfg.train
         raise UserError(
-            f"train.batch_size={cfg.train.batch_size} with train.seq_len={cfg.train.seq_len} "
-            f"needs at least {_gib(need)} per device to train, more than the {_gib(have)} of "
-            f"{where} available; lower train.batch_size or train.seq_len"
+            f"train.batch_size={t.batch_size} x train.seq_len={t.seq_len} with model."
+            f"num_layers={m.num_layers} x model.hidden_size={m.hidden_size} needs at least "
+            f"{_gib(need)} per device to train, more than the {_gib(have)} of {where} "
+            "available; lower one of them"
         )
 
 
@@ -258,10 +330,23 @@ def check_corpus(cfg: Any, corpus: Any) -> None:
     """Every decoder of the run against the vocabulary, and the splits: before the prompts."""
     from seqgen.decoding.steering import resolve
 
+    check_vocabulary(cfg, corpus)
     check_decoders(cfg, len(corpus.vocab))
     for _, dec in run_decoders(cfg):
         resolve(dec, corpus.vocab)  # a steering text's symbol missing from the vocabulary
     check_splits(corpus)
+
+
+def check_run(cfg: Any, corpus: Any) -> None:
+    """`check_corpus`, the prompts (`prompts.prepare_prompts`: unknown symbols, prompt
+    lengths, held-out prompts, a constraint that rejects every prompt), then `check_budgets`:
+    every corpus-dependent check of a run, before any training."""
+    from seqgen.prompts import prepare_prompts
+
+    check_corpus(cfg, corpus)
+    unknown = cfg.data.get("unknown", "error")
+    prompts = prepare_prompts(cfg.decode, corpus, cfg.get("constraint"), unknown)
+    check_budgets(cfg, len(corpus.vocab), len(prompts.prompts))
 
 
 def check_budgets(cfg: Any, vocab_size: int, num_prompts: int) -> None:
@@ -302,3 +387,108 @@ def check_divergence(metrics: dict[str, float], vocab_size: int) -> None:
                 f"token, above {DIVERGENCE_FACTOR:g} x log V = {bound:.2f} for V={vocab_size}); "
                 "the model was not cached; lower train.lr or raise train.warmup_steps"
             )
+
+
+# ---------------------------------------------------------------------------------------------
+# seqgen-sample: its sources (a run folder or a model-cache entry) and the folder it writes.
+
+# The file seqgen-sample writes first into a folder of its own; a folder without it that holds
+# anything (a run's folder above all) is never written into.
+SAMPLE_OWNER_MARK = ".seqgen-sample"
+
+
+def _load_yaml_mapping(path: Path, what: str) -> Any:
+    from omegaconf import DictConfig, OmegaConf
+
+    regular_file(path, what, "a regular file")
+    try:
+        node = OmegaConf.load(path)
+    except Exception as exc:  # yaml's and OmegaConf's parse errors
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"{what} ({path}) is not a readable YAML config: {first}") from None
+    if not isinstance(node, DictConfig):
+        raise UserError(f"{what} ({path}) holds a YAML {type(node).__name__}, not a mapping")
+    return node
+
+
+def merge_saved_config(saved: Any, what: str, base: Any = None) -> Any:
+    """`base` (default: the schema's config) with a saved one merged in (retired keys dropped);
+    one line when a key is unknown or a value of the wrong type (a damaged or foreign file)."""
+    from omegaconf import OmegaConf
+
+    from seqgen.config import Config, drop_retired
+
+    base = OmegaConf.structured(Config) if base is None else base
+    try:
+        return OmegaConf.merge(base, drop_retired(saved))
+    except Exception as exc:
+        key = getattr(exc, "full_key", "") or ""
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"{what} does not fit the config schema ({key}: {first})") from None
+
+
+def read_run_source(run: str) -> tuple[Any, Path | None]:
+    """A finished run folder's config (`config.yaml`) and model-cache entry (`metrics.json`;
+    None for the DPFSA oracle), each checked for its shape."""
+    from seqgen.checkpoint import read_json_object
+
+    folder = Path(run).expanduser()
+    if not folder.is_dir():
+        raise UserError(f"run={run} is not a folder; allowed: a run folder ('done ... -> DIR')")
+    if not (folder / "config.yaml").exists() or not (folder / "metrics.json").exists():
+        raise UserError(
+            f"run={run} is not a finished run dir (it needs config.yaml and metrics.json, "
+            "written once the model is ready)"
+        )
+    saved = _load_yaml_mapping(folder / "config.yaml", f"run={run}: config.yaml")
+    cfg = merge_saved_config(saved, f"run={run}: config.yaml")
+    metrics = read_json_object(folder / "metrics.json", f"run={run}: metrics.json", {"model": dict})
+    info = metrics["model"]
+    if info.get("oracle") is True:
+        return cfg, None
+    if not isinstance(info.get("cache_dir"), str):
+        raise UserError(
+            f"run={run}: metrics.json names no model-cache entry (model.cache_dir); it is "
+            "incomplete or was written by another program"
+        )
+    return cfg, model_folder(info["cache_dir"], f"the model of run={run} (model.cache_dir)")
+
+
+def read_model_source(model_dir: str) -> tuple[dict[str, Any], Path]:
+    """A model-cache entry's verified `meta.json` (every field under its checksum) as the
+    trained config `{data, model, train, seed}`, and the entry's folder."""
+    from seqgen.checkpoint import ModelCache
+
+    path = model_folder(model_dir, "model_dir").absolute()
+    try:
+        meta = ModelCache(path.parent).check(path.name)
+    except UserError as exc:
+        raise UserError(f"model_dir={model_dir}: {exc}") from None
+    if "data_cfg" not in meta:
+        raise UserError(
+            f"model_dir={model_dir} was cached before entries recorded their data; "
+            "give the run dir that trained it (run=...)"
+        )
+    kinds = {"data_cfg": dict, "model": dict, "train_cfg": dict, "seed": int}
+    for key, kind in kinds.items():
+        if not isinstance(meta.get(key), kind):
+            raise UserError(f"model_dir={model_dir}: meta.json has no {key!r} {kind.__name__}")
+    trained = {"data": meta["data_cfg"], "model": meta["model"], "train": meta["train_cfg"]}
+    return {**trained, "seed": meta["seed"]}, path
+
+
+def check_sample_out(out: str) -> Path:
+    """The folder `seqgen-sample out=` writes: new, empty, or one it wrote before (it holds
+    `SAMPLE_OWNER_MARK`), and writable; checked before decoding, so a run's folder is never
+    overwritten and no decode is lost to a bad path."""
+    path = Path(out).expanduser()
+    check_writable_dir(path, "out")
+    if path.is_dir() and not (path / SAMPLE_OWNER_MARK).is_file():
+        held = sorted(p.name for p in path.iterdir())
+        if held:
+            shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
+            raise UserError(
+                f"out={out} is a folder seqgen-sample did not write (it holds {shown}); "
+                "allowed: a new or empty folder, or one an earlier seqgen-sample wrote"
+            )
+    return path

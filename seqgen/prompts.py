@@ -85,10 +85,10 @@ def make_prompts(decode_cfg: Any, corpus: Any, unknown: str = "error") -> Prompt
             # a literal "\n" typed on the command line is a line break (ABC headers need them)
             text = str(text).replace("\\n", "\n")
             ids = corpus.vocab.encode(text, unknown=unknown)
-            if len(ids) > max_len:
+            if len(ids) >= max_len:  # as decode.prompt_len: room for a continuation
                 raise UserError(
-                    f"prompt {str(text)[:30]!r} is {len(ids)} tokens, longer than "
-                    f"decode.max_len={max_len}"
+                    f"prompt {str(text)[:30]!r} is {len(ids)} tokens, which leaves no room "
+                    f"for a continuation; allowed: prompts shorter than decode.max_len={max_len}"
                 )
             prompts.append(np.asarray(ids, np.int32))
         human_src = _openings(corpus, held, 0, max_len)

@@ -147,6 +147,21 @@ def _plots(folder: Path) -> str:
     )
 
 
+def _architecture(model: dict[str, Any]) -> str:
+    """`LSTM 2 x 128, embedding 64`: the cell, layers x width, and the sizes its row of the
+    models table reads besides (a cell this process does not know: the first part only)."""
+    from seqgen.models import MODELS
+
+    spec = MODELS.get(str(model["cell"]))
+    fields = spec.fields if spec is not None else ()
+    parts = [f"{str(model['cell']).upper()} {model.get('num_layers')} x {model.get('hidden_size')}"]
+    if "embed_size" in fields:
+        parts.append(f"embedding {model.get('embed_size')}")
+    if "num_heads" in fields:
+        parts.append(f"{model.get('num_heads')} heads, {model.get('positions')} positions")
+    return ", ".join(parts)
+
+
 def _config_brief(cfg: dict[str, Any], metrics: dict[str, Any], labels: list[str]) -> str:
     data, model = cfg.get("data", {}), cfg.get("model", {})
     train, dec = cfg.get("train", {}), cfg.get("decode", {})
@@ -156,10 +171,7 @@ def _config_brief(cfg: dict[str, Any], metrics: dict[str, Any], labels: list[str
     if model.get("cell") == "oracle":
         arch = "oracle: the DPFSA's exact distribution"
     elif model.get("cell"):
-        arch = (
-            f"{model.get('cell', '').upper()} {model.get('num_layers')} x "
-            f"{model.get('hidden_size')}, embedding {model.get('embed_size')}"
-        )
+        arch = _architecture(model)
     else:
         arch = str(model.get("name", "oracle"))
     if info.get("params"):

@@ -23,8 +23,9 @@ from omegaconf import DictConfig
 from seqgen import sweep
 from seqgen.compose import CONFIG_PATH, check_overrides
 from seqgen.config import validate_config
-from seqgen.errors import TrainingInterrupted, UserError
+from seqgen.errors import TrainingInterrupted, UserError, storage_error_message
 from seqgen.experiment import run_experiment
+from seqgen.parallel import exit_process
 
 log = logging.getLogger("seqgen")
 
@@ -47,6 +48,14 @@ def _fail(message: str) -> None:
     print(f"error: {message}", file=sys.stderr, flush=True)
 
 
+def _traceback_to_log_file() -> None:
+    """The exception being handled, with its traceback, in the run's log file only."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "failed", None, sys.exc_info())
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
 def main(cfg: DictConfig) -> Any:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
@@ -56,21 +65,29 @@ def main(cfg: DictConfig) -> Any:
         return run_experiment(cfg, out_dir=out_dir)
     except TrainingInterrupted as exc:  # SIGINT / SIGTERM: checkpoint saved; stop the sweep too
         print(exc, file=sys.stderr, flush=True)
-        sys.exit(exc.exit_code)
+        exit_process(exc.exit_code)
     except KeyboardInterrupt:  # a second Ctrl-C, or one outside training
         print("interrupted", file=sys.stderr, flush=True)
-        sys.exit(130)
+        exit_process(130)
     except UserError as exc:
         _fail(str(exc))
         if multirun:  # keep the other jobs of the sweep going; the summary lists this one
             sweep.record_failure(out_dir, cfg, exc)
             return None
-        sys.exit(2)
+        exit_process(2)
     except Exception as exc:
+        storage = storage_error_message(exc)
+        if storage is not None and not multirun:
+            _fail(storage)
+            sys.exit(2)
         if multirun:
             log.exception("job failed")
             sweep.record_failure(out_dir, cfg, exc)
             return None
+        if cfg.get("distributed"):  # the traceback in the log file, one line, no wait for peers
+            _traceback_to_log_file()
+            _fail(f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
+            exit_process(1)
         raise
 
 

@@ -81,42 +81,19 @@ def parse_args(argv: list[str]) -> tuple[SampleOptions, str | None, list[str]]:
 
 def read_source(opts: SampleOptions) -> tuple[DictConfig, Path | None]:
     """The trained model's config and its cache entry (None for the DPFSA oracle), from
-    `opts.run` or `opts.model_dir` (`seqgen.load` reads a folder through here too)."""
+    `opts.run` or `opts.model_dir` (`seqgen.load` reads a folder through here too), each
+    source file checked for its shape and, for a cache entry, its checksums
+    (`seqgen.preflight`)."""
     from seqgen.compose import compose_config
-    from seqgen.config import Config, drop_retired
+    from seqgen.preflight import merge_saved_config, read_model_source, read_run_source
 
     if bool(opts.run) == bool(opts.model_dir):
         raise UserError("give run=<run dir> or model_dir=<model-cache entry> (one of them)")
     if opts.run:
-        run = Path(opts.run).expanduser()
-        if not (run / "config.yaml").exists() or not (run / "metrics.json").exists():
-            raise UserError(
-                f"run={opts.run} is not a finished run dir (it needs config.yaml and "
-                "metrics.json, written once the model is ready)"
-            )
-        cfg = OmegaConf.merge(
-            OmegaConf.structured(Config), drop_retired(OmegaConf.load(run / "config.yaml"))
-        )
-        info = json.loads((run / "metrics.json").read_text()).get("model", {})
-        if info.get("oracle"):
-            return cfg, None
-        return cfg, Path(info["cache_dir"])
-    path = Path(opts.model_dir).expanduser()
-    if not (path / "meta.json").exists():
-        raise UserError(f"model_dir={opts.model_dir} is no model-cache entry (no meta.json)")
-    meta = json.loads((path / "meta.json").read_text())
-    if "data_cfg" not in meta:
-        raise UserError(
-            f"model_dir={opts.model_dir} was cached before entries recorded their data; "
-            "give the run dir that trained it (run=...)"
-        )
-    trained = {
-        "data": meta["data_cfg"],
-        "model": meta["model"],
-        "train": meta["train_cfg"],
-        "seed": int(meta["seed"]),
-    }
-    return OmegaConf.merge(compose_config([]), drop_retired(trained)), path
+        return read_run_source(opts.run)
+    trained, path = read_model_source(opts.model_dir)
+    what = f"model_dir={opts.model_dir}: meta.json"
+    return merge_saved_config(trained, what, compose_config([])), path
 
 
 def _decoder(cfg: DictConfig, name: str | None, knobs: list[str]) -> DictConfig:
@@ -145,7 +122,8 @@ def sample(argv: list[str]) -> dict[str, Any]:
     "decoder": {...}, "cfg": the config decoded with}`; with `out=DIR` also writes the files.
     """
     from seqgen.api import Model
-    from seqgen.config import to_dict, validate_config
+    from seqgen.config import Config, field_knobs, to_dict, validate_config
+    from seqgen.preflight import SAMPLE_OWNER_MARK, check_sample_out
 
     opts, name, knobs = parse_args(argv)
     cfg, model_dir = read_source(opts)
@@ -160,15 +138,18 @@ def sample(argv: list[str]) -> dict[str, Any]:
             cfg.decode[key] = getattr(opts, key)
     decode_seed = int(cfg.seed) if opts.seed is None else opts.seed
     validate_config(cfg)
+    field_knobs(Config)["seed"].check(decode_seed)  # unsigned 32-bit, like the run's seed
+    out_dir = check_sample_out(opts.out) if opts.out else None  # before any decoding
 
-    model = Model.from_source(cfg, model_dir)  # the corpus, then the model
+    # the corpus, then (vocabulary-bound knobs, prompts, decode budget checked) the model
+    model = Model.from_source(cfg, model_dir)
     records = model.decode_config(cfg, decode_seed).records
     corpus, dec = model.corpus, cfg.decoder
-    if opts.out:
+    if out_dir is not None:
         from seqgen.outputs import reset_outputs, write_samples
 
-        out_dir = Path(opts.out).expanduser()
         out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / SAMPLE_OWNER_MARK).write_text("written by seqgen-sample\n")
         (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         reset_outputs(out_dir)
         write_samples(corpus.name, records, out_dir, num_listen=len(records))
@@ -179,6 +160,11 @@ def sample(argv: list[str]) -> dict[str, Any]:
 def list_models(cache_dir: str | None = None) -> list[dict[str, Any]]:
     """The cached models, newest first: path, data, model, steps, ppl/valid, when."""
     root = cache_root(cache_dir) / "models"
+    if not root.is_dir():
+        raise UserError(
+            f"no model cache at {root.parent} (no models/ folder); allowed: cache_dir=<a seqgen "
+            "cache> (default $SEQGEN_CACHE, else ~/.cache/seqgen)"
+        )
     rows = []
     for meta_path in root.glob("*/meta.json"):
         try:
@@ -262,6 +248,13 @@ def cli() -> None:
         result = sample(argv)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except OSError as exc:  # a full disk or read-only file system while writing out=
+        from seqgen.errors import storage_error_message
+
+        if storage_error_message(exc) is None:
+            raise
+        print(f"error: {storage_error_message(exc)}", file=sys.stderr, flush=True)
         sys.exit(2)
     from seqgen.outputs import sample_separator
 

@@ -25,7 +25,7 @@ class LoadedModel:
 
     step_fn: Callable[..., Any]
     params: Any
-    init_carry: Callable[[int], Any]  # batch size -> carry pytree
+    init_carry: Callable[..., Any]  # (batch size, steps it will take) -> carry pytree
     vocab_size: int
     metrics: dict[str, float] = field(default_factory=dict)  # ppl/valid, ppl/test, bits/*
     info: dict[str, Any] = field(default_factory=dict)  # cache key, params, train summary
@@ -44,7 +44,7 @@ def score_sequences(
         _score_jit(
             model.step_fn,
             model.params,
-            model.init_carry(n),
+            model.init_carry(n, inputs.shape[1]),  # a KV cache holds every step
             jnp.asarray(inputs),
             jnp.asarray(targets),
         )

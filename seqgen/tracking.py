@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import jax
 
 import seqgen
+from seqgen.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +167,25 @@ class WandbTracker:
             log.info("W&B offline run: upload it with `wandb sync %s`", where)
 
 
+# The values of the WANDB_MODE environment variable W&B knows ("dryrun" is offline's old name).
+WANDB_ENV_MODES = ("online", "offline", "disabled", "dryrun")
+
+
+def effective_mode(logger_cfg: Any) -> str:
+    """The W&B mode a run uses: `logger.mode`, unless the environment's WANDB_MODE keeps it
+    off the network (offline, disabled): W&B itself reads that variable, and a job that a
+    scheduler or a test runs offline must not need an API key because its config says online."""
+    env = os.environ.get("WANDB_MODE", "")
+    if env and env not in WANDB_ENV_MODES:
+        raise UserError(
+            f"WANDB_MODE={env} in the environment is not a W&B mode; allowed: "
+            f"{', '.join(WANDB_ENV_MODES)} (or unset it)"
+        )
+    if env in ("offline", "dryrun", "disabled"):
+        return "offline" if env == "dryrun" else env
+    return str(logger_cfg.mode)
+
+
 def make_tracker(
     logger_cfg: Any,
     *,
@@ -178,13 +198,14 @@ def make_tracker(
     """The tracker a `logger` config asks for; a no-op on every process but 0."""
     if logger_cfg.name == "none" or jax.process_index() != 0:
         return NoOpTracker()
-    if logger_cfg.mode == "disabled":
+    mode = effective_mode(logger_cfg)
+    if mode == "disabled":
         return NoOpTracker()
     return WandbTracker(
         config=config,
         project=logger_cfg.project,
         out_dir=out_dir,
-        mode=logger_cfg.mode,
+        mode=mode,
         entity=logger_cfg.entity,
         group=logger_cfg.group or default_group,
         name=logger_cfg.run_name or default_name,

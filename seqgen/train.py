@@ -11,10 +11,11 @@ resumes from it (logging `resumed from step N`). SIGINT (Ctrl-C) and SIGTERM (wh
 other schedulers send before they kill) only set a flag while training; after the step in
 flight the loop saves the latest checkpoint and raises `TrainingInterrupted`, which
 `seqgen.run` turns into one line and exit status 130 / 143. A second signal stops at once
-(`KeyboardInterrupt`, still saving the last completed step). The batch iterator must be
-deterministic for a given seed (as `seqgen.data.batching.batch_iterator` is): on resume it is
-fast-forwarded by the number of batches already consumed, unless it has a `skip(n)` method,
-which is then called instead.
+(`KeyboardInterrupt`, still saving the last completed step), except while the state is updated
+or a checkpoint written: it then stops as soon as that is done, so the checkpoint is whole.
+The batch iterator must be deterministic for a given seed (as
+`seqgen.data.batching.batch_iterator` is): on resume it is fast-forwarded by the number of
+batches already consumed, unless it has a `skip(n)` method, which is then called instead.
 
 A non-finite loss, gradient norm or parameter stops training with `NonFiniteLossError`; the
 update of that step is not applied and no checkpoint is written after it, so the last good one
@@ -23,6 +24,7 @@ is kept.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -41,11 +43,11 @@ import optax
 from flax import nnx
 
 from seqgen.checkpoint import TrainCheckpointer
-from seqgen.config import TrainConfig
+from seqgen.config import TrainConfig, check_train, schema_default
+from seqgen.config import setting as config_setting
 from seqgen.errors import TrainingInterrupted, UserError
 from seqgen.metrics.perplexity import LN2, perplexity_from_nll
-from seqgen.models.recurrence import BACKWARDS
-from seqgen.parallel import make_mesh, replicate, shard_batch
+from seqgen.parallel import describe_devices, make_mesh, replicate, shard_batch
 from seqgen.progress import Progress
 
 log = logging.getLogger("seqgen")
@@ -76,41 +78,25 @@ class TrainHParams(NamedTuple):
 # Optimizer
 
 
-_SCHEMA = TrainConfig()
-
-
 def setting(cfg: Any, name: str) -> Any:
     """One field of a train config; a field it leaves out (a partial config of a test or
     script) takes its `seqgen.config.TrainConfig` default, the one place defaults live."""
-    return getattr(cfg, name, getattr(_SCHEMA, name))
+    return config_setting(cfg, name, schema_default(TrainConfig, name))
 
 
 def hparams_from_cfg(cfg: Any) -> TrainHParams:
-    """The optimizer fields of a train config (missing ones: the schema's defaults)."""
-
-    def get(name: str) -> Any:
-        return setting(cfg, name)
-
-    hp = TrainHParams(
-        steps=int(get("steps")),
-        lr=float(get("lr")),
-        weight_decay=float(get("weight_decay")),
-        warmup_steps=int(get("warmup_steps")),
-        clip_norm=float(get("clip_norm") or 0.0),
-        end_lr_ratio=float(get("end_lr_ratio")),
-        backward=str(get("backward")),
+    """The optimizer fields of a train config (missing ones: the schema's defaults), checked
+    by `seqgen.config.check_train` (ranges, warmup_steps <= steps)."""
+    check_train(cfg)
+    return TrainHParams(
+        steps=int(setting(cfg, "steps")),
+        lr=float(setting(cfg, "lr")),
+        weight_decay=float(setting(cfg, "weight_decay")),
+        warmup_steps=int(setting(cfg, "warmup_steps")),
+        clip_norm=float(setting(cfg, "clip_norm")),
+        end_lr_ratio=float(setting(cfg, "end_lr_ratio")),
+        backward=str(setting(cfg, "backward")),
     )
-    if hp.backward not in BACKWARDS:
-        raise UserError(f"train.backward={hp.backward!r}; allowed: {', '.join(BACKWARDS)}")
-    if hp.steps < 0:
-        raise UserError(f"train.steps={hp.steps} must be >= 0")
-    if not hp.lr > 0:
-        raise UserError(f"train.lr={hp.lr} must be > 0")
-    if not 0 <= hp.warmup_steps <= max(hp.steps, 0):
-        raise UserError(
-            f"train.warmup_steps={hp.warmup_steps} must be between 0 and train.steps={hp.steps}"
-        )
-    return hp
 
 
 def lr_schedule(hp: TrainHParams) -> optax.Schedule:
@@ -275,17 +261,35 @@ def _as_arrays(batch: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 class _StopSignals:
     """While active (main thread only), SIGINT and SIGTERM record their number in `signum`
-    instead of interrupting; a second one raises `KeyboardInterrupt`. The previous handlers
-    come back on exit."""
+    instead of interrupting; a second one raises `KeyboardInterrupt`, except inside
+    `protected()` (a state update or a checkpoint save), where it is held until the section
+    ends: a double signal never leaves a half-written checkpoint or a state whose step does
+    not match its parameters. The previous handlers come back on exit."""
 
     def __init__(self):
         self.signum: int | None = None
         self._previous: dict[int, Any] = {}
+        self._depth = 0  # nesting of protected sections
+        self._held = False  # a second signal arrived inside one
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum is not None:
+        if self.signum is None:
+            self.signum = signum
+        elif self._depth:
+            self._held = True
+        else:
             raise KeyboardInterrupt
-        self.signum = signum
+
+    @contextlib.contextmanager
+    def protected(self) -> Iterator[None]:
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+        if not self._depth and self._held:
+            self._held = False
+            raise KeyboardInterrupt
 
     def install(self) -> None:
         if threading.current_thread() is threading.main_thread():
@@ -456,13 +460,15 @@ class _Loop:
         if self.mesh is not None:
             batch = shard_batch(batch, self.mesh)
         train_step, _ = _jitted()
-        state.params, state.opt_state, state.bad_step, m = train_step(
+        new = train_step(
             self.graphdef, _compile_key(self.hp), state.params, state.opt_state, state.rest,
             batch, np.array([self.seed % 2**32, state.step], np.uint32), np.int32(state.step),
             state.bad_step,
         )  # fmt: skip
-        state.step += 1
-        state.data_position = state.step  # one batch per step
+        with self.stop.protected():  # the parameters and their step change together
+            state.params, state.opt_state, state.bad_step, m = new
+            state.step += 1
+            state.data_position = state.step  # one batch per step
         compiling = self.meter.first
         self.meter.add(m["loss"], ntok)
         if compiling:  # `add` waited for the first step, its compile included
@@ -513,8 +519,10 @@ class _Loop:
 
     def save(self, state: TrainState, which: str) -> None:
         if self.ckpt is not None:
-            self.ckpt.save(which, state.step, state.params, state.opt_state, state.meta(self.seed))
-            self.saved_step = state.step if which == "latest" else self.saved_step
+            with self.stop.protected():  # a second signal waits until the checkpoint is whole
+                meta = state.meta(self.seed)
+                self.ckpt.save(which, state.step, state.params, state.opt_state, meta)
+                self.saved_step = state.step if which == "latest" else self.saved_step
 
     def check_finite(self, state: TrainState) -> None:
         bad = int(state.bad_step)
@@ -598,6 +606,7 @@ def train(
     mesh = make_mesh() if setting(cfg, "data_parallel") else None
     if mesh is not None and mesh.size == 1:
         mesh = None
+    log.info("training on %s", describe_devices(mesh))
 
     ckpt = TrainCheckpointer(ckpt_dir) if ckpt_dir is not None else None
     loop = _Loop(model, hp, cfg, valid, ckpt, tracker, seed, progress, mesh)
@@ -606,7 +615,9 @@ def train(
 
     params = state.params
     if mesh is not None:  # hand back single-device arrays (decoding does not use the mesh)
-        params = jax.device_put(params, jax.local_devices()[0])
+        # a replica this process holds: under multi-host the global array is not addressable
+        local = jax.tree.map(lambda x: x.addressable_data(0), params)
+        params = jax.device_put(local, jax.local_devices()[0])
     nnx.update(model, params)
     model.eval()
     summary: dict[str, Any] = {

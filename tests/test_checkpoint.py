@@ -22,7 +22,7 @@ from flax import nnx
 import seqgen
 import seqgen.checkpoint
 from seqgen import model_store
-from seqgen.checkpoint import DamagedCacheEntry, ModelCache
+from seqgen.checkpoint import DamagedCacheEntry, ModelCache, _meta_digest
 from seqgen.errors import UserError
 from seqgen.models import LanguageModel
 from seqgen.paths import cache_root
@@ -186,12 +186,20 @@ def _truncate(entry):
     path.write_bytes(path.read_bytes()[: os.path.getsize(path) // 2])
 
 
+def _edit_meta(entry, **changes):
+    meta = json.loads((entry / "meta.json").read_text())
+    meta.update(changes)
+    (entry / "meta.json").write_text(json.dumps({k: v for k, v in meta.items() if v is not None}))
+
+
 DAMAGE = {
     "flipped_bytes": (_flip_bytes, "does not match its sha256"),
     "truncated": (_truncate, "does not match its sha256"),
     "deleted_model_dir": (lambda e: shutil.rmtree(e / "model"), "is missing"),
-    "garbage_meta": (lambda e: (e / "meta.json").write_text("{not json"), "unreadable"),
-    "meta_not_an_object": (lambda e: (e / "meta.json").write_text("[1, 2]"), "no checksums"),
+    "garbage_meta": (lambda e: (e / "meta.json").write_text("{not json"), "not readable JSON"),
+    "meta_not_an_object": (lambda e: (e / "meta.json").write_text("[1, 2]"), "not an object"),
+    "edited_meta": (lambda e: _edit_meta(e, seed=1), "edited"),
+    "meta_without_checksum": (lambda e: _edit_meta(e, meta_sha256=None), "no checksums"),
     "other_vocab": (lambda e: (e / "vocab.json").write_text('{"symbols": ["a"]}'), "vocab"),
 }
 
@@ -311,6 +319,7 @@ def test_pipeline_recomputes_the_metrics_of_a_loaded_model(pipeline, caplog):
     meta_path = Path(first.info["cache_dir"]) / "meta.json"
     meta = json.loads(meta_path.read_text())
     meta["metrics"]["ppl/valid"] = 1.0  # meta.json is not what the numbers come from
+    meta["meta_sha256"] = _meta_digest(meta)  # as if recorded so by an older model code
     meta_path.write_text(json.dumps(meta))
     with caplog.at_level(logging.INFO, logger="seqgen"):
         again = _get_model(cfg, corpus)

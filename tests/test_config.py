@@ -10,14 +10,28 @@ from types import SimpleNamespace
 
 import pytest
 from conftest import CONF_DIR, compose, run_cli
+from flax.nnx import Rngs
 from omegaconf import OmegaConf
 
-from seqgen.config import Config, DataConfig, DecoderConfig, TrainConfig, to_dict, validate_config
+from seqgen.config import (
+    GROUP_SCHEMAS,
+    Config,
+    DataConfig,
+    DecoderConfig,
+    TrainConfig,
+    check_fields,
+    field_knobs,
+    schema_default,
+    setting,
+    to_dict,
+    validate_config,
+)
 from seqgen.data.corpus import _get as corpus_get
 from seqgen.decoding.knobs import KNOBS
 from seqgen.decoding.registry import SPECS, validate_decoder
 from seqgen.driver import decoder_label
 from seqgen.errors import UserError
+from seqgen.models import LanguageModel
 from seqgen.train import hparams_from_cfg
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
@@ -108,7 +122,7 @@ def test_added_keys_seeds_and_empty_prompts_are_user_errors(overrides, needle):
         (["model.hidden_size=0"], "model.hidden_size=0 is out of range"),
         (["model.hidden_siz=3"], "unknown key 'model.hidden_siz'"),
         (["+model.hidden_siz=3"], "(did you mean 'model.hidden_size'?)"),
-        (["model=transformer"], "model/transformer"),
+        (["model=mamba"], "model/mamba"),  # a config group option that does not exist
         (["-m", "decoder=beam", "decoder.beam_size=2,0"], "decoder.beam_size=0"),
     ],
 )
@@ -231,3 +245,111 @@ def test_cli_run_dir_that_is_a_file_is_one_line(tmp_path: Path):
     err_lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(err_lines) == 1 and "hydra.run.dir=" in err_lines[0], proc.stderr
     assert "is an existing file" in err_lines[0] and "Traceback" not in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# One config mechanism: each field's range beside it, checked by `Knob.check`.
+
+SCHEMAS = [Config, *GROUP_SCHEMAS.values()]
+
+
+def _field_cases():
+    for schema in SCHEMAS:
+        group = next((g for g, s in GROUP_SCHEMAS.items() if s is schema), "")
+        for name, knob in field_knobs(schema).items():
+            yield pytest.param(group, name, knob, id=f"{group or 'root'}.{name}")
+
+
+@pytest.mark.parametrize("group, name, knob", list(_field_cases()))
+def test_every_schema_range_refuses_the_values_past_it(group, name, knob):
+    key = f"{group}.{name}" if group else name
+    base = OmegaConf.structured(Config)
+    check = (
+        (lambda cfg: check_fields(GROUP_SCHEMAS[group], cfg[group], group))
+        if group
+        else (lambda cfg: check_fields(Config, cfg))
+    )
+    check(base)  # the schema's default passes its own range
+    bad = _bad_values(knob)
+    if knob.type is float:
+        bad += [math.inf, -math.inf]  # every float field is finite
+    if knob.type is int and math.isfinite(knob.high):
+        bad.append(int(knob.high) + 1)
+    assert bad, key
+    for value in bad:
+        cfg = base.copy()
+        OmegaConf.update(cfg, key, value, force_add=False)
+        with pytest.raises(UserError, match=rf"^{re.escape(key)}=.*allowed: "):
+            check(cfg)
+
+
+@pytest.mark.parametrize(
+    "override", ["train.lr=inf", "train.clip_norm=inf", "data.stop_prob=nan", "seed=4294967296"]
+)
+def test_non_finite_and_too_large_values_are_refused_in_a_composed_config(override):
+    with pytest.raises(UserError, match=re.escape(override.split("=")[0]) + "="):
+        validate_config(compose([override]))
+
+
+@pytest.mark.parametrize("group", [g for g in GROUP_SCHEMAS if (CONF_DIR / g).is_dir()])
+def test_group_files_hold_only_what_differs_from_the_schema(group):
+    schema = GROUP_SCHEMAS[group]
+    for path in sorted((CONF_DIR / group).glob("*.yaml")):
+        conf = OmegaConf.to_container(OmegaConf.load(path)) or {}
+        if group == "decoder":
+            conf.pop("name")  # `decoder=NAME` names its decoder (the schema default is none)
+        same = [k for k, v in conf.items() if v == schema_default(schema, k)]
+        assert not same, f"{path.name} repeats the schema's defaults of {same}"
+
+
+@pytest.mark.parametrize(
+    "node",
+    [
+        {"lr": 0.5},
+        SimpleNamespace(lr=0.5),
+        OmegaConf.create({"lr": 0.5, "steps": None}),
+        TrainConfig(lr=0.5),
+    ],
+)
+def test_one_helper_reads_a_field_or_its_default(node):
+    from seqgen.decoding.common import get as knob_get
+
+    assert setting(node, "lr", 1.0) == 0.5
+    default_steps = 250 if isinstance(node, TrainConfig) else 7
+    assert setting(node, "steps", 7) == default_steps  # missing or None: the default
+    assert setting(None, "lr", 1.0) == 1.0
+    assert knob_get(node, "top_p") == KNOBS["top_p"].default  # the decoders' reading of it
+
+
+@pytest.mark.parametrize(
+    "check, needle",
+    [
+        (
+            lambda: hparams_from_cfg(SimpleNamespace(steps=5, warmup_steps=6)),
+            r"^train\.warmup_steps=6 is more than train\.steps=5",
+        ),
+        (
+            lambda: validate_config(compose(["train.steps=5", "train.warmup_steps=6"])),
+            r"^train\.warmup_steps=6 is more than train\.steps=5",
+        ),
+        (
+            lambda: hparams_from_cfg(SimpleNamespace(lr=0.0)),
+            r"^train\.lr=0\.0 is out of range",
+        ),
+        (
+            lambda: LanguageModel(5, embed_size=4, hidden_size=8, tie_weights=True, rngs=Rngs(0)),
+            r"^model\.tie_weights=true needs model\.embed_size == model\.hidden_size",
+        ),
+        (
+            lambda: validate_config(compose(["model.tie_weights=true", "model.embed_size=4"])),
+            r"^model\.tie_weights=true needs model\.embed_size == model\.hidden_size",
+        ),
+        (
+            lambda: LanguageModel(5, dropout=1.0, rngs=Rngs(0)),
+            r"^model\.dropout=1\.0 is out of range",
+        ),
+    ],
+)
+def test_each_rule_has_one_checker_whichever_way_it_is_reached(check, needle):
+    with pytest.raises(UserError, match=needle):
+        check()

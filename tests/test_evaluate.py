@@ -190,7 +190,7 @@ def test_human_row_under_a_uniform_model_has_perplexity_v():
     model = LoadedModel(
         step_fn=_uniform_step,
         params=jnp.zeros(()),
-        init_carry=lambda b: jnp.zeros((b,)),
+        init_carry=lambda b, max_len=None: jnp.zeros((b,)),
         vocab_size=v,
     )
     pr = Prompts(

@@ -74,7 +74,7 @@ def test_tied_weights_share_the_embedding():
 
 
 def test_tied_weights_size_mismatch_is_user_error():
-    with pytest.raises(UserError, match="embed_size == hidden_size"):
+    with pytest.raises(UserError, match=r"model\.embed_size == model\.hidden_size \(got 8"):
         _model("lstm", embed_size=8, hidden_size=16, tie_weights=True)
 
 

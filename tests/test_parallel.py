@@ -227,7 +227,7 @@ DECODE_SCRIPT = textwrap.dedent(
     # the pipeline's decode_all with decode.shard on and off: the same samples and metrics
     # (batch_size 15 = one call of the 5 prompts x 3 samples: the programs compiled above)
     model = NS(step_fn=step_fn, params=params, vocab_size=V,
-               init_carry=lambda b: jnp.zeros((b, H)))
+               init_carry=lambda b, max_len=None: jnp.zeros((b, H)))
     plist = [p[:n] for p, n in zip(prompts, lengths)]
     metrics = {}
     for shard in (False, True):

@@ -181,3 +181,13 @@ def test_folk_report_renders_every_tune_in_chromium(folk_run, tmp_path):
     assert len(cards) == 2 * NUM_LISTEN
     assert [c.endswith(' open=""') for c in cards] == [True, False, False] * 2
     assert all(f'href="#dec-{d}"' in proc.stdout for d in ("greedy", "top-k_8"))
+
+
+def test_architecture_line_names_what_the_cell_reads():
+    from seqgen.report import _architecture
+
+    base = {"num_layers": 2, "hidden_size": 96, "embed_size": 64, "num_heads": 4}
+    lstm = _architecture({**base, "cell": "lstm", "positions": "learned"})
+    assert lstm == "LSTM 2 x 96, embedding 64"  # a Transformer field is not the LSTM's
+    transformer = _architecture({**base, "cell": "transformer", "positions": "rope"})
+    assert transformer == "TRANSFORMER 2 x 96, 4 heads, rope positions"  # no embed_size

@@ -23,7 +23,7 @@ def bigram_step(params, carry, tokens):  # logits are log-probs: log_softmax lea
 MODEL = LoadedModel(
     step_fn=bigram_step,
     params=jnp.log(jnp.asarray(TABLE / TABLE.sum(1, keepdims=True), jnp.float32)),
-    init_carry=lambda b: jnp.zeros((b,)),
+    init_carry=lambda b, max_len=None: jnp.zeros((b,)),
     vocab_size=V,
 )
 

@@ -23,19 +23,28 @@ def _sweep_dir(root: Path) -> Path:
     return dirs[0].parent
 
 
+def test_a_jobs_data_dependent_mistake_stops_the_sweep_before_any_job(tmp_path, env):
+    # 8 samples x 16 tokens are 128 positions, more than decode.max_tokens=100: only the
+    # loaded corpus gives the prompt count, and the corpus is loaded before the first job
+    args = ["-m", *TINY, "decoder=sample", "decode.max_tokens=500,200,100"]
+    proc = run_cli(args, cwd=tmp_path, env=env)
+    err = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert proc.returncode == 2 and len(err) == 1, proc.stderr[-3000:]
+    assert "decode.max_tokens=100" in err[0] and not (tmp_path / "multirun").exists()
+
+
 def test_multirun_summary_plots_and_a_failed_job(tmp_path, env):
-    # 8 samples x 16 tokens are 128 positions, more than decode.max_tokens=100: that job fails
-    # (only the loaded corpus gives the prompt count), the others must survive
-    args = ["-m", *TINY, "output.plots=true", "decoder=sample", "decode.max_tokens=500,200,100"]
+    # train.lr=1e30 diverges, which only training shows: that job fails, the others survive
+    args = ["-m", *TINY, "output.plots=true", "decoder=sample", "train.lr=0.01,0.02,1e30"]
     proc = run_cli(args, cwd=tmp_path, env=env)
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     sweep = _sweep_dir(tmp_path)
     rows = list(csv.DictReader(open(sweep / "summary.csv")))
     jobs_ok = {r["job"] for r in rows}
     assert len(jobs_ok) == 2
-    assert {r["decode.max_tokens"] for r in rows if r["decoder"] != "human"} == {"500", "200"}
+    assert {r["train.lr"] for r in rows if r["decoder"] != "human"} == {"0.01", "0.02"}
     md = (sweep / "summary.md").read_text()
-    assert "Failed jobs (1)" in md and "max_tokens" in md
+    assert "Failed jobs (1)" in md and "diverged" in md
     assert (sweep / "plots" / "gen_ppl.png").stat().st_size > 1000
 
 

@@ -301,6 +301,65 @@ def test_signal_saves_a_checkpoint_and_resume_continues(full_run, tmp_path, capl
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("second_during", ["save", "update"])
+def test_a_second_signal_never_loses_the_interrupt_checkpoint(
+    full_run, tmp_path, monkeypatch, second_during
+):
+    """Two SIGTERMs in quick succession: the second arrives (deterministically, in-process)
+    while the interrupt checkpoint is written, or while the state takes a step's update; the
+    run still stops with a whole checkpoint of the last completed step, and resumes from it."""
+    _, (full_model, _), _, _ = full_run
+    cfg = replace(Cfg(), checkpoint_every=100)
+    real_save = TrainCheckpointer.save
+    if second_during == "save":
+
+        def save(self, *args, **kwargs):
+            os.kill(os.getpid(), signal.SIGTERM)  # the second signal, mid-save
+            return real_save(self, *args, **kwargs)
+
+        monkeypatch.setattr(TrainCheckpointer, "save", save)
+        stream = batches(signal_at=(2, signal.SIGTERM))
+    else:
+        # both signals while batch 2 is drawn: the second is raised inside the first's
+        # handling window, before the step's update is applied
+        def twice():
+            for i, b in enumerate(batches()):
+                if i == 2:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    os.kill(os.getpid(), signal.SIGTERM)
+                yield b
+
+        stream = twice()
+    with pytest.raises((TrainingInterrupted, KeyboardInterrupt)):
+        train(new_model(), stream, VALID, cfg, ckpt_dir=tmp_path, seed=3)
+    monkeypatch.setattr(TrainCheckpointer, "save", real_save)
+    saved = TrainCheckpointer(tmp_path).latest_step()
+    assert saved in (2, 3)  # the last completed step, whichever it was
+    model, summary = train(new_model(), batches(), VALID, cfg, ckpt_dir=tmp_path, seed=3)
+    assert summary["steps"] == 8
+    for a, b in zip(params_of(model), params_of(full_model)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+
+
+def test_a_signal_inside_a_protected_section_waits_for_its_end():
+    from seqgen.train import _StopSignals
+
+    stop = _StopSignals()
+    stop._handle(signal.SIGTERM, None)  # the first: recorded
+    assert stop.signum == signal.SIGTERM
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with stop.protected():
+            with stop.protected():  # nested: held until the outermost ends
+                stop._handle(signal.SIGTERM, None)
+            done.append("inner")
+            stop._handle(signal.SIGTERM, None)
+            done.append("outer")
+    assert done == ["inner", "outer"]
+    with pytest.raises(KeyboardInterrupt):  # outside a section: at once
+        stop._handle(signal.SIGTERM, None)
+
+
 @pytest.mark.slow
 def test_unreadable_training_checkpoint_restarts_from_step_zero(full_run, tmp_path, caplog):
     _, (full_model, _), _, _ = full_run

@@ -43,6 +43,7 @@ from seqgen.data import folk, text
 from seqgen.data.synthetic import DPFSA
 from seqgen.data.vocab import Vocab, tokenize
 from seqgen.errors import UserError
+from seqgen.settings import setting
 from seqgen.tokens import EOS_ID, SPECIAL_TOKENS, UNK_ID
 
 log = logging.getLogger("seqgen")
@@ -82,18 +83,8 @@ class Corpus:
         return not self.stream or self.line_eos
 
 
-def cfg_get(cfg: Any, key: str, default: Any = None) -> Any:
-    """`cfg.key` for a DictConfig/dataclass/namespace (or `cfg[key]` for a dict); `default`
-    when missing or None."""
-    try:
-        value = cfg[key] if isinstance(cfg, dict) else getattr(cfg, key)
-    except Exception:  # missing attribute, omegaconf MISSING, ...
-        value = None
-    return default if value is None else value
-
-
 def _get(cfg: Any, key: str) -> Any:
-    return cfg_get(cfg, key, DEFAULTS.get(key))
+    return setting(cfg, key, DEFAULTS.get(key))
 
 
 def split_indices(
@@ -429,6 +420,21 @@ LOADERS: dict[str, Callable[[Any, int], Corpus]] = {
     "folk": load_folk,
     "text": load_text,
     "synthetic": load_synthetic,
+}
+
+_SPLIT_KEYS = ("valid_fraction", "test_fraction", "max_sequences", "unknown")
+_VOCAB_KEYS = ("level", "min_count", "max_vocab")
+# The `data.*` keys each loader reads: another key set away from its default is refused
+# (`seqgen.config.check_data`), since the corpus would silently ignore it.
+KEYS_READ: dict[str, tuple[str, ...]] = {
+    "folk": ("collections", *_VOCAB_KEYS, *_SPLIT_KEYS),
+    "text": (
+        *("path", "preset", "train_path", "valid_path", "test_path", "cache_dir"),
+        *_VOCAB_KEYS,
+        *("line_eos", "unk_token", "window"),
+        *_SPLIT_KEYS,
+    ),
+    "synthetic": ("num_states", "alphabet_size", "num_train", "stop_prob", *_SPLIT_KEYS),
 }
 
 

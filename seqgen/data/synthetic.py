@@ -120,8 +120,8 @@ class DPFSA:
         logits[q, EOS_ID] = 0.0
         return {"next": jnp.asarray(nxt), "logits": jnp.asarray(logits)}
 
-    def init_carry(self, batch: int) -> jnp.ndarray:
-        """Start state for each row: int32 [batch]."""
+    def init_carry(self, batch: int, max_len: int | None = None) -> jnp.ndarray:
+        """Start state for each row: int32 [batch] (the same size at any `max_len`)."""
         return jnp.full((batch,), self.start, dtype=jnp.int32)
 
     @staticmethod

@@ -17,7 +17,7 @@ import urllib.request
 from dataclasses import dataclass
 
 from seqgen.errors import UserError
-from seqgen.paths import cache_root
+from seqgen.paths import cache_root, regular_file
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ def fetch_preset(name: str, *, path: str | None = None, cache_dir: str | None = 
 def read_text_file(path: str, key: str = "data.path") -> str:
     """Contents of a UTF-8 text file; UserError (naming the config `key`) if missing,
     unreadable, not UTF-8 or empty."""
-    path = os.path.expanduser(str(path))
+    path = str(regular_file(path, key, "an existing UTF-8 text file"))
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()

@@ -23,6 +23,7 @@ from flax import struct
 from seqgen.decoding.constraint import check_prompts, check_vocab
 from seqgen.decoding.knobs import DEFAULT_NAME, KNOBS, traced_names
 from seqgen.errors import UserError
+from seqgen.settings import setting
 from seqgen.tokens import EOS_ID, PAD_ID
 
 StepFn = Callable[[Any, Any, jax.Array], tuple[Any, jax.Array]]
@@ -101,13 +102,7 @@ class DecodeOutput:
 
 def get(cfg: Any, name: str) -> Any:
     """A decoder field of `cfg` (dataclass, DictConfig, SimpleNamespace, dict or None)."""
-    if cfg is None:
-        return DEFAULTS[name]
-    if isinstance(cfg, dict):
-        value = cfg.get(name, DEFAULTS[name])
-    else:
-        value = getattr(cfg, name, DEFAULTS[name])
-    return DEFAULTS[name] if value is None else value
+    return setting(cfg, name, DEFAULTS[name])
 
 
 def traced_knobs(cfg: Any) -> dict[str, jax.Array]:

@@ -30,7 +30,8 @@ _INF = math.inf
 
 @dataclass(frozen=True)
 class Knob:
-    """One decoder knob. `low`/`high` bound numbers (`*_open`: the bound itself is refused);
+    """One decoder knob (and, in `seqgen.config`, one field of the run's schema). `low`/`high`
+    bound numbers (`*_open`: the bound itself is refused; a float is always finite);
     `vocab_high`: an integer at most the vocabulary size; `choices`: the allowed strings."""
 
     name: str
@@ -52,7 +53,7 @@ class Knob:
 
     def check(self, value: Any, where: str = "decoder", vocab_size: int | None = None) -> None:
         """Raise one `UserError` line naming `where.name`, the value and what is allowed."""
-        key = f"{where}.{self.name}"
+        key = f"{where}.{self.name}" if where else self.name
         if self.steer:
             from seqgen.decoding.steering import check_value  # it imports JAX; this file not
 
@@ -65,6 +66,7 @@ class Knob:
                 raise UserError(f"{key}={value!r}; allowed: true or false")
         elif self.type is int:
             hi = vocab_size if self.vocab_high and vocab_size is not None else None
+            hi = self.high if hi is None and self.high < _INF else hi
             is_int = isinstance(value, int | np.integer) and not isinstance(value, bool)
             if not is_int or value < self.low or (hi is not None and value > hi):
                 lo = int(self.low)
@@ -77,7 +79,7 @@ class Knob:
                 raise UserError(f"{key}={value!r} is not a number") from None
             ok_lo = v > self.low if self.low_open else v >= self.low
             ok_hi = v < self.high if self.high_open else v <= self.high
-            if not (ok_lo and ok_hi):  # NaN fails both
+            if not (ok_lo and ok_hi and math.isfinite(v)):  # NaN fails both; inf is no number
                 raise UserError(f"{key}={value!r} is out of range; allowed: {self.allowed()}")
 
     def allowed(self) -> str:
@@ -87,9 +89,12 @@ class Knob:
         if self.type is bool:
             return "true or false"
         if self.type is int:
+            if self.high < _INF:
+                return f"an integer in [{int(self.low)}, {int(self.high)}]"
             return f"an integer >= {int(self.low)}" + (" and <= V" if self.vocab_high else "")
         if self.type is float:
-            lb, rb = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            lb = "(" if self.low_open or self.low == -_INF else "["
+            rb = ")" if self.high_open or self.high == _INF else "]"
             return f"{lb}{float(self.low)}, {float(self.high)}{rb}"
         if self.steer:
             return "token ids or text (see seqgen.decoding.steering)"

@@ -62,3 +62,22 @@ def regex_constraint(pattern: str, symbols: Sequence[str]) -> Constraint:
                 table[index[s], v] = index[cur]
     accept = np.array([s in fsm.finals for s in states], bool)
     return make_constraint(table, accept, index[fsm.initial])
+
+
+def shortest_match(pattern: str) -> int | None:
+    """The length in characters of the shortest string that fully matches `pattern`, or None
+    when no string does (breadth-first over the pattern's DFA): known from the config alone,
+    so a budget too short for any match is refused before any work."""
+    fsm = compile_pattern(pattern)
+    seen, frontier, length = {fsm.initial}, [fsm.initial], 0
+    while frontier:
+        if any(s in fsm.finals for s in frontier):
+            return length
+        nxt = []
+        for s in frontier:
+            for t in fsm.map.get(s, {}).values():
+                if t not in seen:
+                    seen.add(t)
+                    nxt.append(t)
+        frontier, length = nxt, length + 1
+    return None

@@ -100,3 +100,80 @@ def ngram_ids(packed: Packed, max_n: int) -> list[tuple[np.ndarray, np.ndarray]]
         out.append((ids, starts))
     packed.cache["ngrams"] = out
     return out
+
+
+def ngram_keys(packed: Packed, n: int, base: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact keys of the n-grams of `packed` that are the same in every chunk of a larger set:
+    `(keys, starts)`, `keys[j]` the n-gram starting at flat position `starts[j]`.
+
+    A key is the n-gram read as a base-`base` number (`base` above every token id): int64 when
+    base^n fits, else the n ids as big-endian bytes; either way keys sort as the n-grams do
+    lexicographically, the order `ngram_ids` numbers them in.
+    """
+    starts = np.nonzero(packed.position <= packed.lengths[packed.seq_index] - n)[0]
+    columns = [packed.flat[starts + j] for j in range(n)]
+    if base**n < 2**63:
+        keys = np.zeros(starts.size, np.int64)
+        for col in columns:
+            keys = keys * base + col
+        return keys, starts
+    rows = np.stack(columns, axis=1).astype(">i8") if columns else np.zeros((0, n), ">i8")
+    return np.ascontiguousarray(rows).view(np.dtype((np.void, 8 * n))).reshape(-1), starts
+
+
+class NgramCounts:
+    """Counts of each distinct n-gram over sequences added chunk by chunk.
+
+    Per distinct n-gram (sorted `keys`): `total` occurrences, and the largest count in one
+    sequence (`top1`, held by sequence `holder`) and the largest in any other sequence
+    (`top2`): Self-BLEU's clipped match against all references but the hypothesis is `top2`
+    for the holder and `top1` for everyone else. Memory grows with the number of distinct
+    n-grams, not with the number of sequences.
+    """
+
+    def __init__(self) -> None:
+        self.keys: np.ndarray | None = None
+        self.total = self.top1 = self.holder = self.top2 = np.zeros(0, np.int64)
+
+    def add(self, keys: np.ndarray, seq: np.ndarray) -> None:
+        """Add the n-grams `keys` (from `ngram_keys`) of the sequences numbered `seq` (global
+        indices, new ones: a sequence is added once, whole)."""
+        grams, inv = np.unique(keys, return_inverse=True)
+        g = max(grams.size, 1)
+        seq0 = int(seq.min(initial=0))
+        pair, cnt = np.unique((seq - seq0) * g + inv.reshape(-1), return_counts=True)
+        s, gram = pair // g + seq0, pair % g
+        total = np.bincount(gram, weights=cnt, minlength=grams.size).astype(np.int64)
+        # the top count of each n-gram (with its holder) and the second, within the chunk
+        order = np.lexsort((-cnt, gram))
+        g_o, c_o, s_o = gram[order], cnt[order], s[order]
+        first = np.ones(g_o.size, bool)
+        first[1:] = g_o[1:] != g_o[:-1]
+        second = np.zeros(g_o.size, bool)
+        second[1:] = first[:-1] & ~first[1:]
+        c1, h1, c2 = (np.zeros(grams.size, np.int64) for _ in range(3))
+        c1[g_o[first]], h1[g_o[first]] = c_o[first], s_o[first]
+        c2[g_o[second]] = c_o[second]
+        if self.keys is None:
+            self.keys, self.total, self.top1, self.holder, self.top2 = grams, total, c1, h1, c2
+            return
+        merged, inv = np.unique(np.concatenate([self.keys, grams]), return_inverse=True)
+        old, new = inv[: self.keys.size], inv[self.keys.size :]
+
+        def spread(values: np.ndarray, at: np.ndarray) -> np.ndarray:
+            out = np.zeros(merged.size, np.int64)
+            out[at] = values
+            return out
+
+        a1, ah, a2 = spread(self.top1, old), spread(self.holder, old), spread(self.top2, old)
+        b1, bh, b2 = spread(c1, new), spread(h1, new), spread(c2, new)
+        keep = a1 >= b1  # ties keep the earlier holder, as one lexsort over all would
+        self.keys = merged
+        self.total = spread(self.total, old) + spread(total, new)
+        self.top1 = np.where(keep, a1, b1)
+        self.holder = np.where(keep, ah, bh)
+        self.top2 = np.where(keep, np.maximum(a2, b1), np.maximum(b2, a1))
+
+    def lookup(self, keys: np.ndarray) -> np.ndarray:
+        """Positions of `keys` (each one of the table's) in `self.keys`."""
+        return np.searchsorted(self.keys, keys)

@@ -8,14 +8,23 @@ exact integer n-gram ids (`_packed.ngram_ids`), vectorized in numpy.
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import numpy as np
 
-from seqgen.metrics._packed import Packed, SequencesLike, ngram_ids, pack
+from seqgen.metrics._packed import NgramCounts, Packed, SequencesLike, ngram_keys, pack
 
 SELF_BLEU_SAMPLES = 1000  # Holtzman et al. 2020 score 1,000 sampled generations
 ZIPF_TOP_TYPES = 5000  # Holtzman et al. 2020 fit the 5,000 most frequent types
+
+
+def _counts(sequences: SequencesLike | Packed, lengths, max_n: int, **kwargs) -> DiversityCounts:
+    """The counts of one set of generations: every function below is one chunk of them."""
+    packed = pack(sequences, lengths)
+    counts = DiversityCounts(packed.num_sequences, max_n=max_n, **kwargs)
+    counts.add(packed)
+    return counts
 
 
 def distinct_n(sequences: SequencesLike | Packed, n: int, *, lengths=None) -> float:
@@ -26,13 +35,7 @@ def distinct_n(sequences: SequencesLike | Packed, n: int, *, lengths=None) -> fl
 
     N-grams do not cross sequence boundaries. NaN when there are no tokens.
     """
-    packed = pack(sequences, lengths)
-    total = int(packed.lengths.sum())
-    if total == 0:
-        return math.nan
-    ids, _ = ngram_ids(packed, n)[n - 1]
-    num_distinct = int(ids.max()) + 1 if ids.size else 0  # ids are dense: 0..distinct-1
-    return num_distinct / total
+    return _counts(sequences, lengths, n, self_bleu_samples=0).distinct(n)
 
 
 def ngram_entropy(sequences: SequencesLike | Packed, n: int = 4, *, lengths=None) -> float:
@@ -44,22 +47,14 @@ def ngram_entropy(sequences: SequencesLike | Packed, n: int = 4, *, lengths=None
     where F(w) is the count of n-gram w pooled over all generations (boundaries not crossed).
     NaN when no sequence has n tokens.
     """
-    packed = pack(sequences, lengths)
-    ids, _ = ngram_ids(packed, n)[n - 1]
-    if ids.size == 0:
-        return math.nan
-    p = np.bincount(ids).astype(np.float64)
-    p = p[p > 0] / ids.size
-    return float(-(p * np.log(p)).sum())
+    return _counts(sequences, lengths, n, self_bleu_samples=0).entropy(n)
 
 
 def unique_sequences(sequences: SequencesLike | Packed, *, lengths=None) -> float:
-    """Fraction of distinct sequences: |{distinct generations}| / N (exact token equality)."""
-    packed = pack(sequences, lengths)
-    if packed.num_sequences == 0:
-        return math.nan
-    distinct = {packed.sequence(i).tobytes() for i in range(packed.num_sequences)}
-    return len(distinct) / packed.num_sequences
+    """Fraction of distinct sequences: |{distinct generations}| / N (exact token equality;
+    sequences are compared by a 128-bit BLAKE2b digest of their ids, so that a large study
+    holds 16 bytes per distinct sequence: a collision has probability ~N^2 / 2^129)."""
+    return _counts(sequences, lengths, 1, self_bleu_samples=0).unique()
 
 
 def zipf_coefficient(
@@ -72,16 +67,7 @@ def zipf_coefficient(
     squares (as `scipy.stats.linregress`) and return s = -b. For counts exactly c / r^s the
     result is s. NaN with fewer than 2 types.
     """
-    packed = pack(sequences, lengths)
-    counts = np.bincount(packed.flat) if packed.flat.size else np.zeros(0, np.int64)
-    counts = np.sort(counts[counts > 0])[::-1][:top].astype(np.float64)
-    if counts.size < 2:
-        return math.nan
-    x = np.log(np.arange(1, counts.size + 1, dtype=np.float64))
-    y = np.log(counts)
-    x_c = x - x.mean()
-    slope = float((x_c * (y - y.mean())).sum() / (x_c * x_c).sum())
-    return -slope
+    return _counts(sequences, lengths, 1, self_bleu_samples=0, zipf_top=top).zipf()
 
 
 def self_bleu(
@@ -108,59 +94,152 @@ def self_bleu(
     - brevity penalty against the closest reference length (ties -> the shorter reference):
       BP = 1 if c > r, 0 if c = 0, else exp(1 - r / c);
     - BLEU = BP * exp(sum_n (1/max_n) ln p_n).
-    Vectorized: counts per (sequence, n-gram id) by `np.unique`; the max over references
-    excluding the hypothesis itself is the top count of the n-gram, or its second count
-    when the hypothesis holds the top one. NaN with fewer than 2 sequences.
+    Vectorized and streamable (`DiversityCounts`): the max over references excluding the
+    hypothesis itself is the top count of the n-gram over all sequences, or its second count
+    when the hypothesis holds the top one (`NgramCounts`); the closest reference length comes
+    from the histogram of lengths. NaN with fewer than 2 sequences.
     With `return_scores=True` returns (hypothesis indices, per-hypothesis BLEU) instead.
     """
-    packed = pack(sequences, lengths)
-    n_seq = packed.num_sequences
-    if n_seq < 2:
-        return math.nan
-    rng = np.random.default_rng(seed)
-    hyps = np.sort(rng.choice(n_seq, size=min(n_seq, num_samples), replace=False))
-    is_hyp = np.zeros(n_seq, bool)
-    is_hyp[hyps] = True
-    hyp_len = packed.lengths[hyps]
-
-    matches = np.zeros((hyps.size, max_n))
-    for n, (ids, starts) in enumerate(ngram_ids(packed, max_n), start=1):
-        numer = np.zeros(n_seq)
-        if ids.size:
-            num_grams = int(ids.max()) + 1
-            key, cnt = np.unique(packed.seq_index[starts] * num_grams + ids, return_counts=True)
-            seq, gram = key // num_grams, key % num_grams
-            # top-1 (with its holder) and top-2 count of every n-gram over all sequences
-            order = np.lexsort((-cnt, gram))
-            g_o, c_o, s_o = gram[order], cnt[order], seq[order]
-            first = np.ones(g_o.size, bool)
-            first[1:] = g_o[1:] != g_o[:-1]
-            second = np.zeros(g_o.size, bool)
-            second[1:] = first[:-1] & ~first[1:]
-            top1 = np.zeros(num_grams, np.int64)
-            top2 = np.zeros(num_grams, np.int64)
-            holder = np.full(num_grams, -1, np.int64)
-            top1[g_o[first]], holder[g_o[first]] = c_o[first], s_o[first]
-            top2[g_o[second]] = c_o[second]
-            sel = is_hyp[seq]
-            s_h, g_h, c_h = seq[sel], gram[sel], cnt[sel]
-            ref_max = np.where(holder[g_h] == s_h, top2[g_h], top1[g_h])
-            numer = np.bincount(s_h, weights=np.minimum(c_h, ref_max), minlength=n_seq)
-        matches[:, n - 1] = numer[hyps]
-
-    # closest reference length among the other sequences (ties -> shorter)
-    sorted_len = np.sort(packed.lengths)
-    lo = np.searchsorted(sorted_len, hyp_len, "left")
-    hi = np.searchsorted(sorted_len, hyp_len, "right")
-    same_len_others = hi - lo - 1
-    below = np.where(lo > 0, sorted_len[np.maximum(lo - 1, 0)], -(10**12))
-    above = np.where(hi < n_seq, sorted_len[np.minimum(hi, n_seq - 1)], 10**12)
-    closest = np.where(hyp_len - below <= above - hyp_len, below, above)
-    closest = np.where(same_len_others > 0, hyp_len, closest)
-    scores = bleu_from_matches(matches, hyp_len, closest, epsilon)
+    counts = _counts(
+        sequences, lengths, max_n, self_bleu_samples=num_samples, seed=seed, epsilon=epsilon
+    )
+    hyps, scores = counts.self_bleu_scores()
     if return_scores:
         return hyps, scores
-    return float(scores.mean())
+    return float(scores.mean()) if scores.size else math.nan
+
+
+class DiversityCounts:
+    """Everything the diversity metrics count, over generations added chunk by chunk.
+
+    Holds, for n = 1..max_n, the distinct n-grams with their counts (`NgramCounts`), token
+    counts, the histogram of lengths, a digest per distinct sequence and the Self-BLEU
+    hypotheses (a seeded subset of the `num_sequences` generations, known in advance), so
+    that memory grows with the distinct n-grams, not with the number of generations. Adding
+    all generations as one chunk or as many gives the same metrics (to float64 rounding).
+    `vocab_size` (above every id) must be given when generations come in several chunks.
+    """
+
+    def __init__(
+        self,
+        num_sequences: int,
+        *,
+        max_n: int = 4,
+        seed: int = 0,
+        self_bleu_samples: int = SELF_BLEU_SAMPLES,
+        zipf_top: int = ZIPF_TOP_TYPES,
+        epsilon: float = 0.1,
+        vocab_size: int | None = None,
+    ) -> None:
+        self.num_sequences, self.max_n, self.vocab_size = num_sequences, max_n, vocab_size
+        self.zipf_top, self.epsilon = zipf_top, epsilon
+        self.grams = [NgramCounts() for _ in range(max_n)]
+        self.tokens = np.zeros(0, np.int64)  # count per token id
+        self.length_hist = np.zeros(0, np.int64)
+        self.digests: set[bytes] = set()
+        self.seen = 0
+        rng = np.random.default_rng(seed)
+        size = min(num_sequences, self_bleu_samples) if num_sequences >= 2 else 0
+        self.hyps = np.sort(rng.choice(num_sequences, size=size, replace=False))
+        self.hyp_tokens: dict[int, np.ndarray] = {}
+
+    def add(self, sequences: SequencesLike | Packed, lengths=None) -> None:
+        """Count the next generations (in order: the k-th added is generation `seen + k`)."""
+        packed = pack(sequences, lengths)
+        first, n_seq = self.seen, packed.num_sequences
+        if first + n_seq > self.num_sequences:
+            raise ValueError(f"more than the {self.num_sequences} generations announced")
+        base = self.vocab_size or int(packed.flat.max(initial=0)) + 1
+        if self.vocab_size is None and first + n_seq < self.num_sequences:
+            raise ValueError("DiversityCounts needs vocab_size to count in several chunks")
+        whole = first == 0 and n_seq == self.num_sequences  # one chunk: share its tables
+        for n in range(1, self.max_n + 1):
+            cached = packed.cache.get(("ngram_counts", n, base)) if whole else None
+            if cached is None:
+                keys, starts = ngram_keys(packed, n, base)
+                self.grams[n - 1].add(keys, packed.seq_index[starts] + first)
+                if whole:
+                    packed.cache[("ngram_counts", n, base)] = self.grams[n - 1]
+            else:  # counted by another metric of the same set (the table's, one by one)
+                self.grams[n - 1] = cached
+        self.tokens = _add_counts(self.tokens, np.bincount(packed.flat))
+        self.length_hist = _add_counts(self.length_hist, np.bincount(packed.lengths))
+        for i in range(n_seq):
+            self.digests.add(hashlib.blake2b(packed.sequence(i).tobytes(), digest_size=16).digest())
+        mine = self.hyps[(self.hyps >= first) & (self.hyps < first + n_seq)]
+        for h in map(int, mine):
+            self.hyp_tokens[h] = packed.sequence(h - first).copy()
+        self.seen += n_seq
+
+    def distinct(self, n: int) -> float:
+        total = int(self.tokens.sum())
+        return self.grams[n - 1].keys.size / total if total else math.nan
+
+    def entropy(self, n: int) -> float:
+        counts = self.grams[n - 1].total
+        if counts.sum() == 0:
+            return math.nan
+        p = counts.astype(np.float64)
+        p = p[p > 0] / counts.sum()
+        return float(-(p * np.log(p)).sum())
+
+    def unique(self) -> float:
+        return len(self.digests) / self.seen if self.seen else math.nan
+
+    def zipf(self) -> float:
+        counts = np.sort(self.tokens[self.tokens > 0])[::-1][: self.zipf_top].astype(np.float64)
+        if counts.size < 2:
+            return math.nan
+        x = np.log(np.arange(1, counts.size + 1, dtype=np.float64))
+        y = np.log(counts)
+        x_c = x - x.mean()
+        slope = float((x_c * (y - y.mean())).sum() / (x_c * x_c).sum())
+        return -slope
+
+    def self_bleu_scores(self) -> tuple[np.ndarray, np.ndarray]:
+        """(hypothesis indices, their sentence BLEU against all other generations)."""
+        if self.seen < 2 or not self.hyps.size:
+            return self.hyps, np.zeros(0)
+        hyp = pack([self.hyp_tokens[int(h)] for h in self.hyps])
+        base = self.vocab_size or int(self.tokens.size)
+        matches = np.zeros((self.hyps.size, self.max_n))
+        for n, table in enumerate(self.grams, start=1):
+            keys, starts = ngram_keys(hyp, n, base)
+            if not keys.size:
+                continue
+            grams, inv = np.unique(keys, return_inverse=True)
+            local = hyp.seq_index[starts]
+            pair, cnt = np.unique(local * grams.size + inv.reshape(-1), return_counts=True)
+            h, at = pair // grams.size, table.lookup(grams[pair % grams.size])
+            ref_max = np.where(table.holder[at] == self.hyps[h], table.top2[at], table.top1[at])
+            matches[:, n - 1] = np.bincount(
+                h, weights=np.minimum(cnt, ref_max), minlength=self.hyps.size
+            )
+        # closest length among the other generations (ties -> shorter)
+        hyp_len = hyp.lengths
+        present = np.flatnonzero(self.length_hist)
+        lo = np.searchsorted(present, hyp_len, "left")
+        hi = np.searchsorted(present, hyp_len, "right")
+        below = np.where(lo > 0, present[np.maximum(lo - 1, 0)], -(10**12))
+        above = np.where(hi < present.size, present[np.minimum(hi, present.size - 1)], 10**12)
+        closest = np.where(hyp_len - below <= above - hyp_len, below, above)
+        closest = np.where(self.length_hist[hyp_len] > 1, hyp_len, closest)
+        return self.hyps, bleu_from_matches(matches, hyp_len, closest, self.epsilon)
+
+    def metrics(self) -> dict[str, float]:
+        """`diversity/*` keys and `zipf`, as the metric table names them (a study's)."""
+        out = {f"diversity/distinct_{n}": self.distinct(n) for n in range(1, 5)}
+        _, scores = self.self_bleu_scores()
+        out["diversity/self_bleu4"] = float(scores.mean()) if scores.size else math.nan
+        out["diversity/ent_4"] = self.entropy(4)
+        out["diversity/unique_seq"] = self.unique()
+        out["zipf"] = self.zipf()
+        return out
+
+
+def _add_counts(total: np.ndarray, more: np.ndarray) -> np.ndarray:
+    size = max(total.size, more.size)
+    return np.pad(total, (0, size - total.size)) + np.pad(more, (0, size - more.size))
 
 
 def bleu_from_matches(

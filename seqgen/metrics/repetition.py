@@ -26,16 +26,21 @@ def seq_rep_n(sequences: SequencesLike | Packed, n: int = 4, *, lengths=None) ->
     per continuation x, averaged over continuations. A continuation shorter than n has no
     n-grams (the ratio is undefined) and is left out of the average; NaN if all are.
     """
-    packed = pack(sequences, lengths)
+    ratios = _seq_rep_ratios(pack(sequences, lengths), n)
+    return float(np.mean(ratios)) if ratios.size else math.nan
+
+
+def _seq_rep_ratios(packed: Packed, n: int) -> np.ndarray:
+    """1 - unique / all n-grams of each continuation with at least n tokens."""
     ids, starts = ngram_ids(packed, n)[n - 1]
     total = np.maximum(packed.lengths - n + 1, 0)
     has = total > 0
     if not has.any():
-        return math.nan
+        return np.zeros(0)
     num_grams = int(ids.max()) + 1
     seq_of_unique = np.unique(packed.seq_index[starts] * num_grams + ids) // num_grams
     unique = np.bincount(seq_of_unique, minlength=packed.num_sequences)
-    return float(np.mean(1.0 - unique[has] / total[has]))
+    return 1.0 - unique[has] / total[has]
 
 
 def rep_l(
@@ -53,6 +58,12 @@ def rep_l(
     m = packed.flat.size
     if m == 0:
         return {w: math.nan for w in windows}
+    return {w: r / m for w, r in _repeats_within(packed, windows).items()}
+
+
+def _repeats_within(packed: Packed, windows) -> dict[int, int]:
+    """How many tokens occurred among the previous l of their continuation, for each l."""
+    m = packed.flat.size
     # sort by (sequence, token, position): consecutive equal (sequence, token) pairs give each
     # token's most recent previous occurrence
     order = np.lexsort((packed.position, packed.flat, packed.seq_index))
@@ -61,7 +72,7 @@ def rep_l(
     same[1:] = (s[1:] == s[:-1]) & (f[1:] == f[:-1])
     gap = np.full(m, np.iinfo(np.int64).max)
     gap[1:] = np.where(same[1:], p[1:] - p[:-1], gap[1:])
-    return {w: float((gap <= w).sum()) / m for w in windows}
+    return {w: int((gap <= w).sum()) for w in windows}
 
 
 def end_repeats(
@@ -113,3 +124,38 @@ def repetition_percent(
     `is_repetition` holds (a percentage in [0, 100], as the paper's Table 1 reports it)."""
     rep = is_repetition(sequences, max_n=max_n, lengths=lengths)
     return 100.0 * float(rep.mean()) if rep.size else math.nan
+
+
+class RepetitionCounts:
+    """The `repetition/*` metrics over generations added chunk by chunk: every one of them is
+    a sum over continuations, so a chunk's sums are all that is kept (the same numbers as
+    one chunk, to float64 rounding of seq-rep-4's sum)."""
+
+    def __init__(self, windows=REP_WINDOWS) -> None:
+        self.windows = tuple(windows)
+        self.seq_rep_sum, self.seq_rep_count = 0.0, 0
+        self.repeats = dict.fromkeys(self.windows, 0)
+        self.tokens = self.loops = self.sequences = 0
+
+    def add(self, sequences: SequencesLike | Packed, lengths=None) -> None:
+        packed = pack(sequences, lengths)
+        ratios = _seq_rep_ratios(packed, 4)
+        self.seq_rep_sum += float(np.sum(ratios))
+        self.seq_rep_count += ratios.size
+        for w, r in _repeats_within(packed, self.windows).items():
+            self.repeats[w] += r
+        self.tokens += packed.flat.size
+        self.loops += int(is_repetition(packed).sum())
+        self.sequences += packed.num_sequences
+
+    def metrics(self) -> dict[str, float]:
+        nan = math.nan
+        out = {
+            "repetition/seq_rep_4": self.seq_rep_sum / self.seq_rep_count
+            if self.seq_rep_count
+            else nan,
+            "repetition/rep_pct": 100.0 * (self.loops / self.sequences) if self.sequences else nan,
+        }
+        for w in self.windows:
+            out[f"repetition/rep_{w}"] = self.repeats[w] / self.tokens if self.tokens else nan
+        return out

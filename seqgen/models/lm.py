@@ -19,7 +19,7 @@ parameters). Multiplying a one-hot vector by a kernel selects a row, so we gathe
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -27,17 +27,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from seqgen.errors import UserError
+from seqgen.models.protocol import ModelSpec, mask_logits, never_predicted
 from seqgen.models.recurrence import scan_layer
-from seqgen.tokens import BOS_ID, EOS_ID, PAD_ID
 
 Array = jax.Array
 Carry = Any  # tuple over layers of a cell carry: LSTM (c, h), GRU / RNN h; leaves [B, H]
 
 CELLS = ("rnn", "lstm", "gru")
-# PAD and BOS are never a target, so the head gives them this logit (large negative, never
-# -inf: no NaN in log-softmax arithmetic); the model's distribution is over the other ids.
-NEVER_PREDICTED = (PAD_ID, BOS_ID)
-MASKED_LOGIT = -1e9
 
 
 def _rnn_recur(cell: nnx.SimpleCell, carry: Array, x_proj: Array) -> tuple[Array, Array]:
@@ -111,34 +107,22 @@ class LanguageModel(nnx.Module):
         predict_eos: bool = True,
         rngs: nnx.Rngs,
     ):
+        from seqgen.config import check_model  # the ranges and rules of `model.*`, once
+
         if cell not in CELLS:
             raise UserError(f"model.cell={cell!r} is not supported; allowed: {', '.join(CELLS)}")
-        if vocab_size < 1 or hidden_size < 1 or num_layers < 1:
-            raise UserError(
-                f"vocab_size={vocab_size}, hidden_size={hidden_size}, num_layers={num_layers}: "
-                "each must be >= 1"
-            )
-        if not 0.0 <= dropout < 1.0:
-            raise UserError(f"model.dropout={dropout} is out of range; allowed: 0 <= dropout < 1")
-        if one_hot_input and tie_weights:
-            raise UserError(
-                "model.tie_weights=true needs an embedding; "
-                "it cannot be combined with one_hot_input=true"
-            )
-        if tie_weights and embed_size != hidden_size:
-            raise UserError(
-                f"model.tie_weights=true needs embed_size == hidden_size "
-                f"(got embed_size={embed_size}, hidden_size={hidden_size})"
-            )
-        if not one_hot_input and embed_size < 1:
-            raise UserError(f"model.embed_size={embed_size} must be >= 1")
+        if vocab_size < 1:
+            raise UserError(f"vocab_size={vocab_size} must be >= 1")
+        arch = dict(embed_size=embed_size, hidden_size=hidden_size, num_layers=num_layers)
+        arch.update(dropout=dropout, tie_weights=tie_weights, one_hot_input=one_hot_input)
+        check_model(arch)
         self.vocab_size = vocab_size
         self.cell_type = cell
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         self.tie_weights = tie_weights
         self.one_hot_input = one_hot_input
-        self.never_predicted = NEVER_PREDICTED + (() if predict_eos else (EOS_ID,))
+        self.never_predicted = never_predicted(predict_eos)
 
         self.embed = None if one_hot_input else nnx.Embed(vocab_size, embed_size, rngs=rngs)
         in_size = vocab_size if one_hot_input else embed_size
@@ -190,16 +174,16 @@ class LanguageModel(nnx.Module):
             logits = h @ self.embed.embedding[...].T + self.head_bias[...]
         else:
             logits = self.head(h)
-        never = jnp.isin(jnp.arange(self.vocab_size), jnp.asarray(self.never_predicted))
-        return jnp.where(never, MASKED_LOGIT, logits)
+        return mask_logits(logits, self.never_predicted)
 
     def _embed(self, tokens: Array) -> Array | None:
         return None if self.one_hot_input else self.embed(tokens)
 
     # --- public API -------------------------------------------------------------------------
 
-    def init_carry(self, batch_size: int) -> Carry:
-        """Zero carry: a tuple over layers; LSTM layers hold (c, h), others h; leaves [B, H]."""
+    def init_carry(self, batch_size: int, max_len: int | None = None) -> Carry:
+        """Zero carry: a tuple over layers; LSTM layers hold (c, h), others h; leaves [B, H].
+        A recurrent carry has the same size at every step: `max_len` is not needed."""
         zeros = jnp.zeros((batch_size, self.hidden_size), jnp.float32)
         if self.cell_type == "lstm":
             return tuple((zeros, zeros) for _ in range(self.num_layers))
@@ -248,35 +232,40 @@ class LanguageModel(nnx.Module):
         return tuple(new_carry), self._head(x)
 
 
-def make_step_fn(model: LanguageModel) -> tuple[Callable[..., tuple[Carry, Array]], nnx.State]:
-    """Split `model` once; return a pure `step_fn(params, carry, tokens)` and its `params`.
+# --- the models table's rows -----------------------------------------------------------------
 
-    `params` is the `nnx.Param` state of the model (the only arrays a decoder needs to pass
-    around); the remaining state (dropout RNG streams, unused in eval mode) is closed over.
-    The model is put in eval mode first (no dropout while decoding). `step_fn` is jittable
-    and preserves the carry's shapes.
-    """
-    model.eval()
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-
-    def step_fn(params: nnx.State, carry: Carry, tokens: Array) -> tuple[Carry, Array]:
-        return nnx.merge(graphdef, params, rest).step(carry, tokens)
-
-    return step_fn, params
+# model.* fields the recurrent cells read (with `cell`: their cache identity, unchanged since
+# before the models table, so cached models keep their keys)
+RNN_FIELDS = ("embed_size", "hidden_size", "num_layers", "dropout", "tie_weights", "one_hot_input")
+# Float32 values per hidden unit and token that one layer keeps for the backward pass, fitted by
+# `scripts/calibrate_memory.py` (LSTM 21.6, GRU 17.4, RNN 9.2 on CPU, jax 0.10.2): the gates, their
+# nonlinearities and derivatives, the carry, the layer input, dropout masks.
+_FLOATS_PER_LAYER_H = {"lstm": 21, "gru": 17, "rnn": 9}
 
 
-def make_init_carry_fn(model: LanguageModel) -> Callable[[int], Carry]:
-    """`init_carry(batch_size)` that does not hold on to the model's parameters."""
-    hidden, layers, lstm = model.hidden_size, model.num_layers, model.cell_type == "lstm"
+def _rnn_activations(cell: str) -> Callable[[Mapping[str, Any], int, int], float]:
+    def floats(cfg: Mapping[str, Any], vocab_size: int, seq_len: int) -> float:
+        """Per token: the embedding and its gradient (2E), per layer `_FLOATS_PER_LAYER_H` x H,
+        and the logits, their softmax, gradient and the cross-entropy's intermediates (6V);
+        within 0.8-1.2 of what XLA allocates for the sizes calibrate_memory.py compiles."""
+        e, h, layers = int(cfg["embed_size"]), int(cfg["hidden_size"]), int(cfg["num_layers"])
+        return 2 * e + layers * _FLOATS_PER_LAYER_H[cell] * h + 6 * vocab_size
 
-    def init_carry(batch_size: int) -> Carry:
-        zeros = jnp.zeros((batch_size, hidden), jnp.float32)
-        return tuple(((zeros, zeros) if lstm else zeros) for _ in range(layers))
-
-    return init_carry
+    return floats
 
 
-def count_params(model: nnx.Module) -> int:
-    """Number of scalar parameters (`nnx.Param` leaves only)."""
-    params = nnx.state(model, nnx.Param)
-    return int(sum(x.size for x in jax.tree.leaves(params)))
+def _check_rnn(cfg: Mapping[str, Any], seq_len: int, max_len: int) -> None:
+    if cfg["tie_weights"] and cfg["embed_size"] != cfg["hidden_size"] and not cfg["one_hot_input"]:
+        raise UserError(
+            "model.tie_weights=true needs model.embed_size == model.hidden_size "
+            f"(got {cfg['embed_size']} and {cfg['hidden_size']})"
+        )
+
+
+def rnn_spec(cell: str) -> ModelSpec:
+    """The models-table row of one recurrent cell."""
+
+    def build(fields: Mapping[str, Any], vocab_size: int, **kw: Any) -> LanguageModel:
+        return LanguageModel(vocab_size, cell=cell, **fields, **kw)
+
+    return ModelSpec(cell, build, RNN_FIELDS, _rnn_activations(cell), _check_rnn)
