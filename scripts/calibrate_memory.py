@@ -4,9 +4,9 @@
 
 For each cell and a few sizes (batch, seq_len, hidden, layers) it compiles the train step
 (`seqgen.train._train_step`, no data, no training) and prints XLA's memory analysis (arguments
-+ outputs + temporaries) beside the estimate, and their ratio. `_FLOATS_PER_LAYER_H` (seqgen/models/lm.py) in
-`seqgen/preflight.py` is fitted to these numbers; the estimate is meant to stay within about
-0.8-1.2 of XLA's, so a run refused for memory would not have fit.
++ outputs + temporaries) beside the estimate, and their ratio. `_FLOATS_PER_LAYER_H` in
+`seqgen/models/lm.py` (the RNN rows) is fitted to these numbers; the estimate is meant to stay
+within about 0.8-1.2 of XLA's, so a run refused for memory would not have fit.
 """
 
 from __future__ import annotations

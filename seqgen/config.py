@@ -31,6 +31,7 @@ from seqgen.metrics.abc import ABC_SUBSET, ABC_TIMEOUT_S
 from seqgen.models import CELL_CHOICES
 from seqgen.models import check_model as check_cell
 from seqgen.models.recurrence import BACKWARDS
+from seqgen.models.transformer import POSITIONS
 from seqgen.settings import setting
 
 MAX_LEN = 1_000_000  # the largest decode.max_len (see DecodeConfig)
@@ -103,9 +104,9 @@ class ModelConfig:
     dropout: float = _float(0.1, 0, 1, hi_open=True)
     tie_weights: bool = False
     one_hot_input: bool = False  # recurrent cells
-    num_heads: int = 4  # Transformer: attention heads (divide hidden_size)
-    positions: str = "learned"  # Transformer: learned | rope
-    context: int = 256  # Transformer: positions it has (train.seq_len, decode.max_len fit)
+    num_heads: int = _int(4, 1)  # Transformer: attention heads (divide hidden_size)
+    positions: str = _one_of("learned", POSITIONS)  # Transformer: learned | rope
+    context: int = _int(256, 1)  # Transformer: positions (train.seq_len, decode.max_len fit)
 
 
 @dataclass
@@ -135,6 +136,8 @@ def _decoder_field(knob: Any) -> tuple[str, Any, Any]:
         return knob.name, dict[keys, Any], field(default_factory=dict)
     if knob.type is list:
         return knob.name, list[Any], field(default_factory=list)
+    if knob.type is tuple:  # a list in the config; read as a tuple (hashable: a static key)
+        return knob.name, list[knob.item], field(default_factory=lambda: list(knob.default))
     return knob.name, knob.type, field(default=knob.default)
 
 
@@ -180,6 +183,7 @@ class DecodeConfig:
     loop: str = _one_of("auto", LOOPS)  # same outputs, speed differs
     # the most token positions one decoder's outputs may hold (rows x decode.max_len); a larger
     # decode is refused before any work: 1e8 positions are ~1.6 GB of ids and log-probs
+    max_tokens: int = _int(100_000_000, 1)
     # a decoder with more rows (kept generations) than this is a study: its samples go to disk
     # chunk by chunk and its token metrics are counted in chunks of this many rows
     stream_rows: int = _int(16384, 1)

@@ -29,6 +29,9 @@ AWAY = {
     "no_repeat_ngram_size": 2,
     "top_n_sigma": 1.0,
     "mirostat_tau": 3.0,
+    "dry_multiplier": 0.8,
+    "xtc_probability": 0.5,
+    "dynatemp_range": 0.5,
     "allowed_tokens": [4, 5],
     "bad_words": [[4, 5]],
     "logit_bias": {4: 1.0},
@@ -36,9 +39,9 @@ AWAY = {
 }
 BUILTIN_ORDER = (
     "min_length", "allowed_tokens", "bad_words", "logit_bias", "sequence_bias",
-    "repetition_penalty", "presence_frequency_penalty", "no_repeat_ngram",
+    "repetition_penalty", "presence_frequency_penalty", "no_repeat_ngram", "dry", "dynatemp",
     "temperature", "top_k", "top_p", "typical_p", "min_p", "epsilon", "eta", "top_n_sigma",
-    "mirostat",
+    "xtc", "mirostat",
 )  # fmt: skip
 
 
@@ -88,32 +91,37 @@ def test_static_key_holds_sizes_not_traced_values():
     assert flags(top_k=5) != flags(top_k=6)  # a size: a program each
     assert dict(flags(top_k=5).static) == {"top_k": 5, "min_tokens_to_keep": 1}
     assert dict(flags(no_repeat_ngram_size=3).static) == {"no_repeat_ngram_size": 3}
-    f = flags(repetition_penalty=1.2, mirostat_tau=3.0)
-    assert f.needs("counts") and not f.needs("history") and f.stateful() == ("mirostat",)
+    f = flags(top_p=0.9, mirostat_tau=3.0)
+    assert not f.needs("counts") and not f.needs("history") and f.stateful() == ("mirostat",)
+    # the penalties read the history too: `penalty_last_n` counts a window of it
+    f = flags(repetition_penalty=1.2, penalty_last_n=4)
+    assert f.needs("counts") and f.needs("history") and dict(f.static)["penalty_last_n"] == 4
+    assert flags(xtc_probability=0.5).needs("key") and not flags(top_p=0.9).needs("key")
     assert not flags().needs("counts")
 
 
 def test_sampling_decoders_read_the_rows_knobs():
     rows = {k for n in table.ORDER for k in table.PROCESSORS[n].knobs}
-    assert set(SPECS["sample"].knobs) == rows | {"stop", "include_stop"}  # the loop's
+    assert set(SPECS["sample"].knobs) == rows | {"stop", "include_stop", "order"}  # the loop's
     penalty = {
         k for n in table.ORDER if table.PROCESSORS[n].stage == "penalty"
         for k in table.PROCESSORS[n].knobs
     }  # fmt: skip
-    assert set(SPECS["greedy"].knobs) == penalty | {"stop", "include_stop"}
+    assert set(SPECS["greedy"].knobs) == penalty | {"stop", "include_stop", "order"}
 
 
 def test_an_order_is_data_and_checked():
     swapped = list(BUILTIN_ORDER)
     i, j = swapped.index("top_k"), swapped.index("top_p")
     swapped[i], swapped[j] = swapped[j], swapped[i]
-    f = table.flags_from_cfg(
-        lambda k: {"top_k": 5, "top_p": 0.9}.get(k, DEFAULTS[k]), order=swapped
-    )
+    on = {"top_k": 5, "top_p": 0.9}
+    f = table.flags_from_cfg(lambda k: on.get(k, DEFAULTS[k]), order=swapped)
     assert f.order == ("min_length", "temperature", "top_p", "top_k")
-    bad = list(BUILTIN_ORDER)
-    bad.remove("temperature")
-    with pytest.raises(UserError, match="every processor once"):
-        table.check_order(bad)
-    with pytest.raises(UserError, match="earlier stage"):
+    # a partial order: the named rows swap places, the others keep theirs; the `order` knob
+    f = table.flags_from_cfg(lambda k: {**on, "order": ["top_p", "top_k"]}.get(k, DEFAULTS[k]))
+    assert f.order == ("min_length", "temperature", "top_p", "top_k")
+    assert table.check_order([]) == BUILTIN_ORDER
+    with pytest.raises(UserError, match="unknown"):
+        table.check_order(["top_k", "nope"])
+    with pytest.raises(UserError, match="cannot run after"):
         table.check_order(["temperature", *[n for n in BUILTIN_ORDER if n != "temperature"]])

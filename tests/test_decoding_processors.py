@@ -16,6 +16,7 @@ from seqgen.decoding import (
     run,
     sample,
 )
+from seqgen.decoding.common import DEFAULTS
 from seqgen.tokens import EOS_ID, PAD_ID
 from tests.helpers_decoding import (
     PROMPT_LENGTHS,
@@ -168,7 +169,7 @@ def test_truncation_sets(knobs, allowed):
     assert eta_set(P_FIXED, 0.9) == {4, 5, 6}
     assert typical_set(P_FIXED, 0.9) == {4, 5, 6, 7, 8}
     x = fixed_logits()
-    flags = table.flags_from_cfg(lambda k: knobs.get(k, proc_defaults()[k]))
+    flags = table.flags_from_cfg(lambda k: knobs.get(k, DEFAULTS[k]))
     knob_arrays = {k: jnp.float32(v) for k, v in {**proc_defaults(), **knobs}.items()}
     out = np.asarray(table.process_logits(jnp.asarray(x)[None], knob_arrays, flags))[0]
     kept = {int(t) for t in np.flatnonzero(np.isfinite(out))}

@@ -25,7 +25,7 @@ def kept(logits: np.ndarray, **knobs) -> set[int]:
         k: DEFAULTS[k]
         for k in (*traced_names(), "top_k", "no_repeat_ngram_size", "min_tokens_to_keep")
     }
-    flags = table.flags_from_cfg(lambda k: knobs.get(k, base[k]))
+    flags = table.flags_from_cfg(lambda k: knobs.get(k, DEFAULTS[k]))
     arrays = {k: jnp.float32(v) for k, v in {**base, **knobs}.items()}
     out = np.asarray(table.process_logits(jnp.asarray(logits)[None], arrays, flags))[0]
     return {int(t) for t in np.flatnonzero(np.isfinite(out))}

@@ -18,6 +18,7 @@ Static vs traced (a decision, written down once):
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +36,7 @@ class Knob:
     `vocab_high`: an integer at most the vocabulary size; `choices`: the allowed strings."""
 
     name: str
-    type: type  # float | int | bool | str | dict
+    type: type  # float | int | bool | str | dict | tuple (a list in the config, of `item`s)
     default: Any
     traced: bool = False
     low: float = -_INF
@@ -48,6 +49,9 @@ class Knob:
     # the value at which its processor does nothing: the processor is compiled in only when
     # one of its knobs is away from it (`processor_table`); None: the knob switches nothing
     neutral: Any = None
+    # a tuple knob is a list in the config (default too) and a tuple in a program's static key;
+    # `item`: its elements' type (int: token ids, in [0, V))
+    item: type | None = None
     # a steering knob (`steering`): token-id entries or text, checked and frozen there
     steer: bool = False
 
@@ -61,6 +65,8 @@ class Knob:
         elif self.choices:
             if value not in self.choices:
                 raise UserError(f"{key}={value!r} is unknown; allowed: {', '.join(self.choices)}")
+        elif self.type is tuple:
+            self._check_items(value, key, vocab_size)
         elif self.type is bool:
             if not isinstance(value, bool | np.bool_):
                 raise UserError(f"{key}={value!r}; allowed: true or false")
@@ -82,10 +88,20 @@ class Knob:
             if not (ok_lo and ok_hi and math.isfinite(v)):  # NaN fails both; inf is no number
                 raise UserError(f"{key}={value!r} is out of range; allowed: {self.allowed()}")
 
+    def _check_items(self, value: Any, key: str, vocab_size: int | None) -> None:
+        seq = isinstance(value, Sequence) and not isinstance(value, str)
+        if not seq or not all(isinstance(x, self.item) for x in value):
+            raise UserError(f"{key}={value!r}; allowed: {self.allowed()}")
+        if self.item is int and any(x < 0 or x >= (vocab_size or math.inf) for x in value):
+            hi = "V" if vocab_size is None else vocab_size
+            raise UserError(f"{key}={list(value)} has an id out of range; allowed: [0, {hi})")
+
     def allowed(self) -> str:
         """The allowed values in words: `[0.0, 1.0)`, `an integer >= 1`, `none, average`."""
         if self.choices:
             return ", ".join(self.choices)
+        if self.type is tuple:
+            return "a list of token ids" if self.item is int else f"a list of {self.item.__name__}"
         if self.type is bool:
             return "true or false"
         if self.type is int:
@@ -186,6 +202,23 @@ KNOBS: dict[str, Knob] = {
         _off("top_n_sigma", 0.0, 0.0, hi_open=True, doc="0 = off (Tang et al. 2024)"),
         _off("mirostat_tau", 0.0, 0.0, hi_open=True, doc="target surprise, bits; 0 = off (v2)"),
         _f("mirostat_lr", 0.1, 0.0, lo_open=True, hi_open=True, doc="Mirostat's eta"),
+        # llama.cpp's samplers (`llama_samplers.py`), with llama.cpp's defaults
+        _off("dry_multiplier", 0.0, 0.0, doc="DRY: penalty scale; 0 = off"),
+        _f("dry_base", 1.75, 1.0, doc="DRY: penalty growth per extra repeated token"),
+        _i("dry_allowed_length", 2, 1, traced=True, doc="DRY: repeats this long go unpenalized"),
+        Knob(
+            "dry_sequence_breakers",
+            tuple,
+            [],
+            doc='DRY: token ids a repeat cannot cross (llama.cpp: the ids of \\n : " *)',
+            item=int,
+        ),
+        _off("xtc_probability", 0.0, 0.0, 1.0, doc="XTC: chance per step; 0 = off"),
+        _f("xtc_threshold", 0.1, 0.0, 1.0, doc="XTC: top choices have p >= this; > 0.5 = off"),
+        _off("dynatemp_range", 0.0, 0.0, doc="dynamic temperature in [t - range, t + range]"),
+        _f("dynatemp_exponent", 1.0, 0.0, doc="dynamic temperature: entropy exponent"),
+        _i("penalty_last_n", 0, 0, doc="penalties count the last n tokens; 0 = all (llama.cpp 64)"),
+        Knob("order", tuple, [], doc="processor order (sampler chain); [] = the table's", item=str),
         _i("max_expansions", 2000, 1, doc="exact: node budget per prompt"),
         _i("expansions_per_step", 16, 1, doc="exact: frontier nodes per batched step"),
         _i("num_candidates", 16, 1, doc="mbr: hypotheses"),

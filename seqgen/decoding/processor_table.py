@@ -35,6 +35,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from seqgen.decoding import llama_samplers as L
 from seqgen.decoding import processors as P
 from seqgen.decoding import steering as S
 from seqgen.decoding.common import DEFAULTS
@@ -42,6 +43,10 @@ from seqgen.decoding.knobs import CONFIG_FIELDS, KNOBS, Knob, add_knob
 from seqgen.errors import UserError
 
 STAGES = ("penalty", "temperature", "truncation", "post")
+# Where a stage may go in a user's order (`check_order`): penalties first (greedy applies only
+# them), Mirostat's post stage last (it reads the final distribution); temperature and the
+# truncations interleave freely, as in llama.cpp's chain (which puts temperature last).
+ORDER_RANK = {"penalty": 0, "temperature": 1, "truncation": 1, "post": 2}
 SHARED_STATE = ("counts", "history", "key")
 PENALTY_STAGES = ("penalty",)  # greedy applies only these
 
@@ -71,6 +76,7 @@ class Processor:
     needs:  shared state from SHARED_STATE.
     init, update: its own state (both or neither), see the module docstring.
     is_on:  `(get, vocab_size) -> bool` instead of the neutral-value rule (top-k: k >= V is off).
+    before: rows it must run before in any order (dynatemp: temperature, whose x / t it rescales).
     doc:    the paper or toolkit and the definition it implements.
     """
 
@@ -82,6 +88,7 @@ class Processor:
     init: Callable[[int, Mapping[str, Any]], Any] | None = None
     update: Callable[[Any, jax.Array, jax.Array, Mapping[str, Any]], Any] | None = None
     is_on: Callable[[Callable[[str], Any], int | None], bool] | None = None
+    before: tuple[str, ...] = ()
     doc: str = ""
 
     def on(self, get: Callable[[str], Any], vocab_size: int | None = None) -> bool:
@@ -111,6 +118,20 @@ def _miro_update(mu: jax.Array, logits_in: jax.Array, tok: jax.Array, knobs: Map
 
 
 _KEEP = ("min_tokens_to_keep",)
+# the penalties' knobs and state: `penalty_last_n` > 0 counts the last n tokens of the history
+_PENALTY = ("penalize_prompt", "penalty_last_n")
+_PENALTY_NEEDS = ("counts", "history")
+
+
+def _counts(c: Context) -> jax.Array:
+    """The token counts the penalties read: all so far, or the last `penalty_last_n`."""
+    last_n = c.knobs["penalty_last_n"]
+    if not last_n:
+        return c.counts
+    first = jnp.zeros(c.history.shape[:1], jnp.int32)
+    if c.generated is not None:  # the prompt ends where the continuation starts
+        first = jnp.where(c.knobs["penalize_prompt"] > 0.5, first, c.t - c.generated)
+    return L.window_counts(c.history, c.t, first, last_n, c.counts.shape[-1])
 
 
 def _truncation(fn: Callable, mass_method: bool = False, **facts: Any) -> Processor:
@@ -121,6 +142,22 @@ def _truncation(fn: Callable, mass_method: bool = False, **facts: Any) -> Proces
     else:
         run = lambda x, c: fn(x, c.knobs[name], _m(c))  # noqa: E731
     return Processor(name, "truncation", run, (name, *_KEEP), doc=fn.__doc__, **facts)
+
+
+# the shared state a `_positional` row's function takes after the logits, per entry of `needs`
+_STATE_ARGS = {"history": lambda c: (c.history, c.t), "key": lambda c: (c.keys,)}
+_DRY_KNOBS = ("dry_multiplier", "dry_base", "dry_allowed_length", "dry_sequence_breakers")
+
+
+def _positional(fn: Callable, stage: str, knobs: tuple[str, ...], needs=(), **facts) -> Processor:
+    """A row named like `fn`, calling `fn(logits, *its needs' state, *its knobs' values)`."""
+
+    def run(x: jax.Array, c: Context) -> jax.Array:
+        state = [a for s in needs for a in _STATE_ARGS[s](c)]
+        return fn(x, *state, *(c.knobs[k] for k in knobs))
+
+    facts.setdefault("doc", fn.__doc__)
+    return Processor(fn.__name__, stage, run, knobs, tuple(needs), **facts)
 
 
 def _steer(name: str, fn: Callable, doc: str, needs: tuple[str, ...] = ()) -> Processor:
@@ -158,19 +195,19 @@ _BUILTIN = (
     Processor(
         "repetition_penalty",
         "penalty",
-        lambda x, c: P.repetition_penalty(x, c.counts, c.knobs["repetition_penalty"]),
-        ("repetition_penalty", "penalize_prompt"),
-        ("counts",),
+        lambda x, c: P.repetition_penalty(x, _counts(c), c.knobs["repetition_penalty"]),
+        ("repetition_penalty", *_PENALTY),
+        _PENALTY_NEEDS,
         doc=P.repetition_penalty.__doc__,
     ),
     Processor(
         "presence_frequency_penalty",
         "penalty",
         lambda x, c: P.presence_frequency_penalty(
-            x, c.counts, c.knobs["presence_penalty"], c.knobs["frequency_penalty"]
+            x, _counts(c), c.knobs["presence_penalty"], c.knobs["frequency_penalty"]
         ),
-        ("presence_penalty", "frequency_penalty", "penalize_prompt"),
-        ("counts",),
+        ("presence_penalty", "frequency_penalty", *_PENALTY),
+        _PENALTY_NEEDS,
         doc=P.presence_frequency_penalty.__doc__,
     ),
     Processor(
@@ -180,6 +217,14 @@ _BUILTIN = (
         ("no_repeat_ngram_size",),
         ("history",),
         doc=P.no_repeat_ngram.__doc__,
+    ),
+    _positional(L.dry, "penalty", _DRY_KNOBS, ("history",)),
+    _positional(
+        L.dynatemp,
+        "temperature",
+        ("temperature", "dynatemp_range", "dynatemp_exponent"),
+        before=("temperature",),
+        doc=L.dynatemp_factor.__doc__,
     ),
     Processor(
         "temperature",
@@ -198,6 +243,7 @@ _BUILTIN = (
     _truncation(P.epsilon),
     _truncation(P.eta),
     _truncation(P.top_n_sigma),
+    _positional(L.xtc, "truncation", ("xtc_threshold", "xtc_probability", *_KEEP), ("key",)),
     Processor(
         "mirostat",
         "post",
@@ -232,23 +278,33 @@ class ProcessorFlags(NamedTuple):
 
 
 def check_order(order: Sequence[str], where: str = "order") -> tuple[str, ...]:
-    """A processor order given as data (a permutation of `ORDER`'s rows, each once, stages
-    never going back: penalties before temperature before truncations before post), or one
-    `UserError` line naming what is wrong."""
+    """The full order a user's `order` gives (llama.cpp's sampler chain), or one `UserError`
+    line naming what is wrong. The named rows take, in the given order, the places the table
+    gives them; the rows not named keep theirs. An order is impossible with an unknown or a
+    repeated name, a stage before an earlier one (`ORDER_RANK`: penalties first, post last,
+    temperature and truncations in any order), or a row after one it must precede (`before`)."""
     order = tuple(order)
     unknown = [n for n in order if n not in PROCESSORS]
-    if unknown or sorted(order) != sorted(ORDER):
+    twice = sorted({n for n in order if order.count(n) > 1})
+    if unknown or twice:
+        what = f"{unknown} unknown" if unknown else f"{twice} twice"
         raise UserError(
-            f"{where}={list(order)} must name every processor once (unknown: {unknown}); "
-            f"allowed: an order of {', '.join(ORDER)}"
+            f"{where}={list(order)} names {what}; allowed: each of {', '.join(ORDER)} at most once"
         )
-    ranks = [STAGES.index(PROCESSORS[n].stage) for n in order]
-    if ranks != sorted(ranks):
-        raise UserError(
-            f"{where}: a processor runs before one of an earlier stage; allowed: "
-            f"stages in the order {' -> '.join(STAGES)}"
-        )
-    return order
+    named = iter(order)
+    full = tuple(next(named) if n in order else n for n in ORDER)
+    for a, b in zip(full, full[1:]):
+        if ORDER_RANK[PROCESSORS[b].stage] < ORDER_RANK[PROCESSORS[a].stage]:
+            raise UserError(
+                f"{where}: {b} ({PROCESSORS[b].stage}) cannot run after {a} "
+                f"({PROCESSORS[a].stage}); allowed: the penalty rows first, then temperature and "
+                "the truncations in any order, then post"
+            )
+    for n in full:
+        late = [b for b in PROCESSORS[n].before if full.index(b) < full.index(n)]
+        if late:
+            raise UserError(f"{where}: {n} must run before {', '.join(late)}")
+    return full
 
 
 def _static(knob: Knob, value: Any) -> Any:
@@ -263,8 +319,8 @@ def flags_from_cfg(
     order: Sequence[str] | None = None,
 ) -> ProcessorFlags:
     """Switch on exactly the rows of `stages` that are on for the knob values `get(name)`, in
-    `order` (`check_order`; None: the table's)."""
-    names = ORDER if order is None else check_order(order)
+    `order` (`check_order`; None: the `order` knob's, whose default [] is the table's)."""
+    names = check_order(get("order") if order is None else order)
     order = tuple(
         n for n in names if PROCESSORS[n].stage in stages and PROCESSORS[n].on(get, vocab_size)
     )

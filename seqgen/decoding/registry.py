@@ -168,7 +168,7 @@ _STOP = ("stop", "include_stop")  # the sampling loop's end condition (`steering
 SPECS: dict[str, DecoderSpec] = {
     "greedy": DecoderSpec(
         launch_greedy,
-        _STOP,
+        (*_STOP, "order"),
         1,
         True,
         ("min_length",),
@@ -178,7 +178,7 @@ SPECS: dict[str, DecoderSpec] = {
         logprobs=True,
     ),
     "sample": DecoderSpec(
-        launch_sample, _STOP, None, False, processors=table.STAGES, logprobs=True
+        launch_sample, (*_STOP, "order"), None, False, processors=table.STAGES, logprobs=True
     ),
     # beam names a row by no_repeat_ngram_size too, although its program does not read it
     "beam": DecoderSpec(
@@ -270,6 +270,7 @@ def validate_decoder(dec: Any, where: str = "decoder", vocab_size: int | None = 
     corpus is read) the vocabulary bound is left out."""
     row = spec(dec, where)
     validate_knobs(dec, vocab_size, where)
+    table.check_order(get(dec, "order"), f"{where}.order")
     steering.check_unread(row.knobs, lambda k: get(dec, k), get(dec, "name"), where)
     if row.check is not None:
         row.check(lambda k: get(dec, k), where)
@@ -312,6 +313,7 @@ def run(name: str, req: DecodeRequest) -> DecodeOutput:
     row = spec({"name": name})
     resolve_loop(req.loop)  # an unknown loop is a UserError before any work
     validate_knobs(req.cfg, req.vocab_size)
+    table.check_order(get(req.cfg, "order"), "decoder.order")
     steering.check_unread(row.knobs, lambda k: get(req.cfg, k), name)
     check_logprobs(req, name, row.logprobs)
     if row.check is not None:
