@@ -95,12 +95,13 @@ def instrument(meter: Meter) -> None:
 def run_in_process(size: int, prompts: int, max_len: int) -> dict:
     from hydra import compose, initialize_config_dir
 
+    from seqgen.compose import CONF_DIR
     from seqgen.config import register_configs
     from seqgen.data.corpus import load_corpus
-    from seqgen.evaluate import decoder_key, make_prompts, study_decoder
-    from seqgen.experiment import get_model
+    from seqgen.evaluate import decoder_key, study_decoder
+    from seqgen.model_store import ModelSpec, get_model
     from seqgen.outputs import write_samples
-    from seqgen.run import CONF_DIR
+    from seqgen.prompts import prepare_prompts
 
     register_configs()
     overrides = [
@@ -112,8 +113,8 @@ def run_in_process(size: int, prompts: int, max_len: int) -> dict:
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
     corpus = load_corpus(cfg.data, int(cfg.seed))
-    model = get_model(cfg, corpus)
-    pr = make_prompts(cfg, corpus)
+    model = get_model(ModelSpec.of(cfg), corpus, cfg.cache_dir)
+    pr = prepare_prompts(cfg.decode, corpus, cfg.get("constraint"), cfg.data.unknown)
     meter = Meter()
     instrument(meter)
     out_dir = Path(tempfile.mkdtemp(prefix="bench_scale_"))
@@ -123,9 +124,8 @@ def run_in_process(size: int, prompts: int, max_len: int) -> dict:
             write_samples(corpus.name, rows, out_dir, 0, append=continued)
 
     t0 = time.perf_counter()
-    result, _ = study_decoder(
-        cfg, cfg.decoder, corpus, model, pr.prompts, decoder_key(0, 0), None, on_samples
-    )
+    study = (cfg.decode, cfg.metrics, int(cfg.seed), cfg.decoder, corpus, model, pr.prompts)
+    result, _ = study_decoder(*study, decoder_key(0, 0), None, on_samples)
     wall = time.perf_counter() - t0
     with open(out_dir / "samples.jsonl") as f:
         written = sum(1 for _ in f)

@@ -22,7 +22,6 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from seqgen.data.folk import DEFAULT_COLLECTIONS
 from seqgen.decoding import registry
 from seqgen.decoding.common import LOGPROBS_MODES
 from seqgen.decoding.knobs import DEFAULT_NAME, KNOBS, NESTED_FIELDS, Knob
@@ -64,8 +63,11 @@ def _one_of(default: str, choices: tuple[str, ...]) -> Any:
 @dataclass
 class DataConfig:
     name: str = _one_of("folk", CORPORA)
-    # folk: music21's bundled ABC collections (public-domain ones by default)
-    collections: list[str] = field(default_factory=lambda: list(DEFAULT_COLLECTIONS))
+    # folk: music21's bundled ABC collections; by default its public-domain ones (the
+    # licenses: data/folk.COLLECTION_LICENSES)
+    collections: list[str] = field(
+        default_factory=lambda: ["oneills1850", "ryansMammoth", "airdsAirs", "miscFolk"]
+    )
     # text: a local UTF-8 file, or a named preset that is downloaded once and checksummed
     path: str | None = None
     preset: str | None = None

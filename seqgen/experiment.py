@@ -1,37 +1,28 @@
-"""The one pipeline: data -> model (trained, or loaded from the cache) -> decode -> metrics ->
-outputs and trackers. `run_experiment(cfg)` is what `python -m seqgen.run` calls; tests and
-notebooks call it directly with a composed config.
+"""The one pipeline: data -> prompts -> model (trained, or loaded from the cache) -> decode ->
+metrics -> outputs and trackers. `run_experiment(cfg)` is what `python -m seqgen.run` and
+`seqgen.run(overrides)` call; tests and notebooks call it directly with a composed config.
+
+It reads the root config once and hands each stage the sub-config it needs: `data` to the
+corpus, `decode` and `constraint` to the prompts (built once, checked by preflight, decoded by
+evaluation), `model`/`train`/`data` to the model store, `decode`/`metrics` to evaluation.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import jax
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from seqgen.checkpoint import DamagedCacheEntry, ModelCache
 from seqgen.config import to_dict, validate_config
-from seqgen.data.batching import batch_iterator, eval_batches
-from seqgen.data.corpus import fingerprint, load_corpus
-from seqgen.errors import UserError
+from seqgen.data.corpus import load_corpus
 from seqgen.evaluate import evaluate_decoders
-from seqgen.metrics import perplexity_from_nll
-from seqgen.models import (
-    build_model,
-    count_params,
-    make_init_carry_fn,
-    make_step_fn,
-    model_identity,
-)
+from seqgen.model_store import ModelSpec, get_model, load_reference
 from seqgen.outputs import (
     print_results_table,
     reset_outputs,
@@ -40,221 +31,14 @@ from seqgen.outputs import (
     write_samples,
 )
 from seqgen.parallel import is_lead, maybe_initialize_distributed
-from seqgen.paths import cache_root, model_folder
-from seqgen.preflight import check_divergence, check_environment, check_run
+from seqgen.paths import cache_root, enable_compilation_cache
+from seqgen.preflight import check_budgets, check_corpus, check_environment, run_decoders
 from seqgen.progress import still_running
+from seqgen.prompts import prepare_prompts
 from seqgen.report import write_report
-from seqgen.scoring import LoadedModel
 from seqgen.tracking import make_tracker
-from seqgen.train import evaluate, train
 
 log = logging.getLogger("seqgen")
-
-# Train-config fields that change what is trained (the others only change how it is shown).
-_TRAIN_DISPLAY_ONLY = ("progress", "log_every")
-
-
-# ---------------------------------------------------------------------------------------------
-# Model: the DPFSA oracle, or an NNX language model trained once per (data, model, train, seed).
-
-
-def model_cache_key(cfg: Any, corpus: Any) -> str:
-    train_cfg = {k: v for k, v in to_dict(cfg.train).items() if k not in _TRAIN_DISPLAY_ONLY}
-    if train_cfg.get("backward") == "autodiff":  # what every model cached before the knob
-        del train_cfg["backward"]  # was trained with: their keys stay, and they still load
-    model_cfg = model_identity(cfg.model)  # only the fields the cell reads
-    return ModelCache.key(fingerprint(corpus), model_cfg, train_cfg, int(cfg.seed))
-
-
-# Models loaded in this process, by cache entry (folder): the jobs of a multirun share one step
-# function, so the decoders' compiled programs are reused across jobs.
-_LOADED: dict[str, LoadedModel] = {}
-
-
-def get_model(cfg: Any, corpus: Any, tracker: Any = None) -> LoadedModel:
-    """The oracle (`model=oracle`), or the cached model, training it first if needed.
-
-    Jobs that ask for the same model take a file lock on its cache entry, so only one trains
-    and the others load what it saved. A loaded entry is verified first (checksums, format,
-    vocabulary; a damaged one is retrained or, with `cache_on_damage=error`, reported) and
-    its held-out metrics are recomputed, not read back.
-    """
-    if cfg.model.cell == "oracle":
-        return _oracle_model(corpus)
-
-    cache = ModelCache(cache_root(cfg.cache_dir) / "models")
-    key = model_cache_key(cfg, corpus)
-    entry = str(cache.path(key))  # another cache folder is another entry, even for one key
-    if entry in _LOADED:  # a later job of a sweep in this process: same step_fn, no recompile
-        hit = _LOADED[entry]
-        return replace(hit, info={**hit.info, "cached": True})
-    vocab_json = json.dumps(corpus.vocab.to_json())
-    model, meta, trained = cache.get_or_train(
-        key,
-        build_model(cfg.model, len(corpus.vocab), int(cfg.seed), corpus.has_eos),
-        lambda: _train_model(cfg, corpus, cache.path(key), tracker, vocab_json),
-        vocab_json=vocab_json,
-        retrain_damaged=cfg.cache_on_damage == "retrain",
-    )
-    metrics = dict(meta["metrics"])
-    if not trained:
-        log.info("model: loaded from cache %s", cache.path(key))
-        metrics = heldout_metrics(model, corpus, cfg.train)
-        _compare_metrics(metrics, meta.get("metrics"), cache.path(key))
-    step_fn, params = make_step_fn(model)
-    info = {
-        "cache_key": key,
-        "cache_dir": str(cache.path(key)),
-        "cached": not trained,
-        "params": meta.get("params"),
-        "train": meta.get("train", {}),
-    }
-    loaded = LoadedModel(
-        step_fn=step_fn,
-        params=params,
-        init_carry=make_init_carry_fn(model),
-        vocab_size=len(corpus.vocab),
-        metrics=metrics,
-        info=info,
-    )
-    _LOADED[entry] = loaded
-    return loaded
-
-
-def _train_model(
-    cfg: Any, corpus: Any, entry: Path, tracker: Any, vocab_json: str
-) -> tuple[Any, str, dict]:
-    """`ModelCache.get_or_train`'s `train_fn`: a freshly trained model (resuming from
-    `entry/train_ckpt`), its vocabulary and its `meta.json`."""
-    seed, seq_len = int(cfg.seed), int(cfg.train.seq_len)
-    model = build_model(cfg.model, len(corpus.vocab), seed, corpus.has_eos)
-    log.info(
-        "model: training %s (%s params) -> cache %s",
-        cfg.model.cell,
-        f"{count_params(model):,}",
-        entry,
-    )
-    stream = corpus.stream  # text: windows of the stream, no EOS appended
-    train_it = batch_iterator(corpus.train, int(cfg.train.batch_size), seq_len, seed, stream=stream)
-    valid = eval_batches(corpus.valid, int(cfg.train.batch_size), seq_len, stream=stream)
-    valid = valid[: int(cfg.train.eval_batches)]
-    result = train(
-        model, train_it, valid, cfg.train, ckpt_dir=entry / "train_ckpt", tracker=tracker, seed=seed
-    )
-    metrics = heldout_metrics(result.model, corpus, cfg.train)
-    check_divergence(metrics, len(corpus.vocab))  # a diverged model is never cached
-    meta = {
-        "metrics": metrics,
-        "train": result.summary,
-        "params": count_params(result.model),
-        "model": model_identity(cfg.model),
-        "train_cfg": to_dict(cfg.train),
-        "data": corpus.name,
-        "data_cfg": to_dict(cfg.data),  # with `seed`: what seqgen-sample reloads
-        "seed": seed,
-        "predict_eos": corpus.has_eos,  # text streams without EOS pin its logit
-    }
-    return result.model, vocab_json, meta
-
-
-def heldout_metrics(model: Any, corpus: Any, train_cfg: Any) -> dict[str, float]:
-    """`ppl/` and `bits/` of the valid and test splits: per target token, i.e. every sequence
-    with its EOS, or every stream token (text: EOS only where `data.line_eos` put it)."""
-    batch_size, seq_len = int(train_cfg.batch_size), int(train_cfg.seq_len)
-    metrics = {}
-    for split, seqs in (("valid", corpus.valid), ("test", corpus.test)):
-        ev = evaluate(model, eval_batches(seqs, batch_size, seq_len, stream=corpus.stream))
-        metrics[f"ppl/{split}"] = float(ev["ppl"])
-        metrics[f"bits/{split}"] = float(ev["bits"])
-    return metrics
-
-
-def _compare_metrics(now: dict[str, float], recorded: Any, where: Path) -> None:
-    """Warn when a verified entry's recomputed metrics differ from those recorded at training:
-    the model or evaluation code changed without a bump of `checkpoint.MODEL_FORMAT`."""
-    recorded = recorded if isinstance(recorded, dict) else {}
-    for name, value in now.items():
-        old = recorded.get(name)
-        if not (isinstance(old, int | float) and math.isclose(value, old, rel_tol=1e-4)):
-            log.warning(
-                "model: %s recomputed %.6g, recorded at training %s (%s); reporting the "
-                "recomputed value (did the model code change without a MODEL_FORMAT bump?)",
-                name,
-                value,
-                old,
-                where,
-            )
-
-
-def load_reference(cfg: Any, corpus: Any) -> LoadedModel | None:
-    """The reference model of `metrics.reference_checkpoint` (a model cache folder), if given.
-
-    Generations are scored under it for `gen/ref_ppl`; its vocabulary must be the corpus's.
-    The folder is verified like any cache entry; a damaged one is an error.
-    """
-    ref = cfg.metrics.get("reference_checkpoint")
-    if not ref:
-        return None
-    path = model_folder(str(ref), "metrics.reference_checkpoint").absolute()
-    return load_model_dir(
-        path, corpus, f"metrics.reference_checkpoint={ref}", {"reference": str(path)}
-    )
-
-
-def load_model_dir(
-    path: Path, corpus: Any, what: str, info: dict[str, Any] | None = None
-) -> LoadedModel:
-    """The model saved in one model-cache folder (`meta.json`, `vocab.json`, checkpoint),
-    verified like any cache entry (checksums, format) and against the corpus's vocabulary;
-    `what` names the folder in the one-line error a damaged or mismatched entry gives."""
-    cache = ModelCache(path.parent)
-    try:
-        meta = cache.check(path.name)
-        vocab = json.loads(cache.load_vocab_json(path.name))  # checked: as it was written
-        if vocab != json.loads(json.dumps(corpus.vocab.to_json())):
-            raise UserError(
-                f"{what} was trained with another vocabulary than these data give; "
-                "it needs the same data and tokenization (did the corpus files change?)"
-            )
-        template = build_model(
-            OmegaConf.create(meta["model"]), len(corpus.vocab), 0, corpus.has_eos
-        )
-        model, _ = cache.load_model(path.name, template)
-    except DamagedCacheEntry as exc:
-        raise UserError(f"{what}: {exc}") from None
-    step_fn, params = make_step_fn(model)
-    return LoadedModel(
-        step_fn=step_fn,
-        params=params,
-        init_carry=make_init_carry_fn(model),
-        vocab_size=len(corpus.vocab),
-        metrics=dict(meta.get("metrics", {})),
-        info={"cache_dir": str(path), **(info or {})},
-    )
-
-
-def _oracle_model(corpus: Any) -> LoadedModel:
-    """The DPFSA's exact distribution as a step function; its held-out perplexity is exact."""
-    oracle = corpus.oracle
-    metrics = {}
-    for split, seqs in (("valid", corpus.valid), ("test", corpus.test)):
-        nll = -sum(oracle.logprob(list(map(int, s))) for s in seqs)
-        n_tokens = sum(len(s) + 1 for s in seqs)  # + EOS
-        pb = perplexity_from_nll(nll, n_tokens)
-        metrics[f"ppl/{split}"] = pb["ppl"]
-        metrics[f"bits/{split}"] = pb["bits"]
-    return LoadedModel(
-        step_fn=oracle.step_fn,
-        params=oracle.params(),
-        init_carry=oracle.init_carry,
-        vocab_size=len(corpus.vocab),
-        metrics=metrics,
-        info={"oracle": True, "params": 0},
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# The run.
 
 
 def run_experiment(cfg: Any, out_dir: str | Path | None = None) -> dict[str, Any]:
@@ -275,11 +59,10 @@ def run_experiment(cfg: Any, out_dir: str | Path | None = None) -> dict[str, Any
         return _follow(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     reset_outputs(out_dir)
-    resolved = to_dict(cfg)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     tracker = make_tracker(
         cfg.logger,
-        config=resolved,
+        config=to_dict(cfg),
         out_dir=out_dir,
         default_group=_group(cfg),
         default_name=_run_name(out_dir),
@@ -287,53 +70,28 @@ def run_experiment(cfg: Any, out_dir: str | Path | None = None) -> dict[str, Any
     t0 = time.time()
     try:
         corpus = load_corpus(cfg.data, int(cfg.seed))
-        log.info(
-            "data: %s, vocab %d, %d/%d/%d train/valid/test sequences",
-            corpus.name,
-            len(corpus.vocab),
-            len(corpus.train),
-            len(corpus.valid),
-            len(corpus.test),
-        )
-        check_run(cfg, corpus)  # every decoder and data-dependent knob, before any training
-        model = get_model(cfg, corpus, tracker)
+        _log_corpus(corpus)
+        prompts = _checked_prompts(cfg, corpus)  # every data-dependent check, before training
+        spec = ModelSpec.of(cfg)
+        model = get_model(spec, corpus, cfg.cache_dir, cfg.cache_on_damage == "retrain", tracker)
         model_metrics = dict(model.metrics)
         log.info(
             "model: ppl/valid %.3f, ppl/test %.3f",
             model_metrics.get("ppl/valid", float("nan")),
             model_metrics.get("ppl/test", float("nan")),
         )
-        (out_dir / "metrics.json").write_text(
-            json.dumps({**model_metrics, "model": model.info}, indent=2, default=str)
-        )
-        reference = load_reference(cfg, corpus)
-        writer = _DecoderWriter(cfg, corpus, out_dir)
-        try:
-            results, samples = evaluate_decoders(
-                cfg, corpus, model, reference, writer, writer.samples
-            )
-        except BaseException:
-            log.warning(
-                "decoders finished before the failure: %s (their results and samples are in %s)",
-                ", ".join(writer.finished) or "none",
-                out_dir,
-            )
-            raise
+        _write_metrics(out_dir, model_metrics, model.info)
+        reference = load_reference(cfg.metrics.get("reference_checkpoint"), corpus)
+        results, samples, listen = _evaluate(cfg, corpus, model, prompts, reference, out_dir)
         t_write = time.time()
-        outputs = write_outputs(cfg, results, samples, out_dir, tracker)
+        outputs = write_outputs(cfg.output, results, samples, out_dir, tracker)
         report = write_report(out_dir, vocab=corpus.vocab)  # `vocab` marks the prompts in it
         tracker.log_html("report", report)
         log.info("wrote results, plots and report in %.1f s", time.time() - t_write)
-        outputs = {**outputs, "report": str(report), "listen": writer.listen}
         tracker.log_summary(model_metrics)
         wall = time.time() - t0
-        (out_dir / "metrics.json").write_text(
-            json.dumps(
-                {**model_metrics, "model": model.info, "wall_s": wall, "outputs": outputs},
-                indent=2,
-                default=str,
-            )
-        )
+        outputs = {**outputs, "report": str(report), "listen": listen}
+        _write_metrics(out_dir, model_metrics, model.info, wall_s=wall, outputs=outputs)
         print_results_table(results, model_metrics)
         log.info("done in %.1f s -> %s", wall, out_dir)
         log.info("report: open %s", report.resolve().as_uri())
@@ -344,12 +102,36 @@ def run_experiment(cfg: Any, out_dir: str | Path | None = None) -> dict[str, Any
     return {"metrics": model_metrics, "results": results, "out_dir": str(out_dir)}
 
 
+def _evaluate(
+    cfg: Any, corpus: Any, model: Any, prompts: Any, reference: Any, out_dir: Path
+) -> tuple[list[dict], list[dict], list[str]]:
+    """Every decoder of the run, each written as soon as it is done (`_DecoderWriter`):
+    results, samples and the files to listen to. On a failure, the log names the decoders
+    whose results and samples are already in `out_dir`."""
+    writer = _DecoderWriter(cfg, corpus, out_dir)
+    decoders = [dec for _, dec in run_decoders(cfg)]
+    try:
+        results, samples = evaluate_decoders(
+            decoders, corpus, model, prompts, cfg.decode, cfg.metrics, int(cfg.seed), reference,
+            writer, writer.samples,
+        )  # fmt: skip
+    except BaseException:
+        log.warning(
+            "decoders finished before the failure: %s (their results and samples are in %s)",
+            ", ".join(writer.finished) or "none",
+            out_dir,
+        )
+        raise
+    return results, samples, writer.listen
+
+
 class _DecoderWriter:
     """`evaluate_decoders`'s `on_result`: each decoder's result, samples and tunes written as
     soon as it finishes (so a later failure loses none of them), with the time it took."""
 
     def __init__(self, cfg: Any, corpus: Any, out_dir: Path):
-        self.cfg, self.corpus, self.out_dir = cfg, corpus, out_dir
+        self.output_cfg, self.corpus, self.out_dir = cfg.output, corpus, out_dir
+        self.abc_timeout_s = float(cfg.metrics.abc_timeout_s)
         self.finished: list[str] = []
         self.listen: list[str] = []
 
@@ -357,7 +139,9 @@ class _DecoderWriter:
         t0 = time.time()
         label = result["decoder"]["label"]
         with still_running(f"writing {label}"):  # MIDI: up to metrics.abc_timeout_s a tune
-            files = write_decoder(self.cfg, self.corpus, result, rows, self.out_dir)
+            files = write_decoder(
+                self.output_cfg, self.corpus, result, rows, self.out_dir, self.abc_timeout_s
+            )
         self.listen.extend(map(str, files))
         self.finished.append(label)
         if rows:  # the human row has no samples: a line of results.jsonl only
@@ -371,10 +155,9 @@ class _DecoderWriter:
 
     def samples(self, rows: list[dict[str, Any]], continued: bool) -> None:
         """`evaluate_decoders`'s `on_samples`: a study's samples, chunk by chunk."""
-        listen_to = 0 if continued else int(self.cfg.output.num_listen)
-        timeout_s = float(self.cfg.metrics.abc_timeout_s)
+        listen_to = 0 if continued else int(self.output_cfg.num_listen)
         files = write_samples(
-            self.corpus.name, rows, self.out_dir, listen_to, timeout_s, append=continued
+            self.corpus.name, rows, self.out_dir, listen_to, self.abc_timeout_s, append=continued
         )
         self.listen.extend(map(str, files))
 
@@ -383,20 +166,42 @@ def _follow(cfg: Any) -> dict[str, Any]:
     """A process other than 0 of a multi-process run: its part of the collective work (training,
     decoding); process 0 computes the metrics over every row and writes the run folder."""
     corpus = load_corpus(cfg.data, int(cfg.seed))
-    check_run(cfg, corpus)
-    model = get_model(cfg, corpus)
-    evaluate_decoders(cfg, corpus, model, load_reference(cfg, corpus))
+    prompts = _checked_prompts(cfg, corpus)
+    model = get_model(ModelSpec.of(cfg), corpus, cfg.cache_dir, cfg.cache_on_damage == "retrain")
+    reference = load_reference(cfg.metrics.get("reference_checkpoint"), corpus)
+    decoders = [dec for _, dec in run_decoders(cfg)]
+    evaluate_decoders(
+        decoders, corpus, model, prompts, cfg.decode, cfg.metrics, int(cfg.seed), reference
+    )
     return {"metrics": dict(model.metrics), "results": [], "out_dir": None}
 
 
-def enable_compilation_cache(path: Path) -> None:
-    """JAX's persistent compilation cache: a warm run reuses the decoders' compiled programs."""
-    try:
-        jax.config.update("jax_compilation_cache_dir", str(path))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
-        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    except Exception as exc:  # an older JAX without these options: compile as usual
-        log.debug("no persistent compilation cache: %s", exc)
+def _checked_prompts(cfg: Any, corpus: Any) -> Any:
+    """The run's prompts, built once (`prompts.prepare_prompts`), after every decoder and
+    data-dependent knob is checked against the corpus and before the budgets on them."""
+    check_corpus(cfg, corpus)
+    prompts = prepare_prompts(cfg.decode, corpus, cfg.get("constraint"), cfg.data.unknown)
+    check_budgets(cfg, len(corpus.vocab), len(prompts.prompts))
+    return prompts
+
+
+def _log_corpus(corpus: Any) -> None:
+    log.info(
+        "data: %s, vocab %d, %d/%d/%d train/valid/test sequences",
+        corpus.name,
+        len(corpus.vocab),
+        len(corpus.train),
+        len(corpus.valid),
+        len(corpus.test),
+    )
+
+
+def _write_metrics(out_dir: Path, metrics: dict[str, float], info: dict, **extra: Any) -> None:
+    """`metrics.json`: written as soon as the model is ready (what `seqgen-sample run=` needs),
+    then again with the wall time and the output files."""
+    (out_dir / "metrics.json").write_text(
+        json.dumps({**metrics, "model": info, **extra}, indent=2, default=str)
+    )
 
 
 def _group(cfg: Any) -> str:

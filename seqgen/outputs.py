@@ -44,24 +44,26 @@ def reset_outputs(out_dir: Path) -> None:
 
 
 def write_decoder(
-    cfg: Any, corpus: Any, result: dict[str, Any], samples: list[dict[str, Any]], out_dir: Path
+    output_cfg: Any,
+    corpus: Any,
+    result: dict[str, Any],
+    samples: list[dict[str, Any]],
+    out_dir: Path,
+    abc_timeout_s: float = ABC_TIMEOUT_S,
 ) -> list[Path]:
     """Append one decoder's (or the human row's) result and samples as soon as they exist:
     `results.jsonl`, `samples.jsonl`, `samples/<label>.txt` and, for folk tunes, the first
-    `output.num_listen` tunes as `.abc`/`.mid`. Returns the tune files."""
+    `output.num_listen` tunes as `.abc`/`.mid` (music21 given `abc_timeout_s` a tune:
+    `metrics.abc_timeout_s`). Returns the tune files."""
     with open(out_dir / "results.jsonl", "a") as f:
         f.write(json.dumps(_clean(result)) + "\n")
     return write_samples(
-        corpus.name,
-        samples,
-        out_dir,
-        int(cfg.output.num_listen),
-        timeout_s=float(cfg.metrics.abc_timeout_s),
+        corpus.name, samples, out_dir, int(output_cfg.num_listen), timeout_s=abc_timeout_s
     )
 
 
 def write_outputs(
-    cfg: Any,
+    output_cfg: Any,
     results: list[dict[str, Any]],
     samples: list[dict[str, Any]],
     out_dir: Path,
@@ -73,7 +75,7 @@ def write_outputs(
     finished). The report page, which reads these files, is `seqgen.report`'s."""
     (out_dir / "results.jsonl").write_text("".join(json.dumps(_clean(r)) + "\n" for r in results))
     plots = []
-    if cfg.output.plots:
+    if output_cfg.plots:
         plots = plot_decoders(results, out_dir / "plots")
     for r in results:
         label = r["decoder"].get("label") or r["decoder"]["name"]

@@ -6,10 +6,13 @@ Two stages, both before any training or model loading:
   written, the files and folders it reads are of the right kind, `distributed=true` has a
   coordinator, `logger.mode=online` has a W&B API key. `seqgen.run` calls it before Hydra
   starts (also for `hydra.run.dir`), `run_experiment` again.
-- `check_run(cfg, corpus)`: what depends on the vocabulary or the data, as soon as the corpus
-  is loaded -- every decoder of the run (`decoder`, or each `compare[i]`, named so in the
-  error), unique and path-safe labels, splits that are not empty, the prompts, and budgets
+- `check_corpus(cfg, corpus)` and `check_budgets(cfg, vocab_size, num_prompts)`: what depends
+  on the vocabulary or the data, as soon as the corpus is loaded -- every decoder of the run
+  (`decoder`, or each `compare[i]`, named so in the error), unique and path-safe labels,
+  splits that are not empty; then, on the prompts the pipeline built once
+  (`prompts.prepare_prompts`, which also refuses a constraint that accepts no prompt), budgets
   (training activations vs memory, decode outputs vs `decode.max_tokens` and memory).
+  `check_run(cfg, corpus)` is the three in a row (a sweep checks each job with it).
 
 `check_divergence` is the rule that a trained model is not a divergence (never cached).
 """
@@ -181,7 +184,7 @@ def run_decoders(cfg: Any) -> list[tuple[str, Any]]:
 
 def check_decoders(cfg: Any, vocab_size: int) -> list[str]:
     """Validate every decoder's knobs (as `decode()` will) and labels; return the labels."""
-    from seqgen.evaluate import decoder_label
+    from seqgen.driver import decoder_label
     from seqgen.outputs import slug
 
     decoders = run_decoders(cfg)
@@ -232,16 +235,6 @@ def check_vocabulary(cfg: Any, corpus: Any) -> None:
             f"{data.get('min_count')}, data.max_vocab={data.get('max_vocab')}); allowed: a lower "
             "data.min_count or a larger data.max_vocab"
         )
-
-
-def check_constraint_prompts(cfg: Any, corpus: Any, prompts: Any) -> None:
-    """The constraint accepts at least one prompt as a prefix (a meter needs each prompt's
-    M:/L: header), before any training rather than after."""
-    from seqgen.evaluate import accepted_prompts, build_constraint
-
-    constraint = build_constraint(cfg, corpus, prompts.prompts)
-    if constraint is not None:
-        accepted_prompts(constraint, prompts)
 
 
 def available_memory() -> tuple[int | None, str]:
@@ -333,20 +326,34 @@ def check_decode_budget(cfg: Any, num_prompts: int) -> None:
             )
 
 
-def check_run(cfg: Any, corpus: Any) -> None:
-    """Everything that depends on the corpus, before training or loading a model."""
+def check_corpus(cfg: Any, corpus: Any) -> None:
+    """Every decoder of the run against the vocabulary, and the splits: before the prompts."""
     from seqgen.decoding.steering import resolve
-    from seqgen.evaluate import make_prompts
 
-    vocab_size = len(corpus.vocab)
     check_vocabulary(cfg, corpus)
-    check_decoders(cfg, vocab_size)
+    check_decoders(cfg, len(corpus.vocab))
     for _, dec in run_decoders(cfg):
         resolve(dec, corpus.vocab)  # a steering text's symbol missing from the vocabulary
     check_splits(corpus)
-    prompts = make_prompts(cfg, corpus)  # unknown symbols, prompt lengths, held-out prompts
-    check_constraint_prompts(cfg, corpus, prompts)
-    check_decode_budget(cfg, len(prompts.prompts))
+
+
+def check_run(cfg: Any, corpus: Any) -> None:
+    """`check_corpus`, the prompts (`prompts.prepare_prompts`: unknown symbols, prompt
+    lengths, held-out prompts, a constraint that rejects every prompt), then `check_budgets`:
+    every corpus-dependent check of a run, before any training."""
+    from seqgen.prompts import prepare_prompts
+
+    check_corpus(cfg, corpus)
+    unknown = cfg.data.get("unknown", "error")
+    prompts = prepare_prompts(cfg.decode, corpus, cfg.get("constraint"), unknown)
+    check_budgets(cfg, len(corpus.vocab), len(prompts.prompts))
+
+
+def check_budgets(cfg: Any, vocab_size: int, num_prompts: int) -> None:
+    """The decode outputs of the run's `num_prompts` prompts (built once by the pipeline,
+    `prompts.prepare_prompts`, which also checks their symbols and lengths) and the training
+    memory, before training or loading a model."""
+    check_decode_budget(cfg, num_prompts)
     check_training_memory(cfg, vocab_size)
 
 

@@ -8,8 +8,9 @@ evaluation (what char-rnn's `sample.lua`, folk-rnn's sampler and nanoGPT's `samp
 
 The model comes from a run dir (its `config.yaml`, and the cache entry in its `metrics.json`) or
 from a model-cache entry (`model_dir=`, whose `meta.json` names the data it was trained on). The
-decoding is the pipeline's own (`make_prompts`, `decode_all`, `generations`), with the key a run
-with one `decoder=` uses, so the same seed, decoder and prompts give the run's own tokens.
+decoding is the Python API's (`seqgen.api.Model.decode_config`), which is the pipeline's own
+(`prepare_prompts`, `decode_all`, `generations`) with the key a run with one `decoder=` uses, so
+the same seed, decoder and prompts give the run's own tokens.
 """
 
 from __future__ import annotations
@@ -78,28 +79,12 @@ def parse_args(argv: list[str]) -> tuple[SampleOptions, str | None, list[str]]:
     return opts, name, knobs
 
 
-def _compose(overrides: list[str]) -> DictConfig:
-    """The primary config (conf/config.yaml) with overrides, as `seqgen` composes it."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from seqgen.run import CONF_DIR
-
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return compose(config_name="config", overrides=overrides)
-    except Exception as exc:
-        from seqgen.run import _explain
-
-        raise UserError(_explain(exc, overrides)) from None
-    finally:
-        GlobalHydra.instance().clear()
-
-
-def _source(opts: SampleOptions) -> tuple[DictConfig, Path | None]:
-    """The trained model's config and its cache entry (None for the DPFSA oracle), each source
-    file checked for its shape and, for a cache entry, its checksums (`seqgen.preflight`)."""
+def read_source(opts: SampleOptions) -> tuple[DictConfig, Path | None]:
+    """The trained model's config and its cache entry (None for the DPFSA oracle), from
+    `opts.run` or `opts.model_dir` (`seqgen.load` reads a folder through here too), each
+    source file checked for its shape and, for a cache entry, its checksums
+    (`seqgen.preflight`)."""
+    from seqgen.compose import compose_config
     from seqgen.preflight import merge_saved_config, read_model_source, read_run_source
 
     if bool(opts.run) == bool(opts.model_dir):
@@ -107,27 +92,27 @@ def _source(opts: SampleOptions) -> tuple[DictConfig, Path | None]:
     if opts.run:
         return read_run_source(opts.run)
     trained, path = read_model_source(opts.model_dir)
-    return merge_saved_config(trained, f"model_dir={opts.model_dir}: meta.json", _compose([])), path
+    what = f"model_dir={opts.model_dir}: meta.json"
+    return merge_saved_config(trained, what, compose_config([])), path
 
 
 def _decoder(cfg: DictConfig, name: str | None, knobs: list[str]) -> DictConfig:
     """`decoder=NAME` from conf/decoder/, else the run's own decoder, else pure sampling;
     then the `decoder.KNOB=V` overrides."""
+    from seqgen.api import decoder_config
+    from seqgen.compose import explain
     from seqgen.config import DecoderConfig
 
-    if name is not None:
-        base = _compose([f"decoder={name}"]).decoder
-    elif cfg.get("decoder") is not None:
-        base = cfg.decoder
-    else:
-        base = _compose(["decoder=sample"]).decoder
     try:
-        user = [OmegaConf.from_dotlist(knobs).decoder] if knobs else []
-        return OmegaConf.merge(OmegaConf.structured(DecoderConfig), base, *user)
+        user = OmegaConf.from_dotlist(knobs).decoder if knobs else {}
     except Exception as exc:
-        from seqgen.run import _explain
-
-        raise UserError(_explain(exc, knobs)) from None
+        raise UserError(explain(exc, knobs)) from None
+    if name is not None or cfg.get("decoder") is None:
+        return decoder_config(name or "sample", user)
+    try:
+        return OmegaConf.merge(OmegaConf.structured(DecoderConfig), cfg.decoder, user)
+    except Exception as exc:
+        raise UserError(explain(exc, knobs)) from None
 
 
 def sample(argv: list[str]) -> dict[str, Any]:
@@ -136,32 +121,12 @@ def sample(argv: list[str]) -> dict[str, Any]:
     Returns `{"samples": [one samples.jsonl object per sequence], "corpus": name,
     "decoder": {...}, "cfg": the config decoded with}`; with `out=DIR` also writes the files.
     """
+    from seqgen.api import Model
     from seqgen.config import Config, field_knobs, to_dict, validate_config
-    from seqgen.data.corpus import load_corpus
-    from seqgen.evaluate import (
-        accepted_prompts,
-        build_constraint,
-        decode_all,
-        decoder_key,
-        decoder_label,
-        generations,
-        make_prompts,
-        sample_records,
-    )
-    from seqgen.experiment import (
-        _oracle_model,
-        enable_compilation_cache,
-        load_model_dir,
-    )
-    from seqgen.preflight import (
-        SAMPLE_OWNER_MARK,
-        check_decode_budget,
-        check_decoders,
-        check_sample_out,
-    )
+    from seqgen.preflight import SAMPLE_OWNER_MARK, check_sample_out
 
     opts, name, knobs = parse_args(argv)
-    cfg, model_dir = _source(opts)
+    cfg, model_dir = read_source(opts)
     cfg.decoder = _decoder(cfg, name, knobs)
     if opts.prompt:
         cfg.decode.prompts = list(opts.prompt)
@@ -176,25 +141,10 @@ def sample(argv: list[str]) -> dict[str, Any]:
     field_knobs(Config)["seed"].check(decode_seed)  # unsigned 32-bit, like the run's seed
     out_dir = check_sample_out(opts.out) if opts.out else None  # before any decoding
 
-    enable_compilation_cache(cache_root(cfg.cache_dir) / "jax_compile")
-    corpus = load_corpus(cfg.data, int(cfg.seed))  # the model's seed: its splits and vocabulary
-    check_decoders(cfg, len(corpus.vocab))  # the knobs bounded by the vocabulary
-    pr = make_prompts(cfg, corpus)
-    check_decode_budget(cfg, len(pr.prompts))  # rows x max_len within budget and memory
-    if model_dir is None:
-        model = _oracle_model(corpus)
-    else:
-        model = load_model_dir(model_dir, corpus, f"the model {model_dir}")
-    dec = cfg.decoder
-    label = decoder_label(dec)
-    t0 = time.time()
-    constraint = build_constraint(cfg, corpus, pr.prompts)  # the run's constraint, if any
-    if constraint is not None:
-        pr, _ = accepted_prompts(constraint, pr)
-    out = decode_all(cfg, dec, model, pr.prompts, decoder_key(decode_seed, 0), constraint)
-    gen, rec, texts = generations(cfg, dec, corpus, pr.prompts, out)
-    records = sample_records(label, gen, rec, texts, corpus.vocab)
-    log.info("decoded %s: %d sequences in %.1f s", label, len(records), time.time() - t0)
+    # the corpus, then (vocabulary-bound knobs, prompts, decode budget checked) the model
+    model = Model.from_source(cfg, model_dir)
+    records = model.decode_config(cfg, decode_seed).records
+    corpus, dec = model.corpus, cfg.decoder
     if out_dir is not None:
         from seqgen.outputs import reset_outputs, write_samples
 

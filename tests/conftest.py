@@ -31,6 +31,19 @@ TINY = [
     "output.plots=false",
 ]
 
+# A run with one sampling decoder and two typed prompts, 3 samples each: seqgen-sample
+# (test_sample) and the Python API (test_api) decode it again and must give its tokens.
+SAMPLE_DECODER = ["decoder=sample", "decoder.top_p=0.9", "decoder.temperature=0.8"]
+SAMPLE_PROMPTS = ["ab", "c"]
+SAMPLE_RUN = [*TINY, *SAMPLE_DECODER, "decode.prompts=[ab,c]", "decode.num_samples=3"]
+
+
+def read_samples(out: Path) -> list[dict]:
+    """A run dir's `samples.jsonl`, one dict per line."""
+    import json
+
+    return [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+
 
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:

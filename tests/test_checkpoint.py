@@ -11,6 +11,7 @@ import textwrap
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -20,7 +21,7 @@ from flax import nnx
 
 import seqgen
 import seqgen.checkpoint
-from seqgen import experiment
+from seqgen import model_store
 from seqgen.checkpoint import DamagedCacheEntry, ModelCache, _meta_digest
 from seqgen.errors import UserError
 from seqgen.models import LanguageModel
@@ -72,6 +73,7 @@ def test_default_root_honours_env(monkeypatch, tmp_path):
     assert ModelCache().root == tmp_path.absolute()
 
 
+@pytest.mark.slow
 def test_save_load_round_trip(tmp_path):
     cache = ModelCache(tmp_path)
     key = cache.key("abc", MODEL_CFG, TRAIN_CFG, 0)
@@ -87,6 +89,7 @@ def test_save_load_round_trip(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_concurrent_requests_train_once(tmp_path):
     cache = ModelCache(tmp_path / "cache")
     key = cache.key("abc", MODEL_CFG, TRAIN_CFG, 0)
@@ -288,7 +291,13 @@ def test_waiting_for_the_lock_names_its_holder(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
-# The pipeline (experiment.get_model) goes through the verified cache.
+# The pipeline (model_store.get_model) goes through the verified cache.
+
+
+def _get_model(cfg, corpus):
+    """The model a run of `cfg` gets (`run_experiment`'s call)."""
+    spec = model_store.ModelSpec.of(cfg)
+    return model_store.get_model(spec, corpus, cfg.cache_dir, cfg.cache_on_damage == "retrain")
 
 
 @pytest.fixture
@@ -296,38 +305,40 @@ def pipeline(tmp_path, monkeypatch):
     """A tiny config with its own cache, its corpus, and the model trained into that cache."""
     from seqgen.data.corpus import load_corpus
 
-    monkeypatch.setattr(experiment, "_LOADED", {})  # no in-process reuse across calls
+    monkeypatch.setattr(model_store, "_LOADED", {})  # no in-process reuse across calls
     cfg = compose([*TINY, "decoder=greedy", f"cache_dir={tmp_path}"])
     corpus = load_corpus(cfg.data, int(cfg.seed))
-    first = experiment.get_model(cfg, corpus)
-    experiment._LOADED.clear()
+    first = _get_model(cfg, corpus)
+    model_store._LOADED.clear()
     return cfg, corpus, first
 
 
+@pytest.mark.slow
 def test_pipeline_recomputes_the_metrics_of_a_loaded_model(pipeline, caplog):
     cfg, corpus, first = pipeline
-    meta_path = experiment.Path(first.info["cache_dir"]) / "meta.json"
+    meta_path = Path(first.info["cache_dir"]) / "meta.json"
     meta = json.loads(meta_path.read_text())
     meta["metrics"]["ppl/valid"] = 1.0  # meta.json is not what the numbers come from
     meta["meta_sha256"] = _meta_digest(meta)  # as if recorded so by an older model code
     meta_path.write_text(json.dumps(meta))
     with caplog.at_level(logging.INFO, logger="seqgen"):
-        again = experiment.get_model(cfg, corpus)
+        again = _get_model(cfg, corpus)
     assert again.info["cached"] is True and first.info["cached"] is False
     assert again.metrics["ppl/valid"] == pytest.approx(first.metrics["ppl/valid"], rel=1e-6)
     assert again.metrics["ppl/valid"] != 1.0
     assert any("ppl/valid recomputed" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.slow
 def test_pipeline_retrains_a_damaged_entry_or_stops_with_one_line(pipeline, caplog):
     cfg, corpus, first = pipeline
-    entry = experiment.Path(first.info["cache_dir"])
+    entry = Path(first.info["cache_dir"])
     _flip_bytes(entry)
     with pytest.raises(UserError, match="damaged: model/.*cache_on_damage=retrain"):
-        experiment.get_model(compose([*TINY, "decoder=greedy", f"cache_dir={entry.parent.parent}",
+        _get_model(compose([*TINY, "decoder=greedy", f"cache_dir={entry.parent.parent}",
                                       "cache_on_damage=error"]), corpus)  # fmt: skip
     with caplog.at_level(logging.WARNING, logger="seqgen"):
-        again = experiment.get_model(cfg, corpus)
+        again = _get_model(cfg, corpus)
     assert again.info["cached"] is False  # retrained, not loaded
     assert any("damaged" in r.getMessage() for r in caplog.records)
     # the same config trains to the same model: the retrained numbers are the first ones

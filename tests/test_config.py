@@ -29,8 +29,8 @@ from seqgen.config import (
 from seqgen.data.corpus import _get as corpus_get
 from seqgen.decoding.knobs import KNOBS
 from seqgen.decoding.registry import SPECS, validate_decoder
+from seqgen.driver import decoder_label
 from seqgen.errors import UserError
-from seqgen.evaluate import decoder_label
 from seqgen.models import LanguageModel
 from seqgen.train import hparams_from_cfg
 
@@ -115,6 +115,7 @@ def test_added_keys_seeds_and_empty_prompts_are_user_errors(overrides, needle):
         validate_config(cfg)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args, needle",
     [
@@ -235,6 +236,7 @@ def test_train_patience_and_end_lr_ratio_are_reachable_and_data_max_len_is_gone(
         validate_config(compose(["+data.max_len=24"]))
 
 
+@pytest.mark.slow
 def test_cli_run_dir_that_is_a_file_is_one_line(tmp_path: Path):
     # checked before Hydra creates the run dir (which would be a traceback)
     (tmp_path / "taken").write_text("x")

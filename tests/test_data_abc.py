@@ -4,14 +4,15 @@ import re
 
 import pytest
 
+from seqgen.config import DataConfig
 from seqgen.data.abc_tokens import join_abc, normalize_field, normalize_key, tokenize_abc
-from seqgen.data.folk import DEFAULT_COLLECTIONS, load_tunes
+from seqgen.data.folk import load_tunes
 
 
 @pytest.fixture(scope="module")
 def tunes():
     out = []
-    for c in DEFAULT_COLLECTIONS:
+    for c in DataConfig().collections:
         t, _ = load_tunes([c])
         out.extend(t[::4])
     return out

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
+from seqgen.config import DataConfig
 from seqgen.data import text
 from seqgen.data.corpus import Corpus, fingerprint, load_corpus, split_indices
 from seqgen.data.synthetic import DPFSA
@@ -83,7 +84,7 @@ def test_folk_corpus(level):
     assert len(set(keys)) == len(keys)  # splits are disjoint (tunes differ)
     from seqgen.data.folk import load_tunes
 
-    tunes, _ = load_tunes(max_tunes=40)
+    tunes, _ = load_tunes(DataConfig().collections, max_tunes=40)
     decoded = {c.vocab.decode(s) for s in seqs}
     if level == "char":
         assert decoded == set(tunes)

@@ -6,14 +6,17 @@ from collections import Counter
 
 import pytest
 
+from seqgen.config import DataConfig
 from seqgen.data.folk import (
-    DEFAULT_COLLECTIONS,
+    COLLECTION_LICENSES,
     collection_files,
     corpus_dir,
     load_tunes,
     parse_abc_file,
 )
 from seqgen.errors import UserError
+
+DEFAULT_COLLECTIONS = DataConfig().collections  # the schema's default
 
 FILE = """% file comment before any tune
 X:1
@@ -103,6 +106,7 @@ def test_tunes_hold_no_metadata_or_comments(default_tunes):
 
 
 def test_noncommercial_collection_only_when_listed(default_tunes):
+    assert {COLLECTION_LICENSES[c] for c in DEFAULT_COLLECTIONS} == {"public domain"}
     assert "essenFolksong" not in DEFAULT_COLLECTIONS
     assert default_tunes[1]["collections"] == list(DEFAULT_COLLECTIONS)
     tunes, stats = load_tunes(["essenFolksong"], max_tunes=5)

@@ -171,6 +171,7 @@ FAIRSEQ = dict(HF, force_eos_at_max_len=True)
 T5X_CONV = dict(SEQGEN, finalize="finished_first")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "conv",
     [

@@ -53,6 +53,7 @@ def run(name, constraint, max_len=8, prompts=None, plen=None, **knobs):
 PATTERN = "(ab|ba1*)+"  # what may follow a or b depends on the history: a state to gather
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name, knobs",
     [
@@ -137,6 +138,7 @@ def test_constraint_mistakes_are_user_errors():
         validate_config(compose(["constraint=meter"]))
 
 
+@pytest.mark.slow
 def test_meter_tunes_sampled_from_a_random_model_keep_time():
     from seqgen.data.abc_tokens import join_abc
     from seqgen.data.corpus import load_corpus
@@ -182,6 +184,7 @@ def test_meter_tunes_sampled_from_a_random_model_keep_time():
     assert checked >= 9
 
 
+@pytest.mark.slow
 def test_the_pipeline_decodes_under_the_constraint_and_reports_the_mass(cache_dir, tmp_path):
     import json
 

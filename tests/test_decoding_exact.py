@@ -40,6 +40,7 @@ def score_all(params, prompt: list[int], conts: list[tuple]) -> np.ndarray:
     return total
 
 
+@pytest.mark.slow
 def test_exact_equals_brute_force_and_beats_every_beam():
     params = lstm_params(v=V, seed=2, eos_bias=-1.5)
     out = jax.tree.map(
@@ -95,6 +96,7 @@ def test_exact_equals_brute_force_and_beats_every_beam():
         assert (out.scores[:, 0] >= raw - 1e-5).all()
 
 
+@pytest.mark.slow
 def test_exact_is_the_dpfsa_mode_and_reports_the_budget():
     rows = []
     for seed in range(3):

@@ -22,6 +22,7 @@ from tests.helpers_decoding import (
 # ----- the loop variants: the same bits from every decoder -----
 
 
+@pytest.mark.slow
 def test_every_loop_variant_gives_the_same_bits():
     """Every decoder, every `loop` (scan, unrolled scan, masked scan, while loop) returns the
     same outputs bit for bit; EOS is likely, so the batch ends before max_len and the variants

@@ -48,6 +48,7 @@ def test_one_candidate_is_returned():
     np.testing.assert_array_equal(out.logprobs, alone.logprobs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("utility", ["chrf", "bleu", "edit"])
 def test_mbr_equals_brute_force_double_loop(utility):
     cfg = {"name": "mbr", "num_candidates": 6, "num_references": 5, "utility": utility}

@@ -31,6 +31,7 @@ from tests.helpers_decoding import (
 # ----- min_length: no EOS before it, for every decoder -----
 
 
+@pytest.mark.slow
 def test_min_length_for_every_decoder():
     """EOS is the most probable token from every state, so without min_length every decoder
     would stop at once; with min_length = 3 none ends before 3 continuation tokens, greedy
@@ -204,6 +205,7 @@ def proc_defaults() -> dict:
 # ----- penalties -----
 
 
+@pytest.mark.slow
 def test_no_repeat_ngram_and_penalties():
     from seqgen.decoding import processors as proc
 

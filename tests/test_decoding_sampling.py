@@ -55,6 +55,7 @@ def greedy_path_endings(table_lp: np.ndarray, out, i: int, max_len: int) -> list
     return cands
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["lstm", "markov"])
 def test_greedy_equals_sample_t0_and_beam1_extends_greedy(model):
     if model == "lstm":
@@ -155,6 +156,7 @@ def test_sample_matches_model_distribution():
 # ----- keys, batch invariance, reproducibility -----
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["sample", "stochastic_beam"])
 def test_row_is_batch_invariant_and_reproducible(name):
     params = lstm_params(eos_bias=-1.0)

@@ -7,6 +7,7 @@ from types import SimpleNamespace as NS
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from seqgen.decoding import (
     DecodeRequest,
@@ -23,6 +24,7 @@ from tests.helpers_decoding import (
 # ----- stochastic beam: distinct samples without replacement, unbiased estimator -----
 
 
+@pytest.mark.slow
 def test_stochastic_beam_is_sampling_without_replacement():
     v, k, rows = 6, 3, 4000
     table = markov_table(v, 3, scale=1.0)

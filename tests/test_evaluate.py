@@ -12,15 +12,9 @@ from omegaconf import OmegaConf
 
 from seqgen.data.corpus import load_corpus
 from seqgen.data.folk import header_length, load_tunes
-from seqgen.evaluate import (
-    Prompts,
-    _kept_per_prompt,
-    decoder_key,
-    generations,
-    human_row,
-    make_prompts,
-    sample_records,
-)
+from seqgen.driver import _kept_per_prompt, decoder_key, generations, sample_records
+from seqgen.evaluate import human_row
+from seqgen.prompts import Prompts, make_prompts
 from seqgen.scoring import LoadedModel
 from seqgen.tokens import EOS_ID
 
@@ -35,7 +29,7 @@ def _cfg(**decode):
 def test_folk_openings_are_the_header_plus_music_of_distinct_tunes(level):
     corpus = load_corpus({"name": "folk", "level": level, "max_sequences": 300}, seed=0)
     cfg = _cfg(max_len=128, prompt_len=8)
-    pr = make_prompts(cfg, corpus)
+    pr = make_prompts(cfg.decode, corpus)
     tunes = {tuple(s.tolist()) for s in corpus.test}
     # brute force: the distinct (header + 8)-token prefixes of test tunes that leave music
     heads = [header_length(corpus.vocab.decode_symbols(s), level) for s in corpus.test]
@@ -68,7 +62,7 @@ def test_too_few_openings_warn_once_with_how_many_and_why(caplog):
     corpus = load_corpus({"name": "synthetic", "num_train": 300}, seed=0)
     long = sum(len(s) > 16 for s in corpus.test)
     with caplog.at_level(logging.WARNING, logger="seqgen"):
-        pr = make_prompts(_cfg(), corpus)
+        pr = make_prompts(_cfg().decode, corpus)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and len(pr.prompts) < 100
     assert f"only {len(pr.prompts)} distinct" in warnings[0] and "longer than" in warnings[0]
@@ -76,7 +70,7 @@ def test_too_few_openings_warn_once_with_how_many_and_why(caplog):
     # a one-token prompt has at most one distinct value per symbol: duplicates are dropped
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="seqgen"):
-        one = make_prompts(_cfg(prompt_len=1), corpus)
+        one = make_prompts(_cfg(prompt_len=1).decode, corpus)
     assert len(one.prompts) == len({int(p[0]) for p in one.prompts}) <= 6
     assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
 
@@ -93,7 +87,7 @@ def test_text_openings_start_at_line_starts_and_the_human_row_is_the_text_after(
         seed=0,
     )
     cfg = _cfg(max_len=60, prompt_len=12, num_prompts=20)
-    pr = make_prompts(cfg, corpus)
+    pr = make_prompts(cfg.decode, corpus)
     assert len(pr.prompts) == 20
     spans = []
     for p, hp, c, ended in zip(pr.prompts, pr.human_prompts, pr.human, pr.human_ended):
@@ -145,7 +139,7 @@ def test_generations_cut_each_continuation_and_keep_the_best_of_an_nbest_list():
     prompts = [np.array([5], np.int32), np.zeros(0, np.int32)]
     corpus = type("C", (), {"vocab": _Vocab()})()
     sample = OmegaConf.create({"name": "sample"})
-    gen, rec, texts = generations(cfg, sample, corpus, prompts, _decode_output())
+    gen, rec, texts = generations(cfg.decode, sample, corpus, prompts, _decode_output())
     assert [s.tolist() for s in gen.sequences] == [[6, 7], [4], [6], [7, 7, 7, 7]]
     assert [p.tolist() for p in gen.prompts] == [[5], [5], [], []]
     assert texts == ["bcd", "ba", "c", "dddd"]
@@ -158,7 +152,7 @@ def test_generations_cut_each_continuation_and_keep_the_best_of_an_nbest_list():
     assert [r["prompt"] for r in rows] == ["b", "b", "", ""]
 
     beam = OmegaConf.create({"name": "beam"})
-    gen, rec, texts = generations(cfg, beam, corpus, prompts, _decode_output())
+    gen, rec, texts = generations(cfg.decode, beam, corpus, prompts, _decode_output())
     assert [s.tolist() for s in gen.sequences] == [[6, 7], [6]]  # the best of each prompt
     assert [s.tolist() for s in gen.best_sequences] == [[6, 7], [6]]
     assert gen.eos_tempered_logprobs.tolist() == [-1.0, -1.5]
@@ -166,8 +160,8 @@ def test_generations_cut_each_continuation_and_keep_the_best_of_an_nbest_list():
 
 
 def test_kept_per_prompt_follows_the_decoder_kind():
-    with_prompts = OmegaConf.create({"decode": {"prompts": "heldout"}})
-    no_prompts = OmegaConf.create({"decode": {"prompts": "none"}})
+    with_prompts = OmegaConf.create({"prompts": "heldout"})
+    no_prompts = OmegaConf.create({"prompts": "none"})
     kept = lambda cfg, name: _kept_per_prompt(cfg, OmegaConf.create({"name": name}), 5)  # noqa: E731
     assert kept(no_prompts, "beam") == 1 and kept(no_prompts, "greedy") == 1
     assert kept(no_prompts, "sample") == 5 and kept(with_prompts, "sample") == 5
@@ -208,7 +202,7 @@ def test_human_row_under_a_uniform_model_has_perplexity_v():
     cfg = OmegaConf.create({"decode": {"max_len": 3}})
     corpus = type("C", (), {"vocab": _Vocab()})()
     common = {"seed": 0, "oracle": None, "self_bleu_max": 10, "abc_subset": 10}
-    row = human_row(cfg, corpus, model, pr, common)
+    row = human_row(cfg.decode, corpus, model, pr, common)
     m = row["metrics"]
     assert row["decoder"] == {"name": "human", "label": "human"}
     assert m["gen/ppl"] == pytest.approx(v, rel=1e-6) and m["gen/ppl_model"] == m["gen/ppl"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import TINY, compose
 
-from seqgen import experiment
+from seqgen import experiment, model_store, tracking
 from seqgen.decoding.registry import SPECS
 from seqgen.errors import UserError
 from seqgen.experiment import run_experiment
@@ -24,6 +24,7 @@ def first_run(cache_dir, tmp_path_factory):
     return run_experiment(cfg, out_dir=out), out
 
 
+@pytest.mark.slow
 def test_run_writes_every_output(first_run):
     res, out = first_run
     for name in ("config.yaml", "metrics.json", "results.jsonl", "samples.jsonl"):
@@ -51,18 +52,20 @@ def test_run_writes_every_output(first_run):
     assert all(t > 2 for s in samples for t in s["token_ids"])
 
 
+@pytest.mark.slow
 def test_greedy_gen_ppl_is_below_pure_sampling(first_run):
     res, _ = first_run
     m = {r["decoder"]["name"]: r["metrics"] for r in res["results"]}
     assert m["greedy"]["gen/ppl"] < m["sample"]["gen/ppl"]
 
 
+@pytest.mark.slow
 def test_second_run_loads_the_cached_model(first_run, tmp_path, monkeypatch):
     res, _ = first_run
     cfg = compose([*TINY, "decoder=greedy"])
     trainings = []
-    monkeypatch.setattr(experiment, "train", lambda *a, **k: trainings.append(a) or train(*a, **k))
-    monkeypatch.setattr(experiment, "_LOADED", {})  # from the disk cache, not this process's
+    monkeypatch.setattr(model_store, "train", lambda *a, **k: trainings.append(a) or train(*a, **k))
+    monkeypatch.setattr(model_store, "_LOADED", {})  # from the disk cache, not this process's
     res2 = run_experiment(cfg, out_dir=tmp_path)
     assert trainings == []
     meta = json.loads((tmp_path / "metrics.json").read_text())
@@ -74,6 +77,7 @@ ORACLE_COMPARE = "compare=[{name:greedy},{name:sample},{name:beam,beam_size:32}]
 HELDOUT = ["decode.prompts=heldout", "decode.num_prompts=6", "decode.prompt_len=2"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("prompts", [[], HELDOUT], ids=["unprompted", "heldout_prompts"])
 def test_oracle_model_scores_equal_the_oracle_metrics(cache_dir, tmp_path, prompts):
     # Decoding the DPFSA's own distribution: the decoder's log-probs (gen/ppl_model) and the
@@ -98,6 +102,7 @@ def test_unknown_prompt_symbol_is_a_user_error(cache_dir, tmp_path):
         run_experiment(cfg, out_dir=tmp_path)
 
 
+@pytest.mark.slow
 def test_reference_model_rescoring_equals_the_decoders_own_logprobs(first_run, tmp_path):
     # With the run's own model as the reference, teacher-forced rescoring of the generations
     # (gen/ref_ppl) must reproduce the log-probs the decoder recorded (gen/ppl_model).
@@ -110,18 +115,47 @@ def test_reference_model_rescoring_equals_the_decoders_own_logprobs(first_run, t
         assert m["gen/ref_ppl"] == pytest.approx(m["gen/ppl_model"], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_reference_must_be_a_cached_model(cache_dir, tmp_path):
     cfg = compose([*TINY, "decoder=greedy", f"metrics.reference_checkpoint={tmp_path}"])
     with pytest.raises(UserError, match="reference_checkpoint"):
         run_experiment(cfg, out_dir=tmp_path)
 
 
-def test_wandb_disabled_writes_nothing(first_run, tmp_path):
+@pytest.mark.slow
+def test_logger_wandb_runs_a_wandb_run_and_disabled_writes_nothing(
+    first_run, tmp_path, monkeypatch
+):
+    """The run makes the tracker the logger config asks for and finishes it: `logger=wandb`
+    (offline) is a W&B run in the run dir, finished with exit code 0; `logger.mode=disabled`
+    is no W&B run and writes nothing."""
+    made, finished = [], []
+    make = experiment.make_tracker
+    monkeypatch.setattr(
+        experiment, "make_tracker", lambda *a, **k: made.append(make(*a, **k)) or made[-1]
+    )
+    finish = tracking.WandbTracker.finish
+    monkeypatch.setattr(
+        tracking.WandbTracker,
+        "finish",
+        lambda t, exit_code=0: finished.append(exit_code) or finish(t, exit_code),
+    )
     cfg = compose([*TINY, "decoder=greedy", "logger=wandb", "logger.mode=disabled"])
-    run_experiment(cfg, out_dir=tmp_path)
-    assert not (tmp_path / "wandb").exists()
+    run_experiment(cfg, out_dir=tmp_path / "disabled")
+    assert isinstance(made[-1], tracking.NoOpTracker) and not finished
+    assert not (tmp_path / "disabled" / "wandb").exists()
+
+    for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(tracking, "_SET_FOR_JOB", {})
+    monkeypatch.setenv("WANDB_MODE", "offline")  # conftest disables W&B for every other test
+    cfg = compose([*TINY, "decoder=greedy", "logger=wandb", "logger.mode=offline"])
+    run_experiment(cfg, out_dir=tmp_path / "offline")
+    assert isinstance(made[-1], tracking.WandbTracker) and finished == [0]
+    assert len(list((tmp_path / "offline" / "wandb").glob("offline-run-*/run-*.wandb"))) == 1
 
 
+@pytest.mark.slow
 def test_heldout_prompts_are_continued_and_the_human_row_matches(first_run, tmp_path):
     cfg = compose(
         [
@@ -146,16 +180,17 @@ def test_heldout_prompts_are_continued_and_the_human_row_matches(first_run, tmp_
     # the human row: as many held-out continuations as generations (5 prompts x 2 samples),
     # the first five continuing exactly the five prompts, each within the length budget
     from seqgen.data.corpus import load_corpus
-    from seqgen.evaluate import make_prompts
+    from seqgen.prompts import make_prompts
 
     corpus = load_corpus(cfg.data, int(cfg.seed))
-    pr = make_prompts(cfg, corpus)
+    pr = make_prompts(cfg.decode, corpus)
     assert len(pr.human) == 10 and len(pr.prompts) == 5
     for p, hp in zip(pr.prompts, pr.human_prompts[:5]):
         assert np.array_equal(p, hp)
     assert all(len(p) + len(h) <= cfg.decode.max_len for p, h in zip(pr.human_prompts, pr.human))
 
 
+@pytest.mark.slow
 def test_text_stream_model_never_emits_eos_and_marks_its_prompts(cache_dir, tmp_path):
     # A text stream has no EOS, so a model trained on it must not end a sequence: every
     # decoder runs to max_len. Three training steps leave EOS near its initial probability

@@ -9,6 +9,8 @@ from conftest import TINY, compose
 from seqgen.errors import UserError
 from seqgen.experiment import run_experiment
 
+pytestmark = pytest.mark.slow  # exact search and MBR through the whole pipeline
+
 COMPARE = (
     "compare=[{name:beam,beam_size:1},{name:exact},"
     "{name:mbr,num_candidates:4,num_references:4,utility:edit,candidates:{top_p:0.9}}]"

@@ -197,7 +197,7 @@ def test_trains_caches_and_decodes_through_the_pipeline(cache_dir, tmp_path):
     assert res["metrics"]["ppl/valid"] < 8  # learned: uniform over the 8 predictable ids is 8
     # the cache entry loads back from disk (orbax) into the same parameters
     from seqgen.data.corpus import load_corpus
-    from seqgen.experiment import _LOADED, load_model_dir
+    from seqgen.model_store import _LOADED, load_model_dir
 
     loaded = load_model_dir(Path(info["cache_dir"]), load_corpus(cfg.data, 0), "test")
     trained = _LOADED[info["cache_dir"]].params

@@ -71,7 +71,7 @@ def test_write_decoder_appends_a_row_and_its_samples_as_they_exist(tmp_path):
 
     from seqgen.outputs import MODEL_MARK, reset_outputs, write_decoder
 
-    cfg = OmegaConf.create({"output": {"num_listen": 0}, "metrics": {"abc_timeout_s": 30.0}})
+    output_cfg = OmegaConf.create({"num_listen": 0})
     corpus = type("C", (), {"name": "text"})()
     result = {"decoder": {"name": "sample", "label": "t=0.7/x"}, "metrics": {"gen/ppl": math.nan}}
     samples = [
@@ -80,8 +80,8 @@ def test_write_decoder_appends_a_row_and_its_samples_as_they_exist(tmp_path):
     ]
     (tmp_path / "results.jsonl").write_text("stale\n")
     reset_outputs(tmp_path)  # a rerun into the folder starts afresh
-    assert write_decoder(cfg, corpus, result, samples, tmp_path) == []  # no tunes: not folk
-    write_decoder(cfg, corpus, {**result, "metrics": {"gen/ppl": 2.0}}, [], tmp_path)
+    assert write_decoder(output_cfg, corpus, result, samples, tmp_path) == []  # no tunes: not folk
+    write_decoder(output_cfg, corpus, {**result, "metrics": {"gen/ppl": 2.0}}, [], tmp_path)
     rows = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert [r["metrics"]["gen/ppl"] for r in rows] == [None, 2.0]  # NaN is null in JSON
     lines = (tmp_path / "samples.jsonl").read_text().splitlines()

@@ -57,6 +57,7 @@ def test_tests_imports_are_declared():
             assert dist in declared, dist
 
 
+@pytest.mark.slow
 def test_help_starts_with_what_seqgen_does_then_the_groups(tmp_path):
     proc = run_cli(["--help"], cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
@@ -68,6 +69,7 @@ def test_help_starts_with_what_seqgen_does_then_the_groups(tmp_path):
     assert f"decoder: {', '.join(decoders)}" in out
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 def test_git_commit_only_from_a_checkout(tmp_path):
     """A copy of the package inside some other repository (a venv in a project folder) must

@@ -13,6 +13,8 @@ import pytest
 
 from seqgen.parallel import maybe_initialize_distributed
 
+pytestmark = pytest.mark.slow  # 8 virtual devices in subprocesses
+
 SCRIPT = textwrap.dedent(
     """
     import json, math
@@ -148,7 +150,7 @@ DECODE_SCRIPT = textwrap.dedent(
     from seqgen.decoding.sampling import _sample_program
     from seqgen.decoding import processor_table as table
     from seqgen.decoding.common import DecodeRequest, get, prepare, traced_knobs
-    from seqgen.evaluate import decode_all
+    from seqgen.driver import decode_all
     from seqgen.metrics import Generations, compute, decode_output_inputs, decode_output_records
     from seqgen.parallel import make_mesh
 
@@ -229,8 +231,8 @@ DECODE_SCRIPT = textwrap.dedent(
     plist = [p[:n] for p, n in zip(prompts, lengths)]
     metrics = {}
     for shard in (False, True):
-        pcfg = OmegaConf.create({"decode": {"max_len": T, "num_samples": N, "batch_size": 15,
-                                            "shard": shard}})
+        pcfg = OmegaConf.create({"max_len": T, "num_samples": N, "batch_size": 15,
+                                 "shard": shard})
         dec = OmegaConf.create({"name": "sample", "top_p": 0.9})
         res = decode_all(pcfg, dec, model, plist, jax.random.key(3))
         res["prompt_lengths"] = lengths

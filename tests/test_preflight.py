@@ -16,7 +16,7 @@ from seqgen.errors import UserError
 @pytest.fixture()
 def no_training(monkeypatch, tmp_path):
     """A private, empty model cache and a `train` that fails the test if it is ever called."""
-    import seqgen.experiment
+    import seqgen.model_store
 
     cache = tmp_path / "cache"
     monkeypatch.setenv("SEQGEN_CACHE", str(cache))
@@ -24,7 +24,7 @@ def no_training(monkeypatch, tmp_path):
     def forbidden(*args, **kwargs):
         raise AssertionError("a training step ran")
 
-    monkeypatch.setattr(seqgen.experiment, "train", forbidden)
+    monkeypatch.setattr(seqgen.model_store, "train", forbidden)
     return cache
 
 
@@ -166,15 +166,15 @@ def test_a_diverged_model_is_never_cached(monkeypatch, tmp_path):
     # ~6e30 nats per token, ppl inf); the run must refuse the model, not cache it
     from types import SimpleNamespace
 
-    from seqgen import experiment
+    from seqgen import model_store
     from seqgen.experiment import run_experiment
 
     cache = tmp_path / "cache"
     monkeypatch.setenv("SEQGEN_CACHE", str(cache))
     monkeypatch.setattr(
-        experiment, "train", lambda model, *a, **k: SimpleNamespace(model=model, summary={})
+        model_store, "train", lambda model, *a, **k: SimpleNamespace(model=model, summary={})
     )
-    monkeypatch.setattr(experiment, "evaluate", lambda *a, **k: {"ppl": math.inf, "bits": 8e30})
+    monkeypatch.setattr(model_store, "evaluate", lambda *a, **k: {"ppl": math.inf, "bits": 8e30})
     cfg = compose([*TINY, "decoder=greedy"])
     with pytest.raises(UserError, match=r"training diverged: ppl/valid=inf"):
         run_experiment(cfg, out_dir=tmp_path / "run")
@@ -241,20 +241,21 @@ def test_finished_decoders_are_kept_when_a_later_one_fails(monkeypatch, tmp_path
     assert "decoders finished before the failure: greedy" in caplog.text
 
 
+@pytest.mark.slow
 def test_long_decodes_show_progress_per_chunk(caplog):
     import jax
     import numpy as np
 
     from seqgen.data.corpus import load_corpus
-    from seqgen.evaluate import decode_all
-    from seqgen.experiment import _oracle_model
+    from seqgen.driver import decode_all
+    from seqgen.model_store import oracle_model
 
     # 8 samples per prompt, 16 rows per call: 2 prompts per chunk, 4 prompts in 2 chunks
     cfg = compose([*TINY, "model=oracle", "decoder=sample", "decode.batch_size=16"])
-    model = _oracle_model(load_corpus(cfg.data, 0))
+    model = oracle_model(load_corpus(cfg.data, 0))
     prompts = [np.asarray([4 + i % 3], np.int32) for i in range(4)]
     with caplog.at_level(logging.INFO, logger="seqgen"):
-        out = decode_all(cfg, cfg.decoder, model, prompts, jax.random.key(0))
+        out = decode_all(cfg.decode, cfg.decoder, model, prompts, jax.random.key(0))
     assert out["tokens"].shape[:2] == (4, 8)
     chunks = [r.getMessage() for r in caplog.records if "chunk" in r.getMessage()]
     assert [m.split("chunk ")[1].split(" after")[0] for m in chunks] == [

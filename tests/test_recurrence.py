@@ -95,10 +95,10 @@ def test_fused_backward_of_the_initial_carry(cell):
 def test_the_default_backward_keeps_the_model_cache_keys_of_before_the_knob():
     from conftest import TINY, compose
 
-    from seqgen import experiment
     from seqgen.checkpoint import ModelCache
     from seqgen.config import to_dict
     from seqgen.data.corpus import fingerprint, load_corpus
+    from seqgen.model_store import ModelSpec, model_cache_key
     from seqgen.models import model_identity
 
     cfg = compose(TINY)
@@ -106,6 +106,6 @@ def test_the_default_backward_keeps_the_model_cache_keys_of_before_the_knob():
     before = {k: v for k, v in to_dict(cfg.train).items() if k not in ("progress", "log_every")}
     del before["backward"]  # a train config as it was hashed before `train.backward` existed
     old_key = ModelCache.key(fingerprint(corpus), model_identity(cfg.model), before, int(cfg.seed))
-    assert experiment.model_cache_key(cfg, corpus) == old_key
+    assert model_cache_key(ModelSpec.of(cfg), corpus) == old_key
     fused = compose([*TINY, "train.backward=fused"])
-    assert experiment.model_cache_key(fused, corpus) != old_key  # other weights, other entry
+    assert model_cache_key(ModelSpec.of(fused), corpus) != old_key  # other weights, other entry

@@ -109,17 +109,18 @@ def test_decoder_plots_have_abc_panels_when_the_run_has_them(tmp_path):
 @pytest.fixture(scope="module")
 def folk_run(cache_dir, tmp_path_factory):
     from seqgen.data.corpus import load_corpus
-    from seqgen.evaluate import make_prompts
     from seqgen.experiment import run_experiment
+    from seqgen.prompts import make_prompts
 
     out = tmp_path_factory.mktemp("folk_run")
     cfg = compose(FOLK)
     run_experiment(cfg, out_dir=out)
     corpus = load_corpus(cfg.data, int(cfg.seed))
-    prompts = [corpus.vocab.decode(p) for p in make_prompts(cfg, corpus).prompts]
+    prompts = [corpus.vocab.decode(p) for p in make_prompts(cfg.decode, corpus).prompts]
     return out, prompts
 
 
+@pytest.mark.slow
 def test_folk_report_marks_every_prompt_and_needs_no_network(folk_run):
     out, prompts = folk_run
     page = (out / "report.html").read_text()
@@ -134,6 +135,7 @@ def test_folk_report_marks_every_prompt_and_needs_no_network(folk_run):
     assert "data:image/png;base64," in page
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     shutil.which("chromium") is None, reason="needs Chromium (apt-get install chromium)"
 )

@@ -1,17 +1,18 @@
-"""The command line's override pre-check (`seqgen.run._check_overrides`): every value of every
-sweep, given on the command line or by an experiment file, is composed and validated with
-Hydra's own grammar before Hydra starts; a mistake is one line and exit status 2."""
+"""The command line's override pre-check (`seqgen.run._check_overrides`, which calls
+`compose.check_overrides`): every value of every sweep, given on the command line or by an
+experiment file, is composed and validated with Hydra's own grammar before Hydra starts; a
+mistake is one line and exit status 2."""
 
 import shutil
 
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from seqgen import run
+from seqgen import compose, run
 
 
 def variants(*lines):
-    return run._variants(OverridesParser.create().parse_overrides(list(lines)))
+    return compose._variants(OverridesParser.create().parse_overrides(list(lines)))
 
 
 def test_variants_take_each_sweep_value_once_with_the_others_at_their_first():
@@ -52,13 +53,13 @@ def conf_with(tmp_path, monkeypatch):
 
     def make(params: dict[str, str]) -> None:
         conf = tmp_path / "conf"
-        shutil.copytree(run.CONF_DIR, conf)
+        shutil.copytree(compose.CONF_DIR, conf)
         lines = "".join(f"      {k}: {v!r}\n" for k, v in params.items())
         (conf / "experiment" / "probe.yaml").write_text(
             "# @package _global_\ndefaults:\n  - override /decoder: sample\n"
             f"hydra:\n  mode: MULTIRUN\n  sweeper:\n    params:\n{lines}"
         )
-        monkeypatch.setattr(run, "CONF_DIR", conf)
+        monkeypatch.setattr(compose, "CONF_DIR", conf)
 
     return make
 

@@ -10,25 +10,23 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, TINY, compose
+from conftest import ROOT, SAMPLE_DECODER, SAMPLE_PROMPTS, SAMPLE_RUN, compose, read_samples
 
 from seqgen.errors import UserError
 from seqgen.experiment import run_experiment
 from seqgen.outputs import slug
 from seqgen.sample import list_models, parse_args, sample
 
-DECODER = ["decoder=sample", "decoder.top_p=0.9", "decoder.temperature=0.8"]
-PROMPTS = ["ab", "c"]
+pytestmark = pytest.mark.slow  # a trained run, and the command in a subprocess
+
+DECODER, PROMPTS = SAMPLE_DECODER, SAMPLE_PROMPTS
 
 
 @pytest.fixture(scope="module")
 def run(cache_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("sample_run")
-    prompts = "decode.prompts=[" + ",".join(PROMPTS) + "]"
-    cfg = compose([*TINY, *DECODER, prompts, "decode.num_samples=3"])  # seed 0: the shared model
-    run_experiment(cfg, out_dir=out)
-    rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
-    return out, rows
+    run_experiment(compose(SAMPLE_RUN), out_dir=out)  # seed 0: the shared model
+    return out, read_samples(out)
 
 
 def _ids(rows):

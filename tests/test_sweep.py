@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from conftest import TINY, run_cli
 
+pytestmark = pytest.mark.slow  # multiruns in subprocesses
+
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):

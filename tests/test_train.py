@@ -122,6 +122,7 @@ def full_run(tmp_path_factory):
     return before, result, tracker, d
 
 
+@pytest.mark.slow
 def test_training_lowers_valid_loss_and_reports_summary(full_run):
     before, (model, summary), tracker, _ = full_run
     assert summary["steps"] == 8
@@ -147,6 +148,7 @@ def test_evaluate_is_token_weighted():
     assert got["bits"] == pytest.approx(got["loss"] / math.log(2))
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_gives_the_same_parameters(full_run, tmp_path):
     _, (full_model, full_summary), _, _ = full_run
     cfg = Cfg()
@@ -160,6 +162,7 @@ def test_resume_after_interruption_gives_the_same_parameters(full_run, tmp_path)
     assert summary["valid/loss"] == pytest.approx(full_summary["valid/loss"], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_and_resume_continues(full_run, tmp_path):
     _, (full_model, _), _, _ = full_run
     cfg = replace(Cfg(), checkpoint_every=100)  # only the Ctrl-C handler writes "latest"
@@ -172,6 +175,7 @@ def test_ctrl_c_saves_and_resume_continues(full_run, tmp_path):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_best_and_latest_checkpoints_are_restorable(full_run):
     _, (model, summary), _, d = full_run
     ckpt = TrainCheckpointer(d)
@@ -186,6 +190,7 @@ def test_best_and_latest_checkpoints_are_restorable(full_run):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_nan_batch_stops_with_clear_error_and_keeps_last_good_checkpoint(tmp_path):
     cfg = replace(Cfg(), checkpoint_every=2, log_every=1, eval_every=100)
     with pytest.raises(NonFiniteLossError, match="at step 4") as err:
@@ -197,6 +202,7 @@ def test_nan_batch_stops_with_clear_error_and_keeps_last_good_checkpoint(tmp_pat
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
 
 
+@pytest.mark.slow
 def test_absurd_learning_rate_is_caught(tmp_path):
     cfg = replace(Cfg(), lr=1e38, eval_every=100)
     with pytest.raises(NonFiniteLossError, match="train.lr"):
@@ -236,6 +242,7 @@ def test_patience_stops_early_when_valid_loss_stalls():
     assert summary["best_step"] == 1
 
 
+@pytest.mark.slow
 def test_update_equals_plain_optax_adamw():
     """The jit step (injected lr, NaN guard, dropout key (seed, step)) is plain optax AdamW:
     clip by global norm 1, then AdamW with the warmup + cosine schedule, no decay on biases."""
@@ -271,6 +278,7 @@ def test_update_equals_plain_optax_adamw():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_saves_a_checkpoint_and_resume_continues(full_run, tmp_path, caplog, sig, code):
     """SIGTERM (schedulers) and SIGINT (Ctrl-C) finish the step in flight, save it, and stop."""
@@ -352,6 +360,7 @@ def test_a_signal_inside_a_protected_section_waits_for_its_end():
         stop._handle(signal.SIGTERM, None)
 
 
+@pytest.mark.slow
 def test_unreadable_training_checkpoint_restarts_from_step_zero(full_run, tmp_path, caplog):
     _, (full_model, _), _, _ = full_run
     cfg = Cfg()
@@ -387,12 +396,13 @@ runpy.run_module("seqgen.run", run_name="__main__", alter_sys=True)  # python -m
 """
 
 
+@pytest.mark.slow
 def test_sigterm_from_the_command_line_exits_143_and_the_rerun_resumes(
     tmp_path, monkeypatch, caplog
 ):
     from conftest import ROOT, TINY, compose
 
-    from seqgen import experiment
+    from seqgen import model_store
     from seqgen.data.corpus import load_corpus
 
     args = [*TINY, "decoder=greedy", "train.checkpoint_every=20", f"cache_dir={tmp_path}/a"]
@@ -412,21 +422,23 @@ def test_sigterm_from_the_command_line_exits_143_and_the_rerun_resumes(
     assert not (tmp_path / "run" / "metrics.json").exists()
 
     # the rerun (in-process: the same pipeline) resumes; it ends where an uninterrupted run does
-    monkeypatch.setattr(experiment, "_LOADED", {})
+    monkeypatch.setattr(model_store, "_LOADED", {})
     cfg = compose(args)
     corpus = load_corpus(cfg.data, int(cfg.seed))
-    entry = tmp_path / "a" / "models" / experiment.model_cache_key(cfg, corpus)
+    spec = model_store.ModelSpec.of(cfg)
+    entry = tmp_path / "a" / "models" / model_store.model_cache_key(spec, corpus)
     assert TrainCheckpointer(entry / "train_ckpt").latest_step() == 6
     with caplog.at_level(logging.INFO, logger="seqgen"):
-        resumed = experiment.get_model(cfg, corpus)
+        resumed = model_store.get_model(spec, corpus, cfg.cache_dir)
     assert any(r.getMessage().startswith("resumed from step 6") for r in caplog.records)
-    experiment._LOADED.clear()
-    whole = experiment.get_model(compose([*args[:-1], f"cache_dir={tmp_path}/b"]), corpus)
+    model_store._LOADED.clear()
+    whole = model_store.get_model(spec, corpus, f"{tmp_path}/b")
     assert json.loads((entry / "meta.json").read_text())["train"]["steps"] == 20
     for a, b in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(whole.params)):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_an_lr_sweep_compiles_one_train_step():
     """The lr is injected into the optimizer state (traced), not a compile-time constant."""
     from seqgen.train import _jitted

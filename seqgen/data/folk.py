@@ -24,11 +24,17 @@ from collections.abc import Sequence
 from seqgen.data.abc_tokens import normalize_field
 from seqgen.errors import UserError
 
-# Public-domain transcriptions bundled with music21 (see corpus/license.txt there).
-DEFAULT_COLLECTIONS = ("oneills1850", "ryansMammoth", "airdsAirs", "miscFolk")
-# Licensed for non-commercial use only: used only when listed explicitly.
-NONCOMMERCIAL_COLLECTIONS = ("essenFolksong",)
-KNOWN_COLLECTIONS = DEFAULT_COLLECTIONS + NONCOMMERCIAL_COLLECTIONS
+# The ABC collections bundled with music21 and their license (see corpus/license.txt there).
+# The schema's default `data.collections` (config.DataConfig) lists the public-domain ones; a
+# non-commercial one is read only when listed explicitly.
+COLLECTION_LICENSES = {
+    "oneills1850": "public domain",
+    "ryansMammoth": "public domain",
+    "airdsAirs": "public domain",
+    "miscFolk": "public domain",
+    "essenFolksong": "non-commercial",
+}
+KNOWN_COLLECTIONS = tuple(COLLECTION_LICENSES)
 
 _FIELD_RE = re.compile(r"^([A-Za-z+]):(.*)$")
 _INLINE_VOICE_RE = re.compile(r"^\[V:\s*([^\]\s]*)[^\]]*\]\s*")
@@ -150,7 +156,7 @@ def _read_text(path: str) -> str:
 
 
 def load_tunes(
-    collections: Sequence[str] = DEFAULT_COLLECTIONS,
+    collections: Sequence[str],
     *,
     root: str | None = None,
     max_tunes: int | None = None,
