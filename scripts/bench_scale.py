@@ -8,7 +8,8 @@ model cache: train it once with `python -m seqgen.run`), and studies pure sampli
 samples streamed into a temporary run folder. It prints, per phase, the seconds spent and the
 peak resident memory (RSS, sampled every 10 ms) while in it: decode (the compiled calls),
 metrics (cutting continuations, counting n-grams, scoring), writing (sample records,
-samples.jsonl, samples/*.txt). Goal: time linear in the size, memory flat.
+samples.jsonl, samples/*.txt), and the bytes of the distinct n-gram tables the exact diversity
+metrics keep (`DiversityCounts.bytes_held`). Goal: time linear in the size, memory flat.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class Meter:
         self.seconds = dict.fromkeys(PHASES, 0.0)
         self.peak = dict.fromkeys(PHASES, 0)
         self.start_rss = self.proc.memory_info().rss
+        self.counts = None
         threading.Thread(target=self._sample, daemon=True).start()
 
     def _sample(self) -> None:
@@ -86,10 +88,15 @@ def instrument(meter: Meter) -> None:
     evaluate.decode_chunks = timed_chunks
     evaluate.generations = timed("metrics", evaluate.generations)
     evaluate.sample_records = timed("writing", evaluate.sample_records)
-    for cls in (evaluate.DiversityCounts, evaluate.RepetitionCounts, evaluate.StudySums):
-        cls.add = timed("metrics", cls.add)
-    for cls in (evaluate.DiversityCounts, evaluate.RepetitionCounts):
-        cls.metrics = timed("metrics", cls.metrics)
+    evaluate.compute_stream = timed("metrics", evaluate.compute_stream)
+    add = evaluate.StreamCounts.add
+
+    def counted(self, gen):
+        meter.counts = self  # its `diversity.bytes_held()`, once the study is done
+        with meter.inside("metrics"):
+            add(self, gen)
+
+    evaluate.StreamCounts.add = counted
 
 
 def run_in_process(size: int, prompts: int, max_len: int) -> dict:
@@ -138,6 +145,7 @@ def run_in_process(size: int, prompts: int, max_len: int) -> dict:
         "phases": {p: (meter.seconds[p], meter.peak[p] / mib) for p in PHASES},
         "self_bleu4": result["metrics"]["diversity/self_bleu4"],
         "distinct_4": result["metrics"]["diversity/distinct_4"],
+        "counts_mib": meter.counts.diversity.bytes_held() / mib,
     }
 
 
@@ -166,7 +174,7 @@ def main() -> None:
             print(f"| {res['size']:,} | {phase} | {sec:.1f} | {peak:.0f} |")
         print(
             f"| {res['size']:,} | **total** | **{res['wall_s']:.1f}** | (start "
-            f"{res['start_mib']:.0f}) |",
+            f"{res['start_mib']:.0f}; distinct n-gram tables {res['counts_mib']:.0f}) |",
             flush=True,
         )
 
