@@ -224,6 +224,16 @@ def test_a_decode_too_long_to_finish_is_refused(max_len):
         ),
         (["experiment_name=a/b"], r"^experiment_name='a/b'"),
         (["experiment_name=.."], r"^experiment_name='\.\.'"),
+        # greedy in effect, yet gen/ppl (under softmax(logits / t)) overflowed to null
+        (
+            ["decoder=sample", "decoder.temperature=1e-30"],
+            r"^decoder\.temperature=1e-30 is 0 in effect .*allowed: 0 or \[0\.001, inf\)",
+        ),
+        (["decoder=sample", "decoder.temperature=0.00099"], r"^decoder\.temperature=0\.00099"),
+        (
+            ["compare=[{name:sample,temperature:1e-9}]"],
+            r"^compare\[0\]\.temperature=1e-09 is 0 in effect",
+        ),
     ],
 )
 def test_settings_that_would_be_silently_ignored_or_wrong_are_refused(overrides, needle):
@@ -244,6 +254,11 @@ def test_mbrs_nested_sampler_reads_only_its_own_knobs():
         lambda: validate_config(cfg({"name": "greedy", "top_p": 0.9})),
         r"^decoder\.candidates\.top_p=0\.9 is not read by decoder greedy",
     )
+
+
+@pytest.mark.parametrize("t", ["0", "0.001", "0.7"])  # greedy's limit and the smallest t
+def test_temperatures_at_the_bounds_pass(t):
+    validate_config(compose(["decoder=sample", f"decoder.temperature={t}"]))
 
 
 def test_the_decoders_own_knobs_and_label_pass():
