@@ -590,7 +590,8 @@ def _pattern(name: str) -> re.Pattern[str]:
     return re.compile(rf"(<!-- render:{n} -->)(.*?)(<!-- /render:{n} -->)", re.S)
 
 
-VALUE = re.compile(r"(<!-- render:value (\S+) (\S+) (\S+) -->)(.*?)(<!-- /render:value -->)")
+# KEY may hold spaces (a label such as `beam 16`): it is everything between PATH and FORMAT
+VALUE = re.compile(r"(<!-- render:value (\S+) (.+?) (\S+) -->)(.*?)(<!-- /render:value -->)")
 
 
 def value(path: str, key: str, fmt: str) -> str:
