@@ -312,6 +312,35 @@ def folk_rnn_table() -> str:
     return by_label(results(f"{EXP}/folk_rnn/results/results.jsonl"), cols, labels)
 
 
+DRY_COLUMNS = [
+    ("gen/ppl", "gen/ppl", ".2f"),
+    ("rep_pct", "repetition/rep_pct", ".0f"),
+    ("seq_rep_4", "repetition/seq_rep_4", ".3f"),
+    ("distinct_4", "diversity/distinct_4", ".3f"),
+]
+DRY_ROWS = [
+    ("greedy", "greedy"),
+    ("greedy DRY 0.8", "greedy, DRY 0.8"),
+    ("sampling t=0.8", "sampling t=0.8"),
+    ("sampling t=0.8 DRY 0.8", "sampling t=0.8, DRY 0.8"),
+    ("sampling t=0.9", "sampling t=0.9"),
+    ("sampling t=0.9 DRY 0.8", "sampling t=0.9, DRY 0.8"),
+    ("pure sampling", "pure sampling"),
+    ("sampling DRY 0.8", "pure sampling, DRY 0.8"),
+]
+
+
+def dry_table(folder: str) -> str:
+    """experiments/dry: with and without DRY at similar temperatures (`+experiment=dry`,
+    `dry_shakespeare`), the repetition penalty's row where the run has one."""
+    src = results(f"{EXP}/dry/results/{folder}/results.jsonl")
+    rows = list(DRY_ROWS)
+    if "rep. penalty 1.2 last 64" in src:
+        rows.append(("rep. penalty 1.2 last 64", "repetition penalty 1.2, `penalty_last_n=64`"))
+    rows.append(("human", "human (held-out continuations)"))
+    return by_label(src, DRY_COLUMNS, rows)
+
+
 def meter_table() -> str:
     runs = {
         c: results(f"{EXP}/meter_constraint/results/{c}/results.jsonl") for c in ("none", "meter")
@@ -574,6 +603,8 @@ BLOCKS: dict[tuple[str, str], Callable[[], str]] = {
     (f"{EXP}/mbr/README.md", "synthetic"): mbr_synthetic,
     (f"{EXP}/mbr/README.md", "folk"): mbr_folk,
     (f"{EXP}/meter_constraint/README.md", "table"): meter_table,
+    (f"{EXP}/dry/README.md", "folk"): lambda: dry_table("folk"),
+    (f"{EXP}/dry/README.md", "shakespeare"): lambda: dry_table("shakespeare"),
     (f"{EXP}/architecture/README.md", "models"): architecture_models,
     (f"{EXP}/architecture/README.md", "speed"): architecture_speed,
     (f"{EXP}/architecture/README.md", "folk"): lambda: architecture_table("folk"),
