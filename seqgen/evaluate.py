@@ -205,7 +205,8 @@ def _warn_study_metrics(
         ("search/", registry.SPECS[dec.name].mode_search or dec.name in ("exact", "mbr")),
         ("mbr/", dec.name == "mbr"),
     )
-    skipped = [k for k in unstreamed() if any(k.startswith(p) and on for p, on in applies)]
+    # a key of no prefix above is a registered metric without a streamed form: it applies
+    skipped = [k for k in unstreamed() if not any(k.startswith(p) and not on for p, on in applies)]
     if skipped:
         log.warning(
             "%s has more than decode.stream_rows=%d rows: a study, whose samples are streamed "
