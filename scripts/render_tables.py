@@ -627,7 +627,15 @@ VALUE = re.compile(r"(<!-- render:value (\S+) (.+?) (\S+) -->)(.*?)(<!-- /render
 
 def value(path: str, key: str, fmt: str) -> str:
     """One number quoted in prose: `<!-- render:value PATH KEY FORMAT -->`, KEY being
-    `LABEL#metric` in a `results.jsonl`, a dotted path in a `metrics.json`."""
+    `LABEL#metric` in a `results.jsonl`, `COLUMN=VALUE&...#metric` in a sweep's `summary.csv`
+    (its first row with those values), a dotted path in a `metrics.json`."""
+    if path.endswith(".csv"):
+        where, metric = key.rsplit("#", 1)
+        want = dict(kv.split("=", 1) for kv in where.split("&"))
+        rows = [r for r in summary(path) if all(r.get(k) == v for k, v in want.items())]
+        if not rows:
+            raise SystemExit(f"{path}: no row with {where}")
+        return num(rows[0][metric], fmt)
     if path.endswith(".jsonl"):
         label, metric = key.split("#")
         return num(results(path)[label][metric], fmt)
