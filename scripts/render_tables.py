@@ -604,7 +604,6 @@ BLOCKS: dict[tuple[str, str], Callable[[], str]] = {
     (f"{EXP}/mbr/README.md", "folk"): mbr_folk,
     (f"{EXP}/meter_constraint/README.md", "table"): meter_table,
     (f"{EXP}/dry/README.md", "folk"): lambda: dry_table("folk"),
-    (f"{EXP}/dry/README.md", "shakespeare"): lambda: dry_table("shakespeare"),
     (f"{EXP}/architecture/README.md", "models"): architecture_models,
     (f"{EXP}/architecture/README.md", "speed"): architecture_speed,
     (f"{EXP}/architecture/README.md", "folk"): lambda: architecture_table("folk"),
