@@ -18,8 +18,16 @@ from hydra.core.override_parser.types import Override
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from seqgen.config import DecoderConfig, register_configs, unknown_key_message, validate_config
+from seqgen.config import (
+    GROUP_SCHEMAS,
+    DecoderConfig,
+    field_knobs,
+    register_configs,
+    unknown_key_message,
+    validate_config,
+)
 from seqgen.decoding import registry
+from seqgen.decoding.knobs import KNOBS
 from seqgen.errors import UserError
 from seqgen.preflight import check_environment
 
@@ -72,7 +80,8 @@ def explain(exc: BaseException, overrides: list[str] = ()) -> str:
         msg = str(err).splitlines()[0]
         if "not in '" in msg:
             return unknown_key_message(full_key)
-        return f"{full_key}: {msg}"
+        allowed = _allowed(full_key)
+        return f"{full_key}: {msg}" + (f"; allowed: {allowed}" if allowed else "")
     text = " ".join(str(exc).split())
     if "Unexpected type for root: NoneType" in text and any(
         o.lstrip("+").startswith("decoder.") for o in overrides
@@ -82,6 +91,17 @@ def explain(exc: BaseException, overrides: list[str] = ()) -> str:
     text = re.sub(r"\s*Config search path:.*$", "", text)
     text = text.replace(" Available options in", "; available options in")
     return text
+
+
+def _allowed(full_key: str) -> str | None:
+    """What a field accepts, in words (`Knob.allowed`), for a key of a decoder or a group."""
+    where, _, name = full_key.rpartition(".")
+    group = where.split("[")[0]
+    if group in ("decoder", "compare"):
+        knob = KNOBS.get(name)
+    else:
+        knob = field_knobs(GROUP_SCHEMAS[group]).get(name) if group in GROUP_SCHEMAS else None
+    return None if knob is None else knob.allowed()
 
 
 def _locate_decoder_key(key: str, overrides: list[str]) -> str:

@@ -414,7 +414,12 @@ def test_a_read_only_cache_that_holds_models_is_used(monkeypatch, tmp_path, capl
         ),
         (
             ["compare=[{name:greedy},{name:sample,top_k:abc}]"],
-            r"^error: compare\[1\]\.top_k: Value 'abc'",
+            r"^error: compare\[1\]\.top_k: Value 'abc'.*; allowed: an integer >= 0$",
+        ),
+        (["train.lr=abc"], r"^error: train\.lr: Value 'abc'.*; allowed: \(0\.0, inf\)$"),
+        (
+            ["decoder=sample", "decoder.top_p=x"],
+            r"^error: decoder\.top_p: Value 'x'.*; allowed: \(0\.0, 1\.0\]$",
         ),
     ],
 )
