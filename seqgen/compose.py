@@ -7,6 +7,7 @@ so a bad override gives the same line in each (`error: <line>` on the command li
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -187,11 +188,17 @@ def _check_jobs_with_data(cfgs: list[DictConfig]) -> None:
     from seqgen.preflight import check_run
 
     corpora: dict[str, Any] = {}
-    for cfg in cfgs:
-        key = json.dumps([to_dict(cfg.data), int(cfg.seed)], sort_keys=True, default=str)
-        if key not in corpora:
-            corpora[key] = load_corpus(cfg.data, int(cfg.seed))
-        check_run(cfg, corpora[key])
+    seqgen_log = logging.getLogger("seqgen")
+    level = seqgen_log.level
+    seqgen_log.setLevel(logging.ERROR)  # warnings are each job's to log, else they print twice
+    try:
+        for cfg in cfgs:
+            key = json.dumps([to_dict(cfg.data), int(cfg.seed)], sort_keys=True, default=str)
+            if key not in corpora:
+                corpora[key] = load_corpus(cfg.data, int(cfg.seed))
+            check_run(cfg, corpora[key])
+    finally:
+        seqgen_log.setLevel(level)
 
 
 # What each launcher of conf/hydra/launcher/ needs on this machine: a command on PATH.

@@ -436,3 +436,21 @@ def test_the_command_line_gives_one_line(monkeypatch, capsys, argv, needle):
 def test_the_documented_regex_quoting_composes():
     cfg = compose(["constraint=regex", 'constraint.pattern="[a-z ]+\\."', "data=text"])
     assert cfg.constraint.pattern == "[a-z ]+\\."
+
+
+def test_a_sweeps_precheck_leaves_warnings_to_its_jobs(caplog):
+    """The sweep's corpus checks run before its jobs, which warn again in their own logs: a
+    warning the pre-check printed too appeared twice (`too few held-out openings`)."""
+    from conftest import TINY
+
+    from seqgen.compose import check_overrides, compose_config
+    from seqgen.data.corpus import load_corpus
+
+    few = [*TINY, "decode.prompts=heldout", "decode.prompt_len=2", "decode.num_prompts=100000"]
+    cfg = compose_config([*few, "decoder=sample"])
+    with caplog.at_level("WARNING", logger="seqgen"):
+        preflight.check_run(cfg, load_corpus(cfg.data, int(cfg.seed)))  # a job's own check
+        assert sum("openings qualify" in r.getMessage() for r in caplog.records) == 1
+        caplog.clear()
+        check_overrides([*few, "decoder=sample", "decoder.top_k=5,10"], multirun=True)
+    assert not [r for r in caplog.records if "openings qualify" in r.getMessage()]
