@@ -30,6 +30,7 @@ from seqgen.errors import UserError
 from seqgen.metrics.abc import ABC_SUBSET, ABC_TIMEOUT_S
 from seqgen.models import CELL_CHOICES
 from seqgen.models import check_model as check_cell
+from seqgen.models import has_hidden
 from seqgen.models.recurrence import BACKWARDS
 from seqgen.models.transformer import POSITIONS
 from seqgen.settings import setting
@@ -391,6 +392,12 @@ def _check_decoders(cfg: Any) -> None:
             if dec.get(sub):
                 check_knobs_read(registry.nested_config(dec, sub, where), f"{where}.{sub}")
         _check_min_length(cfg, dec, where)
+        if registry.needs_hidden(dec) and not has_hidden(cfg.model):
+            raise UserError(
+                f"{where}.name={dec.name} needs the model's hidden states, which "
+                f"model.cell={cfg.model.cell} does not provide; allowed: a model with "
+                "step_hidden (rnn, lstm, gru, transformer)"
+            )
 
 
 def _check_min_length(cfg: Any, dec: Any, where: str) -> None:
