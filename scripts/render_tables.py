@@ -219,6 +219,46 @@ def truncation_oracle_table() -> str:
     return table(["model", "decoder", "precision", "recall", "off-support"], rows)
 
 
+CONTRASTIVE = f"{EXP}/contrastive/results"
+
+
+def contrastive_table() -> str:
+    cols = [
+        ("gen/ppl", "gen/ppl", ".2f"),
+        ("seq_rep_4", "repetition/seq_rep_4", ".3f"),
+        ("rep_pct", "repetition/rep_pct", ".0f"),
+        ("distinct_2", "diversity/distinct_2", ".3f"),
+        ("Self-BLEU", "diversity/self_bleu4", ".3f"),
+        ("Zipf", "zipf", ".2f"),
+    ]
+    return by_label(results(f"{CONTRASTIVE}/results.jsonl"), cols)
+
+
+def contrastive_reading() -> str:
+    cs = results(f"{CONTRASTIVE}/results.jsonl")
+
+    def m(label: str, key: str, fmt: str) -> str:
+        return num(cs[label][key], fmt)
+
+    rep, ppl = "repetition/seq_rep_4", "gen/ppl"
+    k4, k8, low = "contrastive k=4 a=0.6", "contrastive k=8 a=0.6", "contrastive k=4 a=0.3"
+    return (
+        f"contrastive search cuts seq_rep_4 (rep-4 / 100) from greedy's {m('greedy', rep, '.2f')} "
+        f"and beam's {m('beam 4', rep, '.2f')} to {m(k4, rep, '.2f')} (k = 4) and "
+        f"{m(k8, rep, '.2f')} (k = 8) at α = 0.6, and to {m(low, rep, '.2f')} at α = 0.3, at a "
+        f"gen/ppl ({m(low, ppl, '.2f')}-{m(k8, ppl, '.2f')}) between greedy's "
+        f"({m('greedy', ppl, '.2f')}) and pure sampling's ({m('pure sampling', ppl, '.2f')})."
+    )
+
+
+def contrastive_model() -> str:
+    m = metrics(f"{CONTRASTIVE}/metrics.json")
+    return (
+        f"{m['model']['params']:,} parameters, held-out ppl {m['ppl/valid']:.2f} per character "
+        f"(test {m['ppl/test']:.2f}), trained in {m['model']['train']['wall_time_s'] / 60:.1f} min"
+    )
+
+
 def degeneration_table() -> str:
     keys = [
         "gen/ppl",
@@ -455,6 +495,11 @@ def overview() -> str:
     }
     speed = [greedy1["lstm"], greedy1["transformer"]]
     to = {h: results(f"{EXP}/truncation_oracle/results/hidden_{h}.jsonl") for h in (16, 64)}
+    cs = results(f"{CONTRASTIVE}/results.jsonl")
+    cs_rep = " / ".join(
+        num(cs[d]["repetition/seq_rep_4"], ".2f")
+        for d in ("greedy", "beam 4", "contrastive k=4 a=0.6", "contrastive k=8 a=0.6")
+    )
 
     def pr(h: int, label: str) -> str:
         m = to[h][label]
@@ -547,6 +592,17 @@ def overview() -> str:
             f"{pr(64, 'top-p 0.9')} vs {pr(64, 'eta 0.05')} at 64); gaps within 200 samples' "
             "noise; 6.5 min shared",
         ),
+        (
+            "contrastive",
+            "`python -m seqgen.run +experiment=contrastive "
+            "data.path=../shared/data/tinyshakespeare.txt`",
+            f"Su et al. 2022 on Tiny Shakespeare (2x128 LSTM): seq_rep_4 {cs_rep} (greedy / beam "
+            f"4 / contrastive k=4, k=8 at alpha 0.6) at gen/ppl "
+            f"{num(cs['contrastive k=4 a=0.6']['gen/ppl'], '.2f')}-"
+            f"{num(cs['contrastive k=8 a=0.6']['gen/ppl'], '.2f')}, between greedy's "
+            f"{num(cs['greedy']['gen/ppl'], '.2f')} and sampling's "
+            f"{num(cs['pure sampling']['gen/ppl'], '.2f')}; every row still ends in a loop",
+        ),
     ]
     return table(
         ["reproduction", "command", "obtained (2-core CPU)"],
@@ -564,6 +620,9 @@ BLOCKS: dict[tuple[str, str], Callable[[], str]] = {
     (f"{EXP}/char_rnn/README.md", "model"): char_rnn_model,
     (f"{EXP}/char_rnn/README.md", "runtime"): char_rnn_runtime,
     (f"{EXP}/char_rnn/README.md", "decoders"): char_rnn_decoders,
+    (f"{EXP}/contrastive/README.md", "model"): contrastive_model,
+    (f"{EXP}/contrastive/README.md", "table"): contrastive_table,
+    (f"{EXP}/contrastive/README.md", "reading"): contrastive_reading,
     (f"{EXP}/degeneration/README.md", "params"): degeneration_params,
     (f"{EXP}/degeneration/README.md", "table"): degeneration_table,
     (f"{EXP}/truncation_oracle/README.md", "table"): truncation_oracle_table,

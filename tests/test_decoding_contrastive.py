@@ -130,7 +130,7 @@ def test_a_step_function_without_hidden_states_is_refused():
 
 def test_config_rules():
     validate_config(compose(["decoder=contrastive", "decoder.penalty_alpha=0.3"]))
-    validate_config(compose(["decoder=contrastive", "model=transformer"]))
+    validate_config(compose(["decoder=contrastive", "model=transformer", "decode.max_len=255"]))
     refused = {
         "decoder.top_k=0": "allowed: an integer >= 1",
         "decoder.penalty_alpha=1.5": "out of range",
@@ -140,6 +140,8 @@ def test_config_rules():
             validate_config(compose(["decoder=contrastive", override]))
     with pytest.raises(UserError, match="model.cell=oracle does not provide"):
         validate_config(compose(["decoder=contrastive", "data=synthetic", "model=oracle"]))
+    with pytest.raises(UserError, match="one step past decode.max_len: decode.max_len=257"):
+        validate_config(compose(["decoder=contrastive", "model=transformer"]))
     with pytest.raises(UserError, match="penalty_alpha=0.3 is not read by decoder greedy"):
         validate_config(compose(["decoder=greedy", "+decoder.penalty_alpha=0.3"]))
 
@@ -162,6 +164,7 @@ def test_run_and_generate(cache_dir, tmp_path):
     out = model.generate(["ab", "c"], decoder="contrastive", top_k=3)
     assert [list(map(int, t)) for t in out.token_ids] == run_tokens
     greedy = model.generate(["ab", "c"], decoder="contrastive", top_k=3, penalty_alpha=0.0)
-    assert greedy.token_ids[0].tolist() == model.generate(["ab"], decoder="greedy").token_ids[
-        0
-    ].tolist()
+    assert (
+        greedy.token_ids[0].tolist()
+        == model.generate(["ab"], decoder="greedy").token_ids[0].tolist()
+    )

@@ -43,6 +43,7 @@ def hidden_step(step_fn: StepFn) -> HiddenStep | None:
     """The hidden-state step attached to `step_fn` by `with_hidden`, or None."""
     return getattr(step_fn, "hidden", None)
 
+
 NEG_INF = -jnp.inf
 
 # The decoder defaults by field, `name` included (from `knobs.KNOBS`); `cfg` may omit any of them.
