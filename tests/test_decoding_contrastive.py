@@ -25,9 +25,14 @@ PROMPT_LENGTHS = np.array([3, 1, 0], np.int32)
 
 
 def _models() -> dict:
+    """A 2-layer LSTM whose rows end at EOS early, a GRU and a Transformer whose rows run to
+    max_len (a text stream's models: EOS never predicted)."""
     lstm = LanguageModel(V, embed_size=8, hidden_size=12, num_layers=2, rngs=nnx.Rngs(1))
-    tf = Transformer(V, hidden_size=16, num_layers=2, num_heads=2, context=16, rngs=nnx.Rngs(2))
-    return {"lstm": lstm, "transformer": tf}
+    gru = LanguageModel(V, cell="gru", embed_size=8, hidden_size=12, num_layers=2,
+                        predict_eos=False, rngs=nnx.Rngs(3))  # fmt: skip
+    tf = Transformer(V, hidden_size=16, num_layers=2, num_heads=2, context=16, predict_eos=False,
+                     rngs=nnx.Rngs(2))  # fmt: skip
+    return {"lstm": lstm, "gru": gru, "transformer": tf}
 
 
 MODELS = _models()
@@ -91,7 +96,7 @@ def _rows(out) -> list[list[int]]:
     return rows
 
 
-@pytest.mark.parametrize("name", ["lstm", "transformer"])
+@pytest.mark.parametrize("name", ["lstm", "gru", "transformer"])
 def test_contrastive_equals_brute_force(name):
     alpha = 0.6
     out = _run(name, {"name": "contrastive", "top_k": K, "penalty_alpha": alpha})
@@ -100,6 +105,7 @@ def test_contrastive_equals_brute_force(name):
         for p, n in zip(PROMPTS, PROMPT_LENGTHS)
     ]
     assert _rows(out) == want
+    assert [len(w) == MAX_LEN for w in want] == ([False] * 3 if name == "lstm" else [True] * 3)
     # the score is the model's log-prob of the returned tokens (prompt excluded, EOS included)
     for row, seq, n in zip(np.asarray(out.scores[:, 0]), want, PROMPT_LENGTHS):
         _, ls = _feed(name, seq)
@@ -116,6 +122,18 @@ def test_penalty_alpha_zero_is_greedy(name):
     np.testing.assert_array_equal(got.tokens, greedy.tokens)
     np.testing.assert_array_equal(got.lengths, greedy.lengths)
     np.testing.assert_allclose(got.scores, greedy.scores, rtol=1e-6)
+
+
+@pytest.mark.parametrize("loop", ["masked", "while"])
+def test_every_loop_variant_gives_the_same_outputs(loop):
+    cfg = {"name": "contrastive", "top_k": K, "penalty_alpha": 0.6}
+    step, params = STEPS["lstm"]
+    carry = INITS["lstm"](len(PROMPTS), MAX_LEN + 1)
+    got = decode(step, params, carry, PROMPTS, PROMPT_LENGTHS, cfg=cfg, max_len=MAX_LEN,
+                 vocab_size=V, loop=loop)  # fmt: skip
+    want = _run("lstm", cfg)
+    for field in ("tokens", "lengths", "ended", "logprobs", "scores"):
+        np.testing.assert_array_equal(getattr(got, field), getattr(want, field), err_msg=field)
 
 
 def test_a_step_function_without_hidden_states_is_refused():
@@ -143,7 +161,7 @@ def test_config_rules():
     with pytest.raises(UserError, match="one step past decode.max_len: decode.max_len=257"):
         validate_config(compose(["decoder=contrastive", "model=transformer"]))
     with pytest.raises(UserError, match="penalty_alpha=0.3 is not read by decoder greedy"):
-        validate_config(compose(["decoder=greedy", "+decoder.penalty_alpha=0.3"]))
+        validate_config(compose(["decoder=greedy", "decoder.penalty_alpha=0.3"]))
 
 
 def test_the_experiment_composes():

@@ -140,7 +140,10 @@ class Transformer(nnx.Module):
         return x + self._drop(mlp, keep, site + 1)
 
     def _head(self, x: Array) -> Array:
-        x = self.ln_f(x)
+        return self._project(self.ln_f(x))
+
+    def _project(self, x: Array) -> Array:
+        """Logits of the final layer norm's output x [..., D]."""
         if self.tie_weights:
             logits = x @ self.embed.embedding[...].T + self.head_bias[...]
         else:
@@ -202,7 +205,8 @@ class Transformer(nnx.Module):
         """`step` and the last hidden state [B, D] after the final layer norm (Hugging Face's
         `last_hidden_state`, what contrastive search compares): (carry, hidden, logits)."""
         new_carry, x = self._step_features(carry, tokens)
-        return new_carry, self.ln_f(x)[:, 0], self._head(x)[:, 0]
+        hidden = self.ln_f(x)  # [B, 1, D]
+        return new_carry, hidden[:, 0], self._project(hidden)[:, 0]
 
     def _step_features(self, carry: dict[str, Any], tokens: Array) -> tuple[dict[str, Any], Array]:
         """The step's new carry and the last block's output [B, 1, D] (before the final LN)."""
