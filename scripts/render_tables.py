@@ -198,14 +198,17 @@ def char_rnn_runtime() -> str:
     )
 
 
+# perplexity of the text, repetition, Self-BLEU: the columns of a degeneration reading
+DEGENERATION_COLUMNS = [
+    ("gen/ppl", "gen/ppl", ".2f"),
+    ("seq_rep_4", "repetition/seq_rep_4", ".3f"),
+    ("rep_pct", "repetition/rep_pct", ".0f"),
+    ("Self-BLEU", "diversity/self_bleu4", ".3f"),
+]
+
+
 def char_rnn_decoders() -> str:
-    cols = [
-        ("gen/ppl", "gen/ppl", ".2f"),
-        ("seq_rep_4", "repetition/seq_rep_4", ".3f"),
-        ("rep_pct", "repetition/rep_pct", ".0f"),
-        ("Self-BLEU", "diversity/self_bleu4", ".3f"),
-    ]
-    return by_label(results(f"{EXP}/char_rnn/results/results.jsonl"), cols)
+    return by_label(results(f"{EXP}/char_rnn/results/results.jsonl"), DEGENERATION_COLUMNS)
 
 
 def truncation_oracle_table() -> str:
@@ -223,15 +226,8 @@ CONTRASTIVE = f"{EXP}/contrastive/results"
 
 
 def contrastive_table() -> str:
-    cols = [
-        ("gen/ppl", "gen/ppl", ".2f"),
-        ("seq_rep_4", "repetition/seq_rep_4", ".3f"),
-        ("rep_pct", "repetition/rep_pct", ".0f"),
-        ("distinct_2", "diversity/distinct_2", ".3f"),
-        ("Self-BLEU", "diversity/self_bleu4", ".3f"),
-        ("Zipf", "zipf", ".2f"),
-    ]
-    return by_label(results(f"{CONTRASTIVE}/results.jsonl"), cols)
+    cols = [*DEGENERATION_COLUMNS, ("distinct_2", "diversity/distinct_2", ".3f")]
+    return by_label(results(f"{CONTRASTIVE}/results.jsonl"), [*cols, ("Zipf", "zipf", ".2f")])
 
 
 def contrastive_reading() -> str:
