@@ -491,7 +491,7 @@ def overview() -> str:
     }
     speed = [greedy1["lstm"], greedy1["transformer"]]
     to = {h: results(f"{EXP}/truncation_oracle/results/hidden_{h}.jsonl") for h in (16, 64)}
-    cs = results(f"{CONTRASTIVE}/results.jsonl")
+    cs, cs_m = results(f"{CONTRASTIVE}/results.jsonl"), metrics(f"{CONTRASTIVE}/metrics.json")
     cs_rep = " / ".join(
         num(cs[d]["repetition/seq_rep_4"], ".2f")
         for d in ("greedy", "beam 4", "contrastive k=4 a=0.6", "contrastive k=8 a=0.6")
@@ -597,7 +597,9 @@ def overview() -> str:
             f"{num(cs['contrastive k=4 a=0.6']['gen/ppl'], '.2f')}-"
             f"{num(cs['contrastive k=8 a=0.6']['gen/ppl'], '.2f')}, between greedy's "
             f"{num(cs['greedy']['gen/ppl'], '.2f')} and sampling's "
-            f"{num(cs['pure sampling']['gen/ppl'], '.2f')}; every row still ends in a loop",
+            f"{num(cs['pure sampling']['gen/ppl'], '.2f')}; every row still ends in a loop; "
+            f"training {cs_m['model']['train']['wall_time_s'] / 60:.0f} min, decoding "
+            f"{cs_m['wall_s'] / 60:.0f} min shared",
         ),
     ]
     return table(

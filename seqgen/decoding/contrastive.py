@@ -7,7 +7,8 @@ prefix token (BOS and the prompt included, as Hugging Face keeps the prompt's
 
     x_t = argmax_{v in V(k)} (1 - alpha) p(v | x_<t) - alpha max_{j < t} cos(h_v, h_j)
 
-where V(k) are the k most probable tokens of the model's distribution p (`decoder.top_k`,
+where p is the model's own distribution softmax(logits) (no logits processor applies, unlike
+Hugging Face, which runs its processors first), V(k) its k most probable tokens (`decoder.top_k`,
 ties broken towards the lower id, as `lax.top_k` and greedy do), alpha in [0, 1] is
 `decoder.penalty_alpha`, h_v is the representation of the prefix followed by v (the model's
 optional hidden-state output, `seqgen.models.protocol`: an RNN's top-layer h, the
