@@ -67,7 +67,7 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def brute_force(name: str, prompt: list[int], k: int, alpha: float) -> list[int]:
-    """Su et al. eq. 5, step by step, every hidden state recomputed from BOS (float64)."""
+    """Su et al.'s rule, step by step, every hidden state recomputed from BOS (float64)."""
     seq = list(prompt)
     while len(seq) < MAX_LEN:
         hs, ls = _feed(name, seq)  # hs[j]: the state after BOS + seq[:j]

@@ -3,7 +3,7 @@ NeurIPS; Hugging Face `generate(penalty_alpha=..., top_k=...)`).
 
 At each generated position t, with prefix x_<t and the model's representations h_j of every
 prefix token (BOS and the prompt included, as Hugging Face keeps the prompt's
-`last_hidden_state`), Su et al. eq. 5 picks
+`last_hidden_state`), Su et al.'s contrastive search picks
 
     x_t = argmax_{v in V(k)} (1 - alpha) p(v | x_<t) - alpha max_{j < t} cos(h_v, h_j)
 
