@@ -169,3 +169,45 @@ def test_mistakes_are_one_line_before_any_work():
         run({"force": [[4]]}, constraint=make_constraint(np.zeros((1, 9)), [True], 0))
     with pytest.raises(UserError, match="is text; decode\\(\\) takes token ids"):
         run({"force": ["ab"]})
+
+
+def test_transformer_best_is_the_brute_force_optimum():
+    """On the Transformer (its KV cache gathered per step): a disjunctive set, K = 16 on its
+    3 symbols; the best output is the best sequence that meets the set (its forward pass)."""
+    from tests.test_models_transformer import MAX_LEN, PLENS, _brute_force, _model, _run
+    from tests.test_models_transformer import PROMPTS as T_PROMPTS
+
+    model = _model(positions="rope", num_layers=1)
+    force = [[[4, 3], [5, 5]]]
+    out = _run(model, {"name": "beam", "beam_size": 16, "force": force})
+    for i, plen in enumerate(PLENS):
+        prompt = T_PROMPTS[i, :plen].tolist()
+        cands = [c for c in _brute_force(model, prompt, MAX_LEN) if meets(c[1], force)]
+        np.testing.assert_allclose(out.scores[i, 0], cands[0][0], rtol=1e-5, atol=1e-5)
+        assert out.tokens[i, 0, plen : out.lengths[i, 0]].tolist() == cands[0][1]
+        for k in np.flatnonzero(np.isfinite(out.scores[i])):
+            assert meets(out.tokens[i, k, plen : out.lengths[i, k]].tolist(), force)
+
+
+def test_run_and_python_api_take_text_phrases(tmp_path, cache_dir):
+    """`decoder=beam decoder.force=[fb,[ea,bc]]` as the command composes it (texts, a
+    disjunctive set), and `Model.generate(decoder="beam", force=[...])`: every continuation
+    meets both sets; an unknown symbol and a phrase longer than max_len are one line."""
+    import json
+
+    import seqgen
+    from tests.conftest import TINY
+
+    force = ["decoder=beam", "decoder.beam_size=3", "decoder.force=[fb,[ea,bc]]"]
+    seqgen.run([*TINY, "model=oracle", *force, "decode.prompts=[a,af]"], out_dir=tmp_path)
+    rows = [json.loads(r) for r in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    model = seqgen.load(tmp_path)
+    out = model.generate(["a", "af"], decoder="beam", beam_size=3, force=["fb", ["ea", "bc"]])
+    texts = [r["text"][len(r["prompt"]) :] for r in rows] + list(out.continuations)
+    assert len(texts) == 4 and list(map(int, out.token_ids[0])) == rows[0]["token_ids"]
+    for text in texts:
+        assert "fb" in text and ("ea" in text or "bc" in text)
+    with pytest.raises(UserError, match="decoder.force: 'fz' has 'z', not in the"):
+        model.generate("ab", decoder="beam", force=["fz"])
+    with pytest.raises(UserError, match="'abcdefabcdefabcdefab' is 20 tokens, more than the 16"):
+        seqgen.run([*TINY, "model=oracle", "decoder=beam", "decoder.force=[abcdefabcdefabcdefab]"])
