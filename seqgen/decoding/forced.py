@@ -243,6 +243,38 @@ def _allocate(
     return take_along(score, pos), take_along(idx, pos)
 
 
+def _at(x: jax.Array, flat: jax.Array) -> jax.Array:
+    """x [B, K, N, V] at each new live beam's (parent, token), flat index k * V + v [B, K]:
+    [B, K, N]."""
+    b, k, n, v = x.shape
+    return jnp.take_along_axis(jnp.moveaxis(x, 3, 2).reshape(b, k * v, n), flat[..., None], 1)
+
+
+def _stop(
+    fin_score: jax.Array,  # [B, 1, K] the finished pool after this step
+    live: jax.Array,  # [B, K]
+    lmax: jax.Array,  # [B]
+    length_penalty: str,
+    alpha: jax.Array,
+    early_stop: str,
+) -> jax.Array:
+    """[B, 1] plain beam's stopping rule: no live hypothesis can beat the K-th finished one
+    (exact), or K have finished (fairseq)."""
+    worst = jnp.min(fin_score, axis=-1)  # [B, 1] -inf until the pool is full
+    if early_stop == "k_finished":
+        return jnp.isfinite(worst)
+    return length_norm(jnp.max(live, axis=-1), lmax, length_penalty, alpha)[:, None] <= worst
+
+
+def _idle(b: int, k: int) -> dict[str, jax.Array]:
+    """A step's outputs once every row is done: no token, every slot its own parent."""
+    return {
+        "tok": jnp.full((b, k), PAD_ID, jnp.int32),
+        "parent": jnp.broadcast_to(jnp.arange(k, dtype=jnp.int32), (b, k)),
+        "lp": jnp.zeros((b, k), jnp.float32),
+    }
+
+
 def _init(init_carry: Any, b: int, k: int, tabs: dict[str, np.ndarray]) -> ForcedState:
     """Plain beam's start (one live beam at the root), nothing matched, no set met."""
     s = _init_state(init_carry, b, k, 1, None)
@@ -317,15 +349,7 @@ def _forced_program(
         live, flat = _allocate(cand, c, bank, advancing, num_banks, pool)
         parent, tok = flat // v, (flat % v).astype(jnp.int32)
         lp = jnp.where(forced[:, None], 0.0, take_along(logp.reshape(b, -1), flat))
-        pick = lambda x: jnp.take_along_axis(  # noqa: E731  [B, K, n, V] at (parent, tok)
-            jnp.moveaxis(x, 3, 2).reshape(b, k * v, -1), flat[..., None], axis=1
-        )
-        worst = jnp.min(fresh_fin.score, axis=-1)  # [B, 1] -inf until the pool is full
-        if conventions.early_stop == "k_finished":
-            stop = jnp.isfinite(worst)
-        else:
-            bound = length_norm(jnp.max(live, axis=-1), lmax, length_penalty, alpha)
-            stop = bound[:, None] <= worst
+        stop = _stop(fresh_fin.score, live, lmax, length_penalty, alpha, conventions.early_stop)
         frozen = state.done  # [B, 1] a done row keeps everything
         keep = lambda old, new: jnp.where(frozen.reshape(b, *[1] * (new.ndim - 1)), old, new)  # noqa: E731
         parent = keep(jnp.broadcast_to(jnp.arange(k), (b, k)), parent)
@@ -337,22 +361,17 @@ def _forced_program(
             live=keep(state.live, live),
             fin=jax.tree.map(lambda o, n: keep(o, n.reshape(b, k)), state.fin, fresh_fin),
             done=state.done | stop,
-            prog=keep(state.prog, pick(nprog)),
-            met=keep(state.met, pick(nmet)),
+            prog=keep(state.prog, _at(nprog, flat)),
+            met=keep(state.met, _at(nmet, flat)),
         )
         return new, {"tok": last, "parent": parent, "lp": keep(jnp.zeros_like(lp), lp)}
 
-    idle = {
-        "tok": jnp.full((b, k), PAD_ID, jnp.int32),
-        "parent": jnp.broadcast_to(jnp.arange(k, dtype=jnp.int32), (b, k)),
-        "lp": jnp.zeros((b, k), jnp.float32),
-    }
     state, ys = run_loop(
         step,
         _init(init_carry, b, k, tabs),
         (jnp.arange(t_max), prompts.T),
         finished=lambda s: jnp.all(s.done),
-        idle=idle,
+        idle=_idle(b, k),
         loop=loop,
     )
     # a hypothesis cut at max_len is returned only when it meets every set
