@@ -72,20 +72,8 @@ def test_best_is_the_brute_force_optimum_and_every_output_meets_every_set(force)
     lp = log_softmax64(table)
     prompts, plens = np.array([[4, 5], [6, 0], [0, 0]], np.int32), np.array([2, 1, 0], np.int32)
     cfg = {"name": "beam", "beam_size": 16, "force": force}
-    out = to_numpy(
-        beam(
-            DecodeRequest(
-                markov_step,
-                jnp.asarray(table),
-                jnp.zeros(3),
-                prompts,
-                plens,
-                max_len=max_len,
-                vocab_size=v,
-                cfg=cfg,
-            )
-        )  # fmt: skip
-    )
+    args = (markov_step, jnp.asarray(table), jnp.zeros(3), prompts, plens)
+    out = to_numpy(beam(DecodeRequest(*args, max_len=max_len, vocab_size=v, cfg=cfg)))
     for i, plen in enumerate(plens):
         prompt = prompts[i, :plen].tolist()
         cands = brute_force(lp, prompt, max_len, force)
@@ -129,8 +117,8 @@ def test_lstm_outputs_meet_every_set_and_no_set_is_plain_beam_bit_for_bit():
 def test_the_automaton_finds_overlapping_matches():
     """The KMP tables the program runs: after each token, a phrase's state is the longest
     suffix of the sequence that is a prefix of it, and it reaches the phrase's length exactly
-    where the phrase occurs: `aab` in `aaab` and `abab` in `ababab` (a matcher that resets to 0
-    on a mismatch, as Hugging Face's PhrasalConstraint, misses the first)."""
+    where the phrase occurs: `aab` in `aaab`, `abab` twice in `ababab` (a matcher that resets
+    to 0 on a mismatch, as Hugging Face's PhrasalConstraint, misses the first)."""
     phrases = ((4, 4, 5), (4, 5, 4, 5), (5,))
     tabs = _kmp_tables(tuple((p,) for p in phrases), 7)
     for n in range(1, 8):
@@ -139,8 +127,11 @@ def test_the_automaton_finds_overlapping_matches():
                 state, seen = 0, False
                 for t, tok in enumerate(seq):
                     state = int(tabs["delta"][i, state, tok])
-                    longest = max(m for m in range(len(p) + 1) if seq[t + 1 - m : t + 1] == p[:m])
-                    assert state == min(longest, len(p)) or (seen and state < len(p))
+                    ends = [
+                        m for m in range(min(len(p), t + 1) + 1) if seq[t + 1 - m : t + 1] == p[:m]
+                    ]
+                    longest = max(ends)
+                    assert state == longest  # also right after a complete match
                     seen |= state == len(p)
                 assert seen == contains(seq, p)
 
