@@ -202,3 +202,12 @@ def test_run_and_python_api_take_text_phrases(tmp_path, cache_dir):
         model.generate("ab", decoder="beam", force=["fz"])
     with pytest.raises(UserError, match="'abcdefabcdefabcdefab' is 20 tokens, more than the 16"):
         seqgen.run([*TINY, "model=oracle", "decoder=beam", "decoder.force=[abcdefabcdefabcdefab]"])
+
+
+def test_a_forced_beam_is_not_held_to_the_mode():
+    """`search/beam_error` compares mode-search decoders with exact search's mode; a forced
+    beam searches only the sequences with its phrases, so it is left out (plain beam is not)."""
+    from seqgen.decoding.registry import searches_mode
+
+    assert searches_mode({"name": "beam"}) and searches_mode({"name": "beam", "force": []})
+    assert not searches_mode({"name": "beam", "force": [[4]]})

@@ -278,6 +278,13 @@ def validate_decoder(dec: Any, where: str = "decoder", vocab_size: int | None = 
         row.check(lambda k: get(dec, k), where)
 
 
+def searches_mode(dec: Any) -> bool:
+    """Decoder `dec` approximates the model's mode, so `search/beam_error` holds it to exact
+    search's: a `mode_search` row without forced words (a forced beam searches only the
+    sequences that contain its phrases, whose best is below the mode by design)."""
+    return spec(dec).mode_search and not get(dec, "force")
+
+
 def readers(knob: str) -> list[str]:
     """The decoders whose program reads `knob`."""
     return [n for n, s in SPECS.items() if knob in s.knobs]
