@@ -117,8 +117,8 @@ def test_lstm_outputs_meet_every_set_and_no_set_is_plain_beam_bit_for_bit():
 def test_the_automaton_finds_overlapping_matches():
     """The KMP tables the program runs: after each token, a phrase's state is the longest
     suffix of the sequence that is a prefix of it, and it reaches the phrase's length exactly
-    where the phrase occurs: `aab` in `aaab`, `abab` twice in `ababab` (a matcher that resets
-    to 0 on a mismatch, as Hugging Face's PhrasalConstraint, misses the first)."""
+    where the phrase occurs: `aab` in `aaab`, `abab` twice in `ababab` (a matcher that restarts
+    from 0 on a mismatch misses the first)."""
     phrases = ((4, 4, 5), (4, 5, 4, 5), (5,))
     tabs = _kmp_tables(tuple((p,) for p in phrases), 7)
     for n in range(1, 8):

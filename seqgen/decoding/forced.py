@@ -15,18 +15,18 @@ The definition implemented, exactly:
 - State per hypothesis, fixed size: for each phrase p the length of the longest suffix of the
   continuation that is a prefix of p (the Knuth-Morris-Pratt automaton, so a failed partial
   match falls back to the longest still-open prefix instead of 0: `aab` is found in `aaab`,
-  which Hugging Face's reset-to-0 `PhrasalConstraint` misses), and per set a met bit.
+  which a matcher that restarts from 0 on a mismatch misses), and per set a met bit.
 - Bank (Post & Vilar's "number of constraint tokens met") of a hypothesis:
   sum over sets of (W_s if met, else the longest open prefix of its phrases), W_s the longest
   phrase of set s; banks 0 .. sum W_s, the top bank is "every set met".
-- Candidates per step (Post & Vilar, Sec. 3.1): the 2K best extensions of the beam (as plain
+- Candidates per step (Post & Vilar's): the 2K best extensions of the beam (as plain
   beam), every token that extends an open prefix of a phrase of an unmet set, and each
   hypothesis' best token.
 - Dynamic beam allocation: the candidates, best first by log-prob within each bank, are taken
-  round robin over the banks, highest bank first (bank K-1's best, bank K-2's best, ..., then
-  each bank's second best, ...), until K are live: a bank without enough candidates leaves its
-  slots to the others (fairseq's "stripes" across banks, Hugging Face's
-  `ConstrainedBeamSearchScorer`).
+  round robin over the banks, highest bank first (the top bank's best, the next bank's best,
+  ..., then each bank's second best, ...), until K are live: a bank without enough candidates leaves its
+  slots to the others (fairseq's `LexicallyConstrainedBeamSearch` stripes the beam across its
+  banks the same way, after Hu et al. 2019).
 - Finishing: EOS is allowed only to a hypothesis that meets every set; its EOS extensions enter
   the finished pool as in plain beam (t5x's rule among the 2K best, `decoding.beam`); a
   hypothesis cut at max_len is returned only when it meets every set. Scores, length penalty,
