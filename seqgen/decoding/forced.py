@@ -24,9 +24,9 @@ The definition implemented, exactly:
   hypothesis' best token.
 - Dynamic beam allocation: the candidates, best first by log-prob within each bank, are taken
   round robin over the banks, highest bank first (the top bank's best, the next bank's best,
-  ..., then each bank's second best, ...), until K are live: a bank without enough candidates leaves its
-  slots to the others (fairseq's `LexicallyConstrainedBeamSearch` stripes the beam across its
-  banks the same way, after Hu et al. 2019).
+  ..., then each bank's second best, ...), until K are live: a bank without enough candidates
+  leaves its slots to the others (fairseq's `LexicallyConstrainedBeamSearch` stripes the beam
+  across its banks the same way, after Hu et al. 2019).
 - Finishing: EOS is allowed only to a hypothesis that meets every set; its EOS extensions enter
   the finished pool as in plain beam (t5x's rule among the 2K best, `decoding.beam`); a
   hypothesis cut at max_len is returned only when it meets every set. Scores, length penalty,
