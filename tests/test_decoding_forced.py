@@ -211,3 +211,32 @@ def test_a_forced_beam_is_not_held_to_the_mode():
 
     assert searches_mode({"name": "beam"}) and searches_mode({"name": "beam", "force": []})
     assert not searches_mode({"name": "beam", "force": [[4]]})
+
+
+def test_every_loop_variant_gives_the_same_forced_outputs():
+    """`decode.loop` scan, masked and while: the forced search's outputs bit for bit (the
+    constraint state is frozen with the rest of a done row)."""
+    v = 7
+    table = jnp.asarray(markov_table(v, 3))
+    cfg = {"name": "beam", "beam_size": 3, "force": [[[4, 5], [6]], [5, 5]]}
+    outs = [
+        to_numpy(
+            decode(
+                markov_step,
+                table,
+                jnp.zeros(3),
+                PROMPTS[:, :2] % v,
+                PROMPT_LENGTHS.clip(0, 2),
+                max_len=8,
+                vocab_size=v,
+                cfg=cfg,
+                loop=loop,
+            )
+        )  # fmt: skip
+        for loop in ("scan", "masked", "while")
+    ]
+    assert np.isfinite(outs[0].scores[:, 0]).all()
+    for out in outs[1:]:
+        for f in dataclasses.fields(out):
+            if getattr(out, f.name) is not None:
+                np.testing.assert_array_equal(getattr(out, f.name), getattr(outs[0], f.name))
