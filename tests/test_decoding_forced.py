@@ -219,20 +219,10 @@ def test_every_loop_variant_gives_the_same_forced_outputs():
     v = 7
     table = jnp.asarray(markov_table(v, 3))
     cfg = {"name": "beam", "beam_size": 3, "force": [[[4, 5], [6]], [5, 5]]}
+    prompts, plens = np.array([[4, 5], [6, 0], [0, 0]]), np.array([2, 1, 0])
+    args = (markov_step, table, jnp.zeros(3), prompts, plens)
     outs = [
-        to_numpy(
-            decode(
-                markov_step,
-                table,
-                jnp.zeros(3),
-                PROMPTS[:, :2] % v,
-                PROMPT_LENGTHS.clip(0, 2),
-                max_len=8,
-                vocab_size=v,
-                cfg=cfg,
-                loop=loop,
-            )
-        )  # fmt: skip
+        to_numpy(decode(*args, max_len=8, vocab_size=v, cfg=cfg, loop=loop))
         for loop in ("scan", "masked", "while")
     ]
     assert np.isfinite(outs[0].scores[:, 0]).all()
