@@ -107,7 +107,7 @@ def evaluate_decoders(
         fields["label"] = label
         gen, rec, texts = generations(decode_cfg, dec, corpus, pr.prompts, out, **fields, **common)
         gen = _reference_scores(reference, gen)
-        if registry.spec(dec).mode_search:
+        if registry.searches_mode(dec):
             beams.append((len(results), gen))
         if registry.spec(dec).finds_mode:  # exact search: the mode each beam is held to
             exact_mode = (gen.sequence_logprobs(), gen.proven)
