@@ -31,6 +31,7 @@ from urllib.parse import urlparse
 from seqgen.decoding.registry import rows_per_prompt, validate_decoder
 from seqgen.errors import UserError
 from seqgen.paths import cache_root, model_folder, regular_file
+from seqgen.plugins import import_plugins
 from seqgen.tokens import NUM_SPECIAL, SPECIAL_TOKENS
 
 log = logging.getLogger("seqgen")
@@ -441,6 +442,8 @@ def read_run_source(run: str) -> tuple[Any, Path | None]:
             "written once the model is ready)"
         )
     saved = _load_yaml_mapping(folder / "config.yaml", f"run={run}: config.yaml")
+    # the run's own extensions (a plugin's model, decoder or knobs), before the schema reads it
+    import_plugins(saved.get("plugins"), f"run={run}: config.yaml plugins")
     cfg = merge_saved_config(saved, f"run={run}: config.yaml")
     metrics = read_json_object(folder / "metrics.json", f"run={run}: metrics.json", {"model": dict})
     info = metrics["model"]
