@@ -73,8 +73,9 @@ class ScoreOutput:
     """What `Model.score` returns, one entry per text: the teacher-forced log-prob of each of
     its tokens (after BOS and its prompt), of the EOS after it (0.0 when `ended` is False),
     the sequence's log-prob (their sum), the tokens scored (EOS counted) and the perplexity
-    `exp(-logprob / num_tokens)`."""
+    `exp(-logprob / num_tokens)`; `token_ids` are the ids scored (each text as encoded)."""
 
+    token_ids: list[np.ndarray]
     token_logprobs: list[np.ndarray]
     eos_logprobs: np.ndarray
     logprobs: np.ndarray
@@ -233,7 +234,7 @@ class Model:
         n = np.array([len(c) + bool(e) for c, e in zip(conts, ends)])
         with np.errstate(divide="ignore", invalid="ignore"):
             ppl = np.exp(-total / n)
-        return ScoreOutput(list(lps), eos, total, n, ppl)
+        return ScoreOutput(conts, list(lps), eos, total, n, ppl)
 
     def _ids(self, text: str | Any) -> np.ndarray:
         if isinstance(text, str):

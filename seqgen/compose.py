@@ -48,6 +48,7 @@ def compose_config(
     except Exception:  # a syntax error: compose reports it
         parsed = []
     import_override_plugins(parsed)
+    register_configs()  # the knobs and decoders registered since (a notebook's own too)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -236,6 +237,7 @@ def check_overrides(
     given = {o.key_or_group for o in parsed}
     _check_launcher(parsed, multirun)
     import_override_plugins(parsed)
+    register_configs()
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

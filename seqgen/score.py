@@ -15,7 +15,9 @@ Each line: `text`, `token_ids`, `token_logprobs` (nats), `eos_logprob`, `logprob
 from __future__ import annotations
 
 import json
+import math
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,73 +26,107 @@ from seqgen.errors import UserError
 _KEYS = ("text", "file", "out", "ended")
 
 
-def parse_args(argv: list[str]) -> tuple[str, list[str], str | None, bool]:
-    """`PATH key=value ...` -> (model path, texts, out file or None, ended)."""
+@dataclass
+class ScoreArgs:
+    """`seqgen-score PATH key=value ...`, parsed."""
+
+    path: str  # a run dir or a model-cache entry
+    texts: list[str] = field(default_factory=list)
+    out: Path | None = None  # the JSONL file; None: stdout
+    ended: bool = True  # score the EOS after each text
+
+
+def parse_args(argv: list[str]) -> ScoreArgs:
+    """The command line, checked (the texts read, `out=`'s folder there) before any model is
+    loaded; a mistake is one `UserError` line."""
     if not argv or "=" in argv[0]:
         raise UserError("give the run dir or model-cache entry first: seqgen-score PATH text=...")
-    texts, out, ended = [], None, True
+    args = ScoreArgs(argv[0])
     for arg in argv[1:]:
         key, eq, value = arg.partition("=")
         if not eq or key not in _KEYS:
             raise UserError(f"{arg!r} is not key=value with a key of {', '.join(_KEYS)}")
         if key == "text":
-            texts.append(value.replace("\\n", "\n"))
+            args.texts.append(value.replace("\\n", "\n"))
         elif key == "file":
-            path = Path(value).expanduser()
-            if not path.is_file():
-                raise UserError(f"file={value} does not exist")
-            texts += [line.replace("\\n", "\n") for line in path.read_text().splitlines() if line]
+            args.texts += _read_texts(value)
         elif key == "out":
-            out = value
+            args.out = Path(value).expanduser()
+            if args.out.is_dir() or not args.out.parent.is_dir():
+                raise UserError(f"out={value} is a folder or in no folder; allowed: a file path")
         elif value.lower() not in ("true", "false"):
             raise UserError(f"ended={value!r}; allowed: true, false")
         else:
-            ended = value.lower() == "true"
-    if not texts:
-        raise UserError("nothing to score: give text=... or file=...")
-    return argv[0], texts, out, ended
+            args.ended = value.lower() == "true"
+    if not args.texts:
+        raise UserError("nothing to score: give text=... or file=... (a file of non-empty lines)")
+    if not args.ended and not all(args.texts):
+        raise UserError("text='' with ended=false scores no token; allowed: a non-empty text")
+    return args
 
 
-def score(argv: list[str]) -> list[dict[str, Any]]:
-    """The JSON objects `seqgen-score ARGS` writes, one per text."""
+def _read_texts(value: str) -> list[str]:
+    """The non-empty lines of `file=` (`\\n` in a line is a line break)."""
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise UserError(f"file={value} is not a file; allowed: a UTF-8 text file, one text a line")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"file={value} is not readable UTF-8 text ({exc})") from None
+    return [line.replace("\\n", "\n") for line in lines if line]
+
+
+def _number(x: float) -> float | None:
+    """JSON has no NaN or infinity: None for them."""
+    return float(x) if math.isfinite(x) else None
+
+
+def score(args: ScoreArgs) -> list[dict[str, Any]]:
+    """The JSON objects `seqgen-score` writes, one per text, from `Model.score`."""
     from seqgen.api import load
 
-    path, texts, _, ended = parse_args(argv)
-    model = load(path)
-    s = model.score(texts, ended=ended)
+    s = load(args.path).score(args.texts, ended=args.ended)
     return [
         {
             "text": text,
-            "token_ids": [
-                int(i) for i in model.vocab.encode(text, unknown=model.config.data.unknown)
-            ],
-            "token_logprobs": [float(x) for x in s.token_logprobs[i]],
-            "eos_logprob": float(s.eos_logprobs[i]),
-            "logprob": float(s.logprobs[i]),
+            "token_ids": [int(i) for i in s.token_ids[i]],
+            "token_logprobs": [_number(x) for x in s.token_logprobs[i]],
+            "eos_logprob": _number(s.eos_logprobs[i]),
+            "logprob": _number(s.logprobs[i]),
             "num_tokens": int(s.num_tokens[i]),
-            "perplexity": float(s.perplexity[i]),
+            "perplexity": _number(s.perplexity[i]),
         }
-        for i, text in enumerate(texts)
+        for i, text in enumerate(args.texts)
     ]
 
 
 def cli() -> None:
     """The console script: JSONL to `out=` or stdout; a mistake is one line, exit status 2."""
+    import os
+
+    os.environ.setdefault("WANDB_MODE", "disabled")
     argv = sys.argv[1:]
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__)
         return
     try:
-        rows = score(argv)
+        args = parse_args(argv)
+        lines = "".join(json.dumps(r) + "\n" for r in score(args))
+        if args.out is None:
+            sys.stdout.write(lines)
+        else:
+            args.out.write_text(lines)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    lines = "".join(json.dumps(r) + "\n" for r in rows)
-    _, _, out, _ = parse_args(argv)
-    if out is None:
-        sys.stdout.write(lines)
-    else:
-        Path(out).write_text(lines)
+    except OSError as exc:  # a full disk or a read-only place for out=
+        from seqgen.errors import storage_error_message
+
+        if storage_error_message(exc) is None:
+            raise
+        print(f"error: {storage_error_message(exc)}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
