@@ -18,7 +18,8 @@ from hydra.core.override_parser.types import Override
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from seqgen.config import DecoderConfig, register_configs, unknown_key_message, validate_config
+from seqgen import config
+from seqgen.config import register_configs, unknown_key_message, validate_config
 from seqgen.decoding import registry
 from seqgen.errors import UserError
 from seqgen.plugins import import_plugins
@@ -91,7 +92,7 @@ def explain(exc: BaseException, overrides: list[str] = ()) -> str:
         full_key = str(getattr(err, "full_key", "") or "")
         if not (isinstance(err, OmegaConfBaseException) and full_key):
             continue
-        if getattr(err, "object_type", None) is DecoderConfig and "." not in full_key:
+        if getattr(err, "object_type", None) is config.DecoderConfig and "." not in full_key:
             full_key = _locate_decoder_key(full_key, overrides)
         msg = str(err).splitlines()[0]
         if "not in '" in msg:

@@ -32,6 +32,7 @@ from seqgen.models import CELL_CHOICES
 from seqgen.models import check_model as check_cell
 from seqgen.models.recurrence import BACKWARDS
 from seqgen.models.transformer import POSITIONS
+from seqgen.plugins import import_exported
 from seqgen.settings import setting
 
 MAX_LEN = 1_000_000  # the largest decode.max_len (see DecodeConfig)
@@ -536,3 +537,8 @@ def to_dict(node: Any) -> dict:
     if is_dataclass(node):
         return OmegaConf.to_container(OmegaConf.structured(node), resolve=True)  # type: ignore
     return dict(node)
+
+
+# A multirun job in a launcher's process: the command line's plugins, imported here (Hydra
+# unpickles the job's config, which names `DecoderConfig`, before anything else runs).
+import_exported()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import json
 import os
 import sys
 from collections.abc import Iterable
@@ -24,6 +25,14 @@ from types import ModuleType
 from seqgen.errors import UserError
 
 ALLOWED = "a dotted module name on the Python path or a path to a .py file"
+
+# The entries imported in this process (a file by its resolved path), in order.
+IMPORTED: list[str] = []
+# The command line hands them to the jobs a launcher runs in other processes (joblib, submitit:
+# they inherit the environment): `seqgen.config` imports them when it is imported there, before
+# Hydra unpickles the job's config and ConfigStore (which name `seqgen.config.DecoderConfig`)
+# and composes the job's config with the plugins' knobs and decoders.
+ENV = "SEQGEN_PLUGINS"
 
 
 def is_path(entry: str) -> bool:
@@ -60,11 +69,14 @@ def import_plugin(entry: str, where: str = "plugins") -> ModuleType:
         except BaseException as exc:
             sys.modules.pop(name, None)
             raise UserError(_failed(entry, exc, where)) from None
+        IMPORTED.append(str(path))
         return module
     try:
-        return importlib.import_module(entry)
+        module = importlib.import_module(entry)
     except BaseException as exc:
         raise UserError(_failed(entry, exc, where)) from None
+    IMPORTED.append(entry)
+    return module
 
 
 def _failed(entry: str, exc: BaseException, where: str) -> str:
@@ -89,3 +101,16 @@ def import_plugins(entries: Iterable[str] | None, where: str = "plugins") -> Non
     for entry in entries:
         import_plugin(entry, where)
     register_configs()
+
+
+def export_to_jobs() -> None:
+    """Hand the plugins imported here to the processes this one starts (`ENV`)."""
+    if IMPORTED:
+        os.environ[ENV] = json.dumps(IMPORTED)
+
+
+def import_exported() -> None:
+    """Import the plugins a parent process handed over (`ENV`), if any."""
+    entries = os.environ.get(ENV)
+    if entries:
+        import_plugins(json.loads(entries), f"{ENV} (the plugins of the command line)")

@@ -26,7 +26,7 @@ from seqgen.config import validate_config
 from seqgen.errors import TrainingInterrupted, UserError, storage_error_message
 from seqgen.experiment import run_experiment
 from seqgen.parallel import exit_process
-from seqgen.plugins import import_plugins
+from seqgen.plugins import export_to_jobs, import_plugins
 
 log = logging.getLogger("seqgen")
 
@@ -135,6 +135,7 @@ def _check_overrides(argv: list[str]) -> None:
 
 def cli() -> None:
     _check_overrides(sys.argv[1:])
+    export_to_jobs()  # a launcher's jobs in other processes import the same plugins
     main()
     if sweep.FAILED_JOBS:
         sys.exit(1)

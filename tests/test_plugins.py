@@ -20,6 +20,7 @@ from seqgen.config import register_configs
 from seqgen.errors import UserError
 from seqgen.metrics import compute, table
 from seqgen.models import unregister_model
+from seqgen import plugins
 from seqgen.plugins import import_plugins, module_name
 from tests.helpers_decoding import restored_tables
 
@@ -109,6 +110,7 @@ def _unregister(path) -> None:
     unregister_model("plug_bigram")
     table.METRICS[:] = [m for m in table.METRICS if m.keys[0].name != "plug/total_tokens"]
     sys.modules.pop(module_name(str(path)), None)
+    plugins.IMPORTED[:] = [e for e in plugins.IMPORTED if e != str(path.resolve())]
 
 
 @pytest.fixture(scope="module")
