@@ -59,11 +59,6 @@ def _one_of(default: str, choices: tuple[str, ...]) -> Any:
     return field(default=default, metadata={"knob": {"type": str, "choices": choices}})
 
 
-def _strings() -> Any:
-    """A field holding a list of strings (default empty)."""
-    return field(default_factory=list, metadata={"knob": {"type": tuple, "item": str}})
-
-
 # Every field's range or choices sits beside it (`_int`, `_float`, `_one_of`) and is checked by
 # `seqgen.decoding.knobs.Knob.check`, the decoder knobs' checker: one range language.
 @dataclass
@@ -243,9 +238,10 @@ class Config:
     cache_on_damage: str = _one_of("retrain", ("retrain", "error"))  # a damaged cache entry
     distributed: bool = False  # jax.distributed.initialize() for multi-host TPU pods / GPU clusters
     experiment_name: str = "default"
-    # user extensions imported before the config is validated (seqgen.plugins): dotted module
-    # names or paths to .py files that call register_processor/decoder/metric/model
-    plugins: list[str] = _strings()
+    # user extensions imported before the config is validated: dotted module names or paths to
+    # .py files that call register_processor/decoder/metric/model (OmegaConf checks the type;
+    # each entry is checked by importing it, seqgen.plugins.import_plugin, one line if it fails)
+    plugins: list[str] = field(default_factory=list)
 
 
 GROUP_SCHEMAS: dict[str, type] = {
@@ -282,7 +278,7 @@ def register_configs() -> None:
 def field_knobs(schema: type) -> dict[str, Knob]:
     """The range or choices of each field of a schema dataclass that has one, as a `Knob`."""
     return {
-        f.name: Knob(f.name, default=schema_default(schema, f.name), **f.metadata["knob"])
+        f.name: Knob(f.name, default=f.default, **f.metadata["knob"])
         for f in fields(schema)
         if "knob" in f.metadata
     }

@@ -18,7 +18,7 @@ import importlib.util
 import json
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import ModuleType
 
@@ -87,17 +87,14 @@ def _failed(entry: str, exc: BaseException, where: str) -> str:
 
 
 def import_plugins(entries: Iterable[str] | None, where: str = "plugins") -> None:
-    """Import every entry (checked by the `plugins` field's own check first), then rebuild the
-    config schema with the knobs and decoders they registered (Hydra reads it when it
-    composes)."""
+    """Import every entry, then rebuild the config schema with the knobs and decoders they
+    registered (Hydra reads it when it composes)."""
     if not entries:
         return
-    from seqgen.config import Config, field_knobs, register_configs
+    from seqgen.config import register_configs
 
-    try:
-        field_knobs(Config)["plugins"].check(entries, "")
-    except UserError as exc:
-        raise UserError(str(exc) if where == "plugins" else f"{where}: {exc}") from None
+    if isinstance(entries, str) or not isinstance(entries, Sequence):  # a saved config's
+        raise UserError(f"{where}={entries!r} is not a list; allowed: a list of entries, {ALLOWED}")
     for entry in entries:
         import_plugin(entry, where)
     register_configs()

@@ -15,12 +15,12 @@ import pytest
 from conftest import TINY, read_samples, run_cli
 
 import seqgen
+from seqgen import plugins
 from seqgen.compose import compose_config
 from seqgen.config import register_configs
 from seqgen.errors import UserError
 from seqgen.metrics import compute, table
 from seqgen.models import unregister_model
-from seqgen import plugins
 from seqgen.plugins import import_plugins, module_name
 from tests.helpers_decoding import restored_tables
 
