@@ -46,7 +46,7 @@ def ban(logits, ctx):
 
 
 def best_of(req, prep):
-    """`plug_candidates` ancestral samples per prompt, best first by log-prob."""
+    """The most probable of `plug_candidates` ancestral samples per prompt."""
     out = decode(
         req.step_fn, req.params, req.init_carry, prep.prompts, prep.prompt_lengths,
         cfg={"name": "sample"}, max_len=req.max_len,
@@ -54,14 +54,9 @@ def best_of(req, prep):
         vocab_size=req.vocab_size, prompt_ids=prep.prompt_ids, constraint=req.constraint,
         loop=req.loop,
     )
-    order = jnp.argsort(-out.scores, axis=1)  # [B, N]
-
-    def pick(x):
-        if x.ndim < 2:
-            return x
-        return jnp.take_along_axis(x, order.reshape(order.shape + (1,) * (x.ndim - 2)), axis=1)
-
-    return jax.tree.map(pick, out)
+    best = jnp.argmax(out.scores, axis=1)  # [B]
+    keep = lambda x: x if x.ndim < 2 else jnp.take_along_axis(x, best.reshape((-1, 1) + (1,) * (x.ndim - 2)), axis=1)
+    return jax.tree.map(keep, out)  # every [B, N, ...] field as [B, 1, ...]
 
 
 def total_tokens(g):
@@ -89,7 +84,7 @@ class Bigram(nnx.Module):
 
 register_processor("plug_ban", ban, stage="penalty",
                    knobs=(Knob("plug_ban", int, -1, traced=True, low=-1, neutral=-1),))
-register_decoder("plug_best_of", best_of, rows="plug_candidates", nbest=True,
+register_decoder("plug_best_of", best_of, rows=1, nbest=False,
                  knobs=(Knob("plug_candidates", int, 2, low=1),))
 register_metric("plug/total_tokens", total_tokens, unit="tokens", better="none")
 register_model(ModelSpec(
@@ -146,7 +141,7 @@ def test_each_extension_runs_from_the_config_and_the_api(plugin, cache_dir, tmp_
     for r in rows[:3]:
         got = r["metrics"]["plug/total_tokens"]
         assert got == sum(len(s["token_ids"]) for s in samples[r["decoder"]["label"]])
-    # the decoder: an n-best list, its best row kept, ranked by its score
+    # the decoder: one row per prompt, its score the decoder's own
     assert len(best) == 1 and rows[2]["metrics"]["score/mean"] == pytest.approx(best[0]["score"])
     # the model: trained and cached under its own name
     info = json.loads((out / "metrics.json").read_text())
