@@ -1,8 +1,9 @@
 """User extensions from the config: `plugins=[my_ext.py, mypkg.ext]` imports each entry before
 the config is validated, so the processors, decoders, metrics and models it registers
 (`register_processor`, `register_decoder`, `register_metric`, `register_model`) are accepted by
-`python -m seqgen.run`, its multirun jobs (in other processes too), `seqgen-sample`,
-`seqgen.run(overrides)` and `seqgen.load(path)` (a run's saved `plugins` are imported again).
+`python -m seqgen.run`, its multirun jobs (in other processes too), `seqgen.run(overrides)`,
+and `seqgen.load(path)`, `seqgen-sample` and `seqgen-score` (a run's saved `plugins` are
+imported again).
 
 An entry is a dotted module name (on the Python path) or a path to a `.py` file (a relative
 path is read from the current directory). Each is imported once per process: a file under the
