@@ -69,9 +69,9 @@ def compose_config(
 def import_override_plugins(parsed: list[Override]) -> None:
     """Import the plugins the overrides name (`plugins=[...]`, every value of a sweep) before
     composing, so the decoders and knobs they register are in the schema Hydra composes with.
-    Plugins a config file names are imported once it is composed: their models, metrics and
-    processors are accepted, but `decoder=NAME` or `decoder.KNOB` of theirs needs the command
-    line's `plugins=` (or `seqgen.run(["plugins=[...]", ...])`)."""
+    Plugins a config file names are imported once it is composed: their models and metrics
+    are accepted, but a `decoder=NAME` or `decoder.KNOB` of theirs needs the command line's
+    `plugins=` (or `seqgen.run(["plugins=[...]", ...])`)."""
     for o in parsed:
         if o.key_or_group != "plugins":
             continue
