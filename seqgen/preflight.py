@@ -476,6 +476,8 @@ def read_model_source(model_dir: str) -> tuple[dict[str, Any], Path]:
     for key, kind in kinds.items():
         if not isinstance(meta.get(key), kind):
             raise UserError(f"model_dir={model_dir}: meta.json has no {key!r} {kind.__name__}")
+    # the plugins of the process that trained it (a plugin's model), before the schema reads it
+    import_plugins(meta.get("plugins"), f"model_dir={model_dir}: meta.json plugins")
     trained = {"data": meta["data_cfg"], "model": meta["model"], "train": meta["train_cfg"]}
     return {**trained, "seed": meta["seed"]}, path
 

@@ -55,7 +55,8 @@ def best_of(req, prep):
         loop=req.loop,
     )
     best = jnp.argmax(out.scores, axis=1)  # [B]
-    keep = lambda x: x if x.ndim < 2 else jnp.take_along_axis(x, best.reshape((-1, 1) + (1,) * (x.ndim - 2)), axis=1)
+    at = lambda x: best.reshape((-1, 1) + (1,) * (x.ndim - 2))
+    keep = lambda x: x if x.ndim < 2 else jnp.take_along_axis(x, at(x), axis=1)
     return jax.tree.map(keep, out)  # every [B, N, ...] field as [B, 1, ...]
 
 
@@ -164,6 +165,12 @@ def test_each_extension_runs_from_the_config_and_the_api(plugin, cache_dir, tmp_
     assert list(top.token_ids[0]) == list(pool.token_ids[i])
     total = compute(kept.generations)["plug/total_tokens"]
     assert total == sum(len(t) for t in kept.token_ids)
+    # the cache entry alone loads too: its meta.json names the plugins of the training process
+    _unregister(plugin)
+    entry = seqgen.load(info["model"]["cache_dir"])
+    assert entry.config.model.cell == "plug_bigram"
+    same = entry.generate(None, "sample", num_samples=8, max_len=16)
+    assert [list(t) for t in same.token_ids] == [s["token_ids"] for s in free]
 
 
 def test_a_plugin_imported_twice_registers_once(plugin):
