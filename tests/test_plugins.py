@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -101,21 +102,26 @@ COMPARE = "compare=[{name:sample},{name:sample,plug_ban:4},{name:plug_best_of,pl
 RUN = [*TINY, "model.cell=plug_bigram", COMPARE]
 
 
-def _unregister(path) -> None:
-    """What a fresh process has: no row of the plugin, and the plugin not imported."""
-    unregister_model("plug_bigram")
-    table.METRICS[:] = [m for m in table.METRICS if m.keys[0].name != "plug/total_tokens"]
-    sys.modules.pop(module_name(str(path)), None)
-    plugins.IMPORTED[:] = [e for e in plugins.IMPORTED if e != str(path.resolve())]
+@contextmanager
+def fresh_process(path):
+    """As in a fresh process: the plugin not imported on entry; the rows it registers inside
+    (processor, decoder, metric, model) gone on exit."""
+    with restored_tables():
+        try:
+            yield
+        finally:
+            unregister_model("plug_bigram")
+            table.METRICS[:] = [m for m in table.METRICS if m.keys[0].name != "plug/total_tokens"]
+            sys.modules.pop(module_name(str(path)), None)
+            plugins.IMPORTED[:] = [e for e in plugins.IMPORTED if e != str(path.resolve())]
 
 
 @pytest.fixture(scope="module")
 def plugin(tmp_path_factory):
     path = tmp_path_factory.mktemp("user") / "my_ext.py"
     path.write_text(PLUGIN)
-    with restored_tables():
+    with fresh_process(path):
         yield path
-        _unregister(path)
     register_configs()  # the schema without the plugin's knobs again
 
 
@@ -130,7 +136,7 @@ def _by_decoder(out) -> tuple[list[dict], dict[str, list[dict]]]:
 @pytest.mark.slow  # trains the plugin's model and compiles four decoders: about a minute
 def test_each_extension_runs_from_the_config_and_the_api(plugin, cache_dir, tmp_path):
     out = tmp_path / "run"
-    with restored_tables():  # its processor and decoder rows go again when the run is done
+    with fresh_process(plugin):
         seqgen.run([*RUN, f"plugins=[{plugin}]"], out_dir=out)
     rows, samples = _by_decoder(out)
     assert [r["decoder"]["name"] for r in rows] == ["sample", "sample", "plug_best_of", "human"]
@@ -150,11 +156,23 @@ def test_each_extension_runs_from_the_config_and_the_api(plugin, cache_dir, tmp_
     assert meta["model"]["cell"] == "plug_bigram" and np.isfinite(info["ppl/valid"])
 
     # a fresh process: nothing registered; seqgen.load imports the run's plugins again
-    _unregister(plugin)
+    with fresh_process(plugin):
+        _reload_and_generate(out, plugin, [s["token_ids"] for s in free])
+    # the cache entry alone loads too: its meta.json names the plugins of the training process
+    with fresh_process(plugin):
+        entry = seqgen.load(info["model"]["cache_dir"])
+        assert entry.config.model.cell == "plug_bigram"
+        same = entry.generate(None, "sample", num_samples=8, max_len=16)
+        assert [list(t) for t in same.token_ids] == [s["token_ids"] for s in free]
+
+
+def _reload_and_generate(out, plugin, free_ids: list[list[int]]) -> None:
+    """The run loaded again: its model gives the run's tokens, and the plugin's processor,
+    decoder and metric run through `Model.generate` and `seqgen.metrics.compute`."""
     model = seqgen.load(out)
-    assert model.config.plugins == [str(plugin)]
+    assert list(model.config.plugins) == [str(plugin)]
     again = model.generate(None, "sample", num_samples=8, max_len=16)  # the run's first key
-    assert [list(t) for t in again.token_ids] == [s["token_ids"] for s in free]
+    assert [list(t) for t in again.token_ids] == free_ids
     kept = model.generate(None, "sample", num_samples=8, max_len=16, plug_ban=BANNED)
     assert not any(BANNED in t for t in kept.token_ids)
     # the decoder's best is the most probable of the same key's samples
@@ -165,12 +183,6 @@ def test_each_extension_runs_from_the_config_and_the_api(plugin, cache_dir, tmp_
     assert list(top.token_ids[0]) == list(pool.token_ids[i])
     total = compute(kept.generations)["plug/total_tokens"]
     assert total == sum(len(t) for t in kept.token_ids)
-    # the cache entry alone loads too: its meta.json names the plugins of the training process
-    _unregister(plugin)
-    entry = seqgen.load(info["model"]["cache_dir"])
-    assert entry.config.model.cell == "plug_bigram"
-    same = entry.generate(None, "sample", num_samples=8, max_len=16)
-    assert [list(t) for t in same.token_ids] == [s["token_ids"] for s in free]
 
 
 def test_a_plugin_imported_twice_registers_once(plugin):
