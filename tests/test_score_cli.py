@@ -26,6 +26,7 @@ def _cli(monkeypatch, argv: list[str]) -> None:
     cli()
 
 
+@pytest.mark.slow  # a run of the oracle (decodes, compiles): tens of seconds
 def test_scores_are_the_apis_and_add_up(oracle_run, tmp_path, monkeypatch):
     model = seqgen.load(oracle_run)
     texts = [model.vocab.decode(s) for s in model.corpus.test[:3]]  # strings the DPFSA allows
@@ -55,6 +56,7 @@ def test_scores_are_the_apis_and_add_up(oracle_run, tmp_path, monkeypatch):
     assert cut["logprob"] == pytest.approx(got[0]["logprob"] - got[0]["eos_logprob"], rel=1e-6)
 
 
+@pytest.mark.slow  # a run of the oracle (decodes, compiles): tens of seconds
 def test_a_generation_scores_its_decoders_logprob(oracle_run, tmp_path, monkeypatch, capsys):
     (sample,) = [r for r in read_samples(oracle_run) if r["prompt"] == ""]
     ended = len(sample["token_ids"]) < 16  # shorter than decode.max_len: it ended at EOS
@@ -81,6 +83,7 @@ def test_mistakes_are_one_line(argv, msg):
         parse_args(argv)
 
 
+@pytest.mark.slow  # a run of the oracle (decodes, compiles): tens of seconds
 def test_a_text_outside_the_vocabulary_is_one_line(oracle_run, monkeypatch, capsys):
     with pytest.raises(SystemExit) as ex:
         _cli(monkeypatch, [str(oracle_run), "text=ab#"])
