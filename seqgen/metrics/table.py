@@ -24,7 +24,7 @@ import numpy as np
 
 from seqgen.errors import UserError
 from seqgen.metrics import diversity
-from seqgen.metrics.abc import abc_rates
+from seqgen.metrics.abc import abc_rates, key_rates
 from seqgen.metrics.constraint import mass_removed
 from seqgen.metrics.generations import Generations
 from seqgen.metrics.length import eos_rate, length_stats
@@ -268,6 +268,20 @@ METRICS: list[Metric] = [
             what=f"ABC checks {g.label}".rstrip(),
         ),
         lambda g: g.dataset == "folk" and g.texts is not None,  # the texts are ABC tunes
+    ),
+    Metric(
+        (
+            _k("abc/in_key_rate", "parsed tunes with every note in the K: scale", SHARE, _H),
+            _k("abc/in_key_notes", "notes in the K: scale", SHARE, _H, REPORT),
+        ),
+        lambda g: key_rates(
+            g.texts,
+            subset=g.abc_subset,
+            seed=g.seed,
+            timeout_s=g.abc_timeout_s,
+            what=f"ABC key checks {g.label}".rstrip(),
+        ),
+        lambda g: g.dataset == "folk" and g.texts is not None,
     ),
     Metric(
         (_k("score/mean", "mean score", SCORE, "higher", *_RS),),
