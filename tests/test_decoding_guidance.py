@@ -6,6 +6,7 @@ contexts drop the folk header or the whole prompt; the knob runs through the pip
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from types import SimpleNamespace as NS
 
@@ -13,8 +14,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import TINY, read_samples, run_cli
 from helpers_decoding import log_softmax64, lstm_carry, lstm_params, lstm_step
 
+import seqgen
 from seqgen.decoding import guidance, registry
 from seqgen.decoding.common import DecodeRequest, prepare
 from seqgen.errors import UserError
@@ -200,3 +203,48 @@ def test_bad_contexts_are_one_line():
         _decode(_request(on, ctx=CONTEXT[:2]))
     with pytest.raises(UserError, match=r"decoder.guidance_scale=-1.0 is out of range"):
         _decode(_request({"name": "greedy", "guidance_scale": -1.0}))
+
+
+def _ids(text: str) -> np.ndarray:
+    return np.array([ord(c) for c in text], np.int32)
+
+
+def test_unconditional_contexts_drop_the_folk_header_or_the_prompt():
+    from seqgen.prompts import unconditional_contexts
+
+    def vocab(level):
+        return NS(level=level, decode_symbols=lambda ids: [chr(i) for i in ids])
+
+    folk = NS(name="folk", vocab=vocab("char"))
+    tune, bare = _ids("M:6/8\nL:1/8\nK:Gmin\nB/2-A/2 | G>FD C"), _ids("GAB")
+    got = unconditional_contexts(folk, [tune, bare])
+    assert "".join(map(chr, got[0])) == "B/2-A/2 | G>FD C"  # the M:, L:, K: lines dropped
+    assert got[1].tolist() == bare.tolist()  # no header: nothing to drop
+    abc = NS(name="folk", vocab=NS(level="abc", decode_symbols=lambda ids: SYMBOLS[ids].tolist()))
+    assert unconditional_contexts(abc, [np.arange(5)])[0].tolist() == [3, 4]  # after K:G
+    text = NS(name="text", vocab=vocab("char"))
+    assert [len(c) for c in unconditional_contexts(text, [tune, bare])] == [0, 0]
+
+
+SYMBOLS = np.array(["M:6/8", "L:1/8", "K:G", "G", "A"])
+
+
+@pytest.mark.slow
+def test_guidance_runs_from_the_python_api_and_the_cli_on_rnn_and_transformer(cache_dir, tmp_path):
+    """An LSTM run through `seqgen.run` and `seqgen.load(...).generate`, a Transformer run
+    through `python -m seqgen.run`: both guided, and the API gives the run's tokens."""
+    guided = ["decoder=greedy", "decoder.guidance_scale=2.0", "decode.prompts=[ab,c]"]
+    seqgen.run([*TINY, *guided], out_dir=tmp_path / "rnn")
+    rows = read_samples(tmp_path / "rnn")
+    assert rows[0]["decoder"] == "greedy(guidance_scale=2.0)"
+    model = seqgen.load(tmp_path / "rnn")
+    again = model.generate(["ab", "c"], decoder="greedy", guidance_scale=2.0, max_len=16)
+    assert [list(map(int, t)) for t in again.token_ids] == [r["token_ids"] for r in rows]
+    with pytest.raises(UserError, match="guidance_scale=2.0 is not supported by decoder exact"):
+        model.generate(["ab"], decoder="exact", guidance_scale=2.0)
+    tf = ["model=transformer", "model.hidden_size=16", "model.num_heads=2", "model.context=64"]
+    proc = run_cli([*TINY, *tf, "decoder=beam", "decoder.guidance_scale=1.5",
+                    f"hydra.run.dir={tmp_path / 'tf'}"], cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((tmp_path / "tf" / "results.jsonl").read_text().splitlines()[0])
+    assert result["decoder"]["guidance_scale"] == 1.5 and result["metrics"]["gen/ppl"] >= 1
