@@ -216,10 +216,10 @@ def abc_rates(
 def _on_subset(
     texts: Sequence[str],
     check: Callable[[str], T],
-    subset: int,
-    seed: int,
-    timeout_s: float,
-    what: str,
+    subset: int = ABC_SUBSET,
+    seed: int = 0,
+    timeout_s: float = ABC_TIMEOUT_S,
+    what: str = "ABC checks",
 ) -> list[T | None]:
     """`check(text)` of each tune of the seeded random subset (min(len(texts), subset) tunes
     drawn without replacement by `np.random.default_rng(seed)`, in index order); None for a
@@ -265,17 +265,11 @@ def _tune_key_notes(text: str) -> tuple[int, int] | None:
     return None if score is None else key_notes(score)
 
 
-def key_rates(
-    texts: Sequence[str],
-    *,
-    subset: int = ABC_SUBSET,
-    seed: int = 0,
-    timeout_s: float = ABC_TIMEOUT_S,
-    what: str = "ABC key checks",
-) -> tuple[float, float]:
+def key_rates(texts: Sequence[str], **subset: Any) -> tuple[float, float]:
     """(`abc/in_key_rate`, `abc/in_key_notes`): how well tunes keep the key their `K:` header
     declares. seqgen's own definition (no published metric is followed), a pitch-class count
-    against the key's scale (`key_notes`), on the same seeded subset as `abc_rates`:
+    against the key's scale (`key_notes`), on the seeded subset `abc_rates` checks (`subset`:
+    its keywords `subset`, `seed`, `timeout_s`, `what`, with its defaults):
 
     - abc/in_key_rate = (# parsed tunes with a key and at least one note, every note in the
       key's scale) / (# parsed tunes with a key and at least one note);
@@ -286,7 +280,7 @@ def key_rates(
     """
     if len(texts) == 0:
         return math.nan, math.nan
-    counts = [c for c in _on_subset(texts, _tune_key_notes, subset, seed, timeout_s, what) if c]
+    counts = [c for c in _on_subset(texts, _tune_key_notes, **subset) if c]
     counts = [c for c in counts if c[1] > 0]
     if not counts:
         return math.nan, math.nan
