@@ -430,6 +430,24 @@ def guidance_runtime() -> str:
     return f"{m['wall_s'] / 60:.1f} min"
 
 
+def guidance_reading() -> str:
+    r = results(f"{GUIDANCE}/results.jsonl")
+    rows = [r[k] for k in ("gamma 1 (unguided)", "gamma 1.5", "gamma 2", "gamma 3")]
+
+    def seq(key: str, fmt: str) -> str:
+        return " / ".join(num(m[key], fmt) for m in rows)
+
+    return (
+        f"no effect in the expected direction. Over γ = 1 / 1.5 / 2 / 3, `abc/bar_ok_rate` is "
+        f"{seq('abc/bar_ok_rate', '.3f')} (people {num(r['human']['abc/bar_ok_rate'], '.3f')}), "
+        f"`abc/in_key_rate` {seq('abc/in_key_rate', '.3f')} (people "
+        f"{num(r['human']['abc/in_key_rate'], '.3f')}), `abc/in_key_notes` "
+        f"{seq('abc/in_key_notes', '.3f')}, `gen/ppl` {seq('gen/ppl', '.2f')} and "
+        f"`gen/ref_ppl` {seq('gen/ref_ppl', '.2f')}: the meter is kept slightly less often as "
+        "γ grows, the key as often, and both perplexities barely move."
+    )
+
+
 def _guidance_overview() -> str:
     r = results(f"{GUIDANCE}/results.jsonl")
     lo, hi, h = r["gamma 1 (unguided)"], r["gamma 3"], r["human"]
@@ -617,6 +635,10 @@ BLOCKS: dict[tuple[str, str], Callable[[], str]] = {
     (f"{EXP}/meter_constraint/README.md", "table"): meter_table,
     (f"{EXP}/guidance/README.md", "table"): guidance_table,
     (f"{EXP}/guidance/README.md", "runtime"): guidance_runtime,
+    (f"{EXP}/guidance/README.md", "reading"): guidance_reading,
+    (f"{EXP}/guidance/README.md", "memory"): lambda: (
+        (ROOT / GUIDANCE / "header_memory.txt").read_text().strip()
+    ),
     (f"{EXP}/architecture/README.md", "models"): architecture_models,
     (f"{EXP}/architecture/README.md", "speed"): architecture_speed,
     (f"{EXP}/architecture/README.md", "folk"): lambda: architecture_table("folk"),

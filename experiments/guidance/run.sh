@@ -15,3 +15,5 @@ corpus = load_corpus(cfg.data, int(cfg.seed))
 print(cache_root(cfg.cache_dir) / 'models' / model_cache_key(ModelSpec.of(cfg), corpus))")
 python -m seqgen.run +experiment=guidance metrics.reference_checkpoint="$REF" \
   hydra.run.dir=experiments/guidance/run
+python experiments/guidance/header_memory.py experiments/guidance/run \
+  > experiments/guidance/results/header_memory.txt
