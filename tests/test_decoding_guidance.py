@@ -126,39 +126,41 @@ def test_guidance_scale_one_is_unguided_bit_for_bit(name):
         np.testing.assert_array_equal(getattr(forced, field), getattr(plain, field), field)
 
 
-def _lstm_logprobs(prefix: list[int]) -> np.ndarray:
-    """log p(. | BOS, prefix) under the helpers' LSTM, [V] float64."""
-    params, carry = lstm_params(V), lstm_carry(1)
-    for tok in [BOS_ID, *prefix]:
+def _lstm_logprobs(tokens: list[int]) -> np.ndarray:
+    """log p(. | BOS, tokens[:k]) for k = 0..len(tokens) under the helpers' LSTM, [K+1, V]."""
+    params, carry, out = lstm_params(V), lstm_carry(1), []
+    for tok in [BOS_ID, *tokens]:
         carry, logits = lstm_step(params, carry, jnp.array([tok]))
-    return log_softmax64(np.asarray(logits[0]))
+        out.append(log_softmax64(np.asarray(logits[0])))
+    return np.stack(out)
 
 
-def _guided_reference(lp_fn, prompt, ctx, seq, gamma) -> np.ndarray:
-    """log_softmax of the guided logits at each token of `seq` (after `prompt`, resp. `ctx`)."""
-    out = []
-    for k, tok in enumerate(seq):
-        c, u = lp_fn([*prompt, *seq[:k]]), lp_fn([*ctx, *seq[:k]])
-        out.append(log_softmax64(u + gamma * (c - u))[tok])
-    return np.array(out)
+def _guided_logits(lp_fn, prompt, ctx, seq, gamma) -> np.ndarray:
+    """u + gamma (c - u) before each token of `seq` [n, V], from scratch: c after BOS, the
+    prompt and seq's earlier tokens, u after BOS, the context and the same tokens."""
+    n = len(seq)
+    c = lp_fn([*prompt, *seq])[len(prompt) : len(prompt) + n]
+    u = lp_fn([*ctx, *seq])[len(ctx) : len(ctx) + n]
+    return u + gamma * (c - u)
 
 
-def _check_every_decoder(run, lp_fn, gamma):
-    for name, cfg in GUIDED.items():
+def _check_every_decoder(run, lp_fn, gamma, names=tuple(GUIDED)):
+    for name in names:
+        cfg = GUIDED[name]
         out = run({**cfg, "guidance_scale": gamma})
         for i, k in np.ndindex(*out.lengths.shape):
             if out.lengths[i, k] == 0 and not out.ended[i, k]:
                 continue  # an empty beam slot
             p, n = int(PLENS[i]), int(out.lengths[i, k])
             seq = out.tokens[i, k, p:n].tolist()
-            want = _guided_reference(lp_fn, PROMPTS[i, :p], CONTEXT[i, : CLENS[i]], seq, gamma)
+            g = _guided_logits(lp_fn, PROMPTS[i, :p], CONTEXT[i, : CLENS[i]], seq, gamma)
+            want = np.take_along_axis(log_softmax64(g), np.array(seq, np.int64)[:, None], axis=1)[
+                :, 0
+            ]
             got = out.logprobs[i, k, p:n]
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=name)
             if name == "greedy":  # and each token is the guided argmax
-                for j in range(len(seq)):
-                    c = lp_fn([*PROMPTS[i, :p], *seq[:j]])
-                    u = lp_fn([*CONTEXT[i, : CLENS[i]], *seq[:j]])
-                    assert seq[j] == int(np.argmax(u + gamma * (c - u)))
+                assert seq == np.argmax(g, axis=1).tolist()
 
 
 def test_every_guided_decoder_returns_the_guided_logprobs_lstm():
@@ -185,14 +187,14 @@ def test_every_guided_decoder_returns_the_guided_logprobs_transformer():
     step_fn, params = make_step_fn(model)
     init = make_init_carry_fn(model)(3, MAX_LEN)
 
-    def lp_fn(prefix):
-        logits = model(jnp.asarray([[BOS_ID, *prefix]], jnp.int32))
-        return log_softmax64(np.asarray(logits[0, -1]))
+    def lp_fn(tokens):  # one parallel forward: the step-by-step decode is what is tested
+        return log_softmax64(np.asarray(model(jnp.asarray([[BOS_ID, *tokens]], jnp.int32))[0]))
 
     def run(cfg):
         return _decode(replace(_request(cfg), step_fn=step_fn, params=params, init_carry=init))
 
-    _check_every_decoder(run, lp_fn, 1.5)
+    # the sampler's repeated rows and beam's gathers of the KV cache (the LSTM test runs all)
+    _check_every_decoder(run, lp_fn, 1.5, ("sample", "beam"))
 
 
 def test_bad_contexts_are_one_line():

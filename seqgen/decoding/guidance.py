@@ -1,6 +1,7 @@
 """Classifier-free guidance for any step function: a step-function combinator.
 
-Sanchez et al. 2023, "Stay on topic with Classifier-Free Guidance" (ICML 2024), eq. 7, as
+Sanchez et al. 2023, "Stay on topic with Classifier-Free Guidance" (arXiv:2306.17806, ICML 2024):
+the paper's CFG formula for autoregressive language models, as
 Hugging Face's `UnbatchedClassifierFreeGuidanceLogitsProcessor` (`guidance_scale`) computes it,
 in log-softmax space:
 
@@ -65,7 +66,7 @@ def on(cfg: Any) -> bool:
 
 
 def combine(cond: jax.Array, uncond: jax.Array, gamma: jax.Array) -> jax.Array:
-    """Sanchez et al. 2023 eq. 7: log_softmax(uncond) + gamma * (log_softmax(cond) -
+    """Sanchez et al. 2023: log_softmax(uncond) + gamma * (log_softmax(cond) -
     log_softmax(uncond)), row by row. cond, uncond [R, V] logits; gamma a scalar."""
     c = jax.nn.log_softmax(cond.astype(jnp.float32), axis=-1)
     u = jax.nn.log_softmax(uncond.astype(jnp.float32), axis=-1)
