@@ -10,6 +10,7 @@ from conftest import TINY, compose
 
 from seqgen.experiment import run_experiment
 from seqgen.metrics import Generations, abc_rates
+from seqgen.metrics.abc import key_rates
 from seqgen.metrics.diversity import DiversityCounts
 from seqgen.metrics.repetition import RepetitionCounts
 from seqgen.metrics.stream import StreamCounts
@@ -111,4 +112,6 @@ def test_a_study_checks_the_same_abc_tunes_as_the_whole_set():
     got = compute_stream(counts)
     want = abc_rates(texts, subset=5, seed=4, timeout_s=30.0)
     assert (got["abc/parse_rate"], got["abc/bar_ok_rate"]) == pytest.approx(want, nan_ok=True)
+    keys = key_rates(texts, subset=5, seed=4, timeout_s=30.0)
+    assert (got["abc/in_key_rate"], got["abc/in_key_notes"]) == pytest.approx(keys, nan_ok=True)
     assert 0 < want[0] < 1  # the subset holds parsed and unparsed tunes: a wrong draw differs

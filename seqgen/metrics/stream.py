@@ -5,17 +5,17 @@ not grow with their number (the distinct n-grams aside: `DiversityCounts`).
 `stream` function read their values from it (`table.compute_stream`), so a study's keys are
 the table's. Each value equals the one-bundle row's over all generations at once (to float64
 rounding): perplexities and `score/mean` are pooled sums, lengths a histogram, `abc/*` the
-same seeded subset of tunes (`abc_rates`'s draw, known in advance), the rest the counts of
+same seeded subset of tunes (the ABC checks' draw, known in advance), the rest the counts of
 `DiversityCounts` and `RepetitionCounts`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
-from seqgen.metrics.abc import abc_rates
 from seqgen.metrics.diversity import DiversityCounts
 from seqgen.metrics.generations import Generations
 from seqgen.metrics.length import length_stats
@@ -110,10 +110,11 @@ class StreamCounts:
     def score_mean(self) -> float | None:
         return self.score / self.count if self.has_scores and self.count else None
 
-    def abc_rates(self) -> tuple[float, float] | None:
-        """`abc_rates` of all the generations: its subset is all of the kept tunes."""
+    def abc(self, check: Callable[..., tuple[float, float]], what: str) -> tuple | None:
+        """An ABC check of all the generations (`abc_rates`, `key_rates`): its seeded subset
+        is all of the kept tunes. None without them (not folk, or `abc_subset` 0)."""
         if self.abc_texts is None:
             return None
         texts = [self.abc_texts[i] for i in sorted(self.abc_texts)]
-        what = f"ABC checks {self.label}".rstrip()
-        return abc_rates(texts, subset=len(texts), timeout_s=self.abc_timeout_s, what=what)
+        what = f"{what} {self.label}".rstrip()
+        return check(texts, subset=len(texts), timeout_s=self.abc_timeout_s, what=what)
