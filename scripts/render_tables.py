@@ -719,16 +719,13 @@ BLOCKS: dict[tuple[str, str], Callable[[], str]] = {
     (f"{EXP}/mbr/README.md", "synthetic"): mbr_synthetic,
     (f"{EXP}/mbr/README.md", "folk"): mbr_folk,
     (f"{EXP}/meter_constraint/README.md", "table"): meter_table,
-<<<<<<< HEAD
     (f"{EXP}/dry/README.md", "folk"): lambda: dry_table("folk"),
-=======
     (f"{EXP}/guidance/README.md", "table"): guidance_table,
     (f"{EXP}/guidance/README.md", "runtime"): guidance_runtime,
     (f"{EXP}/guidance/README.md", "reading"): guidance_reading,
     (f"{EXP}/guidance/README.md", "memory"): lambda: (
         (ROOT / GUIDANCE / "header_memory.txt").read_text().strip()
     ),
->>>>>>> main
     (f"{EXP}/architecture/README.md", "models"): architecture_models,
     (f"{EXP}/architecture/README.md", "speed"): architecture_speed,
     (f"{EXP}/architecture/README.md", "folk"): lambda: architecture_table("folk"),

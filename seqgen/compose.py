@@ -19,21 +19,9 @@ from hydra.core.override_parser.types import Override
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-<<<<<<< HEAD
-from seqgen.config import (
-    GROUP_SCHEMAS,
-    DecoderConfig,
-    field_knobs,
-    register_configs,
-    unknown_key_message,
-    validate_config,
-)
-=======
 from seqgen import config
 from seqgen.config import register_configs, unknown_key_message, validate_config
->>>>>>> main
-from seqgen.decoding import registry
-from seqgen.decoding.knobs import KNOBS
+from seqgen.decoding import knobs, registry
 from seqgen.errors import UserError
 from seqgen.plugins import import_plugins
 from seqgen.preflight import check_environment
@@ -128,9 +116,11 @@ def _allowed(full_key: str) -> str | None:
     where, _, name = full_key.rpartition(".")
     group = where.split("[")[0]
     if group in ("decoder", "compare"):
-        knob = KNOBS.get(name)
+        knob = knobs.KNOBS.get(name)
+    elif group in config.GROUP_SCHEMAS:
+        knob = config.field_knobs(config.GROUP_SCHEMAS[group]).get(name)
     else:
-        knob = field_knobs(GROUP_SCHEMAS[group]).get(name) if group in GROUP_SCHEMAS else None
+        knob = None
     return None if knob is None else knob.allowed()
 
 
