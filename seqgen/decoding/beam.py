@@ -57,11 +57,12 @@ from seqgen.decoding.common import (
     gather_rows,
     get,
     length_norm,
+    program_args,
+    program_options,
     repeat_rows,
     take_along,
-    traced_knobs,
 )
-from seqgen.decoding.loop import resolve_loop, run_loop
+from seqgen.decoding.loop import run_loop
 from seqgen.parallel import row_parallel
 from seqgen.tokens import BOS_ID, EOS_ID, PAD_ID
 
@@ -504,19 +505,11 @@ def launch(req: DecodeRequest, prep: Prepared, *, diverse: bool = False) -> Deco
     """Run the beam program for a validated request (`num_groups` groups when `diverse`;
     plain beam ignores the knob, as it ignores every diverse-beam knob)."""
     return _beam_program(
-        req.params,
-        req.init_carry,
-        prep.prompts,
-        prep.prompt_lengths,
-        traced_knobs(req.cfg),
-        req.constraint,
-        step_fn=req.step_fn,
-        max_len=req.max_len,
-        vocab_size=req.vocab_size,
+        *program_args(req, prep, keyed=False),
+        **program_options(req),
         beam_size=int(get(req.cfg, "beam_size")),
         num_groups=int(get(req.cfg, "num_groups")) if diverse else 1,
         length_penalty=str(get(req.cfg, "length_penalty")),
-        loop=resolve_loop(req.loop),
         conventions=Conventions(
             *(type(d)(get(req.cfg, f)) for f, d in Conventions._field_defaults.items())
         ),

@@ -32,6 +32,7 @@ from seqgen.decoding.common import (
     validate_knobs,
 )
 from seqgen.decoding.exact import launch as launch_exact
+from seqgen.decoding.exact import state_bytes as exact_state_bytes
 from seqgen.decoding.knobs import DEFAULT_NAME, KNOBS, NESTED_FIELDS, Knob, add_knob
 from seqgen.decoding.loop import resolve_loop
 from seqgen.decoding.mbr import launch as launch_mbr
@@ -330,6 +331,23 @@ def rows_per_prompt(dec: Any, num_samples: int) -> int:
     if rows is None:
         return int(num_samples)
     return int(get(dec, rows)) if isinstance(rows, str) else rows
+
+
+# Decoders whose program holds more than one carry per output row, by name:
+# `state_bytes(get, carry_row_bytes, prompts, vocab_size)` (exact search's pool of S slots).
+_STATE_BYTES: dict[str, Callable[[Get, int, int, int], int]] = {"exact": exact_state_bytes}
+
+
+def state_bytes(
+    dec: Any, carry_row_bytes: int, prompts: int, vocab_size: int, num_samples: int
+) -> int:
+    """A lower estimate of decoder `dec`'s device memory for `prompts` prompts per call: the
+    carries it holds (`carry_row_bytes` each), one per row it returns (`rows_per_prompt`), or
+    its own pool (exact search)."""
+    name = get(dec, "name")
+    if name in _STATE_BYTES:
+        return _STATE_BYTES[name](lambda k: get(dec, k), carry_row_bytes, prompts, vocab_size)
+    return prompts * rows_per_prompt(dec, num_samples) * carry_row_bytes
 
 
 def kept_per_prompt(dec: Any, n: int, prompted: bool) -> int:

@@ -27,11 +27,12 @@ from seqgen.decoding.common import (
     get,
     gumbel_noise,
     key_words,
+    program_args,
+    program_options,
     repeat_rows,
     row_keys,
-    traced_knobs,
 )
-from seqgen.decoding.loop import resolve_loop, run_loop
+from seqgen.decoding.loop import run_loop
 from seqgen.parallel import row_parallel
 from seqgen.tokens import BOS_ID, EOS_ID, PAD_ID
 
@@ -394,21 +395,11 @@ def _launch(req: DecodeRequest, prep: Prepared, *, greedy: bool) -> DecodeOutput
     flags = table.flags_from_cfg(lambda k: get(req.cfg, k), req.vocab_size, stages)
     num_samples = 1 if greedy else req.num_samples
     return _sample_program(
-        req.params,
-        req.init_carry,
-        prep.prompts,
-        prep.prompt_lengths,
-        prep.prompt_ids,
-        prep.key,
-        traced_knobs(req.cfg),
-        req.constraint,
-        step_fn=req.step_fn,
-        max_len=req.max_len,
+        *program_args(req, prep, keyed=True),
+        **program_options(req),
         num_samples=num_samples,
-        vocab_size=req.vocab_size,
         flags=flags,
         greedy=greedy,
-        loop=resolve_loop(req.loop),
         stops=steering.freeze("stop", get(req.cfg, "stop")),
         include_stop=bool(get(req.cfg, "include_stop")),
         logprobs=int(req.logprobs),

@@ -41,12 +41,13 @@ from seqgen.decoding.common import (
     get,
     gumbel_noise,
     key_words,
+    program_args,
+    program_options,
     repeat_rows,
     row_keys,
     take_along,
-    traced_knobs,
 )
-from seqgen.decoding.loop import resolve_loop, run_loop
+from seqgen.decoding.loop import run_loop
 from seqgen.parallel import row_parallel
 from seqgen.tokens import BOS_ID, EOS_ID, PAD_ID
 
@@ -272,17 +273,7 @@ def stochastic_beam(req: DecodeRequest) -> DecodeOutput:
 def launch(req: DecodeRequest, prep: Prepared) -> DecodeOutput:
     """Run the stochastic beam program for a validated request."""
     return _stochastic_beam_program(
-        req.params,
-        req.init_carry,
-        prep.prompts,
-        prep.prompt_lengths,
-        prep.prompt_ids,
-        prep.key,
-        traced_knobs(req.cfg),
-        req.constraint,
-        step_fn=req.step_fn,
-        max_len=req.max_len,
-        vocab_size=req.vocab_size,
+        *program_args(req, prep, keyed=True),
+        **program_options(req),
         beam_size=int(get(req.cfg, "beam_size")),
-        loop=resolve_loop(req.loop),
     )
