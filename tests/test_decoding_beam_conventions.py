@@ -12,13 +12,9 @@ import pytest
 
 from seqgen.decoding import DecodeRequest, beam
 from seqgen.tokens import EOS_ID, PAD_ID
+from tests.helpers_decoding import log_softmax64, markov_step
 
 V = 6  # PAD, BOS, EOS, UNK, 4, 5
-
-
-def markov_step(params, carry, tokens):
-    """Next-token logits depend only on the previous token: params [V, V]."""
-    return carry, params[tokens]
 
 
 def run(table, max_len: int, prompts=None, plens=None, **knobs):
@@ -37,15 +33,6 @@ def run(table, max_len: int, prompts=None, plens=None, **knobs):
         )
     )
     return NS(**{k: np.asarray(v) for k, v in vars(out).items() if v is not None})
-
-
-def log_softmax64(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float64)
-    return (
-        x
-        - np.log(np.sum(np.exp(x - x.max(-1, keepdims=True)), -1, keepdims=True))
-        - x.max(-1, keepdims=True)
-    )
 
 
 def rows(probs: dict[int, dict[int, float]]) -> np.ndarray:

@@ -166,6 +166,26 @@ _BEAM = ("beam_size", "length_penalty", "alpha", "min_length", *_CONVENTIONS)
 
 _STOP = ("stop", "include_stop")  # the sampling loop's end condition (`steering`)
 
+
+def _beam_row(
+    fn: Launch, own_knobs: tuple[str, ...], labels: tuple[str, ...], **facts: Any
+) -> DecoderSpec:
+    """A beam search's row: its n-best of `beam_size` hypotheses, deterministic, a mode search
+    scored by its length penalty, named by `labels` and the toolkit conventions it follows."""
+    return DecoderSpec(
+        fn,
+        own_knobs,
+        "beam_size",
+        True,
+        labels + _CONVENTIONS,
+        label_always=("beam_size",),
+        keyed=False,
+        mode_search=True,
+        score_unit=_length_penalty_unit,
+        **facts,
+    )
+
+
 SPECS: dict[str, DecoderSpec] = {
     "greedy": DecoderSpec(
         launch_greedy,
@@ -182,17 +202,10 @@ SPECS: dict[str, DecoderSpec] = {
         launch_sample, (*_STOP, "order"), None, False, processors=table.STAGES, logprobs=True
     ),
     # beam names a row by no_repeat_ngram_size too, although its program does not read it
-    "beam": DecoderSpec(
+    "beam": _beam_row(
         launch_beam,
         _BEAM,
-        "beam_size",
-        True,
-        ("beam_size", "length_penalty", "alpha", "no_repeat_ngram_size", "min_length")
-        + _CONVENTIONS,
-        label_always=("beam_size",),
-        keyed=False,
-        mode_search=True,
-        score_unit=_length_penalty_unit,
+        ("beam_size", "length_penalty", "alpha", "no_repeat_ngram_size", "min_length"),
     ),
     "stochastic_beam": DecoderSpec(
         launch_stochastic_beam,
@@ -204,18 +217,11 @@ SPECS: dict[str, DecoderSpec] = {
         check=_check_stochastic_beam,
         score_unit=lambda get_: "mean perturbed log-prob G (nats per sequence)",
     ),
-    "diverse_beam": DecoderSpec(
+    "diverse_beam": _beam_row(
         launch_diverse,
         (*_BEAM, "num_groups", "diversity_penalty"),
-        "beam_size",
-        True,
-        ("beam_size", "num_groups", "diversity_penalty", "length_penalty", "min_length")
-        + _CONVENTIONS,
-        label_always=("beam_size",),
-        keyed=False,
-        mode_search=True,
+        ("beam_size", "num_groups", "diversity_penalty", "length_penalty", "min_length"),
         check=_check_groups,
-        score_unit=_length_penalty_unit,
     ),
     # exact names a row by min_length too, although its search does not read it
     "exact": DecoderSpec(
