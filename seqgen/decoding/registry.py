@@ -31,6 +31,7 @@ from seqgen.decoding.common import (
     prepare,
     validate_knobs,
 )
+from seqgen.decoding.contrastive import launch as launch_contrastive
 from seqgen.decoding.exact import launch as launch_exact
 from seqgen.decoding.exact import state_bytes as exact_state_bytes
 from seqgen.decoding.knobs import DEFAULT_NAME, KNOBS, NESTED_FIELDS, Knob, add_knob
@@ -107,6 +108,9 @@ class DecoderSpec:
     score_unit: Callable[[Get], str] = _logprob_unit
     metric_inputs: Callable[[dict], dict[str, Any]] | None = None
     logprobs: bool = False  # it returns the top-K alternatives (`decode(logprobs=K)`)
+    # it reads the step's hidden state (`common.hidden_step`): refused for a model without
+    # one, and its carry takes one step past max_len (`carry_len`)
+    hidden: bool = False
 
     @property
     def knobs(self) -> tuple[str, ...]:
@@ -153,6 +157,14 @@ def _check_mbr(get_: Get, where: str) -> None:
     cfg = {f: get_(f) for f in NESTED_FIELDS}
     for f in NESTED_FIELDS:
         validate_decoder(nested_config(cfg, f, where), f"{where}.{f}")
+
+
+def _check_contrastive(get_: Get, where: str) -> None:
+    if int(get_("top_k")) < 1:
+        raise UserError(
+            f"{where}.top_k={get_('top_k')} is out of range for contrastive; allowed: an "
+            "integer >= 1 (the candidates per step)"
+        )
 
 
 def _mbr_unit(get_: Get) -> str:
@@ -235,6 +247,18 @@ SPECS: dict[str, DecoderSpec] = {
         nestable=False,
         finds_mode=True,
         check=_check_exact,
+    ),
+    "contrastive": DecoderSpec(
+        launch_contrastive,
+        ("top_k", "penalty_alpha"),
+        1,
+        True,
+        label_always=("top_k", "penalty_alpha"),
+        keyed=False,
+        constraints=False,
+        nestable=False,
+        check=_check_contrastive,
+        hidden=True,
     ),
     "mbr": DecoderSpec(
         launch_mbr,
@@ -331,6 +355,17 @@ def run(name: str, req: DecodeRequest) -> DecodeOutput:
     return row.fn(req, prepare(req, num_samples=num_samples, keyed=row.keyed))
 
 
+def carry_len(dec: Any, max_len: int) -> int:
+    """The steps a decoder's initial carry must hold (a KV cache's size): `max_len`, one more
+    for a decoder that feeds each candidate to read its hidden state (contrastive)."""
+    return int(max_len) + int(spec(dec).hidden)
+
+
+def needs_hidden(dec: Any) -> bool:
+    """Whether decoder `dec` reads the model's hidden states (`common.hidden_step`)."""
+    return spec(dec).hidden
+
+
 def rows_per_prompt(dec: Any, num_samples: int) -> int:
     """How many rows the decoder returns per prompt (`decode.num_samples` for samplers)."""
     rows = spec(dec).rows
@@ -340,16 +375,20 @@ def rows_per_prompt(dec: Any, num_samples: int) -> int:
 
 
 # Decoders whose program holds more than one carry per output row, by name:
-# `state_bytes(get, carry_row_bytes, prompts, vocab_size)` (exact search's pool of S slots).
-_STATE_BYTES: dict[str, Callable[[Get, int, int, int], int]] = {"exact": exact_state_bytes}
+# `state_bytes(get, carry_row_bytes, prompts, vocab_size)`: exact search's pool of S slots,
+# contrastive search's row and its top_k candidates fed at once.
+_STATE_BYTES: dict[str, Callable[[Get, int, int, int], int]] = {
+    "exact": exact_state_bytes,
+    "contrastive": lambda get_, carry, prompts, v: prompts * (1 + int(get_("top_k"))) * carry,
+}
 
 
 def state_bytes(
     dec: Any, carry_row_bytes: int, prompts: int, vocab_size: int, num_samples: int
 ) -> int:
     """A lower estimate of decoder `dec`'s device memory for `prompts` prompts per call: the
-    carries it holds (`carry_row_bytes` each), one per row it returns (`rows_per_prompt`), or
-    its own pool (exact search)."""
+    carries it holds (`carry_row_bytes` each, for `carry_len` steps), one per row it returns
+    (`rows_per_prompt`), or as many as its program holds at once (`_STATE_BYTES`)."""
     name = get(dec, "name")
     if name in _STATE_BYTES:
         return _STATE_BYTES[name](lambda k: get(dec, k), carry_row_bytes, prompts, vocab_size)

@@ -201,7 +201,7 @@ def _next_state(
     ([R], 0 = none; None without stop sequences)."""
     tok, flags, stop_len = tk.tok, st.flags, None
     new = state.replace(carry=carry, last=tk.out, ended=state.ended | tk.is_eos)
-    if st.stops:  # the row ends as at EOS once a stop sequence completes (`_outputs` cuts it)
+    if st.stops:  # the row ends as at EOS once a stop sequence completes (`scan_outputs` cuts it)
         recent = jnp.concatenate([state.recent[:, 1:], tok[:, None]], axis=1)  # [R, W]
         stop_len = steering.stop_match(recent, t - plen + 1, st.stops)  # [R]
         stop_len = jnp.where(tk.gen & ~tk.is_eos, stop_len, 0)
@@ -231,11 +231,11 @@ def _step_outputs(
     stop_len: jax.Array | None,
     st: _Static,
 ) -> dict[str, jax.Array]:
-    """What position t writes per row (`_outputs` reads them; `_idle_outputs` has the same
+    """What position t writes per row (`scan_outputs` reads them; `_idle_outputs` has the same
     keys and shapes): token, log-probs, alive/EOS flags and the optional outputs."""
     lp, tlp, gen = tk.lp, tk.tlp, tk.gen
     ys = {"tok": tk.out, "lp": jnp.where(gen, lp, 0.0), "alive": tk.alive, "eos": tk.is_eos}
-    if not st.greedy:  # greedy's tempered log-prob is lp and its processed one 0 (_outputs)
+    if not st.greedy:  # greedy's tempered log-prob is lp and its processed one 0 (scan_outputs)
         ys |= {"tlp": jnp.where(gen, tlp, 0.0), "plp": jnp.where(gen, plp, 0.0)}
     if ok is not None:
         ys["cmass"] = jnp.where(gen, con.allowed_logmass(logits, ok), 0.0)
@@ -328,7 +328,7 @@ def _sample_program(
     idle = _idle_outputs(r, constraint is not None, st)
     xs = (jnp.arange(t_max), jnp.repeat(prompts, n, axis=0).T)  # [T], [T, R]
     state, ys = run_loop(step, state, xs, finished=lambda s: jnp.all(s.ended), idle=idle, loop=loop)
-    return _outputs(ys, state.ended, prompt_lengths, n, include_stop)
+    return scan_outputs(ys, state.ended, prompt_lengths, n, include_stop)
 
 
 def _cut_stops(ys: dict) -> dict:
@@ -343,7 +343,7 @@ def _cut_stops(ys: dict) -> dict:
     return ys | {"tok": jnp.where(cut, PAD_ID, ys["tok"]), "alive": ys["alive"] & ~cut}
 
 
-def _outputs(
+def scan_outputs(
     ys: dict, ended: jax.Array, prompt_lengths: jax.Array, n: int, include_stop: bool = False
 ) -> DecodeOutput:
     """The DecodeOutput of the per-step outputs ys ([T, R] each) and the final `ended` [R].

@@ -12,6 +12,7 @@ from seqgen.models.protocol import (
     count_params,
     make_init_carry_fn,
     make_step_fn,
+    provides_hidden,
 )
 from seqgen.models.registry import (
     CELL_CHOICES,
@@ -20,6 +21,7 @@ from seqgen.models.registry import (
     check_model,
     decode_carry_bytes,
     estimate_params,
+    has_hidden,
     model_identity,
     model_spec,
     register_model,
@@ -41,10 +43,12 @@ __all__ = [
     "count_params",
     "decode_carry_bytes",
     "estimate_params",
+    "has_hidden",
     "make_init_carry_fn",
     "make_step_fn",
     "model_identity",
     "model_spec",
+    "provides_hidden",
     "register_model",
     "training_bytes",
     "unregister_model",

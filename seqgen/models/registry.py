@@ -22,7 +22,7 @@ from flax import nnx
 
 from seqgen.errors import UserError
 from seqgen.models import lm, transformer
-from seqgen.models.protocol import ModelSpec, count_params
+from seqgen.models.protocol import ModelSpec, count_params, provides_hidden
 
 MODELS: dict[str, ModelSpec] = {
     "rnn": lm.rnn_spec("rnn"),
@@ -147,6 +147,14 @@ def _over_layers(model_cfg: Any, vocab_size: int, measure: Callable[[Any], int])
         return at(None)
     one, two = at(1), at(2)
     return one + (layers - 1) * (two - one)
+
+
+def has_hidden(model_cfg: Any) -> bool:
+    """Whether the configured model provides the protocol's optional hidden state (built
+    abstractly, no arrays; the oracle has none)."""
+    if str(_get(model_cfg, "cell")) == ORACLE:
+        return False
+    return provides_hidden(nnx.eval_shape(lambda: build_model(model_cfg, 8, 0)))
 
 
 def training_bytes(model_cfg: Any, seq_len: int, rows: int, vocab_size: int) -> int:
