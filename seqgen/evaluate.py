@@ -93,7 +93,7 @@ def evaluate_decoders(
         if done is None:  # every process decodes its rows; process 0 has them all and scores
             continue
         gen, result, records = done
-        if registry.spec(dec).mode_search:
+        if registry.searches_mode(dec):
             beams.append((len(results), gen))
         if registry.spec(dec).finds_mode:  # exact search: the mode each beam is held to
             exact_mode = (gen.sequence_logprobs(), gen.proven)

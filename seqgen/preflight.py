@@ -367,12 +367,14 @@ def check_decode_memory(cfg: Any, vocab_size: int, num_prompts: int) -> None:
 
 def check_corpus(cfg: Any, corpus: Any) -> None:
     """Every decoder of the run against the vocabulary, and the splits: before the prompts."""
+    from seqgen.decoding.forced import check_config as check_force
     from seqgen.decoding.steering import resolve
 
     check_vocabulary(cfg, corpus)
     check_decoders(cfg, len(corpus.vocab))
     for _, dec in run_decoders(cfg):
-        resolve(dec, corpus.vocab)  # a steering text's symbol missing from the vocabulary
+        # a steering text's symbol missing from the vocabulary; a forced phrase too long
+        check_force(dec, resolve(dec, corpus.vocab), int(cfg.decode.max_len))
     check_splits(corpus)
 
 

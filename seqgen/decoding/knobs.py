@@ -197,6 +197,7 @@ KNOBS: dict[str, Knob] = {
             False,
             doc="beam: only EOS at the last position, so every hypothesis ends (fairseq)",
         ),
+        _steer("force", list, "beam: phrases every hypothesis contains; [a, b] = a or b", False),
         _i("num_groups", 1, 1, doc="diverse beam: groups, dividing beam_size"),
         _f("diversity_penalty", 0.0, 0.0, hi_open=True, doc="diverse beam: Hamming lambda"),
         _off("top_n_sigma", 0.0, 0.0, hi_open=True, doc="0 = off (Tang et al. 2024)"),

@@ -19,7 +19,6 @@ from typing import Any
 
 from seqgen.decoding import processor_table as table
 from seqgen.decoding import steering
-from seqgen.decoding.beam import launch as launch_beam
 from seqgen.decoding.beam import launch_diverse
 from seqgen.decoding.common import (
     DEFAULTS,
@@ -34,6 +33,7 @@ from seqgen.decoding.common import (
 from seqgen.decoding.contrastive import launch as launch_contrastive
 from seqgen.decoding.exact import launch as launch_exact
 from seqgen.decoding.exact import state_bytes as exact_state_bytes
+from seqgen.decoding.forced import launch as launch_beam
 from seqgen.decoding.knobs import DEFAULT_NAME, KNOBS, NESTED_FIELDS, Knob, add_knob
 from seqgen.decoding.loop import resolve_loop
 from seqgen.decoding.mbr import launch as launch_mbr
@@ -180,16 +180,21 @@ _STOP = ("stop", "include_stop")  # the sampling loop's end condition (`steering
 
 
 def _beam_row(
-    fn: Launch, own_knobs: tuple[str, ...], labels: tuple[str, ...], **facts: Any
+    fn: Launch,
+    own_knobs: tuple[str, ...],
+    labels: tuple[str, ...],
+    last: tuple[str, ...] = (),
+    **facts: Any,
 ) -> DecoderSpec:
     """A beam search's row: its n-best of `beam_size` hypotheses, deterministic, a mode search
-    scored by its length penalty, named by `labels` and the toolkit conventions it follows."""
+    scored by its length penalty, named by `labels`, the toolkit conventions it follows and
+    `last`."""
     return DecoderSpec(
         fn,
         own_knobs,
         "beam_size",
         True,
-        labels + _CONVENTIONS,
+        labels + _CONVENTIONS + last,
         label_always=("beam_size",),
         keyed=False,
         mode_search=True,
@@ -214,10 +219,12 @@ SPECS: dict[str, DecoderSpec] = {
         launch_sample, (*_STOP, "order"), None, False, processors=table.STAGES, logprobs=True
     ),
     # beam names a row by no_repeat_ngram_size too, although its program does not read it
+    # beam with `force` is lexically constrained beam search (`forced.py`)
     "beam": _beam_row(
         launch_beam,
-        _BEAM,
+        (*_BEAM, "force"),
         ("beam_size", "length_penalty", "alpha", "no_repeat_ngram_size", "min_length"),
+        last=("force",),
     ),
     "stochastic_beam": DecoderSpec(
         launch_stochastic_beam,
@@ -302,9 +309,21 @@ def validate_decoder(dec: Any, where: str = "decoder", vocab_size: int | None = 
     row = spec(dec, where)
     validate_knobs(dec, vocab_size, where)
     table.check_order(get(dec, "order"), f"{where}.order")
-    steering.check_unread(row.knobs, lambda k: get(dec, k), get(dec, "name"), where)
+    steering.check_unread(row.knobs, lambda k: get(dec, k), get(dec, "name"), where, readers)
     if row.check is not None:
         row.check(lambda k: get(dec, k), where)
+
+
+def searches_mode(dec: Any) -> bool:
+    """Decoder `dec` approximates the model's mode, so `search/beam_error` holds it to exact
+    search's: a `mode_search` row without forced words (a forced beam searches only the
+    sequences that contain its phrases, whose best is below the mode by design)."""
+    return spec(dec).mode_search and not get(dec, "force")
+
+
+def readers(knob: str) -> list[str]:
+    """The decoders whose program reads `knob`."""
+    return [n for n, s in SPECS.items() if knob in s.knobs]
 
 
 def check_constraint(dec: Any, where: str = "decoder") -> None:
@@ -345,7 +364,7 @@ def run(name: str, req: DecodeRequest) -> DecodeOutput:
     resolve_loop(req.loop)  # an unknown loop is a UserError before any work
     validate_knobs(req.cfg, req.vocab_size)
     table.check_order(get(req.cfg, "order"), "decoder.order")
-    steering.check_unread(row.knobs, lambda k: get(req.cfg, k), name)
+    steering.check_unread(row.knobs, lambda k: get(req.cfg, k), name, readers=readers)
     check_logprobs(req, name, row.logprobs)
     if row.check is not None:
         row.check(lambda k: get(req.cfg, k), "decoder")
