@@ -258,8 +258,8 @@ def _exact_program(
     max_expansions: int,
     per_step: int,
 ) -> DecodeOutput:
+    s_num = pool_size(max_expansions, per_step)
     b, t_max, v, k = prompt_lengths.shape[0], max_len, vocab_size, per_step
-    s_num = pool_size(max_expansions, k)
     plen = prompt_lengths
     ninf = -jnp.inf
 
