@@ -182,8 +182,9 @@ class Model:
         check_decode_memory(cfg, len(corpus.vocab), len(pr.prompts))  # the carries a call holds
         t0 = time.time()
         steered = resolve_steering(dec, corpus.vocab)  # texts as the vocabulary's ids, as a run
+        key = decoder_key(seed, 0)
         out = decode_all(
-            cfg.decode, steered, self.loaded, pr.prompts, decoder_key(seed, 0), pr.constraint
+            cfg.decode, steered, self.loaded, pr.prompts, key, pr.constraint, pr.unconditional
         )
         settings = metric_settings(cfg.metrics, int(cfg.seed), corpus, pr)
         # what evaluate_decoders adds for the sampler's kept sets (oracle/trunc_*)

@@ -228,6 +228,8 @@ KNOBS: dict[str, Knob] = {
         Knob("candidates", dict, {}, doc="mbr: the hypotheses' decoder knobs ({} = ancestral)"),
         Knob("references", dict, {}, doc="mbr: the pseudo-references' decoder knobs"),
         Knob("utility", str, "chrf", choices=("chrf", "bleu", "edit"), doc="mbr"),
+        # the decoders whose row says `guidance` read it (`guidance.py`, `registry.run`)
+        _off("guidance_scale", 1.0, 0.0, hi_open=True, doc="CFG gamma, 1 = off (Sanchez+ 2023)"),
     )
 }
 

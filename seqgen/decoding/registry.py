@@ -17,8 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from seqgen.decoding import guidance, steering
 from seqgen.decoding import processor_table as table
-from seqgen.decoding import steering
 from seqgen.decoding.beam import launch_diverse
 from seqgen.decoding.common import (
     DEFAULTS,
@@ -82,6 +82,8 @@ class DecoderSpec:
     one_per_prompt: with prompts, the metrics keep its best row only (stochastic beam's K
                  samples without replacement are one prompt's set), so every decoder and the
                  human row have one continuation per prompt.
+    guidance:    it takes `decoder.guidance_scale` (classifier-free guidance, `guidance.py`):
+                 `run` hands its program the guided step function in place of the model's.
     mode_search: it approximates the mode, so `search/beam_error` counts how often exact search
                  finds a better sequence. `finds_mode`: its result is that exact mode.
     check:       `check(get, where)`: the rules between its knobs; one `UserError` line.
@@ -111,11 +113,13 @@ class DecoderSpec:
     # it reads the step's hidden state (`common.hidden_step`): refused for a model without
     # one, and its carry takes one step past max_len (`carry_len`)
     hidden: bool = False
+    guidance: bool = False
 
     @property
     def knobs(self) -> tuple[str, ...]:
         """Every knob its program reads (the processors' read when asked: a user may add some)."""
-        return tuple(dict.fromkeys((*table.stage_knobs(self.processors), *self.own_knobs)))
+        own = (*self.own_knobs, guidance.KNOB) if self.guidance else self.own_knobs
+        return tuple(dict.fromkeys((*table.stage_knobs(self.processors), *own)))
 
     @property
     def static(self) -> tuple[str, ...]:
@@ -127,7 +131,9 @@ class DecoderSpec:
 
     @property
     def labels(self) -> tuple[str, ...]:
-        return self.knobs if self.label_knobs is None else self.label_knobs
+        if self.label_knobs is None:
+            return self.knobs
+        return (*self.label_knobs, guidance.KNOB) if self.guidance else self.label_knobs
 
 
 def _check_stochastic_beam(get_: Get, where: str) -> None:
@@ -214,9 +220,16 @@ SPECS: dict[str, DecoderSpec] = {
         keyed=False,
         mode_search=True,
         logprobs=True,
+        guidance=True,
     ),
     "sample": DecoderSpec(
-        launch_sample, (*_STOP, "order"), None, False, processors=table.STAGES, logprobs=True
+        launch_sample,
+        (*_STOP, "order"),
+        None,
+        False,
+        processors=table.STAGES,
+        logprobs=True,
+        guidance=True,
     ),
     # beam names a row by no_repeat_ngram_size too, although its program does not read it
     # beam with `force` is lexically constrained beam search (`forced.py`)
@@ -225,6 +238,7 @@ SPECS: dict[str, DecoderSpec] = {
         (*_BEAM, "force"),
         ("beam_size", "length_penalty", "alpha", "no_repeat_ngram_size", "min_length"),
         last=("force",),
+        guidance=True,
     ),
     "stochastic_beam": DecoderSpec(
         launch_stochastic_beam,
@@ -234,6 +248,7 @@ SPECS: dict[str, DecoderSpec] = {
         label_always=("beam_size",),
         one_per_prompt=True,
         check=_check_stochastic_beam,
+        guidance=True,
         score_unit=lambda get_: "mean perturbed log-prob G (nats per sequence)",
     ),
     "diverse_beam": _beam_row(
@@ -241,6 +256,7 @@ SPECS: dict[str, DecoderSpec] = {
         (*_BEAM, "num_groups", "diversity_penalty"),
         ("beam_size", "num_groups", "diversity_penalty", "length_penalty", "min_length"),
         check=_check_groups,
+        guidance=True,
     ),
     # exact names a row by min_length too, although its search does not read it
     "exact": DecoderSpec(
@@ -310,6 +326,7 @@ def validate_decoder(dec: Any, where: str = "decoder", vocab_size: int | None = 
     validate_knobs(dec, vocab_size, where)
     table.check_order(get(dec, "order"), f"{where}.order")
     steering.check_unread(row.knobs, lambda k: get(dec, k), get(dec, "name"), where, readers)
+    check_guidance(dec, where)
     if row.check is not None:
         row.check(lambda k: get(dec, k), where)
 
@@ -324,6 +341,18 @@ def searches_mode(dec: Any) -> bool:
 def readers(knob: str) -> list[str]:
     """The decoders whose program reads `knob`."""
     return [n for n, s in SPECS.items() if knob in s.knobs]
+
+
+def check_guidance(dec: Any, where: str = "decoder", name: str | None = None) -> None:
+    """Refuse `guidance_scale != 1` for a decoder (`name`, else `dec`'s) whose row does not
+    take guidance, in one line."""
+    name = get(dec, "name") if name is None else name
+    if guidance.on(dec) and not SPECS[name].guidance:
+        ok = ", ".join(n for n, s in SPECS.items() if s.guidance)
+        raise UserError(
+            f"{where}.guidance_scale={get(dec, guidance.KNOB)} is not supported by decoder "
+            f"{name}; allowed: {ok} (or guidance_scale=1)"
+        )
 
 
 def check_constraint(dec: Any, where: str = "decoder") -> None:
@@ -366,12 +395,16 @@ def run(name: str, req: DecodeRequest) -> DecodeOutput:
     table.check_order(get(req.cfg, "order"), "decoder.order")
     steering.check_unread(row.knobs, lambda k: get(req.cfg, k), name, readers=readers)
     check_logprobs(req, name, row.logprobs)
+    check_guidance(req.cfg, name=name)
     if row.check is not None:
         row.check(lambda k: get(req.cfg, k), "decoder")
     if req.constraint is not None:
         check_constraint({"name": name})
     num_samples = req.num_samples if row.rows is None else 1
-    return row.fn(req, prepare(req, num_samples=num_samples, keyed=row.keyed))
+    prep = prepare(req, num_samples=num_samples, keyed=row.keyed)
+    if guidance.on(req.cfg):  # the program runs the guided step function (`guidance.guide`)
+        req = guidance.guide(req, prep)
+    return row.fn(req, prep)
 
 
 def carry_len(dec: Any, max_len: int) -> int:
