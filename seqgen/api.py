@@ -232,7 +232,7 @@ class Model:
                 f"score: {len(texts)} texts, {len(prompts)} prompts and {len(ends)} ended "
                 "flags; allowed: one prompt and one flag per text (or none)"
             )
-        conts, pids = [self._ids(t) for t in texts], [self._ids(p) for p in prompts]
+        conts, pids = [self._ids(t, "text") for t in texts], [self._ids(p) for p in prompts]
         lps, eos = score_sequences(self.loaded, pids, conts, [bool(e) for e in ends])
         eos = np.asarray(eos, np.float64)
         total = np.array([lp.astype(np.float64).sum() for lp in lps]) + eos
@@ -241,9 +241,10 @@ class Model:
             ppl = np.exp(-total / n)
         return ScoreOutput(conts, list(lps), eos, total, n, ppl)
 
-    def _ids(self, text: str | Any) -> np.ndarray:
+    def _ids(self, text: str | Any, what: str = "prompt") -> np.ndarray:
         if isinstance(text, str):
-            return np.asarray(self.vocab.encode(text, unknown=self.config.data.unknown), np.int32)
+            unknown = self.config.data.unknown
+            return np.asarray(self.vocab.encode(text, unknown=unknown, what=what), np.int32)
         return np.asarray(text, np.int32).reshape(-1)
 
 
