@@ -170,7 +170,7 @@ class Model:
             sample_records,
         )
         from seqgen.evaluate import metric_settings
-        from seqgen.preflight import check_decode_budget, check_decoders
+        from seqgen.preflight import check_decode_budget, check_decode_memory, check_decoders
         from seqgen.prompts import prepare_prompts
         from seqgen.scoring import step_logits
 
@@ -179,6 +179,7 @@ class Model:
         check_decoders(cfg, len(corpus.vocab))  # the knobs bounded by the vocabulary
         pr = prepare_prompts(cfg.decode, corpus, cfg.get("constraint"), cfg.data.unknown)
         check_decode_budget(cfg, len(pr.prompts))  # rows x max_len within budget and memory
+        check_decode_memory(cfg, len(corpus.vocab), len(pr.prompts))  # the carries a call holds
         t0 = time.time()
         steered = resolve_steering(dec, corpus.vocab)  # texts as the vocabulary's ids, as a run
         key = decoder_key(seed, 0)

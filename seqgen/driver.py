@@ -48,6 +48,11 @@ OUTPUT_FIELDS = (
 )
 
 
+def prompts_per_call(decode_cfg: Any, n_out: int) -> int:
+    """The prompts one compiled call decodes: `decode.batch_size` rows, `n_out` per prompt."""
+    return max(1, int(decode_cfg.batch_size) // max(1, n_out))
+
+
 def decode_chunks(
     decode_cfg: Any,
     dec: Any,
@@ -76,7 +81,7 @@ def decode_chunks(
     max_len = int(decode_cfg.max_len)
     carry_len = registry.carry_len(dec, max_len)
     n_out = registry.rows_per_prompt(dec, int(decode_cfg.num_samples))
-    per_call = max(1, int(decode_cfg.batch_size) // max(1, n_out))
+    per_call = prompts_per_call(decode_cfg, n_out)
     n_chunks = -(-len(prompts) // per_call)
     label = decoder_label(dec)
     log.info("decoding %s: %d rows on %s", label, len(prompts) * n_out, describe_devices(mesh))

@@ -76,8 +76,6 @@ def evaluate_decoders(
     exact_mode = None
     common = metric_settings(metrics_cfg, seed, corpus, pr)
     for i, dec in enumerate(decoders):
-        label = decoder_label(dec)
-        t0 = time.time()
         key = decoder_key(seed, i)
         if _study_rows(decode_cfg, dec, len(pr.prompts)) > int(decode_cfg.stream_rows):
             _warn_study_metrics(decode_cfg, dec, corpus, reference, pr.constraint)
@@ -89,39 +87,18 @@ def evaluate_decoders(
                 if on_result is not None:
                     on_result(result, [])
             continue
-        with still_running(f"decoding {label}"):  # a compile or one long chunk: not silent
-            steered = resolve_steering(dec, corpus.vocab)  # texts as the vocabulary's ids
-            out = decode_all(
-                decode_cfg, steered, model, pr.prompts, key, pr.constraint, pr.unconditional
-            )
-        t_dec = time.time() - t0
-        if not is_lead():  # every process decodes its rows; process 0 has them all and scores
+        done = _evaluate_one(decode_cfg, dec, key, corpus, model, pr, common, reference)
+        if done is None:  # every process decodes its rows; process 0 has them all and scores
             continue
-        fields = {
-            "decode_s": t_dec,
-            "prompts_left_out": pr.left_out,
-            "decoder": dec,  # with step_logits: the sampler's kept sets (oracle/trunc_*)
-            "step_logits": functools.partial(step_logits, model),
-            **registry.metric_inputs(dec, out),
-        }
-        fields["label"] = label
-        gen, rec, texts = generations(decode_cfg, dec, corpus, pr.prompts, out, **fields, **common)
-        gen = _reference_scores(reference, gen)
+        gen, result, records = done
         if registry.searches_mode(dec):
             beams.append((len(results), gen))
         if registry.spec(dec).finds_mode:  # exact search: the mode each beam is held to
             exact_mode = (gen.sequence_logprobs(), gen.proven)
-        log.info("decoded %-28s %5d sequences in %.1f s", label, gen.num_sequences, t_dec)
-        t0 = time.time()
-        metrics = compute(gen)
-        log.info(
-            "metrics %-28s %5d sequences in %.1f s", label, gen.num_sequences, time.time() - t0
-        )
-        results.append({"decoder": {**to_dict(dec), "label": label}, "metrics": metrics})
-        first = len(samples)
-        samples += sample_records(label, gen, rec, texts, corpus.vocab)
+        results.append(result)
+        samples += records
         if on_result is not None:
-            on_result(results[-1], samples[first:])
+            on_result(result, records)
     if not is_lead():
         return [], []
     if exact_mode is not None:  # rows that compare decoders; write_outputs rewrites the file
@@ -135,6 +112,46 @@ def evaluate_decoders(
     if on_result is not None:
         on_result(results[-1], [])
     return results, samples
+
+
+def _evaluate_one(
+    decode_cfg: Any,
+    dec: Any,
+    key: Any,
+    corpus: Any,
+    model: Any,
+    pr: Prompts,
+    common: dict[str, Any],
+    reference: Any,
+) -> tuple[Generations, dict[str, Any], list[dict[str, Any]]] | None:
+    """Decode every prompt with one decoder and compute its metrics: (its generations, its
+    result, its samples); None on a process other than 0, which only decodes its rows."""
+    label = decoder_label(dec)
+    t0 = time.time()
+    with still_running(f"decoding {label}"):  # a compile or one long chunk: not silent
+        steered = resolve_steering(dec, corpus.vocab)  # texts as the vocabulary's ids
+        out = decode_all(
+            decode_cfg, steered, model, pr.prompts, key, pr.constraint, pr.unconditional
+        )
+    t_dec = time.time() - t0
+    if not is_lead():
+        return None
+    fields = {
+        "decode_s": t_dec,
+        "prompts_left_out": pr.left_out,
+        "decoder": dec,  # with step_logits: the sampler's kept sets (oracle/trunc_*)
+        "step_logits": functools.partial(step_logits, model),
+        **registry.metric_inputs(dec, out),
+    }
+    fields["label"] = label
+    gen, rec, texts = generations(decode_cfg, dec, corpus, pr.prompts, out, **fields, **common)
+    gen = _reference_scores(reference, gen)
+    log.info("decoded %-28s %5d sequences in %.1f s", label, gen.num_sequences, t_dec)
+    t0 = time.time()
+    metrics = compute(gen)
+    log.info("metrics %-28s %5d sequences in %.1f s", label, gen.num_sequences, time.time() - t0)
+    result = {"decoder": {**to_dict(dec), "label": label}, "metrics": metrics}
+    return gen, result, sample_records(label, gen, rec, texts, corpus.vocab)
 
 
 TRACKER_SAMPLES = 2000  # the samples a study keeps in memory, for the tracker's table

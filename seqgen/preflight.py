@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from seqgen.decoding.registry import rows_per_prompt, validate_decoder
+from seqgen.decoding.registry import carry_len, rows_per_prompt, state_bytes, validate_decoder
 from seqgen.errors import UserError
 from seqgen.paths import cache_root, model_folder, regular_file
 from seqgen.plugins import import_plugins
@@ -327,6 +327,45 @@ def check_decode_budget(cfg: Any, num_prompts: int) -> None:
             )
 
 
+def check_decode_memory(cfg: Any, vocab_size: int, num_prompts: int) -> None:
+    """Each decoder's device state for one compiled call (`decode.batch_size` rows, split over
+    the devices with `decode.shard`) within the memory available: the carries it holds, each
+    the model's `init_carry` for the decoder's `carry_len` steps (a Transformer's KV cache
+    grows with decode.max_len; exact search holds a pool of 1 + max_expansions +
+    expansions_per_step per prompt)."""
+    import jax
+
+    from seqgen.driver import decoder_label, prompts_per_call
+    from seqgen.models import decode_carry_bytes
+    from seqgen.models.registry import ORACLE
+
+    if cfg.model.cell == ORACLE:  # not a network: no carry to size
+        return
+    have, where_mem = available_memory()
+    if have is None:
+        return
+    max_len, num_samples = int(cfg.decode.max_len), int(cfg.decode.num_samples)
+    carries: dict[int, int] = {}  # steps -> bytes of a row's carry
+    devices = jax.device_count() if cfg.decode.get("shard") else 1
+    for where, dec in run_decoders(cfg):
+        steps = carry_len(dec, max_len)
+        if steps not in carries:
+            carries[steps] = decode_carry_bytes(cfg.model, vocab_size, steps)
+        carry = carries[steps]
+        n_out = rows_per_prompt(dec, num_samples)
+        per_call = min(num_prompts, prompts_per_call(cfg.decode, n_out))
+        prompts = max(1, math.ceil(per_call / devices))
+        need = state_bytes(dec, carry, prompts, vocab_size, num_samples)
+        if need > have:
+            raise UserError(
+                f"{where} ({decoder_label(dec)}) would hold {_gib(need)} per call ({prompts} "
+                f"prompt(s), {carry:,} bytes of model.cell={cfg.model.cell} carry per row for "
+                f"{steps} steps, decode.max_len={max_len}), more than the {_gib(have)} of "
+                f"{where_mem} available; lower decode.batch_size, decode.max_len or the "
+                "decoder's size (beam_size, num_samples, top_k, max_expansions)"
+            )
+
+
 def check_corpus(cfg: Any, corpus: Any) -> None:
     """Every decoder of the run against the vocabulary, and the splits: before the prompts."""
     from seqgen.decoding.forced import check_config as check_force
@@ -354,9 +393,10 @@ def check_run(cfg: Any, corpus: Any) -> None:
 
 def check_budgets(cfg: Any, vocab_size: int, num_prompts: int) -> None:
     """The decode outputs of the run's `num_prompts` prompts (built once by the pipeline,
-    `prompts.prepare_prompts`, which also checks their symbols and lengths) and the training
-    memory, before training or loading a model."""
+    `prompts.prepare_prompts`, which also checks their symbols and lengths), the decoders'
+    device state and the training memory, before training or loading a model."""
     check_decode_budget(cfg, num_prompts)
+    check_decode_memory(cfg, vocab_size, num_prompts)
     check_training_memory(cfg, vocab_size)
 
 

@@ -70,6 +70,27 @@ def to_numpy(out):
     return jax.tree.map(np.asarray, out)
 
 
+def markov_beam(table, max_len: int, prompts=None, plens=None, **knobs):
+    """Beam search over a Markov table of logits [V, V] (`markov_step`), one row per prompt
+    (one from BOS without prompts), with the decoder knobs `knobs`; numpy outputs."""
+    from types import SimpleNamespace
+
+    from seqgen.decoding import DecodeRequest, beam
+
+    b = 1 if prompts is None else len(prompts)
+    req = DecodeRequest(
+        markov_step,
+        jnp.asarray(table, jnp.float32),
+        jnp.zeros(b),
+        prompts,
+        plens,
+        max_len=max_len,
+        vocab_size=np.shape(table)[-1],
+        cfg=SimpleNamespace(**knobs),
+    )
+    return to_numpy(beam(req))
+
+
 def lstm_carry(batch: int, hidden: int = 16):
     return (jnp.zeros((batch, hidden)), jnp.zeros((batch, hidden)))
 

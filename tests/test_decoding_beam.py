@@ -22,6 +22,7 @@ from tests.helpers_decoding import (
     PROMPTS,
     brute_force_logprob,
     log_softmax64,
+    markov_beam,
     markov_step,
     markov_table,
     to_numpy,
@@ -71,20 +72,10 @@ def test_beam_n_best_equals_brute_force(length_penalty):
     plens = np.array([2, 1, 0], np.int32)
     cut_above_fin = 0
     for min_length in (0, 2):
-        cfg = NS(beam_size=32, length_penalty=length_penalty, alpha=alpha, min_length=min_length)
-        out = beam(
-            DecodeRequest(
-                markov_step,
-                jnp.asarray(table),
-                jnp.zeros(3),
-                prompts,
-                plens,
-                max_len=max_len,
-                vocab_size=v,
-                cfg=cfg,
-            )
+        knobs = dict(
+            beam_size=32, length_penalty=length_penalty, alpha=alpha, min_length=min_length
         )
-        out = to_numpy(out)
+        out = markov_beam(table, max_len, prompts, plens, **knobs)
         for i, plen in enumerate(plens):
             cands = brute_force(
                 lp, prompts[i, :plen].tolist(), max_len, length_penalty, alpha, min_length
@@ -145,21 +136,8 @@ def test_beam_stopping_rule_is_exact(length_penalty):
     lp = log_softmax64(table)
     prompts, plens = np.array([[4, 5, 6], [6, 0, 0], [0, 0, 0]], np.int32), PROMPT_LENGTHS
     for min_length in (0, 2):
-        cfg = NS(beam_size=3, length_penalty=length_penalty, alpha=alpha, min_length=min_length)
-        out = to_numpy(
-            beam(
-                DecodeRequest(
-                    markov_step,
-                    jnp.asarray(table),
-                    jnp.zeros(3),
-                    prompts,
-                    plens,
-                    max_len=max_len,
-                    vocab_size=v,
-                    cfg=cfg,
-                )
-            )
-        )
+        knobs = dict(beam_size=3, length_penalty=length_penalty, alpha=alpha, min_length=min_length)
+        out = markov_beam(table, max_len, prompts, plens, **knobs)
         for i, plen in enumerate(plens):
             prompt = prompts[i, :plen].tolist()
             want = reference_beam(lp, prompt, max_len, 3, length_penalty, alpha, min_length)
@@ -176,14 +154,7 @@ def test_beam_cut_hypothesis_outranks_finished_under_average():
         row[tok] = np.log(q)
     table = np.tile(row, (6, 1)).astype(np.float32)
     table[5] = np.log([1e-9, 1e-9, 0.5, 1e-9, 0.25, 0.25])  # irrelevant to the top 2
-    cfg = NS(beam_size=2, length_penalty="average")
-    out = to_numpy(
-        beam(
-            DecodeRequest(
-                markov_step, jnp.asarray(table), jnp.zeros(1), max_len=6, vocab_size=6, cfg=cfg
-            )
-        )
-    )
+    out = markov_beam(table, 6, beam_size=2, length_penalty="average")
     lp4, lpe = np.log(0.9), np.log(0.06)
     np.testing.assert_array_equal(out.ended[0], [False, True])
     np.testing.assert_array_equal(out.lengths[0], [6, 5])
@@ -205,14 +176,7 @@ def test_beam_admits_every_eos_candidate_among_2k():
     hypothesis; the runner-up is 5 5 5 cut at max_len (-1.855), then 5 EOS (-2.136).
     The ranked-below-K rule returned 5 5 5 (-1.855) and 5 5 4 (-2.655)."""
     row = np.array([-np.inf, -np.inf, -1.0, -np.inf, -0.9, -0.1], np.float32)
-    table = jnp.asarray(np.tile(row, (6, 1)))
-    out = to_numpy(
-        beam(
-            DecodeRequest(
-                markov_step, table, jnp.zeros(1), max_len=3, vocab_size=6, cfg=NS(beam_size=2)
-            )
-        )
-    )
+    out = markov_beam(np.tile(row, (6, 1)), 3, beam_size=2)
     lse = np.log(np.exp(-1.0) + np.exp(-0.9) + np.exp(-0.1))
     np.testing.assert_allclose(lse, 0.5184, atol=1e-4)
     eos, five = -1.0 - lse, -0.1 - lse
@@ -254,15 +218,7 @@ def test_beam_finds_dpfsa_mode():
 def test_beam_stops_exactly_and_freezes():
     """With K=2, a row whose pool is full and cannot be beaten stops: its output equals that of
     a longer max_len run (the remaining steps were no-ops)."""
-    table = jnp.asarray(markov_table(7, 11))
-    outs = [
-        beam(
-            DecodeRequest(
-                markov_step, table, jnp.zeros(1), max_len=m, vocab_size=7, cfg=NS(beam_size=2)
-            )
-        )
-        for m in (20, 40)
-    ]
+    outs = [markov_beam(markov_table(7, 11), m, beam_size=2) for m in (20, 40)]
     assert outs[0].ended.all()
     np.testing.assert_array_equal(outs[0].tokens, outs[1].tokens[..., :20])
     np.testing.assert_allclose(outs[0].scores, outs[1].scores)

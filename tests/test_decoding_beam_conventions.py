@@ -4,48 +4,13 @@ combination against a plain-Python beam search that follows the conventions' def
 
 from __future__ import annotations
 
-from types import SimpleNamespace as NS
-
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from seqgen.decoding import DecodeRequest, beam
 from seqgen.tokens import EOS_ID, PAD_ID
+from tests.helpers_decoding import log_softmax64, markov_beam
 
 V = 6  # PAD, BOS, EOS, UNK, 4, 5
-
-
-def markov_step(params, carry, tokens):
-    """Next-token logits depend only on the previous token: params [V, V]."""
-    return carry, params[tokens]
-
-
-def run(table, max_len: int, prompts=None, plens=None, **knobs):
-    """Beam search over the Markov table; numpy outputs."""
-    b = 1 if prompts is None else len(prompts)
-    out = beam(
-        DecodeRequest(
-            markov_step,
-            jnp.asarray(table, jnp.float32),
-            jnp.zeros(b),
-            prompts,
-            plens,
-            max_len=max_len,
-            vocab_size=V,
-            cfg=NS(**knobs),
-        )
-    )
-    return NS(**{k: np.asarray(v) for k, v in vars(out).items() if v is not None})
-
-
-def log_softmax64(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float64)
-    return (
-        x
-        - np.log(np.sum(np.exp(x - x.max(-1, keepdims=True)), -1, keepdims=True))
-        - x.max(-1, keepdims=True)
-    )
 
 
 def rows(probs: dict[int, dict[int, float]]) -> np.ndarray:
@@ -70,11 +35,11 @@ def test_eos_rule_top_k_drops_an_eos_ranked_at_k():
     and fairseq's rule leaves it out; at step 1 `5 EOS` ranks 3 (after 55 and the tie 54/45):
     out too. Nothing finishes, and the two best cut hypotheses are 5 5 5 and 5 5 4 (the lower
     index wins the 554/545 tie). seqgen's default (t5x) returns [EOS] first."""
-    out = run(T5X, 3, beam_size=2, eos_rule="top_k")
+    out = markov_beam(T5X, 3, beam_size=2, eos_rule="top_k")
     np.testing.assert_allclose(out.scores[0], [3 * FIVE, 2 * FIVE + FOUR], rtol=1e-6)
     assert out.tokens[0].tolist() == [[5, 5, 5], [5, 5, 4]]
     np.testing.assert_array_equal(out.ended[0], [False, False])
-    default = run(T5X, 3, beam_size=2)
+    default = markov_beam(T5X, 3, beam_size=2)
     np.testing.assert_allclose(default.scores[0], [EOS_LP, 3 * FIVE], rtol=1e-6)
 
 
@@ -83,12 +48,12 @@ def test_force_eos_at_max_len_ends_every_hypothesis():
     holds [EOS] (-1.518) and [5 EOS] (-2.137, admitted at step 1 as the 4th of 2K = 4), which
     beat the forced 5 5 EOS (-2.755): the cut 5 5 5 of the default is gone. With the top-K EOS
     rule as well (fairseq), only the forced endings enter: 5 5 EOS and 5 4 EOS (-3.555)."""
-    out = run(T5X, 3, beam_size=2, force_eos_at_max_len=True)
+    out = markov_beam(T5X, 3, beam_size=2, force_eos_at_max_len=True)
     np.testing.assert_allclose(out.scores[0], [EOS_LP, FIVE + EOS_LP], rtol=1e-6)
     assert out.tokens[0].tolist() == [[EOS_ID, PAD_ID, PAD_ID], [5, EOS_ID, PAD_ID]]
     np.testing.assert_array_equal(out.ended[0], [True, True])
     np.testing.assert_array_equal(out.lengths[0], [0, 1])
-    both = run(T5X, 3, beam_size=2, force_eos_at_max_len=True, eos_rule="top_k")
+    both = markov_beam(T5X, 3, beam_size=2, force_eos_at_max_len=True, eos_rule="top_k")
     np.testing.assert_allclose(both.scores[0], [2 * FIVE + EOS_LP, FIVE + FOUR + EOS_LP], rtol=1e-6)
     assert both.tokens[0].tolist() == [[5, 5, EOS_ID], [5, 4, EOS_ID]]
     np.testing.assert_array_equal(both.lengths[0], [2, 2])
@@ -102,11 +67,11 @@ def test_finalize_finished_first_puts_every_finished_hypothesis_first():
     p = {EOS_ID: 0.06, 4: 0.9, 5: 0.04}
     table = rows({prev: p for prev in range(V)})
     lp4, lpe = np.log(0.9), np.log(0.06)
-    out = run(table, 6, beam_size=2, length_penalty="average", finalize="finished_first")
+    out = markov_beam(table, 6, beam_size=2, length_penalty="average", finalize="finished_first")
     np.testing.assert_allclose(out.scores[0], [(5 * lp4 + lpe) / 6, (4 * lp4 + lpe) / 5], rtol=1e-5)
     assert out.tokens[0].tolist() == [[4] * 5 + [EOS_ID], [4] * 4 + [EOS_ID, PAD_ID]]
     np.testing.assert_array_equal(out.ended[0], [True, True])
-    default = run(table, 6, beam_size=2, length_penalty="average")
+    default = markov_beam(table, 6, beam_size=2, length_penalty="average")
     np.testing.assert_array_equal(default.ended[0], [False, True])
 
 
@@ -116,10 +81,10 @@ def test_early_stop_k_finished_returns_the_first_k_finished():
     sees the live 4 (log 0.7 = -0.357) can still win and returns 4 EOS (log 0.693 = -0.367)."""
     table = rows({1: {EOS_ID: 0.3, 4: 0.7}, 4: {EOS_ID: 0.99, 4: 0.01}, 5: {EOS_ID: 1.0}})
     lp = log_softmax64(table)
-    out = run(table, 4, beam_size=1, early_stop="k_finished")
+    out = markov_beam(table, 4, beam_size=1, early_stop="k_finished")
     np.testing.assert_allclose(out.scores[0], [lp[1, EOS_ID]], rtol=1e-5)
     assert out.tokens[0].tolist() == [[EOS_ID, PAD_ID, PAD_ID, PAD_ID]]
-    exact = run(table, 4, beam_size=1)
+    exact = markov_beam(table, 4, beam_size=1)
     np.testing.assert_allclose(exact.scores[0], [lp[1, 4] + lp[4, EOS_ID]], rtol=1e-5)
     assert exact.tokens[0, 0, :2].tolist() == [4, EOS_ID]
 
@@ -196,7 +161,7 @@ def test_conventions_match_their_definition(conv):
     prompts = np.array([[4, 5, 4], [5, 0, 0], [0, 0, 0]], np.int32)
     plens = np.array([3, 1, 0], np.int32)
     for length_penalty, alpha in (("none", 0.0), ("power", 1.3)):
-        out = run(
+        out = markov_beam(
             table, 8, prompts, plens, beam_size=3, length_penalty=length_penalty, alpha=alpha,
             **conv,
         )  # fmt: skip

@@ -262,3 +262,61 @@ def test_long_decodes_show_progress_per_chunk(caplog):
         "1/2 (2 of 4 prompts)",
         "2/2 (4 of 4 prompts)",
     ]
+
+
+def _transformer(*overrides: str):
+    """TINY with a 2-layer Transformer of 2 heads of size 8 (d_model 16)."""
+    model = ["model=transformer", "model.hidden_size=16", "model.num_heads=2", "model.context=64"]
+    return compose([*TINY, *model, "model.num_layers=2", *overrides])
+
+
+def _kv_bytes(t: int) -> int:
+    """A row's KV cache for t steps: k and v [layers=2, t, heads=2, head_dim=8] float32, and
+    its int32 position."""
+    return 2 * 2 * t * 2 * 8 * 4 + 4
+
+
+def test_the_decode_memory_estimate_counts_the_transformers_kv_cache():
+    from seqgen.decoding.registry import state_bytes
+    from seqgen.models import decode_carry_bytes
+
+    v, cfg = 10, _transformer()
+    for t in (8, 16, 64):
+        assert decode_carry_bytes(cfg.model, v, t) == _kv_bytes(t)
+    lstm = compose(TINY).model  # (c, h) of 16 units per row, whatever the budget
+    assert decode_carry_bytes(lstm, v, 8) == decode_carry_bytes(lstm, v, 64) == 2 * 16 * 4
+
+    def exact(t: int, max_expansions: int, prompts: int = 3) -> int:
+        dec = {"name": "exact", "max_expansions": max_expansions, "expansions_per_step": 4}
+        return state_bytes(dec, decode_carry_bytes(cfg.model, v, t), prompts, v, 1)
+
+    # a pool of 1 + max_expansions + expansions_per_step slots per prompt, each with its KV
+    # cache, its children sorted (a float32 log-prob and an int32 token per vocabulary entry)
+    # and six 4-byte fields
+    slot = lambda t: _kv_bytes(t) + v * (4 + 4) + 6 * 4  # noqa: E731
+    assert exact(16, 100) == 3 * (1 + 100 + 4) * slot(16)
+    assert exact(64, 100) - exact(16, 100) == 3 * 105 * (_kv_bytes(64) - _kv_bytes(16))
+    assert exact(16, 150) - exact(16, 100) == 3 * 50 * slot(16)
+    assert exact(16, 100, prompts=6) == 2 * exact(16, 100)
+
+
+def test_an_exact_search_beyond_memory_is_refused_before_training(
+    no_training, tmp_path, monkeypatch
+):
+    import seqgen.preflight
+    from seqgen.experiment import run_experiment
+
+    monkeypatch.setattr(seqgen.preflight, "available_memory", lambda: (2**30, "test memory"))
+    # 1 + 10^6 + 16 slots of about 4 kB each: 4 GiB for a single prompt
+    cfg = _transformer("decoder=exact", "decoder.max_expansions=1000000")
+    with pytest.raises(UserError) as err:
+        run_experiment(cfg, out_dir=tmp_path / "run")
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert msg.startswith("decoder (exact(") and "decode.max_len=16" in msg
+    assert "more than the 1.0 GiB of test memory" in msg
+    assert _no_model_cached(no_training)
+    # a pool that fits passes: 64 prompts x 105 slots x 4 kB
+    seqgen.preflight.check_decode_memory(
+        _transformer("decoder=exact", "decoder.max_expansions=100"), 10, 64
+    )

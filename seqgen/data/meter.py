@@ -65,6 +65,7 @@ PLAIN, HALF, THREE_HALF = 0, 1, 2
 TRIP = (3, 4, 5)  # 1, 2, 3 notes left
 AFTER0 = 6  # AFTER0 + i: after a note of BROKEN_UNITS[i]
 NUM_MODES = AFTER0 + len(BROKEN_UNITS)
+OPEN_MODES = (PLAIN, *range(AFTER0, NUM_MODES))  # nothing pending
 
 
 def duration(num: str, slashes: str, den: str) -> Fraction | None:
@@ -148,13 +149,30 @@ def meter_constraint(symbols: Sequence[str], prompts: Sequence[Sequence[int]]) -
     combos = header_combos(symbols, prompts)
     if not combos:
         raise UserError("constraint=meter needs prompts with a header; allowed: M:, L:, K: ...")
+    fulls, combo_index = _bar_lengths(combos)
     v = len(symbols)
     m_toks = [i for i in range(NUM_SPECIAL, v) if symbols[i].startswith("M:")]
     l_toks = [i for i in range(NUM_SPECIAL, v) if symbols[i].startswith("L:")]
-    m_val = {i: meter_value(symbols[i]) for i in m_toks}
-    l_val = {i: length_value(symbols[i]) for i in l_toks}
-    # one body automaton per bar length in grid ticks: durations are in L units, so pairs with
-    # the same bar length in L units (6/8 with L:1/8, 3/4 with L:1/8) share it
+    lay = _Layout(len(m_toks), len(l_toks), fulls)
+    table = np.full((lay.n_states, v), -1, np.int64)
+    accept = np.zeros(lay.n_states, bool)
+    _header_moves(table, lay, symbols, m_toks, l_toks, combo_index)
+    kinds = [_duration_of(symbols[t]) if t >= NUM_SPECIAL else ("", None) for t in range(v)]
+    for c in range(len(fulls)):
+        bar = _Bar(table, lay, c)
+        for free in (0, 1):
+            for mode in OPEN_MODES:
+                accept[bar.id(free, mode, bar.pos)] = True
+        for tok in range(NUM_SPECIAL, v):
+            for free in (0, 1):
+                _token_moves(bar, tok, symbols[tok], kinds[tok], free)
+    return make_constraint(table, accept, lay.head(-1, -1))
+
+
+def _bar_lengths(combos: list[tuple]) -> tuple[list[int], dict[tuple, int]]:
+    """The distinct bar lengths in grid ticks, and each (meter, length) pair's index into
+    them: durations are in L units, so pairs with the same bar length in L units (6/8 with
+    L:1/8, 3/4 with L:1/8) share one body automaton."""
     fulls: list[int] = []
     combo_index = {}
     for meter, length in combos:
@@ -164,114 +182,139 @@ def meter_constraint(symbols: Sequence[str], prompts: Sequence[Sequence[int]]) -
         if int(full) not in fulls:
             fulls.append(int(full))
         combo_index[(meter, length)] = fulls.index(int(full))
-    # header states: (mi, li) with -1 = not yet seen
-    n_head = (len(m_toks) + 1) * (len(l_toks) + 1)
+    return fulls, combo_index
 
-    def head_id(mi: int, li: int) -> int:
-        return (mi + 1) * (len(l_toks) + 1) + (li + 1)
 
-    offsets = np.cumsum([n_head] + [2 * NUM_MODES * (f + 1) for f in fulls])
-    n_states = int(offsets[-1])
-    table = np.full((n_states, v), -1, np.int64)
-    accept = np.zeros(n_states, bool)
+class _Layout:
+    """The state numbering: the header states (mi, li) first (-1 = not yet seen), then one
+    block of body states (free, mode, pos) per bar length."""
 
-    def body_id(c: int, free: int, mode: int, pos: np.ndarray) -> np.ndarray:
-        return offsets[c] + (free * NUM_MODES + mode) * (fulls[c] + 1) + pos
+    def __init__(self, n_m: int, n_l: int, fulls: list[int]) -> None:
+        self.n_l, self.fulls = n_l, fulls
+        n_head = (n_m + 1) * (n_l + 1)
+        self.offsets = np.cumsum([n_head] + [2 * NUM_MODES * (f + 1) for f in fulls])
+        self.n_states = int(self.offsets[-1])
 
+    def head(self, mi: int, li: int) -> int:
+        return (mi + 1) * (self.n_l + 1) + (li + 1)
+
+    def body(self, c: int, free: int, mode: int, pos: np.ndarray) -> np.ndarray:
+        return self.offsets[c] + (free * NUM_MODES + mode) * (self.fulls[c] + 1) + pos
+
+
+def _header_moves(
+    table: np.ndarray,
+    lay: _Layout,
+    symbols: Sequence[str],
+    m_toks: list[int],
+    l_toks: list[int],
+    combo_index: dict[tuple, int],
+) -> None:
+    """The header: each of `M:` and `L:` once, in either order; `K:` after `M:` enters the
+    body automaton of the header's bar length (a pair no prompt has stays a dead end)."""
+    m_val = {i: meter_value(symbols[i]) for i in m_toks}
+    l_val = {i: length_value(symbols[i]) for i in l_toks}
     for mi in range(-1, len(m_toks)):
         for li in range(-1, len(l_toks)):
-            s = head_id(mi, li)
+            s = lay.head(mi, li)
             if mi < 0:
                 for j, tok in enumerate(m_toks):
                     if m_val[tok] is not None:
-                        table[s, tok] = head_id(j, li)
+                        table[s, tok] = lay.head(j, li)
             if li < 0:
                 for j, tok in enumerate(l_toks):
                     if l_val[tok] is not None:
-                        table[s, tok] = head_id(mi, j)
+                        table[s, tok] = lay.head(mi, j)
             if mi >= 0:
                 meter = m_val[m_toks[mi]]
                 length = l_val[l_toks[li]] if li >= 0 else default_length(meter)
                 c = combo_index.get((meter, length))
                 if c is not None:
-                    for tok in range(NUM_SPECIAL, v):
+                    for tok in range(NUM_SPECIAL, len(symbols)):
                         if symbols[tok].startswith("K:"):
-                            table[s, tok] = body_id(c, 1, PLAIN, np.array(0))
+                            table[s, tok] = lay.body(c, 1, PLAIN, np.array(0))
 
-    kinds = [_duration_of(symbols[t]) if t >= NUM_SPECIAL else ("", None) for t in range(v)]
-    open_modes = (PLAIN, *range(AFTER0, NUM_MODES))  # nothing pending
-    for c, full in enumerate(fulls):
-        pos = np.arange(full + 1)
-        for free in (0, 1):
-            for mode in open_modes:
-                accept[body_id(c, free, mode, pos)] = True
 
-        def put(
-            src_free: int, src_mode: int, tok: int, dst: np.ndarray, ok: np.ndarray, c: int = c
-        ) -> None:
-            rows = body_id(c, src_free, src_mode, np.arange(fulls[c] + 1))
-            table[rows[ok], tok] = dst[ok]
+class _Bar:
+    """The body automaton of one bar length: writes its moves into the shared table."""
 
-        def move(free: int, mode: int, tok: int, ticks: int, dst_mode: int, c: int = c) -> None:
-            # a duration of `ticks` from every position where it still fits in the bar
-            new = np.arange(fulls[c] + 1) + ticks
-            dst = body_id(c, free, dst_mode, np.minimum(new, fulls[c]))
-            put(free, mode, tok, dst, new <= fulls[c])
+    def __init__(self, table: np.ndarray, lay: _Layout, c: int) -> None:
+        self.table, self.lay, self.c = table, lay, c
+        self.full = lay.fulls[c]
+        self.pos = np.arange(self.full + 1)
 
-        for tok in range(NUM_SPECIAL, v):
-            sym = symbols[tok]
-            kind, units = kinds[tok]
-            for free in (0, 1):
-                if kind and units is not None:
-                    d = units * TICKS
-                    broken_i = (
-                        BROKEN_UNITS.index(units)
-                        if kind == "note" and units in BROKEN_UNITS
-                        else -1
-                    )
-                    if d.denominator == 1 and d > 0:
-                        dst_mode = AFTER0 + broken_i if broken_i >= 0 else PLAIN
-                        for mode in open_modes:
-                            move(free, mode, tok, int(d), dst_mode)
-                    for mode, factor in ((HALF, Fraction(1, 2)), (THREE_HALF, Fraction(3, 2))):
-                        d2 = units * factor * TICKS
-                        if kind == "note" and d2.denominator == 1:
-                            move(free, mode, tok, int(d2), PLAIN)
-                    d3 = units * Fraction(2, 3) * TICKS
-                    if d3.denominator == 1 and d3 > 0:
-                        for left, mode in enumerate(TRIP, start=1):
-                            move(free, mode, tok, int(d3), TRIP[left - 2] if left > 1 else PLAIN)
-                elif sym in (">", "<"):
-                    for i, u in enumerate(BROKEN_UNITS):
-                        half = u * TICKS / 2
-                        if half.denominator != 1:
-                            continue
-                        if sym == ">":
-                            new, dst_mode = pos + int(half), HALF
-                        else:
-                            new, dst_mode = pos - int(half), THREE_HALF
-                        ok = (new <= full) & (new >= 0)
-                        put(
-                            free,
-                            AFTER0 + i,
-                            tok,
-                            body_id(c, free, dst_mode, np.clip(new, 0, full)),
-                            ok,
-                        )
-                elif sym == "(3":
-                    for mode in open_modes:
-                        put(free, mode, tok, body_id(c, free, TRIP[2], pos), pos < full)
-                elif sym == "|":
-                    ok = (pos > 0) & ((pos == full) | bool(free))
-                    for mode in open_modes:
-                        put(free, mode, tok, body_id(c, 0, PLAIN, 0 * pos), ok)
-                elif _SECTION_RE.match(sym):
-                    ok = (pos > 0) | bool(free)
-                    for mode in open_modes:
-                        put(free, mode, tok, body_id(c, 1, PLAIN, 0 * pos), ok)
-                elif _ZERO_RE.match(sym):
-                    for mode in open_modes:
-                        put(free, mode, tok, body_id(c, free, PLAIN, pos), pos >= 0)
-                    for mode in TRIP:
-                        put(free, mode, tok, body_id(c, free, mode, pos), pos >= 0)
-    return make_constraint(table, accept, head_id(-1, -1))
+    def id(self, free: int, mode: int, pos: np.ndarray) -> np.ndarray:
+        return self.lay.body(self.c, free, mode, pos)
+
+    def put(self, src_free: int, src_mode: int, tok: int, dst: np.ndarray, ok: np.ndarray) -> None:
+        """`tok` from state (src_free, src_mode, pos) goes to dst[pos], where ok[pos]."""
+        rows = self.id(src_free, src_mode, self.pos)
+        self.table[rows[ok], tok] = dst[ok]
+
+    def move(self, free: int, mode: int, tok: int, ticks: int, dst_mode: int) -> None:
+        """A duration of `ticks` from every position where it still fits in the bar."""
+        new = self.pos + ticks
+        dst = self.id(free, dst_mode, np.minimum(new, self.full))
+        self.put(free, mode, tok, dst, new <= self.full)
+
+
+def _token_moves(bar: _Bar, tok: int, sym: str, kind: tuple, free: int) -> None:
+    """Every move of token `tok` (symbol `sym`, `_duration_of` kind) from the states with this
+    `free` flag (the rules of the module docstring)."""
+    pos, full = bar.pos, bar.full
+    if kind[0] and kind[1] is not None:
+        _duration_moves(bar, tok, kind[0], kind[1], free)
+    elif sym in (">", "<"):
+        _broken_moves(bar, tok, sym, free)
+    elif sym == "(3":
+        for mode in OPEN_MODES:
+            bar.put(free, mode, tok, bar.id(free, TRIP[2], pos), pos < full)
+    elif sym == "|":
+        ok = (pos > 0) & ((pos == full) | bool(free))
+        for mode in OPEN_MODES:
+            bar.put(free, mode, tok, bar.id(0, PLAIN, 0 * pos), ok)
+    elif _SECTION_RE.match(sym):
+        ok = (pos > 0) | bool(free)
+        for mode in OPEN_MODES:
+            bar.put(free, mode, tok, bar.id(1, PLAIN, 0 * pos), ok)
+    elif _ZERO_RE.match(sym):
+        for mode in OPEN_MODES:
+            bar.put(free, mode, tok, bar.id(free, PLAIN, pos), pos >= 0)
+        for mode in TRIP:
+            bar.put(free, mode, tok, bar.id(free, mode, pos), pos >= 0)
+
+
+def _duration_moves(bar: _Bar, tok: int, kind: str, units: Fraction, free: int) -> None:
+    """A note, rest or chord of `units` L units: plainly (a note of a `BROKEN_UNITS` length
+    may then take a broken rhythm), halved or dotted after `>` / `<` (notes only), and at 2/3
+    inside a triplet."""
+    d = units * TICKS
+    broken_i = BROKEN_UNITS.index(units) if kind == "note" and units in BROKEN_UNITS else -1
+    if d.denominator == 1 and d > 0:
+        dst_mode = AFTER0 + broken_i if broken_i >= 0 else PLAIN
+        for mode in OPEN_MODES:
+            bar.move(free, mode, tok, int(d), dst_mode)
+    for mode, factor in ((HALF, Fraction(1, 2)), (THREE_HALF, Fraction(3, 2))):
+        d2 = units * factor * TICKS
+        if kind == "note" and d2.denominator == 1:
+            bar.move(free, mode, tok, int(d2), PLAIN)
+    d3 = units * Fraction(2, 3) * TICKS
+    if d3.denominator == 1 and d3 > 0:
+        for left, mode in enumerate(TRIP, start=1):
+            bar.move(free, mode, tok, int(d3), TRIP[left - 2] if left > 1 else PLAIN)
+
+
+def _broken_moves(bar: _Bar, tok: int, sym: str, free: int) -> None:
+    """`>` dots the note of duration u just played (+ u/2) and halves the next; `<` halves it
+    (- u/2) and dots the next: only after a note of a `BROKEN_UNITS` length."""
+    pos, full = bar.pos, bar.full
+    for i, u in enumerate(BROKEN_UNITS):
+        half = u * TICKS / 2
+        if half.denominator != 1:
+            continue
+        if sym == ">":
+            new, dst_mode = pos + int(half), HALF
+        else:
+            new, dst_mode = pos - int(half), THREE_HALF
+        ok = (new <= full) & (new >= 0)
+        bar.put(free, AFTER0 + i, tok, bar.id(free, dst_mode, np.clip(new, 0, full)), ok)

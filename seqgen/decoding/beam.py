@@ -40,6 +40,7 @@ processors do not apply (tempered/processed log-probs equal the model's).
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -56,11 +57,12 @@ from seqgen.decoding.common import (
     gather_rows,
     get,
     length_norm,
+    program_args,
+    program_options,
     repeat_rows,
     take_along,
-    traced_knobs,
 )
-from seqgen.decoding.loop import resolve_loop, run_loop
+from seqgen.decoding.loop import run_loop
 from seqgen.parallel import row_parallel
 from seqgen.tokens import BOS_ID, EOS_ID, PAD_ID
 
@@ -292,6 +294,80 @@ def _init_state(
     )
 
 
+def _groups(x: jax.Array, g_num: int) -> jax.Array:
+    """[B, K, ...] -> [B, G, Kg, ...]: slot k of a prompt is beam k % Kg of group k // Kg."""
+    b, k = x.shape[:2]
+    return x.reshape(b, g_num, k // g_num, *x.shape[2:])
+
+
+def _stopped(
+    fin: Finished,  # [B, G, Kg] each, the pools after this step
+    live: jax.Array,  # [B, G, Kg] the new live sums
+    lmax: jax.Array,  # [B] most generated tokens a hypothesis can have
+    length_penalty: str,
+    alpha: jax.Array,
+    early_stop: str,
+) -> jax.Array:
+    """[B, G] the group's stopping rule fires: `exact`, no live hypothesis can beat the worst
+    of a full pool (the module docstring's bound); `k_finished` (fairseq), the pool is full."""
+    worst = jnp.min(fin.score, axis=-1)  # [B, G] -inf until the pool is full
+    if early_stop == "k_finished":
+        return jnp.isfinite(worst)
+    bound = length_norm(jnp.max(live, axis=-1), lmax[:, None], length_penalty, alpha)
+    return bound <= worst
+
+
+def _next_state(
+    state: BeamState,
+    carry: Any,  # the step function's carry after this step, rows in the old slots' order
+    fin: Finished,  # [B, G, Kg] each, the pools before this step
+    fresh_fin: Finished,  # ... and after it
+    picked: tuple[jax.Array, ...],  # `_update_live`'s (live, parent, tok, lp), [B, G, Kg] each
+    stop: jax.Array,  # [B, G] the stopping rule fired at this step
+    forced: jax.Array,  # [B]
+    cm: jax.Array,  # [B, K] log allowed mass of each live beam
+    constraint: con.Constraint | None,
+) -> tuple[BeamState, dict[str, jax.Array]]:
+    """The state after this step, and its back-pointers ys ({tok, parent, lp[, cm]}, [B, K]):
+    a group done before this step keeps everything (its slots point to themselves), the others
+    take their new live beams, whose carries are gathered from their parents' rows."""
+    b, k = state.last.shape
+    g_num = state.done.shape[1]
+    live, parent, tok, lp = picked
+    done = state.done | stop  # [B, G]
+    frozen = state.done[..., None]  # [B, G, 1] a done group keeps everything
+    keep = lambda old, new: jnp.where(frozen, old, new).reshape(b, k)  # noqa: E731
+    own = _groups(jnp.broadcast_to(jnp.arange(k), (b, k)), g_num)
+    parent = keep(own, parent)
+    last = keep(_groups(state.last, g_num), tok)
+    ys = {"tok": last, "parent": parent, "lp": keep(0.0, lp)}
+    cstate = None
+    if constraint is not None:
+        frozen_k = jnp.repeat(state.done, k // g_num, axis=1)  # [B, K]
+        nxt = con.advance(constraint, take_along(state.cstate, parent), last)
+        cstate = jnp.where(frozen_k, state.cstate, nxt)
+        ys["cm"] = jnp.where(forced[:, None] | frozen_k, 0.0, take_along(cm, parent))
+    rows = (jnp.arange(b)[:, None] * k + parent).reshape(-1)  # [B * K]
+    new = BeamState(
+        carry=gather_rows(carry, rows),
+        last=last,
+        live=keep(_groups(state.live, g_num), live),
+        fin=jax.tree.map(keep, fin, fresh_fin),
+        done=done,
+        cstate=cstate,
+    )
+    return new, ys
+
+
+def _idle_outputs(b: int, k: int, has_cm: bool) -> dict[str, jax.Array]:
+    """The back-pointers of a step that changes nothing: every slot points to itself."""
+    return {
+        "tok": jnp.full((b, k), PAD_ID, jnp.int32),
+        "parent": jnp.broadcast_to(jnp.arange(k, dtype=jnp.int32), (b, k)),
+        "lp": jnp.zeros((b, k), jnp.float32),
+    } | ({"cm": jnp.zeros((b, k), jnp.float32)} if has_cm else {})
+
+
 @row_parallel(
     static_argnames=(
         "step_fn",
@@ -322,12 +398,11 @@ def _beam_program(
     conventions: Conventions = SEQGEN,
 ) -> DecodeOutput:
     b, k, g_num, t_max = prompt_lengths.shape[0], beam_size, num_groups, max_len
-    kg = k // g_num  # beams per group
     alpha = knobs["alpha"]
     diversity = knobs["diversity_penalty"] if g_num > 1 else None
     plen = prompt_lengths
     lmax = t_max - plen  # [B] most generated tokens (incl. EOS) a hypothesis can have
-    groups = lambda x: x.reshape(b, g_num, kg, *x.shape[2:])  # noqa: E731  [B, K] -> [B, G, Kg]
+    groups = functools.partial(_groups, g_num=g_num)  # [B, K, ...] -> [B, G, Kg, ...]
     has_cm = constraint is not None
     state = _init_state(init_carry, b, k, g_num, constraint)
 
@@ -348,49 +423,14 @@ def _beam_program(
             t, gen_len, length_penalty, alpha, conventions.eos_rule,
         )  # fmt: skip
         live, parent, tok, lp = _update_live(c, logp, forced)
-        worst = jnp.min(fresh_fin.score, axis=-1)  # [B, G] -inf until the pool is full
-        if conventions.early_stop == "k_finished":  # fairseq: K finished, whatever is live
-            stop = jnp.isfinite(worst)
-        else:
-            bound = length_norm(jnp.max(live, axis=-1), lmax[:, None], length_penalty, alpha)
-            stop = bound <= worst
-        done = state.done | stop  # [B, G]
-        frozen = state.done[..., None]  # [B, G, 1] a done group keeps everything
-        keep = lambda old, new: jnp.where(frozen, old, new).reshape(b, k)  # noqa: E731
-        own = groups(jnp.broadcast_to(jnp.arange(k), (b, k)))
-        parent = keep(own, parent)
-        last = keep(groups(state.last), tok)
-        ys = {"tok": last, "parent": parent, "lp": keep(0.0, lp)}
-        cstate = None
-        if has_cm:
-            frozen_k = jnp.repeat(state.done, kg, axis=1)  # [B, K]
-            nxt = con.advance(constraint, take_along(state.cstate, parent), last)
-            cstate = jnp.where(frozen_k, state.cstate, nxt)
-            ys["cm"] = jnp.where(forced[:, None] | frozen_k, 0.0, take_along(cm, parent))
-        rows = (jnp.arange(b)[:, None] * k + parent).reshape(-1)  # [B * K]
-        new = BeamState(
-            carry=gather_rows(carry, rows),
-            last=last,
-            live=keep(groups(state.live), live),
-            fin=jax.tree.map(keep, fin, fresh_fin),
-            done=done,
-            cstate=cstate,
+        stop = _stopped(fresh_fin, live, lmax, length_penalty, alpha, conventions.early_stop)
+        return _next_state(
+            state, carry, fin, fresh_fin, (live, parent, tok, lp), stop, forced, cm, constraint
         )
-        return new, ys
 
-    idle = {
-        "tok": jnp.full((b, k), PAD_ID, jnp.int32),
-        "parent": jnp.broadcast_to(jnp.arange(k, dtype=jnp.int32), (b, k)),
-        "lp": jnp.zeros((b, k), jnp.float32),
-    } | ({"cm": jnp.zeros((b, k), jnp.float32)} if has_cm else {})
-    state, ys = run_loop(
-        step,
-        state,
-        (jnp.arange(t_max), prompts.T),
-        finished=lambda s: jnp.all(s.done),
-        idle=idle,
-        loop=loop,
-    )
+    idle = _idle_outputs(b, k, has_cm)
+    xs = (jnp.arange(t_max), prompts.T)  # [T], [T, B]
+    state, ys = run_loop(step, state, xs, finished=lambda s: jnp.all(s.done), idle=idle, loop=loop)
     return _n_best(
         state, ys, prompt_lengths, t_max, g_num, length_penalty, alpha, conventions.finalize
     )
@@ -465,19 +505,11 @@ def launch(req: DecodeRequest, prep: Prepared, *, diverse: bool = False) -> Deco
     """Run the beam program for a validated request (`num_groups` groups when `diverse`;
     plain beam ignores the knob, as it ignores every diverse-beam knob)."""
     return _beam_program(
-        req.params,
-        req.init_carry,
-        prep.prompts,
-        prep.prompt_lengths,
-        traced_knobs(req.cfg),
-        req.constraint,
-        step_fn=req.step_fn,
-        max_len=req.max_len,
-        vocab_size=req.vocab_size,
+        *program_args(req, prep, keyed=False),
+        **program_options(req),
         beam_size=int(get(req.cfg, "beam_size")),
         num_groups=int(get(req.cfg, "num_groups")) if diverse else 1,
         length_penalty=str(get(req.cfg, "length_penalty")),
-        loop=resolve_loop(req.loop),
         conventions=Conventions(
             *(type(d)(get(req.cfg, f)) for f, d in Conventions._field_defaults.items())
         ),

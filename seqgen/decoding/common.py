@@ -181,6 +181,28 @@ class Prepared:
     batch: int
 
 
+def program_args(req: DecodeRequest, prep: Prepared, *, keyed: bool) -> tuple:
+    """The leading arguments of a scan decoder's program, in the order each takes them (by
+    the names `parallel.ROW_ARGS` splits over devices): params, init_carry, prompts,
+    prompt_lengths, then (`keyed`) prompt_ids and key, then the traced knobs and the
+    constraint."""
+    keys = (prep.prompt_ids, prep.key) if keyed else ()
+    head = (req.params, req.init_carry, prep.prompts, prep.prompt_lengths)
+    return (*head, *keys, traced_knobs(req.cfg), req.constraint)
+
+
+def program_options(req: DecodeRequest) -> dict[str, Any]:
+    """The static arguments every scan decoder's program takes from the request as it is."""
+    from seqgen.decoding.loop import resolve_loop
+
+    return {
+        "step_fn": req.step_fn,
+        "max_len": req.max_len,
+        "vocab_size": req.vocab_size,
+        "loop": resolve_loop(req.loop),
+    }
+
+
 def _fail(msg: str) -> None:
     raise UserError(msg)
 

@@ -29,6 +29,7 @@ prefixes are among the first K unexpanded children of each slot. The loop is a
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -68,6 +69,24 @@ class ExactState:
     expansions: jax.Array  # [B] int32 step-function calls spent
     done: jax.Array  # [B] bool the row stopped
     iters: jax.Array  # int32 loop iterations
+
+
+def pool_size(max_expansions: int, per_step: int) -> int:
+    """S, the pool's slots per row: the root, one per expansion, and one batch of headroom."""
+    return 1 + max_expansions + per_step
+
+
+# Per slot, besides its carry: the sorted children (f32 log-prob and int32 token per vocabulary
+# entry) and the [B, S] fields score, pos, parent, tok, lp, ptr (4 bytes each).
+_CHILD_BYTES, _SLOT_FIELD_BYTES = 4 + 4, 6 * 4
+
+
+def state_bytes(get_: Callable[[str], Any], carry_row_bytes: int, rows: int, vocab: int) -> int:
+    """A lower estimate of the search's device memory for `rows` prompts per call: S slots per
+    prompt (`pool_size`), each with a carry (`carry_row_bytes`; a Transformer's KV cache grows
+    with max_len), its children sorted ([V] f32 and int32) and its [B, S] fields."""
+    slots = pool_size(int(get_("max_expansions")), int(get_("expansions_per_step")))
+    return rows * slots * (carry_row_bytes + _CHILD_BYTES * vocab + _SLOT_FIELD_BYTES)
 
 
 def _rows(b: int, s: int, idx: jax.Array) -> jax.Array:
@@ -239,8 +258,8 @@ def _exact_program(
     max_expansions: int,
     per_step: int,
 ) -> DecodeOutput:
+    s_num = pool_size(max_expansions, per_step)
     b, t_max, v, k = prompt_lengths.shape[0], max_len, vocab_size, per_step
-    s_num = 1 + max_expansions + k
     plen = prompt_lengths
     ninf = -jnp.inf
 

@@ -32,6 +32,7 @@ from seqgen.decoding.common import (
 )
 from seqgen.decoding.contrastive import launch as launch_contrastive
 from seqgen.decoding.exact import launch as launch_exact
+from seqgen.decoding.exact import state_bytes as exact_state_bytes
 from seqgen.decoding.forced import launch as launch_beam
 from seqgen.decoding.knobs import DEFAULT_NAME, KNOBS, NESTED_FIELDS, Knob, add_knob
 from seqgen.decoding.loop import resolve_loop
@@ -183,6 +184,31 @@ _BEAM = ("beam_size", "length_penalty", "alpha", "min_length", *_CONVENTIONS)
 
 _STOP = ("stop", "include_stop")  # the sampling loop's end condition (`steering`)
 
+
+def _beam_row(
+    fn: Launch,
+    own_knobs: tuple[str, ...],
+    labels: tuple[str, ...],
+    last: tuple[str, ...] = (),
+    **facts: Any,
+) -> DecoderSpec:
+    """A beam search's row: its n-best of `beam_size` hypotheses, deterministic, a mode search
+    scored by its length penalty, named by `labels`, the toolkit conventions it follows and
+    `last`."""
+    return DecoderSpec(
+        fn,
+        own_knobs,
+        "beam_size",
+        True,
+        labels + _CONVENTIONS + last,
+        label_always=("beam_size",),
+        keyed=False,
+        mode_search=True,
+        score_unit=_length_penalty_unit,
+        **facts,
+    )
+
+
 SPECS: dict[str, DecoderSpec] = {
     "greedy": DecoderSpec(
         launch_greedy,
@@ -207,18 +233,11 @@ SPECS: dict[str, DecoderSpec] = {
     ),
     # beam names a row by no_repeat_ngram_size too, although its program does not read it
     # beam with `force` is lexically constrained beam search (`forced.py`)
-    "beam": DecoderSpec(
+    "beam": _beam_row(
         launch_beam,
         (*_BEAM, "force"),
-        "beam_size",
-        True,
-        ("beam_size", "length_penalty", "alpha", "no_repeat_ngram_size", "min_length")
-        + _CONVENTIONS
-        + ("force",),
-        label_always=("beam_size",),
-        keyed=False,
-        mode_search=True,
-        score_unit=_length_penalty_unit,
+        ("beam_size", "length_penalty", "alpha", "no_repeat_ngram_size", "min_length"),
+        last=("force",),
         guidance=True,
     ),
     "stochastic_beam": DecoderSpec(
@@ -232,18 +251,11 @@ SPECS: dict[str, DecoderSpec] = {
         guidance=True,
         score_unit=lambda get_: "mean perturbed log-prob G (nats per sequence)",
     ),
-    "diverse_beam": DecoderSpec(
+    "diverse_beam": _beam_row(
         launch_diverse,
         (*_BEAM, "num_groups", "diversity_penalty"),
-        "beam_size",
-        True,
-        ("beam_size", "num_groups", "diversity_penalty", "length_penalty", "min_length")
-        + _CONVENTIONS,
-        label_always=("beam_size",),
-        keyed=False,
-        mode_search=True,
+        ("beam_size", "num_groups", "diversity_penalty", "length_penalty", "min_length"),
         check=_check_groups,
-        score_unit=_length_penalty_unit,
         guidance=True,
     ),
     # exact names a row by min_length too, although its search does not read it
@@ -412,6 +424,27 @@ def rows_per_prompt(dec: Any, num_samples: int) -> int:
     if rows is None:
         return int(num_samples)
     return int(get(dec, rows)) if isinstance(rows, str) else rows
+
+
+# Decoders whose program holds more than one carry per output row, by name:
+# `state_bytes(get, carry_row_bytes, prompts, vocab_size)`: exact search's pool of S slots,
+# contrastive search's row and its top_k candidates fed at once.
+_STATE_BYTES: dict[str, Callable[[Get, int, int, int], int]] = {
+    "exact": exact_state_bytes,
+    "contrastive": lambda get_, carry, prompts, v: prompts * (1 + int(get_("top_k"))) * carry,
+}
+
+
+def state_bytes(
+    dec: Any, carry_row_bytes: int, prompts: int, vocab_size: int, num_samples: int
+) -> int:
+    """A lower estimate of decoder `dec`'s device memory for `prompts` prompts per call: the
+    carries it holds (`carry_row_bytes` each, for `carry_len` steps), one per row it returns
+    (`rows_per_prompt`), or as many as its program holds at once (`_STATE_BYTES`)."""
+    name = get(dec, "name")
+    if name in _STATE_BYTES:
+        return _STATE_BYTES[name](lambda k: get(dec, k), carry_row_bytes, prompts, vocab_size)
+    return prompts * rows_per_prompt(dec, num_samples) * carry_row_bytes
 
 
 def kept_per_prompt(dec: Any, n: int, prompted: bool) -> int:

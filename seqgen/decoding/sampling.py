@@ -9,7 +9,7 @@ its scores stop changing; when every row has ended the remaining steps change no
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -27,11 +27,12 @@ from seqgen.decoding.common import (
     get,
     gumbel_noise,
     key_words,
+    program_args,
+    program_options,
     repeat_rows,
     row_keys,
-    traced_knobs,
 )
-from seqgen.decoding.loop import resolve_loop, run_loop
+from seqgen.decoding.loop import run_loop
 from seqgen.parallel import row_parallel
 from seqgen.tokens import BOS_ID, EOS_ID, PAD_ID
 
@@ -115,6 +116,157 @@ def _update_own(
     return own
 
 
+class _Static(NamedTuple):
+    """The program's static options the step's helpers read."""
+
+    vocab_size: int
+    flags: table.ProcessorFlags
+    greedy: bool
+    stops: tuple[tuple[int, ...], ...]
+    logprobs: int
+    logprobs_mode: str
+    prompt_logprobs: bool
+
+
+class _Token(NamedTuple):
+    """What position t's token means for each row, [R] each."""
+
+    tok: jax.Array  # int32 the token fed back (the prompt token where forced)
+    lp: jax.Array  # f32 its log-prob under the model
+    tlp: jax.Array  # f32 ... under the tempered model
+    out: jax.Array  # int32 the token written (PAD once the row has ended)
+    forced: jax.Array  # bool a prompt position
+    is_eos: jax.Array  # bool a generated EOS (the row ends here)
+    alive: jax.Array  # bool counts towards the length
+    gen: jax.Array  # bool a generated token (EOS included)
+
+
+def _init_state(
+    init_carry: Any,
+    r: int,
+    n: int,
+    t_max: int,
+    knobs: dict[str, jax.Array],
+    constraint: con.Constraint | None,
+    st: _Static,
+) -> SampleState:
+    """Every row before BOS: nothing counted, no history, each stateful row's initial state."""
+    flags = st.flags
+    return SampleState(
+        carry=repeat_rows(init_carry, n),
+        last=jnp.full((r,), BOS_ID, jnp.int32),
+        ended=jnp.zeros((r,), bool),
+        counts=jnp.zeros((r, st.vocab_size), jnp.int32) if flags.needs("counts") else None,
+        history=jnp.zeros((r, t_max), jnp.int32) if flags.needs("history") else None,
+        own={name: table.PROCESSORS[name].init(r, knobs) for name in flags.stateful()},
+        cstate=None if constraint is None else jnp.full((r,), constraint.start, jnp.int32),
+        recent=jnp.zeros((r, steering.stop_width(st.stops)), jnp.int32) if st.stops else None,
+    )
+
+
+def _token(
+    state: SampleState,
+    chosen: jax.Array,  # [R] the token each row chose
+    forced_tok: jax.Array,  # [R] the prompt token at position t
+    t: jax.Array,
+    plen: jax.Array,  # [R]
+    logits: jax.Array,  # [R, V] the model's
+    temp: jax.Array,
+    greedy: bool,
+) -> _Token:
+    """The token of each row at position t: its prompt token where forced, else `chosen`."""
+    forced = t < plen  # [R]
+    tok = jnp.where(forced, forced_tok, chosen).astype(jnp.int32)
+    lp = _pick_logprob(logits, tok)
+    tlp = lp if greedy else _pick_logprob(proc.temperature(logits, temp), tok)
+    ended = state.ended
+    is_eos = (tok == EOS_ID) & ~forced & ~ended
+    alive = ~ended & ~is_eos
+    gen = ~forced & ~ended
+    return _Token(tok, lp, tlp, jnp.where(ended, PAD_ID, tok), forced, is_eos, alive, gen)
+
+
+def _next_state(
+    state: SampleState,
+    carry: Any,
+    tk: _Token,
+    t: jax.Array,
+    plen: jax.Array,
+    inputs: dict,
+    knobs: dict[str, jax.Array],
+    constraint: con.Constraint | None,
+    st: _Static,
+) -> tuple[SampleState, jax.Array | None]:
+    """The state after position t's token, and the length of the stop sequence it completes
+    ([R], 0 = none; None without stop sequences)."""
+    tok, flags, stop_len = tk.tok, st.flags, None
+    new = state.replace(carry=carry, last=tk.out, ended=state.ended | tk.is_eos)
+    if st.stops:  # the row ends as at EOS once a stop sequence completes (`scan_outputs` cuts it)
+        recent = jnp.concatenate([state.recent[:, 1:], tok[:, None]], axis=1)  # [R, W]
+        stop_len = steering.stop_match(recent, t - plen + 1, st.stops)  # [R]
+        stop_len = jnp.where(tk.gen & ~tk.is_eos, stop_len, 0)
+        new = new.replace(recent=recent, ended=new.ended | (stop_len > 0))
+    if constraint is not None:
+        nxt = con.advance(constraint, state.cstate, tok)
+        new = new.replace(cstate=jnp.where(state.ended, state.cstate, nxt))
+    if state.own and not st.greedy:
+        live = tk.gen & (knobs["temperature"] > 0)
+        new = new.replace(own=_update_own(state, inputs, tok, live, knobs, flags))
+    if flags.needs("counts"):
+        count_it = tk.alive & (~tk.forced | (knobs["penalize_prompt"] > 0.5))
+        one_hot = jax.nn.one_hot(tok, st.vocab_size, dtype=jnp.int32) * count_it[:, None]
+        new = new.replace(counts=state.counts + one_hot)
+    if flags.needs("history"):
+        history = jax.lax.dynamic_update_slice_in_dim(state.history, tk.out[:, None], t, 1)
+        new = new.replace(history=history)
+    return new, stop_len
+
+
+def _step_outputs(
+    tk: _Token,
+    plp: jax.Array,  # [R] the token's processed log-prob
+    logits: jax.Array,  # [R, V] the model's
+    processed: jax.Array,  # [R, V] the processed logits
+    ok: jax.Array | None,
+    stop_len: jax.Array | None,
+    st: _Static,
+) -> dict[str, jax.Array]:
+    """What position t writes per row (`scan_outputs` reads them; `_idle_outputs` has the same
+    keys and shapes): token, log-probs, alive/EOS flags and the optional outputs."""
+    lp, tlp, gen = tk.lp, tk.tlp, tk.gen
+    ys = {"tok": tk.out, "lp": jnp.where(gen, lp, 0.0), "alive": tk.alive, "eos": tk.is_eos}
+    if not st.greedy:  # greedy's tempered log-prob is lp and its processed one 0 (scan_outputs)
+        ys |= {"tlp": jnp.where(gen, tlp, 0.0), "plp": jnp.where(gen, plp, 0.0)}
+    if ok is not None:
+        ys["cmass"] = jnp.where(gen, con.allowed_logmass(logits, ok), 0.0)
+    if stop_len is not None:
+        ys["stop"] = stop_len
+    if st.prompt_logprobs:  # the model's log-prob of each forced prompt token
+        ys["prompt_lp"] = jnp.where(tk.forced, lp, 0.0)
+    if st.logprobs:
+        dist = processed if st.logprobs_mode == "processed" else logits
+        top_lp, top_id = jax.lax.top_k(jax.nn.log_softmax(dist, axis=-1), st.logprobs)  # [R, K]
+        ys["top_lp"] = jnp.where(gen[:, None], top_lp, 0.0)
+        ys["top_id"] = jnp.where(gen[:, None], top_id, PAD_ID)
+    return ys
+
+
+def _idle_outputs(r: int, constrained: bool, st: _Static) -> dict[str, jax.Array]:
+    """`_step_outputs` of a step that changes nothing (every row has ended)."""
+    zeros, false = jnp.zeros((r,), jnp.float32), jnp.zeros((r,), bool)
+    idle = {"tok": jnp.full((r,), PAD_ID, jnp.int32), "lp": zeros, "alive": false, "eos": false}
+    idle |= {} if st.greedy else {"tlp": zeros, "plp": zeros}
+    idle |= {"cmass": zeros} if constrained else {}
+    idle |= {"stop": jnp.zeros((r,), jnp.int32)} if st.stops else {}
+    idle |= {"prompt_lp": zeros} if st.prompt_logprobs else {}
+    if st.logprobs:
+        idle |= {
+            "top_lp": jnp.zeros((r, st.logprobs), jnp.float32),
+            "top_id": jnp.full((r, st.logprobs), PAD_ID, jnp.int32),
+        }
+    return idle
+
+
 @row_parallel(
     static_argnames=(
         "step_fn",
@@ -154,83 +306,26 @@ def _sample_program(
     logprobs_mode: str = "raw",
     prompt_logprobs: bool = False,
 ) -> DecodeOutput:
-    b, n, t_max, v = prompt_lengths.shape[0], num_samples, max_len, vocab_size
+    st = _Static(vocab_size, flags, greedy, stops, logprobs, logprobs_mode, prompt_logprobs)
+    b, n, t_max = prompt_lengths.shape[0], num_samples, max_len
     r = b * n
     plen = jnp.repeat(prompt_lengths, n)  # [R]
     words = key_words(row_keys(key, prompt_ids, n))  # [R, 2]
     temp = knobs["temperature"]
-    state = SampleState(
-        carry=repeat_rows(init_carry, n),
-        last=jnp.full((r,), BOS_ID, jnp.int32),
-        ended=jnp.zeros((r,), bool),
-        counts=jnp.zeros((r, v), jnp.int32) if flags.needs("counts") else None,
-        history=jnp.zeros((r, t_max), jnp.int32) if flags.needs("history") else None,
-        own={n: table.PROCESSORS[n].init(r, knobs) for n in flags.stateful()},
-        cstate=None if constraint is None else jnp.full((r,), constraint.start, jnp.int32),
-        recent=jnp.zeros((r, steering.stop_width(stops)), jnp.int32) if stops else None,
-    )
+    state = _init_state(init_carry, r, n, t_max, knobs, constraint, st)
 
     def step(state: SampleState, xs: tuple) -> tuple[SampleState, dict]:
         t, forced_tok = xs  # scalar, [R]
         carry, logits = step_fn(params, state.carry, state.last)
         logits = logits.astype(jnp.float32)  # [R, V]
-        tok, plp, inputs, ok, processed = _choose(
+        chosen, plp, inputs, ok, processed = _choose(
             state, logits, t, plen, words, knobs, flags, greedy, constraint
         )
-        forced = t < plen  # [R]
-        tok = jnp.where(forced, forced_tok, tok).astype(jnp.int32)
-        lp = _pick_logprob(logits, tok)
-        tlp = lp if greedy else _pick_logprob(proc.temperature(logits, temp), tok)
-        ended = state.ended
-        is_eos = (tok == EOS_ID) & ~forced & ~ended
-        alive = ~ended & ~is_eos  # counts towards the length
-        gen = ~forced & ~ended  # a generated token (EOS included)
-        out_tok = jnp.where(ended, PAD_ID, tok)
-        new = state.replace(carry=carry, last=out_tok, ended=ended | is_eos)
-        if stops:  # the row ends as at EOS once a stop sequence completes (`scan_outputs` cuts it)
-            recent = jnp.concatenate([state.recent[:, 1:], tok[:, None]], axis=1)  # [R, W]
-            stop_len = steering.stop_match(recent, t - plen + 1, stops)  # [R]
-            stop_len = jnp.where(gen & ~is_eos, stop_len, 0)
-            new = new.replace(recent=recent, ended=new.ended | (stop_len > 0))
-        if constraint is not None:
-            nxt = con.advance(constraint, state.cstate, tok)
-            new = new.replace(cstate=jnp.where(ended, state.cstate, nxt))
-        if state.own and not greedy:
-            new = new.replace(own=_update_own(state, inputs, tok, gen & (temp > 0), knobs, flags))
-        if flags.needs("counts"):
-            count_it = alive & (~forced | (knobs["penalize_prompt"] > 0.5))
-            one_hot = jax.nn.one_hot(tok, v, dtype=jnp.int32) * count_it[:, None]
-            new = new.replace(counts=state.counts + one_hot)
-        if flags.needs("history"):
-            history = jax.lax.dynamic_update_slice_in_dim(state.history, out_tok[:, None], t, 1)
-            new = new.replace(history=history)
-        ys = {"tok": out_tok, "lp": jnp.where(gen, lp, 0.0), "alive": alive, "eos": is_eos}
-        if not greedy:  # greedy's tempered log-prob is lp and its processed one 0 (scan_outputs)
-            ys |= {"tlp": jnp.where(gen, tlp, 0.0), "plp": jnp.where(gen, plp, 0.0)}
-        if constraint is not None:
-            ys["cmass"] = jnp.where(gen, con.allowed_logmass(logits, ok), 0.0)
-        if stops:
-            ys["stop"] = stop_len
-        if prompt_logprobs:  # the model's log-prob of each forced prompt token
-            ys["prompt_lp"] = jnp.where(forced, lp, 0.0)
-        if logprobs:
-            dist = processed if logprobs_mode == "processed" else logits
-            top_lp, top_id = jax.lax.top_k(jax.nn.log_softmax(dist, axis=-1), logprobs)  # [R, K]
-            ys["top_lp"] = jnp.where(gen[:, None], top_lp, 0.0)
-            ys["top_id"] = jnp.where(gen[:, None], top_id, PAD_ID)
-        return new, ys
+        tk = _token(state, chosen, forced_tok, t, plen, logits, temp, greedy)
+        new, stop_len = _next_state(state, carry, tk, t, plen, inputs, knobs, constraint, st)
+        return new, _step_outputs(tk, plp, logits, processed, ok, stop_len, st)
 
-    zeros, false = jnp.zeros((r,), jnp.float32), jnp.zeros((r,), bool)
-    idle = {"tok": jnp.full((r,), PAD_ID, jnp.int32), "lp": zeros, "alive": false, "eos": false}
-    idle |= {} if greedy else {"tlp": zeros, "plp": zeros}
-    idle |= {} if constraint is None else {"cmass": zeros}
-    idle |= {"stop": jnp.zeros((r,), jnp.int32)} if stops else {}
-    idle |= {"prompt_lp": zeros} if prompt_logprobs else {}
-    if logprobs:
-        idle |= {
-            "top_lp": jnp.zeros((r, logprobs), jnp.float32),
-            "top_id": jnp.full((r, logprobs), PAD_ID, jnp.int32),
-        }
+    idle = _idle_outputs(r, constraint is not None, st)
     xs = (jnp.arange(t_max), jnp.repeat(prompts, n, axis=0).T)  # [T], [T, R]
     state, ys = run_loop(step, state, xs, finished=lambda s: jnp.all(s.ended), idle=idle, loop=loop)
     return scan_outputs(ys, state.ended, prompt_lengths, n, include_stop)
@@ -300,21 +395,11 @@ def _launch(req: DecodeRequest, prep: Prepared, *, greedy: bool) -> DecodeOutput
     flags = table.flags_from_cfg(lambda k: get(req.cfg, k), req.vocab_size, stages)
     num_samples = 1 if greedy else req.num_samples
     return _sample_program(
-        req.params,
-        req.init_carry,
-        prep.prompts,
-        prep.prompt_lengths,
-        prep.prompt_ids,
-        prep.key,
-        traced_knobs(req.cfg),
-        req.constraint,
-        step_fn=req.step_fn,
-        max_len=req.max_len,
+        *program_args(req, prep, keyed=True),
+        **program_options(req),
         num_samples=num_samples,
-        vocab_size=req.vocab_size,
         flags=flags,
         greedy=greedy,
-        loop=resolve_loop(req.loop),
         stops=steering.freeze("stop", get(req.cfg, "stop")),
         include_stop=bool(get(req.cfg, "include_stop")),
         logprobs=int(req.logprobs),

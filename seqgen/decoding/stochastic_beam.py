@@ -41,12 +41,13 @@ from seqgen.decoding.common import (
     get,
     gumbel_noise,
     key_words,
+    program_args,
+    program_options,
     repeat_rows,
     row_keys,
     take_along,
-    traced_knobs,
 )
-from seqgen.decoding.loop import resolve_loop, run_loop
+from seqgen.decoding.loop import run_loop
 from seqgen.parallel import row_parallel
 from seqgen.tokens import BOS_ID, EOS_ID, PAD_ID
 
@@ -99,6 +100,42 @@ def _child_logprobs(
     return logp, tlp, plp, cm
 
 
+def _init_state(
+    init_carry: Any,
+    words: jax.Array,  # [B, 2] each prompt's key words
+    k: int,
+    v: int,
+    t_max: int,
+    constraint: con.Constraint | None,
+) -> StochasticBeamState:
+    """Each prompt's root in slot 0 (phi = 0, G ~ Gumbel(0)), the other slots empty."""
+    b = words.shape[0]
+    # the counter block after the last step's, so the root's noise is independent of the steps'
+    root_g = gumbel_noise(words, jnp.int32(t_max), (k, v))[:, 0, 0]  # [B]
+    first = jnp.broadcast_to(jnp.arange(k)[None, :] == 0, (b, k))
+    return StochasticBeamState(
+        carry=repeat_rows(init_carry, k),
+        last=jnp.full((b, k), BOS_ID, jnp.int32),
+        phi=jnp.where(first, 0.0, -jnp.inf),
+        g=jnp.where(first, root_g[:, None], -jnp.inf),
+        ended=jnp.zeros((b, k), bool),
+        kappa=jnp.full((b,), -jnp.inf, jnp.float32),
+        cstate=None if constraint is None else jnp.full((b, k), constraint.start, jnp.int32),
+    )
+
+
+def _idle_outputs(b: int, k: int, constrained: bool) -> dict[str, jax.Array]:
+    """The back-pointers of a step that changes nothing: every slot points to itself."""
+    zeros = jnp.zeros((b, k), jnp.float32)
+    return {
+        "tok": jnp.full((b, k), PAD_ID, jnp.int32),
+        "parent": jnp.broadcast_to(jnp.arange(k, dtype=jnp.int32), (b, k)),
+        "lp": zeros,
+        "tlp": zeros,
+        "plp": zeros,
+    } | ({"cm": zeros} if constrained else {})
+
+
 @row_parallel(static_argnames=("step_fn", "max_len", "vocab_size", "beam_size", "loop"))
 def _stochastic_beam_program(
     params: Any,
@@ -119,18 +156,7 @@ def _stochastic_beam_program(
     b, k, t_max, v = prompt_lengths.shape[0], beam_size, max_len, vocab_size
     plen = prompt_lengths
     words = key_words(row_keys(key, prompt_ids, 1))  # [B, 2]
-    # the counter block after the last step's, so the root's noise is independent of the steps'
-    root_g = gumbel_noise(words, jnp.int32(t_max), (k, v))[:, 0, 0]  # [B]
-    first = jnp.broadcast_to(jnp.arange(k)[None, :] == 0, (b, k))
-    state = StochasticBeamState(
-        carry=repeat_rows(init_carry, k),
-        last=jnp.full((b, k), BOS_ID, jnp.int32),
-        phi=jnp.where(first, 0.0, -jnp.inf),
-        g=jnp.where(first, root_g[:, None], -jnp.inf),
-        ended=jnp.zeros((b, k), bool),
-        kappa=jnp.full((b,), -jnp.inf, jnp.float32),
-        cstate=None if constraint is None else jnp.full((b, k), constraint.start, jnp.int32),
-    )
+    state = _init_state(init_carry, words, k, v, t_max, constraint)
 
     def step(state: StochasticBeamState, xs: tuple) -> tuple[StochasticBeamState, dict]:
         t, ptok = xs
@@ -170,14 +196,7 @@ def _stochastic_beam_program(
         new = StochasticBeamState(gather_rows(carry, rows), tok, phi, g_new, ended, kappa, cstate)
         return new, ys
 
-    zeros = jnp.zeros((b, k), jnp.float32)
-    idle = {
-        "tok": jnp.full((b, k), PAD_ID, jnp.int32),
-        "parent": jnp.broadcast_to(jnp.arange(k, dtype=jnp.int32), (b, k)),
-        "lp": zeros,
-        "tlp": zeros,
-        "plp": zeros,
-    } | ({} if constraint is None else {"cm": zeros})
+    idle = _idle_outputs(b, k, constraint is not None)
 
     def finished(state: StochasticBeamState) -> jax.Array:
         return jnp.all(state.ended | ~jnp.isfinite(state.g))
@@ -254,17 +273,7 @@ def stochastic_beam(req: DecodeRequest) -> DecodeOutput:
 def launch(req: DecodeRequest, prep: Prepared) -> DecodeOutput:
     """Run the stochastic beam program for a validated request."""
     return _stochastic_beam_program(
-        req.params,
-        req.init_carry,
-        prep.prompts,
-        prep.prompt_lengths,
-        prep.prompt_ids,
-        prep.key,
-        traced_knobs(req.cfg),
-        req.constraint,
-        step_fn=req.step_fn,
-        max_len=req.max_len,
-        vocab_size=req.vocab_size,
+        *program_args(req, prep, keyed=True),
+        **program_options(req),
         beam_size=int(get(req.cfg, "beam_size")),
-        loop=resolve_loop(req.loop),
     )

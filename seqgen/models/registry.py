@@ -14,9 +14,10 @@ corpus, and `seqgen.experiment` builds it there.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+import jax
 from flax import nnx
 
 from seqgen.errors import UserError
@@ -113,20 +114,38 @@ def check_model(model_cfg: Any, seq_len: int, max_len: int) -> None:
 
 
 def estimate_params(model_cfg: Any, vocab_size: int) -> int:
-    """The configured model's exact parameter count, built abstractly (no arrays allocated).
+    """The configured model's exact parameter count, built abstractly (no arrays allocated)."""
+    return _over_layers(model_cfg, vocab_size, count_params)
 
-    A stack of L > 2 identical layers has P(L) = P(1) + (L - 1) (P(2) - P(1)): two small
-    abstract builds instead of one of L layers (2,000 layers would take minutes to trace)."""
+
+def decode_carry_bytes(model_cfg: Any, vocab_size: int, max_len: int) -> int:
+    """Bytes of one row's decode carry for a budget of `max_len` steps: the leaves of the
+    model's own `init_carry(1, max_len)` (the protocol; every leaf has the rows on axis 0, so
+    B rows hold B times this), built abstractly. A recurrent carry is the same whatever
+    `max_len`; the Transformer's KV cache is k and v [layers, max_len, heads, head_dim]."""
+
+    def row_bytes(model: Any) -> int:
+        carry = jax.eval_shape(lambda: model.init_carry(1, max_len))
+        return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(carry)))
+
+    return _over_layers(model_cfg, vocab_size, row_bytes)
+
+
+def _over_layers(model_cfg: Any, vocab_size: int, measure: Callable[[Any], int]) -> int:
+    """`measure` of the configured model, built abstractly. A stack of L > 2 identical layers
+    has M(L) = M(1) + (L - 1) (M(2) - M(1)) for a measure linear in the layers (parameters, a
+    carry): two small abstract builds instead of one of L layers (2,000 layers would take
+    minutes to trace)."""
     fields = model_fields(model_cfg)
     layers = int(fields.get("num_layers", 0) or 0)
 
-    def count(n: int | None) -> int:
+    def at(n: int | None) -> int:
         cfg = dict(model_identity(model_cfg), **({} if n is None else {"num_layers": n}))
-        return count_params(nnx.eval_shape(lambda: build_model(cfg, vocab_size, 0)))
+        return measure(nnx.eval_shape(lambda: build_model(cfg, vocab_size, 0)))
 
     if layers <= 2:
-        return count(None)
-    one, two = count(1), count(2)
+        return at(None)
+    one, two = at(1), at(2)
     return one + (layers - 1) * (two - one)
 
 
