@@ -28,8 +28,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from seqgen.models.wavefront import WAVEFRONTS
+
 Array = jax.Array
-BACKWARDS = ("fused", "autodiff")
+BACKWARDS = ("fused", "autodiff", *WAVEFRONTS)  # train.backward: see also models.wavefront
 
 
 def scan_layer(
