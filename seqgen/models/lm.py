@@ -218,7 +218,8 @@ class LanguageModel(nnx.Module):
 
         `rngs`: optional dropout key (used only in train mode); without it the dropout layers
         draw from the stream given at construction. `backward`: how the recurrences are
-        differentiated, "autodiff" or "fused" (`seqgen.models.recurrence`; same forward).
+        differentiated: "autodiff" or "fused" (one scan per layer, `models.recurrence`), or
+        "wavefront" / "wavefront_fused" (all layers in one scan, `models.wavefront`).
         """
         batch, length = tokens.shape
         recur = _RECURRENCES[self.cell_type]

@@ -87,11 +87,11 @@ def _forward(recur, weights, carry0, xs, pre=None):
 
 
 def _lstm_pre(weights: tuple, carry: tuple, x: Array) -> Array:
-    return x + carry[1] @ weights[0] + weights[1]  # `_lstm_recur`'s y, gates before activation
+    return x + carry[1] @ weights[0] + weights[1]  # `lm._lstm_gates`'s y, gates before activation
 
 
 def _gru_pre(weights: tuple, carry: Array, x: Array) -> Array:
-    return carry @ weights[0]  # `_gru_recur`'s [hr, hz, hn]
+    return carry @ weights[0]  # `lm._gru_gates`'s [hr, hz, hn]
 
 
 _PRE: dict[str, Callable[..., Array] | None] = {"rnn": None, "lstm": _lstm_pre, "gru": _gru_pre}
@@ -135,7 +135,7 @@ def _weight_grad(h_prev: Array, dgates: Array) -> Array:
 
 
 def _lstm_bwd(weights, carry0, xs, carries, y, dhs):
-    """Gradients of `_lstm_recur` (y = x + h W + b; c' = s(f) c + s(i) tanh(g);
+    """Gradients of `lm._lstm_gates` (y = x + h W + b; c' = s(f) c + s(i) tanh(g);
     h' = s(o) tanh(c')) with respect to (W, b), carry0 = (c0, h0) and xs."""
     kernel = weights[0]
     cs, hs = carries
@@ -165,7 +165,7 @@ def _lstm_bwd(weights, carry0, xs, carries, y, dhs):
 
 
 def _gru_bwd(weights, carry0, xs, carries, hw, dhs):
-    """Gradients of `_gru_recur` ([hr, hz, hn] = h W; r = s(xr + hr), z = s(xz + hz),
+    """Gradients of `lm._gru_gates` ([hr, hz, hn] = h W; r = s(xr + hr), z = s(xz + hz),
     n = tanh(xn + r hn), h' = (1 - z) n + z h) with respect to W, h0 and xs."""
     (kernel,) = weights
     hs = carries
@@ -194,7 +194,7 @@ def _gru_bwd(weights, carry0, xs, carries, hw, dhs):
 
 
 def _rnn_bwd(weights, carry0, xs, carries, _, dhs):
-    """Gradients of `_rnn_recur` (h' = tanh(x + h W)) with respect to W, h0 and xs."""
+    """Gradients of `lm._rnn_gates` (h' = tanh(x + h W)) with respect to W, h0 and xs."""
     (kernel,) = weights
     hs = carries
     kernel_t = kernel.T
