@@ -190,9 +190,7 @@ def torch_step(size: Size) -> Callable[[], Any]:
 def impls(
     size: Size, backwards: list[str], breakdown: bool, with_torch: bool
 ) -> dict[str, Callable[[], Any]]:
-    out = {
-        "seqgen" if b == "autodiff" else f"seqgen {b}": seqgen_step(size, b) for b in backwards
-    }
+    out = {"seqgen" if b == "autodiff" else f"seqgen {b}": seqgen_step(size, b) for b in backwards}
     out["jax bare"] = jax_bare_step(size)
     if breakdown:
         out["seqgen fwd"] = seqgen_parts(size, grad=False)

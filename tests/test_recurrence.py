@@ -104,12 +104,16 @@ def test_fused_backward_of_the_initial_carry(cell):
 def test_wavefront_backward_of_the_initial_carry_and_inputs(cell):
     """wavefront_fused's gradients of a random initial carry, inputs and weights, with dropout
     masks, against autodiff of the same wavefront (checked against per-layer autodiff above)."""
-    model = LanguageModel(V, cell=cell, embed_size=8, hidden_size=16, num_layers=3, rngs=nnx.Rngs(0))
+    model = LanguageModel(
+        V, cell=cell, embed_size=8, hidden_size=16, num_layers=3, rngs=nnx.Rngs(0)
+    )
     rng = np.random.default_rng(1)
     w = stack_weights(model.cells)
     xs = rng.normal(size=(T, B, w.wh.shape[-1])).astype(np.float32)
     keep = (rng.random((2, T, B, 16)) < 0.7).astype(np.float32) / 0.7
-    carry0 = jax.tree.map(lambda z: np.float32(rng.normal(size=(3, *z.shape))), model.init_carry(B)[0])
+    carry0 = jax.tree.map(
+        lambda z: np.float32(rng.normal(size=(3, *z.shape))), model.init_carry(B)[0]
+    )
     weights = jax.random.normal(jax.random.key(2), (T, B, 16))
 
     def loss(w, carry0, xs, backward):

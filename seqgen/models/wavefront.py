@@ -77,11 +77,14 @@ def wavefront(
     one cell step with its matmuls split off (`models.lm._GATES`)."""
     if backward not in WAVEFRONTS:
         raise ValueError(f"backward={backward!r}; allowed: {', '.join(WAVEFRONTS)}")
-    layers, length = w.wh.shape[0], xs.shape[0]
+    layers = w.wh.shape[0]
     xs = jnp.pad(xs, ((0, layers - 1), (0, 0), (0, 0)))  # [S, B, G], S = T + L - 1
     if keep is not None:  # layer l reads keep[l-1] at time s - l: shift it by l steps
         keep = jnp.stack(
-            [jnp.pad(keep[i], ((i + 1, layers - 2 - i), (0, 0), (0, 0))) for i in range(layers - 1)],
+            [
+                jnp.pad(keep[i], ((i + 1, layers - 2 - i), (0, 0), (0, 0)))
+                for i in range(layers - 1)
+            ],
             axis=1,
         )  # [S, L-1, B, H]
     scan = _fused if backward == "wavefront_fused" else _forward_tops
