@@ -226,7 +226,9 @@ class LanguageModel(nnx.Module):
         carry0 = self.init_carry(batch)
         keep = self._keep_masks(rngs, (batch, length, self.hidden_size))
         x = self._embed(tokens)  # [B, T, E] or None (one-hot)
-        if backward in WAVEFRONTS:  # all layers in one scan
+        drop = self.dropouts[0]  # the wavefront takes every mask up front; the dropout modules'
+        streamed = keep is None and not drop.deterministic and drop.rate > 0  # own draws don't
+        if backward in WAVEFRONTS and not streamed:  # all layers in one scan
             proj = jnp.swapaxes(self._input_proj(0, x, tokens), 0, 1)  # [T, B, G*H]
             masks = None if keep is None else jnp.swapaxes(keep[:-1], 1, 2)  # [L-1, T, B, H]
             stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *carry0)  # leaves [L, B, H]
