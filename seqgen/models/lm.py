@@ -29,7 +29,7 @@ from flax import nnx
 from seqgen.errors import UserError
 from seqgen.models.protocol import ModelSpec, mask_logits, never_predicted
 from seqgen.models.recurrence import scan_layer
-from seqgen.models.wavefront import WAVEFRONTS, stack_weights, wavefront
+from seqgen.models.wavefront import PER_LAYER, WAVEFRONTS, stack_weights, wavefront
 
 Array = jax.Array
 Carry = Any  # tuple over layers of a cell carry: LSTM (c, h), GRU / RNN h; leaves [B, H]
@@ -235,6 +235,7 @@ class LanguageModel(nnx.Module):
             hs = wavefront(_GATES[self.cell_type], stack_weights(self.cells), stacked, proj, masks,
                            backward)  # fmt: skip
             return self._head(self._drop(self.num_layers - 1, jnp.swapaxes(hs, 0, 1), keep))
+        backward = PER_LAYER.get(backward, backward)
         for layer in range(self.num_layers):
             if layer > 0:
                 x = self._drop(layer - 1, x, keep)

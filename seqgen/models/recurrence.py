@@ -15,6 +15,7 @@ returns the hidden states [T, B, H]. Its forward pass is always the same `lax.sc
   the loop. Its loop bodies are half the size of autodiff's, yet on a loaded 2-core CPU
   (XLA:CPU, jax 0.10.2) it did not measure faster than autodiff (README, "Training"), so
   autodiff is the default (`train.backward`); "fused" is one override away to re-measure.
+  `train.backward=wavefront` runs all layers in one scan instead (`models.wavefront`).
 
 Both compute the same gradients up to float32 rounding (summation order);
 `tests/test_recurrence.py` checks loss and every gradient against autodiff for all cells.
@@ -42,7 +43,7 @@ def scan_layer(
         _, hs = jax.lax.scan(lambda carry, x: recur(cell, carry, x), carry0, xs)
         return hs
     if backward != "fused":
-        raise ValueError(f"backward={backward!r}; allowed: {', '.join(BACKWARDS)}")
+        raise ValueError(f"backward={backward!r}; allowed: fused, autodiff")
     weights = tuple(w[...] for w in _WEIGHTS[cell_type](cell))
     return _fused(recur, cell_type, weights, carry0, xs)
 

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 
 Array = jax.Array
 WAVEFRONTS = ("wavefront", "wavefront_fused")
+PER_LAYER = {"wavefront": "autodiff", "wavefront_fused": "fused"}  # where one scan cannot serve
 
 
 class Stack(NamedTuple):
