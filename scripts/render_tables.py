@@ -198,14 +198,17 @@ def char_rnn_runtime() -> str:
     )
 
 
+# perplexity of the text, repetition, Self-BLEU: the columns of a degeneration reading
+DEGENERATION_COLUMNS = [
+    ("gen/ppl", "gen/ppl", ".2f"),
+    ("seq_rep_4", "repetition/seq_rep_4", ".3f"),
+    ("rep_pct", "repetition/rep_pct", ".0f"),
+    ("Self-BLEU", "diversity/self_bleu4", ".3f"),
+]
+
+
 def char_rnn_decoders() -> str:
-    cols = [
-        ("gen/ppl", "gen/ppl", ".2f"),
-        ("seq_rep_4", "repetition/seq_rep_4", ".3f"),
-        ("rep_pct", "repetition/rep_pct", ".0f"),
-        ("Self-BLEU", "diversity/self_bleu4", ".3f"),
-    ]
-    return by_label(results(f"{EXP}/char_rnn/results/results.jsonl"), cols)
+    return by_label(results(f"{EXP}/char_rnn/results/results.jsonl"), DEGENERATION_COLUMNS)
 
 
 def truncation_oracle_table() -> str:
@@ -217,6 +220,39 @@ def truncation_oracle_table() -> str:
         for label in ("top-p 0.9", "top-p 0.95", "eta 0.05", "eta 0.02", "pure sampling"):
             rows.append([f"hidden {h}", label, *(num(src[label][k], ".4f") for k in keys)])
     return table(["model", "decoder", "precision", "recall", "off-support"], rows)
+
+
+CONTRASTIVE = f"{EXP}/contrastive/results"
+
+
+def contrastive_table() -> str:
+    cols = [*DEGENERATION_COLUMNS, ("distinct_2", "diversity/distinct_2", ".3f")]
+    return by_label(results(f"{CONTRASTIVE}/results.jsonl"), [*cols, ("Zipf", "zipf", ".2f")])
+
+
+def contrastive_reading() -> str:
+    cs = results(f"{CONTRASTIVE}/results.jsonl")
+
+    def m(label: str, key: str, fmt: str) -> str:
+        return num(cs[label][key], fmt)
+
+    rep, ppl = "repetition/seq_rep_4", "gen/ppl"
+    k4, k8, low = "contrastive k=4 a=0.6", "contrastive k=8 a=0.6", "contrastive k=4 a=0.3"
+    return (
+        f"contrastive search cuts seq_rep_4 (rep-4 / 100) from greedy's {m('greedy', rep, '.2f')} "
+        f"and beam's {m('beam 4', rep, '.2f')} to {m(k4, rep, '.2f')} (k = 4) and "
+        f"{m(k8, rep, '.2f')} (k = 8) at α = 0.6, and to {m(low, rep, '.2f')} at α = 0.3, at a "
+        f"gen/ppl ({m(low, ppl, '.2f')}-{m(k8, ppl, '.2f')}) between greedy's "
+        f"({m('greedy', ppl, '.2f')}) and pure sampling's ({m('pure sampling', ppl, '.2f')})."
+    )
+
+
+def contrastive_model() -> str:
+    m = metrics(f"{CONTRASTIVE}/metrics.json")
+    return (
+        f"{m['model']['params']:,} parameters, held-out ppl {m['ppl/valid']:.2f} per character "
+        f"(test {m['ppl/test']:.2f}), trained in {m['model']['train']['wall_time_s'] / 60:.1f} min"
+    )
 
 
 def degeneration_table() -> str:
@@ -455,6 +491,11 @@ def overview() -> str:
     }
     speed = [greedy1["lstm"], greedy1["transformer"]]
     to = {h: results(f"{EXP}/truncation_oracle/results/hidden_{h}.jsonl") for h in (16, 64)}
+    cs, cs_m = results(f"{CONTRASTIVE}/results.jsonl"), metrics(f"{CONTRASTIVE}/metrics.json")
+    cs_rep = " / ".join(
+        num(cs[d]["repetition/seq_rep_4"], ".2f")
+        for d in ("greedy", "beam 4", "contrastive k=4 a=0.6", "contrastive k=8 a=0.6")
+    )
 
     def pr(h: int, label: str) -> str:
         m = to[h][label]
@@ -547,6 +588,19 @@ def overview() -> str:
             f"{pr(64, 'top-p 0.9')} vs {pr(64, 'eta 0.05')} at 64); gaps within 200 samples' "
             "noise; 6.5 min shared",
         ),
+        (
+            "contrastive",
+            "`python -m seqgen.run +experiment=contrastive "
+            "data.path=../shared/data/tinyshakespeare.txt`",
+            f"Su et al. 2022 on Tiny Shakespeare (2x128 LSTM): seq_rep_4 {cs_rep} (greedy / beam "
+            f"4 / contrastive k=4, k=8 at alpha 0.6) at gen/ppl "
+            f"{num(cs['contrastive k=4 a=0.6']['gen/ppl'], '.2f')}-"
+            f"{num(cs['contrastive k=8 a=0.6']['gen/ppl'], '.2f')}, between greedy's "
+            f"{num(cs['greedy']['gen/ppl'], '.2f')} and sampling's "
+            f"{num(cs['pure sampling']['gen/ppl'], '.2f')}; every row still ends in a loop; "
+            f"training {cs_m['model']['train']['wall_time_s'] / 60:.0f} min, decoding "
+            f"{cs_m['wall_s'] / 60:.0f} min shared",
+        ),
     ]
     return table(
         ["reproduction", "command", "obtained (2-core CPU)"],
@@ -564,6 +618,9 @@ BLOCKS: dict[tuple[str, str], Callable[[], str]] = {
     (f"{EXP}/char_rnn/README.md", "model"): char_rnn_model,
     (f"{EXP}/char_rnn/README.md", "runtime"): char_rnn_runtime,
     (f"{EXP}/char_rnn/README.md", "decoders"): char_rnn_decoders,
+    (f"{EXP}/contrastive/README.md", "model"): contrastive_model,
+    (f"{EXP}/contrastive/README.md", "table"): contrastive_table,
+    (f"{EXP}/contrastive/README.md", "reading"): contrastive_reading,
     (f"{EXP}/degeneration/README.md", "params"): degeneration_params,
     (f"{EXP}/degeneration/README.md", "table"): degeneration_table,
     (f"{EXP}/truncation_oracle/README.md", "table"): truncation_oracle_table,

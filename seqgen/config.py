@@ -28,7 +28,7 @@ from seqgen.decoding.knobs import DEFAULT_NAME, KNOBS, NESTED_FIELDS, Knob
 from seqgen.decoding.loop import LOOPS
 from seqgen.errors import UserError
 from seqgen.metrics.abc import ABC_SUBSET, ABC_TIMEOUT_S
-from seqgen.models import CELL_CHOICES
+from seqgen.models import CELL_CHOICES, has_hidden
 from seqgen.models import check_model as check_cell
 from seqgen.models.recurrence import BACKWARDS
 from seqgen.models.transformer import POSITIONS
@@ -392,6 +392,27 @@ def _check_decoders(cfg: Any) -> None:
             if dec.get(sub):
                 check_knobs_read(registry.nested_config(dec, sub, where), f"{where}.{sub}")
         _check_min_length(cfg, dec, where)
+        _check_hidden(cfg, dec, where)
+
+
+def _check_hidden(cfg: Any, dec: Any, where: str) -> None:
+    """A decoder that reads the model's hidden states needs a model that has them, and its
+    carry takes `registry.carry_len` steps (one past decode.max_len), which the cell's own
+    rules (a Transformer's context) must allow."""
+    if not registry.needs_hidden(dec):
+        return
+    if not has_hidden(cfg.model):
+        raise UserError(
+            f"{where}.name={dec.name} needs the model's hidden states, which "
+            f"model.cell={cfg.model.cell} does not provide; allowed: a model with "
+            "step_hidden (rnn, lstm, gru, transformer)"
+        )
+    try:
+        check_cell(cfg.model, 0, registry.carry_len(dec, cfg.decode.max_len))
+    except UserError as exc:
+        raise UserError(
+            f"{where}.name={dec.name} feeds each candidate one step past decode.max_len: {exc}"
+        ) from None
 
 
 def _check_min_length(cfg: Any, dec: Any, where: str) -> None:

@@ -71,6 +71,7 @@ def decode_chunks(
     params = model.params if mesh is None else replicate(model.params, mesh)  # once, not per call
 
     max_len = int(decode_cfg.max_len)
+    carry_len = registry.carry_len(dec, max_len)
     n_out = registry.rows_per_prompt(dec, int(decode_cfg.num_samples))
     per_call = max(1, int(decode_cfg.batch_size) // max(1, n_out))
     n_chunks = -(-len(prompts) // per_call)
@@ -87,7 +88,7 @@ def decode_chunks(
         out = decode(
             model.step_fn,
             params,
-            model.init_carry(len(chunk), max_len),  # a KV cache holds max_len steps
+            model.init_carry(len(chunk), carry_len),  # a KV cache holds the decoder's steps
             arr,
             p_len,
             cfg=dec,

@@ -17,7 +17,7 @@ from conftest import TINY, compose
 from flax import nnx
 
 from seqgen.decoding import decode
-from seqgen.decoding.registry import BUILTIN
+from seqgen.decoding.registry import BUILTIN, carry_len
 from seqgen.errors import UserError
 from seqgen.models import Transformer, make_init_carry_fn, make_step_fn
 from seqgen.tokens import BOS_ID, EOS_ID, PAD_ID
@@ -106,7 +106,7 @@ MAX_LEN = 4  # budgets of 2, 3, 4 generated tokens
 
 def _run(model: Transformer, cfg: dict, **kw):
     step_fn, params = make_step_fn(model)
-    init = make_init_carry_fn(model)(3, MAX_LEN)
+    init = make_init_carry_fn(model)(3, carry_len(cfg, MAX_LEN))  # contrastive: one step more
     out = decode(step_fn, params, init, PROMPTS, PLENS, cfg=NS(**cfg), max_len=MAX_LEN,
                  vocab_size=V, key=0, **kw)  # fmt: skip
     return jax.tree.map(np.asarray, out)
@@ -121,6 +121,7 @@ DECODER_CFGS = {
     "diverse_beam": {"name": "diverse_beam", "beam_size": 4, "num_groups": 2},
     "exact": {"name": "exact", "beam_size": 2, "max_expansions": 64},
     "mbr": {"name": "mbr", "candidates": {"name": "sample"}, "num_candidates": 4},
+    "contrastive": {"name": "contrastive", "top_k": 3},
 }
 
 

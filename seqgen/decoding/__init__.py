@@ -17,6 +17,7 @@ adds one).
     diverse_beam      diverse beam search with Hamming diversity (Vijayakumar et al. 2018)
     exact             exact MAP search, best-first branch and bound (Stahlberg & Byrne 2019)
     mbr               sampling-based minimum Bayes risk (Eikema & Aziz 2020; Freitag et al. 2022)
+    contrastive       contrastive search over the model's hidden states (Su et al. 2022)
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from seqgen.decoding.common import (
     validate_knobs,
 )
 from seqgen.decoding.constraint import Constraint, make_constraint
+from seqgen.decoding.contrastive import contrastive
 from seqgen.decoding.exact import exact
 from seqgen.decoding.knobs import Knob
 from seqgen.decoding.loop import LOOPS
@@ -159,6 +161,7 @@ __all__ = [
     "StepFn",
     "UserError",
     "beam",
+    "contrastive",
     "decode",
     "diverse_beam",
     "epsilon",

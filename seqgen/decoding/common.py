@@ -27,6 +27,22 @@ from seqgen.settings import setting
 from seqgen.tokens import EOS_ID, PAD_ID
 
 StepFn = Callable[[Any, Any, jax.Array], tuple[Any, jax.Array]]
+# the optional hidden-state step: (params, carry, tokens[B]) -> (carry, hidden[B, D], logits[B, V])
+HiddenStep = Callable[[Any, Any, jax.Array], tuple[Any, jax.Array, jax.Array]]
+
+
+def with_hidden(step_fn: StepFn, hidden: HiddenStep) -> StepFn:
+    """Attach `hidden`, the same step that also returns the representation its logits are
+    read from, to `step_fn` (`seqgen.models.protocol`: what the built-in models provide);
+    returns `step_fn`. A user's own step function opts in to contrastive search with it."""
+    step_fn.hidden = hidden  # type: ignore[attr-defined]
+    return step_fn
+
+
+def hidden_step(step_fn: StepFn) -> HiddenStep | None:
+    """The hidden-state step attached to `step_fn` by `with_hidden`, or None."""
+    return getattr(step_fn, "hidden", None)
+
 
 NEG_INF = -jnp.inf
 

@@ -219,6 +219,7 @@ KNOBS: dict[str, Knob] = {
         _f("dynatemp_exponent", 1.0, 0.0, doc="dynamic temperature: entropy exponent"),
         _i("penalty_last_n", 0, 0, doc="penalties count the last n tokens; 0 = all (llama.cpp 64)"),
         Knob("order", tuple, [], doc="processor order (sampler chain); [] = the table's", item=str),
+        _f("penalty_alpha", 0.6, 0.0, 1.0, doc="contrastive: degeneration penalty (Su et al.)"),
         _i("max_expansions", 2000, 1, doc="exact: node budget per prompt"),
         _i("expansions_per_step", 16, 1, doc="exact: frontier nodes per batched step"),
         _i("num_candidates", 16, 1, doc="mbr: hypotheses"),

@@ -31,6 +31,7 @@ from seqgen.decoding.common import (
     prepare,
     validate_knobs,
 )
+from seqgen.decoding.contrastive import launch as launch_contrastive
 from seqgen.decoding.exact import launch as launch_exact
 from seqgen.decoding.knobs import DEFAULT_NAME, KNOBS, NESTED_FIELDS, Knob, add_knob
 from seqgen.decoding.loop import resolve_loop
@@ -106,6 +107,9 @@ class DecoderSpec:
     score_unit: Callable[[Get], str] = _logprob_unit
     metric_inputs: Callable[[dict], dict[str, Any]] | None = None
     logprobs: bool = False  # it returns the top-K alternatives (`decode(logprobs=K)`)
+    # it reads the step's hidden state (`common.hidden_step`): refused for a model without
+    # one, and its carry takes one step past max_len (`carry_len`)
+    hidden: bool = False
 
     @property
     def knobs(self) -> tuple[str, ...]:
@@ -152,6 +156,14 @@ def _check_mbr(get_: Get, where: str) -> None:
     cfg = {f: get_(f) for f in NESTED_FIELDS}
     for f in NESTED_FIELDS:
         validate_decoder(nested_config(cfg, f, where), f"{where}.{f}")
+
+
+def _check_contrastive(get_: Get, where: str) -> None:
+    if int(get_("top_k")) < 1:
+        raise UserError(
+            f"{where}.top_k={get_('top_k')} is out of range for contrastive; allowed: an "
+            "integer >= 1 (the candidates per step)"
+        )
 
 
 def _mbr_unit(get_: Get) -> str:
@@ -228,6 +240,18 @@ SPECS: dict[str, DecoderSpec] = {
         nestable=False,
         finds_mode=True,
         check=_check_exact,
+    ),
+    "contrastive": DecoderSpec(
+        launch_contrastive,
+        ("top_k", "penalty_alpha"),
+        1,
+        True,
+        label_always=("top_k", "penalty_alpha"),
+        keyed=False,
+        constraints=False,
+        nestable=False,
+        check=_check_contrastive,
+        hidden=True,
     ),
     "mbr": DecoderSpec(
         launch_mbr,
@@ -322,6 +346,17 @@ def run(name: str, req: DecodeRequest) -> DecodeOutput:
         check_constraint({"name": name})
     num_samples = req.num_samples if row.rows is None else 1
     return row.fn(req, prepare(req, num_samples=num_samples, keyed=row.keyed))
+
+
+def carry_len(dec: Any, max_len: int) -> int:
+    """The steps a decoder's initial carry must hold (a KV cache's size): `max_len`, one more
+    for a decoder that feeds each candidate to read its hidden state (contrastive)."""
+    return int(max_len) + int(spec(dec).hidden)
+
+
+def needs_hidden(dec: Any) -> bool:
+    """Whether decoder `dec` reads the model's hidden states (`common.hidden_step`)."""
+    return spec(dec).hidden
 
 
 def rows_per_prompt(dec: Any, num_samples: int) -> int:

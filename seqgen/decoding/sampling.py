@@ -187,7 +187,7 @@ def _sample_program(
         gen = ~forced & ~ended  # a generated token (EOS included)
         out_tok = jnp.where(ended, PAD_ID, tok)
         new = state.replace(carry=carry, last=out_tok, ended=ended | is_eos)
-        if stops:  # the row ends as at EOS once a stop sequence completes (`_outputs` cuts it)
+        if stops:  # the row ends as at EOS once a stop sequence completes (`scan_outputs` cuts it)
             recent = jnp.concatenate([state.recent[:, 1:], tok[:, None]], axis=1)  # [R, W]
             stop_len = steering.stop_match(recent, t - plen + 1, stops)  # [R]
             stop_len = jnp.where(gen & ~is_eos, stop_len, 0)
@@ -205,7 +205,7 @@ def _sample_program(
             history = jax.lax.dynamic_update_slice_in_dim(state.history, out_tok[:, None], t, 1)
             new = new.replace(history=history)
         ys = {"tok": out_tok, "lp": jnp.where(gen, lp, 0.0), "alive": alive, "eos": is_eos}
-        if not greedy:  # greedy's tempered log-prob is lp and its processed one 0 (_outputs)
+        if not greedy:  # greedy's tempered log-prob is lp and its processed one 0 (scan_outputs)
             ys |= {"tlp": jnp.where(gen, tlp, 0.0), "plp": jnp.where(gen, plp, 0.0)}
         if constraint is not None:
             ys["cmass"] = jnp.where(gen, con.allowed_logmass(logits, ok), 0.0)
@@ -233,7 +233,7 @@ def _sample_program(
         }
     xs = (jnp.arange(t_max), jnp.repeat(prompts, n, axis=0).T)  # [T], [T, R]
     state, ys = run_loop(step, state, xs, finished=lambda s: jnp.all(s.ended), idle=idle, loop=loop)
-    return _outputs(ys, state.ended, prompt_lengths, n, include_stop)
+    return scan_outputs(ys, state.ended, prompt_lengths, n, include_stop)
 
 
 def _cut_stops(ys: dict) -> dict:
@@ -248,7 +248,7 @@ def _cut_stops(ys: dict) -> dict:
     return ys | {"tok": jnp.where(cut, PAD_ID, ys["tok"]), "alive": ys["alive"] & ~cut}
 
 
-def _outputs(
+def scan_outputs(
     ys: dict, ended: jax.Array, prompt_lengths: jax.Array, n: int, include_stop: bool = False
 ) -> DecodeOutput:
     """The DecodeOutput of the per-step outputs ys ([T, R] each) and the final `ended` [R].

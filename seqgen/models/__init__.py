@@ -12,6 +12,7 @@ from seqgen.models.protocol import (
     count_params,
     make_init_carry_fn,
     make_step_fn,
+    provides_hidden,
 )
 from seqgen.models.registry import (
     CELL_CHOICES,
@@ -19,6 +20,7 @@ from seqgen.models.registry import (
     build_model,
     check_model,
     estimate_params,
+    has_hidden,
     model_identity,
     model_spec,
     register_model,
@@ -39,10 +41,12 @@ __all__ = [
     "check_model",
     "count_params",
     "estimate_params",
+    "has_hidden",
     "make_init_carry_fn",
     "make_step_fn",
     "model_identity",
     "model_spec",
+    "provides_hidden",
     "register_model",
     "training_bytes",
     "unregister_model",

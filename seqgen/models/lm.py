@@ -5,7 +5,8 @@ The model has two entry points that compute the same function:
 - `__call__(tokens[B, T]) -> logits[B, T, V]`: teacher forcing, one `lax.scan` over time per
   layer. Each layer's input projection is computed for the whole sequence with one matmul
   outside the scan (the classic cuDNN trick); only the recurrent matmul stays in the loop.
-- `step(carry, tokens[B]) -> (carry, logits[B, V])`: one token at a time, for decoding.
+- `step(carry, tokens[B]) -> (carry, logits[B, V])`: one token at a time, for decoding;
+  `step_hidden` also returns the top layer's h [B, H] (the protocol's optional hidden state).
 
 The cells are `nnx.SimpleCell`, `nnx.OptimizedLSTMCell` and `nnx.GRUCell`, used as parameter
 containers: the recurrences below (`_RECURRENCES`) are exactly the cells' `__call__` with the input
@@ -252,6 +253,14 @@ class LanguageModel(nnx.Module):
         self, carry: Carry, tokens: Array, *, rngs: Array | None = None
     ) -> tuple[Carry, Array]:
         """One time step: tokens [B] -> (new carry, logits [B, V])."""
+        new_carry, _, logits = self.step_hidden(carry, tokens, rngs=rngs)
+        return new_carry, logits
+
+    def step_hidden(
+        self, carry: Carry, tokens: Array, *, rngs: Array | None = None
+    ) -> tuple[Carry, Array, Array]:
+        """`step` and the top layer's h [B, H] it read the logits from (before dropout):
+        (new carry, hidden [B, H], logits [B, V])."""
         recur = _RECURRENCES[self.cell_type]
         keep = self._keep_masks(rngs, (tokens.shape[0], self.hidden_size))
         x = self._embed(tokens)  # [B, E] or None
@@ -261,8 +270,9 @@ class LanguageModel(nnx.Module):
                 x = self._drop(layer - 1, x, keep)
             c, x = recur(self.cells[layer], carry[layer], self._input_proj(layer, x, tokens))
             new_carry.append(c)
+        hidden = x
         x = self._drop(self.num_layers - 1, x, keep)
-        return tuple(new_carry), self._head(x)
+        return tuple(new_carry), hidden, self._head(x)
 
 
 # --- the models table's rows -----------------------------------------------------------------

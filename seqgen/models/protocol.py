@@ -13,10 +13,15 @@ A model is an NNX module with three methods (`SequenceModel`):
   carry keeps its shapes.
 
 `step` and `__call__` compute the same function: feeding a sequence step by step gives the
-logits of the teacher-forced pass (each model's tests check it). A later optional hidden-state
-output of the step (issue 18's contrastive search needs each candidate's representation) goes
-here: both built-in models compute the step's top-layer features before their output head,
-and `make_step_fn` is the one place that would expose them.
+logits of the teacher-forced pass (each model's tests check it).
+
+Optional: `step_hidden(carry, tokens[B]) -> (carry, hidden[B, D], logits[B, V])`, the same step
+and the representation its logits are read from (the recurrent cells: the top layer's h; the
+Transformer: the last hidden state after the final layer norm, Hugging Face's
+`last_hidden_state`). Contrastive search compares candidates by it. `make_step_fn` attaches it
+to the step function (`seqgen.decoding.common.with_hidden`, where the decoders' step-function
+protocol lives; `hidden_step(step_fn)` reads it back, None for a model or a user's step
+function without one: every decoder but those whose row says `hidden` runs such a model).
 
 `ModelSpec` is one row of the models table (`seqgen.models.registry.MODELS`): how to build the
 module from its `model.*` config fields, which fields those are (its cache identity), its
@@ -34,6 +39,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from seqgen.decoding.common import with_hidden
 from seqgen.tokens import BOS_ID, EOS_ID, PAD_ID
 
 Array = jax.Array
@@ -105,7 +111,18 @@ def make_step_fn(model: nnx.Module) -> tuple[Callable[..., tuple[Carry, Array]],
     def step_fn(params: nnx.State, carry: Carry, tokens: Array) -> tuple[Carry, Array]:
         return nnx.merge(graphdef, params, rest).step(carry, tokens)
 
+    if provides_hidden(model):
+
+        def hidden(params: nnx.State, carry: Carry, tokens: Array) -> tuple[Carry, Array, Array]:
+            return nnx.merge(graphdef, params, rest).step_hidden(carry, tokens)
+
+        with_hidden(step_fn, hidden)
     return step_fn, params
+
+
+def provides_hidden(model: Any) -> bool:
+    """Whether a model module has the optional `step_hidden`."""
+    return callable(getattr(model, "step_hidden", None))
 
 
 def make_init_carry_fn(model: nnx.Module) -> Callable[..., Carry]:

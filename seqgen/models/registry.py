@@ -21,7 +21,7 @@ from flax import nnx
 
 from seqgen.errors import UserError
 from seqgen.models import lm, transformer
-from seqgen.models.protocol import ModelSpec, count_params
+from seqgen.models.protocol import ModelSpec, count_params, provides_hidden
 
 MODELS: dict[str, ModelSpec] = {
     "rnn": lm.rnn_spec("rnn"),
@@ -128,6 +128,14 @@ def estimate_params(model_cfg: Any, vocab_size: int) -> int:
         return count(None)
     one, two = count(1), count(2)
     return one + (layers - 1) * (two - one)
+
+
+def has_hidden(model_cfg: Any) -> bool:
+    """Whether the configured model provides the protocol's optional hidden state (built
+    abstractly, no arrays; the oracle has none)."""
+    if str(_get(model_cfg, "cell")) == ORACLE:
+        return False
+    return provides_hidden(nnx.eval_shape(lambda: build_model(model_cfg, 8, 0)))
 
 
 def training_bytes(model_cfg: Any, seq_len: int, rows: int, vocab_size: int) -> int:

@@ -17,7 +17,8 @@ Entry points (`seqgen.models.protocol`):
   carry), and the position of the next token per row, int32[B];
 - `step(carry, tokens[B])`: writes the token's k and v at each row's position (a one-hot mask,
   never a dynamic slice: rows of one batch may sit at different positions, as in exact
-  search's pool) and attends over the positions up to it.
+  search's pool) and attends over the positions up to it; `step_hidden` also returns the
+  last hidden state after the final LN (the protocol's optional hidden state).
 
 A position at or past `max_len` writes nothing (the one-hot mask is empty there); only a
 scorer's last, discarded step reaches it.
@@ -139,7 +140,10 @@ class Transformer(nnx.Module):
         return x + self._drop(mlp, keep, site + 1)
 
     def _head(self, x: Array) -> Array:
-        x = self.ln_f(x)
+        return self._project(self.ln_f(x))
+
+    def _project(self, x: Array) -> Array:
+        """Logits of the final layer norm's output x [..., D]."""
         if self.tie_weights:
             logits = x @ self.embed.embedding[...].T + self.head_bias[...]
         else:
@@ -192,6 +196,20 @@ class Transformer(nnx.Module):
 
     def step(self, carry: dict[str, Any], tokens: Array) -> tuple[dict[str, Any], Array]:
         """One token per row at its own position: tokens [B] -> (new carry, logits [B, V])."""
+        new_carry, x = self._step_features(carry, tokens)
+        return new_carry, self._head(x)[:, 0]
+
+    def step_hidden(
+        self, carry: dict[str, Any], tokens: Array
+    ) -> tuple[dict[str, Any], Array, Array]:
+        """`step` and the last hidden state [B, D] after the final layer norm (Hugging Face's
+        `last_hidden_state`, what contrastive search compares): (carry, hidden, logits)."""
+        new_carry, x = self._step_features(carry, tokens)
+        hidden = self.ln_f(x)  # [B, 1, D]
+        return new_carry, hidden[:, 0], self._project(hidden)[:, 0]
+
+    def _step_features(self, carry: dict[str, Any], tokens: Array) -> tuple[dict[str, Any], Array]:
+        """The step's new carry and the last block's output [B, 1, D] (before the final LN)."""
         pos = carry["pos"]  # [B]
         t = carry["kv"][0][0].shape[1]
         here = (jnp.arange(t) == pos[:, None])[:, :, None, None]  # [B, T, 1, 1] write mask
@@ -204,7 +222,7 @@ class Transformer(nnx.Module):
             v_all = jnp.where(here, v, carry["kv"][i][1])
             kv.append((k_all, v_all))
             x = self._finish(blk, x, _attend(q, k_all, v_all, seen), None, 2 * i + 1)
-        return {"kv": tuple(kv), "pos": pos + 1}, self._head(x)[:, 0]
+        return {"kv": tuple(kv), "pos": pos + 1}, x
 
 
 # --- the models table's row ------------------------------------------------------------------
