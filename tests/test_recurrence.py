@@ -143,3 +143,16 @@ def test_the_default_backward_keeps_the_model_cache_keys_of_before_the_knob():
     assert model_cache_key(ModelSpec.of(cfg), corpus) == old_key
     fused = compose([*TINY, "train.backward=fused"])
     assert model_cache_key(ModelSpec.of(fused), corpus) != old_key  # other weights, other entry
+
+
+def test_wavefront_without_a_dropout_key_keeps_the_dropout_modules_stream():
+    """Train mode without a key: the wavefront cannot take the dropout modules' own draws up
+    front, so it runs per layer and drops exactly what autodiff's per-layer path drops."""
+    model = LanguageModel(
+        V, embed_size=8, hidden_size=16, num_layers=2, dropout=0.5, rngs=nnx.Rngs(0)
+    )
+    model.train()
+    inputs = _batch()[0]
+    wave, auto = nnx.clone(model)(inputs, backward="wavefront"), nnx.clone(model)(inputs)
+    np.testing.assert_array_equal(wave, auto)
+    assert not np.array_equal(auto, nnx.clone(model)(inputs, rngs=jax.random.key(1)))
