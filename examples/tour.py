@@ -21,10 +21,12 @@ import os
 import tempfile
 from pathlib import Path
 
+import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 
 import seqgen
+from seqgen.decoding import Knob, register_processor
 from seqgen.metrics import compute
 
 out = Path(os.environ.get("TOUR_OUT") or tempfile.mkdtemp(prefix="seqgen-tour-"))
@@ -80,10 +82,33 @@ print("same log-probs as the decoder:", np.allclose(again.logprobs, gen.logprobs
 
 # %% [markdown]
 # ## Register a custom processor
-# (This cell is written once `seqgen.decoding.register_processor` is in place.)
+# A logits processor is a function `logits [R, V] -> logits [R, V]` and one row of the
+# processor table: its knob (a `decoder.*` field, with a range and a neutral value at which the
+# row is off and not compiled), its stage (penalty, temperature, truncation, post). Here: ban
+# one token. It then runs in every decoder that samples, from Python as a knob of `generate`,
+# and from the command line when this cell lives in a file of yours:
+# `python -m seqgen.run plugins=[my_ext.py] decoder=sample decoder.ban_token=5`.
+
 
 # %%
-# CUSTOM PROCESSOR CELL: left for `seqgen.decoding.register_processor`
+def ban(logits, ctx):
+    """Logit -inf for the token `ban_token` (-1: off)."""
+    return jnp.where(jnp.arange(logits.shape[-1]) == ctx.knobs["ban_token"], -jnp.inf, logits)
+
+
+register_processor(
+    "ban_token",
+    ban,
+    stage="penalty",
+    knobs=(Knob("ban_token", int, -1, traced=True, low=-1, neutral=-1, doc="-1: off"),),
+)
+ids = np.concatenate(outputs["nucleus 0.9"].token_ids)
+common = int(np.bincount(ids).argmax())  # the symbol nucleus sampling draws most
+banned = model.generate(
+    prompt, decoder="sample", top_p=0.9, num_samples=8, seed=0, ban_token=common
+)
+outputs[f"nucleus, no {model.vocab.decode([common])!r}"] = banned
+print("banned symbol drawn:", any(common in t for t in banned.token_ids))
 
 # %% [markdown]
 # ## Plot a metric
@@ -96,6 +121,7 @@ fig, axes = plt.subplots(1, 2, figsize=(8, 3))
 for ax, key in zip(axes, ("gen/ppl", "diversity/distinct_2")):
     ax.bar(list(metrics), [m[key] for m in metrics.values()])
     ax.set_title(key)
+    ax.tick_params(axis="x", labelrotation=20)
 axes[0].set_ylabel("per token")
 axes[1].set_ylabel("distinct bigrams / bigrams")
 fig.tight_layout()

@@ -444,6 +444,60 @@ def architecture_table(folder: str) -> str:
     return table(["model", "decoder", *keys], rows)
 
 
+GUIDANCE = f"{EXP}/guidance/results"
+GUIDANCE_COLUMNS = [
+    ("gen/ppl (guided)", "gen/ppl", ".2f"),
+    ("gen/ref_ppl (unguided model)", "gen/ref_ppl", ".2f"),
+    ("abc/parse_rate", "abc/parse_rate", ".3f"),
+    ("abc/bar_ok_rate", "abc/bar_ok_rate", ".3f"),
+    ("abc/in_key_rate", "abc/in_key_rate", ".3f"),
+    ("abc/in_key_notes", "abc/in_key_notes", ".3f"),
+    ("seq_rep_4", "repetition/seq_rep_4", ".3f"),
+    ("length/mean", "length/mean", ".1f"),
+]
+
+
+def guidance_table() -> str:
+    return by_label(results(f"{GUIDANCE}/results.jsonl"), GUIDANCE_COLUMNS)
+
+
+def guidance_runtime() -> str:
+    m = metrics(f"{GUIDANCE}/metrics.json")
+    return f"{m['wall_s'] / 60:.1f} min"
+
+
+def guidance_reading() -> str:
+    r = results(f"{GUIDANCE}/results.jsonl")
+    rows = [r[k] for k in ("gamma 1 (unguided)", "gamma 1.5", "gamma 2", "gamma 3")]
+
+    def seq(key: str, fmt: str) -> str:
+        return " / ".join(num(m[key], fmt) for m in rows)
+
+    return (
+        f"no effect in the expected direction. Over γ = 1 / 1.5 / 2 / 3, `abc/bar_ok_rate` is "
+        f"{seq('abc/bar_ok_rate', '.3f')} (people {num(r['human']['abc/bar_ok_rate'], '.3f')}), "
+        f"`abc/in_key_rate` {seq('abc/in_key_rate', '.3f')} (people "
+        f"{num(r['human']['abc/in_key_rate'], '.3f')}), `abc/in_key_notes` "
+        f"{seq('abc/in_key_notes', '.3f')}, `gen/ppl` {seq('gen/ppl', '.2f')} and "
+        f"`gen/ref_ppl` {seq('gen/ref_ppl', '.2f')}: the meter is kept slightly less often as "
+        "γ grows, the key as often, and both perplexities barely move."
+    )
+
+
+def _guidance_overview() -> str:
+    r = results(f"{GUIDANCE}/results.jsonl")
+    lo, hi, h = r["gamma 1 (unguided)"], r["gamma 3"], r["human"]
+
+    def move(key: str, fmt: str) -> str:
+        return f"{num(lo[key], fmt)} → {num(hi[key], fmt)} (people {num(h[key], fmt)})"
+
+    return (
+        f"sampling, γ 1 → 3: bar_ok {move('abc/bar_ok_rate', '.2f')}, tunes in key "
+        f"{move('abc/in_key_rate', '.2f')}, gen/ref_ppl {move('gen/ref_ppl', '.2f')}; "
+        f"{guidance_runtime()} shared"
+    )
+
+
 def _rng(values: Sequence[float], fmt: str) -> str:
     lo, hi = f"{min(values):{fmt}}", f"{max(values):{fmt}}"
     return lo if lo == hi else f"{lo}-{hi}"
@@ -580,6 +634,11 @@ def overview() -> str:
             "2-core CPU",
         ),
         (
+            "guidance",
+            "`experiments/guidance/run.sh`",
+            _guidance_overview(),
+        ),
+        (
             "truncation_oracle",
             "`experiments/truncation_oracle/run.sh`",
             "truncation vs the DPFSA's true support, 7 methods x 4 settings, GRU hidden 16/64: "
@@ -631,6 +690,12 @@ BLOCKS: dict[tuple[str, str], Callable[[], str]] = {
     (f"{EXP}/mbr/README.md", "synthetic"): mbr_synthetic,
     (f"{EXP}/mbr/README.md", "folk"): mbr_folk,
     (f"{EXP}/meter_constraint/README.md", "table"): meter_table,
+    (f"{EXP}/guidance/README.md", "table"): guidance_table,
+    (f"{EXP}/guidance/README.md", "runtime"): guidance_runtime,
+    (f"{EXP}/guidance/README.md", "reading"): guidance_reading,
+    (f"{EXP}/guidance/README.md", "memory"): lambda: (
+        (ROOT / GUIDANCE / "header_memory.txt").read_text().strip()
+    ),
     (f"{EXP}/architecture/README.md", "models"): architecture_models,
     (f"{EXP}/architecture/README.md", "speed"): architecture_speed,
     (f"{EXP}/architecture/README.md", "folk"): lambda: architecture_table("folk"),

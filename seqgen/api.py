@@ -17,7 +17,6 @@ of a run's first decoder, `driver.generations`), and `seqgen-sample` decodes thr
 
 from __future__ import annotations
 
-import copy
 import functools
 import logging
 import time
@@ -73,8 +72,9 @@ class ScoreOutput:
     """What `Model.score` returns, one entry per text: the teacher-forced log-prob of each of
     its tokens (after BOS and its prompt), of the EOS after it (0.0 when `ended` is False),
     the sequence's log-prob (their sum), the tokens scored (EOS counted) and the perplexity
-    `exp(-logprob / num_tokens)`."""
+    `exp(-logprob / num_tokens)`; `token_ids` are the ids scored (each text as encoded)."""
 
+    token_ids: list[np.ndarray]
     token_logprobs: list[np.ndarray]
     eos_logprobs: np.ndarray
     logprobs: np.ndarray
@@ -140,10 +140,14 @@ class Model:
             >>> out = model.generate("ab", decoder="beam", beam_size=4)  # doctest: +SKIP
             >>> out.continuations[0], out.scores[0]  # doctest: +SKIP
         """
-        from seqgen.config import validate_config
+        from seqgen import config
 
-        cfg = copy.deepcopy(self.config)  # the model's own config stays as loaded
-        cfg.decoder = decoder_config(decoder, knobs)
+        dec = decoder_config(decoder, knobs)
+        # a copy (the model's own config stays as loaded) on the schema as it is now: with the
+        # knobs a processor registered since `load` added
+        plain = OmegaConf.to_container(self.config, resolve=True)
+        cfg = OmegaConf.merge(OmegaConf.structured(config.Config), plain)
+        cfg.decoder = dec
         if prompts is None:
             cfg.decode.prompts = "none"
         else:
@@ -151,7 +155,7 @@ class Model:
         cfg.decode.num_samples = int(num_samples)
         if max_len is not None:
             cfg.decode.max_len = int(max_len)
-        validate_config(cfg)
+        config.validate_config(cfg)
         return self.decode_config(cfg, int(cfg.seed) if seed is None else int(seed))
 
     def decode_config(self, cfg: DictConfig, seed: int) -> GenerateOutput:
@@ -177,8 +181,9 @@ class Model:
         check_decode_budget(cfg, len(pr.prompts))  # rows x max_len within budget and memory
         t0 = time.time()
         steered = resolve_steering(dec, corpus.vocab)  # texts as the vocabulary's ids, as a run
+        key = decoder_key(seed, 0)
         out = decode_all(
-            cfg.decode, steered, self.loaded, pr.prompts, decoder_key(seed, 0), pr.constraint
+            cfg.decode, steered, self.loaded, pr.prompts, key, pr.constraint, pr.unconditional
         )
         settings = metric_settings(cfg.metrics, int(cfg.seed), corpus, pr)
         # what evaluate_decoders adds for the sampler's kept sets (oracle/trunc_*)
@@ -226,30 +231,31 @@ class Model:
                 f"score: {len(texts)} texts, {len(prompts)} prompts and {len(ends)} ended "
                 "flags; allowed: one prompt and one flag per text (or none)"
             )
-        conts, pids = [self._ids(t) for t in texts], [self._ids(p) for p in prompts]
+        conts, pids = [self._ids(t, "text") for t in texts], [self._ids(p) for p in prompts]
         lps, eos = score_sequences(self.loaded, pids, conts, [bool(e) for e in ends])
         eos = np.asarray(eos, np.float64)
         total = np.array([lp.astype(np.float64).sum() for lp in lps]) + eos
         n = np.array([len(c) + bool(e) for c, e in zip(conts, ends)])
         with np.errstate(divide="ignore", invalid="ignore"):
             ppl = np.exp(-total / n)
-        return ScoreOutput(list(lps), eos, total, n, ppl)
+        return ScoreOutput(conts, list(lps), eos, total, n, ppl)
 
-    def _ids(self, text: str | Any) -> np.ndarray:
+    def _ids(self, text: str | Any, what: str = "prompt") -> np.ndarray:
         if isinstance(text, str):
-            return np.asarray(self.vocab.encode(text, unknown=self.config.data.unknown), np.int32)
+            unknown = self.config.data.unknown
+            return np.asarray(self.vocab.encode(text, unknown=unknown, what=what), np.int32)
         return np.asarray(text, np.int32).reshape(-1)
 
 
 def decoder_config(name: str, knobs: Any = None) -> DictConfig:
     """`decoder=NAME` as conf/decoder/NAME.yaml defines it, with `knobs` (a dict or DictConfig
     of knob values) merged over it; a wrong name or knob is one `UserError` line."""
+    from seqgen import config
     from seqgen.compose import compose_config, explain
-    from seqgen.config import DecoderConfig
 
     base = compose_config([f"decoder={name}"]).decoder
-    try:
-        return OmegaConf.merge(OmegaConf.structured(DecoderConfig), base, knobs or {})
+    try:  # the schema as composing built it: with the knobs registered until then
+        return OmegaConf.merge(OmegaConf.structured(config.DecoderConfig), base, knobs or {})
     except Exception as exc:
         raise UserError(explain(exc, [f"decoder.{k}" for k in (knobs or {})])) from None
 

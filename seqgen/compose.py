@@ -18,9 +18,11 @@ from hydra.core.override_parser.types import Override
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from seqgen.config import DecoderConfig, register_configs, unknown_key_message, validate_config
+from seqgen import config
+from seqgen.config import register_configs, unknown_key_message, validate_config
 from seqgen.decoding import registry
 from seqgen.errors import UserError
+from seqgen.plugins import import_plugins
 from seqgen.preflight import check_environment
 
 # The Hydra configs: inside an installed wheel they are the package `seqgen.conf` (pyproject maps
@@ -42,10 +44,16 @@ def compose_config(
     """The primary config (conf/config.yaml) with `overrides`, as `seqgen` composes it; a
     composition error is one `UserError` line (`explain`)."""
     overrides = list(overrides)
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception:  # a syntax error: compose reports it
+        parsed = []
+    import_override_plugins(parsed)
+    register_configs()  # the knobs and decoders registered since (a notebook's own too)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return compose(
+            cfg = compose(
                 config_name=config_name,
                 overrides=overrides,
                 return_hydra_config=return_hydra_config,
@@ -54,6 +62,23 @@ def compose_config(
         raise UserError(explain(exc, overrides)) from None
     finally:
         GlobalHydra.instance().clear()
+    import_plugins(cfg.get("plugins"))  # those a config file names
+    return cfg
+
+
+def import_override_plugins(parsed: list[Override]) -> None:
+    """Import the plugins the overrides name (`plugins=[...]`, every value of a sweep) before
+    composing, so the decoders and knobs they register are in the schema Hydra composes with.
+    Plugins a config file names are imported once it is composed: their models and metrics
+    are accepted, but a `decoder=NAME` or `decoder.KNOB` of theirs needs the command line's
+    `plugins=` (or `seqgen.run(["plugins=[...]", ...])`)."""
+    for o in parsed:
+        if o.key_or_group != "plugins":
+            continue
+        values = list(o.sweep_iterator()) if o.is_sweep_override() else [o.value()]
+        for value in values:
+            if isinstance(value, list):  # anything else: the schema's type check says why
+                import_plugins(value)
 
 
 def explain(exc: BaseException, overrides: list[str] = ()) -> str:
@@ -67,7 +92,7 @@ def explain(exc: BaseException, overrides: list[str] = ()) -> str:
         full_key = str(getattr(err, "full_key", "") or "")
         if not (isinstance(err, OmegaConfBaseException) and full_key):
             continue
-        if getattr(err, "object_type", None) is DecoderConfig and "." not in full_key:
+        if getattr(err, "object_type", None) is config.DecoderConfig and "." not in full_key:
             full_key = _locate_decoder_key(full_key, overrides)
         msg = str(err).splitlines()[0]
         if "not in '" in msg:
@@ -139,6 +164,7 @@ def _check_variant(
     sets (`hydra.sweeper.params`, parsed by Hydra's grammar like the command line's) that the
     command line does not override (`given`: the keys it sets); return the configs."""
     cfg = compose(config_name=config_name, overrides=variant, return_hydra_config=True)
+    import_plugins(cfg.get("plugins"))
     validate_config(cfg)
     cfgs = [cfg]
     # folders, coordinator, credentials: before Hydra creates the run dir
@@ -211,6 +237,8 @@ def check_overrides(
         raise UserError(explain(exc)) from None
     given = {o.key_or_group for o in parsed}
     _check_launcher(parsed, multirun)
+    import_override_plugins(parsed)
+    register_configs()
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

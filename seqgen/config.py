@@ -32,6 +32,7 @@ from seqgen.models import CELL_CHOICES, has_hidden
 from seqgen.models import check_model as check_cell
 from seqgen.models.recurrence import BACKWARDS
 from seqgen.models.transformer import POSITIONS
+from seqgen.plugins import import_exported
 from seqgen.settings import setting
 
 MAX_LEN = 1_000_000  # the largest decode.max_len (see DecodeConfig)
@@ -238,6 +239,10 @@ class Config:
     cache_on_damage: str = _one_of("retrain", ("retrain", "error"))  # a damaged cache entry
     distributed: bool = False  # jax.distributed.initialize() for multi-host TPU pods / GPU clusters
     experiment_name: str = "default"
+    # user extensions imported before the config is validated: dotted module names or paths to
+    # .py files that call register_processor/decoder/metric/model (OmegaConf checks the type;
+    # each entry is checked by importing it, seqgen.plugins.import_plugin, one line if it fails)
+    plugins: list[str] = field(default_factory=list)
 
 
 GROUP_SCHEMAS: dict[str, type] = {
@@ -550,3 +555,8 @@ def to_dict(node: Any) -> dict:
     if is_dataclass(node):
         return OmegaConf.to_container(OmegaConf.structured(node), resolve=True)  # type: ignore
     return dict(node)
+
+
+# A multirun job in a launcher's process: the command line's plugins, imported here (Hydra
+# unpickles the job's config, which names `DecoderConfig`, before anything else runs).
+import_exported()

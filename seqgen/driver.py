@@ -55,6 +55,7 @@ def decode_chunks(
     prompts: list[np.ndarray],
     key: jax.Array,
     constraint: Any = None,
+    unconditional: list[np.ndarray] | None = None,
 ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
     """Decode every prompt with one decoder, in chunks of `decode.batch_size` rows: yields
     `(index of the chunk's first prompt, its outputs as numpy)` as each compiled call ends.
@@ -62,7 +63,9 @@ def decode_chunks(
     Each row's randomness is folded from its global prompt index and sample index, so chunking
     does not change what a row generates, nor does `decode.shard` (the rows of each call split
     over every device of every host when there is more than one). `decode_cfg`: the `decode`
-    config; `constraint`: a `Constraint` or None.
+    config; `constraint`: a `Constraint` or None; `unconditional`: each prompt's context for
+    classifier-free guidance (`prompts.unconditional_contexts`; None: BOS only), read only
+    when `dec.guidance_scale` != 1.
     """
     from seqgen.decoding import decode
     from seqgen.parallel import describe_devices, make_mesh, replicate
@@ -79,16 +82,12 @@ def decode_chunks(
     log.info("decoding %s: %d rows on %s", label, len(prompts) * n_out, describe_devices(mesh))
     t0 = time.time()
     for done, start in enumerate(range(0, len(prompts), per_call), start=1):
-        chunk = prompts[start : start + per_call]
-        p_len = np.array([len(p) for p in chunk], np.int32)
-        width = max(1, int(p_len.max()))
-        arr = np.zeros((len(chunk), width), np.int32)
-        for i, p in enumerate(chunk):
-            arr[i, : len(p)] = p
+        arr, p_len = _padded(prompts[start : start + per_call])
+        ctx = None if unconditional is None else _padded(unconditional[start : start + per_call])
         out = decode(
             model.step_fn,
             params,
-            model.init_carry(len(chunk), carry_len),  # a KV cache holds the decoder's steps
+            model.init_carry(len(p_len), carry_len),  # a KV cache holds the decoder's steps
             arr,
             p_len,
             cfg=dec,
@@ -96,13 +95,15 @@ def decode_chunks(
             num_samples=int(decode_cfg.num_samples),  # rows of the decoders that sample
             key=key,
             vocab_size=model.vocab_size,
-            prompt_ids=np.arange(start, start + len(chunk), dtype=np.int32),
+            prompt_ids=np.arange(start, start + len(p_len), dtype=np.int32),
             constraint=constraint,
             mesh=mesh,
             loop=decode_cfg.get("loop", "auto"),
             logprobs=int(decode_cfg.get("logprobs", 0)),
             logprobs_mode=str(decode_cfg.get("logprobs_mode", "raw")),
             prompt_logprobs=bool(decode_cfg.get("prompt_logprobs", False)),
+            guidance_prompts=None if ctx is None else ctx[0],
+            guidance_lengths=None if ctx is None else ctx[1],
         )
         fields = {f: getattr(out, f, None) for f in OUTPUT_FIELDS}
         yield start, {f: np.asarray(v) for f, v in fields.items() if v is not None}
@@ -118,9 +119,18 @@ def decode_chunks(
             )
 
 
+def _padded(rows: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Token rows as int32[n, max(1, longest)] (zeros after each) and their lengths [n]."""
+    lengths = np.array([len(p) for p in rows], np.int32)
+    arr = np.zeros((len(rows), max(1, int(lengths.max()))), np.int32)
+    for i, p in enumerate(rows):
+        arr[i, : len(p)] = p
+    return arr, lengths
+
+
 def decode_all(*args: Any, **kwargs: Any) -> dict[str, Any]:
-    """Every output of `decode_chunks(decode_cfg, dec, model, prompts, key, constraint=None)`,
-    concatenated over the chunks."""
+    """Every output of `decode_chunks(decode_cfg, dec, model, prompts, key, constraint=None,
+    unconditional=None)`, concatenated over the chunks."""
     outs = [out for _, out in decode_chunks(*args, **kwargs)]
     return {f: np.concatenate([o[f] for o in outs], axis=0) for f in outs[0]}
 

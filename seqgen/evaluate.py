@@ -84,7 +84,7 @@ def evaluate_decoders(
         if _study_rows(decode_cfg, dec, len(pr.prompts)) > int(decode_cfg.stream_rows):
             _warn_study_metrics(decode_cfg, metrics_cfg, dec, corpus, reference, pr.constraint)
             study = (decode_cfg, metrics_cfg, seed, dec, corpus, model, pr.prompts, key)
-            result, first_rows = study_decoder(*study, pr.constraint, on_samples)
+            result, first_rows = study_decoder(*study, pr.constraint, on_samples, pr.unconditional)
             if is_lead():  # its samples are on disk; the first ones for the tracker's table
                 results.append(result)
                 samples += first_rows
@@ -93,7 +93,9 @@ def evaluate_decoders(
             continue
         with still_running(f"decoding {label}"):  # a compile or one long chunk: not silent
             steered = resolve_steering(dec, corpus.vocab)  # texts as the vocabulary's ids
-            out = decode_all(decode_cfg, steered, model, pr.prompts, key, pr.constraint)
+            out = decode_all(
+                decode_cfg, steered, model, pr.prompts, key, pr.constraint, pr.unconditional
+            )
         t_dec = time.time() - t0
         if not is_lead():  # every process decodes its rows; process 0 has them all and scores
             continue
@@ -107,7 +109,7 @@ def evaluate_decoders(
         fields["label"] = label
         gen, rec, texts = generations(decode_cfg, dec, corpus, pr.prompts, out, **fields, **common)
         gen = _reference_scores(reference, gen)
-        if registry.spec(dec).mode_search:
+        if registry.searches_mode(dec):
             beams.append((len(results), gen))
         if registry.spec(dec).finds_mode:  # exact search: the mode each beam is held to
             exact_mode = (gen.sequence_logprobs(), gen.proven)
@@ -151,6 +153,7 @@ def study_decoder(
     key: Any,
     constraint: Any,
     on_samples: Callable[[list[dict[str, Any]], bool], None] | None,
+    unconditional: list[np.ndarray] | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """One decoder's result for a study of many generations, in memory that does not grow
     with their number: each decoded chunk's samples go to `on_samples` (process 0) and its
@@ -171,7 +174,8 @@ def study_decoder(
     kept: list[dict[str, Any]] = []
     t0 = time.time()
     steered = resolve_steering(dec, corpus.vocab)  # texts as the vocabulary's ids
-    for start, out in decode_chunks(decode_cfg, steered, model, prompts, key, constraint):
+    chunks = decode_chunks(decode_cfg, steered, model, prompts, key, constraint, unconditional)
+    for start, out in chunks:
         if not is_lead():
             continue
         chunk = prompts[start : start + out["tokens"].shape[0]]

@@ -16,6 +16,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from seqgen import plugins
 from seqgen.checkpoint import DamagedCacheEntry, ModelCache
 from seqgen.config import to_dict
 from seqgen.data.batching import batch_iterator, eval_batches
@@ -164,6 +165,8 @@ def _train_model(
         "seed": seed,
         "predict_eos": corpus.has_eos,  # text streams without EOS pin its logit
     }
+    if plugins.IMPORTED:  # a model a plugin registered loads from this entry alone
+        meta["plugins"] = list(plugins.IMPORTED)
     return result.model, vocab_json, meta
 
 

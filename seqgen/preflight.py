@@ -31,6 +31,7 @@ from urllib.parse import urlparse
 from seqgen.decoding.registry import rows_per_prompt, validate_decoder
 from seqgen.errors import UserError
 from seqgen.paths import cache_root, model_folder, regular_file
+from seqgen.plugins import import_plugins
 from seqgen.tokens import NUM_SPECIAL, SPECIAL_TOKENS
 
 log = logging.getLogger("seqgen")
@@ -328,12 +329,14 @@ def check_decode_budget(cfg: Any, num_prompts: int) -> None:
 
 def check_corpus(cfg: Any, corpus: Any) -> None:
     """Every decoder of the run against the vocabulary, and the splits: before the prompts."""
+    from seqgen.decoding.forced import check_config as check_force
     from seqgen.decoding.steering import resolve
 
     check_vocabulary(cfg, corpus)
     check_decoders(cfg, len(corpus.vocab))
     for _, dec in run_decoders(cfg):
-        resolve(dec, corpus.vocab)  # a steering text's symbol missing from the vocabulary
+        # a steering text's symbol missing from the vocabulary; a forced phrase too long
+        check_force(dec, resolve(dec, corpus.vocab), int(cfg.decode.max_len))
     check_splits(corpus)
 
 
@@ -441,6 +444,8 @@ def read_run_source(run: str) -> tuple[Any, Path | None]:
             "written once the model is ready)"
         )
     saved = _load_yaml_mapping(folder / "config.yaml", f"run={run}: config.yaml")
+    # the run's own extensions (a plugin's model, decoder or knobs), before the schema reads it
+    import_plugins(saved.get("plugins"), f"run={run}: config.yaml plugins")
     cfg = merge_saved_config(saved, f"run={run}: config.yaml")
     metrics = read_json_object(folder / "metrics.json", f"run={run}: metrics.json", {"model": dict})
     info = metrics["model"]
@@ -473,6 +478,8 @@ def read_model_source(model_dir: str) -> tuple[dict[str, Any], Path]:
     for key, kind in kinds.items():
         if not isinstance(meta.get(key), kind):
             raise UserError(f"model_dir={model_dir}: meta.json has no {key!r} {kind.__name__}")
+    # the plugins of the process that trained it (a plugin's model), before the schema reads it
+    import_plugins(meta.get("plugins"), f"model_dir={model_dir}: meta.json plugins")
     trained = {"data": meta["data_cfg"], "model": meta["model"], "train": meta["train_cfg"]}
     return {**trained, "seed": meta["seed"]}, path
 

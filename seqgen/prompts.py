@@ -27,6 +27,8 @@ class Prompts:
     human_ended: list[bool]
     constraint: Any = None  # the run's `Constraint` automaton (None without one)
     left_out: float | None = None  # share of the prompts the constraint rejected (None: none)
+    # classifier-free guidance's context of each prompt (`unconditional_contexts`)
+    unconditional: list[np.ndarray] | None = None
 
 
 def prepare_prompts(
@@ -41,9 +43,20 @@ def prepare_prompts(
     if corpus.oracle is not None:
         _warn_impossible_prompts(corpus.oracle, pr.prompts)
     constraint = build_constraint(constraint_cfg, corpus, pr.prompts)
-    if constraint is None:
-        return pr
-    return replace(accepted_prompts(constraint, pr), constraint=constraint)
+    if constraint is not None:
+        pr = replace(accepted_prompts(constraint, pr), constraint=constraint)
+    return replace(pr, unconditional=unconditional_contexts(corpus, pr.prompts))
+
+
+def unconditional_contexts(corpus: Any, prompts: list[np.ndarray]) -> list[np.ndarray]:
+    """Classifier-free guidance's unconditional context of each prompt (`decoding.guidance`,
+    Sanchez et al. 2023): the prompt without its conditioning. Folk tunes: the prompt without
+    its header (the M:, L:, K: lines, `_header_length`), so the guided stream is the one that
+    knows the meter and key; every other corpus (text, DPFSA strings): nothing, the prompt
+    dropped (the unconditional stream starts from BOS alone)."""
+    if corpus.name != "folk":
+        return [p[:0] for p in prompts]
+    return [p[_header_length(corpus, p) :] for p in prompts]
 
 
 def make_prompts(decode_cfg: Any, corpus: Any, unknown: str = "error") -> Prompts:

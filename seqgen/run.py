@@ -26,6 +26,7 @@ from seqgen.config import validate_config
 from seqgen.errors import TrainingInterrupted, UserError, storage_error_message
 from seqgen.experiment import run_experiment
 from seqgen.parallel import exit_process
+from seqgen.plugins import export_to_jobs, import_plugins
 
 log = logging.getLogger("seqgen")
 
@@ -61,6 +62,7 @@ def main(cfg: DictConfig) -> Any:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
+        import_plugins(cfg.get("plugins"))  # a job a launcher runs in another process too
         validate_config(cfg)
         return run_experiment(cfg, out_dir=out_dir)
     except TrainingInterrupted as exc:  # SIGINT / SIGTERM: checkpoint saved; stop the sweep too
@@ -133,6 +135,7 @@ def _check_overrides(argv: list[str]) -> None:
 
 def cli() -> None:
     _check_overrides(sys.argv[1:])
+    export_to_jobs()  # a launcher's jobs in other processes import the same plugins
     main()
     if sweep.FAILED_JOBS:
         sys.exit(1)

@@ -99,9 +99,9 @@ def read_source(opts: SampleOptions) -> tuple[DictConfig, Path | None]:
 def _decoder(cfg: DictConfig, name: str | None, knobs: list[str]) -> DictConfig:
     """`decoder=NAME` from conf/decoder/, else the run's own decoder, else pure sampling;
     then the `decoder.KNOB=V` overrides."""
+    from seqgen import config
     from seqgen.api import decoder_config
     from seqgen.compose import explain
-    from seqgen.config import DecoderConfig
 
     try:
         user = OmegaConf.from_dotlist(knobs).decoder if knobs else {}
@@ -110,7 +110,7 @@ def _decoder(cfg: DictConfig, name: str | None, knobs: list[str]) -> DictConfig:
     if name is not None or cfg.get("decoder") is None:
         return decoder_config(name or "sample", user)
     try:
-        return OmegaConf.merge(OmegaConf.structured(DecoderConfig), cfg.decoder, user)
+        return OmegaConf.merge(OmegaConf.structured(config.DecoderConfig), cfg.decoder, user)
     except Exception as exc:
         raise UserError(explain(exc, knobs)) from None
 

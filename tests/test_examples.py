@@ -23,4 +23,5 @@ def test_the_tour_runs_and_scoring_gives_back_the_decoders_logprobs(cache_dir, t
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "same log-probs as the decoder: True" in proc.stdout
+    assert "banned symbol drawn: False" in proc.stdout  # the registered processor ran
     assert (tmp_path / "tour.png").stat().st_size > 0

@@ -479,6 +479,8 @@ def test_compute_keys_follow_inputs_and_layouts_agree():
         "search/mode_found",
         "abc/parse_rate",
         "abc/bar_ok_rate",
+        "abc/in_key_rate",
+        "abc/in_key_notes",
     }
     # tokens 5 + 9 + 7 = 21 plus 2 EOS
     total = sum(lp.sum() for lp in lps) + eos[0] + eos[2]

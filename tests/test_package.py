@@ -42,7 +42,7 @@ def test_console_scripts_and_version_resolve():
     for name, target in PYPROJECT["project"]["scripts"].items():
         module, _, func = target.partition(":")
         assert callable(getattr(importlib.import_module(module), func)), name
-    assert set(PYPROJECT["project"]["scripts"]) == {"seqgen", "seqgen-sample"}
+    assert set(PYPROJECT["project"]["scripts"]) == {"seqgen", "seqgen-sample", "seqgen-score"}
     assert SETUPTOOLS["dynamic"]["version"] == {"attr": "seqgen.__version__"}
     assert PYPROJECT["project"]["license"] == "Apache-2.0"
     assert seqgen.__version__

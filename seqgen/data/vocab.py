@@ -127,7 +127,9 @@ class Vocab:
     def id_of(self, symbol: str) -> int:
         return self._index.get(symbol, UNK_ID)
 
-    def encode_symbols(self, symbols: Iterable[str], *, unknown: str = "unk") -> list[int]:
+    def encode_symbols(
+        self, symbols: Iterable[str], *, unknown: str = "unk", what: str = "prompt"
+    ) -> list[int]:
         if unknown not in UNKNOWN_POLICIES:
             raise UserError(f"data.unknown={unknown!r} is not allowed; allowed: unk, error")
         ids = []
@@ -136,7 +138,7 @@ class Vocab:
             if i is None:
                 if unknown == "error":
                     raise UserError(
-                        f"unknown {self.level} symbol {s!r} in the prompt is not in the "
+                        f"unknown {self.level} symbol {s!r} in the {what} is not in the "
                         f"{len(self)}-symbol training vocabulary; remove it or pass "
                         "data.unknown=unk to map it to <unk>"
                     )
@@ -144,13 +146,14 @@ class Vocab:
             ids.append(i)
         return ids
 
-    def encode(self, text: str, *, unknown: str = "unk") -> list[int]:
+    def encode(self, text: str, *, unknown: str = "unk", what: str = "prompt") -> list[int]:
         """Token ids of `text`, without BOS/EOS.
 
         `unknown="unk"` maps symbols missing from the vocabulary to UNK (used for data);
-        `unknown="error"` raises a one-line `UserError` naming the symbol (used for prompts).
+        `unknown="error"` raises a one-line `UserError` naming the symbol and where it was
+        (`what`: "prompt", "text", ...).
         """
-        return self.encode_symbols(self.tokenize(text), unknown=unknown)
+        return self.encode_symbols(self.tokenize(text), unknown=unknown, what=what)
 
     def decode_symbols(self, ids: Iterable[int]) -> list[str]:
         """Symbols of `ids`, stopping at the first EOS and dropping PAD and BOS."""

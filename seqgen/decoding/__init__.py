@@ -18,6 +18,9 @@ adds one).
     exact             exact MAP search, best-first branch and bound (Stahlberg & Byrne 2019)
     mbr               sampling-based minimum Bayes risk (Eikema & Aziz 2020; Freitag et al. 2022)
     contrastive       contrastive search over the model's hidden states (Su et al. 2022)
+
+`decoder.guidance_scale` (classifier-free guidance, Sanchez et al. 2023; `guidance.py`) wraps
+the step function for the decoders whose registry row takes it.
 """
 
 from __future__ import annotations
@@ -92,6 +95,8 @@ def decode(
     logprobs: int = 0,
     logprobs_mode: str = "raw",
     prompt_logprobs: bool = False,
+    guidance_prompts: Any = None,
+    guidance_lengths: Any = None,
 ) -> DecodeOutput:
     """Decode with the decoder named `cfg.name` (`registry.SPECS`, built-in or registered).
 
@@ -120,6 +125,10 @@ def decode(
                     `processed`: the one actually sampled, after the processors (penalties,
                     temperature, truncation; greedy: after its penalties).
     prompt_logprobs: the model's log-prob of every prompt token (`DecodeOutput`).
+    guidance_prompts: int[B, U] the unconditional contexts of classifier-free guidance
+                    (`cfg.guidance_scale` != 1; `guidance.py`), each at most its prompt's
+                    length, PAD-padded; None = BOS only (the prompt dropped).
+    guidance_lengths: int[B]; None = all U.
     """
     req = DecodeRequest(
         step_fn,
@@ -138,6 +147,8 @@ def decode(
         logprobs=logprobs,
         logprobs_mode=logprobs_mode,
         prompt_logprobs=prompt_logprobs,
+        guidance_prompts=guidance_prompts,
+        guidance_lengths=guidance_lengths,
     )
     with decode_mesh(mesh) if mesh is not None else contextlib.nullcontext():
         return run(get(cfg, "name"), req)

@@ -150,6 +150,8 @@ class DecodeRequest:
     logprobs: int = 0  # K: the top-K alternatives and their log-probs per position (0 = none)
     logprobs_mode: str = "raw"  # raw: the model's distribution; processed: the one sampled
     prompt_logprobs: bool = False  # the model's log-prob of every prompt token (greedy, sample)
+    guidance_prompts: Any = None  # int[B, U] unconditional contexts (`guidance`); None = BOS
+    guidance_lengths: Any = None  # int[B]; None = all U
 
 
 LOGPROBS_MODES = ("raw", "processed")

@@ -197,6 +197,7 @@ KNOBS: dict[str, Knob] = {
             False,
             doc="beam: only EOS at the last position, so every hypothesis ends (fairseq)",
         ),
+        _steer("force", list, "beam: phrases every hypothesis contains; [a, b] = a or b", False),
         _i("num_groups", 1, 1, doc="diverse beam: groups, dividing beam_size"),
         _f("diversity_penalty", 0.0, 0.0, hi_open=True, doc="diverse beam: Hamming lambda"),
         _off("top_n_sigma", 0.0, 0.0, hi_open=True, doc="0 = off (Tang et al. 2024)"),
@@ -227,6 +228,8 @@ KNOBS: dict[str, Knob] = {
         Knob("candidates", dict, {}, doc="mbr: the hypotheses' decoder knobs ({} = ancestral)"),
         Knob("references", dict, {}, doc="mbr: the pseudo-references' decoder knobs"),
         Knob("utility", str, "chrf", choices=("chrf", "bleu", "edit"), doc="mbr"),
+        # the decoders whose row says `guidance` read it (`guidance.py`, `registry.run`)
+        _off("guidance_scale", 1.0, 0.0, hi_open=True, doc="CFG gamma, 1 = off (Sanchez+ 2023)"),
     )
 }
 

@@ -68,6 +68,8 @@ def launch(req: DecodeRequest, prep: Prepared) -> DecodeOutput:
             prompt_ids=prep.prompt_ids,
             constraint=req.constraint,
             loop=req.loop,
+            guidance_prompts=req.guidance_prompts,  # a nested decoder may be guided
+            guidance_lengths=req.guidance_lengths,
         )
         draws[f] = jax.tree.map(np.asarray, out)
     cand, ref = draws["candidates"], draws["references"]

@@ -17,9 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from seqgen.decoding import guidance, steering
 from seqgen.decoding import processor_table as table
-from seqgen.decoding import steering
-from seqgen.decoding.beam import launch as launch_beam
 from seqgen.decoding.beam import launch_diverse
 from seqgen.decoding.common import (
     DEFAULTS,
@@ -33,6 +32,7 @@ from seqgen.decoding.common import (
 )
 from seqgen.decoding.contrastive import launch as launch_contrastive
 from seqgen.decoding.exact import launch as launch_exact
+from seqgen.decoding.forced import launch as launch_beam
 from seqgen.decoding.knobs import DEFAULT_NAME, KNOBS, NESTED_FIELDS, Knob, add_knob
 from seqgen.decoding.loop import resolve_loop
 from seqgen.decoding.mbr import launch as launch_mbr
@@ -81,6 +81,8 @@ class DecoderSpec:
     one_per_prompt: with prompts, the metrics keep its best row only (stochastic beam's K
                  samples without replacement are one prompt's set), so every decoder and the
                  human row have one continuation per prompt.
+    guidance:    it takes `decoder.guidance_scale` (classifier-free guidance, `guidance.py`):
+                 `run` hands its program the guided step function in place of the model's.
     mode_search: it approximates the mode, so `search/beam_error` counts how often exact search
                  finds a better sequence. `finds_mode`: its result is that exact mode.
     check:       `check(get, where)`: the rules between its knobs; one `UserError` line.
@@ -110,11 +112,13 @@ class DecoderSpec:
     # it reads the step's hidden state (`common.hidden_step`): refused for a model without
     # one, and its carry takes one step past max_len (`carry_len`)
     hidden: bool = False
+    guidance: bool = False
 
     @property
     def knobs(self) -> tuple[str, ...]:
         """Every knob its program reads (the processors' read when asked: a user may add some)."""
-        return tuple(dict.fromkeys((*table.stage_knobs(self.processors), *self.own_knobs)))
+        own = (*self.own_knobs, guidance.KNOB) if self.guidance else self.own_knobs
+        return tuple(dict.fromkeys((*table.stage_knobs(self.processors), *own)))
 
     @property
     def static(self) -> tuple[str, ...]:
@@ -126,7 +130,9 @@ class DecoderSpec:
 
     @property
     def labels(self) -> tuple[str, ...]:
-        return self.knobs if self.label_knobs is None else self.label_knobs
+        if self.label_knobs is None:
+            return self.knobs
+        return (*self.label_knobs, guidance.KNOB) if self.guidance else self.label_knobs
 
 
 def _check_stochastic_beam(get_: Get, where: str) -> None:
@@ -188,22 +194,32 @@ SPECS: dict[str, DecoderSpec] = {
         keyed=False,
         mode_search=True,
         logprobs=True,
+        guidance=True,
     ),
     "sample": DecoderSpec(
-        launch_sample, (*_STOP, "order"), None, False, processors=table.STAGES, logprobs=True
+        launch_sample,
+        (*_STOP, "order"),
+        None,
+        False,
+        processors=table.STAGES,
+        logprobs=True,
+        guidance=True,
     ),
     # beam names a row by no_repeat_ngram_size too, although its program does not read it
+    # beam with `force` is lexically constrained beam search (`forced.py`)
     "beam": DecoderSpec(
         launch_beam,
-        _BEAM,
+        (*_BEAM, "force"),
         "beam_size",
         True,
         ("beam_size", "length_penalty", "alpha", "no_repeat_ngram_size", "min_length")
-        + _CONVENTIONS,
+        + _CONVENTIONS
+        + ("force",),
         label_always=("beam_size",),
         keyed=False,
         mode_search=True,
         score_unit=_length_penalty_unit,
+        guidance=True,
     ),
     "stochastic_beam": DecoderSpec(
         launch_stochastic_beam,
@@ -213,6 +229,7 @@ SPECS: dict[str, DecoderSpec] = {
         label_always=("beam_size",),
         one_per_prompt=True,
         check=_check_stochastic_beam,
+        guidance=True,
         score_unit=lambda get_: "mean perturbed log-prob G (nats per sequence)",
     ),
     "diverse_beam": DecoderSpec(
@@ -227,6 +244,7 @@ SPECS: dict[str, DecoderSpec] = {
         mode_search=True,
         check=_check_groups,
         score_unit=_length_penalty_unit,
+        guidance=True,
     ),
     # exact names a row by min_length too, although its search does not read it
     "exact": DecoderSpec(
@@ -295,9 +313,34 @@ def validate_decoder(dec: Any, where: str = "decoder", vocab_size: int | None = 
     row = spec(dec, where)
     validate_knobs(dec, vocab_size, where)
     table.check_order(get(dec, "order"), f"{where}.order")
-    steering.check_unread(row.knobs, lambda k: get(dec, k), get(dec, "name"), where)
+    steering.check_unread(row.knobs, lambda k: get(dec, k), get(dec, "name"), where, readers)
+    check_guidance(dec, where)
     if row.check is not None:
         row.check(lambda k: get(dec, k), where)
+
+
+def searches_mode(dec: Any) -> bool:
+    """Decoder `dec` approximates the model's mode, so `search/beam_error` holds it to exact
+    search's: a `mode_search` row without forced words (a forced beam searches only the
+    sequences that contain its phrases, whose best is below the mode by design)."""
+    return spec(dec).mode_search and not get(dec, "force")
+
+
+def readers(knob: str) -> list[str]:
+    """The decoders whose program reads `knob`."""
+    return [n for n, s in SPECS.items() if knob in s.knobs]
+
+
+def check_guidance(dec: Any, where: str = "decoder", name: str | None = None) -> None:
+    """Refuse `guidance_scale != 1` for a decoder (`name`, else `dec`'s) whose row does not
+    take guidance, in one line."""
+    name = get(dec, "name") if name is None else name
+    if guidance.on(dec) and not SPECS[name].guidance:
+        ok = ", ".join(n for n, s in SPECS.items() if s.guidance)
+        raise UserError(
+            f"{where}.guidance_scale={get(dec, guidance.KNOB)} is not supported by decoder "
+            f"{name}; allowed: {ok} (or guidance_scale=1)"
+        )
 
 
 def check_constraint(dec: Any, where: str = "decoder") -> None:
@@ -338,14 +381,18 @@ def run(name: str, req: DecodeRequest) -> DecodeOutput:
     resolve_loop(req.loop)  # an unknown loop is a UserError before any work
     validate_knobs(req.cfg, req.vocab_size)
     table.check_order(get(req.cfg, "order"), "decoder.order")
-    steering.check_unread(row.knobs, lambda k: get(req.cfg, k), name)
+    steering.check_unread(row.knobs, lambda k: get(req.cfg, k), name, readers=readers)
     check_logprobs(req, name, row.logprobs)
+    check_guidance(req.cfg, name=name)
     if row.check is not None:
         row.check(lambda k: get(req.cfg, k), "decoder")
     if req.constraint is not None:
         check_constraint({"name": name})
     num_samples = req.num_samples if row.rows is None else 1
-    return row.fn(req, prepare(req, num_samples=num_samples, keyed=row.keyed))
+    prep = prepare(req, num_samples=num_samples, keyed=row.keyed)
+    if guidance.on(req.cfg):  # the program runs the guided step function (`guidance.guide`)
+        req = guidance.guide(req, prep)
+    return row.fn(req, prep)
 
 
 def carry_len(dec: Any, max_len: int) -> int:

@@ -29,7 +29,7 @@ none of these knobs and refuse them (`check_unread`).
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -42,7 +42,8 @@ from seqgen.tokens import EOS_ID
 
 # the steering knobs, each empty by default; a decoder that does not read one refuses it
 SEQUENCE_KNOBS = ("stop", "bad_words", "allowed_tokens", "sequence_bias")
-KNOB_NAMES = (*SEQUENCE_KNOBS, "logit_bias")
+# `force` (beam's forced words) shares their grammar and checks; its search is `forced.py`
+KNOB_NAMES = (*SEQUENCE_KNOBS, "logit_bias", "force")
 
 Ids = tuple[int, ...]
 
@@ -82,6 +83,10 @@ def check_value(name: str, value: Any, where: str, vocab_size: int | None) -> No
     """Check a steering knob's value, one `UserError` line: texts, or token ids (< vocab_size
     when given). `freeze` (when a program is built) refuses texts `resolve` did not turn to ids."""
     key = f"{where}.{name}"
+    if name == "force":
+        from seqgen.decoding.forced import check_value as check_force  # it imports this file
+
+        return check_force(value, where, vocab_size)
     if isinstance(value, str) or not isinstance(value, Sequence | Mapping):
         raise UserError(f"{key}={value!r}; allowed: a list (a dict for logit_bias)")
     if name in ("logit_bias", "sequence_bias"):
@@ -146,6 +151,10 @@ def resolve(dec: Any, vocab: Any) -> Any:
             changes[name] = {ids(k, name, one=True): b for k, b in value.items()}
         elif name == "sequence_bias":
             changes[name] = [[ids(p[0], name), p[1]] for p in value]
+        elif name == "force":
+            from seqgen.decoding.forced import resolve as resolve_force
+
+            changes[name] = resolve_force(value, lambda x: ids(x, "force"))
         else:
             changes[name] = [ids(e, name, one=name == "allowed_tokens") for e in value]
     if not changes:
@@ -158,12 +167,20 @@ def resolve(dec: Any, vocab: Any) -> Any:
     return {**(dict(dec) if isinstance(dec, Mapping) else vars(dec)), **changes}
 
 
-def check_unread(read: Sequence[str], get: Any, decoder: str, where: str = "decoder") -> None:
-    """Refuse a steering knob set for a decoder whose program does not read it (beams)."""
+def check_unread(
+    read: Sequence[str],
+    get: Any,
+    decoder: str,
+    where: str = "decoder",
+    readers: Callable[[str], Sequence[str]] | None = None,
+) -> None:
+    """Refuse a steering knob set for a decoder whose program does not read it; `readers(knob)`
+    names the decoders that do (the registry's)."""
     for name in KNOB_NAMES:
         if name not in read and get(name):
+            ok = ", ".join(readers(name)) if readers is not None else "greedy, sample"
             raise UserError(
-                f"{where}.{name} is not supported by decoder {decoder}; allowed: greedy, sample "
+                f"{where}.{name} is not supported by decoder {decoder}; allowed: {ok} "
                 f"(or {where}.{name} empty)"
             )
 

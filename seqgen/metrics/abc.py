@@ -206,21 +206,83 @@ def abc_rates(
     """
     if len(texts) == 0:
         return math.nan, math.nan
+    verdicts = _on_subset(texts, check_tune, subset, seed, timeout_s, what)
+    parsed = [v for v in verdicts if v is not None and v[0]]
+    checkable = [v[1] for v in parsed if v[1] is not None]
+    ok = sum(map(int, checkable))
+    return len(parsed) / len(verdicts), ok / len(checkable) if checkable else math.nan
+
+
+def _on_subset(
+    texts: Sequence[str],
+    check: Callable[[str], T],
+    subset: int = ABC_SUBSET,
+    seed: int = 0,
+    timeout_s: float = ABC_TIMEOUT_S,
+    what: str = "ABC checks",
+) -> list[T | None]:
+    """`check(text)` of each tune of the seeded random subset (min(len(texts), subset) tunes
+    drawn without replacement by `np.random.default_rng(seed)`, in index order); None for a
+    tune that ran past `timeout_s` seconds. One log line with the time taken and how many ran
+    out (`what` names them), and a line every `HEARTBEAT_S` seconds while it runs."""
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(len(texts), size=min(len(texts), subset), replace=False))
-    parsed = ok = checkable = timed_out = 0
-    t0, done = time.perf_counter(), [0]
-    with still_running(what, lambda: f"{done[0]}/{chosen.size} tunes", every=HEARTBEAT_S):
+    out: list[T | None] = []
+    timed_out, t0 = 0, time.perf_counter()
+    with still_running(what, lambda: f"{len(out)}/{chosen.size} tunes", every=HEARTBEAT_S):
         for i in chosen:
-            verdict, late = call_with_deadline(lambda t=texts[int(i)]: check_tune(t), timeout_s)
-            done[0] += 1
+            verdict, late = call_with_deadline(lambda t=texts[int(i)]: check(t), timeout_s)
             timed_out += late
-            if verdict is None or not verdict[0]:
-                continue
-            parsed += 1
-            if verdict[1] is not None:
-                checkable += 1
-                ok += int(verdict[1])
+            out.append(verdict)
     late = f"; {timed_out} ran past {timeout_s:g} s and count as unparsed" if timed_out else ""
     log.info("%s: %d tunes in %.1f s%s", what, chosen.size, time.perf_counter() - t0, late)
-    return parsed / chosen.size, ok / checkable if checkable else math.nan
+    return out
+
+
+def key_notes(score) -> tuple[int, int] | None:
+    """(notes in the key's scale, notes) of one parsed tune; None when it has no key.
+
+    The key is the tune's first `K:` field as music21 reads it (a `key.Key`, its mode included:
+    K:Ador is A dorian); its scale is the diatonic pitch-class set of that key signature (the
+    7 pitch classes of the major scale with the same sharps or flats: the church modes share
+    their relative major's set, a minor key is natural minor). Each note counts once, each
+    chord's pitches once each, at the pitch class it sounds (key signature and accidentals
+    applied by music21's ABC reader); grace notes count, rests do not (`recurse().notes`).
+    """
+    from music21 import key as m21key
+
+    keys = list(score.recurse().getElementsByClass(m21key.KeySignature))
+    if not keys:
+        return None
+    scale = m21key.KeySignature(keys[0].sharps).getScale("major")
+    allowed = {p.pitchClass for p in scale.getPitches("C4", "B4")}
+    pcs = [p.pitchClass for n in score.recurse().notes for p in n.pitches]
+    return sum(pc in allowed for pc in pcs), len(pcs)
+
+
+def _tune_key_notes(text: str) -> tuple[int, int] | None:
+    score = parse_abc(text)
+    return None if score is None else key_notes(score)
+
+
+def key_rates(texts: Sequence[str], **subset: Any) -> tuple[float, float]:
+    """(`abc/in_key_rate`, `abc/in_key_notes`): how well tunes keep the key their `K:` header
+    declares. seqgen's own definition (no published metric is followed), a pitch-class count
+    against the key's scale (`key_notes`), on the seeded subset `abc_rates` checks (`subset`:
+    its keywords `subset`, `seed`, `timeout_s`, `what`, with its defaults):
+
+    - abc/in_key_rate = (# parsed tunes with a key and at least one note, every note in the
+      key's scale) / (# parsed tunes with a key and at least one note);
+    - abc/in_key_notes = (sum over those tunes of notes in the scale) / (sum of their notes),
+      pooled over the notes;
+    NaN when no parsed tune has a key and a note. Tunes that do not parse (or run past
+    `timeout_s`) are left out, as `abc/bar_ok_rate` leaves them out.
+    """
+    if len(texts) == 0:
+        return math.nan, math.nan
+    counts = [c for c in _on_subset(texts, _tune_key_notes, **subset) if c]
+    counts = [c for c in counts if c[1] > 0]
+    if not counts:
+        return math.nan, math.nan
+    in_key = sum(c[0] == c[1] for c in counts) / len(counts)
+    return in_key, sum(c[0] for c in counts) / sum(c[1] for c in counts)

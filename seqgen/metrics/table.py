@@ -24,7 +24,7 @@ import numpy as np
 
 from seqgen.errors import UserError
 from seqgen.metrics import diversity
-from seqgen.metrics.abc import abc_rates
+from seqgen.metrics.abc import abc_rates, key_rates
 from seqgen.metrics.constraint import mass_removed
 from seqgen.metrics.generations import Generations
 from seqgen.metrics.length import eos_rate, length_stats
@@ -146,6 +146,20 @@ def _has(field: str) -> Callable[[Generations], bool]:
     return lambda g: getattr(g, field) is not None
 
 
+def _abc(fn: Callable[..., tuple[float, float]], what: str) -> Callable[[Generations], tuple]:
+    """An ABC check of the bundle's tunes on the seeded subset of `metrics.abc_subset`."""
+
+    def run(g: Generations) -> tuple[float, float]:
+        kw = {"subset": g.abc_subset, "seed": g.seed, "timeout_s": g.abc_timeout_s}
+        return fn(g.texts, **kw, what=f"{what} {g.label}".rstrip())
+
+    return run
+
+
+def _is_folk(g: Generations) -> bool:
+    return g.dataset == "folk" and g.texts is not None  # the texts are ABC tunes
+
+
 def _k(name: str, what: str, unit: Unit, better: str, *show: str) -> Key:
     return Key(name, what, unit, better, show)
 
@@ -260,14 +274,16 @@ METRICS: list[Metric] = [
             _k("abc/parse_rate", "tunes music21 parses", SHARE, "higher", PLOT, REPORT),
             _k("abc/bar_ok_rate", "parsed tunes with bars in time", SHARE, "higher", PLOT, REPORT),
         ),
-        lambda g: abc_rates(
-            g.texts,
-            subset=g.abc_subset,
-            seed=g.seed,
-            timeout_s=g.abc_timeout_s,
-            what=f"ABC checks {g.label}".rstrip(),
+        _abc(abc_rates, "ABC checks"),
+        _is_folk,
+    ),
+    Metric(
+        (
+            _k("abc/in_key_rate", "parsed tunes with every note in the K: scale", SHARE, _H),
+            _k("abc/in_key_notes", "notes in the K: scale", SHARE, _H, REPORT),
         ),
-        lambda g: g.dataset == "folk" and g.texts is not None,  # the texts are ABC tunes
+        _abc(key_rates, "ABC key checks"),
+        _is_folk,
     ),
     Metric(
         (_k("score/mean", "mean score", SCORE, "higher", *_RS),),
