@@ -7,8 +7,10 @@
 For each model (LSTM, AdamW, global-norm clipping, dropout as its experiment sets it) it times
 - seqgen: `seqgen.train`'s own loop step (`_Loop.step`: host batch, jitted update with the NaN
   guard, the meter, a log line every `log_every` steps) with `train.backward=autodiff`, the
-  default (JAX differentiates the scan);
-- seqgen fused: the same with `train.backward=fused` (`seqgen.models.recurrence`'s backward);
+  default (JAX differentiates one scan per layer);
+- seqgen fused, wavefront, wavefront_fused: the same with the other `train.backward` values
+  (`--backwards`): the per-layer scans with `seqgen.models.recurrence`'s backward, and all
+  layers in one scan (`seqgen.models.wavefront`), differentiated by JAX or by hand;
 - jax bare: a minimal JAX LSTM (hoisted input projections, `lax.scan`, `jax.value_and_grad`)
   with no optimizer, no dropout, no loop around it: what autodiff of a scan costs by itself;
 - torch: `torch.nn.LSTM` + Linear + cross-entropy, AdamW and `clip_grad_norm_`, the usual
@@ -41,6 +43,7 @@ import optax
 from flax import nnx
 
 from seqgen.models import LanguageModel
+from seqgen.models.recurrence import BACKWARDS
 from seqgen.progress import Progress
 from seqgen.train import TrainHParams, _Loop, batch_loss, init_or_restore
 
@@ -184,12 +187,11 @@ def torch_step(size: Size) -> Callable[[], Any]:
     return step
 
 
-def impls(size: Size, breakdown: bool, with_torch: bool) -> dict[str, Callable[[], Any]]:
-    out = {
-        "seqgen": seqgen_step(size, "autodiff"),
-        "seqgen fused": seqgen_step(size, "fused"),
-        "jax bare": jax_bare_step(size),
-    }
+def impls(
+    size: Size, backwards: list[str], breakdown: bool, with_torch: bool
+) -> dict[str, Callable[[], Any]]:
+    out = {"seqgen" if b == "autodiff" else f"seqgen {b}": seqgen_step(size, b) for b in backwards}
+    out["jax bare"] = jax_bare_step(size)
     if breakdown:
         out["seqgen fwd"] = seqgen_parts(size, grad=False)
         out["seqgen fwd+bwd"] = seqgen_parts(size, grad=True)
@@ -200,7 +202,7 @@ def impls(size: Size, breakdown: bool, with_torch: bool) -> dict[str, Callable[[
 
 
 def run_model(name: str, size: Size, args: argparse.Namespace) -> list[tuple[str, float]]:
-    fns = impls(size, args.breakdown, not args.no_torch)
+    fns = impls(size, args.backwards.split(","), args.breakdown, not args.no_torch)
     for fn in fns.values():  # compile and warm up
         for _ in range(2):
             jax.block_until_ready(fn())
@@ -220,6 +222,9 @@ def run_model(name: str, size: Size, args: argparse.Namespace) -> list[tuple[str
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default=",".join(MODELS), help=f"of {', '.join(MODELS)}")
+    ap.add_argument(
+        "--backwards", default=",".join(BACKWARDS), help="train.backward values to time"
+    )
     ap.add_argument("--rounds", type=int, default=5, help="round-robin rounds (median)")
     ap.add_argument("--steps", type=int, default=3, help="steps per implementation per round")
     ap.add_argument("--batch", type=int, default=None, help="override every model's batch")

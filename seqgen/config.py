@@ -127,7 +127,8 @@ class TrainConfig:
     progress: bool = True
     patience: int = _int(0, 0)  # evaluations without a better validation loss before stopping
     end_lr_ratio: float = _float(0.0, 0, 1)  # the cosine schedule ends at end_lr_ratio * lr
-    # recurrences' gradient: autodiff | fused (hand-written backward)
+    # recurrences' schedule and gradient: autodiff | fused (per layer, hand-written backward) |
+    # wavefront | wavefront_fused (all layers in one scan; models.wavefront)
     backward: str = _one_of("autodiff", BACKWARDS)
 
 

@@ -1,4 +1,4 @@
-"""The fused (hand-written) backward of the recurrences equals autodiff's, for every cell."""
+"""The hand-written backwards of the recurrences (per layer and wavefront) equal autodiff's."""
 
 import jax
 import numpy as np
@@ -7,8 +7,9 @@ from flax import nnx
 
 from seqgen.data.batching import make_stream_examples
 from seqgen.models import LanguageModel
-from seqgen.models.lm import _RECURRENCES
+from seqgen.models.lm import _GATES, _RECURRENCES
 from seqgen.models.recurrence import scan_layer
+from seqgen.models.wavefront import stack_weights, wavefront
 from seqgen.tokens import BOS_ID, NUM_SPECIAL, PAD_ID
 from seqgen.train import batch_loss
 
@@ -39,28 +40,35 @@ def _grads(model, backward, key):
     return jax.jit(jax.value_and_grad(loss_fn))(params)
 
 
+_PER_LAYER = [
+    ("rnn", 1, 0.0),
+    ("rnn", 2, 0.3),
+    ("lstm", 1, 0.0),
+    ("lstm", 2, 0.3),
+    ("lstm", 2, 0.0),
+    ("gru", 1, 0.0),
+    ("gru", 2, 0.3),
+]
+# the wavefront's idle first steps and unused last ones matter from 2 layers, its in-loop input
+# projections and dropout from 2, its middle layers from 3
+_WAVEFRONT = [("rnn", 2, 0.3), ("lstm", 1, 0.0), ("lstm", 3, 0.3), ("gru", 3, 0.3)]
+
+
 @pytest.mark.parametrize(
-    "cell,num_layers,dropout",
-    [
-        ("rnn", 1, 0.0),
-        ("rnn", 2, 0.3),
-        ("lstm", 1, 0.0),
-        ("lstm", 2, 0.3),
-        ("lstm", 2, 0.0),
-        ("gru", 1, 0.0),
-        ("gru", 2, 0.3),
-    ],
+    "cell,num_layers,dropout,backward",
+    [(*case, "fused") for case in _PER_LAYER]
+    + [(*case, b) for case in _WAVEFRONT for b in ("wavefront", "wavefront_fused")],
 )
-def test_fused_backward_equals_autodiff(cell, num_layers, dropout):
+def test_backward_equals_autodiff(cell, num_layers, dropout, backward):
     model = LanguageModel(
         V, cell=cell, embed_size=8, hidden_size=16, num_layers=num_layers, dropout=dropout,
         rngs=nnx.Rngs(0),
     )  # fmt: skip
     model.train()
     key = jax.random.key(1)
-    loss_f, grads_f = _grads(model, "fused", key)
+    loss_f, grads_f = _grads(model, backward, key)
     loss_a, grads_a = _grads(model, "autodiff", key)
-    # the same forward scan, compiled within another program: equal up to float32 rounding
+    # the same function, computed within another program: equal up to float32 rounding
     np.testing.assert_allclose(float(loss_f), float(loss_a), rtol=1e-6)
     flat_a = dict(nnx.to_flat_state(grads_a))
     for path, g in nnx.to_flat_state(grads_f):
@@ -92,6 +100,32 @@ def test_fused_backward_of_the_initial_carry(cell):
             np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6 * np.abs(y).max())
 
 
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_wavefront_backward_of_the_initial_carry_and_inputs(cell):
+    """wavefront_fused's gradients of a random initial carry, inputs and weights, with dropout
+    masks, against autodiff of the same wavefront (checked against per-layer autodiff above)."""
+    model = LanguageModel(
+        V, cell=cell, embed_size=8, hidden_size=16, num_layers=3, rngs=nnx.Rngs(0)
+    )
+    rng = np.random.default_rng(1)
+    w = stack_weights(model.cells)
+    xs = rng.normal(size=(T, B, w.wh.shape[-1])).astype(np.float32)
+    keep = (rng.random((2, T, B, 16)) < 0.7).astype(np.float32) / 0.7
+    carry0 = jax.tree.map(
+        lambda z: np.float32(rng.normal(size=(3, *z.shape))), model.init_carry(B)[0]
+    )
+    weights = jax.random.normal(jax.random.key(2), (T, B, 16))
+
+    def loss(w, carry0, xs, backward):
+        return (wavefront(_GATES[cell], w, carry0, xs, keep, backward) * weights).sum()
+
+    grads = jax.grad(loss, (0, 1, 2))
+    fused, auto = grads(w, carry0, xs, "wavefront_fused"), grads(w, carry0, xs, "wavefront")
+    for x, y in zip(jax.tree.leaves(fused), jax.tree.leaves(auto), strict=True):
+        assert np.abs(y).max() > 0
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6 * np.abs(y).max())
+
+
 def test_the_default_backward_keeps_the_model_cache_keys_of_before_the_knob():
     from conftest import TINY, compose
 
@@ -109,3 +143,16 @@ def test_the_default_backward_keeps_the_model_cache_keys_of_before_the_knob():
     assert model_cache_key(ModelSpec.of(cfg), corpus) == old_key
     fused = compose([*TINY, "train.backward=fused"])
     assert model_cache_key(ModelSpec.of(fused), corpus) != old_key  # other weights, other entry
+
+
+def test_wavefront_without_a_dropout_key_keeps_the_dropout_modules_stream():
+    """Train mode without a key: the wavefront cannot take the dropout modules' own draws up
+    front, so it runs per layer and drops exactly what autodiff's per-layer path drops."""
+    model = LanguageModel(
+        V, embed_size=8, hidden_size=16, num_layers=2, dropout=0.5, rngs=nnx.Rngs(0)
+    )
+    model.train()
+    inputs = _batch()[0]
+    wave, auto = nnx.clone(model)(inputs, backward="wavefront"), nnx.clone(model)(inputs)
+    np.testing.assert_array_equal(wave, auto)
+    assert not np.array_equal(auto, nnx.clone(model)(inputs, rngs=jax.random.key(1)))

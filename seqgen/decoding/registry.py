@@ -91,6 +91,9 @@ class DecoderSpec:
     metric_inputs: `metric_inputs(out) -> {Generations field: value}`, what only its outputs
                  mean (`out`: the decode outputs as arrays; MBR's scores are its candidates'
                  expected utilities, which `mbr/*` read).
+    state_bytes: `state_bytes(get, carry_row_bytes, prompts, vocab_size) -> int`, the carries
+                 its program holds at once when that is not one per returned row (exact
+                 search's pool, contrastive search's top_k candidates); None: one per row.
     """
 
     fn: Launch
@@ -109,6 +112,7 @@ class DecoderSpec:
     check: Callable[[Get, str], None] | None = None
     score_unit: Callable[[Get], str] = _logprob_unit
     metric_inputs: Callable[[dict], dict[str, Any]] | None = None
+    state_bytes: Callable[[Get, int, int, int], int] | None = None
     logprobs: bool = False  # it returns the top-K alternatives (`decode(logprobs=K)`)
     # it reads the step's hidden state (`common.hidden_step`): refused for a model without
     # one, and its carry takes one step past max_len (`carry_len`)
@@ -270,6 +274,7 @@ SPECS: dict[str, DecoderSpec] = {
         nestable=False,
         finds_mode=True,
         check=_check_exact,
+        state_bytes=exact_state_bytes,
     ),
     "contrastive": DecoderSpec(
         launch_contrastive,
@@ -282,6 +287,8 @@ SPECS: dict[str, DecoderSpec] = {
         nestable=False,
         check=_check_contrastive,
         hidden=True,
+        # the row and its top_k candidates, fed at once
+        state_bytes=lambda get_, carry, prompts, v: prompts * (1 + int(get_("top_k"))) * carry,
     ),
     "mbr": DecoderSpec(
         launch_mbr,
@@ -426,25 +433,19 @@ def rows_per_prompt(dec: Any, num_samples: int) -> int:
     return int(get(dec, rows)) if isinstance(rows, str) else rows
 
 
-# Decoders whose program holds more than one carry per output row, by name:
-# `state_bytes(get, carry_row_bytes, prompts, vocab_size)`: exact search's pool of S slots,
-# contrastive search's row and its top_k candidates fed at once.
-_STATE_BYTES: dict[str, Callable[[Get, int, int, int], int]] = {
-    "exact": exact_state_bytes,
-    "contrastive": lambda get_, carry, prompts, v: prompts * (1 + int(get_("top_k"))) * carry,
-}
-
-
 def state_bytes(
     dec: Any, carry_row_bytes: int, prompts: int, vocab_size: int, num_samples: int
 ) -> int:
     """A lower estimate of decoder `dec`'s device memory for `prompts` prompts per call: the
     carries it holds (`carry_row_bytes` each, for `carry_len` steps), one per row it returns
-    (`rows_per_prompt`), or as many as its program holds at once (`_STATE_BYTES`)."""
-    name = get(dec, "name")
-    if name in _STATE_BYTES:
-        return _STATE_BYTES[name](lambda k: get(dec, k), carry_row_bytes, prompts, vocab_size)
-    return prompts * rows_per_prompt(dec, num_samples) * carry_row_bytes
+    (`rows_per_prompt`), or as many as its program holds at once (its row's `state_bytes`);
+    twice that under classifier-free guidance, whose carry holds an unconditional stream too."""
+    row = spec(dec)
+    if row.state_bytes is not None:
+        need = row.state_bytes(lambda k: get(dec, k), carry_row_bytes, prompts, vocab_size)
+    else:
+        need = prompts * rows_per_prompt(dec, num_samples) * carry_row_bytes
+    return 2 * need if guidance.on(dec) else need
 
 
 def kept_per_prompt(dec: Any, n: int, prompted: bool) -> int:

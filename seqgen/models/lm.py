@@ -30,6 +30,7 @@ from flax import nnx
 from seqgen.errors import UserError
 from seqgen.models.protocol import ModelSpec, mask_logits, never_predicted
 from seqgen.models.recurrence import scan_layer
+from seqgen.models.wavefront import PER_LAYER, WAVEFRONTS, stack_weights, wavefront
 
 Array = jax.Array
 Carry = Any  # tuple over layers of a cell carry: LSTM (c, h), GRU / RNN h; leaves [B, H]
@@ -37,29 +38,29 @@ Carry = Any  # tuple over layers of a cell carry: LSTM (c, h), GRU / RNN h; leav
 CELLS = ("rnn", "lstm", "gru")
 
 
-def _rnn_recur(cell: nnx.SimpleCell, carry: Array, x_proj: Array) -> tuple[Array, Array]:
-    """`nnx.SimpleCell`: h' = tanh(W_i x + b_i + W_h h); `x_proj` = W_i x + b_i."""
-    h = jnp.tanh(x_proj + carry @ cell.dense_h.kernel[...])
+def _rnn_gates(carry: Array, x_proj: Array, hw: Array, bias: Array | None) -> tuple:
+    """`nnx.SimpleCell`: h' = tanh(W_i x + b_i + W_h h); `x_proj` = W_i x + b_i, `hw` = h W_h."""
+    h = jnp.tanh(x_proj + hw)
     return h, h
 
 
-def _lstm_recur(
-    cell: nnx.OptimizedLSTMCell, carry: tuple[Array, Array], x_proj: Array
-) -> tuple[tuple[Array, Array], Array]:
-    """`nnx.OptimizedLSTMCell` (no peepholes); `x_proj` = W_i x (the bias is in dense_h)."""
+def _lstm_gates(carry: tuple[Array, Array], x_proj: Array, hw: Array, bias: Array) -> tuple:
+    """`nnx.OptimizedLSTMCell` (no peepholes); `x_proj` = W_i x, `hw` = h W_h (+ `bias`, the
+    bias of dense_h, added after the sum so the rounding is the cell's own)."""
     c, h = carry
-    y = x_proj + h @ cell.dense_h.kernel[...] + cell.dense_h.bias[...]  # [B, 4H]
+    y = x_proj + hw + bias  # [B, 4H]
     i, f, g, o = jnp.split(y, 4, axis=-1)
     new_c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
     new_h = jax.nn.sigmoid(o) * jnp.tanh(new_c)
     return (new_c, new_h), new_h
 
 
-def _gru_recur(cell: nnx.GRUCell, carry: Array, x_proj: Array) -> tuple[Array, Array]:
-    """`nnx.GRUCell`: n = tanh(x_n + r * (W_hn h)), h' = (1 - z) n + z h; `x_proj` = W_i x + b_i."""
+def _gru_gates(carry: Array, x_proj: Array, hw: Array, bias: Array | None) -> tuple:
+    """`nnx.GRUCell`: n = tanh(x_n + r * (W_hn h)), h' = (1 - z) n + z h; `x_proj` = W_i x + b_i,
+    `hw` = h W_h = [hr, hz, hn]."""
     h = carry
     xr, xz, xn = jnp.split(x_proj, 3, axis=-1)
-    hr, hz, hn = jnp.split(h @ cell.dense_h.kernel[...], 3, axis=-1)
+    hr, hz, hn = jnp.split(hw, 3, axis=-1)
     r = jax.nn.sigmoid(xr + hr)
     z = jax.nn.sigmoid(xz + hz)
     n = jnp.tanh(xn + r * hn)
@@ -67,16 +68,37 @@ def _gru_recur(cell: nnx.GRUCell, carry: Array, x_proj: Array) -> tuple[Array, A
     return new_h, new_h
 
 
+# A cell's step with its two matmuls split off: (carry, x_proj, hw, dense_h bias) -> (carry, h);
+# the per-layer scans and the all-layer wavefront (`models.wavefront`) share these.
+_GATES: dict[str, Callable[..., Any]] = {
+    "rnn": _rnn_gates,
+    "lstm": _lstm_gates,
+    "gru": _gru_gates,
+}
+
+
+def _hidden(carry: Any) -> Array:
+    return carry[1] if isinstance(carry, tuple) else carry
+
+
+def _recurrence(cell_type: str) -> Callable[..., Any]:
+    gates = _GATES[cell_type]
+
+    def recur(cell: nnx.Module, carry: Any, x_proj: Array) -> tuple[Any, Array]:
+        """One step of `cell` given its input projection `x_proj` (W_i x, + b_i if any)."""
+        bias = cell.dense_h.bias
+        hw = _hidden(carry) @ cell.dense_h.kernel[...]
+        return gates(carry, x_proj, hw, None if bias is None else bias[...])
+
+    return recur
+
+
 _CELL_CLASSES: dict[str, type] = {
     "rnn": nnx.SimpleCell,
     "lstm": nnx.OptimizedLSTMCell,
     "gru": nnx.GRUCell,
 }
-_RECURRENCES: dict[str, Callable[..., Any]] = {
-    "rnn": _rnn_recur,
-    "lstm": _lstm_recur,
-    "gru": _gru_recur,
-}
+_RECURRENCES: dict[str, Callable[..., Any]] = {name: _recurrence(name) for name in _GATES}
 
 
 class LanguageModel(nnx.Module):
@@ -197,13 +219,24 @@ class LanguageModel(nnx.Module):
 
         `rngs`: optional dropout key (used only in train mode); without it the dropout layers
         draw from the stream given at construction. `backward`: how the recurrences are
-        differentiated, "autodiff" or "fused" (`seqgen.models.recurrence`; same forward).
+        differentiated: "autodiff" or "fused" (one scan per layer, `models.recurrence`), or
+        "wavefront" / "wavefront_fused" (all layers in one scan, `models.wavefront`).
         """
         batch, length = tokens.shape
         recur = _RECURRENCES[self.cell_type]
         carry0 = self.init_carry(batch)
         keep = self._keep_masks(rngs, (batch, length, self.hidden_size))
         x = self._embed(tokens)  # [B, T, E] or None (one-hot)
+        drop = self.dropouts[0]  # the wavefront takes every mask up front; the dropout modules'
+        streamed = keep is None and not drop.deterministic and drop.rate > 0  # own draws don't
+        if backward in WAVEFRONTS and not streamed:  # all layers in one scan
+            proj = jnp.swapaxes(self._input_proj(0, x, tokens), 0, 1)  # [T, B, G*H]
+            masks = None if keep is None else jnp.swapaxes(keep[:-1], 1, 2)  # [L-1, T, B, H]
+            stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *carry0)  # leaves [L, B, H]
+            hs = wavefront(_GATES[self.cell_type], stack_weights(self.cells), stacked, proj, masks,
+                           backward)  # fmt: skip
+            return self._head(self._drop(self.num_layers - 1, jnp.swapaxes(hs, 0, 1), keep))
+        backward = PER_LAYER.get(backward, backward)
         for layer in range(self.num_layers):
             if layer > 0:
                 x = self._drop(layer - 1, x, keep)

@@ -15,6 +15,7 @@ returns the hidden states [T, B, H]. Its forward pass is always the same `lax.sc
   the loop. Its loop bodies are half the size of autodiff's, yet on a loaded 2-core CPU
   (XLA:CPU, jax 0.10.2) it did not measure faster than autodiff (README, "Training"), so
   autodiff is the default (`train.backward`); "fused" is one override away to re-measure.
+  `train.backward=wavefront` runs all layers in one scan instead (`models.wavefront`).
 
 Both compute the same gradients up to float32 rounding (summation order);
 `tests/test_recurrence.py` checks loss and every gradient against autodiff for all cells.
@@ -28,8 +29,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from seqgen.models.wavefront import WAVEFRONTS
+
 Array = jax.Array
-BACKWARDS = ("fused", "autodiff")
+BACKWARDS = ("fused", "autodiff", *WAVEFRONTS)  # train.backward: see also models.wavefront
 
 
 def scan_layer(
@@ -40,7 +43,7 @@ def scan_layer(
         _, hs = jax.lax.scan(lambda carry, x: recur(cell, carry, x), carry0, xs)
         return hs
     if backward != "fused":
-        raise ValueError(f"backward={backward!r}; allowed: {', '.join(BACKWARDS)}")
+        raise ValueError(f"backward={backward!r}; allowed: fused, autodiff")
     weights = tuple(w[...] for w in _WEIGHTS[cell_type](cell))
     return _fused(recur, cell_type, weights, carry0, xs)
 
@@ -85,11 +88,11 @@ def _forward(recur, weights, carry0, xs, pre=None):
 
 
 def _lstm_pre(weights: tuple, carry: tuple, x: Array) -> Array:
-    return x + carry[1] @ weights[0] + weights[1]  # `_lstm_recur`'s y, gates before activation
+    return x + carry[1] @ weights[0] + weights[1]  # `lm._lstm_gates`'s y, gates before activation
 
 
 def _gru_pre(weights: tuple, carry: Array, x: Array) -> Array:
-    return carry @ weights[0]  # `_gru_recur`'s [hr, hz, hn]
+    return carry @ weights[0]  # `lm._gru_gates`'s [hr, hz, hn]
 
 
 _PRE: dict[str, Callable[..., Array] | None] = {"rnn": None, "lstm": _lstm_pre, "gru": _gru_pre}
@@ -133,7 +136,7 @@ def _weight_grad(h_prev: Array, dgates: Array) -> Array:
 
 
 def _lstm_bwd(weights, carry0, xs, carries, y, dhs):
-    """Gradients of `_lstm_recur` (y = x + h W + b; c' = s(f) c + s(i) tanh(g);
+    """Gradients of `lm._lstm_gates` (y = x + h W + b; c' = s(f) c + s(i) tanh(g);
     h' = s(o) tanh(c')) with respect to (W, b), carry0 = (c0, h0) and xs."""
     kernel = weights[0]
     cs, hs = carries
@@ -163,7 +166,7 @@ def _lstm_bwd(weights, carry0, xs, carries, y, dhs):
 
 
 def _gru_bwd(weights, carry0, xs, carries, hw, dhs):
-    """Gradients of `_gru_recur` ([hr, hz, hn] = h W; r = s(xr + hr), z = s(xz + hz),
+    """Gradients of `lm._gru_gates` ([hr, hz, hn] = h W; r = s(xr + hr), z = s(xz + hz),
     n = tanh(xn + r hn), h' = (1 - z) n + z h) with respect to W, h0 and xs."""
     (kernel,) = weights
     hs = carries
@@ -192,7 +195,7 @@ def _gru_bwd(weights, carry0, xs, carries, hw, dhs):
 
 
 def _rnn_bwd(weights, carry0, xs, carries, _, dhs):
-    """Gradients of `_rnn_recur` (h' = tanh(x + h W)) with respect to W, h0 and xs."""
+    """Gradients of `lm._rnn_gates` (h' = tanh(x + h W)) with respect to W, h0 and xs."""
     (kernel,) = weights
     hs = carries
     kernel_t = kernel.T
