@@ -7,8 +7,10 @@ model cache: train it once with `python -m seqgen.run`), and studies pure sampli
 `--prompts` held-out openings (size / prompts samples each, continued to `--max-len`), the
 samples streamed into a temporary run folder. It prints, per phase, the seconds spent and the
 peak resident memory (RSS, sampled every 10 ms) while in it: decode (the compiled calls),
-metrics (cutting continuations, counting n-grams, scoring), writing (sample records,
-samples.jsonl, samples/*.txt). Goal: time linear in the size, memory flat.
+metrics (cutting continuations, counting n-grams, scoring; the ABC checks are off, as their
+200 tunes take the same minutes at every size), writing (sample records,
+samples.jsonl, samples/*.txt), and the bytes of the distinct n-gram tables the exact diversity
+metrics keep (`DiversityCounts.bytes_held`). Goal: time linear in the size, memory flat.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class Meter:
         self.seconds = dict.fromkeys(PHASES, 0.0)
         self.peak = dict.fromkeys(PHASES, 0)
         self.start_rss = self.proc.memory_info().rss
+        self.counts = None
         threading.Thread(target=self._sample, daemon=True).start()
 
     def _sample(self) -> None:
@@ -86,10 +89,15 @@ def instrument(meter: Meter) -> None:
     evaluate.decode_chunks = timed_chunks
     evaluate.generations = timed("metrics", evaluate.generations)
     evaluate.sample_records = timed("writing", evaluate.sample_records)
-    for cls in (evaluate.DiversityCounts, evaluate.RepetitionCounts, evaluate.StudySums):
-        cls.add = timed("metrics", cls.add)
-    for cls in (evaluate.DiversityCounts, evaluate.RepetitionCounts):
-        cls.metrics = timed("metrics", cls.metrics)
+    evaluate.compute_stream = timed("metrics", evaluate.compute_stream)
+    add = evaluate.StreamCounts.add
+
+    def counted(self, gen):
+        meter.counts = self  # its `diversity.bytes_held()`, once the study is done
+        with meter.inside("metrics"):
+            add(self, gen)
+
+    evaluate.StreamCounts.add = counted
 
 
 def run_in_process(size: int, prompts: int, max_len: int) -> dict:
@@ -109,6 +117,7 @@ def run_in_process(size: int, prompts: int, max_len: int) -> dict:
         f"decode.num_prompts={prompts}",
         f"decode.num_samples={size // prompts}",
         f"decode.max_len={max_len}",
+        "metrics.abc_subset=0",  # music21 on a fixed 200 tunes: minutes, the same at every size
     ]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
@@ -138,6 +147,7 @@ def run_in_process(size: int, prompts: int, max_len: int) -> dict:
         "phases": {p: (meter.seconds[p], meter.peak[p] / mib) for p in PHASES},
         "self_bleu4": result["metrics"]["diversity/self_bleu4"],
         "distinct_4": result["metrics"]["diversity/distinct_4"],
+        "counts_mib": meter.counts.diversity.bytes_held() / mib,
     }
 
 
@@ -166,7 +176,7 @@ def main() -> None:
             print(f"| {res['size']:,} | {phase} | {sec:.1f} | {peak:.0f} |")
         print(
             f"| {res['size']:,} | **total** | **{res['wall_s']:.1f}** | (start "
-            f"{res['start_mib']:.0f}) |",
+            f"{res['start_mib']:.0f}; distinct n-gram tables {res['counts_mib']:.0f}) |",
             flush=True,
         )
 

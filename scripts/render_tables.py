@@ -348,6 +348,35 @@ def folk_rnn_table() -> str:
     return by_label(results(f"{EXP}/folk_rnn/results/results.jsonl"), cols, labels)
 
 
+DRY_COLUMNS = [
+    ("gen/ppl", "gen/ppl", ".2f"),
+    ("rep_pct", "repetition/rep_pct", ".0f"),
+    ("seq_rep_4", "repetition/seq_rep_4", ".3f"),
+    ("distinct_4", "diversity/distinct_4", ".3f"),
+]
+DRY_ROWS = [
+    ("greedy", "greedy"),
+    ("greedy DRY 0.8", "greedy, DRY 0.8"),
+    ("sampling t=0.8", "sampling t=0.8"),
+    ("sampling t=0.8 DRY 0.8", "sampling t=0.8, DRY 0.8"),
+    ("sampling t=0.9", "sampling t=0.9"),
+    ("sampling t=0.9 DRY 0.8", "sampling t=0.9, DRY 0.8"),
+    ("pure sampling", "pure sampling"),
+    ("sampling DRY 0.8", "pure sampling, DRY 0.8"),
+]
+
+
+def dry_table(folder: str) -> str:
+    """experiments/dry: with and without DRY at similar temperatures (`+experiment=dry`,
+    `dry_shakespeare`), the repetition penalty's row where the run has one."""
+    src = results(f"{EXP}/dry/results/{folder}/results.jsonl")
+    rows = list(DRY_ROWS)
+    if "rep. penalty 1.2 last 64" in src:
+        rows.append(("rep. penalty 1.2 last 64", "repetition penalty 1.2, `penalty_last_n=64`"))
+    rows.append(("human", "human (held-out continuations)"))
+    return by_label(src, DRY_COLUMNS, rows)
+
+
 def meter_table() -> str:
     runs = {
         c: results(f"{EXP}/meter_constraint/results/{c}/results.jsonl") for c in ("none", "meter")
@@ -690,6 +719,7 @@ BLOCKS: dict[tuple[str, str], Callable[[], str]] = {
     (f"{EXP}/mbr/README.md", "synthetic"): mbr_synthetic,
     (f"{EXP}/mbr/README.md", "folk"): mbr_folk,
     (f"{EXP}/meter_constraint/README.md", "table"): meter_table,
+    (f"{EXP}/dry/README.md", "folk"): lambda: dry_table("folk"),
     (f"{EXP}/guidance/README.md", "table"): guidance_table,
     (f"{EXP}/guidance/README.md", "runtime"): guidance_runtime,
     (f"{EXP}/guidance/README.md", "reading"): guidance_reading,
@@ -712,12 +742,21 @@ def _pattern(name: str) -> re.Pattern[str]:
     return re.compile(rf"(<!-- render:{n} -->)(.*?)(<!-- /render:{n} -->)", re.S)
 
 
-VALUE = re.compile(r"(<!-- render:value (\S+) (\S+) (\S+) -->)(.*?)(<!-- /render:value -->)")
+# KEY may hold spaces (a label such as `beam 16`): it is everything between PATH and FORMAT
+VALUE = re.compile(r"(<!-- render:value (\S+) (.+?) (\S+) -->)(.*?)(<!-- /render:value -->)")
 
 
 def value(path: str, key: str, fmt: str) -> str:
     """One number quoted in prose: `<!-- render:value PATH KEY FORMAT -->`, KEY being
-    `LABEL#metric` in a `results.jsonl`, a dotted path in a `metrics.json`."""
+    `LABEL#metric` in a `results.jsonl`, `COLUMN=VALUE&...#metric` in a sweep's `summary.csv`
+    (its first row with those values), a dotted path in a `metrics.json`."""
+    if path.endswith(".csv"):
+        where, metric = key.rsplit("#", 1)
+        want = dict(kv.split("=", 1) for kv in where.split("&"))
+        rows = [r for r in summary(path) if all(r.get(k) == v for k, v in want.items())]
+        if not rows:
+            raise SystemExit(f"{path}: no row with {where}")
+        return num(rows[0][metric], fmt)
     if path.endswith(".jsonl"):
         label, metric = key.split("#")
         return num(results(path)[label][metric], fmt)

@@ -7,6 +7,7 @@ so a bad override gives the same line in each (`error: <line>` on the command li
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from seqgen import config
 from seqgen.config import register_configs, unknown_key_message, validate_config
-from seqgen.decoding import registry
+from seqgen.decoding import knobs, registry
 from seqgen.errors import UserError
 from seqgen.plugins import import_plugins
 from seqgen.preflight import check_environment
@@ -97,7 +98,8 @@ def explain(exc: BaseException, overrides: list[str] = ()) -> str:
         msg = str(err).splitlines()[0]
         if "not in '" in msg:
             return unknown_key_message(full_key)
-        return f"{full_key}: {msg}"
+        allowed = _allowed(full_key)
+        return f"{full_key}: {msg}" + (f"; allowed: {allowed}" if allowed else "")
     text = " ".join(str(exc).split())
     if "Unexpected type for root: NoneType" in text and any(
         o.lstrip("+").startswith("decoder.") for o in overrides
@@ -107,6 +109,19 @@ def explain(exc: BaseException, overrides: list[str] = ()) -> str:
     text = re.sub(r"\s*Config search path:.*$", "", text)
     text = text.replace(" Available options in", "; available options in")
     return text
+
+
+def _allowed(full_key: str) -> str | None:
+    """What a field accepts, in words (`Knob.allowed`), for a key of a decoder or a group."""
+    where, _, name = full_key.rpartition(".")
+    group = where.split("[")[0]
+    if group in ("decoder", "compare"):
+        knob = knobs.KNOBS.get(name)
+    elif group in config.GROUP_SCHEMAS:
+        knob = config.field_knobs(config.GROUP_SCHEMAS[group]).get(name)
+    else:
+        knob = None
+    return None if knob is None else knob.allowed()
 
 
 def _locate_decoder_key(key: str, overrides: list[str]) -> str:
@@ -193,11 +208,17 @@ def _check_jobs_with_data(cfgs: list[DictConfig]) -> None:
     from seqgen.preflight import check_run
 
     corpora: dict[str, Any] = {}
-    for cfg in cfgs:
-        key = json.dumps([to_dict(cfg.data), int(cfg.seed)], sort_keys=True, default=str)
-        if key not in corpora:
-            corpora[key] = load_corpus(cfg.data, int(cfg.seed))
-        check_run(cfg, corpora[key])
+    seqgen_log = logging.getLogger("seqgen")
+    level = seqgen_log.level
+    seqgen_log.setLevel(logging.ERROR)  # warnings are each job's to log, else they print twice
+    try:
+        for cfg in cfgs:
+            key = json.dumps([to_dict(cfg.data), int(cfg.seed)], sort_keys=True, default=str)
+            if key not in corpora:
+                corpora[key] = load_corpus(cfg.data, int(cfg.seed))
+            check_run(cfg, corpora[key])
+    finally:
+        seqgen_log.setLevel(level)
 
 
 # What each launcher of conf/hydra/launcher/ needs on this machine: a command on PATH.

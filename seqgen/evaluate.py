@@ -29,10 +29,8 @@ from seqgen.driver import (
 )
 from seqgen.errors import UserError
 from seqgen.metrics import Generations, compute
-from seqgen.metrics.diversity import DiversityCounts
-from seqgen.metrics.length import length_stats
-from seqgen.metrics.perplexity import perplexity_from_nll, pooled_logprob
-from seqgen.metrics.repetition import RepetitionCounts
+from seqgen.metrics.stream import StreamCounts
+from seqgen.metrics.table import compute_stream, unstreamed
 from seqgen.parallel import is_lead
 from seqgen.progress import still_running
 from seqgen.prompts import Prompts
@@ -80,7 +78,7 @@ def evaluate_decoders(
     for i, dec in enumerate(decoders):
         key = decoder_key(seed, i)
         if _study_rows(decode_cfg, dec, len(pr.prompts)) > int(decode_cfg.stream_rows):
-            _warn_study_metrics(decode_cfg, metrics_cfg, dec, corpus, reference, pr.constraint)
+            _warn_study_metrics(decode_cfg, dec, corpus, reference, pr.constraint)
             study = (decode_cfg, metrics_cfg, seed, dec, corpus, model, pr.prompts, key)
             result, first_rows = study_decoder(*study, pr.constraint, on_samples, pr.unconditional)
             if is_lead():  # its samples are on disk; the first ones for the tracker's table
@@ -173,21 +171,22 @@ def study_decoder(
     unconditional: list[np.ndarray] | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """One decoder's result for a study of many generations, in memory that does not grow
-    with their number: each decoded chunk's samples go to `on_samples` (process 0) and its
-    generations into the token metrics' counts (`DiversityCounts`, `RepetitionCounts`: the
-    same numbers as the metric table's), flushed every `decode.stream_rows` rows; `gen/ppl`,
-    `gen/ppl_model`, `length/*` and `score/mean` are pooled sums. Returns the result and the
-    first `TRACKER_SAMPLES` samples."""
-    label, rows = decoder_label(dec), int(decode_cfg.stream_rows)
-    total = _study_rows(decode_cfg, dec, len(prompts))
-    diversity = DiversityCounts(
-        total,
+    with their number (the distinct n-grams aside): each decoded chunk's samples go to
+    `on_samples` (process 0) and its generations into `StreamCounts`, whose values are the
+    metric table's streamed rows (`compute_stream`, the same numbers as `compute`). Returns
+    the result and the first `TRACKER_SAMPLES` samples."""
+    label = decoder_label(dec)
+    counts = StreamCounts(
+        _study_rows(decode_cfg, dec, len(prompts)),
+        rows=int(decode_cfg.stream_rows),
         seed=int(seed),
         self_bleu_samples=int(metrics_cfg.self_bleu_max),
         vocab_size=model.vocab_size,
+        dataset=corpus.name,
+        abc_subset=int(metrics_cfg.abc_subset),
+        abc_timeout_s=float(metrics_cfg.abc_timeout_s),
+        label=label,
     )
-    repetition, pooled = RepetitionCounts(), StudySums()
-    pending: list[np.ndarray] = []
     kept: list[dict[str, Any]] = []
     t0 = time.time()
     steered = resolve_steering(dec, corpus.vocab)  # texts as the vocabulary's ids
@@ -198,19 +197,14 @@ def study_decoder(
         chunk = prompts[start : start + out["tokens"].shape[0]]
         gen, rec, texts = generations(decode_cfg, dec, corpus, chunk, out)
         rec["prompt_index"] = [start + i for i in rec["prompt_index"]]
-        pooled.add(gen, rec["score"])
-        pending += list(gen.sequences)
-        if len(pending) >= rows or diversity.seen + len(pending) == total:
-            diversity.add(pending)
-            repetition.add(pending)
-            pending = []
+        counts.add(dataclasses.replace(gen, scores=rec["score"]))
         records = sample_records(label, gen, rec, texts, corpus.vocab)
         if on_samples is not None:
             on_samples(records, bool(kept))
         kept += records[: TRACKER_SAMPLES - len(kept)]
-    metrics = {**pooled.metrics(), **diversity.metrics(), **repetition.metrics()}
-    metrics["time/decode_s"] = time.time() - t0  # decoding, metrics and writing together
-    log.info("studied %-28s %5d sequences in %.1f s", label, total, metrics["time/decode_s"])
+    counts.decode_s = time.time() - t0  # decoding, metrics and writing together
+    metrics = compute_stream(counts)
+    log.info("studied %-28s %5d sequences in %.1f s", label, counts.count, counts.decode_s)
     return {"decoder": {**to_dict(dec), "label": label}, "metrics": metrics}, kept
 
 
@@ -220,61 +214,26 @@ def _study_rows(decode_cfg: Any, dec: Any, num_prompts: int) -> int:
     return num_prompts * _kept_per_prompt(decode_cfg, dec, n_out)
 
 
-class StudySums:
-    """`gen/ppl`, `gen/ppl_model` (pooled over every token, EOS of ended sequences included),
-    `length/*` and `score/mean` of a study, from sums over its chunks."""
-
-    def __init__(self) -> None:
-        self.logprob = {"gen/ppl": [0.0, 0], "gen/ppl_model": [0.0, 0]}
-        self.lengths = np.zeros(0, np.int64)  # histogram: bounded by decode.max_len
-        self.ended = self.count = 0
-        self.score = 0.0
-
-    def add(self, gen: Generations, scores: list[float]) -> None:
-        for key, lps, eos in (
-            ("gen/ppl", gen.tempered_logprobs, gen.eos_tempered_logprobs),
-            ("gen/ppl_model", gen.model_logprobs, gen.eos_model_logprobs),
-        ):
-            if lps is not None:
-                total, count = pooled_logprob(lps, ended=gen.ended, eos_logprob=eos)
-                self.logprob[key][0] += total
-                self.logprob[key][1] += count
-        hist = np.bincount(gen.packed.lengths)
-        size = max(hist.size, self.lengths.size)
-        self.lengths = np.pad(self.lengths, (0, size - self.lengths.size))
-        self.lengths[: hist.size] += hist
-        self.ended += int(np.sum(gen.ended))
-        self.count += gen.num_sequences
-        self.score += float(np.sum(scores))
-
-    def metrics(self) -> dict[str, float]:
-        out = {k: perplexity_from_nll(-t, c)["ppl"] for k, (t, c) in self.logprob.items() if c}
-        lengths = np.repeat(np.arange(self.lengths.size), self.lengths)  # 8 bytes a sequence
-        out["length/mean"], out["length/std"] = length_stats(lengths)
-        out["length/eos_rate"] = self.ended / self.count
-        out["score/mean"] = self.score / self.count
-        return out
-
-
 def _warn_study_metrics(
-    decode_cfg: Any, metrics_cfg: Any, dec: Any, corpus: Any, reference: Any, constraint: Any
+    decode_cfg: Any, dec: Any, corpus: Any, reference: Any, constraint: Any
 ) -> None:
-    """A study counts the token metrics only: say which of the run's other metrics it skips."""
-    skipped = [
-        name
-        for name, applies in (
-            ("oracle/*", corpus.oracle is not None),
-            ("abc/*", corpus.name == "folk" and int(metrics_cfg.abc_subset) > 0),
-            ("gen/ref_ppl", reference is not None),
-            ("constraint/*", constraint is not None),
-            ("search/*", registry.SPECS[dec.name].mode_search or dec.name in ("exact", "mbr")),
-        )
-        if applies
-    ]
+    """A study computes the metric table's streamed rows: say in one line which of the run's
+    other metrics it skips, and why."""
+    applies = (
+        ("oracle/", corpus.oracle is not None),
+        ("gen/ref_ppl", reference is not None),
+        ("constraint/", constraint is not None),
+        ("search/", registry.SPECS[dec.name].mode_search or dec.name in ("exact", "mbr")),
+        ("mbr/", dec.name == "mbr"),
+    )
+    # a key of no prefix above is a registered metric without a streamed form: it applies
+    skipped = [k for k in unstreamed() if not any(k.startswith(p) and not on for p, on in applies)]
     if skipped:
         log.warning(
             "%s has more than decode.stream_rows=%d rows: a study, whose samples are streamed "
-            "to disk; not computed: %s",
+            "to disk; not computed: %s (no streamed form: each reads per-generation inputs a "
+            "study does not keep: oracle states, a second model's scores, the constraint's "
+            "masses, search results)",
             decoder_label(dec),
             int(decode_cfg.stream_rows),
             ", ".join(skipped),

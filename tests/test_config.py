@@ -148,6 +148,8 @@ def _bad_values(knob) -> list:
         bad.append(knob.low if knob.low_open else knob.low - 1e-3)
     if math.isfinite(knob.high):
         bad.append(knob.high if knob.high_open else knob.high + 1e-3)
+    if knob.zero_gap:  # (0, zero_gap): 0 in effect, refused (temperature)
+        bad.append(knob.zero_gap / 2)
     return bad + [float("nan")]
 
 

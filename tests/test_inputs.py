@@ -224,6 +224,16 @@ def test_a_decode_too_long_to_finish_is_refused(max_len):
         ),
         (["experiment_name=a/b"], r"^experiment_name='a/b'"),
         (["experiment_name=.."], r"^experiment_name='\.\.'"),
+        # greedy in effect, yet gen/ppl (under softmax(logits / t)) overflowed to null
+        (
+            ["decoder=sample", "decoder.temperature=1e-30"],
+            r"^decoder\.temperature=1e-30 is 0 in effect .*allowed: 0 or \[0\.001, inf\)",
+        ),
+        (["decoder=sample", "decoder.temperature=0.00099"], r"^decoder\.temperature=0\.00099"),
+        (
+            ["compare=[{name:sample,temperature:1e-9}]"],
+            r"^compare\[0\]\.temperature=1e-09 is 0 in effect",
+        ),
     ],
 )
 def test_settings_that_would_be_silently_ignored_or_wrong_are_refused(overrides, needle):
@@ -244,6 +254,11 @@ def test_mbrs_nested_sampler_reads_only_its_own_knobs():
         lambda: validate_config(cfg({"name": "greedy", "top_p": 0.9})),
         r"^decoder\.candidates\.top_p=0\.9 is not read by decoder greedy",
     )
+
+
+@pytest.mark.parametrize("t", ["0", "0.001", "0.7"])  # greedy's limit and the smallest t
+def test_temperatures_at_the_bounds_pass(t):
+    validate_config(compose(["decoder=sample", f"decoder.temperature={t}"]))
 
 
 def test_the_decoders_own_knobs_and_label_pass():
@@ -399,7 +414,12 @@ def test_a_read_only_cache_that_holds_models_is_used(monkeypatch, tmp_path, capl
         ),
         (
             ["compare=[{name:greedy},{name:sample,top_k:abc}]"],
-            r"^error: compare\[1\]\.top_k: Value 'abc'",
+            r"^error: compare\[1\]\.top_k: Value 'abc'.*; allowed: an integer >= 0$",
+        ),
+        (["train.lr=abc"], r"^error: train\.lr: Value 'abc'.*; allowed: \(0\.0, inf\)$"),
+        (
+            ["decoder=sample", "decoder.top_p=x"],
+            r"^error: decoder\.top_p: Value 'x'.*; allowed: \(0\.0, 1\.0\]$",
         ),
     ],
 )
@@ -416,3 +436,21 @@ def test_the_command_line_gives_one_line(monkeypatch, capsys, argv, needle):
 def test_the_documented_regex_quoting_composes():
     cfg = compose(["constraint=regex", 'constraint.pattern="[a-z ]+\\."', "data=text"])
     assert cfg.constraint.pattern == "[a-z ]+\\."
+
+
+def test_a_sweeps_precheck_leaves_warnings_to_its_jobs(caplog):
+    """The sweep's corpus checks run before its jobs, which warn again in their own logs: a
+    warning the pre-check printed too appeared twice (`too few held-out openings`)."""
+    from conftest import TINY
+
+    from seqgen.compose import check_overrides, compose_config
+    from seqgen.data.corpus import load_corpus
+
+    few = [*TINY, "decode.prompts=heldout", "decode.prompt_len=2", "decode.num_prompts=100000"]
+    cfg = compose_config([*few, "decoder=sample"])
+    with caplog.at_level("WARNING", logger="seqgen"):
+        preflight.check_run(cfg, load_corpus(cfg.data, int(cfg.seed)))  # a job's own check
+        assert sum("openings qualify" in r.getMessage() for r in caplog.records) == 1
+        caplog.clear()
+        check_overrides([*few, "decoder=sample", "decoder.top_k=5,10"], multirun=True)
+    assert not [r for r in caplog.records if "openings qualify" in r.getMessage()]

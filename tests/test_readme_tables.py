@@ -49,3 +49,11 @@ def test_a_number_quoted_in_prose_is_rendered_back():
     assert quoted in text
     edited = text.replace(quoted, " ppl/valid .2f -->1.23<!-- /render:value -->")
     assert edited != text and render_tables.render(readme, edited) == text
+
+
+def test_a_quoted_number_of_a_label_with_spaces_is_rendered():
+    """Prose quotes rows like `beam 16`: the key is everything between the path and format."""
+    path = "experiments/degeneration/results/results.jsonl"
+    want = render_tables.results(path)["beam 16"]["gen/ppl"]
+    text = f"x <!-- render:value {path} beam 16#gen/ppl .4f -->0<!-- /render:value --> y"
+    assert render_tables.render("none", text) == text.replace("-->0<", f"-->{want:.4f}<")

@@ -84,3 +84,18 @@ def test_a_registered_metric_runs_through_the_pipeline(user_metric, cache_dir, t
     write_summary(tmp_path / "sweep", plots=False)
     header = (tmp_path / "sweep" / "summary.md").read_text().splitlines()[2]
     assert f"| {KEY} |" in header
+
+
+def test_a_study_names_a_registered_metric_it_skips(user_metric, caplog):
+    """A study computes the table's streamed rows; a registered row has none, so the study's
+    one warning names it (and none of the built-ins that do not apply to this run)."""
+    from types import SimpleNamespace
+
+    from seqgen.evaluate import _warn_study_metrics
+
+    dec = compose([*TINY, "decoder=sample"]).decoder
+    corpus = SimpleNamespace(oracle=None)
+    with caplog.at_level("WARNING", logger="seqgen"):
+        _warn_study_metrics(SimpleNamespace(stream_rows=5), dec, corpus, None, None)
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.split("not computed: ")[1].startswith(f"{KEY} (")

@@ -27,6 +27,10 @@ import numpy as np
 from seqgen.errors import UserError
 
 _INF = math.inf
+# below it softmax(logits / t) is greedy to float32 precision (a logit gap of 0.1 leaves
+# exp(-100), below float32's smallest number), and gen/ppl, the perplexity under it,
+# overflows wherever a processor picks a token other than the argmax: t = 0 is that limit
+TEMPERATURE_MIN = 1e-3
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,9 @@ class Knob:
     item: type | None = None
     # a steering knob (`steering`): token-id entries or text, checked and frozen there
     steer: bool = False
+    # a float knob whose 0 is a limit of its own (temperature's greedy): values in
+    # (0, zero_gap) are refused, as they mean that limit without reaching it numerically
+    zero_gap: float = 0.0
 
     def check(self, value: Any, where: str = "decoder", vocab_size: int | None = None) -> None:
         """Raise one `UserError` line naming `where.name`, the value and what is allowed."""
@@ -87,6 +94,11 @@ class Knob:
             ok_hi = v < self.high if self.high_open else v <= self.high
             if not (ok_lo and ok_hi and math.isfinite(v)):  # NaN fails both; inf is no number
                 raise UserError(f"{key}={value!r} is out of range; allowed: {self.allowed()}")
+            if 0 < v < self.zero_gap:
+                raise UserError(
+                    f"{key}={value!r} is 0 in effect but overflows float32 ({self.doc}); "
+                    f"allowed: {self.allowed()}"
+                )
 
     def _check_items(self, value: Any, key: str, vocab_size: int | None) -> None:
         seq = isinstance(value, Sequence) and not isinstance(value, str)
@@ -111,6 +123,8 @@ class Knob:
         if self.type is float:
             lb = "(" if self.low_open or self.low == -_INF else "["
             rb = ")" if self.high_open or self.high == _INF else "]"
+            if self.zero_gap:
+                return f"0 or [{self.zero_gap:g}, {float(self.high)}{rb}"
             return f"{lb}{float(self.low)}, {float(self.high)}{rb}"
         if self.steer:
             return "token ids or text (see seqgen.decoding.steering)"
@@ -152,7 +166,16 @@ _STEERING = (
 KNOBS: dict[str, Knob] = {
     k.name: k
     for k in (
-        _f("temperature", 1.0, 0.0, hi_open=True, doc="0 = greedy"),
+        Knob(
+            "temperature",
+            float,
+            1.0,
+            True,
+            0.0,
+            high_open=True,
+            doc="0 = greedy",
+            zero_gap=TEMPERATURE_MIN,
+        ),
         _i("top_k", 0, 0, neutral=0, doc="0 = off; >= V keeps every token (Fan et al. 2018)"),
         _off("top_p", 1.0, 0.0, 1.0, lo_open=True, doc="nucleus (Holtzman et al. 2020)"),
         _off("typical_p", 1.0, 0.0, 1.0, lo_open=True, doc="locally typical (Meister et al. 2023)"),

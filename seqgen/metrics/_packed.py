@@ -124,16 +124,23 @@ def ngram_keys(packed: Packed, n: int, base: int) -> tuple[np.ndarray, np.ndarra
 class NgramCounts:
     """Counts of each distinct n-gram over sequences added chunk by chunk.
 
-    Per distinct n-gram (sorted `keys`): `total` occurrences, and the largest count in one
+    Per distinct n-gram (sorted `keys`): `total` occurrences (kept only with `totals=True`:
+    n-gram entropy reads them, distinct-n and Self-BLEU do not), and the largest count in one
     sequence (`top1`, held by sequence `holder`) and the largest in any other sequence
     (`top2`): Self-BLEU's clipped match against all references but the hypothesis is `top2`
     for the holder and `top1` for everyone else. Memory grows with the number of distinct
-    n-grams, not with the number of sequences.
+    n-grams, not with the number of sequences: `BYTES_PER_GRAM` (+8 with totals) each, the
+    key's bytes included (8 while base^n < 2^63, else 8n), merged into the sorted table in
+    place, so a chunk never copies the table more than once.
     """
 
-    def __init__(self) -> None:
+    BYTES_PER_GRAM = 8 + 3 * 4  # int64 key; int32 top1, top2, holder
+
+    def __init__(self, totals: bool = True) -> None:
         self.keys: np.ndarray | None = None
-        self.total = self.top1 = self.holder = self.top2 = np.zeros(0, np.int64)
+        self.totals = totals
+        self.total = np.zeros(0, np.int64)
+        self.top1 = self.holder = self.top2 = np.zeros(0, np.int32)
 
     def add(self, keys: np.ndarray, seq: np.ndarray) -> None:
         """Add the n-grams `keys` (from `ngram_keys`) of the sequences numbered `seq` (global
@@ -151,28 +158,37 @@ class NgramCounts:
         first[1:] = g_o[1:] != g_o[:-1]
         second = np.zeros(g_o.size, bool)
         second[1:] = first[:-1] & ~first[1:]
-        c1, h1, c2 = (np.zeros(grams.size, np.int64) for _ in range(3))
+        c1, h1, c2 = (np.zeros(grams.size, np.int32) for _ in range(3))
         c1[g_o[first]], h1[g_o[first]] = c_o[first], s_o[first]
         c2[g_o[second]] = c_o[second]
         if self.keys is None:
-            self.keys, self.total, self.top1, self.holder, self.top2 = grams, total, c1, h1, c2
+            self.keys, self.top1, self.holder, self.top2 = grams, c1, h1, c2
+            self.total = total if self.totals else self.total
             return
-        merged, inv = np.unique(np.concatenate([self.keys, grams]), return_inverse=True)
-        old, new = inv[: self.keys.size], inv[self.keys.size :]
+        self._merge(grams, total, c1, h1, c2)
 
-        def spread(values: np.ndarray, at: np.ndarray) -> np.ndarray:
-            out = np.zeros(merged.size, np.int64)
-            out[at] = values
-            return out
-
-        a1, ah, a2 = spread(self.top1, old), spread(self.holder, old), spread(self.top2, old)
-        b1, bh, b2 = spread(c1, new), spread(h1, new), spread(c2, new)
+    def _merge(self, grams, total, c1, h1, c2) -> None:
+        """Merge a chunk's sorted table into the kept one: n-grams seen before are updated in
+        place, new ones inserted at their sorted positions (one copy of each array)."""
+        at = np.searchsorted(self.keys, grams)
+        seen = at < self.keys.size
+        seen[seen] = self.keys[at[seen]] == grams[seen]
+        old, mine = at[seen], np.flatnonzero(seen)
+        a1, b1 = self.top1[old], c1[mine]
         keep = a1 >= b1  # ties keep the earlier holder, as one lexsort over all would
-        self.keys = merged
-        self.total = spread(self.total, old) + spread(total, new)
-        self.top1 = np.where(keep, a1, b1)
-        self.holder = np.where(keep, ah, bh)
-        self.top2 = np.where(keep, np.maximum(a2, b1), np.maximum(b2, a1))
+        self.top2[old] = np.where(keep, np.maximum(self.top2[old], b1), np.maximum(c2[mine], a1))
+        self.holder[old] = np.where(keep, self.holder[old], h1[mine])
+        self.top1[old] = np.maximum(a1, b1)
+        if self.totals:
+            self.total[old] += total[mine]
+        new = np.flatnonzero(~seen)
+        where = at[new]
+        self.keys = np.insert(self.keys, where, grams[new])
+        self.top1 = np.insert(self.top1, where, c1[new])
+        self.holder = np.insert(self.holder, where, h1[new])
+        self.top2 = np.insert(self.top2, where, c2[new])
+        if self.totals:
+            self.total = np.insert(self.total, where, total[new])
 
     def lookup(self, keys: np.ndarray) -> np.ndarray:
         """Positions of `keys` (each one of the table's) in `self.keys`."""

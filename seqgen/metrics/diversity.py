@@ -13,8 +13,10 @@ import math
 
 import numpy as np
 
+from seqgen.errors import UserError
 from seqgen.metrics._packed import NgramCounts, Packed, SequencesLike, ngram_keys, pack
 
+_DIGEST = np.dtype("V16")  # a sequence's 128-bit BLAKE2b digest
 SELF_BLEU_SAMPLES = 1000  # Holtzman et al. 2020 score 1,000 sampled generations
 ZIPF_TOP_TYPES = 5000  # Holtzman et al. 2020 fit the 5,000 most frequent types
 
@@ -112,12 +114,15 @@ def self_bleu(
 class DiversityCounts:
     """Everything the diversity metrics count, over generations added chunk by chunk.
 
-    Holds, for n = 1..max_n, the distinct n-grams with their counts (`NgramCounts`), token
-    counts, the histogram of lengths, a digest per distinct sequence and the Self-BLEU
-    hypotheses (a seeded subset of the `num_sequences` generations, known in advance), so
-    that memory grows with the distinct n-grams, not with the number of generations. Adding
-    all generations as one chunk or as many gives the same metrics (to float64 rounding).
-    `vocab_size` (above every id) must be given when generations come in several chunks.
+    Holds, for n = 1..max_n, the distinct n-grams with their counts (`NgramCounts`; the
+    total count of each only for n = max_n, the entropy's, when generations come in several
+    chunks), token counts, the histogram of lengths, a 16-byte digest per distinct sequence
+    and the Self-BLEU hypotheses (a seeded subset of the `num_sequences` generations, known in
+    advance), so that memory grows with the distinct n-grams and sequences, not with the
+    number of generations: exact distinct-n, Ent-n and Self-BLEU against all N - 1 others need
+    every distinct n-gram, which is what `bytes_held` counts. Adding all generations as one
+    chunk or as many gives the same metrics (to float64 rounding). `vocab_size` (above every
+    id) must be given when generations come in several chunks.
     """
 
     def __init__(
@@ -133,10 +138,12 @@ class DiversityCounts:
     ) -> None:
         self.num_sequences, self.max_n, self.vocab_size = num_sequences, max_n, vocab_size
         self.zipf_top, self.epsilon = zipf_top, epsilon
+        if num_sequences >= 2**31:  # NgramCounts.holder is int32
+            raise UserError(f"{num_sequences} generations; allowed: fewer than 2^31")
         self.grams = [NgramCounts() for _ in range(max_n)]
         self.tokens = np.zeros(0, np.int64)  # count per token id
         self.length_hist = np.zeros(0, np.int64)
-        self.digests: set[bytes] = set()
+        self.digests = np.zeros(0, _DIGEST)  # sorted, distinct
         self.seen = 0
         rng = np.random.default_rng(seed)
         size = min(num_sequences, self_bleu_samples) if num_sequences >= 2 else 0
@@ -156,6 +163,8 @@ class DiversityCounts:
         for n in range(1, self.max_n + 1):
             cached = packed.cache.get(("ngram_counts", n, base)) if whole else None
             if cached is None:
+                if self.seen == 0:  # streamed, only the entropy's n needs totals
+                    self.grams[n - 1] = NgramCounts(totals=whole or n == self.max_n)
                 keys, starts = ngram_keys(packed, n, base)
                 self.grams[n - 1].add(keys, packed.seq_index[starts] + first)
                 if whole:
@@ -164,8 +173,11 @@ class DiversityCounts:
                 self.grams[n - 1] = cached
         self.tokens = _add_counts(self.tokens, np.bincount(packed.flat))
         self.length_hist = _add_counts(self.length_hist, np.bincount(packed.lengths))
-        for i in range(n_seq):
-            self.digests.add(hashlib.blake2b(packed.sequence(i).tobytes(), digest_size=16).digest())
+        digests = [
+            hashlib.blake2b(packed.sequence(i).tobytes(), digest_size=16).digest()
+            for i in range(n_seq)
+        ]
+        self.digests = np.union1d(self.digests, np.array(digests, _DIGEST))
         mine = self.hyps[(self.hyps >= first) & (self.hyps < first + n_seq)]
         for h in map(int, mine):
             self.hyp_tokens[h] = packed.sequence(h - first).copy()
@@ -184,7 +196,12 @@ class DiversityCounts:
         return float(-(p * np.log(p)).sum())
 
     def unique(self) -> float:
-        return len(self.digests) / self.seen if self.seen else math.nan
+        return self.digests.size / self.seen if self.seen else math.nan
+
+    def bytes_held(self) -> int:
+        """Bytes of the kept counts (n-gram tables, digests): what grows with a study."""
+        arrays = [a for t in self.grams for a in (t.keys, t.total, t.top1, t.holder, t.top2)]
+        return sum(a.nbytes for a in arrays if a is not None) + self.digests.nbytes
 
     def zipf(self) -> float:
         counts = np.sort(self.tokens[self.tokens > 0])[::-1][: self.zipf_top].astype(np.float64)
@@ -226,15 +243,10 @@ class DiversityCounts:
         closest = np.where(self.length_hist[hyp_len] > 1, hyp_len, closest)
         return self.hyps, bleu_from_matches(matches, hyp_len, closest, self.epsilon)
 
-    def metrics(self) -> dict[str, float]:
-        """`diversity/*` keys and `zipf`, as the metric table names them (a study's)."""
-        out = {f"diversity/distinct_{n}": self.distinct(n) for n in range(1, 5)}
+    def self_bleu(self) -> float:
+        """Self-BLEU: the mean of `self_bleu_scores` (NaN with fewer than 2 generations)."""
         _, scores = self.self_bleu_scores()
-        out["diversity/self_bleu4"] = float(scores.mean()) if scores.size else math.nan
-        out["diversity/ent_4"] = self.entropy(4)
-        out["diversity/unique_seq"] = self.unique()
-        out["zipf"] = self.zipf()
-        return out
+        return float(scores.mean()) if scores.size else math.nan
 
 
 def _add_counts(total: np.ndarray, more: np.ndarray) -> np.ndarray:

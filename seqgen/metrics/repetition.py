@@ -148,14 +148,14 @@ class RepetitionCounts:
         self.loops += int(is_repetition(packed).sum())
         self.sequences += packed.num_sequences
 
-    def metrics(self) -> dict[str, float]:
-        nan = math.nan
-        out = {
-            "repetition/seq_rep_4": self.seq_rep_sum / self.seq_rep_count
-            if self.seq_rep_count
-            else nan,
-            "repetition/rep_pct": 100.0 * (self.loops / self.sequences) if self.sequences else nan,
-        }
-        for w in self.windows:
-            out[f"repetition/rep_{w}"] = self.repeats[w] / self.tokens if self.tokens else nan
-        return out
+    def seq_rep(self) -> float:
+        """`seq_rep_n` (n = 4) of every continuation added."""
+        return self.seq_rep_sum / self.seq_rep_count if self.seq_rep_count else math.nan
+
+    def rep_pct(self) -> float:
+        """`repetition_percent` of every continuation added."""
+        return 100.0 * (self.loops / self.sequences) if self.sequences else math.nan
+
+    def rep_l(self) -> dict[int, float]:
+        """`rep_l` of every continuation added, {l: rep/l}."""
+        return {w: self.repeats[w] / self.tokens if self.tokens else math.nan for w in self.windows}

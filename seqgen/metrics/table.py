@@ -32,6 +32,7 @@ from seqgen.metrics.oracle import impossible_prompt_rate, mode_found_rate, oracl
 from seqgen.metrics.perplexity import generation_perplexity
 from seqgen.metrics.repetition import REP_WINDOWS, rep_l, repetition_percent, seq_rep_n
 from seqgen.metrics.search import beam_error_rate, exact_proven_rate
+from seqgen.metrics.stream import StreamCounts
 from seqgen.metrics.truncation import truncation_applies, truncation_metrics
 from seqgen.metrics.utility import mbr_summary
 
@@ -92,15 +93,20 @@ def _always(g: Generations) -> bool:
 class Metric:
     """One row: `fn(generations)` returns one float per key (a float for one key), computed
     when `applies(generations)`; `across` rows compare decoders and run once all have run
-    (`compute(..., across=True)`)."""
+    (`compute(..., across=True)`). `stream(counts)`: the same values from a study's
+    `StreamCounts` (None where they do not apply); a row without it is not computed for a
+    study (`unstreamed`)."""
 
     keys: tuple[Key, ...]
     fn: Callable[[Generations], float | Sequence[float]]
     applies: Callable[[Generations], bool] = _always
     across: bool = False
+    stream: Callable[[StreamCounts], float | Sequence[float] | None] | None = None
 
     def values(self, g: Generations) -> dict[str, float]:
-        got = self.fn(g)
+        return self._named(self.fn(g))
+
+    def _named(self, got: float | Sequence[float]) -> dict[str, float]:
         vals = tuple(got) if isinstance(got, tuple | list | np.ndarray) else (got,)
         names = ", ".join(k.name for k in self.keys)
         if len(vals) != len(self.keys):
@@ -171,11 +177,13 @@ METRICS: list[Metric] = [
         (_k("gen/ppl", "perplexity under softmax(logits/t)", PPL, _H, *EVERYWHERE),),
         _ppl("tempered_logprobs", "eos_tempered_logprobs"),
         _has("tempered_logprobs"),
+        stream=lambda c: c.ppl("tempered"),
     ),
     Metric(
         (_k("gen/ppl_model", "perplexity under the model", PPL, _H),),
         _ppl("model_logprobs", "eos_model_logprobs"),
         _has("model_logprobs"),
+        stream=lambda c: c.ppl("model"),
     ),
     Metric(
         (_k("gen/ref_ppl", "perplexity under the reference model", PPL, _H),),
@@ -185,6 +193,7 @@ METRICS: list[Metric] = [
     Metric(
         (_k("diversity/self_bleu4", "Self-BLEU-4", SHARE, _H, *EVERYWHERE),),
         lambda g: diversity.self_bleu(g.packed, num_samples=g.self_bleu_max, seed=g.seed),
+        stream=lambda c: c.diversity.self_bleu(),
     ),
     Metric(
         (
@@ -194,22 +203,27 @@ METRICS: list[Metric] = [
             _k("diversity/distinct_4", "distinct 4-grams / all", SHARE, _H, PLOT),
         ),
         lambda g: tuple(diversity.distinct_n(g.packed, n) for n in (1, 2, 3, 4)),
+        stream=lambda c: tuple(c.diversity.distinct(n) for n in (1, 2, 3, 4)),
     ),
     Metric(
         (_k("diversity/ent_4", "4-gram entropy", NATS, _H),),
         lambda g: diversity.ngram_entropy(g.packed, 4),
+        stream=lambda c: c.diversity.entropy(4),
     ),
     Metric(
         (_k("diversity/unique_seq", "unique sequences / all", SHARE, _H),),
         lambda g: diversity.unique_sequences(g.packed),
+        stream=lambda c: c.diversity.unique(),
     ),
     Metric(
         (_k("repetition/seq_rep_4", "repeated 4-grams / all", SHARE, _H, *EVERYWHERE),),
         lambda g: seq_rep_n(g.packed, 4),
+        stream=lambda c: c.repetition.seq_rep(),
     ),
     Metric(
         (_k("repetition/rep_pct", "generations ending in a loop", PERCENT, _H, *EVERYWHERE),),
         lambda g: repetition_percent(g.packed),
+        stream=lambda c: c.repetition.rep_pct(),
     ),
     Metric(
         tuple(
@@ -217,10 +231,12 @@ METRICS: list[Metric] = [
             for w in REP_WINDOWS
         ),
         lambda g: tuple(rep_l(g.packed).values()),
+        stream=lambda c: tuple(c.repetition.rep_l().values()),
     ),
     Metric(
         (_k("zipf", "Zipf coefficient", SLOPE, _H, *EVERYWHERE),),
         lambda g: diversity.zipf_coefficient(g.packed, top=g.zipf_top),
+        stream=lambda c: c.diversity.zipf(),
     ),
     Metric(
         (
@@ -228,11 +244,13 @@ METRICS: list[Metric] = [
             _k("length/std", "continuation length std", TOKENS, _H),
         ),
         lambda g: length_stats(g.packed.lengths),
+        stream=lambda c: c.length_stats(),
     ),
     Metric(
         (_k("length/eos_rate", "share ending with EOS", SHARE, _H, PLOT),),
         lambda g: eos_rate(g.ended),
         _has("ended"),
+        stream=lambda c: c.eos_rate(),
     ),
     Metric(
         (
@@ -276,6 +294,7 @@ METRICS: list[Metric] = [
         ),
         _abc(abc_rates, "ABC checks"),
         _is_folk,
+        stream=lambda c: c.abc(abc_rates, "ABC checks"),
     ),
     Metric(
         (
@@ -284,11 +303,13 @@ METRICS: list[Metric] = [
         ),
         _abc(key_rates, "ABC key checks"),
         _is_folk,
+        stream=lambda c: c.abc(key_rates, "ABC key checks"),
     ),
     Metric(
         (_k("score/mean", "mean score", SCORE, "higher", *_RS),),
         lambda g: float(np.mean(np.asarray(g.scores, np.float64))),
         _has("scores"),
+        stream=lambda c: c.score_mean(),
     ),
     Metric(
         (
@@ -324,6 +345,7 @@ METRICS: list[Metric] = [
         (_k("time/decode_s", "decode wall time", SECONDS, "lower", REPORT),),
         lambda g: g.decode_s,
         _has("decode_s"),
+        stream=lambda c: c.decode_s,
     ),
     Metric(
         (_k("search/beam_error", "prompts where exact search beat it", SHARE, "lower"),),
@@ -368,6 +390,22 @@ def compute(
         if row.across == across and row.applies(generations):
             out.update(row.values(generations))
     return out
+
+
+def compute_stream(counts: StreamCounts) -> dict[str, float]:
+    """The values of every row with a `stream` function from a study's counts, under the
+    rows' keys (rows whose function returns None do not apply)."""
+    out: dict[str, float] = {}
+    for row in METRICS:
+        got = None if row.stream is None else row.stream(counts)
+        if got is not None:
+            out.update(row._named(got))
+    return out
+
+
+def unstreamed() -> tuple[str, ...]:
+    """The keys a study does not compute (rows without a `stream` function)."""
+    return tuple(k.name for row in METRICS if row.stream is None for k in row.keys)
 
 
 def all_keys() -> dict[str, Key]:
