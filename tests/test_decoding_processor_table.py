@@ -9,6 +9,7 @@ import re
 import pytest
 from conftest import ROOT
 
+from seqgen.decoding import guidance
 from seqgen.decoding import processor_table as table
 from seqgen.decoding.common import DEFAULTS
 from seqgen.decoding.knobs import KNOBS
@@ -73,7 +74,9 @@ def test_a_row_is_on_exactly_when_its_knob_leaves_neutral():
     assert always == ("min_length", "temperature")
     assert flags().order == always
     switches = {k for k in KNOBS if KNOBS[k].neutral is not None}
-    assert switches == set(AWAY)  # every switch knob belongs to this test
+    # every switch knob belongs to this test, but guidance's: it switches the step function
+    # (`guidance.guide`), not a processor row, and test_decoding_guidance holds it
+    assert switches == set(AWAY) | {guidance.KNOB}
     for knob, value in AWAY.items():
         on = set(flags(**{knob: value}).order) - set(always)
         want = {n for n in table.ORDER if knob in table.PROCESSORS[n].knobs}
@@ -102,12 +105,13 @@ def test_static_key_holds_sizes_not_traced_values():
 
 def test_sampling_decoders_read_the_rows_knobs():
     rows = {k for n in table.ORDER for k in table.PROCESSORS[n].knobs}
-    assert set(SPECS["sample"].knobs) == rows | {"stop", "include_stop", "order"}  # the loop's
+    loop = {"stop", "include_stop", "order", guidance.KNOB}  # the loop's and the step's
+    assert set(SPECS["sample"].knobs) == rows | loop
     penalty = {
         k for n in table.ORDER if table.PROCESSORS[n].stage == "penalty"
         for k in table.PROCESSORS[n].knobs
     }  # fmt: skip
-    assert set(SPECS["greedy"].knobs) == penalty | {"stop", "include_stop", "order"}
+    assert set(SPECS["greedy"].knobs) == penalty | loop
 
 
 def test_an_order_is_data_and_checked():
