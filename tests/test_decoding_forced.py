@@ -162,6 +162,7 @@ def test_mistakes_are_one_line_before_any_work():
         run({"force": ["ab"]})
 
 
+@pytest.mark.slow  # several compiles: the full suite runs it
 def test_transformer_best_is_the_brute_force_optimum():
     """On the Transformer (its KV cache gathered per step): a disjunctive set, K = 16 on its
     3 symbols; the best output is the best sequence that meets the set (its forward pass)."""
@@ -213,6 +214,7 @@ def test_a_forced_beam_is_not_held_to_the_mode():
     assert not searches_mode({"name": "beam", "force": [[4]]})
 
 
+@pytest.mark.slow  # several compiles: the full suite runs it
 def test_every_loop_variant_gives_the_same_forced_outputs():
     """`decode.loop` scan, masked and while: the forced search's outputs bit for bit (the
     constraint state is frozen with the rest of a done row)."""

@@ -178,6 +178,7 @@ def test_every_guided_decoder_returns_the_guided_logprobs_lstm():
     assert not np.array_equal(plain.tokens, guided.tokens)  # gamma moves the argmax here
 
 
+@pytest.mark.slow  # several compiles: the full suite runs it
 def test_every_guided_decoder_returns_the_guided_logprobs_transformer():
     from flax import nnx
 

@@ -259,6 +259,7 @@ def test_no_repeat_ngram_and_penalties():
     assert sorted(g.tokens[0, 0].tolist()) == [4, 5, 6, 7]
 
 
+@pytest.mark.slow  # several compiles: the full suite runs it
 def test_top_p_and_typical_match_the_sorted_prefix_definition():
     """`keep_by_mass` (every method: 2-ary and 16-ary search, sort) keeps exactly the
     sorted-prefix sets, ties included."""

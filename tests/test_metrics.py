@@ -383,6 +383,7 @@ def test_abc_metrics_rates():
 SLOW_TUNE = "M:6/8\nL:1/8\nK:Gmin\nd/2-c/2 | (BAG) f (F BAA E3432|d>a|BBBF d)3dG"
 
 
+@pytest.mark.slow  # waits out a music21 deadline: the full suite runs it
 @pytest.mark.parametrize("where", ["main thread", "worker thread"])
 def test_abc_rates_count_a_tune_past_its_deadline_as_unparsed(where, caplog):
     from concurrent.futures import ThreadPoolExecutor

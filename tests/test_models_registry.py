@@ -60,6 +60,7 @@ def bigram():
     unregister_model("bigram")
 
 
+@pytest.mark.slow  # trains or runs the pipeline: the full suite runs it
 def test_a_registered_model_trains_caches_and_decodes(bigram, cache_dir, tmp_path):
     from seqgen.experiment import run_experiment
 

@@ -125,6 +125,7 @@ DECODER_CFGS = {
 }
 
 
+@pytest.mark.slow  # several compiles: the full suite runs it
 def test_every_decoder_scores_what_the_forward_scores():
     """Each decoder's per-token log-probs of what it returns equal the parallel forward's on
     the same tokens: the cache is right after beam's gathers, exact's pool and MBR's nesting."""
@@ -157,6 +158,7 @@ def _brute_force(model: Transformer, prompt: list[int], max_len: int) -> list[tu
     return sorted(cands, key=lambda c: -c[0])
 
 
+@pytest.mark.slow  # several compiles: the full suite runs it
 def test_beam_and_exact_equal_brute_force_and_greedy_is_sample_t0():
     model = _model(positions="learned")
     # K = 128 holds every hypothesis: 40 EOS-ended and 81 cut ones for the empty prompt
@@ -177,6 +179,7 @@ def test_beam_and_exact_equal_brute_force_and_greedy_is_sample_t0():
     np.testing.assert_array_equal(greedy.logprobs, sampled.logprobs)
 
 
+@pytest.mark.slow  # several compiles: the full suite runs it
 def test_trains_caches_and_decodes_through_the_pipeline(cache_dir, tmp_path):
     from seqgen.experiment import run_experiment
 

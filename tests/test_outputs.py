@@ -123,6 +123,7 @@ def test_plain_numbers_on_lines_that_agree_to_seven_digits():
     plt.close(fig)
 
 
+@pytest.mark.slow  # waits out a music21 deadline: the full suite runs it
 def test_write_tunes_gives_up_midi_for_a_tune_past_its_deadline(tmp_path, caplog):
     # music21 spends minutes in `bestTimeSignature` on this generated tune
     slow = "M:6/8\nL:1/8\nK:Gmin\nd/2-c/2 | (BAG) f (F BAA E3432|d>a|BBBF d)3dG"

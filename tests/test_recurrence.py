@@ -54,10 +54,20 @@ _PER_LAYER = [
 _WAVEFRONT = [("rnn", 2, 0.3), ("lstm", 1, 0.0), ("lstm", 3, 0.3), ("gru", 3, 0.3)]
 
 
+_CASES = [(*case, "fused") for case in _PER_LAYER] + [
+    (*case, b) for case in _WAVEFRONT for b in ("wavefront", "wavefront_fused")
+]
+# one case of each backward in `pytest -m "not slow"`; the full suite runs them all
+_FAST = {
+    ("lstm", 2, 0.3, "fused"),
+    ("lstm", 3, 0.3, "wavefront"),
+    ("gru", 3, 0.3, "wavefront_fused"),
+}
+
+
 @pytest.mark.parametrize(
     "cell,num_layers,dropout,backward",
-    [(*case, "fused") for case in _PER_LAYER]
-    + [(*case, b) for case in _WAVEFRONT for b in ("wavefront", "wavefront_fused")],
+    [c if c in _FAST else pytest.param(*c, marks=pytest.mark.slow) for c in _CASES],
 )
 def test_backward_equals_autodiff(cell, num_layers, dropout, backward):
     model = LanguageModel(
@@ -100,6 +110,7 @@ def test_fused_backward_of_the_initial_carry(cell):
             np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6 * np.abs(y).max())
 
 
+@pytest.mark.slow  # several compiles: the full suite runs it
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 def test_wavefront_backward_of_the_initial_carry_and_inputs(cell):
     """wavefront_fused's gradients of a random initial carry, inputs and weights, with dropout
@@ -145,6 +156,7 @@ def test_the_default_backward_keeps_the_model_cache_keys_of_before_the_knob():
     assert model_cache_key(ModelSpec.of(fused), corpus) != old_key  # other weights, other entry
 
 
+@pytest.mark.slow  # several compiles: the full suite runs it
 def test_wavefront_without_a_dropout_key_keeps_the_dropout_modules_stream():
     """Train mode without a key: the wavefront cannot take the dropout modules' own draws up
     front, so it runs per layer and drops exactly what autodiff's per-layer path drops."""

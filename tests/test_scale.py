@@ -70,6 +70,7 @@ def test_self_bleu_hypotheses_score_against_every_chunk():
     np.testing.assert_allclose(scores, [1.0, 0.0, 1.0])
 
 
+@pytest.mark.slow  # trains or runs the pipeline: the full suite runs it
 def test_a_streamed_study_equals_the_ordinary_path(cache_dir, tmp_path, caplog):
     base = [*TINY, "decoder=sample", "decode.num_samples=40", "decode.batch_size=16"]
     ordinary = run_experiment(compose(base), out_dir=tmp_path / "a")

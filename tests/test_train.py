@@ -234,6 +234,7 @@ def test_schedule_warmup_then_cosine(warmup):
     assert values[warmup:] == sorted(values[warmup:], reverse=True)
 
 
+@pytest.mark.slow  # trains or runs the pipeline: the full suite runs it
 def test_patience_stops_early_when_valid_loss_stalls():
     # lr so small that no parameter moves: the second evaluation does not improve on the first
     cfg = replace(Cfg(), lr=1e-30, eval_every=1, patience=1)

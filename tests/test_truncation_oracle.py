@@ -120,6 +120,7 @@ def _rnn_step(params, h, tok):
     return h, h @ params["u"]
 
 
+@pytest.mark.slow  # several compiles: the full suite runs it
 def test_every_sampled_token_is_in_its_recomputed_kept_set():
     """The teacher-forced logits are the ones the sampler saw: on a random RNN, each drawn
     token (EOS included) lies in the kept set recomputed at its step, for truncations that

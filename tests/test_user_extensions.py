@@ -199,6 +199,7 @@ def test_user_decoder_returns_the_samples_best_first(user_code):
 # ----- through the Hydra config and run_experiment -----
 
 
+@pytest.mark.slow  # trains or runs the pipeline: the full suite runs it
 def test_user_extensions_through_the_config(user_code, cache_dir, tmp_path):
     from seqgen.experiment import run_experiment
 
