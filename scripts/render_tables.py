@@ -720,6 +720,7 @@ BLOCKS: dict[tuple[str, str], Callable[[], str]] = {
     (f"{EXP}/mbr/README.md", "folk"): mbr_folk,
     (f"{EXP}/meter_constraint/README.md", "table"): meter_table,
     (f"{EXP}/dry/README.md", "folk"): lambda: dry_table("folk"),
+    (f"{EXP}/dry/README.md", "shakespeare"): lambda: dry_table("shakespeare"),
     (f"{EXP}/guidance/README.md", "table"): guidance_table,
     (f"{EXP}/guidance/README.md", "runtime"): guidance_runtime,
     (f"{EXP}/guidance/README.md", "reading"): guidance_reading,
