@@ -219,12 +219,14 @@ def _warn_study_metrics(
 ) -> None:
     """A study computes the metric table's streamed rows: say in one line which of the run's
     other metrics it skips, and why."""
+    row = registry.spec(dec)
+    own_outputs = row.metric_inputs is not None  # metrics of what only its outputs mean (MBR's)
     applies = (
         ("oracle/", corpus.oracle is not None),
         ("gen/ref_ppl", reference is not None),
         ("constraint/", constraint is not None),
-        ("search/", registry.SPECS[dec.name].mode_search or dec.name in ("exact", "mbr")),
-        ("mbr/", dec.name == "mbr"),
+        ("search/", row.mode_search or row.finds_mode or own_outputs),
+        ("mbr/", own_outputs),
     )
     # a key of no prefix above is a registered metric without a streamed form: it applies
     skipped = [k for k in unstreamed() if not any(k.startswith(p) and not on for p, on in applies)]
