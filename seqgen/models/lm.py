@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from seqgen.errors import UserError
-from seqgen.models.protocol import ModelSpec, mask_logits, never_predicted
+from seqgen.models.protocol import ModelSpec, never_predicted, output_logits
 from seqgen.models.recurrence import scan_layer
 from seqgen.models.wavefront import PER_LAYER, WAVEFRONTS, stack_weights, wavefront
 
@@ -193,11 +193,7 @@ class LanguageModel(nnx.Module):
         return x * keep[i]
 
     def _head(self, h: Array) -> Array:
-        if self.tie_weights:
-            logits = h @ self.embed.embedding[...].T + self.head_bias[...]
-        else:
-            logits = self.head(h)
-        return mask_logits(logits, self.never_predicted)
+        return output_logits(self, h)
 
     def _embed(self, tokens: Array) -> Array | None:
         return None if self.one_hot_input else self.embed(tokens)

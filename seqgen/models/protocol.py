@@ -62,6 +62,17 @@ def mask_logits(logits: Array, never: tuple[int, ...]) -> Array:
     return jnp.where(jnp.isin(ids, jnp.asarray(never)), MASKED_LOGIT, logits)
 
 
+def output_logits(model: Any, x: Array) -> Array:
+    """The output layer of a built-in model: logits of features x [..., D], through the
+    embedding's transpose plus `head_bias` when `model.tie_weights` (Press & Wolf 2017), else
+    through `model.head`; the ids the model never predicts masked (`mask_logits`)."""
+    if model.tie_weights:
+        logits = x @ model.embed.embedding[...].T + model.head_bias[...]
+    else:
+        logits = model.head(x)
+    return mask_logits(logits, model.never_predicted)
+
+
 class SequenceModel(Protocol):
     """What every model module provides (see the module docstring)."""
 

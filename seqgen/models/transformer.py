@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from seqgen.errors import UserError
-from seqgen.models.protocol import ModelSpec, mask_logits, never_predicted
+from seqgen.models.protocol import ModelSpec, never_predicted, output_logits
 
 Array = jax.Array
 POSITIONS = ("learned", "rope")
@@ -144,11 +144,7 @@ class Transformer(nnx.Module):
 
     def _project(self, x: Array) -> Array:
         """Logits of the final layer norm's output x [..., D]."""
-        if self.tie_weights:
-            logits = x @ self.embed.embedding[...].T + self.head_bias[...]
-        else:
-            logits = self.head(x)
-        return mask_logits(logits, self.never_predicted)
+        return output_logits(self, x)
 
     def _keep_masks(self, key: Array | None, shape: tuple[int, ...]) -> Array | None:
         """Scaled keep masks [2L + 1, *shape] for every dropout site from one draw."""
