@@ -137,10 +137,11 @@ class Vocab:
             i = self._index.get(s)
             if i is None:
                 if unknown == "error":
+                    # a run's prompts follow its data.unknown; a text to score has no such key
+                    fix = " or pass data.unknown=unk to map it to <unk>" if what == "prompt" else ""
                     raise UserError(
                         f"unknown {self.level} symbol {s!r} in the {what} is not in the "
-                        f"{len(self)}-symbol training vocabulary; remove it or pass "
-                        "data.unknown=unk to map it to <unk>"
+                        f"{len(self)}-symbol training vocabulary; remove it{fix}"
                     )
                 i = UNK_ID
             ids.append(i)
