@@ -4,7 +4,8 @@
 
 Times, in microseconds per scan step on one thread (interleaved round-robin, median): an empty
 scan step (the loop's own cost), one LSTM step (a [B, H] x [H, 4H] dot and the gates) and its
-autodiff forward + backward, two layers' steps as two dots or as one batched dot over layers
+autodiff forward + backward (also with the [H, 4H] dot split into four [H, H] dots, one per
+gate), two layers' steps as two dots or as one batched dot over layers
 (how `seqgen.models.wavefront` computes all layers in one step). Printed, never asserted.
 """
 
@@ -31,9 +32,12 @@ def programs(batch: int, hidden: int) -> dict:
     def empty(w, xs):
         return jax.lax.scan(lambda c, x: (c + x[:, :hidden], c), jnp.zeros((batch, hidden)), xs)
 
-    def one(w, xs):
+    def one(w, xs, split=False):
         def body(carry, x):
-            c, h = _gates(carry[0], x + carry[1] @ w[0])
+            h = carry[1]
+            gates = jnp.split(w[0], 4, -1) if split else [w[0]]  # four [H, H] dots or one
+            hw = jnp.concatenate([h @ wg for wg in gates], -1)
+            c, h = _gates(carry[0], x + hw)
             return (c, h), h
 
         z = jnp.zeros((batch, hidden))
@@ -53,6 +57,7 @@ def programs(batch: int, hidden: int) -> dict:
         "empty step": jax.jit(lambda w, xs: empty(w, xs)[1].sum()),
         "1 layer": jax.jit(one),
         "1 layer fwd+bwd": jax.jit(jax.grad(one)),
+        "1 layer fwd+bwd, 4 dots": jax.jit(jax.grad(lambda w, xs: one(w, xs, split=True))),
         "2 layers, 2 dots": jax.jit(lambda w, xs: two(w, xs, False)),
         "2 layers, batched dot": jax.jit(lambda w, xs: two(w, xs, True)),
     }
