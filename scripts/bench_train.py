@@ -3,6 +3,7 @@
     python scripts/bench_train.py [--models default,char_rnn,folk_rnn] [--rounds 5] [--steps 3]
     python scripts/bench_train.py --quick                  # the default model, 3 rounds of 2
     python scripts/bench_train.py --breakdown              # + forward / forward+backward rows
+    python scripts/bench_train.py --xla-options "xla_cpu_use_fusion_emitters=false"  # A/B
 
 For each model (LSTM, AdamW, global-norm clipping, dropout as its experiment sets it) it times
 - seqgen: `seqgen.train`'s own loop step (`_Loop.step`: host batch, jitted update with the NaN
@@ -16,7 +17,12 @@ For each model (LSTM, AdamW, global-norm clipping, dropout as its experiment set
 - torch: `torch.nn.LSTM` + Linear + cross-entropy, AdamW and `clip_grad_norm_`, the usual
   PyTorch loop (`pip install .[bench]`);
 - with `--breakdown`: seqgen's forward only (loss) and forward + backward (no optimizer), and
-  the latter without dropout (dropout 0: the masks' threefry draw left out).
+  the latter without dropout (dropout 0: the masks' threefry draw left out);
+- with `--xla-options "NAME=VALUE ..."` (repeatable): seqgen's forward + backward compiled with
+  those XLA options (`jax.jit(compiler_options=...)`, DebugOptions fields such as
+  `xla_cpu_use_fusion_emitters`), beside the same without them: an A/B of XLA settings in one
+  process and one round-robin, where separate processes with different `XLA_FLAGS` would each
+  see a different load.
 The implementations are interleaved round-robin (each round times `--steps` steps of each, in
 a rotated order), so a machine loaded by other jobs slows all of them alike; the table shows
 the median tokens/s over rounds and the ratio to torch's. Both frameworks use `--threads`
@@ -102,8 +108,11 @@ def seqgen_step(size: Size, backward: str) -> Callable[[], Any]:
     return step
 
 
-def seqgen_parts(size: Size, grad: bool, backward: str = "autodiff") -> Callable[[], Any]:
-    """seqgen's loss (forward) or its value and gradient (no optimizer), jitted."""
+def seqgen_parts(
+    size: Size, grad: bool, backward: str = "autodiff", options: dict[str, Any] | None = None
+) -> Callable[[], Any]:
+    """seqgen's loss (forward) or its value and gradient (no optimizer), jitted (with the XLA
+    compile `options`, if any)."""
     model = _seqgen_model(size)
     model.train()
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
@@ -112,9 +121,19 @@ def seqgen_parts(size: Size, grad: bool, backward: str = "autodiff") -> Callable
     def loss(p, batch):
         return batch_loss(nnx.merge(graphdef, p, rest), batch, key, backward)
 
-    fn = jax.jit(jax.value_and_grad(loss) if grad else loss)
+    fn = jax.jit(jax.value_and_grad(loss) if grad else loss, compiler_options=options)
     batches = _batches(size)
     return lambda: fn(params, next(batches))
+
+
+def xla_options(text: str) -> dict[str, Any]:
+    """'NAME=VALUE ...' -> XLA compile options; true/false and integers typed, else strings."""
+    out: dict[str, Any] = {}
+    for item in text.split():
+        name, _, value = item.partition("=")
+        typed = {"true": True, "false": False}.get(value.lower(), value)
+        out[name.lstrip("-")] = int(value) if value.lstrip("-").isdigit() else typed
+    return out
 
 
 def jax_bare_step(size: Size) -> Callable[[], Any]:
@@ -188,7 +207,7 @@ def torch_step(size: Size) -> Callable[[], Any]:
 
 
 def impls(
-    size: Size, backwards: list[str], breakdown: bool, with_torch: bool
+    size: Size, backwards: list[str], breakdown: bool, with_torch: bool, options: list[str]
 ) -> dict[str, Callable[[], Any]]:
     out = {"seqgen" if b == "autodiff" else f"seqgen {b}": seqgen_step(size, b) for b in backwards}
     out["jax bare"] = jax_bare_step(size)
@@ -196,13 +215,19 @@ def impls(
         out["seqgen fwd"] = seqgen_parts(size, grad=False)
         out["seqgen fwd+bwd"] = seqgen_parts(size, grad=True)
         out["seqgen fwd+bwd dropout 0"] = seqgen_parts(size._replace(dropout=0.0), grad=True)
+    if options:  # each beside the same program without options
+        out["seqgen fwd+bwd"] = out.get("seqgen fwd+bwd") or seqgen_parts(size, grad=True)
+    for text in options:
+        out[f"seqgen fwd+bwd {text}"] = seqgen_parts(size, True, options=xla_options(text))
     if with_torch:
         out["torch"] = torch_step(size)
     return out
 
 
 def run_model(name: str, size: Size, args: argparse.Namespace) -> list[tuple[str, float]]:
-    fns = impls(size, args.backwards.split(","), args.breakdown, not args.no_torch)
+    fns = impls(
+        size, args.backwards.split(","), args.breakdown, not args.no_torch, args.xla_options
+    )
     for fn in fns.values():  # compile and warm up
         for _ in range(2):
             jax.block_until_ready(fn())
@@ -232,6 +257,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="1 or the core count")
     ap.add_argument("--quick", action="store_true", help="default model, 3 rounds of 2 steps")
     ap.add_argument("--breakdown", action="store_true", help="+ seqgen forward, fwd+bwd rows")
+    ap.add_argument(
+        "--xla-options", action="append", default=[], metavar="'NAME=VALUE ...'",
+        help="+ a seqgen fwd+bwd row compiled with these XLA options (repeatable)",
+    )  # fmt: skip
     ap.add_argument("--no-torch", action="store_true")
     args = ap.parse_args()
     if args.quick:
