@@ -68,18 +68,30 @@ def compose_config(
 
 
 def import_override_plugins(parsed: list[Override]) -> None:
-    """Import the plugins the overrides name (`plugins=[...]`, every value of a sweep) before
-    composing, so the decoders and knobs they register are in the schema Hydra composes with.
-    Plugins a config file names are imported once it is composed: their models and metrics
-    are accepted, but a `decoder=NAME` or `decoder.KNOB` of theirs needs the command line's
-    `plugins=` (or `seqgen.run(["plugins=[...]", ...])`)."""
+    """Import the plugins the overrides name before composing, so the decoders and knobs they
+    register are in the schema Hydra composes with: `plugins=[...]` (every value of a sweep) and
+    the `plugins:` of each `+experiment=NAME` file (read before composing, since Hydra composes
+    an experiment's `override /decoder: NAME` before its `plugins`). Plugins a config file
+    names are imported once it is composed: their models and metrics are accepted."""
     for o in parsed:
-        if o.key_or_group != "plugins":
+        if o.key_or_group not in ("plugins", "experiment"):
             continue
         values = list(o.sweep_iterator()) if o.is_sweep_override() else [o.value()]
         for value in values:
+            if o.key_or_group == "experiment":
+                value = _experiment_plugins(value)
             if isinstance(value, list):  # anything else: the schema's type check says why
                 import_plugins(value)
+
+
+def _experiment_plugins(name: Any) -> Any:
+    """The `plugins` an experiment file of conf/experiment/ names (None: none, or no such file;
+    composing says why)."""
+    path = CONF_DIR / "experiment" / f"{name}.yaml"
+    if not isinstance(name, str) or not path.is_file():
+        return None
+    entries = OmegaConf.load(path).get("plugins")
+    return None if entries is None else OmegaConf.to_container(entries)
 
 
 def explain(exc: BaseException, overrides: list[str] = ()) -> str:

@@ -133,7 +133,8 @@ def is_lead() -> bool:
     return jax.process_index() == 0
 
 
-# The arguments of a decoder program whose leaves have the rows (prompts) on axis 0.
+# The fields of a decoder program's inputs (`decoding.common.ProgramInputs`) whose leaves have
+# the rows (prompts) on axis 0.
 ROW_ARGS = ("init_carry", "prompts", "prompt_lengths", "prompt_ids")
 _DECODE_MESH: ContextVar[Mesh | None] = ContextVar("seqgen_decode_mesh", default=None)
 
@@ -172,67 +173,67 @@ def gather_rows_to_all(tree: Any, rows: int) -> Any:
 
 
 @functools.lru_cache(maxsize=64)
-def _sharded_program(fn: Callable, mesh: Mesh, names: tuple, static: tuple) -> Callable:
-    rows = PartitionSpec(DATA_AXIS)
+def _sharded_program(fn: Callable, mesh: Mesh, inputs: Any, static: tuple) -> Callable:
+    """`inputs`: the program's inputs with each field's partition spec in place of its value
+    (one spec a field: a prefix of its leaves)."""
     body = functools.partial(fn, **dict(static))
-    in_specs = tuple(rows if n in ROW_ARGS else PartitionSpec() for n in names)
     # check_vma=False: a device's `lax.cond` skip of finished steps tests its own rows only
-    mapped = jax.shard_map(body, mesh=mesh, in_specs=in_specs, out_specs=rows, check_vma=False)
+    mapped = jax.shard_map(
+        body, mesh=mesh, in_specs=(inputs,), out_specs=PartitionSpec(DATA_AXIS), check_vma=False
+    )
     return jax.jit(mapped)
 
 
-def row_parallel(*, static_argnames: tuple[str, ...]) -> Callable[[Callable], Callable]:
-    """`jax.jit(fn, static_argnames=...)` for a decoder program whose rows are independent.
+def row_parallel(fn: Callable) -> Callable:
+    """`jax.jit` of a decoder program `fn(inputs, *, ...)` whose rows are independent: `inputs`
+    (a NamedTuple pytree, `decoding.common.ProgramInputs`) is traced, every keyword-only
+    argument is static.
 
-    Contract: the leaves of the arguments named in ROW_ARGS and of every output have the rows on
-    axis 0, and a row's output depends only on its own inputs (its key comes from its prompt id).
-    Outside `decode_mesh` (or on a 1-device mesh) this is plain `jax.jit`. Inside, the rows are
-    padded with copies of the last row to a multiple of the device count, split over the mesh,
-    decoded by one compiled program per device (`shard_map`, no collectives), gathered (to every
-    process under multi-host) and trimmed; every other argument is replicated.
-    `.lower(...)` lowers the one-device program, `.lower_sharded(mesh, *args, **kwargs)` the
+    Contract: the leaves of the fields of `inputs` named in ROW_ARGS and of every output have the
+    rows on axis 0, and a row's output depends only on its own inputs (its key comes from its
+    prompt id). Outside `decode_mesh` (or on a 1-device mesh) this is plain `jax.jit`. Inside,
+    the rows are padded with copies of the last row to a multiple of the device count, split over
+    the mesh, decoded by one compiled program per device (`shard_map`, no collectives), gathered
+    (to every process under multi-host) and trimmed; every other field is replicated.
+    `.lower(...)` lowers the one-device program, `.lower_sharded(mesh, inputs, **static)` the
     sharded one (to inspect their HLO).
     """
+    params = inspect.signature(fn).parameters.values()
+    static_argnames = tuple(p.name for p in params if p.kind is p.KEYWORD_ONLY)
+    single = jax.jit(fn, static_argnames=static_argnames)
 
-    def wrap(fn: Callable) -> Callable:
-        single = jax.jit(fn, static_argnames=static_argnames)
-        signature = inspect.signature(fn)
+    def sharded(mesh: Mesh, inputs: Any, static: dict) -> tuple[Callable, Any, int]:
+        fields = inputs._asdict()
+        row_leaves = [x for k in ROW_ARGS for x in jax.tree.leaves(fields.get(k))]
+        n_rows = int(np.shape(row_leaves[0])[0])
+        pad = -n_rows % mesh.size
 
-        def sharded(mesh: Mesh, args: tuple, kwargs: dict) -> tuple[Callable, list, int]:
-            bound = signature.bind(*args, **kwargs)
-            bound.apply_defaults()
-            static = tuple((k, bound.arguments[k]) for k in static_argnames)
-            arrays = {k: v for k, v in bound.arguments.items() if k not in static_argnames}
-            row_leaves = [x for k in ROW_ARGS if k in arrays for x in jax.tree.leaves(arrays[k])]
-            n_rows = int(np.shape(row_leaves[0])[0])
-            pad = -n_rows % mesh.size
+        def pad_rows(x: Any) -> jax.Array:
+            x = jnp.asarray(x)
+            return jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)]) if pad else x
 
-            def pad_rows(x: Any) -> jax.Array:
-                x = jnp.asarray(x)
-                return jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)]) if pad else x
+        placed = type(inputs)(**{
+            k: shard_rows(jax.tree.map(pad_rows, v), mesh) if k in ROW_ARGS else replicate(v, mesh)
+            for k, v in fields.items()
+        })  # fmt: skip
+        row, whole = PartitionSpec(DATA_AXIS), PartitionSpec()
+        specs = type(inputs)(**{k: row if k in ROW_ARGS else whole for k in fields})
+        return _sharded_program(fn, mesh, specs, tuple(sorted(static.items()))), placed, n_rows
 
-            placed = [
-                shard_rows(jax.tree.map(pad_rows, v), mesh) if k in ROW_ARGS else replicate(v, mesh)
-                for k, v in arrays.items()
-            ]
-            return _sharded_program(fn, mesh, tuple(arrays), static), placed, n_rows
+    @functools.wraps(fn)
+    def call(inputs: Any, **static: Any) -> Any:
+        mesh = _DECODE_MESH.get()
+        if mesh is None or mesh.size == 1:
+            return single(inputs, **static)
+        program, placed, n_rows = sharded(mesh, inputs, static)
+        if n_rows == 0:
+            return single(inputs, **static)
+        return gather_rows_to_all(program(placed), n_rows)
 
-        @functools.wraps(fn)
-        def call(*args: Any, **kwargs: Any) -> Any:
-            mesh = _DECODE_MESH.get()
-            if mesh is None or mesh.size == 1:
-                return single(*args, **kwargs)
-            program, placed, n_rows = sharded(mesh, args, kwargs)
-            if n_rows == 0:
-                return single(*args, **kwargs)
-            return gather_rows_to_all(program(*placed), n_rows)
+    def lower_sharded(mesh: Mesh, inputs: Any, **static: Any) -> Any:
+        program, placed, _ = sharded(mesh, inputs, static)
+        return program.lower(placed)
 
-        def lower_sharded(mesh: Mesh, *args: Any, **kwargs: Any) -> Any:
-            program, placed, _ = sharded(mesh, args, kwargs)
-            return program.lower(*placed)
-
-        call.lower = single.lower  # the one-device program, as for any jitted function
-        call.lower_sharded = lower_sharded
-        return call
-
-    return wrap
+    call.lower = single.lower  # the one-device program, as for any jitted function
+    call.lower_sharded = lower_sharded
+    return call

@@ -67,20 +67,20 @@ def import_plugin(entry: str, where: str = "plugins") -> ModuleType:
         sys.modules[name] = module  # as `import` does: dataclasses and pickle find it
         try:
             spec.loader.exec_module(module)
-        except BaseException as exc:
+        except Exception as exc:  # Ctrl-C and SystemExit go on as they are
             sys.modules.pop(name, None)
             raise UserError(_failed(entry, exc, where)) from None
         IMPORTED.append(str(path))
         return module
     try:
         module = importlib.import_module(entry)
-    except BaseException as exc:
+    except Exception as exc:
         raise UserError(_failed(entry, exc, where)) from None
     IMPORTED.append(entry)
     return module
 
 
-def _failed(entry: str, exc: BaseException, where: str) -> str:
+def _failed(entry: str, exc: Exception, where: str) -> str:
     first = (str(exc).splitlines() or [""])[0]
     if isinstance(exc, ModuleNotFoundError) and exc.name and entry.startswith(exc.name):
         return f"{where}: no module {entry!r} ({first}); allowed: {ALLOWED}"

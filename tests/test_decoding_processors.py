@@ -159,7 +159,19 @@ TRUNCATION_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("knobs", "allowed"), TRUNCATION_CASES)
+def _first_of_each_kind(cases: list[tuple]) -> list:
+    """The cases, those after the first with the same knobs (other values) marked slow: the fast
+    subset keeps one case of each processor and combination."""
+    seen: set[frozenset] = set()
+    out = []
+    for knobs, allowed in cases:
+        kind = frozenset(knobs)
+        out.append(pytest.param(knobs, allowed, marks=[pytest.mark.slow] * (kind in seen)))
+        seen.add(kind)
+    return out
+
+
+@pytest.mark.parametrize(("knobs", "allowed"), _first_of_each_kind(TRUNCATION_CASES))
 def test_truncation_sets(knobs, allowed):
     from seqgen.decoding import processor_table as table
 

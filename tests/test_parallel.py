@@ -150,6 +150,7 @@ DECODE_SCRIPT = textwrap.dedent(
     from seqgen.decoding.sampling import _sample_program
     from seqgen.decoding import processor_table as table
     from seqgen.decoding.common import DecodeRequest, get, prepare, traced_knobs
+    from seqgen.decoding.program import ProgramInputs, ProgramOptions
     from seqgen.driver import decode_all
     from seqgen.metrics import Generations, compute, decode_output_inputs, decode_output_records
     from seqgen.parallel import make_mesh
@@ -216,9 +217,10 @@ DECODE_SCRIPT = textwrap.dedent(
     prep = prepare(DecodeRequest(step_fn, params, jnp.zeros((B, H)), prompts, lengths,
                                  max_len=T, vocab_size=V, key=jax.random.key(1)), num_samples=N)
     hlo = _sample_program.lower_sharded(
-        mesh, params, jnp.zeros((B, H)), prep.prompts, prep.prompt_lengths, prep.prompt_ids,
-        prep.key, traced_knobs(cfg), step_fn=step_fn, max_len=T, num_samples=N, vocab_size=V,
-        flags=table.flags_from_cfg(lambda k: get(cfg, k)), greedy=False, loop="scan",
+        mesh, ProgramInputs(params, jnp.zeros((B, H)), prep.prompts, prep.prompt_lengths,
+                            prep.prompt_ids, prep.key, traced_knobs(cfg), None),
+        opts=ProgramOptions(step_fn, T, V, "scan"), num_samples=N,
+        flags=table.flags_from_cfg(lambda k: get(cfg, k)), greedy=False,
     ).compile().as_text()
     out["collectives"] = sorted(set(re.findall(
         r"all-reduce|all-gather|collective-permute|all-to-all|reduce-scatter", hlo)))

@@ -193,6 +193,27 @@ def test_a_plugin_imported_twice_registers_once(plugin):
     assert compose_config([f"plugins=[{plugin}]", "decoder=plug_best_of"]).decoder.plug_candidates
 
 
+def test_an_experiment_file_names_a_plugin_and_its_decoder(plugin, tmp_path, monkeypatch):
+    """`+experiment=NAME` whose file lists `plugins:` and selects the plugin's decoder in its
+    defaults: the plugin is imported before Hydra composes the decoder group."""
+    import shutil
+
+    from seqgen import compose
+
+    conf = tmp_path / "conf"
+    shutil.copytree(compose.CONF_DIR, conf)
+    (conf / "experiment" / "plug.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /decoder: plug_best_of\n"
+        f"plugins: [{plugin}]\ndecoder:\n  plug_candidates: 3\n"
+    )
+    monkeypatch.setattr(compose, "CONF_DIR", conf)
+    with fresh_process(plugin):
+        register_configs()  # the schema without the plugin: as a fresh process has it
+        cfg = compose_config(["+experiment=plug"])
+        assert cfg.decoder.name == "plug_best_of" and cfg.decoder.plug_candidates == 3
+        assert list(cfg.plugins) == [str(plugin)]
+
+
 @pytest.mark.parametrize(
     "source, needle",
     [

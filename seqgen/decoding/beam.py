@@ -53,16 +53,15 @@ from seqgen.decoding.common import (
     DecodeOutput,
     DecodeRequest,
     Prepared,
-    StepFn,
     gather_rows,
     get,
     length_norm,
-    program_args,
-    program_options,
     repeat_rows,
     take_along,
 )
 from seqgen.decoding.loop import run_loop
+from seqgen.decoding.program import ProgramInputs, ProgramOptions
+from seqgen.decoding.program import launch as launch_program
 from seqgen.parallel import row_parallel
 from seqgen.tokens import BOS_ID, EOS_ID, PAD_ID
 
@@ -368,35 +367,18 @@ def _idle_outputs(b: int, k: int, has_cm: bool) -> dict[str, jax.Array]:
     } | ({"cm": jnp.zeros((b, k), jnp.float32)} if has_cm else {})
 
 
-@row_parallel(
-    static_argnames=(
-        "step_fn",
-        "max_len",
-        "vocab_size",
-        "beam_size",
-        "num_groups",
-        "length_penalty",
-        "loop",
-        "conventions",
-    ),
-)
+@row_parallel
 def _beam_program(
-    params: Any,
-    init_carry: Any,
-    prompts: jax.Array,  # [B, T]
-    prompt_lengths: jax.Array,  # [B]
-    knobs: dict[str, jax.Array],
-    constraint: con.Constraint | None = None,
+    args: ProgramInputs,
     *,
-    step_fn: StepFn,
-    max_len: int,
-    vocab_size: int,
+    opts: ProgramOptions,
     beam_size: int,
     num_groups: int,
     length_penalty: str,
-    loop: str,
     conventions: Conventions = SEQGEN,
 ) -> DecodeOutput:
+    params, init_carry, prompts, prompt_lengths, _, _, knobs, constraint = args
+    step_fn, max_len, loop = opts.step_fn, opts.max_len, opts.loop
     b, k, g_num, t_max = prompt_lengths.shape[0], beam_size, num_groups, max_len
     alpha = knobs["alpha"]
     diversity = knobs["diversity_penalty"] if g_num > 1 else None
@@ -485,17 +467,13 @@ def _n_best(
     if fin.cm is not None:
         _, cmass = backtrack(ys["tok"], ys["parent"], ys["cm"], slot, length)
         cmass = jnp.where(at_eos, pick(fin.cm, jnp.zeros((b, k)))[..., None], cmass)
-    return DecodeOutput(
-        tokens=tokens,
-        lengths=length.astype(jnp.int32),
-        prompt_lengths=prompt_lengths,
-        ended=ended,
-        logprobs=lps,
-        tempered_logprobs=lps,
-        processed_logprobs=lps,
-        eos_logprob=eos_lp,
-        eos_tempered_logprob=eos_lp,
-        eos_processed_logprob=eos_lp,
+    return DecodeOutput.of(
+        tokens,
+        length,
+        prompt_lengths,
+        ended,
+        lps,
+        eos_lp,
         scores=best,
         constraint_logmass=cmass,
     )
@@ -504,9 +482,11 @@ def _n_best(
 def launch(req: DecodeRequest, prep: Prepared, *, diverse: bool = False) -> DecodeOutput:
     """Run the beam program for a validated request (`num_groups` groups when `diverse`;
     plain beam ignores the knob, as it ignores every diverse-beam knob)."""
-    return _beam_program(
-        *program_args(req, prep, keyed=False),
-        **program_options(req),
+    return launch_program(
+        _beam_program,
+        req,
+        prep,
+        keyed=False,
         beam_size=int(get(req.cfg, "beam_size")),
         num_groups=int(get(req.cfg, "num_groups")) if diverse else 1,
         length_penalty=str(get(req.cfg, "length_penalty")),

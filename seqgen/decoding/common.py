@@ -115,6 +115,26 @@ class DecodeOutput:
     top_logprobs: jax.Array | None = None  # [B, N, T, K]
     prompt_logprobs: jax.Array | None = None  # [B, T]
 
+    @classmethod
+    def of(
+        cls,
+        tokens: jax.Array,
+        lengths: jax.Array,
+        prompt_lengths: jax.Array,
+        ended: jax.Array,
+        logprobs: jax.Array | tuple[jax.Array, jax.Array, jax.Array],
+        eos_logprob: jax.Array | tuple[jax.Array, jax.Array, jax.Array],
+        **rest: Any,
+    ) -> DecodeOutput:
+        """The output from its arrays: `logprobs` and `eos_logprob` are each the (raw,
+        tempered, processed) triple, or one array where the decoder searched the model's own
+        distribution (the three are the same); `rest`: `scores` and the optional fields."""
+        lps = logprobs if isinstance(logprobs, tuple) else (logprobs,) * 3
+        eos = eos_logprob if isinstance(eos_logprob, tuple) else (eos_logprob,) * 3
+        return cls(
+            tokens, lengths.astype(jnp.int32), prompt_lengths, ended, *lps, *eos, **rest
+        )  # fmt: skip
+
 
 def get(cfg: Any, name: str) -> Any:
     """A decoder field of `cfg` (dataclass, DictConfig, SimpleNamespace, dict or None)."""
@@ -179,28 +199,6 @@ class Prepared:
     prompt_ids: jax.Array  # [B] int32, index used to derive each row's PRNG key
     key: jax.Array
     batch: int
-
-
-def program_args(req: DecodeRequest, prep: Prepared, *, keyed: bool) -> tuple:
-    """The leading arguments of a scan decoder's program, in the order each takes them (by
-    the names `parallel.ROW_ARGS` splits over devices): params, init_carry, prompts,
-    prompt_lengths, then (`keyed`) prompt_ids and key, then the traced knobs and the
-    constraint."""
-    keys = (prep.prompt_ids, prep.key) if keyed else ()
-    head = (req.params, req.init_carry, prep.prompts, prep.prompt_lengths)
-    return (*head, *keys, traced_knobs(req.cfg), req.constraint)
-
-
-def program_options(req: DecodeRequest) -> dict[str, Any]:
-    """The static arguments every scan decoder's program takes from the request as it is."""
-    from seqgen.decoding.loop import resolve_loop
-
-    return {
-        "step_fn": req.step_fn,
-        "max_len": req.max_len,
-        "vocab_size": req.vocab_size,
-        "loop": resolve_loop(req.loop),
-    }
 
 
 def _fail(msg: str) -> None:

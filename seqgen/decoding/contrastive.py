@@ -39,15 +39,15 @@ from flax import struct
 from seqgen.decoding.common import (
     DecodeOutput,
     DecodeRequest,
-    HiddenStep,
     Prepared,
     gather_rows,
     get,
     hidden_step,
     repeat_rows,
-    traced_knobs,
 )
-from seqgen.decoding.loop import resolve_loop, run_loop
+from seqgen.decoding.loop import run_loop
+from seqgen.decoding.program import ProgramInputs, ProgramOptions
+from seqgen.decoding.program import launch as launch_program
 from seqgen.decoding.sampling import scan_outputs
 from seqgen.errors import UserError
 from seqgen.parallel import row_parallel
@@ -85,19 +85,15 @@ def contrastive_scores(
     return jnp.where(probs > 0, (1.0 - alpha) * probs - alpha * penalty, -jnp.inf)
 
 
-@row_parallel(static_argnames=("hidden_fn", "max_len", "top_k", "loop"))
-def _contrastive_program(
-    params: Any,
-    init_carry: Any,
-    prompts: jax.Array,  # [B, T]
-    prompt_lengths: jax.Array,  # [B]
-    alpha: jax.Array,
-    *,
-    hidden_fn: HiddenStep,
-    max_len: int,
-    top_k: int,
-    loop: str,
-) -> DecodeOutput:
+@row_parallel
+def _contrastive_program(args: ProgramInputs, *, opts: ProgramOptions, top_k: int) -> DecodeOutput:
+    params, init_carry, prompts, prompt_lengths, _, _, knobs, _ = args
+    hidden_fn, max_len, loop, alpha = (
+        hidden_step(opts.step_fn),
+        opts.max_len,
+        opts.loop,
+        knobs["penalty_alpha"],
+    )
     b, k = prompt_lengths.shape[0], top_k
     rows = jnp.arange(b)
     carry, h0, logits = hidden_fn(params, init_carry, jnp.full((b,), BOS_ID, jnp.int32))
@@ -151,17 +147,8 @@ def launch(req: DecodeRequest, prep: Prepared) -> DecodeOutput:
             "none; allowed: a model with `step_hidden` (rnn, lstm, gru, transformer) or a step "
             "function given one with seqgen.decoding.common.with_hidden"
         )
-    return _contrastive_program(
-        req.params,
-        req.init_carry,
-        prep.prompts,
-        prep.prompt_lengths,
-        traced_knobs(req.cfg)["penalty_alpha"],
-        hidden_fn=hidden_fn,
-        max_len=req.max_len,
-        top_k=min(int(get(req.cfg, "top_k")), req.vocab_size),
-        loop=resolve_loop(req.loop),
-    )
+    top_k = min(int(get(req.cfg, "top_k")), req.vocab_size)
+    return launch_program(_contrastive_program, req, prep, keyed=False, top_k=top_k)
 
 
 def contrastive(req: DecodeRequest) -> DecodeOutput:

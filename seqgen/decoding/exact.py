@@ -159,17 +159,13 @@ def _outputs(
     eos_lp = jnp.where(found, state.best_eos, init["eos_logprob"])
     score = jnp.where(found, state.best, init["raw_score"])
     one = lambda x: x[:, None]  # noqa: E731  [B] -> [B, 1]
-    return DecodeOutput(
-        tokens=tokens[:, None],
-        lengths=one(length.astype(jnp.int32)),
-        prompt_lengths=prompt_lengths,
-        ended=one(ended),
-        logprobs=lps_out[:, None],
-        tempered_logprobs=lps_out[:, None],
-        processed_logprobs=lps_out[:, None],
-        eos_logprob=one(eos_lp),
-        eos_tempered_logprob=one(eos_lp),
-        eos_processed_logprob=one(eos_lp),
+    return DecodeOutput.of(
+        tokens[:, None],
+        one(length),
+        prompt_lengths,
+        one(ended),
+        lps_out[:, None],
+        one(eos_lp),
         scores=one(score),
         proven=proven,
         expansions=state.expansions,

@@ -68,14 +68,14 @@ from seqgen.decoding.common import (
     DecodeOutput,
     DecodeRequest,
     Prepared,
-    StepFn,
     gather_rows,
     get,
     length_norm,
     take_along,
-    traced_knobs,
 )
-from seqgen.decoding.loop import resolve_loop, run_loop
+from seqgen.decoding.loop import run_loop
+from seqgen.decoding.program import ProgramInputs, ProgramOptions
+from seqgen.decoding.program import launch as launch_program
 from seqgen.errors import UserError
 from seqgen.parallel import row_parallel
 from seqgen.tokens import EOS_ID, PAD_ID
@@ -290,34 +290,18 @@ def _init(init_carry: Any, b: int, k: int, tabs: dict[str, np.ndarray]) -> Force
     )
 
 
-@row_parallel(
-    static_argnames=(
-        "step_fn",
-        "max_len",
-        "vocab_size",
-        "beam_size",
-        "length_penalty",
-        "loop",
-        "conventions",
-        "force",
-    ),
-)
+@row_parallel
 def _forced_program(
-    params: Any,
-    init_carry: Any,
-    prompts: jax.Array,  # [B, T]
-    prompt_lengths: jax.Array,  # [B]
-    knobs: dict[str, jax.Array],
+    args: ProgramInputs,
     *,
-    step_fn: StepFn,
-    max_len: int,
-    vocab_size: int,
+    opts: ProgramOptions,
     beam_size: int,
     length_penalty: str,
-    loop: str,
     conventions: Conventions,
     force: Force,
 ) -> DecodeOutput:
+    params, init_carry, prompts, prompt_lengths, _, _, knobs, _ = args
+    step_fn, max_len, vocab_size, loop = opts.step_fn, opts.max_len, opts.vocab_size, opts.loop
     b, k, v, t_max = prompt_lengths.shape[0], beam_size, vocab_size, max_len
     tabs = _kmp_tables(force, v)
     num_banks = int(tabs["width"].sum()) + 1
@@ -401,18 +385,13 @@ def launch(req: DecodeRequest, prep: Prepared) -> DecodeOutput:
 
 def run(req: DecodeRequest, prep: Prepared, force: Force) -> DecodeOutput:
     """The forced program for a validated request (`force=()`: no set, plain beam's output)."""
-    return _forced_program(
-        req.params,
-        req.init_carry,
-        prep.prompts,
-        prep.prompt_lengths,
-        traced_knobs(req.cfg),
-        step_fn=req.step_fn,
-        max_len=req.max_len,
-        vocab_size=req.vocab_size,
+    return launch_program(
+        _forced_program,
+        req,
+        prep,
+        keyed=False,
         beam_size=int(get(req.cfg, "beam_size")),
         length_penalty=str(get(req.cfg, "length_penalty")),
-        loop=resolve_loop(req.loop),
         conventions=Conventions(
             *(type(d)(get(req.cfg, f)) for f, d in Conventions._field_defaults.items())
         ),

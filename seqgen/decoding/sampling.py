@@ -23,16 +23,15 @@ from seqgen.decoding.common import (
     DecodeOutput,
     DecodeRequest,
     Prepared,
-    StepFn,
     get,
     gumbel_noise,
     key_words,
-    program_args,
-    program_options,
     repeat_rows,
     row_keys,
 )
 from seqgen.decoding.loop import run_loop
+from seqgen.decoding.program import ProgramInputs, ProgramOptions
+from seqgen.decoding.program import launch as launch_program
 from seqgen.parallel import row_parallel
 from seqgen.tokens import BOS_ID, EOS_ID, PAD_ID
 
@@ -267,45 +266,22 @@ def _idle_outputs(r: int, constrained: bool, st: _Static) -> dict[str, jax.Array
     return idle
 
 
-@row_parallel(
-    static_argnames=(
-        "step_fn",
-        "max_len",
-        "num_samples",
-        "vocab_size",
-        "flags",
-        "greedy",
-        "loop",
-        "stops",
-        "include_stop",
-        "logprobs",
-        "logprobs_mode",
-        "prompt_logprobs",
-    ),
-)
+@row_parallel
 def _sample_program(
-    params: Any,
-    init_carry: Any,
-    prompts: jax.Array,  # [B, T]
-    prompt_lengths: jax.Array,  # [B]
-    prompt_ids: jax.Array,  # [B]
-    key: jax.Array,
-    knobs: dict[str, jax.Array],
-    constraint: con.Constraint | None = None,
+    args: ProgramInputs,
     *,
-    step_fn: StepFn,
-    max_len: int,
+    opts: ProgramOptions,
     num_samples: int,
-    vocab_size: int,
     flags: table.ProcessorFlags,
     greedy: bool,
-    loop: str,
     stops: tuple[tuple[int, ...], ...] = (),
     include_stop: bool = False,
     logprobs: int = 0,
     logprobs_mode: str = "raw",
     prompt_logprobs: bool = False,
 ) -> DecodeOutput:
+    params, init_carry, prompts, prompt_lengths, prompt_ids, key, knobs, constraint = args
+    step_fn, max_len, vocab_size, loop = opts.step_fn, opts.max_len, opts.vocab_size, opts.loop
     st = _Static(vocab_size, flags, greedy, stops, logprobs, logprobs_mode, prompt_logprobs)
     b, n, t_max = prompt_lengths.shape[0], num_samples, max_len
     r = b * n
@@ -369,17 +345,13 @@ def scan_outputs(
     lp, eos_lp = split_eos(ys["lp"])
     tlp, eos_tlp = split_eos(ys["tlp"])
     plp, eos_plp = split_eos(ys["plp"])
-    return DecodeOutput(
-        tokens=ys["tok"],
-        lengths=jnp.sum(ys["alive"], axis=-1).astype(jnp.int32),
-        prompt_lengths=prompt_lengths,
-        ended=ended.reshape(b, n),
-        logprobs=lp,
-        tempered_logprobs=tlp,
-        processed_logprobs=plp,
-        eos_logprob=eos_lp,
-        eos_tempered_logprob=eos_tlp,
-        eos_processed_logprob=eos_plp,
+    return DecodeOutput.of(
+        ys["tok"],
+        jnp.sum(ys["alive"], axis=-1),
+        prompt_lengths,
+        ended.reshape(b, n),
+        (lp, tlp, plp),
+        (eos_lp, eos_tlp, eos_plp),
         scores=jnp.sum(lp, axis=-1) + eos_lp,
         constraint_logmass=ys.get("cmass"),
         stopped=None if "stop" not in ys else jnp.any(ys["stop"] > 0, axis=-1),
@@ -394,9 +366,11 @@ def _launch(req: DecodeRequest, prep: Prepared, *, greedy: bool) -> DecodeOutput
     stages = table.PENALTY_STAGES if greedy else table.STAGES  # truncation cannot move an argmax
     flags = table.flags_from_cfg(lambda k: get(req.cfg, k), req.vocab_size, stages)
     num_samples = 1 if greedy else req.num_samples
-    return _sample_program(
-        *program_args(req, prep, keyed=True),
-        **program_options(req),
+    return launch_program(
+        _sample_program,
+        req,
+        prep,
+        keyed=True,
         num_samples=num_samples,
         flags=flags,
         greedy=greedy,

@@ -36,18 +36,17 @@ from seqgen.decoding.common import (
     DecodeOutput,
     DecodeRequest,
     Prepared,
-    StepFn,
     gather_rows,
     get,
     gumbel_noise,
     key_words,
-    program_args,
-    program_options,
     repeat_rows,
     row_keys,
     take_along,
 )
 from seqgen.decoding.loop import run_loop
+from seqgen.decoding.program import ProgramInputs, ProgramOptions
+from seqgen.decoding.program import launch as launch_program
 from seqgen.parallel import row_parallel
 from seqgen.tokens import BOS_ID, EOS_ID, PAD_ID
 
@@ -136,23 +135,12 @@ def _idle_outputs(b: int, k: int, constrained: bool) -> dict[str, jax.Array]:
     } | ({"cm": zeros} if constrained else {})
 
 
-@row_parallel(static_argnames=("step_fn", "max_len", "vocab_size", "beam_size", "loop"))
+@row_parallel
 def _stochastic_beam_program(
-    params: Any,
-    init_carry: Any,
-    prompts: jax.Array,  # [B, T]
-    prompt_lengths: jax.Array,  # [B]
-    prompt_ids: jax.Array,  # [B]
-    key: jax.Array,
-    knobs: dict[str, jax.Array],
-    constraint: con.Constraint | None = None,
-    *,
-    step_fn: StepFn,
-    max_len: int,
-    vocab_size: int,
-    beam_size: int,
-    loop: str,
+    args: ProgramInputs, *, opts: ProgramOptions, beam_size: int
 ) -> DecodeOutput:
+    params, init_carry, prompts, prompt_lengths, prompt_ids, key, knobs, constraint = args
+    step_fn, max_len, vocab_size, loop = opts.step_fn, opts.max_len, opts.vocab_size, opts.loop
     b, k, t_max, v = prompt_lengths.shape[0], beam_size, max_len, vocab_size
     plen = prompt_lengths
     words = key_words(row_keys(key, prompt_ids, 1))  # [B, 2]
@@ -237,17 +225,13 @@ def _outputs(state: StochasticBeamState, ys: dict, prompt_lengths: jax.Array) ->
     kappa = state.kappa
     q = -jnp.expm1(-jnp.exp(state.phi - kappa[:, None]))
     q = jnp.where(valid, jnp.where(jnp.isfinite(kappa)[:, None], q, 1.0), 0.0)
-    return DecodeOutput(
-        tokens=tokens,
-        lengths=length.astype(jnp.int32),
-        prompt_lengths=prompt_lengths,
-        ended=ended,
-        logprobs=lp,
-        tempered_logprobs=tlp,
-        processed_logprobs=plp,
-        eos_logprob=eos_lp,
-        eos_tempered_logprob=eos_tlp,
-        eos_processed_logprob=eos_plp,
+    return DecodeOutput.of(
+        tokens,
+        length,
+        prompt_lengths,
+        ended,
+        (lp, tlp, plp),
+        (eos_lp, eos_tlp, eos_plp),
         scores=state.g,
         gumbel_scores=state.g,
         kappa=kappa,
@@ -272,8 +256,5 @@ def stochastic_beam(req: DecodeRequest) -> DecodeOutput:
 
 def launch(req: DecodeRequest, prep: Prepared) -> DecodeOutput:
     """Run the stochastic beam program for a validated request."""
-    return _stochastic_beam_program(
-        *program_args(req, prep, keyed=True),
-        **program_options(req),
-        beam_size=int(get(req.cfg, "beam_size")),
-    )
+    beam_size = int(get(req.cfg, "beam_size"))
+    return launch_program(_stochastic_beam_program, req, prep, keyed=True, beam_size=beam_size)
