@@ -105,12 +105,12 @@ def _pre(w: Stack, h: Array, x0: Array, keep: Array | None) -> tuple[Array, Arra
 
 
 def _per_layer(a: Array, w: Array) -> Array:
-    """a [L, B, K] x w [L, K, N] -> [L, B, N]: one batched dot over layers, which beat one dot
-    per layer on XLA:CPU (jax 0.10.2, its dots are YNNPACK fusions): wavefront_fused forward +
-    backward of the default model +12% and +14% in two round-robin runs, char_rnn +5% (one
-    thread, load 4-5; `scripts/profile_scan.py`: two layers' steps 199 vs 296 us). An earlier
-    measurement under load ~20 had found the batched dot slower (README, "Training")."""
-    return a @ w
+    """a [L, B, K] x w [L, K, N] -> [L, B, N]: one dot per layer. One batched dot over layers
+    (`a @ w`) measured no faster for wavefront_fused's forward + backward on the quiet machine
+    (default model: 27,582 vs 28,352 tok/s at one thread, 28,663 vs 29,430 at two; +12-14% only
+    under load 4-5), though two layers' bare steps run 215 vs 237 us batched (README,
+    "Training")."""
+    return jnp.stack([a[i] @ w[i] for i in range(w.shape[0])])
 
 
 def _valid(steps: int, layers: int) -> Array:
