@@ -6,12 +6,11 @@
     python scripts/bench_train.py --xla-options "xla_cpu_use_fusion_emitters=false"  # A/B
 
 For each model (LSTM, AdamW, global-norm clipping, dropout as its experiment sets it) it times
-- seqgen: `seqgen.train`'s own loop step (`_Loop.step`: host batch, jitted update with the NaN
-  guard, the meter, a log line every `log_every` steps) with `train.backward=autodiff`, the
-  default (JAX differentiates one scan per layer);
-- seqgen fused, wavefront, wavefront_fused: the same with the other `train.backward` values
-  (`--backwards`): the per-layer scans with `seqgen.models.recurrence`'s backward, and all
-  layers in one scan (`seqgen.models.wavefront`), differentiated by JAX or by hand;
+- seqgen B, for each `train.backward` value B (`--backwards`; "(default)" marks the schema's):
+  `seqgen.train`'s own loop step (`_Loop.step`: host batch, jitted update with the NaN guard,
+  the meter, a log line every `log_every` steps). autodiff: JAX differentiates one scan per
+  layer; fused: the per-layer scans with `seqgen.models.recurrence`'s backward; wavefront,
+  wavefront_fused: all layers in one scan (`seqgen.models.wavefront`), by JAX or by hand;
 - jax bare: a minimal JAX LSTM (hoisted input projections, `lax.scan`, `jax.value_and_grad`)
   with no optimizer, no dropout, no loop around it: what autodiff of a scan costs by itself;
 - torch: `torch.nn.LSTM` + Linear + cross-entropy, AdamW and `clip_grad_norm_`, the usual
@@ -48,6 +47,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from seqgen.config import TrainConfig, schema_default
 from seqgen.models import LanguageModel
 from seqgen.models.recurrence import BACKWARDS
 from seqgen.progress import Progress
@@ -209,7 +209,8 @@ def torch_step(size: Size) -> Callable[[], Any]:
 def impls(
     size: Size, backwards: list[str], breakdown: bool, with_torch: bool, options: list[str]
 ) -> dict[str, Callable[[], Any]]:
-    out = {"seqgen" if b == "autodiff" else f"seqgen {b}": seqgen_step(size, b) for b in backwards}
+    default = schema_default(TrainConfig, "backward")
+    out = {f"seqgen {b}{' (default)' * (b == default)}": seqgen_step(size, b) for b in backwards}
     out["jax bare"] = jax_bare_step(size)
     if breakdown:
         out["seqgen fwd"] = seqgen_parts(size, grad=False)

@@ -71,7 +71,7 @@ class TrainHParams(NamedTuple):
     warmup_steps: int
     clip_norm: float
     end_lr_ratio: float
-    backward: str = "autodiff"  # recurrences: models.recurrence, models.wavefront
+    backward: str = schema_default(TrainConfig, "backward")  # models.recurrence, .wavefront
 
 
 # --------------------------------------------------------------------------------------------

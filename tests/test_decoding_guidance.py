@@ -163,6 +163,7 @@ def _check_every_decoder(run, lp_fn, gamma, names=tuple(GUIDED)):
                 assert seq == np.argmax(g, axis=1).tolist()
 
 
+@pytest.mark.slow  # one compile per decoder; fast: gamma = 1 (sample, beam), the hand step
 def test_every_guided_decoder_returns_the_guided_logprobs_lstm():
     """Each decoder that takes guidance, on an LSTM: the log-prob of every token it returns is
     log_softmax(u + gamma (c - u)) recomputed from scratch (the conditional stream after the

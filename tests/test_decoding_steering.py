@@ -68,7 +68,11 @@ BANNED = [[6], [4, 5], [5, 7, 4]]
 
 @pytest.mark.parametrize(
     "name, knobs",
-    [("sample", {}), ("sample", {"top_k": 4, "temperature": 1.5}), ("greedy", {})],
+    [
+        ("sample", {}),
+        pytest.param("sample", {"top_k": 4, "temperature": 1.5}, marks=pytest.mark.slow),
+        ("greedy", {}),
+    ],
 )
 def test_no_output_contains_a_banned_sequence(name, knobs):
     out = _run(name, bad_words=BANNED, **knobs)

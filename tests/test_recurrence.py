@@ -137,7 +137,9 @@ def test_wavefront_backward_of_the_initial_carry_and_inputs(cell):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6 * np.abs(y).max())
 
 
-def test_the_default_backward_keeps_the_model_cache_keys_of_before_the_knob():
+def test_autodiff_keeps_the_model_cache_keys_of_before_the_knob():
+    """Models cached before `train.backward` existed were trained with autodiff: that value
+    keeps their keys (they still load); any other, the default included, is another entry."""
     from conftest import TINY, compose
 
     from seqgen.checkpoint import ModelCache
@@ -146,14 +148,15 @@ def test_the_default_backward_keeps_the_model_cache_keys_of_before_the_knob():
     from seqgen.model_store import ModelSpec, model_cache_key
     from seqgen.models import model_identity
 
-    cfg = compose(TINY)
+    cfg = compose([*TINY, "train.backward=autodiff"])
     corpus = load_corpus(cfg.data, int(cfg.seed))
     before = {k: v for k, v in to_dict(cfg.train).items() if k not in ("progress", "log_every")}
     del before["backward"]  # a train config as it was hashed before `train.backward` existed
     old_key = ModelCache.key(fingerprint(corpus), model_identity(cfg.model), before, int(cfg.seed))
     assert model_cache_key(ModelSpec.of(cfg), corpus) == old_key
-    fused = compose([*TINY, "train.backward=fused"])
-    assert model_cache_key(ModelSpec.of(fused), corpus) != old_key  # other weights, other entry
+    for other in ("fused", "wavefront"):  # other weights, other entry
+        other_cfg = compose([*TINY, f"train.backward={other}"])
+        assert model_cache_key(ModelSpec.of(other_cfg), corpus) != old_key
 
 
 @pytest.mark.slow  # several compiles: the full suite runs it

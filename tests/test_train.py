@@ -302,6 +302,7 @@ def test_signal_saves_a_checkpoint_and_resume_continues(full_run, tmp_path, capl
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow  # trains a model per case: the full suite runs it
 @pytest.mark.parametrize("second_during", ["save", "update"])
 def test_a_second_signal_never_loses_the_interrupt_checkpoint(
     full_run, tmp_path, monkeypatch, second_during

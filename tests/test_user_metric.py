@@ -62,6 +62,7 @@ def test_registering_mistakes_are_one_line_errors(user_metric):
         compute(Generations([[5]]))
 
 
+@pytest.mark.slow  # trains a model: the full suite runs it
 def test_a_registered_metric_runs_through_the_pipeline(user_metric, cache_dir, tmp_path, capsys):
     from seqgen.experiment import run_experiment
     from seqgen.sweep import write_summary

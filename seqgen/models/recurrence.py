@@ -12,9 +12,10 @@ returns the hidden states [T, B, H]. Its forward pass is always the same `lax.sc
   pre-activation; the gate derivatives are computed from it after the loop for all steps at
   once, the backward scan propagates only dh (and dc) and emits the pre-activation gate
   gradients, and the recurrent weights' gradient is one [H, T*B] x [T*B, G*H] matmul after
-  the loop. Its loop bodies are half the size of autodiff's, yet on a loaded 2-core CPU
-  (XLA:CPU, jax 0.10.2) it did not measure faster than autodiff (README, "Training"), so
-  autodiff is the default (`train.backward`); "fused" is one override away to re-measure.
+  the loop. Its loop bodies are half the size of autodiff's. On the quiet 2-core CPU
+  (XLA:CPU, jax 0.10.2) it is the fastest seqgen variant in 5 of 6 rows (1.06-1.29x
+  autodiff; level on the default model at two threads; README, "Training"), so it is the
+  default (`train.backward`); "autodiff" is the reference it is tested against.
   `train.backward=wavefront` runs all layers in one scan instead (`models.wavefront`).
 
 Both compute the same gradients up to float32 rounding (summation order);
