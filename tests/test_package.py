@@ -111,3 +111,17 @@ def test_ci_script_overrides_are_valid_for_the_current_schema():
     assert lines, "the .ci/run smoke command was not found"
     overrides = [a for a in shlex.split(lines[0])[1:] if not a.startswith("hydra.")]
     validate_config(compose(overrides))  # test_config checks that a retired key is refused
+
+
+def test_no_function_in_the_package_is_over_80_lines():
+    """The shape rule of issue 17: a longer function is split into named steps."""
+    import ast
+
+    long = []
+    for path in sorted((ROOT / "seqgen").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > 80:
+                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({lines})")
+    assert not long, long
