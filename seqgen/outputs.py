@@ -142,7 +142,7 @@ def _tune_midi(abc: str, path: Path) -> tuple[Path | None, str | None]:
     """`write_midi` of a parsed tune; `(None, None)` when music21 does not parse it."""
     from seqgen.metrics.abc import parse_abc
 
-    score = parse_abc(abc)
+    score = parse_abc.__wrapped__(abc)  # a score of its own: writing may change it, not the memo
     return (None, None) if score is None else write_midi(score, path)
 
 
