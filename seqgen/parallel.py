@@ -133,7 +133,7 @@ def is_lead() -> bool:
     return jax.process_index() == 0
 
 
-# The fields of a decoder program's inputs (`decoding.common.ProgramInputs`) whose leaves have
+# The fields of a decoder program's inputs (`decoding.program.ProgramInputs`) whose leaves have
 # the rows (prompts) on axis 0.
 ROW_ARGS = ("init_carry", "prompts", "prompt_lengths", "prompt_ids")
 _DECODE_MESH: ContextVar[Mesh | None] = ContextVar("seqgen_decode_mesh", default=None)
@@ -186,7 +186,7 @@ def _sharded_program(fn: Callable, mesh: Mesh, inputs: Any, static: tuple) -> Ca
 
 def row_parallel(fn: Callable) -> Callable:
     """`jax.jit` of a decoder program `fn(inputs, *, ...)` whose rows are independent: `inputs`
-    (a NamedTuple pytree, `decoding.common.ProgramInputs`) is traced, every keyword-only
+    (a NamedTuple pytree, `decoding.program.ProgramInputs`) is traced, every keyword-only
     argument is static.
 
     Contract: the leaves of the fields of `inputs` named in ROW_ARGS and of every output have the

@@ -88,12 +88,8 @@ def contrastive_scores(
 @row_parallel
 def _contrastive_program(args: ProgramInputs, *, opts: ProgramOptions, top_k: int) -> DecodeOutput:
     params, init_carry, prompts, prompt_lengths, _, _, knobs, _ = args
-    hidden_fn, max_len, loop, alpha = (
-        hidden_step(opts.step_fn),
-        opts.max_len,
-        opts.loop,
-        knobs["penalty_alpha"],
-    )
+    hidden_fn, max_len, loop = hidden_step(opts.step_fn), opts.max_len, opts.loop
+    alpha = knobs["penalty_alpha"]
     b, k = prompt_lengths.shape[0], top_k
     rows = jnp.arange(b)
     carry, h0, logits = hidden_fn(params, init_carry, jnp.full((b,), BOS_ID, jnp.int32))
